@@ -1,0 +1,1 @@
+//! # tally-batch: master-dataset archive and Polars recompute (not built yet).

@@ -1,0 +1,452 @@
+//! `tally.toml`: the one configuration every role reads.
+//!
+//! Layers, last wins: built-in defaults, the file, then `TALLY_<SECTION>__<KEY>`
+//! environment variables (`TALLY_REDIS__URL=redis://…`). Unknown keys are errors,
+//! so a typo never silently becomes a default. [`Config::load`] returns a config
+//! that has passed [`Config::validate`]: every error names the field and says
+//! what is allowed.
+
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::event::Limits;
+use crate::time::{format_ms, parse_duration_ms, EpochClock};
+use crate::view::{valid_name, ViewDef, ViewError};
+
+/// A duration written as text in the config (`100ms`, `5m`, `1d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Millis(pub i64);
+
+impl TryFrom<String> for Millis {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        parse_duration_ms(&s)
+            .map(Millis)
+            .ok_or_else(|| format!("`{s}` is not a duration: use a number and a unit (ms, s, m, h, d), like 100ms or 5m"))
+    }
+}
+
+impl From<Millis> for String {
+    fn from(m: Millis) -> String {
+        format_ms(m.0)
+    }
+}
+
+impl Millis {
+    pub fn as_duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.max(0) as u64)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Topics the views read from.
+    pub topics: Vec<String>,
+    /// Consumer group of the speed layer; the archiver uses `<group>-archive`.
+    pub group: String,
+    /// Where records that fail validation go, with the reason in headers.
+    pub dead_letter_topic: String,
+    /// How far before a stored offset to seek on resume (Tansu skips the rest of
+    /// the record batch holding the requested offset). At least the largest
+    /// producer batch.
+    pub seek_back: i64,
+    /// librdkafka `fetch.wait.max.ms`.
+    pub fetch_wait_max_ms: u32,
+    /// librdkafka `queued.min.messages`.
+    pub queued_min_messages: u32,
+    /// librdkafka `queued.max.messages.kbytes`.
+    pub queued_max_messages_kbytes: u32,
+    /// librdkafka `max.partition.fetch.bytes`.
+    pub max_partition_fetch_bytes: u32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topics: vec!["events".into()],
+            group: "tally".into(),
+            dead_letter_topic: "tally-dead-letters".into(),
+            seek_back: 10_000,
+            fetch_wait_max_ms: 5,
+            queued_min_messages: 200_000,
+            queued_max_messages_kbytes: 262_144,
+            max_partition_fetch_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every key Tally writes.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "tally".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `file:///abs/path`, `file://relative/path`, `s3://bucket/prefix` or `memory://`.
+    pub url: String,
+    /// S3 endpoint for S3-compatible servers (MinIO, moto); AWS when empty.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "file://./tally-data".into(),
+            s3_endpoint: None,
+            s3_region: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    pub max_bytes: usize,
+    /// How long before its Kafka timestamp an event may be stamped.
+    pub max_past: Millis,
+    /// How long after its Kafka timestamp an event may be stamped.
+    pub max_future: Millis,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        EventsConfig {
+            max_bytes: l.max_bytes,
+            max_past: Millis(l.max_past_ms),
+            max_future: Millis(l.max_future_ms),
+        }
+    }
+}
+
+impl EventsConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_bytes: self.max_bytes,
+            max_past_ms: self.max_past.0,
+            max_future_ms: self.max_future.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EpochConfig {
+    /// Length of an ingest epoch.
+    pub length: Millis,
+    /// How long after an epoch ends the archiver waits before declaring it complete.
+    pub grace: Millis,
+    /// How long after its epoch ends a speed-layer key lives.
+    pub retention: Millis,
+}
+
+impl Default for EpochConfig {
+    fn default() -> Self {
+        EpochConfig {
+            length: Millis(3_600_000),
+            grace: Millis(300_000),
+            retention: Millis(3 * 86_400_000),
+        }
+    }
+}
+
+impl EpochConfig {
+    pub fn clock(&self) -> EpochClock {
+        EpochClock::new(self.length.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeedConfig {
+    pub flush_interval: Millis,
+    /// Records buffered between consuming and flushing before consumption pauses.
+    pub queue_capacity: usize,
+    /// Prometheus metrics listener of the standalone `tally speed`; none when empty.
+    pub metrics_listen: Option<String>,
+}
+
+impl Default for SpeedConfig {
+    fn default() -> Self {
+        SpeedConfig {
+            flush_interval: Millis(100),
+            queue_capacity: 64,
+            metrics_listen: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Roll a file once it holds this many bytes of raw records.
+    pub roll_bytes: usize,
+    /// Roll a file once it is this old.
+    pub roll_interval: Millis,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            roll_bytes: 128 * 1024 * 1024,
+            roll_interval: Millis(60_000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Cron expression with seconds (`sec min hour day month weekday`), UTC.
+    pub schedule: String,
+    /// How long superseded snapshot runs are kept before garbage collection.
+    pub gc_grace: Millis,
+    /// How long a batch lock is honoured without renewal.
+    pub lock_ttl: Millis,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            schedule: "0 0 2 * * *".into(),
+            gc_grace: Millis(3_600_000),
+            lock_ttl: Millis(3_600_000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    pub listen: String,
+    /// Bearer token for admin calls (recompute). Admin calls are refused without one.
+    pub admin_token: Option<String>,
+    /// Bearer token for reads; reads are open when empty.
+    pub read_token: Option<String>,
+    pub max_buckets: usize,
+    pub max_groups: usize,
+    pub request_timeout: Millis,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:8080".into(),
+            admin_token: None,
+            read_token: None,
+            max_buckets: 10_000,
+            max_groups: 1_000,
+            request_timeout: Millis(10_000),
+        }
+    }
+}
+
+/// The whole `tally.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub redis: RedisConfig,
+    pub store: StoreConfig,
+    pub events: EventsConfig,
+    pub epochs: EpochConfig,
+    pub speed: SpeedConfig,
+    pub archive: ArchiveConfig,
+    pub batch: BatchConfig,
+    pub serve: ServeConfig,
+    #[serde(rename = "view")]
+    pub views: Vec<ViewDef>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "config file {0} does not exist: pass --config PATH or create it (see tally.example.toml)"
+    )]
+    Missing(String),
+    #[error("{0}")]
+    Parse(String),
+    #[error("`{field}`: {problem}")]
+    Invalid { field: String, problem: String },
+    #[error(transparent)]
+    View(#[from] ViewError),
+}
+
+impl Config {
+    /// Load `path` with environment overrides, then validate.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Missing(path.display().to_string()));
+        }
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(path)),
+        )
+    }
+
+    /// Parse TOML text (no environment), then validate. For tests and `check`.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_figment(f: Figment) -> Result<Config, ConfigError> {
+        let cfg: Config = f
+            .merge(Env::prefixed("TALLY_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check cross-field rules that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: String| {
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                problem,
+            })
+        };
+        if self.kafka.topics.is_empty() {
+            return invalid(
+                "kafka.topics",
+                "list at least one topic, e.g. topics = [\"events\"]".into(),
+            );
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid(
+                "kafka.brokers",
+                "set the bootstrap servers, e.g. \"127.0.0.1:9092\"".into(),
+            );
+        }
+        if self.kafka.seek_back < 0 {
+            return invalid("kafka.seek_back", "must be 0 or more (records)".into());
+        }
+        if !valid_name(&self.redis.key_prefix) {
+            return invalid(
+                "redis.key_prefix",
+                "use 1-64 letters, digits, `_` or `-`".into(),
+            );
+        }
+        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+            return invalid(
+                "redis.url",
+                format!("`{}` must start with redis:// or rediss://", self.redis.url),
+            );
+        }
+        let scheme_ok = ["file://", "s3://", "memory://"]
+            .iter()
+            .any(|s| self.store.url.starts_with(s));
+        if !scheme_ok {
+            return invalid(
+                "store.url",
+                format!(
+                    "`{}` has an unknown scheme: use file://PATH, s3://BUCKET/PREFIX or memory://",
+                    self.store.url
+                ),
+            );
+        }
+        if self.epochs.length.0 < 1000 || crate::time::MS_PER_DAY % self.epochs.length.0 != 0 {
+            return invalid(
+                "epochs.length",
+                "must be at least 1s and divide a day, e.g. 1h".into(),
+            );
+        }
+        if self.events.max_bytes == 0 {
+            return invalid("events.max_bytes", "must be more than 0".into());
+        }
+        if self.speed.flush_interval.0 <= 0 {
+            return invalid(
+                "speed.flush_interval",
+                "must be more than 0, e.g. 100ms".into(),
+            );
+        }
+        if self.speed.queue_capacity == 0 {
+            return invalid("speed.queue_capacity", "must be more than 0".into());
+        }
+        if self.batch.schedule.split_whitespace().count() != 6 {
+            return invalid(
+                "batch.schedule",
+                format!(
+                    "`{}` must have 6 fields: sec min hour day month weekday, e.g. \"0 0 2 * * *\"",
+                    self.batch.schedule
+                ),
+            );
+        }
+        if self.views.is_empty() {
+            return invalid("view", "declare at least one [[view]]".into());
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for v in &self.views {
+            if names.contains(&v.name.as_str()) {
+                return Err(ViewError {
+                    view: v.name.clone(),
+                    field: "name".into(),
+                    problem: "two views have this name: names must be unique".into(),
+                }
+                .into());
+            }
+            names.push(&v.name);
+            v.validate(&self.kafka.topics)?;
+        }
+        Ok(())
+    }
+
+    pub fn view(&self, name: &str) -> Option<&ViewDef> {
+        self.views.iter().find(|v| v.name == name)
+    }
+}
+
+/// Figment's error with the key path it happened at, one line per error.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let kind = e.kind.to_string();
+            if path.is_empty() {
+                kind
+            } else {
+                format!("`{path}`: {kind}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = Config::default();
+        assert_eq!(c.epochs.clock().len_ms, 3_600_000);
+        assert_eq!(c.speed.flush_interval, Millis(100));
+        assert_eq!(String::from(Millis(100)), "100ms");
+    }
+}

@@ -1,0 +1,521 @@
+//! HyperLogLog compatible with Redis (`PFADD`, `PFCOUNT`, `PFMERGE`).
+//!
+//! The speed layer counts distinct values with Redis's own `PFADD`; the batch
+//! layer builds sketches here; the serving layer merges the two. For that to be
+//! sound this module reproduces Redis's choices bit for bit: p = 14 (16,384
+//! registers of 6 bits), MurmurHash64A with seed `0xadc83b19`, the register value
+//! as the run of zeros after the index bits plus one (capped at Q + 1 = 51), the
+//! dense and sparse byte encodings returned by `GET`, and the cardinality
+//! estimator of Redis ≥ 5 (Ertl's improved raw estimator), so that an estimate
+//! here equals `PFCOUNT` over the same registers.
+//!
+//! In memory a sketch starts sparse (a sorted list of non-zero registers) and
+//! turns dense past a few hundred registers, so the many small sketches of a
+//! batch view stay small.
+
+use std::fmt;
+
+/// Index bits.
+pub const P: u32 = 14;
+/// Number of registers.
+pub const REGISTERS: usize = 1 << P;
+/// Bits of hash left after the index, as in Redis.
+const Q: u32 = 64 - P;
+const HASH_SEED: u64 = 0xadc8_3b19;
+const HEADER_LEN: usize = 16;
+const DENSE_REG_BYTES: usize = (REGISTERS * 6).div_ceil(8);
+/// Length of a dense Redis value (`GET` of a dense key).
+pub const DENSE_LEN: usize = HEADER_LEN + DENSE_REG_BYTES;
+/// Redis's default `hll-sparse-max-bytes`.
+const SPARSE_MAX_BYTES: usize = 3000;
+/// Sparse sketches in memory promote to dense past this many registers.
+const SPARSE_MAX_REGS: usize = 768;
+/// Largest value the sparse encoding can hold.
+const SPARSE_VAL_MAX: u8 = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HllError {
+    #[error("not a Redis HyperLogLog: missing `HYLL` header")]
+    BadMagic,
+    #[error("unknown HyperLogLog encoding {0}")]
+    BadEncoding(u8),
+    #[error("dense HyperLogLog has {0} bytes, expected {DENSE_LEN}")]
+    BadDenseLength(usize),
+    #[error("sparse HyperLogLog does not cover exactly {REGISTERS} registers")]
+    BadSparse,
+}
+
+/// A HyperLogLog sketch with Redis's parameters.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Hll {
+    repr: Repr,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Repr {
+    /// Non-zero registers as `(index << 8) | value`, sorted by index.
+    Sparse(Vec<u32>),
+    /// One byte per register.
+    Dense(Box<[u8]>),
+}
+
+impl Default for Hll {
+    fn default() -> Self {
+        Hll::new()
+    }
+}
+
+impl fmt::Debug for Hll {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hll")
+            .field("estimate", &self.count())
+            .finish()
+    }
+}
+
+impl Hll {
+    pub fn new() -> Self {
+        Hll {
+            repr: Repr::Sparse(Vec::new()),
+        }
+    }
+
+    /// Add one value, hashed exactly as Redis's `PFADD` hashes its argument bytes.
+    pub fn add(&mut self, value: &[u8]) {
+        let (index, rank) = pattern(value);
+        self.set_max(index, rank);
+    }
+
+    /// Register-wise maximum: the sketch of the union.
+    pub fn merge(&mut self, other: &Hll) {
+        match &other.repr {
+            Repr::Sparse(entries) => {
+                for &e in entries {
+                    self.set_max((e >> 8) as usize, (e & 0xff) as u8);
+                }
+            }
+            Repr::Dense(regs) => {
+                let mine = self.make_dense();
+                for (a, &b) in mine.iter_mut().zip(regs.iter()) {
+                    *a = (*a).max(b);
+                }
+            }
+        }
+    }
+
+    /// The cardinality estimate `PFCOUNT` gives for these registers.
+    pub fn count(&self) -> u64 {
+        let mut histo = [0u32; 64];
+        match &self.repr {
+            Repr::Sparse(entries) => {
+                histo[0] = (REGISTERS - entries.len()) as u32;
+                for &e in entries {
+                    histo[(e & 0xff) as usize] += 1;
+                }
+            }
+            Repr::Dense(regs) => {
+                for &r in regs.iter() {
+                    histo[r as usize] += 1;
+                }
+            }
+        }
+        estimate(&histo)
+    }
+
+    /// Whether no value was added.
+    pub fn is_empty(&self) -> bool {
+        match &self.repr {
+            Repr::Sparse(e) => e.is_empty(),
+            Repr::Dense(r) => r.iter().all(|&v| v == 0),
+        }
+    }
+
+    /// The register values, one byte each.
+    pub fn registers(&self) -> Vec<u8> {
+        match &self.repr {
+            Repr::Dense(r) => r.to_vec(),
+            Repr::Sparse(entries) => {
+                let mut regs = vec![0u8; REGISTERS];
+                for &e in entries {
+                    regs[(e >> 8) as usize] = (e & 0xff) as u8;
+                }
+                regs
+            }
+        }
+    }
+
+    /// Decode a value as returned by Redis's `GET` on a HyperLogLog key
+    /// (dense or sparse encoding). The cached cardinality is ignored.
+    pub fn from_redis_bytes(bytes: &[u8]) -> Result<Hll, HllError> {
+        if bytes.len() < HEADER_LEN || &bytes[..4] != b"HYLL" {
+            return Err(HllError::BadMagic);
+        }
+        let body = &bytes[HEADER_LEN..];
+        match bytes[4] {
+            0 => {
+                if bytes.len() != DENSE_LEN {
+                    return Err(HllError::BadDenseLength(bytes.len()));
+                }
+                let regs: Box<[u8]> = (0..REGISTERS).map(|i| dense_get(body, i)).collect();
+                let mut h = Hll {
+                    repr: Repr::Dense(regs),
+                };
+                h.maybe_sparsify();
+                Ok(h)
+            }
+            1 => {
+                let mut entries = Vec::new();
+                let mut idx = 0usize;
+                let mut i = 0usize;
+                while i < body.len() {
+                    let b = body[i];
+                    if b & 0xc0 == 0 {
+                        // ZERO: 00xxxxxx, run of (x + 1) zero registers.
+                        idx += (b & 0x3f) as usize + 1;
+                        i += 1;
+                    } else if b & 0xc0 == 0x40 {
+                        // XZERO: 01xxxxxx yyyyyyyy, run of (xy + 1) zero registers.
+                        let next = *body.get(i + 1).ok_or(HllError::BadSparse)?;
+                        idx += ((((b & 0x3f) as usize) << 8) | next as usize) + 1;
+                        i += 2;
+                    } else {
+                        // VAL: 1vvvvvxx, run of (x + 1) registers of value (v + 1).
+                        let val = ((b >> 2) & 0x1f) + 1;
+                        let run = (b & 0x03) as usize + 1;
+                        if idx + run > REGISTERS {
+                            return Err(HllError::BadSparse);
+                        }
+                        for r in idx..idx + run {
+                            entries.push(((r as u32) << 8) | val as u32);
+                        }
+                        idx += run;
+                        i += 1;
+                    }
+                    if idx > REGISTERS {
+                        return Err(HllError::BadSparse);
+                    }
+                }
+                if idx != REGISTERS {
+                    return Err(HllError::BadSparse);
+                }
+                let mut h = Hll {
+                    repr: Repr::Sparse(entries),
+                };
+                h.maybe_densify();
+                Ok(h)
+            }
+            other => Err(HllError::BadEncoding(other)),
+        }
+    }
+
+    /// Encode as Redis would store it: sparse while every register fits the
+    /// sparse encoding and the result stays under `hll-sparse-max-bytes`, dense
+    /// otherwise. The cached cardinality is marked invalid, so a Redis that is
+    /// given these bytes with `SET` recomputes it on `PFCOUNT`.
+    pub fn to_redis_bytes(&self) -> Vec<u8> {
+        if let Some(sparse) = self.to_redis_sparse() {
+            if sparse.len() <= SPARSE_MAX_BYTES {
+                return sparse;
+            }
+        }
+        self.to_redis_dense()
+    }
+
+    /// The dense Redis encoding (12,304 bytes).
+    pub fn to_redis_dense(&self) -> Vec<u8> {
+        let mut out = header(0);
+        out.resize(DENSE_LEN, 0);
+        let body = &mut out[HEADER_LEN..];
+        match &self.repr {
+            Repr::Dense(regs) => {
+                for (i, &v) in regs.iter().enumerate() {
+                    dense_set(body, i, v);
+                }
+            }
+            Repr::Sparse(entries) => {
+                for &e in entries {
+                    dense_set(body, (e >> 8) as usize, (e & 0xff) as u8);
+                }
+            }
+        }
+        out
+    }
+
+    /// The sparse Redis encoding, or `None` if a register is over 32.
+    pub fn to_redis_sparse(&self) -> Option<Vec<u8>> {
+        let regs = self.registers();
+        if regs.iter().any(|&v| v > SPARSE_VAL_MAX) {
+            return None;
+        }
+        let mut out = header(1);
+        let mut i = 0;
+        while i < REGISTERS {
+            let v = regs[i];
+            let mut run = 1;
+            while i + run < REGISTERS && regs[i + run] == v {
+                run += 1;
+            }
+            i += run;
+            if v == 0 {
+                while run > 0 {
+                    if run > 64 {
+                        let len = run.min(16_384) - 1;
+                        out.push(0x40 | (len >> 8) as u8);
+                        out.push((len & 0xff) as u8);
+                        run -= len + 1;
+                    } else {
+                        out.push((run - 1) as u8);
+                        run = 0;
+                    }
+                }
+            } else {
+                while run > 0 {
+                    let len = run.min(4);
+                    out.push(0x80 | ((v - 1) << 2) | (len - 1) as u8);
+                    run -= len;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn set_max(&mut self, index: usize, rank: u8) {
+        match &mut self.repr {
+            Repr::Dense(regs) => {
+                if regs[index] < rank {
+                    regs[index] = rank;
+                }
+            }
+            Repr::Sparse(entries) => {
+                let key = (index as u32) << 8;
+                match entries.binary_search_by(|e| (e & !0xff).cmp(&key)) {
+                    Ok(pos) => {
+                        if (entries[pos] & 0xff) < rank as u32 {
+                            entries[pos] = key | rank as u32;
+                        }
+                    }
+                    Err(pos) => {
+                        entries.insert(pos, key | rank as u32);
+                        self.maybe_densify();
+                    }
+                }
+            }
+        }
+    }
+
+    fn make_dense(&mut self) -> &mut [u8] {
+        if let Repr::Sparse(_) = self.repr {
+            self.repr = Repr::Dense(self.registers().into_boxed_slice());
+        }
+        match &mut self.repr {
+            Repr::Dense(regs) => regs,
+            Repr::Sparse(_) => unreachable!("just made dense"),
+        }
+    }
+
+    fn maybe_densify(&mut self) {
+        if matches!(&self.repr, Repr::Sparse(e) if e.len() > SPARSE_MAX_REGS) {
+            self.make_dense();
+        }
+    }
+
+    fn maybe_sparsify(&mut self) {
+        if let Repr::Dense(regs) = &self.repr {
+            let nonzero = regs.iter().filter(|&&v| v != 0).count();
+            if nonzero <= SPARSE_MAX_REGS {
+                let entries = regs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &v)| v != 0)
+                    .map(|(i, &v)| ((i as u32) << 8) | v as u32)
+                    .collect();
+                self.repr = Repr::Sparse(entries);
+            }
+        }
+    }
+}
+
+fn header(encoding: u8) -> Vec<u8> {
+    let mut h = Vec::with_capacity(DENSE_LEN);
+    h.extend_from_slice(b"HYLL");
+    h.push(encoding);
+    h.extend_from_slice(&[0, 0, 0]);
+    // Cached cardinality: zero, with the "invalid" bit set (card[7] & 0x80).
+    h.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x80]);
+    h
+}
+
+fn dense_get(body: &[u8], reg: usize) -> u8 {
+    let bit = reg * 6;
+    let byte = bit / 8;
+    let fb = bit & 7;
+    let b0 = body[byte] as u16;
+    let b1 = body.get(byte + 1).copied().unwrap_or(0) as u16;
+    (((b0 >> fb) | (b1 << (8 - fb))) & 63) as u8
+}
+
+fn dense_set(body: &mut [u8], reg: usize, val: u8) {
+    let bit = reg * 6;
+    let byte = bit / 8;
+    let fb = bit & 7;
+    let v = val as u16;
+    body[byte] &= !((63u16 << fb) as u8);
+    body[byte] |= (v << fb) as u8;
+    if let Some(next) = body.get_mut(byte + 1) {
+        let fb8 = 8 - fb;
+        *next &= !((63u16 >> fb8) as u8);
+        *next |= (v >> fb8) as u8;
+    }
+}
+
+/// Register index and value for one element, as Redis's `hllPatLen`.
+fn pattern(value: &[u8]) -> (usize, u8) {
+    let hash = murmurhash64a(value, HASH_SEED);
+    let index = (hash & (REGISTERS as u64 - 1)) as usize;
+    let rest = (hash >> P) | (1u64 << Q);
+    (index, rest.trailing_zeros() as u8 + 1)
+}
+
+/// MurmurHash64A as in Redis's `hyperloglog.c` (little-endian reads).
+pub fn murmurhash64a(key: &[u8], seed: u64) -> u64 {
+    const M: u64 = 0xc6a4_a793_5bd1_e995;
+    const R: u32 = 47;
+    let len = key.len();
+    let mut h = seed ^ (len as u64).wrapping_mul(M);
+    let mut chunks = key.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut k = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h ^= k;
+        h = h.wrapping_mul(M);
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, &b) in tail.iter().enumerate() {
+            h ^= (b as u64) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> R;
+    h = h.wrapping_mul(M);
+    h ^= h >> R;
+    h
+}
+
+/// Redis's `hllCount` from a histogram of register values.
+fn estimate(histo: &[u32; 64]) -> u64 {
+    let m = REGISTERS as f64;
+    let q = Q as usize;
+    let mut z = m * tau((m - histo[q + 1] as f64) / m);
+    for j in (1..=q).rev() {
+        z += histo[j] as f64;
+        z *= 0.5;
+    }
+    z += m * sigma(histo[0] as f64 / m);
+    const ALPHA_INF: f64 = 0.721_347_520_444_481_7;
+    (ALPHA_INF * m * m / z).round() as u64
+}
+
+fn sigma(mut x: f64) -> f64 {
+    if x == 1.0 {
+        return f64::INFINITY;
+    }
+    let mut y = 1.0;
+    let mut z = x;
+    loop {
+        x *= x;
+        let z_prime = z;
+        z += x * y;
+        y += y;
+        if z_prime == z {
+            return z;
+        }
+    }
+}
+
+fn tau(mut x: f64) -> f64 {
+    if x == 0.0 || x == 1.0 {
+        return 0.0;
+    }
+    let mut y = 1.0;
+    let mut z = 1.0 - x;
+    loop {
+        x = x.sqrt();
+        let z_prime = z;
+        y *= 0.5;
+        z -= (1.0 - x) * (1.0 - x) * y;
+        if z_prime == z {
+            return z / 3.0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sketch(range: std::ops::Range<u64>) -> Hll {
+        let mut h = Hll::new();
+        for i in range {
+            h.add(format!("user_{i}").as_bytes());
+        }
+        h
+    }
+
+    #[test]
+    fn empty_counts_zero() {
+        assert_eq!(Hll::new().count(), 0);
+        assert!(Hll::new().is_empty());
+    }
+
+    #[test]
+    fn estimates_within_two_percent_from_1e3_to_1e6() {
+        let mut h = Hll::new();
+        let mut n = 0u64;
+        for target in [1_000u64, 10_000, 100_000, 1_000_000] {
+            while n < target {
+                h.add(format!("v{n}").as_bytes());
+                n += 1;
+            }
+            let est = h.count() as f64;
+            let err = (est - n as f64).abs() / n as f64;
+            assert!(err < 0.02, "n={n} estimate={est} error={err}");
+        }
+    }
+
+    #[test]
+    fn sparse_and_dense_round_trip_through_redis_encodings() {
+        for n in [0u64, 1, 50, 2_000, 50_000] {
+            let h = sketch(0..n);
+            let dense = Hll::from_redis_bytes(&h.to_redis_dense()).unwrap();
+            assert_eq!(dense.registers(), h.registers(), "dense n={n}");
+            if let Some(sparse) = h.to_redis_sparse() {
+                let back = Hll::from_redis_bytes(&sparse).unwrap();
+                assert_eq!(back.registers(), h.registers(), "sparse n={n}");
+            }
+            assert_eq!(
+                Hll::from_redis_bytes(&h.to_redis_bytes()).unwrap().count(),
+                h.count()
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_sketch() {
+        assert_eq!(Hll::from_redis_bytes(b"hello"), Err(HllError::BadMagic));
+        let mut d = Hll::new().to_redis_dense();
+        d.pop();
+        assert_eq!(
+            Hll::from_redis_bytes(&d),
+            Err(HllError::BadDenseLength(DENSE_LEN - 1))
+        );
+        let mut s = Hll::new().to_redis_sparse().unwrap();
+        s.pop();
+        assert_eq!(Hll::from_redis_bytes(&s), Err(HllError::BadSparse));
+        let mut e = Hll::new().to_redis_dense();
+        e[4] = 7;
+        assert_eq!(Hll::from_redis_bytes(&e), Err(HllError::BadEncoding(7)));
+    }
+}

@@ -1,0 +1,207 @@
+//! Every Redis key and hash field Tally uses, in one place.
+//!
+//! The speed layer writes these and the serving layer reads them; neither builds
+//! a key by hand. Layout, with `P` the configured prefix:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:off` | hash | `topic/partition` → next offset to apply (the fence) |
+//! | `P:c:{view}:{epoch}:{day}` | hash | counter fields, see [`CounterField`] |
+//! | `P:h:{view}:{epoch}:{day}:{bucket}\|{measure}\|{group}` | HLL | a distinct sketch |
+//! | `P:hi:{view}:{epoch}:{day}` | set | the sketch suffixes of that slice |
+//! | `P:s:{view}` | sorted set | `{epoch}:{day}` slices present, scored by expiry (ms) |
+//!
+//! A *slice* is one view's counters for one ingest epoch and one event-time day:
+//! the unit the merge rule selects (`epoch >= cut`) and the unit that expires.
+//! Groups are JSON arrays (`["/home",null]`), unambiguous whatever the values hold.
+
+use crate::time::Epoch;
+
+/// Key builder for one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// What a counter field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// `count`: an integer (HINCRBY).
+    Count,
+    /// `sum`, integer part (HINCRBY).
+    SumInt,
+    /// `sum`, float part (HINCRBYFLOAT).
+    SumFloat,
+    /// `min` (compare-and-set in Lua).
+    Min,
+    /// `max` (compare-and-set in Lua).
+    Max,
+}
+
+impl Part {
+    pub fn tag(self) -> char {
+        match self {
+            Part::Count => 'c',
+            Part::SumInt => 'i',
+            Part::SumFloat => 'f',
+            Part::Min => 'n',
+            Part::Max => 'x',
+        }
+    }
+
+    pub fn from_tag(c: &str) -> Option<Part> {
+        Some(match c {
+            "c" => Part::Count,
+            "i" => Part::SumInt,
+            "f" => Part::SumFloat,
+            "n" => Part::Min,
+            "x" => Part::Max,
+            _ => return None,
+        })
+    }
+}
+
+/// A parsed counter field: `{bucket_ms}|{measure}|{part}|{group_json}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterField<'a> {
+    pub bucket_ms: i64,
+    pub measure: &'a str,
+    pub part: Part,
+    pub group: &'a str,
+}
+
+impl<'a> CounterField<'a> {
+    pub fn encode(bucket_ms: i64, measure: &str, part: Part, group_json: &str) -> String {
+        format!("{bucket_ms}|{measure}|{}|{group_json}", part.tag())
+    }
+
+    pub fn parse(field: &'a str) -> Option<CounterField<'a>> {
+        let mut it = field.splitn(4, '|');
+        let bucket_ms = it.next()?.parse().ok()?;
+        let measure = it.next()?;
+        let part = Part::from_tag(it.next()?)?;
+        let group = it.next()?;
+        Some(CounterField {
+            bucket_ms,
+            measure,
+            part,
+            group,
+        })
+    }
+}
+
+/// A parsed sketch suffix: `{bucket_ms}|{measure}|{group_json}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SketchField<'a> {
+    pub bucket_ms: i64,
+    pub measure: &'a str,
+    pub group: &'a str,
+}
+
+impl<'a> SketchField<'a> {
+    pub fn encode(bucket_ms: i64, measure: &str, group_json: &str) -> String {
+        format!("{bucket_ms}|{measure}|{group_json}")
+    }
+
+    pub fn parse(field: &'a str) -> Option<SketchField<'a>> {
+        let mut it = field.splitn(3, '|');
+        Some(SketchField {
+            bucket_ms: it.next()?.parse().ok()?,
+            measure: it.next()?,
+            group: it.next()?,
+        })
+    }
+}
+
+/// Encode a group (one value per dimension) as its JSON array text.
+pub fn group_json(values: &[Option<String>]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
+}
+
+/// Decode a group's JSON array text.
+pub fn parse_group(text: &str) -> Option<Vec<Option<String>>> {
+    serde_json::from_str(text).ok()
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The hash of fenced offsets.
+    pub fn offsets(&self) -> String {
+        format!("{}:off", self.prefix)
+    }
+
+    /// The field of one partition in [`Keys::offsets`].
+    pub fn offset_field(topic: &str, partition: i32) -> String {
+        format!("{topic}/{partition}")
+    }
+
+    pub fn counters(&self, view: &str, epoch: Epoch, day: i64) -> String {
+        format!("{}:c:{view}:{epoch}:{day}", self.prefix)
+    }
+
+    /// The prefix of every sketch key of a slice; append a [`SketchField`].
+    pub fn sketch_prefix(&self, view: &str, epoch: Epoch, day: i64) -> String {
+        format!("{}:h:{view}:{epoch}:{day}:", self.prefix)
+    }
+
+    pub fn sketch_index(&self, view: &str, epoch: Epoch, day: i64) -> String {
+        format!("{}:hi:{view}:{epoch}:{day}", self.prefix)
+    }
+
+    pub fn slices(&self, view: &str) -> String {
+        format!("{}:s:{view}", self.prefix)
+    }
+
+    /// A member of [`Keys::slices`].
+    pub fn slice_member(epoch: Epoch, day: i64) -> String {
+        format!("{epoch}:{day}")
+    }
+
+    pub fn parse_slice_member(m: &str) -> Option<(Epoch, i64)> {
+        let (e, d) = m.split_once(':')?;
+        Some((e.parse().ok()?, d.parse().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_round_trip_even_with_separators_in_groups() {
+        let g = group_json(&[Some("a|b".into()), None]);
+        let f = CounterField::encode(60_000, "views", Part::SumFloat, &g);
+        let p = CounterField::parse(&f).unwrap();
+        assert_eq!(p.bucket_ms, 60_000);
+        assert_eq!(p.measure, "views");
+        assert_eq!(p.part, Part::SumFloat);
+        assert_eq!(
+            parse_group(p.group).unwrap(),
+            vec![Some("a|b".to_string()), None]
+        );
+        let s = SketchField::encode(-60_000, "users", &g);
+        assert_eq!(SketchField::parse(&s).unwrap().group, g);
+        assert_eq!(
+            Keys::parse_slice_member(&Keys::slice_member(473_040, 19_710)),
+            Some((473_040, 19_710))
+        );
+    }
+
+    #[test]
+    fn keys_carry_the_prefix() {
+        let k = Keys::new("t1");
+        assert_eq!(k.offsets(), "t1:off");
+        assert_eq!(k.counters("v", 5, 7), "t1:c:v:5:7");
+        assert_eq!(k.sketch_prefix("v", 5, 7), "t1:h:v:5:7:");
+        assert_eq!(k.slices("v"), "t1:s:v");
+    }
+}

@@ -1,0 +1,1 @@
+//! # tally-serving: merged query API and dashboard (not built yet).

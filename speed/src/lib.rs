@@ -1,0 +1,1 @@
+//! # tally-speed: Kafka to Redis counters, effectively-once (not built yet).

@@ -1,0 +1,18 @@
+//! # tally-testkit: real services, privately, for tests
+//!
+//! Each [`Redis`] and [`Broker`] is a real server process (Debian's
+//! `redis-server`, the Tansu broker that `infra/up` installs) started on a free
+//! loopback port with its files in a temporary folder, and killed when the value
+//! is dropped. Test binaries run in parallel and never touch a user's services.
+//!
+//! Binaries are found through `TALLY_REDIS_SERVER` / `TALLY_TANSU` when set,
+//! else `redis-server` on `PATH` and Tansu under `$TALLY_CACHE` (default
+//! `~/.cache/tally`), where `infra/up` puts it.
+
+mod broker;
+mod process;
+mod redis;
+
+pub use broker::{tansu_bin, Broker, Storage};
+pub use process::{free_port, Error};
+pub use redis::Redis;

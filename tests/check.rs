@@ -1,0 +1,233 @@
+//! `tally check`: the example config passes; each kind of broken config is
+//! rejected with a message that names the problem and the field.
+
+use std::process::Command;
+
+const EXAMPLE: &str = include_str!("../tally.example.toml");
+
+/// Run `tally check` on `toml` with extra environment; (success, output).
+fn check_with_env(toml: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+    cmd.arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("TALLY_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn check(toml: &str) -> (bool, String) {
+    check_with_env(toml, &[])
+}
+
+/// The example with one line replaced.
+fn broken(from: &str, to: &str) -> String {
+    assert!(EXAMPLE.contains(from), "example lacks {from:?}");
+    EXAMPLE.replacen(from, to, 1)
+}
+
+fn assert_rejected(toml: &str, needles: &[&str]) {
+    let (ok, text) = check(toml);
+    assert!(!ok, "accepted a broken config:\n{text}");
+    for n in needles {
+        assert!(text.contains(n), "message lacks {n:?}:\n{text}");
+    }
+}
+
+#[test]
+fn accepts_the_example() {
+    let (ok, text) = check(EXAMPLE);
+    assert!(ok, "{text}");
+    assert!(text.contains("view page_views: views=count, duration=sum, longest=max, users=distinct by [properties.page] every 1m"), "{text}");
+}
+
+#[test]
+fn unknown_aggregate() {
+    assert_rejected(
+        &broken(r#"agg = "count" }"#, r#"agg = "median" }"#),
+        &["median", "count", "distinct"],
+    );
+}
+
+#[test]
+fn sum_without_field() {
+    assert_rejected(
+        &broken(
+            r#"{ name = "duration", agg = "sum", field = "properties.duration" }"#,
+            r#"{ name = "duration", agg = "sum" }"#,
+        ),
+        &["page_views", "measures.duration", "needs a `field`"],
+    );
+}
+
+#[test]
+fn sum_of_a_non_numeric_field() {
+    assert_rejected(
+        &broken(
+            r#"{ name = "duration", agg = "sum", field = "properties.duration" }"#,
+            r#"{ name = "duration", agg = "sum", field = "user_id" }"#,
+        ),
+        &["page_views", "numeric field"],
+    );
+}
+
+#[test]
+fn duplicate_measure_names() {
+    assert_rejected(
+        &broken(r#"name = "longest""#, r#"name = "duration""#),
+        &["page_views", "`duration` is used twice"],
+    );
+}
+
+#[test]
+fn duplicate_view_names() {
+    assert_rejected(
+        &broken(r#"name = "events_by_type""#, r#"name = "page_views""#),
+        &["page_views", "names must be unique"],
+    );
+}
+
+#[test]
+fn bad_granularity() {
+    assert_rejected(
+        &broken(r#"granularity = "1m""#, r#"granularity = "7m""#),
+        &["7m", "divide a day"],
+    );
+    assert_rejected(
+        &broken(r#"granularity = "1m""#, r#"granularity = "soon""#),
+        &["soon", "1m"],
+    );
+}
+
+#[test]
+fn unknown_dimension_path() {
+    assert_rejected(
+        &broken(
+            r#"dimensions = ["properties.page"]"#,
+            r#"dimensions = ["page"]"#,
+        ),
+        &["page", "properties.<name>"],
+    );
+}
+
+#[test]
+fn duplicate_dimension() {
+    assert_rejected(
+        &broken(
+            r#"dimensions = ["properties.page"]"#,
+            r#"dimensions = ["properties.page", "properties.page"]"#,
+        ),
+        &["page_views", "listed twice"],
+    );
+}
+
+#[test]
+fn unknown_filter_field() {
+    assert_rejected(
+        &broken(
+            r#"filter = { event_type = ["page_view"] }"#,
+            r#"filter = { kind = ["page_view"] }"#,
+        ),
+        &["filter.kind"],
+    );
+}
+
+#[test]
+fn view_reads_an_unconfigured_topic() {
+    assert_rejected(
+        &broken(
+            r#"topics = ["events"]
+filter"#,
+            r#"topics = ["clicks"]
+filter"#,
+        ),
+        &["page_views", "clicks", "[kafka] topics"],
+    );
+}
+
+#[test]
+fn misspelled_key() {
+    assert_rejected(
+        &broken("flush_interval", "flush_intervl"),
+        &["flush_intervl", "speed"],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_rejected(
+        &broken(r#"max_past = "30d""#, r#"max_past = "a month""#),
+        &["events.max_past", "a month", "ms, s, m, h, d"],
+    );
+}
+
+#[test]
+fn bad_store_scheme() {
+    assert_rejected(
+        &broken(r#"url = "file://./tally-data""#, r#"url = "ftp://x""#),
+        &["store.url", "s3://"],
+    );
+}
+
+#[test]
+fn bad_cron() {
+    assert_rejected(
+        &broken(r#"schedule = "0 0 2 * * *""#, r#"schedule = "0 2 * * *""#),
+        &["batch.schedule", "6 fields"],
+    );
+}
+
+#[test]
+fn no_views() {
+    let text = EXAMPLE.split("[[view]]").next().unwrap();
+    assert_rejected(text, &["[[view]]"]);
+}
+
+#[test]
+fn environment_overrides_are_validated_too() {
+    let (ok, text) = check_with_env(EXAMPLE, &[("TALLY_REDIS__URL", "http://localhost")]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("redis.url"), "{text}");
+    let (ok, text) = check_with_env(EXAMPLE, &[("TALLY_KAFKA__BROKERS", "10.0.0.1:9093")]);
+    assert!(ok, "{text}");
+    assert!(text.contains("10.0.0.1:9093"), "{text}");
+}
+
+#[test]
+fn missing_file_says_how_to_fix() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["check", "--config", "/nonexistent/tally.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn roles_not_built_yet_say_so_and_fail() {
+    for role in [&["speed"][..], &["batch", "run"], &["serve"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(role)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{role:?}");
+    }
+}
+
+#[test]
+fn accepts_the_compose_config() {
+    let (ok, text) = check(include_str!("../infra/compose.tally.toml"));
+    assert!(ok, "{text}");
+    assert!(text.contains("s3://tally/data"), "{text}");
+}

@@ -1,1 +1,31 @@
-//! # tally-speed: Kafka to Redis counters, effectively-once (not built yet).
+//! # tally-speed: Kafka to Redis counters, effectively-once
+//!
+//! The speed layer is a consumer-group member that turns records into
+//! real-time counters. Its guarantee: every valid record of an assigned
+//! partition is counted in Redis exactly once, whatever crashes, restarts,
+//! rebalances or Redis restarts happen, because a partition's counter deltas
+//! and its new offset are written by one Lua script call that applies only if
+//! Redis's stored offset equals the deltas' start offset.
+//!
+//! ## Layout
+//!
+//! - [`delta`]: per-partition deltas folded from decoded events, cut into
+//!   [`delta::Chunk`]s at every flush.
+//! - [`apply`]: the fencing Lua script and the Redis side: apply chunks,
+//!   report applied / fenced / reset.
+//! - [`resume`]: where a partition resumes: the fenced offset in Redis, or the
+//!   first record of the batch cut when Redis has none.
+//! - [`dead_letter`]: rejected records to the dead-letter topic, with reasons.
+//! - [`consumer`]: the rdkafka consume loop that ties these together, with a
+//!   bounded queue to the flusher (backpressure) and shutdown.
+//! - [`error`]: the crate's error type.
+
+pub mod apply;
+pub mod consumer;
+pub mod dead_letter;
+pub mod delta;
+pub mod error;
+pub mod resume;
+
+pub use consumer::run;
+pub use error::SpeedError;

@@ -73,7 +73,8 @@ pub fn tansu_bin() -> PathBuf {
 fn spawn(dir: &TempDir, port: u16, storage: Storage) -> Result<Server, Error> {
     let engine = match storage {
         Storage::Memory => "memory://tansu/".to_string(),
-        Storage::Sqlite => format!("sqlite://{}/tansu.db", dir.path().display()),
+        // Tansu resolves the path against its working directory.
+        Storage::Sqlite => "sqlite://tansu.db".to_string(),
     };
     let mut cmd = Command::new(tansu_bin());
     cmd.arg("broker")
@@ -83,6 +84,7 @@ fn spawn(dir: &TempDir, port: u16, storage: Storage) -> Result<Server, Error> {
         .arg(format!("tcp://127.0.0.1:{port}"))
         .arg("--storage-engine")
         .arg(engine)
+        .current_dir(dir.path())
         .env("RUST_LOG", "warn");
     let log: PathBuf = dir.path().join(format!("tansu-{port}.log"));
     let mut server = Server::spawn("tansu", cmd, log)?;

@@ -10,6 +10,7 @@
 //! `~/.cache/tally`), where `infra/up` puts it.
 
 mod broker;
+pub mod kafka;
 mod process;
 mod redis;
 

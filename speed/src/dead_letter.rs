@@ -1,0 +1,115 @@
+//! Rejected records go to the dead-letter topic, never lost, never blocking.
+//!
+//! The record keeps its key and payload; headers say why and where it came
+//! from: `tally.reason` (a stable code from `tally_core::event::Reject::code`),
+//! `tally.error` (the human message), `tally.source.topic`,
+//! `tally.source.partition`, `tally.source.offset`. Delivery is at-least-once:
+//! a record replayed after a crash may be dead-lettered twice.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use tracing::warn;
+
+use tally_core::event::Reject;
+
+use crate::error::SpeedError;
+
+/// Producer for the dead-letter topic.
+pub struct DeadLetters {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+/// Where a rejected record came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl DeadLetters {
+    pub fn new(brokers: &str, topic: &str) -> Result<Self, SpeedError> {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "20")
+            .set("message.timeout.ms", "300000")
+            .create()?;
+        Ok(DeadLetters {
+            producer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Queue one rejected record. Waits (polling) while the local queue is full.
+    pub fn send(&self, key: Option<&[u8]>, payload: &[u8], reject: &Reject, src: Source<'_>) {
+        let message = reject.to_string();
+        let partition = src.partition.to_string();
+        let offset = src.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "tally.reason",
+                value: Some(reject.code()),
+            })
+            .insert(Header {
+                key: "tally.error",
+                value: Some(message.as_str()),
+            })
+            .insert(Header {
+                key: "tally.source.topic",
+                value: Some(src.topic),
+            })
+            .insert(Header {
+                key: "tally.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "tally.source.offset",
+                value: Some(offset.as_str()),
+            });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+            .payload(payload)
+            .headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((e, r)) => {
+                    if matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ) {
+                        std::thread::sleep(Duration::from_millis(5));
+                        record = r;
+                    } else {
+                        warn!(error = %e, "dead-letter produce failed");
+                        break;
+                    }
+                }
+            }
+        }
+        metrics::counter!("tally_speed_dead_letters_total", "reason" => reject.code()).increment(1);
+    }
+
+    /// Wait for queued dead letters to be delivered.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            warn!(error = %e, "dead letters not all delivered before shutdown");
+        }
+    }
+}

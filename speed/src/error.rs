@@ -1,0 +1,22 @@
+//! Errors of the speed layer.
+
+use rdkafka::error::KafkaError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeedError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("manifest {path} is not valid: {source}")]
+    Manifest {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("unexpected reply from the apply script: {0}")]
+    ScriptReply(String),
+    #[error("the consumer thread stopped unexpectedly: {0}")]
+    Thread(String),
+}

@@ -1,0 +1,101 @@
+//! Where a partition resumes.
+//!
+//! Redis, not Kafka's committed offset, says where the speed layer is: the
+//! offset stored by the last applied chunk. Without one (first start, or Redis
+//! lost its memory) the partition is rebuilt from the first record of the
+//! current cut: every record of an epoch at or after the cut must be in Redis,
+//! and the batch snapshot already holds the rest. Starting one epoch early
+//! costs a little work and covers producers whose timestamps run slightly out
+//! of order; epochs below the cut are ignored by the serving layer anyway.
+//!
+//! Every seek goes `seek_back` records before its target and the records below
+//! the target are dropped, because Tansu skips the rest of a record batch that
+//! holds the requested offset.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::{ObjectStore, ObjectStoreExt};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+use tally_core::manifest::Manifest;
+use tally_core::paths;
+use tally_core::time::{Epoch, EpochClock};
+use tally_core::view::ViewDef;
+
+use crate::error::SpeedError;
+
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cut the speed layer must cover from: the smallest cut over all views'
+/// published manifests, or `None` while any view has none (rebuild from the
+/// earliest retained record).
+pub async fn current_cut(
+    store: &Arc<dyn ObjectStore>,
+    views: &[ViewDef],
+) -> Result<Option<Epoch>, SpeedError> {
+    let mut cut: Option<Epoch> = None;
+    for v in views {
+        let path = paths::manifest(&v.name);
+        let bytes = match store
+            .get(&object_store::path::Path::from(path.as_str()))
+            .await
+        {
+            Ok(r) => r.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|source| SpeedError::Manifest { path, source })?;
+        let c = m.v1().cut;
+        cut = Some(cut.map_or(c, |x: Epoch| x.min(c)));
+    }
+    Ok(cut)
+}
+
+/// The offset to rebuild a partition from, given the cut.
+pub fn rebuild_offset<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    cut: Option<Epoch>,
+    clock: EpochClock,
+) -> Result<i64, SpeedError> {
+    let (low, high) = consumer.fetch_watermarks(topic, partition, BROKER_TIMEOUT)?;
+    let Some(cut) = cut else { return Ok(low) };
+    let since = clock.start(cut - 1);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(since))?;
+    let found = consumer.offsets_for_times(tpl, BROKER_TIMEOUT)?;
+    let offset = found
+        .find_partition(topic, partition)
+        .map(|p| p.offset())
+        .unwrap_or(Offset::End);
+    Ok(match offset {
+        // Not clamped to `high`: Tansu 0.6 reports the last batch's base
+        // offset plus one as the high watermark.
+        Offset::Offset(o) => o.max(low),
+        // No record at or after that time: start at the end.
+        _ => high,
+    })
+}
+
+/// Where to seek so that `target` is delivered even by a broker that skips
+/// the rest of a record batch: `seek_back` records earlier, not below `low`.
+pub fn seek_position(low: i64, target: i64, seek_back: i64) -> i64 {
+    target.saturating_sub(seek_back).max(low).min(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeks_back_but_not_below_the_log_start() {
+        assert_eq!(seek_position(0, 1_234, 10_000), 0);
+        assert_eq!(seek_position(0, 50_000, 10_000), 40_000);
+        assert_eq!(seek_position(45_000, 50_000, 10_000), 45_000);
+        assert_eq!(seek_position(0, 5, 0), 5);
+    }
+}

@@ -1,6 +1,10 @@
 //! `tally`: the one binary. Each subcommand is a role or an operator tool; see
 //! `tally --help`. Errors end here as `anyhow` with the cause chain printed.
 
+mod cmd;
+mod shutdown;
+mod telemetry;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -92,7 +96,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Check => check(&cli.config),
+        Cmd::Check => cmd::check::run(&cli.config),
+        Cmd::Speed => {
+            let cfg = load(&cli.config)?;
+            runtime()?.block_on(cmd::speed::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
         other => {
             let name = format!("{other:?}")
                 .split([' ', '{'])
@@ -105,28 +114,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
-    let cfg =
-        Config::load(path).with_context(|| format!("{} is not a valid config", path.display()))?;
-    println!("{}: ok", path.display());
-    println!(
-        "  kafka {} topics {:?}, redis {}, store {}",
-        cfg.kafka.brokers, cfg.kafka.topics, cfg.redis.url, cfg.store.url
-    );
-    for v in &cfg.views {
-        let measures: Vec<String> = v
-            .measures
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.agg.name()))
-            .collect();
-        let dims: Vec<String> = v.dimensions.iter().map(|d| d.as_string()).collect();
-        println!(
-            "  view {}: {} by [{}] every {}",
-            v.name,
-            measures.join(", "),
-            dims.join(", "),
-            v.granularity
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).with_context(|| format!("{} is not a valid config", path.display()))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
 }

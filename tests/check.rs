@@ -216,7 +216,7 @@ fn missing_file_says_how_to_fix() {
 
 #[test]
 fn roles_not_built_yet_say_so_and_fail() {
-    for role in [&["speed"][..], &["batch", "run"], &["serve"]] {
+    for role in [&["gen"][..], &["demo"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_tally"))
             .args(role)
             .output()

@@ -42,6 +42,14 @@ impl Millis {
     }
 }
 
+/// How a process gets its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assignment {
+    Group,
+    All,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
@@ -51,6 +59,16 @@ pub struct KafkaConfig {
     pub topics: Vec<String>,
     /// Consumer group of the speed layer; the archiver uses `<group>-archive`.
     pub group: String,
+    /// Static group membership (`group.instance.id`): a restarted process with
+    /// the same id takes its partitions back at once instead of waiting for the
+    /// broker to expire its previous session. Unique per process.
+    pub instance_id: Option<String>,
+    /// `group`: partitions are shared by the consumer group (scale-out).
+    /// `all`: this process reads every partition itself, no group coordination
+    /// (one process, or several racing safely: the offset fence keeps counts
+    /// exact). Tansu 0.6 does not hand a SIGKILLed member's partitions back to
+    /// the group, so on Tansu a single process with `all` survives crashes.
+    pub assignment: Assignment,
     /// Where records that fail validation go, with the reason in headers.
     pub dead_letter_topic: String,
     /// How far before a stored offset to seek on resume (Tansu skips the rest of
@@ -73,6 +91,8 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topics: vec!["events".into()],
             group: "tally".into(),
+            instance_id: None,
+            assignment: Assignment::Group,
             dead_letter_topic: "tally-dead-letters".into(),
             seek_back: 10_000,
             fetch_wait_max_ms: 5,

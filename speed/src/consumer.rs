@@ -34,7 +34,7 @@ use tokio::sync::mpsc as tmpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use tally_core::config::Config;
+use tally_core::config::{self, Config};
 use tally_core::event::decode;
 use tally_core::keys::Keys;
 use tally_core::time::{Epoch, EpochClock};
@@ -270,6 +270,27 @@ impl ConsumerContext for SpeedContext {
     }
 }
 
+/// Assign every partition of `topics` to this process, starting each where
+/// the group path would (see [`SpeedContext::start_of`]).
+fn assign_all(consumer: &BaseConsumer<SpeedContext>, topics: &[String]) -> Result<(), SpeedError> {
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(t.name(), p.id());
+            }
+        }
+    }
+    // The same code as a group assignment: it computes the offsets and queues the changes.
+    consumer.context().rebalance(
+        consumer,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS,
+        &mut tpl,
+    );
+    Ok(())
+}
+
 impl SpeedContext {
     /// Where a newly assigned partition starts: (target, fresh).
     fn start_of(&self, consumer: &BaseConsumer<Self>, topic: &str, p: i32) -> (i64, bool) {
@@ -428,7 +449,11 @@ impl ConsumeLoop {
             changes: Mutex::new(Vec::new()),
             changed: AtomicBool::new(false),
         };
-        let consumer: BaseConsumer<SpeedContext> = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        if let Some(id) = &k.instance_id {
+            client.set("group.instance.id", id);
+        }
+        let consumer: BaseConsumer<SpeedContext> = client
             .set("bootstrap.servers", &k.brokers)
             .set("group.id", &k.group)
             .set("enable.auto.commit", "false")
@@ -449,8 +474,13 @@ impl ConsumeLoop {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .create_with_context(ctx)?;
-        let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
+        match k.assignment {
+            config::Assignment::Group => {
+                let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&topics)?;
+            }
+            config::Assignment::All => assign_all(&consumer, &k.topics)?,
+        }
         Ok(ConsumeLoop {
             consumer,
             st: State {

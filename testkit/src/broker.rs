@@ -49,6 +49,11 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's log file.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.server.log
+    }
+
     /// Stop and start again on the same port (records survive with [`Storage::Sqlite`]).
     pub fn restart(&mut self) -> Result<(), Error> {
         self.server.kill();
@@ -85,7 +90,10 @@ fn spawn(dir: &TempDir, port: u16, storage: Storage) -> Result<Server, Error> {
         .arg("--storage-engine")
         .arg(engine)
         .current_dir(dir.path())
-        .env("RUST_LOG", "warn");
+        .env(
+            "RUST_LOG",
+            std::env::var("TALLY_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     let log: PathBuf = dir.path().join(format!("tansu-{port}.log"));
     let mut server = Server::spawn("tansu", cmd, log)?;
     server.wait_ready("tansu", port, Duration::from_secs(30))?;

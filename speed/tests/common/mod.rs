@@ -28,7 +28,12 @@ pub const TOPIC: &str = "events";
 
 /// The config under test: two views with every aggregate.
 pub fn config(brokers: &str, redis: &str, group: &str) -> Config {
-    let text = format!(
+    Config::from_toml(&config_toml(brokers, redis, group)).expect("test config")
+}
+
+/// [`config`] as TOML text, for the `tally` binary.
+pub fn config_toml(brokers: &str, redis: &str, group: &str) -> String {
+    format!(
         r#"
 [kafka]
 brokers = "{brokers}"
@@ -64,8 +69,7 @@ measures = [
   {{ name = "users", agg = "distinct", field = "user_id" }},
 ]
 "#
-    );
-    Config::from_toml(&text).expect("test config")
+    )
 }
 
 /// One generated event, as the truth sees it.

@@ -1,0 +1,293 @@
+//! The master-dataset file format: one Parquet file of Kafka records.
+//!
+//! Every record is kept, valid or not (the raw bytes are the truth). Columns:
+//!
+//! | column | type | holds |
+//! |---|---|---|
+//! | `topic`, `partition`, `offset` | Utf8, Int32, Int64 | Kafka coordinates (the de-duplication key) |
+//! | `kafka_ts_ms`, `epoch` | Int64, Int64 | Kafka timestamp and its ingest epoch |
+//! | `reject` | Utf8, null when valid | [`tally_core::event::Reject::code`] |
+//! | `event_id`, `event_type`, `user_id` | Utf8, nullable | decoded envelope |
+//! | `time_ms` | Int64, nullable | event time |
+//! | `props` | List<Struct<key, str, int, float, bool>> | properties, typed: no JSON parsing when read |
+//! | `raw` | Binary | the record's value as received |
+//!
+//! The file's key-value metadata holds `tally.days`: the UTC days (comma
+//! separated) of the event times of its valid records, so the batch can tell
+//! which days a file touches from the footer alone.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder,
+    StringBuilder, StructBuilder,
+};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
+use object_store::path::Path;
+use object_store::ObjectStore;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use tally_core::event::{decode, Limits, Scalar};
+use tally_core::time::{day_of, EpochClock};
+
+/// Key of the footer metadata that lists the days a file touches.
+pub const DAYS_KEY: &str = "tally.days";
+
+/// Errors writing or reading an archive file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("archive file `{path}` is malformed: {problem}")]
+    Malformed { path: String, problem: String },
+}
+
+fn prop_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("str", DataType::Utf8, true),
+        Field::new("int", DataType::Int64, true),
+        Field::new("float", DataType::Float64, true),
+        Field::new("bool", DataType::Boolean, true),
+    ])
+}
+
+/// The Arrow schema of an archive file.
+pub fn schema() -> SchemaRef {
+    let prop = Field::new("item", DataType::Struct(prop_fields()), true);
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("kafka_ts_ms", DataType::Int64, false),
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("reject", DataType::Utf8, true),
+        Field::new("event_id", DataType::Utf8, true),
+        Field::new("event_type", DataType::Utf8, true),
+        Field::new("time_ms", DataType::Int64, true),
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("props", DataType::List(Arc::new(prop)), false),
+        Field::new("raw", DataType::Binary, false),
+    ]))
+}
+
+/// Records of one archive file being assembled, decoded once on the way in.
+#[derive(Debug)]
+pub struct ArchiveRows {
+    topic: StringBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    kafka_ts: Int64Builder,
+    epoch: Int64Builder,
+    reject: StringBuilder,
+    event_id: StringBuilder,
+    event_type: StringBuilder,
+    time_ms: Int64Builder,
+    user_id: StringBuilder,
+    props: ListBuilder<StructBuilder>,
+    raw: BinaryBuilder,
+    days: BTreeSet<i64>,
+    rows: usize,
+    bytes: usize,
+    /// First offset in this file (it names the file).
+    pub first_offset: i64,
+}
+
+impl ArchiveRows {
+    pub fn new(first_offset: i64) -> Self {
+        ArchiveRows {
+            topic: StringBuilder::new(),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            kafka_ts: Int64Builder::new(),
+            epoch: Int64Builder::new(),
+            reject: StringBuilder::new(),
+            event_id: StringBuilder::new(),
+            event_type: StringBuilder::new(),
+            time_ms: Int64Builder::new(),
+            user_id: StringBuilder::new(),
+            props: ListBuilder::new(StructBuilder::from_fields(prop_fields(), 0)),
+            raw: BinaryBuilder::new(),
+            days: BTreeSet::new(),
+            rows: 0,
+            bytes: 0,
+            first_offset,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Raw bytes added so far (the roll-by-size measure).
+    pub fn raw_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Decode and add one record (valid or not).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        kafka_ts_ms: i64,
+        clock: EpochClock,
+        limits: &Limits,
+        value: &[u8],
+    ) {
+        self.topic.append_value(topic);
+        self.partition.append_value(partition);
+        self.offset.append_value(offset);
+        self.kafka_ts.append_value(kafka_ts_ms);
+        self.epoch.append_value(clock.epoch_of(kafka_ts_ms));
+        self.raw.append_value(value);
+        self.rows += 1;
+        self.bytes += value.len();
+        match decode(value, kafka_ts_ms, limits) {
+            Ok(e) => {
+                self.reject.append_null();
+                self.event_id.append_value(&e.event_id);
+                self.event_type.append_value(&e.event_type);
+                self.time_ms.append_value(e.time_ms);
+                self.days.insert(day_of(e.time_ms));
+                self.user_id.append_option(e.user_id.as_deref());
+                let s = self.props.values();
+                for (k, v) in &e.properties {
+                    field::<StringBuilder>(s, 0).append_value(k);
+                    let (st, i, f, b) = match v {
+                        Scalar::Str(x) => (Some(x.as_ref()), None, None, None),
+                        Scalar::Int(x) => (None, Some(*x), None, None),
+                        Scalar::Float(x) => (None, None, Some(*x), None),
+                        Scalar::Bool(x) => (None, None, None, Some(*x)),
+                        Scalar::Null => (None, None, None, None),
+                    };
+                    field::<StringBuilder>(s, 1).append_option(st);
+                    field::<Int64Builder>(s, 2).append_option(i);
+                    field::<Float64Builder>(s, 3).append_option(f);
+                    field::<BooleanBuilder>(s, 4).append_option(b);
+                    s.append(true);
+                }
+                self.props.append(true);
+            }
+            Err(r) => {
+                self.reject.append_value(r.code());
+                self.event_id.append_null();
+                self.event_type.append_null();
+                self.time_ms.append_null();
+                self.user_id.append_null();
+                self.props.append(true);
+            }
+        }
+    }
+
+    /// The UTC days of the valid records' event times.
+    pub fn days(&self) -> &BTreeSet<i64> {
+        &self.days
+    }
+
+    /// Finish into one record batch.
+    pub fn finish(&mut self) -> Result<RecordBatch, FileError> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.topic.finish()),
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.kafka_ts.finish()),
+            Arc::new(self.epoch.finish()),
+            Arc::new(self.reject.finish()),
+            Arc::new(self.event_id.finish()),
+            Arc::new(self.event_type.finish()),
+            Arc::new(self.time_ms.finish()),
+            Arc::new(self.user_id.finish()),
+            Arc::new(self.props.finish()),
+            Arc::new(self.raw.finish()),
+        ];
+        Ok(RecordBatch::try_new(schema(), cols)?)
+    }
+}
+
+fn field<T: arrow_array::builder::ArrayBuilder>(s: &mut StructBuilder, i: usize) -> &mut T {
+    s.field_builder::<T>(i)
+        .expect("struct field builder of the declared type")
+}
+
+/// Write `rows` to `path` in `store` (multipart for large files) and return
+/// once the object is durable.
+pub async fn write(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+    rows: &mut ArchiveRows,
+) -> Result<(), FileError> {
+    let days = rows
+        .days()
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let batch = rows.finish()?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .set_key_value_metadata(Some(vec![KeyValue::new(DAYS_KEY.to_owned(), days)]))
+        .build();
+    let out = object_store::buffered::BufWriter::new(store, Path::from(path));
+    let mut w = AsyncArrowWriter::try_new(out, schema(), Some(props))?;
+    w.write(&batch).await?;
+    w.close().await?;
+    Ok(())
+}
+
+/// The days listed in a file's footer metadata.
+pub fn days_of(meta: &parquet::file::metadata::ParquetMetaData) -> Option<Vec<i64>> {
+    let kv = meta.file_metadata().key_value_metadata()?;
+    let v = kv.iter().find(|k| k.key == DAYS_KEY)?.value.as_deref()?;
+    if v.is_empty() {
+        return Some(Vec::new());
+    }
+    v.split(',').map(|d| d.parse().ok()).collect()
+}
+
+/// Read every record batch of an archive file (all columns).
+pub async fn read_all(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+) -> Result<Vec<RecordBatch>, FileError> {
+    use futures::TryStreamExt;
+    #[allow(deprecated)]
+    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, Path::from(path));
+    let stream = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+        .await?
+        .build()?;
+    Ok(stream.try_collect().await?)
+}
+
+/// The `(topic, partition, offset)` of every record in `batches`.
+pub fn coordinates(batches: &[RecordBatch]) -> Vec<(String, i32, i64)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let (Some(t), Some(p), Some(o)) = (
+            b.column_by_name("topic")
+                .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>()),
+            b.column_by_name("partition")
+                .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int32Array>()),
+            b.column_by_name("offset")
+                .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>()),
+        ) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            out.push((t.value(i).to_owned(), p.value(i), o.value(i)));
+        }
+    }
+    out
+}

@@ -1,0 +1,223 @@
+//! The object store: opening one from config, and the few typed operations the
+//! batch layer needs on top of it (JSON objects, conditional puts, listing).
+//!
+//! Everything above this module takes an `Arc<dyn ObjectStore>`, so tests run on
+//! `memory://` and users on `file://` or `s3://` with the same code. Guarantees:
+//! a put is atomic (readers see the old or the new object, never a mix); a
+//! conditional put ([`put_json_if`]) publishes only over the version it read,
+//! on stores that support it, and falls back to an atomic overwrite on stores
+//! that do not (the local file system), where the batch lock keeps runs apart.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tally_core::config::StoreConfig;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "store url `{0}` is not supported: use file://PATH, s3://BUCKET[/PREFIX] or memory://"
+    )]
+    BadUrl(String),
+    #[error("cannot open store `{url}`: {source}")]
+    Open {
+        url: String,
+        source: object_store::Error,
+    },
+    #[error("cannot create folder {path}: {source}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("object `{path}` is not valid JSON of the expected kind: {source}")]
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
+    /// A conditional put lost: someone else wrote the object first.
+    #[error("object `{0}` was changed concurrently")]
+    Conflict(String),
+}
+
+/// Open the store named by `cfg.url`.
+///
+/// - `file://PATH` (absolute or relative; the folder is created),
+/// - `memory://` (a fresh in-memory store; for tests),
+/// - `s3://BUCKET[/PREFIX]` with `s3_endpoint` / `s3_region` from config and
+///   credentials from the usual `AWS_*` environment variables. A plain-HTTP
+///   endpoint (MinIO, moto, s3s-fs) is allowed.
+pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let url = cfg.url.as_str();
+    if let Some(path) = url.strip_prefix("file://") {
+        let path = if path.is_empty() { "." } else { path };
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Folder {
+            path: path.to_owned(),
+            source,
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(path).map_err(|source| StoreError::Open {
+            url: url.to_owned(),
+            source,
+        })?;
+        return Ok(Arc::new(fs));
+    }
+    if url == "memory://" || url.starts_with("memory://") {
+        return Ok(Arc::new(InMemory::new()));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((b, p)) => (b, p.trim_matches('/')),
+            None => (rest, ""),
+        };
+        if bucket.is_empty() {
+            return Err(StoreError::BadUrl(url.to_owned()));
+        }
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(region) = &cfg.s3_region {
+            b = b.with_region(region);
+        }
+        if let Some(endpoint) = &cfg.s3_endpoint {
+            b = b
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        let s3 = b.build().map_err(|source| StoreError::Open {
+            url: url.to_owned(),
+            source,
+        })?;
+        let store: Arc<dyn ObjectStore> = Arc::new(s3);
+        if prefix.is_empty() {
+            return Ok(store);
+        }
+        return Ok(Arc::new(object_store::prefix::PrefixStore::new(
+            store, prefix,
+        )));
+    }
+    Err(StoreError::BadUrl(url.to_owned()))
+}
+
+/// The version of an object as read, for a later conditional put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// Read and parse a JSON object; `None` when it does not exist.
+pub async fn get_json<T: DeserializeOwned>(
+    store: &dyn ObjectStore,
+    path: &str,
+) -> Result<Option<(T, Version)>, StoreError> {
+    let loc = Path::from(path);
+    let res = match store.get_opts(&loc, GetOptions::default()).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let version = Version {
+        e_tag: res.meta.e_tag.clone(),
+        version: res.meta.version.clone(),
+    };
+    let bytes = res.bytes().await?;
+    let value = serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Some((value, version)))
+}
+
+/// Write a JSON object atomically, overwriting.
+pub async fn put_json<T: Serialize>(
+    store: &dyn ObjectStore,
+    path: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    put_bytes(store, path, to_json(path, value)?, PutMode::Overwrite).await
+}
+
+/// Write a JSON object only if the object is still at `expected` (or, with
+/// `None`, does not exist yet). Stores without conditional puts get an atomic
+/// overwrite instead. Returns [`StoreError::Conflict`] when another writer won.
+pub async fn put_json_if<T: Serialize>(
+    store: &dyn ObjectStore,
+    path: &str,
+    value: &T,
+    expected: Option<&Version>,
+) -> Result<(), StoreError> {
+    let body = to_json(path, value)?;
+    let mode = match expected {
+        None => PutMode::Create,
+        Some(v) => PutMode::Update(UpdateVersion {
+            e_tag: v.e_tag.clone(),
+            version: v.version.clone(),
+        }),
+    };
+    match put_bytes(store, path, body.clone(), mode).await {
+        Err(StoreError::Store(
+            object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. },
+        )) => put_bytes(store, path, body, PutMode::Overwrite).await,
+        other => other,
+    }
+}
+
+fn to_json<T: Serialize>(path: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec_pretty(value).map_err(|source| StoreError::Json {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+async fn put_bytes(
+    store: &dyn ObjectStore,
+    path: &str,
+    body: Vec<u8>,
+    mode: PutMode,
+) -> Result<(), StoreError> {
+    let opts = PutOptions {
+        mode,
+        ..PutOptions::default()
+    };
+    match store
+        .put_opts(&Path::from(path), PutPayload::from(body), opts)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+        ) => Err(StoreError::Conflict(path.to_owned())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every object under `prefix` (recursive).
+pub async fn list(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    let prefix = Path::from(prefix);
+    Ok(store.list(Some(&prefix)).try_collect().await?)
+}
+
+/// Delete objects; missing ones are not an error.
+pub async fn delete(store: &dyn ObjectStore, paths: Vec<Path>) -> Result<(), StoreError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+    let mut out = store.delete_stream(stream);
+    while let Some(r) = out.next().await {
+        match r {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,498 @@
+//! Test fixture: random events, their plain-Rust truth, and the two layers
+//! written exactly as the batch and speed layers would (snapshot Parquet +
+//! manifest in an in-memory object store; Redis keys per `tally_core::keys`).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tally_core::agg::{Agg, AggKind, Num};
+use tally_core::config::Config;
+use tally_core::hll::Hll;
+use tally_core::keys::{group_json, CounterField, Keys, Part, SketchField};
+use tally_core::manifest::{columns, DayFile, Manifest, ManifestV1};
+use tally_core::time::{day_of, Granularity};
+use tally_core::view::ViewDef;
+use tower::ServiceExt;
+
+pub const EPOCH_MS: i64 = 3_600_000;
+/// 2024-01-01T00:00:00Z
+pub const T0: i64 = 1_704_067_200_000;
+pub const SPAN_MS: i64 = 48 * 3_600_000;
+
+#[derive(Debug, Clone)]
+pub struct Ev {
+    pub t: i64,
+    pub epoch: i64,
+    pub page: Option<String>,
+    pub country: Option<String>,
+    pub duration: Option<Num>,
+    pub user: String,
+}
+
+impl Ev {
+    pub fn group(&self) -> Vec<Option<String>> {
+        vec![self.page.clone(), self.country.clone()]
+    }
+}
+
+pub fn view() -> ViewDef {
+    serde_json::from_value(serde_json::json!({
+        "name": "pv",
+        "dimensions": ["properties.page", "properties.country"],
+        "granularity": "1m",
+        "measures": [
+            {"name": "views", "agg": "count"},
+            {"name": "dur", "agg": "sum", "field": "properties.duration"},
+            {"name": "longest", "agg": "max", "field": "properties.duration"},
+            {"name": "shortest", "agg": "min", "field": "properties.duration"},
+            {"name": "users", "agg": "distinct", "field": "user_id"},
+        ]
+    }))
+    .expect("view")
+}
+
+pub const PAGES: [&str; 5] = ["/home", "/a", "/b|x", "/c:1", "/é"];
+pub const COUNTRIES: [&str; 3] = ["de", "fr", "us"];
+
+/// Random events over [T0, T0 + 48h), ingest epochs from a Kafka timestamp a
+/// little after the event time, and 10 % late ones (up to 30 h late).
+pub fn events(seed: u64, n: usize) -> Vec<Ev> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let t = T0 + rng.gen_range(0..SPAN_MS);
+            let lag = if rng.gen_bool(0.1) {
+                rng.gen_range(0..30 * 3_600_000)
+            } else {
+                rng.gen_range(0..300_000)
+            };
+            let duration = match rng.gen_range(0..4) {
+                0 => None,
+                1 => Some(Num::Float(rng.gen_range(-20..200) as f64 * 0.5)),
+                _ => Some(Num::Int(rng.gen_range(-5..500))),
+            };
+            Ev {
+                t,
+                epoch: (t + lag).div_euclid(EPOCH_MS),
+                page: rng
+                    .gen_bool(0.95)
+                    .then(|| PAGES[rng.gen_range(0..PAGES.len())].to_owned()),
+                country: rng
+                    .gen_bool(0.8)
+                    .then(|| COUNTRIES[rng.gen_range(0..COUNTRIES.len())].to_owned()),
+                duration,
+                user: format!("user_{}", rng.gen_range(0..400)),
+            }
+        })
+        .collect()
+}
+
+/// The aggregates of one (bucket, group) at the view's granularity, per measure.
+fn fold_cell(view: &ViewDef, evs: &[&Ev]) -> Vec<Agg> {
+    view.measures
+        .iter()
+        .map(|m| {
+            let mut a = Agg::empty(m.agg);
+            for e in evs {
+                match m.agg {
+                    AggKind::Count => a.add_key(b""),
+                    AggKind::Distinct => a.add_key(e.user.as_bytes()),
+                    _ => {
+                        if let Some(n) = e.duration {
+                            a.add_num(n)
+                        }
+                    }
+                }
+            }
+            a
+        })
+        .collect()
+}
+
+type CellKey = (i64, Vec<Option<String>>);
+
+fn cells<'a>(view: &ViewDef, evs: impl Iterator<Item = &'a Ev>) -> BTreeMap<CellKey, Vec<Agg>> {
+    let mut by: BTreeMap<CellKey, Vec<&Ev>> = BTreeMap::new();
+    for e in evs {
+        by.entry((view.granularity.bucket(e.t), e.group()))
+            .or_default()
+            .push(e);
+    }
+    by.into_iter()
+        .map(|(k, v)| (k, fold_cell(view, &v)))
+        .collect()
+}
+
+/// Write the snapshot of the events with epoch < cut, as the batch layer would.
+pub async fn publish_snapshot(
+    store: &InMemory,
+    view: &ViewDef,
+    evs: &[Ev],
+    cut: i64,
+    run_id: &str,
+) {
+    let snap = cells(view, evs.iter().filter(|e| e.epoch < cut));
+    let mut by_day: BTreeMap<i64, Vec<(&CellKey, &Vec<Agg>)>> = BTreeMap::new();
+    for (k, v) in &snap {
+        by_day.entry(day_of(k.0)).or_default().push((k, v));
+    }
+    let mut days = Vec::new();
+    for (day, rows) in by_day {
+        let mut fields: Vec<(String, ArrayRef)> = Vec::new();
+        let mut b = Int64Builder::new();
+        for (k, _) in &rows {
+            b.append_value(k.0);
+        }
+        fields.push((columns::BUCKET.into(), Arc::new(b.finish())));
+        for (di, d) in view.dimensions.iter().enumerate() {
+            let mut s = StringBuilder::new();
+            for (k, _) in &rows {
+                s.append_option(k.1[di].as_deref());
+            }
+            fields.push((columns::dimension(d), Arc::new(s.finish())));
+        }
+        for (mi, m) in view.measures.iter().enumerate() {
+            let names = columns::measure(m);
+            match m.agg {
+                AggKind::Count => {
+                    let mut c = UInt64Builder::new();
+                    for (_, a) in &rows {
+                        let Agg::Count(n) = a[mi] else { unreachable!() };
+                        c.append_value(n);
+                    }
+                    fields.push((names[0].clone(), Arc::new(c.finish())));
+                }
+                AggKind::Sum => {
+                    let mut i = Int64Builder::new();
+                    let mut f = Float64Builder::new();
+                    for (_, a) in &rows {
+                        let Agg::Sum { int, float } = a[mi] else {
+                            unreachable!()
+                        };
+                        i.append_value(int);
+                        f.append_value(float);
+                    }
+                    fields.push((names[0].clone(), Arc::new(i.finish())));
+                    fields.push((names[1].clone(), Arc::new(f.finish())));
+                }
+                AggKind::Min | AggKind::Max => {
+                    let mut f = Float64Builder::new();
+                    for (_, a) in &rows {
+                        match &a[mi] {
+                            Agg::Min(v) | Agg::Max(v) => f.append_option(*v),
+                            _ => unreachable!(),
+                        }
+                    }
+                    fields.push((names[0].clone(), Arc::new(f.finish())));
+                }
+                AggKind::Distinct => {
+                    let mut h = BinaryBuilder::new();
+                    for (_, a) in &rows {
+                        let Agg::Distinct(s) = &a[mi] else {
+                            unreachable!()
+                        };
+                        h.append_value(s.to_redis_bytes());
+                    }
+                    fields.push((names[0].clone(), Arc::new(h.finish())));
+                }
+            }
+        }
+        let batch = RecordBatch::try_from_iter(fields).expect("batch");
+        let mut buf = Vec::new();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).expect("writer");
+        w.write(&batch).expect("write");
+        w.close().expect("close");
+        let path = tally_core::paths::snapshot_file(&view.name, run_id, day);
+        store
+            .put(&Path::from(path.as_str()), PutPayload::from(buf))
+            .await
+            .expect("put");
+        days.push(DayFile {
+            day,
+            path,
+            rows: rows.len() as u64,
+        });
+    }
+    let m = Manifest::V1(ManifestV1 {
+        view: view.name.clone(),
+        run_id: run_id.into(),
+        cut,
+        definition: view.fingerprint(),
+        created_ms: T0 + SPAN_MS,
+        days,
+        inputs: vec![],
+        rows_read: evs.len() as u64,
+    });
+    store
+        .put(
+            &Path::from(tally_core::paths::manifest(&view.name).as_str()),
+            PutPayload::from(serde_json::to_vec(&m).expect("json")),
+        )
+        .await
+        .expect("put manifest");
+}
+
+/// Write every event's slice into Redis as the speed layer would (all epochs:
+/// slices below the cut must be ignored by serving).
+pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[Ev]) {
+    let keys = Keys::new(prefix);
+    let client = redis::Client::open(redis_url).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut by_slice: BTreeMap<(i64, i64), Vec<&Ev>> = BTreeMap::new();
+    for e in evs {
+        by_slice.entry((e.epoch, day_of(e.t))).or_default().push(e);
+    }
+    for ((epoch, day), slice) in by_slice {
+        let mut p = redis::pipe();
+        let ck = keys.counters(&view.name, epoch, day);
+        for ((bucket, group), aggs) in cells(view, slice.into_iter()) {
+            let gj = group_json(&group);
+            for (m, a) in view.measures.iter().zip(&aggs) {
+                match a {
+                    Agg::Count(n) => {
+                        p.cmd("HINCRBY")
+                            .arg(&ck)
+                            .arg(CounterField::encode(bucket, &m.name, Part::Count, &gj))
+                            .arg(*n);
+                    }
+                    Agg::Sum { int, float } => {
+                        p.cmd("HINCRBY")
+                            .arg(&ck)
+                            .arg(CounterField::encode(bucket, &m.name, Part::SumInt, &gj))
+                            .arg(*int);
+                        if *float != 0.0 {
+                            p.cmd("HINCRBYFLOAT")
+                                .arg(&ck)
+                                .arg(CounterField::encode(bucket, &m.name, Part::SumFloat, &gj))
+                                .arg(*float);
+                        }
+                    }
+                    Agg::Min(Some(v)) => {
+                        p.cmd("HSET")
+                            .arg(&ck)
+                            .arg(CounterField::encode(bucket, &m.name, Part::Min, &gj))
+                            .arg(v.to_string());
+                    }
+                    Agg::Max(Some(v)) => {
+                        p.cmd("HSET")
+                            .arg(&ck)
+                            .arg(CounterField::encode(bucket, &m.name, Part::Max, &gj))
+                            .arg(v.to_string());
+                    }
+                    Agg::Min(None) | Agg::Max(None) => {}
+                    Agg::Distinct(_) => {}
+                }
+            }
+        }
+        // Sketches: PFADD each user of each (bucket, group) for real.
+        let mut users: BTreeMap<(i64, Vec<Option<String>>), HashSet<&str>> = BTreeMap::new();
+        for e in evs
+            .iter()
+            .filter(|e| e.epoch == epoch && day_of(e.t) == day)
+        {
+            users
+                .entry((view.granularity.bucket(e.t), e.group()))
+                .or_default()
+                .insert(&e.user);
+        }
+        for ((bucket, group), us) in users {
+            let suffix = SketchField::encode(bucket, "users", &group_json(&group));
+            let key = format!("{}{suffix}", keys.sketch_prefix(&view.name, epoch, day));
+            p.cmd("PFADD").arg(&key);
+            for u in us {
+                p.arg(u);
+            }
+            p.cmd("SADD")
+                .arg(keys.sketch_index(&view.name, epoch, day))
+                .arg(&suffix);
+        }
+        p.cmd("ZADD")
+            .arg(keys.slices(&view.name))
+            .arg((epoch + 1) * EPOCH_MS + 86_400_000)
+            .arg(Keys::slice_member(epoch, day));
+        let _: () = p.query_async(&mut conn).await.expect("write slice");
+    }
+}
+
+/// Expected answer for a query, folded from the events directly.
+#[derive(Debug, Default, Clone)]
+pub struct Expect {
+    pub count: u64,
+    pub sum_int: i64,
+    pub sum_float: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub users: HashSet<String>,
+}
+
+impl Expect {
+    pub fn add(&mut self, e: &Ev) {
+        self.count += 1;
+        self.users.insert(e.user.clone());
+        if let Some(n) = e.duration {
+            match n {
+                Num::Int(i) => self.sum_int += i,
+                Num::Float(f) => self.sum_float += f,
+            }
+            let v = n.as_f64();
+            self.min = Some(self.min.map_or(v, |m| m.min(v)));
+            self.max = Some(self.max.map_or(v, |m| m.max(v)));
+        }
+    }
+
+    pub fn merge(&mut self, o: &Expect) {
+        self.count += o.count;
+        self.sum_int += o.sum_int;
+        self.sum_float += o.sum_float;
+        self.min = match (self.min, o.min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.max = match (self.max, o.max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.users.extend(o.users.iter().cloned());
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Q {
+    pub from: i64,
+    pub to: i64,
+    pub gran: Granularity,
+    pub group_by: Vec<usize>,
+    pub filters: Vec<(usize, String)>,
+    pub measures: Vec<&'static str>,
+}
+
+pub const DIMS: [&str; 2] = ["properties.page", "properties.country"];
+pub const MEASURES: [&str; 5] = ["views", "dur", "longest", "shortest", "users"];
+
+impl Q {
+    pub fn url(&self) -> String {
+        let enc = |s: &str| {
+            s.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
+        };
+        let mut u = format!(
+            "/api/v1/views/pv/query?from={}&to={}&granularity={}",
+            self.from, self.to, self.gran
+        );
+        if !self.group_by.is_empty() {
+            u += &format!(
+                "&group_by={}",
+                self.group_by
+                    .iter()
+                    .map(|&d| DIMS[d])
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+        for (d, v) in &self.filters {
+            u += &format!("&filter={}", enc(&format!("{}:{v}", DIMS[*d])));
+        }
+        u += &format!("&measures={}", self.measures.join(","));
+        u
+    }
+
+    /// (bucket, projected group) → expectation, and per group totals, and grand total.
+    pub fn truth(&self, evs: &[Ev]) -> BTreeMap<(i64, Vec<Option<String>>), Expect> {
+        let mut out: BTreeMap<(i64, Vec<Option<String>>), Expect> = BTreeMap::new();
+        for e in evs {
+            // Base bucket start within [from, to).
+            let base = 60_000 * e.t.div_euclid(60_000);
+            if base < self.from || base >= self.to {
+                continue;
+            }
+            let g = e.group();
+            let mut by_dim: HashMap<usize, Vec<&String>> = HashMap::new();
+            for (d, v) in &self.filters {
+                by_dim.entry(*d).or_default().push(v);
+            }
+            if !by_dim
+                .iter()
+                .all(|(d, allowed)| g[*d].as_ref().is_some_and(|v| allowed.contains(&v)))
+            {
+                continue;
+            }
+            let key = (
+                self.gran.bucket(base),
+                self.group_by.iter().map(|&d| g[d].clone()).collect(),
+            );
+            out.entry(key).or_default().add(e);
+        }
+        out
+    }
+}
+
+/// Compare one measure's JSON value with its expectation.
+pub fn check_value(measure: &str, got: &serde_json::Value, want: &Expect, ctx: &str) {
+    match measure {
+        "views" => assert_eq!(got.as_u64(), Some(want.count), "{ctx} views"),
+        "dur" => assert_eq!(
+            got.as_f64(),
+            Some(want.sum_int as f64 + want.sum_float),
+            "{ctx} dur"
+        ),
+        "longest" => assert_eq!(got.as_f64(), want.max, "{ctx} longest"),
+        "shortest" => assert_eq!(got.as_f64(), want.min, "{ctx} shortest"),
+        "users" => {
+            let est = got.as_f64().unwrap_or(-1.0);
+            let exact = want.users.len() as f64;
+            assert!(
+                (est - exact).abs() <= exact * 0.02 + 1.0,
+                "{ctx} users: {est} vs {exact}"
+            );
+        }
+        other => panic!("unknown measure {other}"),
+    }
+}
+
+pub fn config(redis_url: &str, prefix: &str) -> Config {
+    let mut cfg = Config::default();
+    cfg.redis.url = redis_url.into();
+    cfg.redis.key_prefix = prefix.into();
+    cfg.views = vec![view()];
+    cfg
+}
+
+pub async fn get(app: &axum::Router, uri: &str) -> (StatusCode, serde_json::Value) {
+    send(app, Request::get(uri).body(Body::empty()).expect("req")).await
+}
+
+pub async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    });
+    (status, json)
+}
+
+pub fn unused(_: Hll) {}

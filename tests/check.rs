@@ -199,7 +199,15 @@ fn environment_overrides_are_validated_too() {
     let (ok, text) = check_with_env(EXAMPLE, &[("TALLY_REDIS__URL", "http://localhost")]);
     assert!(!ok, "{text}");
     assert!(text.contains("redis.url"), "{text}");
-    let (ok, text) = check_with_env(EXAMPLE, &[("TALLY_KAFKA__BROKERS", "10.0.0.1:9093")]);
+    // Other TALLY_* variables (the infra scripts' own) are not overrides.
+    let (ok, text) = check_with_env(
+        EXAMPLE,
+        &[
+            ("TALLY_KAFKA__BROKERS", "10.0.0.1:9093"),
+            ("TALLY_CACHE", "/tmp/x"),
+            ("TALLY_STATE", "/tmp/y"),
+        ],
+    );
     assert!(ok, "{text}");
     assert!(text.contains("10.0.0.1:9093"), "{text}");
 }

@@ -337,7 +337,13 @@ impl Config {
 
     fn from_figment(f: Figment) -> Result<Config, ConfigError> {
         let cfg: Config = f
-            .merge(Env::prefixed("TALLY_").split("__"))
+            // Only TALLY_<SECTION>__<KEY>: other TALLY_* variables (TALLY_CONFIG,
+            // the infra scripts' TALLY_CACHE, ...) are not config overrides.
+            .merge(
+                Env::prefixed("TALLY_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| ConfigError::Parse(describe(e)))?;
         cfg.validate()?;

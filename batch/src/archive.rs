@@ -90,24 +90,10 @@ fn now_ms() -> i64 {
 
 /// The consumer settings from `[kafka]`.
 pub fn consumer_config(cfg: &Config, group: &str) -> ClientConfig {
-    let k = &cfg.kafka;
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
-        .set("queued.min.messages", k.queued_min_messages.to_string())
-        .set(
-            "queued.max.messages.kbytes",
-            k.queued_max_messages_kbytes.to_string(),
-        )
-        .set(
-            "max.partition.fetch.bytes",
-            k.max_partition_fetch_bytes.to_string(),
-        );
+    for (key, value) in cfg.kafka.consumer_settings(group) {
+        c.set(key, value);
+    }
     c
 }
 

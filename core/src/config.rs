@@ -103,6 +103,32 @@ impl Default for KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// The librdkafka settings every Tally consumer shares: offsets are kept
+    /// by Tally (Redis, the archive), never auto-committed, and fetching is
+    /// tuned by the settings above.
+    pub fn consumer_settings(&self, group: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("bootstrap.servers", self.brokers.clone()),
+            ("group.id", group.to_owned()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("enable.partition.eof", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string()),
+            ("queued.min.messages", self.queued_min_messages.to_string()),
+            (
+                "queued.max.messages.kbytes",
+                self.queued_max_messages_kbytes.to_string(),
+            ),
+            (
+                "max.partition.fetch.bytes",
+                self.max_partition_fetch_bytes.to_string(),
+            ),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {

@@ -20,23 +20,15 @@ fn main() {
     };
     let partitions: i32 = partitions.parse().expect("partitions");
     let records: u64 = records.parse().expect("records");
-    let k = KafkaConfig::default();
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bare-consume")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
-        .set("queued.min.messages", k.queued_min_messages.to_string())
-        .set(
-            "queued.max.messages.kbytes",
-            k.queued_max_messages_kbytes.to_string(),
-        )
-        .set(
-            "max.partition.fetch.bytes",
-            k.max_partition_fetch_bytes.to_string(),
-        )
-        .create()
-        .expect("consumer");
+    let k = KafkaConfig {
+        brokers: bootstrap.clone(),
+        ..KafkaConfig::default()
+    };
+    let mut client = ClientConfig::new();
+    for (key, value) in k.consumer_settings("bare-consume") {
+        client.set(key, value);
+    }
+    let c: BaseConsumer = client.create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)

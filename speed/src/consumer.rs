@@ -453,23 +453,10 @@ impl ConsumeLoop {
         if let Some(id) = &k.instance_id {
             client.set("group.instance.id", id);
         }
+        for (key, value) in k.consumer_settings(&k.group) {
+            client.set(key, value);
+        }
         let consumer: BaseConsumer<SpeedContext> = client
-            .set("bootstrap.servers", &k.brokers)
-            .set("group.id", &k.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
-            .set("queued.min.messages", k.queued_min_messages.to_string())
-            .set(
-                "queued.max.messages.kbytes",
-                k.queued_max_messages_kbytes.to_string(),
-            )
-            .set(
-                "max.partition.fetch.bytes",
-                k.max_partition_fetch_bytes.to_string(),
-            )
             .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")

@@ -45,14 +45,18 @@ enum Cmd {
         #[command(subcommand)]
         command: BatchCmd,
     },
-    /// Recompute a view over a time range now.
+    /// Recompute a view over a time range now (takes the batch lock).
     Recompute {
+        /// The view to recompute.
         #[arg(long)]
         view: String,
+        /// Start of the event-time range: RFC 3339 or epoch ms.
         #[arg(long)]
         from: String,
+        /// End of the event-time range (exclusive): RFC 3339 or epoch ms.
         #[arg(long)]
         to: String,
+        /// Recompute every day of the view, not only the range.
         #[arg(long)]
         full: bool,
     },
@@ -95,12 +99,32 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.config;
+    let block_on = |f: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>| {
+        runtime()?.block_on(f).map(|()| ExitCode::SUCCESS)
+    };
     match cli.command {
-        Cmd::Check => cmd::check::run(&cli.config),
-        Cmd::Speed => {
-            let cfg = load(&cli.config)?;
-            runtime()?.block_on(cmd::speed::run(cfg))?;
-            Ok(ExitCode::SUCCESS)
+        Cmd::Check => cmd::check::run(&config),
+        Cmd::Run => block_on(Box::pin(cmd::run::run(load(&config)?))),
+        Cmd::Speed => block_on(Box::pin(cmd::speed::run(load(&config)?))),
+        Cmd::Archive => block_on(Box::pin(cmd::archive::run(load(&config)?))),
+        Cmd::Serve => block_on(Box::pin(cmd::serve::run(load(&config)?))),
+        Cmd::Batch {
+            command: BatchCmd::Run { full },
+        } => block_on(Box::pin(cmd::batch::run_once(load(&config)?, full))),
+        Cmd::Batch {
+            command: BatchCmd::Schedule,
+        } => block_on(Box::pin(cmd::batch::schedule(load(&config)?))),
+        Cmd::Recompute {
+            view,
+            from,
+            to,
+            full,
+        } => {
+            let cfg = load(&config)?;
+            block_on(Box::pin(async move {
+                cmd::recompute::run(cfg, &view, &from, &to, full).await
+            }))
         }
         other => {
             let name = format!("{other:?}")

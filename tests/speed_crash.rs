@@ -5,51 +5,23 @@
 
 #[path = "../speed/tests/common/mod.rs"]
 mod common;
+mod role;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use role::Role;
 use rand::{Rng, SeedableRng};
 use tally_testkit::{kafka, Broker, Redis};
 
-struct Speed {
-    child: Child,
-}
-
-impl Speed {
-    fn start(config: &std::path::Path, log: &std::path::Path, instance: &str) -> Speed {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .arg("speed")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("TALLY_KAFKA__INSTANCE_ID", instance)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Speed { child }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "tally speed exited with {status}");
-    }
+/// `tally speed` with its static-membership instance id.
+fn start_speed(config: &std::path::Path, log: &std::path::Path, instance: &str) -> Role {
+    Role::start(
+        &["speed"],
+        config,
+        log,
+        &[("TALLY_KAFKA__INSTANCE_ID", instance)],
+    )
 }
 
 /// Switch a test config to `kafka.assignment = "all"`.
@@ -100,11 +72,11 @@ fn killed_at_random_points_six_times_stays_exact() {
         })
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut speed = Speed::start(&cfg, &log, "speed-0");
+    let mut speed = start_speed(&cfg, &log, "speed-0");
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(rng.gen_range(500..2500)));
         speed.kill9();
-        speed = Speed::start(&cfg, &log, "speed-0");
+        speed = start_speed(&cfg, &log, "speed-0");
     }
     producer.join().unwrap();
     wait_caught_up(&redis.url(), &ends(&recs, 4), Duration::from_secs(300));
@@ -128,8 +100,8 @@ fn two_processes_one_killed(
     let p = kafka::producer(&broker.bootstrap(), 1000).unwrap();
     let (first, rest) = recs.split_at(100_000);
     kafka::produce(&p, TOPIC, first).unwrap();
-    let a = Speed::start(cfg, &dir.join("a.log"), "a");
-    let b = Speed::start(cfg, &dir.join("b.log"), "b");
+    let a = start_speed(cfg, &dir.join("a.log"), "a");
+    let b = start_speed(cfg, &dir.join("b.log"), "b");
     std::thread::sleep(warm_up);
     kafka::produce(&p, TOPIC, &rest[..50_000]).unwrap();
     a.kill9();

@@ -111,6 +111,18 @@ pub fn parse_duration_ms(s: &str) -> Option<i64> {
     n.checked_mul(mult)
 }
 
+/// Parse an instant as users write it on a command line or in a query:
+/// RFC 3339 (`2024-01-01T00:00:00Z`) or epoch milliseconds.
+pub fn parse_instant(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
 /// The shortest text for a millisecond duration (`90000` -> `90s`).
 pub fn format_ms(ms: i64) -> String {
     for (unit, mult) in [
@@ -167,6 +179,14 @@ impl Default for EpochClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_are_rfc3339_or_epoch_ms() {
+        assert_eq!(parse_instant("1700000000000"), Some(1_700_000_000_000));
+        assert_eq!(parse_instant("2024-01-01T00:00:00Z"), Some(1_704_067_200_000));
+        assert_eq!(parse_instant("2024-01-01T01:00:00+01:00"), Some(1_704_067_200_000));
+        assert_eq!(parse_instant("yesterday"), None);
+    }
 
     #[test]
     fn parses_the_units() {

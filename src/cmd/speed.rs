@@ -3,13 +3,23 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use object_store::ObjectStore;
 use tally_core::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// The speed role: Kafka to Redis counters until `shutdown`, then flush.
+pub async fn role(
+    cfg: Arc<Config>,
+    store: Arc<dyn ObjectStore>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tally_speed::run(cfg, store, shutdown)
+        .await
+        .context("speed layer")
+}
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::telemetry::install(cfg.speed.metrics_listen.as_deref())?;
-    let store = tally_batch::store::open(&cfg.store).context("open the object store")?;
-    let shutdown = crate::shutdown::on_signal();
-    tally_speed::run(Arc::new(cfg), store, shutdown)
-        .await
-        .context("speed layer")
+    let store = crate::cmd::open_store(&cfg)?;
+    role(Arc::new(cfg), store, crate::shutdown::on_signal()).await
 }

@@ -1,0 +1,33 @@
+//! `tally archive`: the archiver alone, until SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use object_store::ObjectStore;
+use tally_core::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// The archive role: Kafka to the master dataset until `shutdown`; then the
+/// buffered records are rolled and progress and cut published.
+pub async fn role(
+    cfg: Arc<Config>,
+    store: Arc<dyn ObjectStore>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let summary = tally_batch::archive::run(&cfg, store, shutdown.cancelled_owned())
+        .await
+        .context("archiver")?;
+    tracing::info!(
+        records = summary.records,
+        files = summary.files,
+        cut = ?summary.cut,
+        "archiver stopped"
+    );
+    Ok(())
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    crate::telemetry::install(None)?;
+    let store = crate::cmd::open_store(&cfg)?;
+    role(Arc::new(cfg), store, crate::shutdown::on_signal()).await
+}

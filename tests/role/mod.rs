@@ -1,0 +1,82 @@
+//! A `tally` role as a child process of a test: started with a config and a
+//! log file, stopped with SIGTERM (which must exit cleanly) or SIGKILL (which
+//! must lose nothing). Used by the crash and end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct Role {
+    name: String,
+    child: Child,
+}
+
+impl Role {
+    /// `tally <args…> --config <config>`, stderr appended to `log`.
+    pub fn start(args: &[&str], config: &Path, log: &Path, env: &[(&str, &str)]) -> Role {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the role's log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        cmd.args(args)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start tally");
+        Role {
+            name: args.join(" "),
+            child,
+        }
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the process must exit 0 within a minute.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for tally") {
+                assert!(status.success(), "tally {} exited with {status}", self.name);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tally {} did not stop within 60 s of SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Panics if the process has exited (a role must not die on its own).
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("wait for tally") {
+            panic!("tally {} exited on its own with {status}", self.name);
+        }
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -5,14 +5,20 @@
 //! loopback port with its files in a temporary folder, and killed when the value
 //! is dropped. Test binaries run in parallel and never touch a user's services.
 //!
+//! Beside the services: [`config`] builds the standard test `tally.toml`, and
+//! [`truth`] is the independent plain fold that tests compare the layers
+//! with (fed by `tally-gen`'s generator or any records).
+//!
 //! Binaries are found through `TALLY_REDIS_SERVER` / `TALLY_TANSU` when set,
 //! else `redis-server` on `PATH` and Tansu under `$TALLY_CACHE` (default
 //! `~/.cache/tally`), where `infra/up` puts it.
 
 mod broker;
+pub mod config;
 pub mod kafka;
 mod process;
 mod redis;
+pub mod truth;
 
 pub use broker::{tansu_bin, Broker, Storage};
 pub use process::{free_port, Error};

@@ -63,9 +63,9 @@ enum Cmd {
     /// The serving layer: query API and dashboard.
     Serve,
     /// Produce synthetic events.
-    Gen,
-    /// Services up, load flowing, dashboard served.
-    Demo,
+    Gen(cmd::gen::GenArgs),
+    /// Every role with synthetic load flowing and the dashboard served (see infra/demo).
+    Demo(cmd::demo::DemoArgs),
     /// Validate the config file and print a summary.
     Check,
 }
@@ -126,14 +126,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cmd::recompute::run(cfg, &view, &from, &to, full).await
             }))
         }
-        other => {
-            let name = format!("{other:?}")
-                .split([' ', '{'])
-                .next()
-                .unwrap_or("")
-                .to_lowercase();
-            eprintln!("tally {name}: not built yet (see the open issues); nothing was done");
-            Ok(ExitCode::from(2))
+        Cmd::Gen(args) => {
+            let cfg = load(&config)?;
+            block_on(Box::pin(async move {
+                cmd::gen::run(cfg, args, shutdown::on_signal()).await
+            }))
+        }
+        Cmd::Demo(args) => {
+            let cfg = load(&config)?;
+            block_on(Box::pin(cmd::demo::run(cfg, args)))
         }
     }
 }

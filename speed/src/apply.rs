@@ -49,7 +49,13 @@ impl std::fmt::Debug for Applier {
 impl Applier {
     pub async fn connect(cfg: &Config) -> Result<Applier, SpeedError> {
         let client = redis::Client::open(cfg.redis.url.as_str())?;
-        let con = ConnectionManager::new(client).await?;
+        // A flush after a long outage (or a rebuild) can carry large chunks:
+        // the client's default 500 ms would time out calls Redis completes,
+        // turning every retry into a fenced replay. Fencing keeps a timed-out
+        // call safe either way; this keeps it rare.
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(10)));
+        let con = ConnectionManager::new_with_config(client, manager).await?;
         let mut applier = Applier {
             con,
             keys: Keys::new(&cfg.redis.key_prefix),

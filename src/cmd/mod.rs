@@ -4,6 +4,8 @@
 pub mod archive;
 pub mod batch;
 pub mod check;
+pub mod demo;
+pub mod gen;
 pub mod progress;
 pub mod recompute;
 pub mod run;

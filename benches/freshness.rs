@@ -1,0 +1,173 @@
+//! Freshness benchmark: produce-to-visible latency through the API while the
+//! speed layer carries a steady load.
+//!
+//! `cargo bench --bench freshness` (env BENCH_RATE, default 100,000 events/s
+//! of generated load; BENCH_PROBES, default 300). Starts Tansu and Redis,
+//! `tally speed` and `tally serve` (the release binary), produces the load
+//! with `tally-gen`, and meanwhile sends probe events one at a time, each with
+//! a page of its own, timing from the send until `GET …/query` on a `probes`
+//! view counts it. Prints p50/p90/p99/max and the share seen within 1 s.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tally_gen::{produce, Generator, ProduceOptions, Shape};
+use tally_testkit::config::{TestConfig, STANDARD_VIEWS, TOPIC};
+use tally_testkit::{kafka, Broker, Redis};
+use tokio_util::sync::CancellationToken;
+
+const PROBE_VIEW: &str = r#"
+[[view]]
+name = "probes"
+filter = { event_type = ["probe"] }
+dimensions = ["properties.page"]
+granularity = "1m"
+measures = [{ name = "n", agg = "count" }]
+"#;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn role(name: &str, config: &std::path::Path, log: &std::path::Path) -> Killed {
+    let log = std::fs::File::create(log).expect("log file");
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args([name, "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .env("TALLY_KAFKA__ASSIGNMENT", "all")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tally"),
+    )
+}
+
+/// The probe's count as the API answers it (0 when absent or on error).
+fn probe_count(api: &str, page: &str, from: i64, to: i64) -> u64 {
+    let url = format!(
+        "{api}/api/v1/views/probes/query?from={from}&to={to}&granularity=1d&filter=properties.page:{page}&measures=n"
+    );
+    let Ok(resp) = ureq::get(&url).call() else {
+        return 0;
+    };
+    let body: serde_json::Value = resp.into_json().unwrap_or_default();
+    body["series"][0]["totals"]["n"].as_u64().unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let rate: f64 = env_or("BENCH_RATE", 100_000.0);
+    let probes: usize = env_or("BENCH_PROBES", 300);
+    let broker = Broker::start().expect("broker");
+    let redis = Redis::start().expect("redis");
+    kafka::create_topic(&broker.bootstrap(), TOPIC, 4).expect("topic");
+    kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = tally_testkit::free_port().expect("port");
+    let test_cfg = TestConfig::new()
+        .brokers(&broker.bootstrap())
+        .redis(&redis.url())
+        .store(&format!("file://{}", dir.path().join("store").display()))
+        .group("freshness")
+        .extra(&format!("[serve]\nlisten = \"127.0.0.1:{port}\"\n"))
+        .views(&format!("{STANDARD_VIEWS}\n{PROBE_VIEW}"));
+    let config = dir.path().join("tally.toml");
+    std::fs::write(&config, test_cfg.toml()).expect("config");
+    let cfg = test_cfg.build();
+    let api = format!("http://127.0.0.1:{port}");
+    let _speed = role("speed", &config, &dir.path().join("speed.log"));
+    let _serve = role("serve", &config, &dir.path().join("serve.log"));
+    let ready = Instant::now();
+    while ureq::get(&format!("{api}/api/v1/views")).call().is_err() {
+        assert!(ready.elapsed() < Duration::from_secs(60), "serve did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The load, in its own thread and runtime.
+    let stop = CancellationToken::new();
+    let load = {
+        let stop = stop.clone();
+        let kafka_cfg = cfg.kafka.clone();
+        let limits = cfg.events.limits();
+        std::thread::spawn(move || {
+            let shape = Shape::default().with_limits(limits).clamped_to_limits();
+            let mut generator = Generator::new(shape, 1).expect("generator");
+            let options = ProduceOptions::new(TOPIC, rate);
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(produce(&kafka_cfg, &mut generator, &options, None, &stop))
+                .expect("produce load")
+        })
+    };
+    std::thread::sleep(Duration::from_secs(5)); // reach the steady state
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("linger.ms", "0")
+        .create()
+        .expect("probe producer");
+    let (from, to) = (now_ms() - 86_400_000, now_ms() + 86_400_000);
+    let mut latencies = Vec::with_capacity(probes);
+    for i in 0..probes {
+        let page = format!("probe-{i}");
+        let t = now_ms();
+        let payload = format!(
+            r#"{{"event_id":"probe-{i}","event_type":"probe","timestamp":{t},"user_id":"bench","properties":{{"page":"{page}"}}}}"#
+        );
+        let sent = Instant::now();
+        producer
+            .send(BaseRecord::<(), _>::to(TOPIC).payload(&payload).timestamp(t))
+            .expect("send probe");
+        producer.poll(Duration::ZERO);
+        loop {
+            producer.poll(Duration::ZERO);
+            if probe_count(&api, &page, from, to) == 1 {
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(30),
+                "probe {i} not visible after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = producer.flush(Duration::from_secs(5));
+    stop.cancel();
+    let report = load.join().expect("load thread");
+    latencies.sort_by(f64::total_cmp);
+    let within = latencies.iter().filter(|&&l| l <= 1000.0).count();
+    println!(
+        "freshness: {probes} probes under a load of {:.0} events/s (target {rate:.0}): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {within}/{probes} within 1 s",
+        report.rate(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+        latencies[latencies.len() - 1],
+    );
+}

@@ -724,7 +724,9 @@ async fn recompute(
             Some(serde_json::Value::String(s)) => {
                 crate::query::parse_time(name, s)?;
             }
-            Some(serde_json::Value::Number(n)) if n.as_i64().is_some() => {}
+            Some(serde_json::Value::Number(n)) if n.as_i64().is_some() => {
+                crate::query::parse_time(name, &n.to_string())?;
+            }
             Some(_) => {
                 return Err(ApiError::bad(
                     "bad_time",

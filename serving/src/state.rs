@@ -32,12 +32,34 @@ use crate::speed::SpeedReader;
 pub struct RecomputeRequest {
     /// The view to recompute; all views when absent.
     pub view: Option<String>,
-    /// Start of the event-time range (RFC 3339 or epoch ms).
-    #[schema(value_type = Option<String>)]
+    /// Start of the event-time range: RFC 3339 text or epoch ms (integer).
+    #[schema(schema_with = time_bound_schema)]
     pub from: Option<serde_json::Value>,
-    /// End of the event-time range (RFC 3339 or epoch ms).
-    #[schema(value_type = Option<String>)]
+    /// End of the event-time range: RFC 3339 text or epoch ms (integer).
+    #[schema(schema_with = time_bound_schema)]
     pub to: Option<serde_json::Value>,
+}
+
+/// `from`/`to` of a recompute: RFC 3339 text, epoch milliseconds, or null/absent.
+fn time_bound_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(
+                    "RFC 3339, e.g. 2024-01-01T00:00:00Z, or epoch ms as text",
+                )),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .description(Some("epoch milliseconds")),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
 }
 
 /// What the binary plugs in to run a recompute: returns a run description or

@@ -9,10 +9,31 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tally_core::config::Millis;
+use tally_gen::{Generator, Shape, Weighted};
+use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::{kafka, Broker, Redis};
-
-const TOPIC: &str = "events";
 const PARTITIONS: i32 = 4;
+
+/// The two views this benchmark has always measured.
+const VIEWS: &str = r#"
+[[view]]
+name = "page_views"
+filter = { event_type = ["page_view"] }
+dimensions = ["properties.page"]
+granularity = "1m"
+measures = [
+  { name = "views", agg = "count" },
+  { name = "duration", agg = "sum", field = "properties.duration" },
+  { name = "longest", agg = "max", field = "properties.duration" },
+  { name = "users", agg = "distinct", field = "user_id" },
+]
+[[view]]
+name = "by_type"
+dimensions = ["event_type"]
+granularity = "1m"
+measures = [{ name = "events", agg = "count" }]
+"#;
 
 fn clock_ticks() -> f64 {
     100.0 // USER_HZ on Linux
@@ -57,8 +78,24 @@ fn main() {
         .as_millis() as i64;
     let base = now - 3_600_000;
     eprintln!("producing {n} events…");
-    let pages = 50;
-    let types = ["page_view", "page_view", "click", "signup"];
+    // The shared generator, shaped like the traffic this benchmark has
+    // always measured: no late or malformed records, event times within 5 s
+    // of their Kafka time, 50 pages, 100,000 users.
+    let shape = Shape {
+        event_types: vec![
+            Weighted::new("page_view", 2.0),
+            Weighted::new("click", 1.0),
+            Weighted::new("signup", 1.0),
+        ],
+        pages: 50,
+        users: 100_000,
+        late_share: 0.0,
+        out_of_order_share: 1.0,
+        max_jitter: Millis(5_000),
+        malformed_share: 0.0,
+        ..Shape::default()
+    };
+    let mut generator = Generator::new(shape, 1).expect("bench shape");
     let p = kafka::producer(&broker.bootstrap(), 10_000).expect("producer");
     let mut ends = vec![0i64; PARTITIONS as usize];
     for chunk in (0..n).collect::<Vec<_>>().chunks(500_000) {
@@ -68,11 +105,8 @@ fn main() {
                 let ts = base + (i as i64 * 3_600_000 / n as i64);
                 let part = (i % PARTITIONS as usize) as i32;
                 ends[part as usize] += 1;
-                let payload = format!(
-                    r#"{{"event_id":"evt_{i:010}","event_type":"{}","timestamp":{},"user_id":"user_{}","properties":{{"page":"/p/{}","duration":{},"referrer":"search"}}}}"#,
-                    types[i % types.len()], ts - (i as i64 % 5000), (i * 7919) % 100_000, (i * 31) % pages, i % 600
-                );
-                kafka::Record { partition: part, payload: payload.into_bytes(), timestamp_ms: ts }
+                let g = generator.next(ts);
+                kafka::Record { partition: part, payload: g.payload, timestamp_ms: ts }
             })
             .collect();
         kafka::produce(&p, TOPIC, &recs).expect("produce");
@@ -123,40 +157,14 @@ fn main() {
         let redis = Redis::start().expect("redis");
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("tally.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                r#"[kafka]
-brokers = "{}"
-topics = ["{TOPIC}"]
-group = "bench-{round}"
-[redis]
-url = "{}"
-key_prefix = "b"
-[store]
-url = "memory://"
-[[view]]
-name = "page_views"
-filter = {{ event_type = ["page_view"] }}
-dimensions = ["properties.page"]
-granularity = "1m"
-measures = [
-  {{ name = "views", agg = "count" }},
-  {{ name = "duration", agg = "sum", field = "properties.duration" }},
-  {{ name = "longest", agg = "max", field = "properties.duration" }},
-  {{ name = "users", agg = "distinct", field = "user_id" }},
-]
-[[view]]
-name = "by_type"
-dimensions = ["event_type"]
-granularity = "1m"
-measures = [{{ name = "events", agg = "count" }}]
-"#,
-                broker.bootstrap(),
-                redis.url()
-            ),
-        )
-        .unwrap();
+        let toml = TestConfig::new()
+            .brokers(&broker.bootstrap())
+            .redis(&redis.url())
+            .group(&format!("bench-{round}"))
+            .key_prefix("b")
+            .views(VIEWS)
+            .toml();
+        std::fs::write(&cfg, toml).unwrap();
         let start = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
             .args(["speed", "--config"])

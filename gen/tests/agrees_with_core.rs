@@ -78,6 +78,8 @@ fn generates_fast() {
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{:.0} events/s, {} bytes/event", 200_000.0 / secs, bytes / 200_000);
-    // Generous: unoptimised test builds on a shared machine.
-    assert!(200_000.0 / secs > 100_000.0, "{:.0}/s", 200_000.0 / secs);
+    // Optimised builds must drive 100k+ events/s on one core; unoptimised
+    // test builds on a shared machine only have to be in the right range.
+    let floor = if cfg!(debug_assertions) { 10_000.0 } else { 100_000.0 };
+    assert!(200_000.0 / secs > floor, "{:.0}/s", 200_000.0 / secs);
 }

@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -33,6 +35,7 @@ use tally_core::manifest::{CutFile, ProgressFile};
 use tally_core::paths;
 use utoipa::{OpenApi, ToSchema};
 
+use crate::cache::{Answer, QueryKey};
 use crate::error::{code_for_status, ApiError, ErrorBody};
 use crate::query::{execute, Point, Query, Series};
 use crate::speed::SpeedRequest;
@@ -371,20 +374,70 @@ async fn list_views(State(state): State<AppState>) -> Json<ViewsResponse> {
     Json(ViewsResponse { views })
 }
 
-/// Run one query: snapshot ⊕ speed deltas of epochs ≥ cut.
+fn lookup_view<'a>(
+    state: &'a AppState,
+    view_name: &str,
+) -> Result<&'a tally_core::view::ViewDef, ApiError> {
+    state.inner.views.get(view_name).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_view",
+            format!("no view `{view_name}`: GET /api/v1/views lists them"),
+        )
+    })
+}
+
+/// Run one query, uncached: snapshot ⊕ speed deltas of epochs ≥ cut.
 pub async fn run_query(
     state: &AppState,
     view_name: &str,
     raw: Option<&str>,
 ) -> Result<QueryResponse, ApiError> {
-    let view = state.inner.views.get(view_name).ok_or_else(|| {
-        ApiError::not_found(
-            "unknown_view",
-            format!("no view `{view_name}`: GET /api/v1/views lists them"),
-        )
-    })?;
+    let view = lookup_view(state, view_name)?;
+    let q = Query::parse(view, raw, now_ms(), state.inner.cfg.serve.max_buckets)?;
+    Ok(merge_query(state, view, &q).await)
+}
+
+/// One query's answer through the result cache ([`crate::cache`]): the
+/// response and its JSON, shared by the query endpoint and the SSE streams.
+pub async fn cached_query(
+    state: &AppState,
+    view_name: &str,
+    raw: Option<&str>,
+) -> Result<Arc<Answer>, ApiError> {
+    let view = lookup_view(state, view_name)?;
+    let q = Query::parse(view, raw, now_ms(), state.inner.cfg.serve.max_buckets)?;
+    // Read before the merge loads the snapshot (see ResultCache).
+    let generation = state.inner.generation.load(Ordering::SeqCst);
+    let key = QueryKey::new(view_name, &q);
+    state
+        .inner
+        .cache
+        .get_or_compute(key, generation, || async {
+            let response = merge_query(state, view, &q).await;
+            let json = serde_json::to_vec(&response).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("cannot encode the answer: {e}"),
+                )
+            })?;
+            metrics::counter!("tally_serving_query_merges_total").increment(1);
+            Ok(Arc::new(Answer {
+                response,
+                json: json.into(),
+            }))
+        })
+        .await
+}
+
+/// The merge of a parsed query.
+async fn merge_query(
+    state: &AppState,
+    view: &tally_core::view::ViewDef,
+    q: &Query,
+) -> QueryResponse {
+    let view_name = view.name.as_str();
     let serve = &state.inner.cfg.serve;
-    let q = Query::parse(view, raw, now_ms(), serve.max_buckets)?;
     let snap = state.snapshot(view_name);
     let cut = snap.as_ref().and_then(|s| s.cut());
     let mut degraded = Vec::new();
@@ -409,9 +462,9 @@ pub async fn run_query(
         }
     };
     metrics::histogram!("tally_serving_redis_seconds").record(started.elapsed().as_secs_f64());
-    let merged = execute(view, &q, snap.as_deref(), &read.deltas, serve.max_groups);
+    let merged = execute(view, q, snap.as_deref(), &read.deltas, serve.max_groups);
     let manifest = snap.as_ref().and_then(|s| s.manifest.as_ref());
-    Ok(QueryResponse {
+    QueryResponse {
         view: view.name.clone(),
         from_ms: q.from_ms,
         to_ms: q.to_ms,
@@ -440,7 +493,7 @@ pub async fn run_query(
         overflow: merged.series.len() < merged.groups_total,
         series: merged.series,
         totals: merged.totals,
-    })
+    }
 }
 
 fn timeout(state: &AppState) -> Duration {
@@ -471,10 +524,10 @@ async fn query_view(
     State(state): State<AppState>,
     Path(view): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<QueryResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let t = timeout(&state);
-    let r = tokio::time::timeout(t, run_query(&state, &view, raw.as_deref()))
+    let r = tokio::time::timeout(t, cached_query(&state, &view, raw.as_deref()))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -484,7 +537,14 @@ async fn query_view(
             )
         })??;
     metrics::histogram!("tally_serving_query_seconds").record(started.elapsed().as_secs_f64());
-    Ok(Json(r))
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        r.json.clone(),
+    )
+        .into_response())
 }
 
 /// The same query, re-run every `interval` (default 2s) as server-sent events.
@@ -519,14 +579,17 @@ async fn stream_view(
                 tokio::time::sleep(interval).await;
             }
             let t = timeout(&state);
-            let ev = match tokio::time::timeout(t, run_query(&state, &view, raw.as_deref())).await {
-                Ok(Ok(r)) => Event::default().event("result").json_data(&r),
-                Ok(Err(e)) => Event::default().event("error").json_data(e.body()),
-                Err(_) => Event::default().event("error").json_data(ErrorBody {
-                    code: "timeout".into(),
-                    message: "query timed out".into(),
-                }),
-            };
+            let ev =
+                match tokio::time::timeout(t, cached_query(&state, &view, raw.as_deref())).await {
+                    Ok(Ok(r)) => Ok(Event::default()
+                        .event("result")
+                        .data(String::from_utf8_lossy(&r.json))),
+                    Ok(Err(e)) => Event::default().event("error").json_data(e.body()),
+                    Err(_) => Event::default().event("error").json_data(ErrorBody {
+                        code: "timeout".into(),
+                        message: "query timed out".into(),
+                    }),
+                };
             let ev = ev.unwrap_or_else(|_| Event::default().event("error").data("{}"));
             Some((Ok(ev), (state, view, raw, false)))
         },
@@ -724,7 +787,9 @@ async fn recompute(
             Some(serde_json::Value::String(s)) => {
                 crate::query::parse_time(name, s)?;
             }
-            Some(serde_json::Value::Number(n)) if n.as_i64().is_some() => {}
+            Some(serde_json::Value::Number(n)) if n.as_i64().is_some() => {
+                crate::query::parse_time(name, &n.to_string())?;
+            }
             Some(_) => {
                 return Err(ApiError::bad(
                     "bad_time",

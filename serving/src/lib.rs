@@ -12,6 +12,7 @@
 //!   reader) and the manifest poller.
 //! - [`speed`]: pipelined, time-bounded reads of the speed layer's slices.
 //! - [`query`]: parameter parsing and the merge/roll-up/group/filter fold.
+//! - [`cache`]: whole answers reused for a short TTL, single-flight.
 //! - [`api`]: routes, auth, JSON errors, SSE, status, OpenAPI.
 //! - [`dashboard`]: the page at `/`, embedded in the binary.
 //! - [`metrics`]: the Prometheus recorder behind `/metrics`.
@@ -23,6 +24,7 @@
 //! gives the bare `axum::Router` for tests.
 
 pub mod api;
+pub mod cache;
 pub mod dashboard;
 pub mod error;
 pub mod metrics;

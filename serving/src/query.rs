@@ -49,6 +49,19 @@ pub struct Query {
 /// Parameters that name no query input but are accepted.
 const PASSIVE: &[&str] = &["access_token"];
 
+/// Every parameter a query accepts.
+const KNOWN: &[&str] = &[
+    "from",
+    "to",
+    "last",
+    "granularity",
+    "group_by",
+    "filter",
+    "measures",
+    "interval",
+    "access_token",
+];
+
 /// Parse a time bound: RFC 3339 or epoch milliseconds.
 pub fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
     let ms = if let Ok(ms) = s.trim().parse::<i64>() {
@@ -111,6 +124,11 @@ impl Query {
         let mut last_ms = None;
         let mut seen: Vec<&str> = Vec::new();
         for (k, v) in &pairs {
+            // An empty value means "not given" (what an HTML form sends for an
+            // untouched field), so `from=&granularity=` is the default query.
+            if v.trim().is_empty() && KNOWN.contains(&k.as_str()) {
+                continue;
+            }
             let once = |seen: &mut Vec<&str>, k: &'static str| {
                 if seen.contains(&k) {
                     return Err(ApiError::bad(

@@ -32,12 +32,34 @@ use crate::speed::SpeedReader;
 pub struct RecomputeRequest {
     /// The view to recompute; all views when absent.
     pub view: Option<String>,
-    /// Start of the event-time range (RFC 3339 or epoch ms).
-    #[schema(value_type = Option<String>)]
+    /// Start of the event-time range: RFC 3339 text or epoch ms (integer).
+    #[schema(schema_with = time_bound_schema)]
     pub from: Option<serde_json::Value>,
-    /// End of the event-time range (RFC 3339 or epoch ms).
-    #[schema(value_type = Option<String>)]
+    /// End of the event-time range: RFC 3339 text or epoch ms (integer).
+    #[schema(schema_with = time_bound_schema)]
     pub to: Option<serde_json::Value>,
+}
+
+/// `from`/`to` of a recompute: RFC 3339 text, epoch milliseconds, or null/absent.
+fn time_bound_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(
+                    "RFC 3339, e.g. 2024-01-01T00:00:00Z, or epoch ms as text",
+                )),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .description(Some("epoch milliseconds")),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
 }
 
 /// What the binary plugs in to run a recompute: returns a run description or
@@ -58,6 +80,9 @@ pub struct ServeOptions {
     /// Largest request body accepted.
     pub body_limit: usize,
     pub recompute: Option<RecomputeHook>,
+    /// How long a whole query answer is reused ([`crate::cache`]); zero
+    /// disables the cache. Speed-layer writes show after at most this long.
+    pub result_ttl: Duration,
     /// The process's Prometheus handle when the binary installed the recorder;
     /// otherwise serving installs one on first use ([`crate::metrics::handle`]).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -70,6 +95,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("redis_timeout", &self.redis_timeout)
             .field("body_limit", &self.body_limit)
             .field("recompute", &self.recompute.is_some())
+            .field("result_ttl", &self.result_ttl)
             .finish()
     }
 }
@@ -81,6 +107,7 @@ impl Default for ServeOptions {
             redis_timeout: Duration::from_millis(1500),
             body_limit: 64 * 1024,
             recompute: None,
+            result_ttl: Duration::from_millis(250),
             metrics: None,
         }
     }
@@ -96,6 +123,10 @@ pub(crate) struct Inner {
     pub(crate) opts: ServeOptions,
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub(crate) started_ms: i64,
+    pub(crate) cache: crate::cache::ResultCache,
+    /// Bumped after every poll stored a snapshot set or store health: cached
+    /// answers of an older generation are not reused.
+    pub(crate) generation: std::sync::atomic::AtomicU64,
 }
 
 /// Everything a handler needs; cheap to clone.
@@ -143,9 +174,11 @@ impl AppState {
                 snapshots: ArcSwap::from_pointee(SnapshotSet::default()),
                 health: ArcSwap::from_pointee(StoreHealth::default()),
                 speed,
-                opts,
                 metrics,
                 started_ms: now_ms(),
+                cache: crate::cache::ResultCache::new(opts.result_ttl),
+                generation: std::sync::atomic::AtomicU64::new(0),
+                opts,
                 cfg,
             }),
         })
@@ -210,6 +243,10 @@ impl AppState {
             self.inner.snapshots.store(Arc::new(next));
         }
         self.inner.health.store(Arc::new(health));
+        // After the stores: a query that reads the new generation sees them.
+        self.inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         changed
     }
 

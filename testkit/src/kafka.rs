@@ -116,9 +116,28 @@ pub fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Result<
 }
 
 /// Read every record of `topic` (all partitions) from the start, up to the
-/// end offsets observed first.
+/// end offsets observed first. (Tansu 0.6 reports the last record batch's
+/// base offset plus one as the end: use [`read_n`] when the count is known.)
 pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<Consumed>, Error> {
     let ends = high_watermarks(bootstrap, topic, partitions)?;
+    read_until(bootstrap, topic, partitions, |pos, _| {
+        pos.iter().zip(&ends).all(|(p, e)| p >= e)
+    })
+}
+
+/// Read the first `n` records of `topic` (all partitions), waiting up to
+/// 120 s for them.
+pub fn read_n(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> Result<Vec<Consumed>, Error> {
+    read_until(bootstrap, topic, partitions, |_, got| got >= n)
+}
+
+/// Read from the start until `done(next offsets, records read)` or 120 s.
+fn read_until(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    done: impl Fn(&[i64], usize) -> bool,
+) -> Result<Vec<Consumed>, Error> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("read-all-{}", std::process::id()))
@@ -135,7 +154,7 @@ pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<Con
     let mut pos = vec![0i64; partitions as usize];
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while pos.iter().zip(&ends).any(|(p, e)| p < e) && std::time::Instant::now() < deadline {
+    while !done(&pos, out.len()) && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
             let p = m.partition() as usize;
             if m.offset() < pos[p] {

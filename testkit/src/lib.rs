@@ -21,5 +21,7 @@ mod redis;
 pub mod truth;
 
 pub use broker::{tansu_bin, Broker, Storage};
+/// The generator, for test crates that reach it through the testkit.
+pub use tally_gen as gen;
 pub use process::{free_port, Error};
 pub use redis::Redis;

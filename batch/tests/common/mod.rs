@@ -1,5 +1,6 @@
-//! Shared test support: generated events, archive files written directly, and
-//! the truth as a plain fold over the generated events.
+//! Shared test support: generated records (`tally-gen`) laid out over
+//! partitions and offsets, archive files written directly, the standard test
+//! config, and the truth as the testkit's plain fold over the records.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
@@ -9,55 +10,58 @@ use object_store::ObjectStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_batch::archive_file::{self, ArchiveRows};
-use tally_core::config::Config;
+use tally_core::config::{Config, Millis};
 use tally_core::event::Limits;
 use tally_core::manifest::CutFile;
 use tally_core::paths;
 use tally_core::time::EpochClock;
+use tally_testkit::config::{TestConfig, TOPIC};
+use tally_testkit::gen::{Generated, Generator, IntRange, Shape};
+use tally_testkit::truth::Truth;
 
 pub const T0: i64 = 1_704_067_200_000; // 2024-01-01T00:00:00Z
 pub const HOUR: i64 = 3_600_000;
 
-/// One generated record, as the test knows it.
+/// The standard views, in their order.
+pub const VIEWS: [&str; 3] = ["page_views", "by_type", "daily"];
+
+/// One generated record at its Kafka coordinates.
 #[derive(Debug, Clone)]
 pub struct Gen {
     pub partition: i32,
     pub offset: i64,
-    pub kafka_ts: i64,
-    pub id: String,
-    pub etype: &'static str,
-    pub time_ms: i64,
-    pub user: String,
-    pub page: String,
-    /// Integer duration, sometimes absent.
-    pub duration: Option<i64>,
-    /// A float property.
-    pub price: f64,
-    /// Not a valid event (not JSON).
-    pub invalid: bool,
+    pub g: Generated,
 }
 
 impl Gen {
-    pub fn json(&self) -> Vec<u8> {
-        if self.invalid {
-            return b"{not json".to_vec();
-        }
-        let mut props = serde_json::json!({"page": self.page, "price": self.price});
-        if let Some(d) = self.duration {
-            props["duration"] = serde_json::json!(d);
-        }
-        serde_json::to_vec(&serde_json::json!({
-            "event_id": self.id,
-            "event_type": self.etype,
-            "timestamp": self.time_ms,
-            "user_id": self.user,
-            "properties": props,
-        }))
-        .unwrap()
+    pub fn json(&self) -> &[u8] {
+        &self.g.payload
+    }
+
+    pub fn kafka_ts(&self) -> i64 {
+        self.g.kafka_ts_ms
     }
 
     pub fn epoch(&self) -> i64 {
-        self.kafka_ts.div_euclid(HOUR)
+        self.g.kafka_ts_ms.div_euclid(HOUR)
+    }
+}
+
+/// The batch tests' traffic: 20 % of events up to two days late, the rest up
+/// to two minutes either side, 1 % malformed (every kind), durations from -50
+/// (for min) to 1000, few pages and users so groups repeat.
+pub fn shape() -> Shape {
+    Shape {
+        pages: 5,
+        page_skew: 0.5,
+        users: 3000,
+        late_share: 0.2,
+        max_late: Millis(2 * 86_400_000),
+        out_of_order_share: 0.8,
+        max_jitter: Millis(120_000),
+        malformed_share: 0.01,
+        duration: IntRange { min: -50, max: 1000 },
+        ..Shape::default()
     }
 }
 
@@ -72,31 +76,17 @@ pub fn generate(
     span: i64,
 ) -> Vec<Gen> {
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut gen = Generator::new(shape(), seed).expect("batch test shape");
     next_offsets.resize(partitions as usize, 0);
-    let types = ["page_view", "click", "purchase"];
     (0..n)
-        .map(|i| {
+        .map(|_| {
             let p = rng.gen_range(0..partitions);
             let offset = next_offsets[p as usize];
             next_offsets[p as usize] += 1;
-            let kafka_ts = ts_from + rng.gen_range(0..span);
-            let lateness = if rng.gen_bool(0.2) {
-                rng.gen_range(0..2 * 86_400_000)
-            } else {
-                rng.gen_range(0..120_000)
-            };
             Gen {
                 partition: p,
                 offset,
-                kafka_ts,
-                id: format!("e{seed}-{i}"),
-                etype: types[rng.gen_range(0..3)],
-                time_ms: kafka_ts - lateness,
-                user: format!("u{}", rng.gen_range(0..3000)),
-                page: format!("/p{}", rng.gen_range(0..5)),
-                duration: rng.gen_bool(0.9).then(|| rng.gen_range(-50..1000)),
-                price: (rng.gen_range(0..10_000) as f64) / 4.0,
-                invalid: rng.gen_bool(0.01),
+                g: gen.next(ts_from + rng.gen_range(0..span)),
             }
         })
         .collect()
@@ -122,10 +112,10 @@ pub async fn write_archive(
             topic,
             g.partition,
             g.offset,
-            g.kafka_ts,
+            g.kafka_ts(),
             clock,
             &limits,
-            &g.json(),
+            g.json(),
         );
     }
     let mut paths_out = Vec::new();
@@ -153,47 +143,13 @@ pub fn config(store_url: &str) -> Config {
     config_at(store_url, None)
 }
 
-/// The test views, with the store at `store_url` (and an S3 endpoint).
+/// The standard test views, with the store at `store_url` (and an S3
+/// endpoint) and no grace before garbage collection.
 pub fn config_at(store_url: &str, s3_endpoint: Option<&str>) -> Config {
-    let mut cfg = Config::from_toml(&format!(
-        r#"
-        [store]
-        url = "{store_url}"
-        [batch]
-        gc_grace = "0ms"
-        [[view]]
-        name = "pages"
-        topics = ["events"]
-        filter = {{ event_type = ["page_view"] }}
-        dimensions = ["properties.page"]
-        granularity = "1m"
-        measures = [
-          {{ name = "views", agg = "count" }},
-          {{ name = "duration", agg = "sum", field = "properties.duration" }},
-          {{ name = "shortest", agg = "min", field = "properties.duration" }},
-          {{ name = "longest", agg = "max", field = "properties.duration" }},
-          {{ name = "users", agg = "distinct", field = "user_id" }},
-        ]
-        [[view]]
-        name = "types"
-        dimensions = ["event_type"]
-        granularity = "1h"
-        measures = [
-          {{ name = "events", agg = "count" }},
-          {{ name = "revenue", agg = "sum", field = "properties.price" }},
-          {{ name = "users", agg = "distinct", field = "user_id" }},
-        ]
-        [[view]]
-        name = "daily"
-        granularity = "1d"
-        measures = [
-          {{ name = "events", agg = "count" }},
-          {{ name = "timed", agg = "count", field = "properties.duration" }},
-          {{ name = "top", agg = "max", field = "properties.price" }},
-        ]
-        "#
-    ))
-    .unwrap();
+    let mut cfg = TestConfig::new()
+        .store(store_url)
+        .extra("[batch]\ngc_grace = \"0ms\"")
+        .build();
     if let Some(e) = s3_endpoint {
         cfg.store.s3_endpoint = Some(e.to_owned());
         cfg.store.s3_region = Some("us-east-1".into());
@@ -201,68 +157,17 @@ pub fn config_at(store_url: &str, s3_endpoint: Option<&str>) -> Config {
     cfg
 }
 
-/// Truth for one (bucket, group): the plain values.
-#[derive(Debug, Clone, Default)]
-pub struct Truth {
-    pub count: u64,
-    pub count_field: u64,
-    pub sum_int: i64,
-    pub sum_float: f64,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub users: HashSet<String>,
-}
-
-fn bump(t: &mut Truth, num: Option<f64>) {
-    if let Some(v) = num {
-        t.min = Some(t.min.map_or(v, |m: f64| m.min(v)));
-        t.max = Some(t.max.map_or(v, |m: f64| m.max(v)));
-    }
-}
-
-/// The truth of a view over the valid events of epochs below `cut`,
-/// de-duplicated by coordinates. Keys: (bucket, group).
-pub fn truth(view: &str, events: &[Gen], cut: i64) -> BTreeMap<(i64, Vec<Option<String>>), Truth> {
+/// The truth of every view over the records of epochs below `cut`,
+/// de-duplicated by coordinates.
+pub fn truth(cfg: &Config, events: &[Gen], cut: i64) -> Truth {
     let mut seen = HashSet::new();
-    let mut out: BTreeMap<(i64, Vec<Option<String>>), Truth> = BTreeMap::new();
+    let mut truth = Truth::new(cfg);
     for g in events {
-        if g.invalid || g.epoch() >= cut || !seen.insert((g.partition, g.offset)) {
-            continue;
-        }
-        match view {
-            "pages" => {
-                if g.etype != "page_view" {
-                    continue;
-                }
-                let b = g.time_ms.div_euclid(60_000) * 60_000;
-                let t = out.entry((b, vec![Some(g.page.clone())])).or_default();
-                t.count += 1;
-                if let Some(d) = g.duration {
-                    t.sum_int += d;
-                }
-                bump(t, g.duration.map(|d| d as f64));
-                t.users.insert(g.user.clone());
-            }
-            "types" => {
-                let b = g.time_ms.div_euclid(HOUR) * HOUR;
-                let t = out.entry((b, vec![Some(g.etype.to_string())])).or_default();
-                t.count += 1;
-                t.sum_float += g.price;
-                t.users.insert(g.user.clone());
-            }
-            "daily" => {
-                let b = g.time_ms.div_euclid(86_400_000) * 86_400_000;
-                let t = out.entry((b, vec![])).or_default();
-                t.count += 1;
-                if g.duration.is_some() {
-                    t.count_field += 1;
-                }
-                bump(t, Some(g.price));
-            }
-            _ => unreachable!(),
+        if g.epoch() < cut && seen.insert((g.partition, g.offset)) {
+            truth.add_generated(TOPIC, &g.g);
         }
     }
-    out
+    truth
 }
 
 /// A private moto S3 server (from PyPI) on a free port, killed on drop.

@@ -496,3 +496,57 @@ pub async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, serde_
 }
 
 pub fn unused(_: Hll) {}
+
+/// An external tool a test drives (schemathesis, chromium): its path, or
+/// `None` after saying why the test is skipped. Outside CI a missing tool
+/// skips the test with a clear message; with `CI` set it fails the test, so
+/// the CI run can never pass without really running it.
+pub fn external_tool(names: &[&str], install_hint: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in names {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    assert!(
+        !ci,
+        "CI is set and none of {names:?} is on PATH: {install_hint} (infra/install does it)"
+    );
+    eprintln!(
+        "SKIPPED: none of {names:?} is on PATH; {install_hint} (infra/install does it). \
+         With CI set this test fails instead of skipping."
+    );
+    None
+}
+
+/// Start the real server on a free loopback port; returns its address and a
+/// sender that stops it.
+pub async fn start_server(
+    cfg: Config,
+    store: Arc<dyn object_store::ObjectStore>,
+    opts: tally_serving::ServeOptions,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tally_serving::ServeError>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tally_serving::serve_on(
+        listener,
+        cfg,
+        store,
+        opts,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop, server)
+}

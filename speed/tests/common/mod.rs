@@ -1,19 +1,23 @@
-//! Shared test support for the speed layer: generated traffic, the plain fold
-//! that is the truth, and a reader of the Redis layout.
+//! Shared test support for the speed layer: generated traffic (`tally-gen`),
+//! the plain fold that is the truth (`tally_testkit::truth`), and a reader of
+//! the Redis layout. Also used by the root package's `tests/speed_crash.rs`.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use redis::Commands;
-use tally_core::config::Config;
+use tally_core::config::{Config, Millis};
 use tally_core::hll::Hll;
 use tally_core::keys::{parse_group, CounterField, Keys, Part, SketchField};
+use tally_testkit::gen::{Generated, Generator, Shape};
+use tally_testkit::config::TestConfig;
 use tally_testkit::kafka::Record;
+use tally_testkit::truth::{within_hll_error, Truth};
+
+pub use tally_testkit::config::TOPIC;
 
 /// Kafka time of the first generated event: four hours ago, on the hour, so
 /// that speed-layer keys (expiring `retention` after their epoch) are live.
@@ -24,184 +28,80 @@ pub fn base_ms() -> i64 {
         .as_millis() as i64;
     now.div_euclid(3_600_000) * 3_600_000 - 4 * 3_600_000
 }
-pub const TOPIC: &str = "events";
 
-/// The config under test: two views with every aggregate.
+/// The config under test: the standard test views (every aggregate).
 pub fn config(brokers: &str, redis: &str, group: &str) -> Config {
-    Config::from_toml(&config_toml(brokers, redis, group)).expect("test config")
+    test_config(brokers, redis, group).build()
 }
 
 /// [`config`] as TOML text, for the `tally` binary.
 pub fn config_toml(brokers: &str, redis: &str, group: &str) -> String {
-    format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-topics = ["{TOPIC}"]
-group = "{group}"
-dead_letter_topic = "dead"
-[redis]
-url = "{redis}"
-key_prefix = "t"
-[store]
-url = "memory://"
-[speed]
-flush_interval = "100ms"
-[[view]]
-name = "page_views"
-filter = {{ event_type = ["page_view"] }}
-dimensions = ["properties.page"]
-granularity = "1m"
-measures = [
-  {{ name = "views", agg = "count" }},
-  {{ name = "duration", agg = "sum", field = "properties.duration" }},
-  {{ name = "longest", agg = "max", field = "properties.duration" }},
-  {{ name = "shortest", agg = "min", field = "properties.duration" }},
-  {{ name = "users", agg = "distinct", field = "user_id" }},
-]
-[[view]]
-name = "by_type"
-dimensions = ["event_type", "properties.country"]
-granularity = "1h"
-measures = [
-  {{ name = "events", agg = "count" }},
-  {{ name = "amount", agg = "sum", field = "properties.amount" }},
-  {{ name = "users", agg = "distinct", field = "user_id" }},
-]
-"#
-    )
+    test_config(brokers, redis, group).toml()
 }
 
-/// One generated event, as the truth sees it.
+fn test_config(brokers: &str, redis: &str, group: &str) -> TestConfig {
+    TestConfig::new().brokers(brokers).redis(redis).group(group)
+}
+
+/// One generated event and the partition the test sends it to.
 #[derive(Debug, Clone)]
 pub struct Ev {
     pub partition: i32,
-    pub kafka_ts: i64,
-    pub time_ms: i64,
-    pub event_type: &'static str,
-    pub user: String,
-    pub page: String,
-    pub duration: i64,
-    pub country: Option<&'static str>,
-    pub amount_cents: i64,
+    pub g: Generated,
 }
 
-impl Ev {
-    pub fn json(&self, i: usize) -> String {
-        let country = self
-            .country
-            .map(|c| format!(r#","country":"{c}""#))
-            .unwrap_or_default();
-        format!(
-            r#"{{"event_id":"e{i}","event_type":"{}","timestamp":{},"user_id":"{}","properties":{{"page":"{}","duration":{},"amount":{}.{:02}{country}}}}}"#,
-            self.event_type,
-            self.time_ms,
-            self.user,
-            self.page,
-            self.duration,
-            self.amount_cents / 100,
-            self.amount_cents % 100
-        )
+/// The traffic of the speed tests: 10 % of events up to two days late, the
+/// rest up to 5 s either side of their Kafka time; no malformed records (the
+/// dead-letter test adds its own).
+pub fn shape() -> Shape {
+    Shape {
+        pages: 40,
+        users: 50_000,
+        late_share: 0.1,
+        max_late: Millis(2 * 86_400_000),
+        out_of_order_share: 0.9,
+        max_jitter: Millis(5_000),
+        malformed_share: 0.0,
+        ..Shape::default()
     }
 }
 
 /// `n` events over `partitions`, Kafka time from `start_ms` advancing `step_ms`
-/// per event; 10 % of events are up to two days late.
+/// per event.
 pub fn events(seed: u64, n: usize, partitions: i32, start_ms: i64, step_ms: f64) -> Vec<Ev> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let types = [
-        "page_view",
-        "page_view",
-        "page_view",
-        "click",
-        "signup",
-        "purchase",
-    ];
-    let countries = [Some("de"), Some("fr"), Some("us"), None];
+    let mut gen = Generator::new(shape(), seed).expect("speed test shape");
+    let mut rng = tally_testkit::gen::Rng::new(seed ^ 0xfeed);
     (0..n)
-        .map(|i| {
-            let kafka_ts = start_ms + (i as f64 * step_ms) as i64;
-            let late = if rng.gen_bool(0.1) {
-                rng.gen_range(0..2 * 86_400_000)
-            } else {
-                rng.gen_range(0..5_000)
-            };
-            // Skewed pages and users: low numbers are much more common.
-            let page = format!("/p{}", (rng.gen_range(0.0f64..1.0).powi(3) * 40.0) as u32);
-            let user = format!(
-                "u{}",
-                (rng.gen_range(0.0f64..1.0).powi(2) * 50_000.0) as u32
-            );
-            Ev {
-                partition: rng.gen_range(0..partitions),
-                kafka_ts,
-                time_ms: kafka_ts - late,
-                event_type: types[rng.gen_range(0..types.len())],
-                user,
-                page,
-                duration: rng.gen_range(0..600),
-                country: countries[rng.gen_range(0..countries.len())],
-                amount_cents: rng.gen_range(0..100_000),
-            }
+        .map(|i| Ev {
+            partition: rng.below(partitions as u64) as i32,
+            g: gen.next(start_ms + (i as f64 * step_ms) as i64),
         })
         .collect()
 }
 
-pub fn records(evs: &[Ev], offset: usize) -> Vec<Record> {
+/// The records to produce. (`_offset` is unused: event ids are unique per
+/// generator.)
+pub fn records(evs: &[Ev], _offset: usize) -> Vec<Record> {
     evs.iter()
-        .enumerate()
-        .map(|(i, e)| Record {
+        .map(|e| Record {
             partition: e.partition,
-            payload: e.json(offset + i).into_bytes(),
-            timestamp_ms: e.kafka_ts,
+            payload: e.g.payload.clone(),
+            timestamp_ms: e.g.kafka_ts_ms,
         })
         .collect()
 }
 
-/// The aggregates of one (bucket, group), computed plainly.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Truth {
-    pub count: u64,
-    pub sum_int: i64,
-    pub sum_cents: i64,
-    pub min: Option<i64>,
-    pub max: Option<i64>,
-    pub users: HashSet<String>,
-}
-
-pub type Key = (i64, Vec<Option<String>>);
-
-/// The truth for `page_views` and `by_type`, folded without any Tally code.
-pub fn fold(evs: &[Ev]) -> (HashMap<Key, Truth>, HashMap<Key, Truth>) {
-    let mut pv: HashMap<Key, Truth> = HashMap::new();
-    let mut bt: HashMap<Key, Truth> = HashMap::new();
+/// The truth of the standard views over `evs`, folded without any Tally code.
+pub fn fold(evs: &[Ev]) -> Truth {
+    let mut truth = Truth::new(&TestConfig::new().build());
     for e in evs {
-        if e.event_type == "page_view" {
-            let t = pv
-                .entry((
-                    e.time_ms.div_euclid(60_000) * 60_000,
-                    vec![Some(e.page.clone())],
-                ))
-                .or_default();
-            t.count += 1;
-            t.sum_int += e.duration;
-            t.min = Some(t.min.map_or(e.duration, |m| m.min(e.duration)));
-            t.max = Some(t.max.map_or(e.duration, |m| m.max(e.duration)));
-            t.users.insert(e.user.clone());
-        }
-        let g = vec![
-            Some(e.event_type.to_string()),
-            e.country.map(str::to_string),
-        ];
-        let t = bt
-            .entry((e.time_ms.div_euclid(3_600_000) * 3_600_000, g))
-            .or_default();
-        t.count += 1;
-        t.sum_cents += e.amount_cents;
-        t.users.insert(e.user.clone());
+        truth.add_generated(TOPIC, &e.g);
     }
-    (pv, bt)
+    truth
 }
+
+/// (bucket, group) of a view.
+pub type Key = (i64, Vec<Option<String>>);
 
 /// What Redis holds for one (bucket, group) of a view, all slices merged.
 #[derive(Debug, Clone, Default)]
@@ -263,77 +163,52 @@ pub fn read_view(redis_url: &str, prefix: &str, view: &str) -> HashMap<Key, Stor
     out
 }
 
-fn close_enough(estimate: u64, exact: usize) -> bool {
-    (estimate as f64 - exact as f64).abs() <= 2.0 + exact as f64 * 0.02
-}
-
-/// Compare both views in Redis with the fold; panics with the first difference.
+/// Compare every standard view in Redis with the fold; panics with the
+/// first difference.
 pub fn assert_exact(redis_url: &str, evs: &[Ev]) {
-    let (pv, bt) = fold(evs);
-    let got = read_view(redis_url, "t", "page_views");
-    assert_eq!(
-        got.len(),
-        pv.len(),
-        "page_views: number of (bucket, group)s"
-    );
-    for (k, t) in &pv {
-        let s = got
-            .get(k)
-            .unwrap_or_else(|| panic!("page_views {k:?} missing"));
+    let truth = fold(evs);
+    for view in &truth.views {
+        let name = &view.name;
+        let got = read_view(redis_url, "t", name);
         assert_eq!(
-            s.ints.get(&("views".into(), 'c')),
-            Some(&(t.count as i64)),
-            "views {k:?}"
+            got.len(),
+            view.cells.len(),
+            "{name}: number of (bucket, group)s"
         );
-        assert_eq!(
-            s.ints.get(&("duration".into(), 'i')),
-            Some(&t.sum_int),
-            "duration {k:?}"
-        );
-        assert_eq!(
-            s.floats.get(&("longest".into(), 'x')),
-            Some(&(t.max.unwrap() as f64)),
-            "longest {k:?}"
-        );
-        assert_eq!(
-            s.floats.get(&("shortest".into(), 'n')),
-            Some(&(t.min.unwrap() as f64)),
-            "shortest {k:?}"
-        );
-        let est = s.sketches.get("users").map_or(0, Hll::count);
-        assert!(
-            close_enough(est, t.users.len()),
-            "users {k:?}: {est} vs {}",
-            t.users.len()
-        );
-    }
-    let got = read_view(redis_url, "t", "by_type");
-    assert_eq!(got.len(), bt.len(), "by_type: number of (bucket, group)s");
-    for (k, t) in &bt {
-        let s = got
-            .get(k)
-            .unwrap_or_else(|| panic!("by_type {k:?} missing"));
-        assert_eq!(
-            s.ints.get(&("events".into(), 'c')),
-            Some(&(t.count as i64)),
-            "events {k:?}"
-        );
-        let amount = s.ints.get(&("amount".into(), 'i')).copied().unwrap_or(0) as f64
-            + s.floats
-                .get(&("amount".into(), 'f'))
-                .copied()
-                .unwrap_or(0.0);
-        let exact = t.sum_cents as f64 / 100.0;
-        assert!(
-            (amount - exact).abs() <= 1e-6 * exact.max(1.0),
-            "amount {k:?}: {amount} vs {exact}"
-        );
-        let est = s.sketches.get("users").map_or(0, Hll::count);
-        assert!(
-            close_enough(est, t.users.len()),
-            "users {k:?}: {est} vs {}",
-            t.users.len()
-        );
+        for ((bucket, group), cells) in &view.cells.map {
+            let k = (*bucket, group.clone());
+            let s = got
+                .get(&k)
+                .unwrap_or_else(|| panic!("{name} {k:?} missing"));
+            for (m, t) in view.measures.iter().zip(cells) {
+                let int = |tag| s.ints.get(&(m.name.clone(), tag)).copied();
+                let float = |tag| s.floats.get(&(m.name.clone(), tag)).copied();
+                let what = format!("{name}.{} {k:?}", m.name);
+                match m.agg.as_str() {
+                    "count" => assert_eq!(int('c').unwrap_or(0), t.count as i64, "{what}"),
+                    "sum" => {
+                        assert_eq!(int('i').unwrap_or(0), t.sum_int, "{what}");
+                        let f = float('f').unwrap_or(0.0);
+                        assert!(
+                            (f - t.sum_float).abs() <= 1e-9 * t.sum_float.abs().max(1.0),
+                            "{what}: {f} vs {}",
+                            t.sum_float
+                        );
+                    }
+                    "min" => assert_eq!(float('n'), t.min, "{what}"),
+                    "max" => assert_eq!(float('x'), t.max, "{what}"),
+                    "distinct" => {
+                        let est = s.sketches.get(&m.name).map_or(0, Hll::count);
+                        assert!(
+                            within_hll_error(est, t.distinct.len()),
+                            "{what}: {est} vs {}",
+                            t.distinct.len()
+                        );
+                    }
+                    other => panic!("unknown agg {other}"),
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,83 @@
+//! The serving latency benchmark's server (`serving/bench/latency.sh`): a day
+//! of 1-minute buckets in both layers, served until Ctrl-C.
+//!
+//! Data: for every minute of 2024-01-01 and every (page, country) group of the
+//! test fixture's view (5 pages x 3 countries), one event whose ingest epoch is
+//! below the cut (so it is in the batch snapshot, Parquet in a `memory://`
+//! store) and one at or after the cut (so it is a speed-layer delta in a
+//! private Redis): 1,440 x 15 = 21,600 cells in each layer, every one of them
+//! merged by a 24-hour query. Prints `ready` and the query URL on stdout once
+//! serving. `TALLY_BENCH_RESULT_TTL_MS` sets the answer cache's TTL (0: off,
+//! every request merges afresh).
+//!
+//! `cargo run --release -p tally-serving --example bench_server -- 127.0.0.1:8098`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use object_store::memory::InMemory;
+use tally_core::agg::Num;
+
+#[tokio::main]
+async fn main() {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8098".into());
+    let ttl_ms: u64 = std::env::var("TALLY_BENCH_RESULT_TTL_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(250);
+    let cut = T0 / EPOCH_MS + 24;
+    let mut evs = Vec::new();
+    for minute in 0..1440i64 {
+        for (pi, page) in PAGES.iter().enumerate() {
+            for (ci, country) in COUNTRIES.iter().enumerate() {
+                let g = (pi * COUNTRIES.len() + ci) as i64;
+                for (k, epoch) in [(0, cut - 1), (1, cut + 1)] {
+                    evs.push(Ev {
+                        t: T0 + minute * 60_000 + k * 1000 + g,
+                        epoch,
+                        page: Some((*page).to_owned()),
+                        country: Some((*country).to_owned()),
+                        duration: Some(Num::Int((minute * 7 + g * 13 + k) % 500)),
+                        user: format!("user_{}", (minute * 15 + g + k * 7) % 5000),
+                    });
+                }
+            }
+        }
+    }
+    let redis = match tally_testkit::Redis::start() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start redis-server: {e}");
+            std::process::exit(1);
+        }
+    };
+    let store = Arc::new(InMemory::new());
+    publish_snapshot(&store, &view(), &evs, cut, "bench").await;
+    write_speed(&redis.url(), "t", &view(), &evs).await;
+    let mut cfg = config(&redis.url(), "t");
+    cfg.serve.listen = addr.clone();
+    let opts = tally_serving::ServeOptions {
+        result_ttl: Duration::from_millis(ttl_ms),
+        ..Default::default()
+    };
+    println!(
+        "ready http://{addr}/api/v1/views/pv/query?from={T0}&to={}&granularity=1h&group_by=properties.page ({} events, result_ttl {ttl_ms} ms)",
+        T0 + 86_400_000,
+        evs.len()
+    );
+    let r = tally_serving::serve_with(cfg, store, opts, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    drop(redis);
+    if let Err(e) = r {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}

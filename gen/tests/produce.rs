@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tally_core::config::KafkaConfig;
 use tally_gen::{produce, Generated, Generator, ProduceOptions, Shape};
-use tally_testkit::{kafka, Broker};
+use tally_testkit::{kafka, runtime, Broker};
 use tokio_util::sync::CancellationToken;
 
 fn kafka_config(broker: &Broker) -> KafkaConfig {
@@ -14,14 +14,6 @@ fn kafka_config(broker: &Broker) -> KafkaConfig {
         brokers: broker.bootstrap(),
         ..KafkaConfig::default()
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

@@ -6,15 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tally_testkit::{kafka, Broker, Redis};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use tally_testkit::{kafka, runtime, Broker, Redis};
 
 #[test]
 fn a_million_events_over_two_views_are_exact() {

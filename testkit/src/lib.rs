@@ -25,3 +25,17 @@ pub use broker::{tansu_bin, Broker, Storage};
 pub use tally_gen as gen;
 pub use process::{free_port, Error};
 pub use redis::Redis;
+
+/// The runtime the synchronous tests drive async code with: two workers,
+/// all drivers on (the testkit's own helpers block, so tests create topics
+/// before entering it).
+pub fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("build a tokio runtime: {e}"),
+    }
+}

@@ -223,13 +223,27 @@ fn missing_file_says_how_to_fix() {
 }
 
 #[test]
-fn roles_not_built_yet_say_so_and_fail() {
-    for role in [&["gen"][..], &["demo"]] {
+fn every_role_refuses_a_missing_config_and_names_it() {
+    let roles: [&[&str]; 9] = [
+        &["run"],
+        &["speed"],
+        &["archive"],
+        &["serve"],
+        &["batch", "run"],
+        &["batch", "schedule"],
+        &["recompute", "--view", "v", "--from", "0", "--to", "1"],
+        &["gen", "--count", "1"],
+        &["demo"],
+    ];
+    for role in roles {
         let out = Command::new(env!("CARGO_BIN_EXE_tally"))
             .args(role)
+            .args(["--config", "/nonexistent/tally.toml"])
             .output()
             .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{role:?}");
+        assert!(stderr.contains("/nonexistent/tally.toml"), "{role:?}: {stderr}");
     }
 }
 

@@ -122,3 +122,45 @@ fn numbers_hash_as_the_text_redis_receives() {
         h.registers()
     );
 }
+
+#[test]
+fn sparse_sketches_set_then_pfmerged_equal_pfadd_of_every_value() {
+    // The speed layer's path: each flush builds a small sketch here and
+    // SETs it (new key) or PFMERGEs it (existing key) in Redis.
+    let server = Redis::start().expect("redis");
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for (n, per_chunk) in [(300u64, 7usize), (5_000, 50), (40_000, 1_000)] {
+        let vals = values(0..n);
+        let key = format!("merged:{n}");
+        for chunk in vals.chunks(per_chunk) {
+            let bytes = sketch(chunk).to_redis_bytes();
+            let exists: bool = con.exists(&key).unwrap();
+            if exists {
+                let _: () = con.set("tmp", bytes).unwrap();
+                let _: () = redis::cmd("PFMERGE")
+                    .arg(&key)
+                    .arg("tmp")
+                    .query(&mut con)
+                    .unwrap();
+            } else {
+                let _: () = con.set(&key, bytes).unwrap();
+            }
+        }
+        let reference = format!("pfadd:{n}");
+        pfadd_all(&mut con, &reference, &vals);
+        let merged: Vec<u8> = con.get(&key).unwrap();
+        let added: Vec<u8> = con.get(&reference).unwrap();
+        assert_eq!(
+            Hll::from_redis_bytes(&merged).unwrap().registers(),
+            Hll::from_redis_bytes(&added).unwrap().registers(),
+            "{n} values in chunks of {per_chunk}"
+        );
+        let count: u64 = redis::cmd("PFCOUNT").arg(&key).query(&mut con).unwrap();
+        let want: u64 = redis::cmd("PFCOUNT").arg(&reference).query(&mut con).unwrap();
+        assert_eq!(count, want, "{n}: PFCOUNT");
+        assert_eq!(Hll::from_redis_bytes(&merged).unwrap().count(), want, "{n}: count here");
+    }
+}

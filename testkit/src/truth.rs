@@ -326,10 +326,15 @@ impl Truth {
 }
 
 /// Whether a distinct estimate is within the error of Redis's HyperLogLog
-/// (p = 14, 0.81 % standard error): 2 % relative, or ±3 for small sets.
+/// (p = 14, 0.81 % standard error): 4 % relative, or ±3 for small sets.
+///
+/// A test checks thousands of cells, so the bound must sit far in the tail:
+/// measured over 20,000 random sets of 222 values, 0.35 % of the estimates
+/// missed by more than 2 % (the worst by 3.2 %), which made a 2 % bound fail
+/// on correct data. 4 % is about 5 standard errors.
 pub fn within_hll_error(estimate: u64, exact: usize) -> bool {
     let (est, exact) = (estimate as f64, exact as f64);
-    (est - exact).abs() <= (exact * 0.02).max(3.0)
+    (est - exact).abs() <= (exact * 0.04).max(3.0)
 }
 
 /// Whether the platform must accept `payload` with Kafka time `kafka_ts_ms`.
@@ -610,7 +615,7 @@ mod tests {
     #[test]
     fn hll_error_bounds() {
         assert!(within_hll_error(3, 0));
-        assert!(within_hll_error(1020, 1000));
-        assert!(!within_hll_error(1030, 1000));
+        assert!(within_hll_error(1040, 1000));
+        assert!(!within_hll_error(1041, 1000));
     }
 }

@@ -87,7 +87,11 @@ fn main() {
     let redis = Redis::start().expect("redis");
     kafka::create_topic(&broker.bootstrap(), TOPIC, 4).expect("topic");
     kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("freshness-")
+        .tempdir()
+        .expect("tempdir");
+    eprintln!("logs in {}", dir.path().display());
     let port = tally_testkit::free_port().expect("port");
     let test_cfg = TestConfig::new()
         .brokers(&broker.bootstrap())
@@ -142,17 +146,29 @@ fn main() {
         producer
             .send(BaseRecord::<(), _>::to(TOPIC).payload(&payload).timestamp(t))
             .expect("send probe");
-        producer.poll(Duration::ZERO);
+        // Delivered before polling the API: the wait is part of the latency.
+        producer.flush(Duration::from_secs(10)).expect("probe delivered");
         loop {
             producer.poll(Duration::ZERO);
             if probe_count(&api, &page, from, to) == 1 {
                 latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
                 break;
             }
-            assert!(
-                sent.elapsed() < Duration::from_secs(30),
-                "probe {i} not visible after 30 s"
-            );
+            if sent.elapsed() > Duration::from_secs(30) {
+                let url = format!(
+                    "{api}/api/v1/views/probes/query?from={from}&to={to}&granularity=1d&group_by=properties.page"
+                );
+                let get = |url: &str| {
+                    ureq::get(url)
+                        .call()
+                        .ok()
+                        .and_then(|r| r.into_string().ok())
+                        .unwrap_or_default()
+                };
+                let body = format!("{}\nstatus: {}", get(&url), get(&format!("{api}/api/v1/status")));
+                let _ = dir.keep();
+                panic!("probe {i} not visible after 30 s; the view holds {body}");
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -36,7 +36,7 @@ const MAX_LATE_MS: i64 = 86_400_000;
 /// Every role of one platform under test.
 struct Platform {
     _broker: Broker,
-    _redis: Redis,
+    redis: Redis,
     dir: tempfile::TempDir,
     config: PathBuf,
     cfg: Config,
@@ -88,7 +88,7 @@ listen = "127.0.0.1:{port}"
         let serve = Role::start(&["serve"], &config, &dir.path().join("serve.log"), ENV);
         let mut p = Platform {
             _broker: broker,
-            _redis: redis,
+            redis,
             config,
             cfg,
             api: format!("http://127.0.0.1:{port}"),
@@ -220,7 +220,14 @@ impl Query<'_> {
             })
     }
 
-    fn check_value(&self, m: usize, got: &serde_json::Value, want: &Cell, ctx: &str) {
+    fn check_value(
+        &self,
+        m: usize,
+        got: &serde_json::Value,
+        want: &Cell,
+        ctx: &str,
+        pf: &mut PfCount,
+    ) {
         let measure = &self.view.measures[m];
         let name = &measure.name;
         match measure.agg.as_str() {
@@ -247,12 +254,16 @@ impl Query<'_> {
                     "{ctx} {name}: estimate {est}, exact {}",
                     want.distinct.len()
                 );
+                // Sharper: the sketches merged across layers must be the
+                // sketch of the union, so the estimate is the one Redis
+                // itself gives for the exact set.
+                assert_eq!(est, pf.count(&want.distinct), "{ctx} {name}: vs Redis PFCOUNT of the exact set");
             }
         }
     }
 
     /// Compare a response with the fold: every point and every group's totals.
-    fn compare(&self, body: &serde_json::Value) {
+    fn compare(&self, body: &serde_json::Value, pf: &mut PfCount) {
         let ctx = self.url();
         assert_eq!(body["degraded"], serde_json::json!([]), "{ctx}: {body}");
         let truth: BTreeMap<_, _> = self
@@ -289,7 +300,7 @@ impl Query<'_> {
                 assert!(seen.insert((t, g.clone())), "{ctx}: point {t} {g:?} twice");
                 for &m in &self.measures {
                     let name = &self.view.measures[m].name;
-                    self.check_value(m, &p["values"][name], &want[m], &format!("{ctx} t={t} g={g:?}"));
+                    self.check_value(m, &p["values"][name], &want[m], &format!("{ctx} t={t} g={g:?}"), pf);
                 }
             }
             let want = totals
@@ -297,10 +308,37 @@ impl Query<'_> {
                 .unwrap_or_else(|| panic!("{ctx}: group {g:?} is not in the fold"));
             for &m in &self.measures {
                 let name = &self.view.measures[m].name;
-                self.check_value(m, &s["totals"][name], &want[m], &format!("{ctx} totals g={g:?}"));
+                self.check_value(m, &s["totals"][name], &want[m], &format!("{ctx} totals g={g:?}"), pf);
             }
         }
         assert_eq!(seen.len(), truth.len(), "{ctx}: points missing");
+    }
+}
+
+/// Redis's own estimate of an exact set: `PFADD` into a scratch key, `PFCOUNT`.
+struct PfCount {
+    con: redis::Connection,
+}
+
+impl PfCount {
+    fn connect(url: &str) -> PfCount {
+        let con = redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .expect("redis for PFCOUNT");
+        PfCount { con }
+    }
+
+    fn count(&mut self, set: &HashSet<String>) -> u64 {
+        let key = "test:pfcount:scratch";
+        let mut pipe = redis::pipe();
+        pipe.del(key).ignore();
+        let values: Vec<&String> = set.iter().collect();
+        for chunk in values.chunks(5_000) {
+            pipe.cmd("PFADD").arg(key).arg(chunk).ignore();
+        }
+        pipe.cmd("PFCOUNT").arg(key);
+        let (n,): (u64,) = pipe.query(&mut self.con).expect("PFADD/PFCOUNT");
+        n
     }
 }
 
@@ -431,6 +469,7 @@ fn the_platform_answers_as_the_fold_through_crashes_late_events_and_batch_runs()
     let mut step = rng.gen_range(0..3usize);
 
     let kafka_cfg = p.cfg.kafka.clone();
+    let mut pf = PfCount::connect(&p.redis.url());
     for phase in 0..PHASES {
         let mut options = ProduceOptions::new(TOPIC, RATE);
         options.count = Some(PHASE_EVENTS);
@@ -486,7 +525,7 @@ fn the_platform_answers_as_the_fold_through_crashes_late_events_and_batch_runs()
             let q = random_query(&mut rng, &truth, start_ms, now);
             let (code, body) = p.get(&q.url());
             assert_eq!(code, 200, "{}: {body}", q.url());
-            q.compare(&body);
+            q.compare(&body, &mut pf);
         }
         p.speed.as_mut().expect("speed").assert_running();
         p.archive.as_mut().expect("archive").assert_running();

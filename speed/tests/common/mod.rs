@@ -163,10 +163,27 @@ pub fn read_view(redis_url: &str, prefix: &str, view: &str) -> HashMap<Key, Stor
     out
 }
 
+/// Redis's own estimate of an exact set (`PFADD` into a scratch key, `PFCOUNT`).
+pub fn pfcount(con: &mut redis::Connection, set: &std::collections::HashSet<String>) -> u64 {
+    let key = "test:pfcount:scratch";
+    let mut pipe = redis::pipe();
+    pipe.del(key).ignore();
+    let values: Vec<&String> = set.iter().collect();
+    for chunk in values.chunks(5_000) {
+        pipe.cmd("PFADD").arg(key).arg(chunk).ignore();
+    }
+    pipe.cmd("PFCOUNT").arg(key);
+    let (n,): (u64,) = pipe.query(con).expect("PFADD/PFCOUNT");
+    n
+}
+
 /// Compare every standard view in Redis with the fold; panics with the
 /// first difference.
 pub fn assert_exact(redis_url: &str, evs: &[Ev]) {
     let truth = fold(evs);
+    let mut con = redis::Client::open(redis_url)
+        .and_then(|c| c.get_connection())
+        .expect("redis");
     for view in &truth.views {
         let name = &view.name;
         let got = read_view(redis_url, "t", name);
@@ -204,6 +221,8 @@ pub fn assert_exact(redis_url: &str, evs: &[Ev]) {
                             "{what}: {est} vs {}",
                             t.distinct.len()
                         );
+                        // The sketch must be the one PFADD of the exact set gives.
+                        assert_eq!(est, pfcount(&mut con, &t.distinct), "{what}: vs Redis PFCOUNT");
                     }
                     other => panic!("unknown agg {other}"),
                 }

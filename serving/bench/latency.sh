@@ -24,7 +24,9 @@ if ! command -v wrk >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
 fi
 cd "$ROOT"
-cargo build --release -p tally-serving --example bench_server
+# --workspace: the same feature set as every other build, so the shared
+# target directory's release dependencies are reused, not rebuilt.
+cargo build --release --workspace --example bench_server
 BIN="$CARGO_TARGET_DIR/release/examples/bench_server"
 URL="http://127.0.0.1:$PORT/api/v1/views/pv/query?from=1704067200000&to=1704153600000&granularity=1h&group_by=properties.page"
 

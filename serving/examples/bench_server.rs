@@ -10,7 +10,8 @@
 //! serving. `TALLY_BENCH_RESULT_TTL_MS` sets the answer cache's TTL (0: off,
 //! every request merges afresh).
 //!
-//! `cargo run --release -p tally-serving --example bench_server -- 127.0.0.1:8098`
+//! `cargo build --release --workspace --example bench_server`, then
+//! `$CARGO_TARGET_DIR/release/examples/bench_server 127.0.0.1:8098`
 
 #[path = "../tests/common/mod.rs"]
 mod common;

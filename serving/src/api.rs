@@ -409,23 +409,28 @@ pub async fn cached_query(
     // Read before the merge loads the snapshot (see ResultCache).
     let generation = state.inner.generation.load(Ordering::SeqCst);
     let key = QueryKey::new(view_name, &q);
+    let st = state.clone();
+    let name = view_name.to_owned();
     state
         .inner
         .cache
-        .get_or_compute(key, generation, || async {
-            let response = merge_query(state, view, &q).await;
-            let json = serde_json::to_vec(&response).map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("cannot encode the answer: {e}"),
-                )
-            })?;
-            metrics::counter!("tally_serving_query_merges_total").increment(1);
-            Ok(Arc::new(Answer {
-                response,
-                json: json.into(),
-            }))
+        .get_or_compute(key, generation, move || {
+            Box::pin(async move {
+                let view = lookup_view(&st, &name)?;
+                let response = merge_query(&st, view, &q).await;
+                let json = serde_json::to_vec(&response).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!("cannot encode the answer: {e}"),
+                    )
+                })?;
+                metrics::counter!("tally_serving_query_merges_total").increment(1);
+                Ok(Arc::new(Answer {
+                    response,
+                    json: json.into(),
+                }))
+            })
         })
         .await
 }

@@ -15,9 +15,14 @@
 //!   a newly loaded snapshot or a store failure shows at once; speed-layer
 //!   writes show within the TTL. The answer says when Redis was read
 //!   (`freshness.speed_read_ms`).
-//! - Single flight: concurrent requests for the same stale key wait for one
+//! - Single flight: concurrent requests for a key with no answer wait for one
 //!   computation instead of each reading Redis (a `tokio::sync::OnceCell` per
-//!   entry). A failed computation (a 4xx) is not cached.
+//!   flight). A failed computation is not cached.
+//! - Stale while revalidate: once an answer is older than the TTL, requests
+//!   keep getting it (at most `MAX_STALE` old) while one background task
+//!   recomputes it, so a slow merge (a day of minute buckets with HyperLogLog
+//!   sketches takes a good fraction of a second) never sits in the request
+//!   path of a hot query. An answer is then at most TTL + one merge old.
 //! - Bounded: at most `MAX_ENTRIES` keys; when full, stale entries are dropped,
 //!   then everything.
 //! - `result_ttl = 0` disables it: every request merges afresh.
@@ -69,69 +74,127 @@ pub struct Answer {
 }
 
 #[derive(Debug)]
-struct Slot {
-    born: Instant,
+struct Entry {
     generation: u64,
-    cell: tokio::sync::OnceCell<Arc<Answer>>,
+    /// The last answer and when it was computed.
+    answer: Option<(Instant, Arc<Answer>)>,
+    /// The computation in flight, joined by concurrent callers.
+    flight: Option<Arc<tokio::sync::OnceCell<Arc<Answer>>>>,
 }
+
+/// Boxed so the cache can run it on a background task.
+pub type Compute = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Arc<Answer>, ApiError>> + Send + 'static>,
+>;
 
 /// See the module documentation.
 #[derive(Debug)]
 pub struct ResultCache {
     ttl: Duration,
-    slots: Mutex<HashMap<QueryKey, Arc<Slot>>>,
+    entries: Arc<Mutex<HashMap<QueryKey, Entry>>>,
 }
+
+/// Past this age a stale answer is not served while refreshing: callers wait.
+const MAX_STALE: Duration = Duration::from_secs(10);
 
 impl ResultCache {
     pub fn new(ttl: Duration) -> Self {
         ResultCache {
             ttl,
-            slots: Mutex::new(HashMap::new()),
+            entries: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// The answer for `key`: a fresh cached one, or `compute()`'s (shared with
-    /// concurrent callers of the same key). `generation` must be read before
-    /// `compute` loads the snapshot.
-    pub async fn get_or_compute<F, Fut>(
+    /// The answer for `key`: a fresh cached one; else a stale one (younger
+    /// than `MAX_STALE`) while one background task recomputes it; else
+    /// `compute`'s, shared with concurrent callers of the same key.
+    /// `generation` must be read before `compute` loads the snapshot.
+    pub async fn get_or_compute(
         &self,
         key: QueryKey,
         generation: u64,
-        compute: F,
-    ) -> Result<Arc<Answer>, ApiError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Arc<Answer>, ApiError>>,
-    {
+        compute: impl FnOnce() -> Compute,
+    ) -> Result<Arc<Answer>, ApiError> {
         if self.ttl.is_zero() {
             return compute().await;
         }
         let now = Instant::now();
-        let slot = {
-            // A poisoned lock only means another request panicked mid-update
-            // of a plain map: the map is still usable.
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh =
-                |s: &Slot| s.generation == generation && now.duration_since(s.born) < self.ttl;
-            match slots.get(&key) {
-                Some(s) if fresh(s) => s.clone(),
-                _ => {
-                    if slots.len() >= MAX_ENTRIES {
-                        slots.retain(|_, s| fresh(s));
-                        if slots.len() >= MAX_ENTRIES {
-                            slots.clear();
-                        }
-                    }
-                    let s = Arc::new(Slot {
-                        born: now,
-                        generation,
-                        cell: tokio::sync::OnceCell::new(),
-                    });
-                    slots.insert(key, s.clone());
-                    s
+        let flight = {
+            // A poisoned lock only means another request panicked while holding
+            // a plain map: the map is still usable.
+            let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_ENTRIES && !map.contains_key(&key) {
+                map.retain(|_, e| {
+                    e.answer
+                        .as_ref()
+                        .is_some_and(|(t, _)| now.duration_since(*t) < self.ttl)
+                });
+                if map.len() >= MAX_ENTRIES {
+                    map.clear();
                 }
             }
+            let e = map.entry(key.clone()).or_insert_with(|| Entry {
+                generation,
+                answer: None,
+                flight: None,
+            });
+            if e.generation != generation {
+                *e = Entry {
+                    generation,
+                    answer: None,
+                    flight: None,
+                };
+            }
+            match &e.answer {
+                Some((t, a)) if now.duration_since(*t) < self.ttl => return Ok(a.clone()),
+                Some((t, a)) if now.duration_since(*t) < MAX_STALE => {
+                    let stale = a.clone();
+                    if e.flight.is_none() {
+                        let cell = Arc::new(tokio::sync::OnceCell::new());
+                        e.flight = Some(cell.clone());
+                        let fut = compute();
+                        let entries = self.entries.clone();
+                        tokio::spawn(async move {
+                            let r = cell.get_or_try_init(|| fut).await.cloned();
+                            finish(&entries, &key, generation, &cell, r.ok());
+                        });
+                    }
+                    return Ok(stale);
+                }
+                _ => e
+                    .flight
+                    .get_or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
+                    .clone(),
+            }
         };
-        slot.cell.get_or_try_init(compute).await.cloned()
+        let r = flight.get_or_try_init(compute).await.cloned();
+        finish(
+            &self.entries,
+            &key,
+            generation,
+            &flight,
+            r.as_ref().ok().cloned(),
+        );
+        r
+    }
+}
+
+/// Store a finished computation (once; later callers of the same flight find
+/// it gone) and end the flight; a failure ends the flight without an answer.
+fn finish(
+    entries: &Mutex<HashMap<QueryKey, Entry>>,
+    key: &QueryKey,
+    generation: u64,
+    flight: &Arc<tokio::sync::OnceCell<Arc<Answer>>>,
+    answer: Option<Arc<Answer>>,
+) {
+    let mut map = entries.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(e) = map.get_mut(key) else { return };
+    if e.generation != generation || !e.flight.as_ref().is_some_and(|f| Arc::ptr_eq(f, flight)) {
+        return;
+    }
+    e.flight = None;
+    if let Some(a) = answer {
+        e.answer = Some((Instant::now(), a));
     }
 }

@@ -242,11 +242,14 @@ impl AppState {
         if changed > 0 {
             self.inner.snapshots.store(Arc::new(next));
         }
+        let health_changed = self.inner.health.load().errors != health.errors;
         self.inner.health.store(Arc::new(health));
         // After the stores: a query that reads the new generation sees them.
-        self.inner
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if changed > 0 || health_changed {
+            self.inner
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         changed
     }
 

@@ -76,7 +76,11 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u1
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
     (status, json)
 }
@@ -176,7 +180,12 @@ impl Browser {
     }
 
     fn goto(&self, url: &str) {
-        let (status, resp) = http(self.addr, "POST", &self.path("/url"), Some(&json!({"url": url})));
+        let (status, resp) = http(
+            self.addr,
+            "POST",
+            &self.path("/url"),
+            Some(&json!({"url": url})),
+        );
         assert_eq!(status, 200, "navigate: {resp}");
     }
 
@@ -250,7 +259,11 @@ fn check(page: &Value, api: &Value, evs: &[Ev], q: &Q) {
     }
     for m in MEASURES {
         let shown = num(&page["totals"][m]);
-        assert!(same(&shown, &api["totals"][m]), "total {m}: page {page} vs api {}", api["totals"]);
+        assert!(
+            same(&shown, &api["totals"][m]),
+            "total {m}: page {page} vs api {}",
+            api["totals"]
+        );
         check_value(m, &shown, &grand, &format!("page total {m}"));
     }
     // Every group row: page = API = truth.
@@ -264,7 +277,11 @@ fn check(page: &Value, api: &Value, evs: &[Ev], q: &Q) {
         let l = label(&s["group"]["properties.page"].as_str().map(str::to_owned));
         for m in MEASURES {
             let shown = num(&page["groups"][&l][m]);
-            assert!(same(&shown, &s["totals"][m]), "group {l} {m}: {shown} vs {}", s["totals"][m]);
+            assert!(
+                same(&shown, &s["totals"][m]),
+                "group {l} {m}: {shown} vs {}",
+                s["totals"][m]
+            );
             check_value(m, &shown, &per_page[&l], &format!("page group {l} {m}"));
         }
     }

@@ -557,7 +557,7 @@ struct Raw<'a> {
     event_type: Option<Field<'a>>,
     timestamp: Option<Field<'a>>,
     user_id: Option<Field<'a>>,
-    properties: Option<Result<Vec<(Cow<'a, str>, Scalar<'a>)>, Reject>>,
+    properties: Option<Props<'a>>,
 }
 
 /// A top-level value: a scalar, or a marker that it was an object or array.

@@ -108,7 +108,10 @@ fn main() {
     let _serve = role("serve", &config, &dir.path().join("serve.log"));
     let ready = Instant::now();
     while ureq::get(&format!("{api}/api/v1/views")).call().is_err() {
-        assert!(ready.elapsed() < Duration::from_secs(60), "serve did not start");
+        assert!(
+            ready.elapsed() < Duration::from_secs(60),
+            "serve did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -144,10 +147,16 @@ fn main() {
         );
         let sent = Instant::now();
         producer
-            .send(BaseRecord::<(), _>::to(TOPIC).payload(&payload).timestamp(t))
+            .send(
+                BaseRecord::<(), _>::to(TOPIC)
+                    .payload(&payload)
+                    .timestamp(t),
+            )
             .expect("send probe");
         // Delivered before polling the API: the wait is part of the latency.
-        producer.flush(Duration::from_secs(10)).expect("probe delivered");
+        producer
+            .flush(Duration::from_secs(10))
+            .expect("probe delivered");
         loop {
             producer.poll(Duration::ZERO);
             if probe_count(&api, &page, from, to) == 1 {
@@ -165,7 +174,11 @@ fn main() {
                         .and_then(|r| r.into_string().ok())
                         .unwrap_or_default()
                 };
-                let body = format!("{}\nstatus: {}", get(&url), get(&format!("{api}/api/v1/status")));
+                let body = format!(
+                    "{}\nstatus: {}",
+                    get(&url),
+                    get(&format!("{api}/api/v1/status"))
+                );
                 let _ = dir.keep();
                 panic!("probe {i} not visible after 30 s; the view holds {body}");
             }

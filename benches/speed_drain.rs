@@ -2,8 +2,13 @@
 //! next to a bare librdkafka consume-and-discard of the same topic, same run.
 //!
 //! `cargo bench --bench speed_drain` (env BENCH_EVENTS, default 5,000,000;
-//! BENCH_ROUNDS, default 3). Prints events/s, CPU-seconds per million events
-//! and peak RSS of each process (from /proc), and the medians and ratio.
+//! BENCH_ROUNDS, default 3; BENCH_BASELINE_BIN, another `tally` build to
+//! measure in the same rounds). It builds the peer (`speed/examples/
+//! bare_consume.rs`) itself. Both processes are timed from spawn until the
+//! last record is consumed (bare) or its offset is stored in Redis (speed).
+//! Prints events/s, CPU-seconds per million events of the process and of
+//! Redis (the apply script runs there), and peak RSS (VmHWM from /proc), as
+//! medians, and the ratios.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -70,6 +75,8 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    // The peer first: a build problem shows before the topic is filled.
+    let bare_bin = bare_consumer();
     let broker = Broker::start().expect("broker");
     kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
     let now = std::time::SystemTime::now()
@@ -106,121 +113,200 @@ fn main() {
                 let part = (i % PARTITIONS as usize) as i32;
                 ends[part as usize] += 1;
                 let g = generator.next(ts);
-                kafka::Record { partition: part, payload: g.payload, timestamp_ms: ts }
+                kafka::Record {
+                    partition: part,
+                    payload: g.payload,
+                    timestamp_ms: ts,
+                }
             })
             .collect();
         kafka::produce(&p, TOPIC, &recs).expect("produce");
     }
     let avg_len = 200;
     eprintln!("produced; ~{avg_len} bytes/event");
-    let bare_bin =
-        std::path::Path::new(env!("CARGO_BIN_EXE_tally")).with_file_name("examples/bare_consume");
-    let mut rows: HashMap<&str, Vec<(f64, f64, f64)>> = HashMap::new();
+    // Optionally a second `tally` build (say, the commit before an
+    // optimisation) measured in the same rounds: before/after on equal terms.
+    let baseline = std::env::var_os("BENCH_BASELINE_BIN").map(std::path::PathBuf::from);
+    let mut rows: Vec<(&str, Vec<Run>)> = vec![(BARE, Vec::new()), (SPEED, Vec::new())];
+    if baseline.is_some() {
+        rows.push((BASELINE, Vec::new()));
+    }
     for round in 0..rounds {
-        // Bare consumer.
+        // Bare consumer. Like `tally speed`, timed from spawn to the last record.
         let start = Instant::now();
         let mut child = Command::new(&bare_bin)
-            .args([broker.bootstrap(), TOPIC.into(), PARTITIONS.to_string(), n.to_string()])
+            .args([
+                broker.bootstrap(),
+                TOPIC.into(),
+                PARTITIONS.to_string(),
+                n.to_string(),
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .expect("run examples/bare_consume (cargo build --release --example bare_consume -p tally-speed)");
+            .expect("run examples/bare_consume");
         let pid = child.id();
-        let mut last = (0.0, 0.0);
-        while child.try_wait().expect("wait").is_none() {
-            let u = usage(pid);
-            if u.0 > 0.0 {
-                last = u;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut stdout = String::new();
-        if let Some(mut out) = child.stdout.take() {
-            use std::io::Read;
-            let _ = out.read_to_string(&mut stdout);
-        }
-        let secs: f64 = stdout
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(start.elapsed().as_secs_f64());
-        rows.entry("bare librdkafka consume+discard")
-            .or_default()
-            .push((n as f64 / secs, last.0, last.1));
-        eprintln!(
-            "round {round}: bare {:.0} ev/s, cpu {:.2}s, rss {:.0} MiB",
-            n as f64 / secs,
-            last.0,
-            last.1
-        );
-
-        // tally speed, into a fresh Redis.
-        let redis = Redis::start().expect("redis");
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("tally.toml");
-        let toml = TestConfig::new()
-            .brokers(&broker.bootstrap())
-            .redis(&redis.url())
-            .group(&format!("bench-{round}"))
-            .key_prefix("b")
-            .views(VIEWS)
-            .toml();
-        std::fs::write(&cfg, toml).unwrap();
-        let start = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(["speed", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("tally speed");
-        let pid = child.id();
-        let mut con = redis::Client::open(redis.url())
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let mut last = (0.0, 0.0);
+        let mut last = (0.0f64, 0.0f64);
         loop {
-            let stored: HashMap<String, i64> = redis::cmd("HGETALL")
-                .arg("b:off")
-                .query(&mut con)
-                .unwrap_or_default();
-            let done = (0..PARTITIONS)
-                .all(|p| stored.get(&format!("{TOPIC}/{p}")) == Some(&ends[p as usize]));
-            last = usage(pid);
-            if done || start.elapsed() > Duration::from_secs(600) {
+            // Sample before checking for exit: the last sample is the latest.
+            // Keep maxima: an exited, unreaped process has no VmHWM any more.
+            let u = usage(pid);
+            last = (last.0.max(u.0), last.1.max(u.1));
+            if child.try_wait().expect("wait").is_some() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let secs = start.elapsed().as_secs_f64();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
-        let _ = child.wait();
-        rows.entry("tally speed (decode, 2 views, Redis)")
-            .or_default()
-            .push((n as f64 / secs, last.0, last.1));
-        eprintln!(
-            "round {round}: speed {:.0} ev/s, cpu {:.2}s, rss {:.0} MiB",
-            n as f64 / secs,
-            last.0,
-            last.1
+        let bare = Run {
+            eps: n as f64 / secs,
+            cpu: last.0,
+            rss: last.1,
+            redis_cpu: 0.0,
+        };
+        eprintln!("round {round}: {BARE}: {bare:?}");
+        rows[0].1.push(bare);
+
+        let mut bins = vec![(1, std::path::PathBuf::from(env!("CARGO_BIN_EXE_tally")))];
+        if let Some(b) = &baseline {
+            bins.push((2, b.clone()));
+        }
+        for (row, bin) in bins {
+            let run = run_speed(&bin, &broker, &ends, n, &format!("bench-{round}-{row}"));
+            eprintln!("round {round}: {}: {run:?}", rows[row].0);
+            rows[row].1.push(run);
+        }
+    }
+    println!(
+        "| process | events/s (median of {rounds}) | CPU-s per 1M events | Redis CPU-s per 1M events | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|");
+    let per_m = n as f64 / 1e6;
+    let mut med = Vec::new();
+    for (name, r) in &rows {
+        let eps = median(r.iter().map(|x| x.eps).collect());
+        let cpu = median(r.iter().map(|x| x.cpu / per_m).collect());
+        let rcpu = median(r.iter().map(|x| x.redis_cpu / per_m).collect());
+        let rss = median(r.iter().map(|x| x.rss).collect());
+        med.push(eps);
+        println!("| {name} | {eps:.0} | {cpu:.2} | {rcpu:.2} | {rss:.0} |");
+    }
+    println!("\nratio speed / bare = {:.2}", med[1] / med[0]);
+    if med.len() > 2 {
+        println!("ratio speed / baseline build = {:.2}", med[1] / med[2]);
+    }
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average at the end: {}", load.trim());
+    }
+}
+
+const BARE: &str = "bare librdkafka consume+discard";
+const SPEED: &str = "tally speed (decode, 2 views, Redis)";
+const BASELINE: &str = "tally speed, baseline build (BENCH_BASELINE_BIN)";
+
+/// One measured drain.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    eps: f64,
+    /// CPU seconds of the process.
+    cpu: f64,
+    /// Peak RSS, MiB.
+    rss: f64,
+    /// CPU seconds Redis spent (the apply script runs there).
+    redis_cpu: f64,
+}
+
+/// The peer's binary, built on first use (same profile as this benchmark).
+fn bare_consumer() -> std::path::PathBuf {
+    let bin =
+        std::path::Path::new(env!("CARGO_BIN_EXE_tally")).with_file_name("examples/bare_consume");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("building the peer: cargo build --profile bench --workspace --example bare_consume");
+    let status = Command::new(cargo)
+        // The profile and the workspace-wide features of `cargo bench
+        // --workspace`, so that it reuses that build instead of starting another.
+        .args([
+            "build",
+            "--profile",
+            "bench",
+            "--workspace",
+            "--example",
+            "bare_consume",
+        ])
+        .status();
+    if !matches!(status, Ok(s) if s.success()) || !bin.exists() {
+        panic!(
+            "could not build {} (run: cargo build --profile bench --workspace --example bare_consume)",
+            bin.display()
         );
     }
-    println!("| process | events/s (median of {rounds}) | CPU-s per 1M events | peak RSS MiB |");
-    println!("|---|---|---|---|");
-    let mut med = HashMap::new();
-    for (name, r) in &rows {
-        let eps = median(r.iter().map(|x| x.0).collect());
-        let cpu = median(r.iter().map(|x| x.1 / (n as f64 / 1e6)).collect());
-        let rss = median(r.iter().map(|x| x.2).collect());
-        med.insert(*name, eps);
-        println!("| {name} | {eps:.0} | {cpu:.2} | {rss:.0} |");
+    bin
+}
+
+/// `tally speed` (binary `bin`) draining the topic into a fresh Redis, timed
+/// from spawn until Redis stores every partition's end offset.
+fn run_speed(bin: &std::path::Path, broker: &Broker, ends: &[i64], n: usize, group: &str) -> Run {
+    let redis = Redis::start().expect("redis");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tally.toml");
+    let toml = TestConfig::new()
+        .brokers(&broker.bootstrap())
+        .redis(&redis.url())
+        .group(group)
+        .key_prefix("b")
+        .views(VIEWS)
+        .toml();
+    std::fs::write(&cfg, toml).unwrap();
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let redis_cpu_before = redis_cpu(&mut con);
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["speed", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("tally speed");
+    let pid = child.id();
+    let mut last;
+    loop {
+        let stored: HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg("b:off")
+            .query(&mut con)
+            .unwrap_or_default();
+        let done =
+            (0..PARTITIONS).all(|p| stored.get(&format!("{TOPIC}/{p}")) == Some(&ends[p as usize]));
+        last = usage(pid);
+        if done || start.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    if let (Some(s), Some(b)) = (
-        med.get("tally speed (decode, 2 views, Redis)"),
-        med.get("bare librdkafka consume+discard"),
-    ) {
-        println!("\nratio speed / bare = {:.2}", s / b);
+    let secs = start.elapsed().as_secs_f64();
+    let redis_cpu = redis_cpu(&mut con) - redis_cpu_before;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let _ = child.wait();
+    Run {
+        eps: n as f64 / secs,
+        cpu: last.0,
+        rss: last.1,
+        redis_cpu,
     }
+}
+
+/// CPU seconds Redis has used (user + system), from `INFO cpu`.
+fn redis_cpu(con: &mut redis::Connection) -> f64 {
+    let info: String = redis::cmd("INFO").arg("cpu").query(con).unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            matches!(k, "used_cpu_user" | "used_cpu_sys")
+                .then(|| v.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }

@@ -148,7 +148,10 @@ roll_interval = "1s"
                     .clone()
             };
             let partition = col("partition");
-            let partition = partition.as_any().downcast_ref::<Int32Array>().expect("int32");
+            let partition = partition
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .expect("int32");
             let offset = col("offset");
             let offset = offset.as_any().downcast_ref::<Int64Array>().expect("int64");
             let raw = col("raw");
@@ -167,11 +170,19 @@ roll_interval = "1s"
         offs.sort_unstable();
         let n = offs.len() as i64;
         for (want, got) in (0..n).zip(offs.iter()) {
-            assert_eq!(*got, want, "partition {p}: offset {want} missing or duplicated");
+            assert_eq!(
+                *got, want,
+                "partition {p}: offset {want} missing or duplicated"
+            );
         }
         total += n;
     }
-    assert_eq!(total, RECORDS as i64, "records archived across {} files", files.len());
+    assert_eq!(
+        total,
+        RECORDS as i64,
+        "records archived across {} files",
+        files.len()
+    );
     assert_eq!(offsets.len(), PARTITIONS as usize, "partitions archived");
     assert!(
         archived_raw == produced,

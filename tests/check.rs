@@ -243,7 +243,10 @@ fn every_role_refuses_a_missing_config_and_names_it() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{role:?}");
-        assert!(stderr.contains("/nonexistent/tally.toml"), "{role:?}: {stderr}");
+        assert!(
+            stderr.contains("/nonexistent/tally.toml"),
+            "{role:?}: {stderr}"
+        );
     }
 }
 

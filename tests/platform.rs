@@ -21,8 +21,8 @@ use rand::{Rng, SeedableRng};
 use role::Role;
 use tally_core::config::Config;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
-use tally_testkit::truth::{within_hll_error, Cell, Cells, Truth, ViewTruth};
 use tally_testkit::config::{TestConfig, TOPIC};
+use tally_testkit::truth::{within_hll_error, Cell, Cells, Truth, ViewTruth};
 use tally_testkit::{kafka, Broker, Redis};
 use tokio_util::sync::CancellationToken;
 
@@ -257,7 +257,11 @@ impl Query<'_> {
                 // Sharper: the sketches merged across layers must be the
                 // sketch of the union, so the estimate is the one Redis
                 // itself gives for the exact set.
-                assert_eq!(est, pf.count(&want.distinct), "{ctx} {name}: vs Redis PFCOUNT of the exact set");
+                assert_eq!(
+                    est,
+                    pf.count(&want.distinct),
+                    "{ctx} {name}: vs Redis PFCOUNT of the exact set"
+                );
             }
         }
     }
@@ -300,7 +304,13 @@ impl Query<'_> {
                 assert!(seen.insert((t, g.clone())), "{ctx}: point {t} {g:?} twice");
                 for &m in &self.measures {
                     let name = &self.view.measures[m].name;
-                    self.check_value(m, &p["values"][name], &want[m], &format!("{ctx} t={t} g={g:?}"), pf);
+                    self.check_value(
+                        m,
+                        &p["values"][name],
+                        &want[m],
+                        &format!("{ctx} t={t} g={g:?}"),
+                        pf,
+                    );
                 }
             }
             let want = totals
@@ -308,7 +318,13 @@ impl Query<'_> {
                 .unwrap_or_else(|| panic!("{ctx}: group {g:?} is not in the fold"));
             for &m in &self.measures {
                 let name = &self.view.measures[m].name;
-                self.check_value(m, &s["totals"][name], &want[m], &format!("{ctx} totals g={g:?}"), pf);
+                self.check_value(
+                    m,
+                    &s["totals"][name],
+                    &want[m],
+                    &format!("{ctx} totals g={g:?}"),
+                    pf,
+                );
             }
         }
         assert_eq!(seen.len(), truth.len(), "{ctx}: points missing");

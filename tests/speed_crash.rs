@@ -10,8 +10,8 @@ mod role;
 use std::time::Duration;
 
 use common::*;
-use role::Role;
 use rand::{Rng, SeedableRng};
+use role::Role;
 use tally_testkit::{kafka, Broker, Redis};
 
 /// `tally speed` with its static-membership instance id.

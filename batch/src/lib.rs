@@ -1,8 +1,9 @@
 //! # tally-batch: the master dataset and the accurate views
 //!
 //! The batch layer keeps every Kafka record in an immutable master dataset
-//! (Parquet files in an object store) and recomputes the views from it with
-//! Polars, publishing each view's snapshot atomically through a manifest.
+//! (Parquet files in an object store) and recomputes the views from it with a
+//! streaming fold over those files, publishing each view's snapshot
+//! atomically through a manifest.
 //!
 //! ## Layout
 //!

@@ -1,5 +1,5 @@
 //! The batch run: every view recomputed from the master dataset up to the cut,
-//! with Polars, and published atomically.
+//! and published atomically.
 //!
 //! A run reads the cut `E`, lists the archive files of epochs `< E`, and for
 //! each view decides which event-time days to recompute: all of them when the
@@ -9,11 +9,19 @@
 //! days asked for. Those days are recomputed from *all* files touching them;
 //! the other days are carried forward by reference to the previous run's files.
 //!
-//! Per day set, rows are extracted with the same code the speed layer uses
-//! (`ViewDef::accepts`, `group_of`, `MeasureDef::input`), de-duplicated on
-//! `(topic, partition, offset)` and aggregated with Polars lazily: count, sum,
-//! min and max directly; `distinct` as a group-by on the HyperLogLog register
-//! index taking the maximum rank, which yields Redis-compatible sketches.
+//! Per day set, rows are read (two files decoding ahead of the fold) and
+//! folded straight into per-group states, with the same extraction the speed
+//! layer uses (`FieldPath::get`, `MeasureDef::input`, the view's filter):
+//! count, sum, min and max through the shared monoid operations
+//! (`Agg::add_num`); `distinct` as each group's HyperLogLog registers (index,
+//! highest rank), written as Redis-compatible sketches byte for byte. Rows are
+//! de-duplicated on `(topic, partition, offset)` as they are read: archive
+//! files hold runs of consecutive offsets, so the offsets seen are a few
+//! ranges per partition and the first copy of a record wins. Group keys are
+//! dictionary codes: a row costs two small hash lookups and no allocation, and
+//! memory grows with the number of groups, not of rows. (Polars did this as
+//! a group-by over one row per event; BENCHMARKS.md, "Batch recompute", has
+//! the before and after.)
 //!
 //! Publishing: the snapshot files are written first under a fresh run folder,
 //! then the manifest in one conditional put. A run that dies before that put
@@ -41,8 +49,6 @@ use object_store::{ObjectMeta, ObjectStore};
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
-use polars::prelude as pl;
-use polars::prelude::{col, IntoLazy};
 use std::borrow::Cow;
 use tally_core::agg::{Agg, AggKind};
 use tally_core::config::Config;
@@ -51,7 +57,7 @@ use tally_core::hll::{murmurhash64a, Hll, P, REGISTERS};
 use tally_core::manifest::{columns, CutFile, DayFile, Manifest, ManifestV1};
 use tally_core::paths;
 use tally_core::time::{day_of, Epoch};
-use tally_core::view::{Input, ViewDef};
+use tally_core::view::{FieldPath, Input, ScalarRef, ViewDef};
 
 use crate::archive_file::{self, FileError};
 use crate::store::{self, StoreError};
@@ -67,8 +73,6 @@ pub enum BatchError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
-    #[error("polars: {0}")]
-    Polars(#[from] pl::PolarsError),
     #[error(transparent)]
     File(#[from] FileError),
     #[error("archive file `{0}` has no `tally.days` footer metadata")]
@@ -79,6 +83,8 @@ pub enum BatchError {
     Conflict(String),
     #[error("another batch run holds the lock (owner {owner}, until {until_ms})")]
     Locked { owner: String, until_ms: i64 },
+    #[error("reading an archive file: {0}")]
+    Task(String),
     #[error("simulated crash (test hook)")]
     Crashed,
 }
@@ -350,16 +356,35 @@ async fn run_view(
         files_read: to_read.len(),
         ..ViewSummary::default()
     };
-    // Extract, de-duplicate and aggregate the days to recompute.
+    // Extract, de-duplicate and aggregate the days to recompute. Files are
+    // decoded by tasks two ahead of the fold, so decoding and folding overlap
+    // on a multi-threaded runtime; the fold sees files in listing order.
     let mut rows = Extracted::new(view);
-    for i in &to_read {
-        let n = rows.read_file(store, i, &days).await?;
+    let jobs: Vec<(String, u64)> = to_read
+        .iter()
+        .map(|i| (i.path.clone(), i.meta.size))
+        .collect();
+    let mut files = futures::stream::iter(jobs.into_iter().map(|(path, size)| {
+        let store = store.clone();
+        async move {
+            tokio::spawn(read_columns(store, path, size))
+                .await
+                .map_err(|e| BatchError::Task(e.to_string()))?
+        }
+    }))
+    .buffered(2);
+    let mut next = to_read.iter();
+    while let Some(batches) = files.try_next().await? {
+        let Some(i) = next.next() else { break };
+        let n = rows.push_file(&batches, &days, &i.path)?;
+        drop(batches);
         vs.rows_read += n;
         progress(Progress::FileRead {
             view: view.name.clone(),
             rows: n,
         });
     }
+    drop(files);
     let groups = aggregate(view, rows)?;
 
     // Write one file per day.
@@ -429,30 +454,300 @@ async fn run_view(
     Ok(vs)
 }
 
+/// The columns a recompute reads from one archive file (not the raw bytes).
+async fn read_columns(
+    store: Arc<dyn ObjectStore>,
+    path: String,
+    size: u64,
+) -> Result<Vec<RecordBatch>, BatchError> {
+    #[allow(deprecated)]
+    let reader = ParquetObjectReader::new(store, Path::from(path.as_str())).with_file_size(size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let wanted = [
+        "topic",
+        "partition",
+        "offset",
+        "reject",
+        "event_id",
+        "event_type",
+        "time_ms",
+        "user_id",
+        "props",
+    ];
+    let roots: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| wanted.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let stream = builder.with_projection(mask).build()?;
+    Ok(stream.try_collect().await?)
+}
+
 /// One aggregated row of a snapshot.
 #[derive(Debug, Clone)]
 struct Group {
     bucket: i64,
     dims: Vec<Option<String>>,
+    /// One state per measure. A distinct measure's state is kept as its Redis
+    /// encoding in `sketches` instead (building an [`Hll`] only to encode it
+    /// again costs a pass over all 16,384 registers per group).
     aggs: Vec<Agg>,
+    /// Per measure: the Redis encoding of a distinct measure's sketch, exactly
+    /// what [`Hll::to_redis_bytes`] gives for its registers; empty otherwise.
+    sketches: Vec<Vec<u8>>,
 }
 
-/// The columns extracted from the archive for one view, one entry per event.
+/// Marks an absent dimension value in a group key.
+const ABSENT: u32 = u32::MAX;
+
+/// The distinct texts of one dimension, each given a code: group keys are
+/// short integer arrays, and each text is stored once however many rows have it.
+#[derive(Debug, Default)]
+struct Dict {
+    codes: HashMap<String, u32>,
+    values: Vec<String>,
+}
+
+impl Dict {
+    fn code(&mut self, text: &str) -> u32 {
+        if let Some(&c) = self.codes.get(text) {
+            return c;
+        }
+        let c = self.values.len() as u32;
+        self.values.push(text.to_owned());
+        self.codes.insert(text.to_owned(), c);
+        c
+    }
+}
+
+/// Offsets of one partition already read: sorted, disjoint, inclusive ranges.
+/// Archive files hold runs of consecutive offsets, so this stays a handful of
+/// ranges however many records there are.
+#[derive(Debug, Default)]
+struct Seen {
+    ranges: Vec<(i64, i64)>,
+    /// The range extended last: where the next offset usually goes.
+    last: usize,
+}
+
+impl Seen {
+    /// Record `o`; false if it was already recorded (a duplicate record).
+    fn insert(&mut self, o: i64) -> bool {
+        if let Some(r) = self.ranges.get(self.last) {
+            let next_start = self.ranges.get(self.last + 1).map_or(i64::MAX, |n| n.0);
+            if r.1.checked_add(1) == Some(o) && o.saturating_add(1) < next_start {
+                self.ranges[self.last].1 = o;
+                return true;
+            }
+        }
+        let i = self.ranges.partition_point(|r| r.1 < o);
+        if self.ranges.get(i).is_some_and(|r| r.0 <= o) {
+            return false;
+        }
+        let joins_prev = i > 0 && self.ranges[i - 1].1.checked_add(1) == Some(o);
+        let joins_next = self
+            .ranges
+            .get(i)
+            .is_some_and(|r| o.checked_add(1) == Some(r.0));
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                self.ranges[i - 1].1 = self.ranges[i].1;
+                self.ranges.remove(i);
+                self.last = i - 1;
+            }
+            (true, false) => {
+                self.ranges[i - 1].1 = o;
+                self.last = i - 1;
+            }
+            (false, true) => {
+                self.ranges[i].0 = o;
+                self.last = i;
+            }
+            (false, false) => {
+                self.ranges.insert(i, (o, o));
+                self.last = i;
+            }
+        }
+        true
+    }
+}
+
+/// The HyperLogLog registers of one distinct measure of one group, as
+/// `(index << 8) | rank` entries (unsorted past `sorted`, compacted in
+/// batches) while few, one byte per register once many.
+#[derive(Debug, Clone)]
+enum Regs {
+    Sparse { entries: Vec<u32>, sorted: usize },
+    Dense(Box<[u8]>),
+}
+
+/// Past this many registers a group's sketch is kept dense.
+const DENSE_AT: usize = 2048;
+
+impl Default for Regs {
+    fn default() -> Self {
+        Regs::Sparse {
+            entries: Vec::new(),
+            sorted: 0,
+        }
+    }
+}
+
+impl Regs {
+    fn add(&mut self, index: u32, rank: u32) {
+        match self {
+            Regs::Dense(regs) => {
+                let r = &mut regs[index as usize];
+                *r = (*r).max(rank as u8);
+            }
+            Regs::Sparse { entries, sorted } => {
+                entries.push((index << 8) | rank);
+                if entries.len() >= (*sorted * 2).max(16) {
+                    compact(entries);
+                    *sorted = entries.len();
+                    if entries.len() > DENSE_AT {
+                        let mut regs = vec![0u8; REGISTERS].into_boxed_slice();
+                        for &e in entries.iter() {
+                            regs[(e >> 8) as usize] = (e & 0xff) as u8;
+                        }
+                        *self = Regs::Dense(regs);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Non-zero registers as `(index, rank)`, sorted by index.
+    fn into_pairs(self) -> Vec<(u32, u32)> {
+        match self {
+            Regs::Sparse { mut entries, .. } => {
+                compact(&mut entries);
+                entries.iter().map(|&e| (e >> 8, e & 0xff)).collect()
+            }
+            Regs::Dense(regs) => regs
+                .iter()
+                .enumerate()
+                .filter(|(_, &r)| r != 0)
+                .map(|(i, &r)| (i as u32, u32::from(r)))
+                .collect(),
+        }
+    }
+}
+
+/// Sort entries and keep the highest rank per register.
+fn compact(entries: &mut Vec<u32>) {
+    entries.sort_unstable();
+    let mut w = 0;
+    for i in 0..entries.len() {
+        let e = entries[i];
+        if w > 0 && entries[w - 1] >> 8 == e >> 8 {
+            entries[w - 1] = e; // sorted ascending: the later rank is the larger
+        } else {
+            entries[w] = e;
+            w += 1;
+        }
+    }
+    entries.truncate(w);
+}
+
+/// The Redis encoding of a sketch with these registers (sorted by index, each
+/// once): byte for byte what [`Hll::to_redis_bytes`] writes, in time
+/// proportional to the number of registers set.
+fn sketch_bytes(pairs: &[(u32, u32)]) -> Vec<u8> {
+    const SPARSE_MAX_BYTES: usize = 3000;
+    const SPARSE_VAL_MAX: u32 = 32;
+    if pairs.iter().all(|&(_, r)| r <= SPARSE_VAL_MAX) {
+        let mut out = Vec::with_capacity(16 + 2 * pairs.len() + 2);
+        out.extend_from_slice(b"HYLL\x01\0\0\0\0\0\0\0\0\0\0\x80");
+        let mut next = 0usize;
+        let mut i = 0;
+        while i < pairs.len() {
+            let (x, v) = (pairs[i].0 as usize, pairs[i].1);
+            push_zeros(&mut out, x - next);
+            let mut run = 1;
+            while i + run < pairs.len() && pairs[i + run] == ((x + run) as u32, v) {
+                run += 1;
+            }
+            let mut left = run;
+            while left > 0 {
+                let len = left.min(4);
+                out.push(0x80 | (((v - 1) as u8) << 2) | (len - 1) as u8);
+                left -= len;
+            }
+            next = x + run;
+            i += run;
+        }
+        push_zeros(&mut out, REGISTERS - next);
+        if out.len() <= SPARSE_MAX_BYTES {
+            return out;
+        }
+    }
+    dense_bytes(pairs)
+}
+
+/// Zero registers in the sparse encoding (ZERO and XZERO opcodes).
+fn push_zeros(out: &mut Vec<u8>, mut run: usize) {
+    while run > 0 {
+        if run > 64 {
+            let len = run.min(16_384) - 1;
+            out.push(0x40 | (len >> 8) as u8);
+            out.push((len & 0xff) as u8);
+            run -= len + 1;
+        } else {
+            out.push((run - 1) as u8);
+            run = 0;
+        }
+    }
+}
+
+/// The dense Redis encoding of registers given as `(index, rank)`, each once.
+fn dense_bytes(regs: &[(u32, u32)]) -> Vec<u8> {
+    const HEADER: usize = 16;
+    let mut bytes = vec![0u8; HEADER + (REGISTERS * 6).div_ceil(8)];
+    bytes[..4].copy_from_slice(b"HYLL");
+    bytes[15] = 0x80;
+    let body = &mut bytes[HEADER..];
+    for &(reg, val) in regs {
+        let bit = reg as usize * 6;
+        let (byte, fb) = (bit / 8, bit & 7);
+        let v = (val.min(63) as u16) << fb;
+        body[byte] |= v as u8;
+        if let Some(next) = body.get_mut(byte + 1) {
+            *next |= (v >> 8) as u8;
+        }
+    }
+    bytes
+}
+
+/// A sketch from `(register, value)` pairs, through the dense Redis encoding.
+#[cfg(test)]
+fn hll_from_registers(regs: &[(u32, u32)]) -> Hll {
+    Hll::from_redis_bytes(&dense_bytes(regs)).unwrap_or_default()
+}
+
+/// One view's aggregation over the archive rows of the days to recompute:
+/// rows are folded straight into per-group states as they are read.
 struct Extracted<'v> {
     view: &'v ViewDef,
-    filter: Vec<(tally_core::view::FieldPath, Vec<String>)>,
+    filter: Vec<(FieldPath, Vec<String>)>,
     topics: Vec<String>,
-    t: Vec<u32>,
-    p: Vec<i32>,
-    o: Vec<i64>,
-    bucket: Vec<i64>,
-    dims: Vec<Vec<Option<String>>>,
-    /// Per measure: the input columns.
-    count: Vec<Vec<u32>>,
-    int: Vec<Vec<Option<i64>>>,
-    float: Vec<Vec<Option<f64>>>,
-    idx: Vec<Vec<Option<u32>>>,
-    rank: Vec<Vec<Option<u32>>>,
+    /// Offsets taken so far per (topic index, partition): the de-duplication.
+    seen: Vec<((u32, i32), Seen)>,
+    dicts: Vec<Dict>,
+    /// Group key (bucket as two words, then one code per dimension) to group id.
+    index: HashMap<Vec<u32>, u32>,
+    /// Group keys by id, `2 + dimensions` words each.
+    keys: Vec<u32>,
+    /// Per measure, per group id: the state (distinct measures: unused).
+    aggs: Vec<Vec<Agg>>,
+    /// Per measure, per group id: the registers (distinct measures only).
+    regs: Vec<Vec<Regs>>,
+    key: Vec<u32>,
+    text: String,
 }
 
 impl<'v> Extracted<'v> {
@@ -462,55 +757,35 @@ impl<'v> Extracted<'v> {
             view,
             filter: view.parsed_filter(),
             topics: Vec::new(),
-            t: Vec::new(),
-            p: Vec::new(),
-            o: Vec::new(),
-            bucket: Vec::new(),
-            dims: vec![Vec::new(); view.dimensions.len()],
-            count: vec![Vec::new(); m],
-            int: vec![Vec::new(); m],
-            float: vec![Vec::new(); m],
-            idx: vec![Vec::new(); m],
-            rank: vec![Vec::new(); m],
+            seen: Vec::new(),
+            dicts: (0..view.dimensions.len())
+                .map(|_| Dict::default())
+                .collect(),
+            index: HashMap::new(),
+            keys: Vec::new(),
+            aggs: vec![Vec::new(); m],
+            regs: vec![Vec::new(); m],
+            key: Vec::new(),
+            text: String::new(),
         }
     }
 
-    /// Read one archive file, keeping valid events of `days` the view accepts.
-    async fn read_file(
+    fn groups(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Fold one file's record batches in, keeping valid events of `days` the
+    /// view accepts. Returns the number of rows read.
+    fn push_file(
         &mut self,
-        store: &Arc<dyn ObjectStore>,
-        input: &Input0,
+        batches: &[RecordBatch],
         days: &BTreeSet<i64>,
+        path: &str,
     ) -> Result<u64, BatchError> {
-        #[allow(deprecated)]
-        let reader = ParquetObjectReader::new(store.clone(), Path::from(input.path.as_str()))
-            .with_file_size(input.meta.size);
-        let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-        let wanted = [
-            "topic",
-            "partition",
-            "offset",
-            "reject",
-            "event_id",
-            "event_type",
-            "time_ms",
-            "user_id",
-            "props",
-        ];
-        let roots: Vec<usize> = builder
-            .schema()
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| wanted.contains(&f.name().as_str()))
-            .map(|(i, _)| i)
-            .collect();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let mut stream = builder.with_projection(mask).build()?;
         let mut n = 0u64;
-        while let Some(batch) = stream.try_next().await? {
-            n += batch.num_rows() as u64;
-            self.push_batch(&batch, days, &input.path)?;
+        for b in batches {
+            n += b.num_rows() as u64;
+            self.push_batch(b, days, path)?;
         }
         Ok(n)
     }
@@ -573,9 +848,33 @@ impl<'v> Extracted<'v> {
             .ok_or_else(|| bad("props.bool"))?;
         let gran = self.view.granularity;
         let offsets = props.value_offsets();
-        let mut text = String::new();
+        // Reused for every row: the properties of the row's event.
+        let mut properties: Vec<(Cow<'_, str>, Scalar<'_>)> = Vec::new();
+        let mut last_day = (i64::MIN, false);
+        let mut seen_at = usize::MAX;
         for r in 0..b.num_rows() {
-            if reject.is_valid(r)
+            // De-duplicate on (topic, partition, offset): the first copy read
+            // is kept. Copies are the same record, so which one does not matter.
+            let tp = topic.value(r);
+            let p = partition.value(r);
+            let fresh = match self.seen.get(seen_at) {
+                Some(((t, sp), _)) if *sp == p && self.topics[*t as usize] == tp => {
+                    self.seen[seen_at].1.insert(offset.value(r))
+                }
+                _ => {
+                    let ti = self.topic_index(tp);
+                    seen_at = match self.seen.iter().position(|(k, _)| *k == (ti, p)) {
+                        Some(i) => i,
+                        None => {
+                            self.seen.push(((ti, p), Seen::default()));
+                            self.seen.len() - 1
+                        }
+                    };
+                    self.seen[seen_at].1.insert(offset.value(r))
+                }
+            };
+            if !fresh
+                || reject.is_valid(r)
                 || time_ms.is_null(r)
                 || event_id.is_null(r)
                 || event_type.is_null(r)
@@ -583,11 +882,15 @@ impl<'v> Extracted<'v> {
                 continue;
             }
             let t = time_ms.value(r);
-            if !days.contains(&day_of(t)) {
+            let day = day_of(t);
+            if day != last_day.0 {
+                last_day = (day, days.contains(&day));
+            }
+            if !last_day.1 {
                 continue;
             }
             let (s, e) = (offsets[r] as usize, offsets[r + 1] as usize);
-            let mut properties = Vec::with_capacity(e - s);
+            properties.clear();
             for j in s..e {
                 let v = if pstr.is_valid(j) {
                     Scalar::Str(Cow::Borrowed(pstr.value(j)))
@@ -607,63 +910,107 @@ impl<'v> Extracted<'v> {
                 event_type: Cow::Borrowed(event_type.value(r)),
                 time_ms: t,
                 user_id: user_id.is_valid(r).then(|| Cow::Borrowed(user_id.value(r))),
-                properties,
+                properties: std::mem::take(&mut properties),
             };
-            let tp = topic.value(r);
-            if !self.view.accepts(tp, &event, &self.filter) {
-                continue;
+            if accepts(self.view, &self.filter, tp, &event, &mut self.text) {
+                self.fold(gran.bucket(t), &event);
             }
-            let ti = match self.topics.iter().position(|x| x == tp) {
-                Some(i) => i,
-                None => {
-                    self.topics.push(tp.to_owned());
-                    self.topics.len() - 1
-                }
-            };
-            self.t.push(ti as u32);
-            self.p.push(partition.value(r));
-            self.o.push(offset.value(r));
-            self.bucket.push(gran.bucket(t));
-            for (d, v) in self.view.group_of(&event).into_iter().enumerate() {
-                self.dims[d].push(v);
-            }
-            for (k, m) in self.view.measures.iter().enumerate() {
-                let input = m.input(&event);
-                match m.agg {
-                    AggKind::Count => self.count[k].push(u32::from(input.is_some())),
-                    AggKind::Sum | AggKind::Min | AggKind::Max => {
-                        let (i, f) = match input {
-                            Some(Input::Num(tally_core::agg::Num::Int(i))) => (Some(i), None),
-                            Some(Input::Num(tally_core::agg::Num::Float(f))) => (None, Some(f)),
-                            _ => (None, None),
-                        };
-                        if m.agg == AggKind::Sum {
-                            self.int[k].push(i);
-                            self.float[k].push(f);
-                        } else {
-                            self.float[k].push(f.or(i.map(|i| i as f64)));
-                        }
-                    }
-                    AggKind::Distinct => {
-                        let pat = match input {
-                            Some(Input::Key(v)) => {
-                                text.clear();
-                                v.write_text(&mut text);
-                                Some(pattern(text.as_bytes()))
-                            }
-                            Some(Input::Num(n)) => {
-                                Some(pattern(tally_core::agg::num_text(n).as_bytes()))
-                            }
-                            _ => None,
-                        };
-                        self.idx[k].push(pat.map(|p| p.0));
-                        self.rank[k].push(pat.map(|p| p.1));
-                    }
-                }
-            }
+            properties = event.properties;
         }
         Ok(())
     }
+
+    fn topic_index(&mut self, tp: &str) -> u32 {
+        match self.topics.iter().position(|x| x == tp) {
+            Some(i) => i as u32,
+            None => {
+                self.topics.push(tp.to_owned());
+                (self.topics.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Fold one accepted event into its group.
+    fn fold(&mut self, bucket: i64, event: &Event<'_>) {
+        self.key.clear();
+        self.key.push((bucket >> 32) as u32);
+        self.key.push(bucket as u32);
+        for (d, dim) in self.view.dimensions.iter().enumerate() {
+            let code = match dim.get(event) {
+                None => ABSENT,
+                Some(ScalarRef::Str(s)) => self.dicts[d].code(s),
+                Some(v) => {
+                    self.text.clear();
+                    v.write_text(&mut self.text);
+                    self.dicts[d].code(&self.text)
+                }
+            };
+            self.key.push(code);
+        }
+        let g = match self.index.get(self.key.as_slice()) {
+            Some(&g) => g as usize,
+            None => {
+                let g = self.index.len();
+                self.index.insert(self.key.clone(), g as u32);
+                self.keys.extend_from_slice(&self.key);
+                for (k, m) in self.view.measures.iter().enumerate() {
+                    if m.agg == AggKind::Distinct {
+                        self.regs[k].push(Regs::default());
+                    } else {
+                        self.aggs[k].push(Agg::empty(m.agg));
+                    }
+                }
+                g
+            }
+        };
+        for (k, m) in self.view.measures.iter().enumerate() {
+            let Some(input) = m.input(event) else {
+                continue;
+            };
+            if m.agg == AggKind::Distinct {
+                let (x, r) = match input {
+                    Input::Key(ScalarRef::Str(s)) => pattern(s.as_bytes()),
+                    Input::Key(v) => {
+                        self.text.clear();
+                        v.write_text(&mut self.text);
+                        pattern(self.text.as_bytes())
+                    }
+                    Input::Num(n) => pattern(tally_core::agg::num_text(n).as_bytes()),
+                    Input::One => continue,
+                };
+                self.regs[k][g].add(x, r);
+                continue;
+            }
+            match (input, &mut self.aggs[k][g]) {
+                (Input::One, Agg::Count(c)) => *c += 1,
+                (Input::Num(n), agg) => agg.add_num(n),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// [`ViewDef::accepts`] without allocating: string values (the usual filter
+/// subject) are compared in place, others through the scratch `text`.
+fn accepts(
+    view: &ViewDef,
+    filter: &[(FieldPath, Vec<String>)],
+    topic: &str,
+    event: &Event<'_>,
+    text: &mut String,
+) -> bool {
+    if !view.topics.is_empty() && !view.topics.iter().any(|t| t == topic) {
+        return false;
+    }
+    filter.iter().all(|(path, allowed)| match path.get(event) {
+        None => false,
+        Some(ScalarRef::Str(s)) => allowed.iter().any(|a| a == s),
+        Some(v) => {
+            text.clear();
+            v.write_text(text);
+            allowed.iter().any(|a| a == text)
+        }
+    })
 }
 
 /// Register index and rank of an element, as Redis's `hllPatLen` (and
@@ -675,216 +1022,50 @@ pub fn pattern(value: &[u8]) -> (u32, u32) {
     (index, rest.trailing_zeros() + 1)
 }
 
-/// A sketch from `(register, value)` pairs, through the dense Redis encoding.
-fn hll_from_registers(regs: &[(u32, u32)]) -> Hll {
-    const HEADER: usize = 16;
-    let mut bytes = vec![0u8; HEADER + (REGISTERS * 6).div_ceil(8)];
-    bytes[..4].copy_from_slice(b"HYLL");
-    bytes[15] = 0x80;
-    let body = &mut bytes[HEADER..];
-    for &(reg, val) in regs {
-        let bit = reg as usize * 6;
-        let (byte, fb) = (bit / 8, bit & 7);
-        let v = (val.min(63) as u16) << fb;
-        body[byte] |= v as u8;
-        if let Some(next) = body.get_mut(byte + 1) {
-            *next |= (v >> 8) as u8;
-        }
-    }
-    Hll::from_redis_bytes(&bytes).unwrap_or_default()
-}
-
-fn mcol(k: usize, suffix: &str) -> String {
-    format!("_m{k}{suffix}")
-}
-
-/// De-duplicate and aggregate with Polars.
+/// The groups of a finished aggregation, with their keys decoded.
 fn aggregate(view: &ViewDef, x: Extracted<'_>) -> Result<Vec<Group>, BatchError> {
-    if x.t.is_empty() {
-        return Ok(Vec::new());
-    }
-    let height = x.t.len();
-    let dim_names: Vec<String> = (0..view.dimensions.len())
-        .map(|d| format!("_d{d}"))
+    let n = x.groups();
+    let width = 2 + view.dimensions.len();
+    let Extracted {
+        keys,
+        dicts,
+        mut aggs,
+        mut regs,
+        ..
+    } = x;
+    let mut aggs: Vec<std::vec::IntoIter<Agg>> = aggs
+        .iter_mut()
+        .map(|a| std::mem::take(a).into_iter())
         .collect();
-    let mut cols: Vec<pl::Column> = vec![
-        pl::Column::new("_t".into(), x.t),
-        pl::Column::new("_p".into(), x.p),
-        pl::Column::new("_o".into(), x.o),
-        pl::Column::new("_b".into(), x.bucket),
-    ];
-    for (name, values) in dim_names.iter().zip(x.dims) {
-        cols.push(pl::Column::new(name.as_str().into(), values));
-    }
-    let mut aggs: Vec<pl::Expr> = Vec::new();
-    let mut distinct: Vec<usize> = Vec::new();
-    let (mut count, mut int, mut float, mut idx, mut rank) =
-        (x.count, x.int, x.float, x.idx, x.rank);
-    for (k, m) in view.measures.iter().enumerate() {
-        match m.agg {
-            AggKind::Count => {
-                cols.push(pl::Column::new(
-                    mcol(k, "").into(),
-                    std::mem::take(&mut count[k]),
-                ));
-                aggs.push(
-                    col(mcol(k, ""))
-                        .cast(pl::DataType::UInt64)
-                        .sum()
-                        .alias(mcol(k, "")),
-                );
-            }
-            AggKind::Sum => {
-                cols.push(pl::Column::new(
-                    mcol(k, "i").into(),
-                    std::mem::take(&mut int[k]),
-                ));
-                cols.push(pl::Column::new(
-                    mcol(k, "f").into(),
-                    std::mem::take(&mut float[k]),
-                ));
-                aggs.push(col(mcol(k, "i")).sum().alias(mcol(k, "i")));
-                aggs.push(col(mcol(k, "f")).sum().alias(mcol(k, "f")));
-            }
-            AggKind::Min | AggKind::Max => {
-                cols.push(pl::Column::new(
-                    mcol(k, "").into(),
-                    std::mem::take(&mut float[k]),
-                ));
-                let e = col(mcol(k, ""));
-                let e = if m.agg == AggKind::Min {
-                    e.min()
-                } else {
-                    e.max()
-                };
-                aggs.push(e.alias(mcol(k, "")));
-            }
-            AggKind::Distinct => {
-                cols.push(pl::Column::new(
-                    mcol(k, "x").into(),
-                    std::mem::take(&mut idx[k]),
-                ));
-                cols.push(pl::Column::new(
-                    mcol(k, "r").into(),
-                    std::mem::take(&mut rank[k]),
-                ));
-                distinct.push(k);
-            }
-        }
-    }
-    let df = pl::DataFrame::new(height, cols)?;
-    // De-duplicate on the record's coordinates.
-    let dedup = df
-        .lazy()
-        .unique(
-            Some(pl::cols(["_t", "_p", "_o"])),
-            pl::UniqueKeepStrategy::Any,
-        )
-        .collect()?;
-    let mut keys: Vec<pl::Expr> = vec![col("_b")];
-    keys.extend(dim_names.iter().map(|d| col(d.as_str())));
-    if aggs.is_empty() {
-        aggs.push(pl::len().alias("_n"));
-    }
-    let main = dedup
-        .clone()
-        .lazy()
-        .group_by(keys.clone())
-        .agg(aggs)
-        .collect()?;
-    let n = main.height();
-    let bucket = main.column("_b")?.i64()?.clone();
-    let mut dim_cols = Vec::new();
-    for d in &dim_names {
-        dim_cols.push(main.column(d)?.str()?.clone());
-    }
-    let key_of = |i: usize| -> (i64, Vec<Option<String>>) {
-        (
-            bucket.get(i).unwrap_or(0),
-            dim_cols
-                .iter()
-                .map(|c| c.get(i).map(|s| s.to_owned()))
-                .collect(),
-        )
-    };
-    let mut groups: Vec<Group> = (0..n)
-        .map(|i| {
-            let (b, dims) = key_of(i);
-            Group {
-                bucket: b,
-                dims,
-                aggs: view.measures.iter().map(|m| Agg::empty(m.agg)).collect(),
-            }
-        })
+    let mut regs: Vec<std::vec::IntoIter<Regs>> = regs
+        .iter_mut()
+        .map(|r| std::mem::take(r).into_iter())
         .collect();
-    for (k, m) in view.measures.iter().enumerate() {
-        match m.agg {
-            AggKind::Count => {
-                let c = main.column(&mcol(k, ""))?.u64()?;
-                for (g, v) in groups.iter_mut().zip(c.iter()) {
-                    g.aggs[k] = Agg::Count(v.unwrap_or(0));
-                }
-            }
-            AggKind::Sum => {
-                let ci = main.column(&mcol(k, "i"))?.i64()?;
-                let cf = main.column(&mcol(k, "f"))?.f64()?;
-                for ((g, i), f) in groups.iter_mut().zip(ci.iter()).zip(cf.iter()) {
-                    g.aggs[k] = Agg::Sum {
-                        int: i.unwrap_or(0),
-                        float: f.unwrap_or(0.0),
-                    };
-                }
-            }
-            AggKind::Min | AggKind::Max => {
-                let c = main.column(&mcol(k, ""))?.f64()?;
-                for (g, v) in groups.iter_mut().zip(c.iter()) {
-                    g.aggs[k] = if m.agg == AggKind::Min {
-                        Agg::Min(v)
-                    } else {
-                        Agg::Max(v)
-                    };
-                }
-            }
-            AggKind::Distinct => {}
-        }
-    }
-    if !distinct.is_empty() {
-        let index: HashMap<(i64, Vec<Option<String>>), usize> =
-            (0..n).map(|i| (key_of(i), i)).collect();
-        for &k in &distinct {
-            let mut kx = keys.clone();
-            kx.push(col(mcol(k, "x")));
-            let regs = dedup
-                .clone()
-                .lazy()
-                .filter(col(mcol(k, "x")).is_not_null())
-                .group_by(kx)
-                .agg([col(mcol(k, "r")).max().alias(mcol(k, "r"))])
-                .collect()?;
-            let b = regs.column("_b")?.i64()?;
-            let ds: Vec<_> = dim_names
-                .iter()
-                .map(|d| regs.column(d).and_then(|c| c.str()))
-                .collect::<Result<_, _>>()?;
-            let xs = regs.column(&mcol(k, "x"))?.u32()?;
-            let rs = regs.column(&mcol(k, "r"))?.u32()?;
-            let mut per_group: HashMap<usize, Vec<(u32, u32)>> = HashMap::new();
-            for i in 0..regs.height() {
-                let key = (
-                    b.get(i).unwrap_or(0),
-                    ds.iter()
-                        .map(|c| c.get(i).map(|s| s.to_owned()))
-                        .collect::<Vec<_>>(),
-                );
-                let (Some(&g), Some(x), Some(r)) = (index.get(&key), xs.get(i), rs.get(i)) else {
-                    continue;
-                };
-                per_group.entry(g).or_default().push((x, r));
-            }
-            for (g, regs) in per_group {
-                groups[g].aggs[k] = Agg::Distinct(hll_from_registers(&regs));
+    let mut groups = Vec::with_capacity(n);
+    for key in keys.chunks_exact(width) {
+        let bucket = (i64::from(key[0]) << 32) | i64::from(key[1]);
+        let dims = key[2..]
+            .iter()
+            .zip(&dicts)
+            .map(|(&c, d)| (c != ABSENT).then(|| d.values[c as usize].clone()))
+            .collect();
+        let mut g = Group {
+            bucket,
+            dims,
+            aggs: Vec::with_capacity(view.measures.len()),
+            sketches: vec![Vec::new(); view.measures.len()],
+        };
+        for (k, m) in view.measures.iter().enumerate() {
+            if m.agg == AggKind::Distinct {
+                let pairs = regs[k].next().unwrap_or_default().into_pairs();
+                g.sketches[k] = sketch_bytes(&pairs);
+                g.aggs.push(Agg::empty(AggKind::Distinct));
+            } else {
+                g.aggs
+                    .push(aggs[k].next().unwrap_or_else(|| Agg::empty(m.agg)));
             }
         }
+        groups.push(g);
     }
     Ok(groups)
 }
@@ -971,8 +1152,9 @@ async fn write_snapshot(
             AggKind::Distinct => {
                 let mut h = BinaryBuilder::new();
                 for g in groups {
-                    match &g.aggs[k] {
-                        Agg::Distinct(s) => h.append_value(s.to_redis_bytes()),
+                    match (&g.sketches[k], &g.aggs[k]) {
+                        (bytes, _) if !bytes.is_empty() => h.append_value(bytes),
+                        (_, Agg::Distinct(s)) => h.append_value(s.to_redis_bytes()),
                         _ => h.append_value(Hll::new().to_redis_bytes()),
                     }
                 }
@@ -1124,6 +1306,147 @@ pub fn days_between(from_ms: i64, to_ms: i64) -> std::ops::RangeInclusive<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Registers from a seed: `n` random `(index, rank)` pairs, ranks mostly
+    /// small as in real sketches, sometimes over the sparse limit.
+    fn random_pairs(n: usize, seed: u64) -> Vec<(u32, u32)> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut regs: BTreeMap<u32, u32> = BTreeMap::new();
+        for _ in 0..n {
+            let idx = (next() % REGISTERS as u64) as u32;
+            let rank = if next() % 1000 == 0 {
+                33 + (next() % 18) as u32
+            } else {
+                1 + (next() % 6) as u32
+            };
+            let e = regs.entry(idx).or_insert(0);
+            *e = (*e).max(rank);
+        }
+        regs.into_iter().collect()
+    }
+
+    #[test]
+    fn sketch_bytes_equal_the_hll_encoding() {
+        let mut runs = vec![
+            (0u32, 1u32),
+            (1, 1),
+            (2, 1),
+            (3, 1),
+            (4, 1),
+            (5, 2),
+            (70, 3),
+            (16_383, 1),
+        ];
+        runs.sort();
+        let mut cases = vec![
+            Vec::new(),
+            vec![(0, 1)],
+            vec![(16_383, 32)],
+            vec![(5, 33)],
+            runs,
+        ];
+        for (i, n) in [1, 10, 100, 700, 900, 1500, 3000, 20_000, 200_000]
+            .into_iter()
+            .enumerate()
+        {
+            cases.push(random_pairs(n, i as u64 + 1));
+        }
+        for pairs in cases {
+            assert_eq!(
+                sketch_bytes(&pairs),
+                hll_from_registers(&pairs).to_redis_bytes(),
+                "{} registers",
+                pairs.len()
+            );
+        }
+    }
+
+    #[test]
+    fn regs_keep_the_highest_rank_per_register() {
+        for (i, n) in [0usize, 5, 40, 1000, 5000, 50_000].into_iter().enumerate() {
+            let mut x = (i as u64 + 7).wrapping_mul(0x2545_f491_4f6c_dd1d);
+            let mut regs = Regs::default();
+            let mut truth: BTreeMap<u32, u32> = BTreeMap::new();
+            for _ in 0..n {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let (idx, rank) = ((x % REGISTERS as u64) as u32, 1 + ((x >> 20) % 20) as u32);
+                regs.add(idx, rank);
+                let e = truth.entry(idx).or_insert(0);
+                *e = (*e).max(rank);
+            }
+            assert_eq!(
+                regs.into_pairs(),
+                truth.into_iter().collect::<Vec<_>>(),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn seen_finds_exactly_the_repeated_offsets() {
+        let mut seen = Seen::default();
+        let mut truth = std::collections::HashSet::new();
+        let mut x = 12345u64;
+        // Runs of consecutive offsets in random places, overlapping sometimes:
+        // how archive files look, including rewrites after a crash.
+        for _ in 0..300 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let start = (x % 5_000) as i64;
+            let len = (x >> 32) % 60;
+            for o in start..start + len as i64 {
+                assert_eq!(seen.insert(o), truth.insert(o), "offset {o}");
+            }
+        }
+        for o in [i64::MAX, i64::MAX - 1, 0, -5] {
+            assert_eq!(seen.insert(o), truth.insert(o), "offset {o}");
+        }
+        assert_eq!(
+            seen.ranges
+                .windows(2)
+                .filter(|w| w[0].1 + 1 >= w[1].0)
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn filter_agrees_with_the_shared_definition() {
+        use tally_core::event::{decode, Limits};
+        let view: ViewDef = serde_json::from_value(serde_json::json!({
+            "name": "v", "granularity": "1m", "topics": ["a"],
+            "filter": {"event_type": ["page_view", "click"], "properties.n": ["30"], "properties.ok": ["true"]},
+            "measures": [{"name": "c", "agg": "count"}]
+        }))
+        .unwrap();
+        let filter = view.parsed_filter();
+        let mut text = String::new();
+        for rec in [
+            r#"{"event_id":"e","event_type":"page_view","timestamp":1704067200000,"properties":{"n":30,"ok":true}}"#,
+            r#"{"event_id":"e","event_type":"click","timestamp":1704067200000,"properties":{"n":"30","ok":"true"}}"#,
+            r#"{"event_id":"e","event_type":"signup","timestamp":1704067200000,"properties":{"n":30,"ok":true}}"#,
+            r#"{"event_id":"e","event_type":"click","timestamp":1704067200000,"properties":{"n":30.5,"ok":true}}"#,
+            r#"{"event_id":"e","event_type":"click","timestamp":1704067200000,"properties":{"ok":true}}"#,
+        ] {
+            let e = decode(rec.as_bytes(), 1_704_067_200_000, &Limits::default()).unwrap();
+            for topic in ["a", "b"] {
+                assert_eq!(
+                    accepts(&view, &filter, topic, &e, &mut text),
+                    view.accepts(topic, &e, &filter),
+                    "{topic} {rec}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn pattern_sketches_equal_hll_add() {

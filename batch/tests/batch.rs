@@ -266,7 +266,11 @@ async fn a_crashed_run_keeps_the_previous_snapshot() {
         .await
         .unwrap_err();
         assert!(matches!(err, BatchError::Crashed));
-        assert_eq!(manifest(&store, "page_views").await.unwrap(), before, "{url}");
+        assert_eq!(
+            manifest(&store, "page_views").await.unwrap(),
+            before,
+            "{url}"
+        );
         check(&store, &cfg, "page_views", &events, epoch0 + 2).await;
         run_batch(&cfg, store.clone(), RunOptions::default())
             .await

@@ -183,8 +183,14 @@ mod tests {
     #[test]
     fn instants_are_rfc3339_or_epoch_ms() {
         assert_eq!(parse_instant("1700000000000"), Some(1_700_000_000_000));
-        assert_eq!(parse_instant("2024-01-01T00:00:00Z"), Some(1_704_067_200_000));
-        assert_eq!(parse_instant("2024-01-01T01:00:00+01:00"), Some(1_704_067_200_000));
+        assert_eq!(
+            parse_instant("2024-01-01T00:00:00Z"),
+            Some(1_704_067_200_000)
+        );
+        assert_eq!(
+            parse_instant("2024-01-01T01:00:00+01:00"),
+            Some(1_704_067_200_000)
+        );
         assert_eq!(parse_instant("yesterday"), None);
     }
 

@@ -159,8 +159,15 @@ fn sparse_sketches_set_then_pfmerged_equal_pfadd_of_every_value() {
             "{n} values in chunks of {per_chunk}"
         );
         let count: u64 = redis::cmd("PFCOUNT").arg(&key).query(&mut con).unwrap();
-        let want: u64 = redis::cmd("PFCOUNT").arg(&reference).query(&mut con).unwrap();
+        let want: u64 = redis::cmd("PFCOUNT")
+            .arg(&reference)
+            .query(&mut con)
+            .unwrap();
         assert_eq!(count, want, "{n}: PFCOUNT");
-        assert_eq!(Hll::from_redis_bytes(&merged).unwrap().count(), want, "{n}: count here");
+        assert_eq!(
+            Hll::from_redis_bytes(&merged).unwrap().count(),
+            want,
+            "{n}: count here"
+        );
     }
 }

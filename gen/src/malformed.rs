@@ -111,9 +111,18 @@ pub(crate) fn write(
             _ => write!(out, r#"{{"event_id":"{id}","event_type":"page_view"}}"#),
         },
         MalformedKind::WrongType => match rng.below(5) {
-            0 => write!(out, r#"{{"event_id":{t},"event_type":"page_view","timestamp":{t}}}"#),
-            1 => write!(out, r#"{{"event_id":"{id}","event_type":true,"timestamp":{t}}}"#),
-            2 => write!(out, r#"{{"event_id":"{id}","event_type":"click","timestamp":[{t}]}}"#),
+            0 => write!(
+                out,
+                r#"{{"event_id":{t},"event_type":"page_view","timestamp":{t}}}"#
+            ),
+            1 => write!(
+                out,
+                r#"{{"event_id":"{id}","event_type":true,"timestamp":{t}}}"#
+            ),
+            2 => write!(
+                out,
+                r#"{{"event_id":"{id}","event_type":"click","timestamp":[{t}]}}"#
+            ),
             3 => write!(
                 out,
                 r#"{{"event_id":"{id}","event_type":"click","timestamp":{t},"user_id":{{"id":1}}}}"#
@@ -124,32 +133,50 @@ pub(crate) fn write(
             ),
         },
         MalformedKind::EmptyField => match rng.below(2) {
-            0 => write!(out, r#"{{"event_id":"","event_type":"click","timestamp":{t}}}"#),
-            _ => write!(out, r#"{{"event_id":"{id}","event_type":"","timestamp":{t}}}"#),
+            0 => write!(
+                out,
+                r#"{{"event_id":"","event_type":"click","timestamp":{t}}}"#
+            ),
+            _ => write!(
+                out,
+                r#"{{"event_id":"{id}","event_type":"","timestamp":{t}}}"#
+            ),
         },
         MalformedKind::DuplicateField => write!(
             out,
             r#"{{"event_id":"{id}","event_type":"click","event_id":"{id}x","timestamp":{t}}}"#
         ),
         MalformedKind::BadTimestamp => match rng.below(3) {
-            0 => write!(out, r#"{{"event_id":"{id}","event_type":"click","timestamp":"yesterday"}}"#),
+            0 => write!(
+                out,
+                r#"{{"event_id":"{id}","event_type":"click","timestamp":"yesterday"}}"#
+            ),
             1 => write!(
                 out,
                 r#"{{"event_id":"{id}","event_type":"click","timestamp":"2024-13-01T00:00:00Z"}}"#
             ),
-            _ => write!(out, r#"{{"event_id":"{id}","event_type":"click","timestamp":{t}.5}}"#),
+            _ => write!(
+                out,
+                r#"{{"event_id":"{id}","event_type":"click","timestamp":{t}.5}}"#
+            ),
         },
         MalformedKind::TooOld => {
             let ts = t
                 .saturating_sub(limits.max_past_ms)
                 .saturating_sub(1 + rng.below(86_400_000) as i64);
-            write!(out, r#"{{"event_id":"{id}","event_type":"page_view","timestamp":{ts},"user_id":"u1"}}"#)
+            write!(
+                out,
+                r#"{{"event_id":"{id}","event_type":"page_view","timestamp":{ts},"user_id":"u1"}}"#
+            )
         }
         MalformedKind::TooNew => {
             let ts = t
                 .saturating_add(limits.max_future_ms)
                 .saturating_add(1 + rng.below(86_400_000) as i64);
-            write!(out, r#"{{"event_id":"{id}","event_type":"page_view","timestamp":{ts},"user_id":"u1"}}"#)
+            write!(
+                out,
+                r#"{{"event_id":"{id}","event_type":"page_view","timestamp":{ts},"user_id":"u1"}}"#
+            )
         }
         MalformedKind::TooLarge => {
             let _ = write!(

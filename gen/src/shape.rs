@@ -144,7 +144,10 @@ pub enum ShapeError {
     #[error("shape file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("shape `{field}`: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl Shape {
@@ -177,9 +180,8 @@ impl Shape {
     /// Check that the shape can be generated and that what it calls valid
     /// the platform accepts.
     pub fn check(&self) -> Result<(), ShapeError> {
-        let invalid = |field: &'static str, problem: String| {
-            Err(ShapeError::Invalid { field, problem })
-        };
+        let invalid =
+            |field: &'static str, problem: String| Err(ShapeError::Invalid { field, problem });
         for (field, share) in [
             ("anonymous_share", self.anonymous_share),
             ("no_country_share", self.no_country_share),

@@ -61,7 +61,11 @@ fn tight_limits_still_agree() {
         out_of_order_share: 0.5,
         max_late: tally_core::config::Millis(3_600_000),
         max_jitter: tally_core::config::Millis(600_000),
-        malformed_kinds: vec![MalformedKind::TooOld, MalformedKind::TooNew, MalformedKind::TooLarge],
+        malformed_kinds: vec![
+            MalformedKind::TooOld,
+            MalformedKind::TooNew,
+            MalformedKind::TooLarge,
+        ],
         ..Shape::default()
     }
     .with_limits(limits);
@@ -77,9 +81,17 @@ fn generates_fast() {
         bytes += g.next(1_704_067_200_000 + i).payload.len();
     }
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("{:.0} events/s, {} bytes/event", 200_000.0 / secs, bytes / 200_000);
+    eprintln!(
+        "{:.0} events/s, {} bytes/event",
+        200_000.0 / secs,
+        bytes / 200_000
+    );
     // Optimised builds must drive 100k+ events/s on one core; unoptimised
     // test builds on a shared machine only have to be in the right range.
-    let floor = if cfg!(debug_assertions) { 10_000.0 } else { 100_000.0 };
+    let floor = if cfg!(debug_assertions) {
+        10_000.0
+    } else {
+        100_000.0
+    };
     assert!(200_000.0 / secs > floor, "{:.0}/s", 200_000.0 / secs);
 }

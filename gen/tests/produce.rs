@@ -56,7 +56,10 @@ fn what_is_observed_is_what_is_produced_at_the_rate() {
     want.sort();
     got.sort();
     assert_eq!(got.len(), want.len());
-    assert!(got == want, "produced records differ from the observed ones");
+    assert!(
+        got == want,
+        "produced records differ from the observed ones"
+    );
 }
 
 #[test]

@@ -76,8 +76,14 @@ async fn answers_are_reused_within_the_ttl_and_speed_writes_show_after_it() {
         if a["totals"]["views"].as_u64() == Some(evs.len() as u64) {
             break a;
         }
-        assert_eq!(a["totals"], first["totals"], "either the old or the new answer");
-        assert!(std::time::Instant::now() < deadline, "the write never showed");
+        assert_eq!(
+            a["totals"], first["totals"],
+            "either the old or the new answer"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never showed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(

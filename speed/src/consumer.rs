@@ -513,7 +513,9 @@ impl ConsumeLoop {
                 self.refresh_cut();
                 next_cut = now + CUT_REFRESH;
             }
-            let wait = next_flush.saturating_duration_since(Instant::now());
+            // `now` is fresh enough: one clock read per record is measurable
+            // on the hot path (7% of the process in a profile).
+            let wait = next_flush.saturating_duration_since(now);
             match self.consumer.poll(wait.min(Duration::from_millis(100))) {
                 None => {}
                 Some(Err(e)) => warn!(error = %e, "kafka poll error"),

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use tally_core::agg::Agg;
 use tally_core::event::Event;
 use tally_core::time::{day_of, Epoch, EpochClock};
-use tally_core::view::{FieldPath, Input, ViewDef};
+use tally_core::view::{FieldPath, Input, ScalarRef, ViewDef};
 
 /// One view, prepared for the hot path.
 #[derive(Debug)]
@@ -142,11 +142,11 @@ impl Folder {
         let day = day_of(event.time_ms);
         delta.events += 1;
         for (vi, view) in self.views.iter().enumerate() {
-            if !view.def.accepts(topic, event, &view.filter) {
+            if !accepts(view, topic, event, &mut self.text) {
                 continue;
             }
             let bucket = view.def.granularity.bucket(event.time_ms);
-            write_group(&mut self.group, &view.def, event);
+            write_group(&mut self.group, &mut self.text, &view.def, event);
             let buckets = delta
                 .slices
                 .entry(SliceId {
@@ -187,22 +187,42 @@ impl Folder {
     }
 }
 
+/// [`ViewDef::accepts`] without allocating: string values (the usual filter
+/// subject) are compared in place, others through the scratch `text`.
+fn accepts(view: &PreparedView, topic: &str, event: &Event<'_>, text: &mut String) -> bool {
+    let def = &view.def;
+    if !def.topics.is_empty() && !def.topics.iter().any(|t| t == topic) {
+        return false;
+    }
+    view.filter
+        .iter()
+        .all(|(path, allowed)| match path.get(event) {
+            None => false,
+            Some(ScalarRef::Str(s)) => allowed.iter().any(|a| a == s),
+            Some(v) => {
+                text.clear();
+                v.write_text(text);
+                allowed.iter().any(|a| a == text)
+            }
+        })
+}
+
 /// Write the group of `event` as the JSON array `tally_core::keys::group_json`
-/// would produce, without allocating per value.
-fn write_group(out: &mut String, view: &ViewDef, event: &Event<'_>) {
+/// would produce, without allocating per value (`text` is scratch).
+fn write_group(out: &mut String, text: &mut String, view: &ViewDef, event: &Event<'_>) {
     out.clear();
     out.push('[');
-    let mut text = String::new();
     for (i, d) in view.dimensions.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         match d.get(event) {
             None => out.push_str("null"),
+            Some(ScalarRef::Str(s)) => push_json_string(out, s),
             Some(v) => {
                 text.clear();
-                v.write_text(&mut text);
-                push_json_string(out, &text);
+                v.write_text(text);
+                push_json_string(out, text);
             }
         }
     }
@@ -212,6 +232,13 @@ fn write_group(out: &mut String, view: &ViewDef, event: &Event<'_>) {
 /// JSON string escaping, as serde_json writes it.
 fn push_json_string(out: &mut String, s: &str) {
     use std::fmt::Write;
+    // Nearly every value needs no escaping: copy it in one go.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     out.push('"');
     for c in s.chars() {
         match c {
@@ -247,9 +274,37 @@ mod tests {
         .unwrap();
         let rec = br#"{"event_id":"e","event_type":"t","timestamp":1704067200000,"user_id":"u\"\u0001\u00e9","properties":{"page":"/a\\b\n","n":1.5}}"#;
         let e = decode(rec, 1_704_067_200_000, &Limits::default()).unwrap();
-        let mut out = String::new();
-        write_group(&mut out, &view, &e);
+        let (mut out, mut text) = (String::new(), String::new());
+        write_group(&mut out, &mut text, &view, &e);
         assert_eq!(out, group_json(&view.group_of(&e)));
+    }
+
+    #[test]
+    fn filter_agrees_with_the_shared_definition() {
+        let view: ViewDef = serde_json::from_value(serde_json::json!({
+            "name": "v", "granularity": "1m", "topics": ["a"],
+            "filter": {"event_type": ["page_view", "click"], "properties.n": ["30"], "properties.ok": ["true"]},
+            "measures": [{"name": "c", "agg": "count"}]
+        }))
+        .unwrap();
+        let prepared = PreparedView::new(view.clone());
+        let mut text = String::new();
+        for rec in [
+            r#"{"event_id":"e","event_type":"page_view","timestamp":1704067200000,"properties":{"n":30,"ok":true}}"#,
+            r#"{"event_id":"e","event_type":"click","timestamp":1704067200000,"properties":{"n":"30","ok":"true"}}"#,
+            r#"{"event_id":"e","event_type":"signup","timestamp":1704067200000,"properties":{"n":30,"ok":true}}"#,
+            r#"{"event_id":"e","event_type":"click","timestamp":1704067200000,"properties":{"n":30.5,"ok":true}}"#,
+            r#"{"event_id":"e","event_type":"click","timestamp":1704067200000,"properties":{"ok":true}}"#,
+        ] {
+            let e = decode(rec.as_bytes(), 1_704_067_200_000, &Limits::default()).unwrap();
+            for topic in ["a", "b"] {
+                assert_eq!(
+                    accepts(&prepared, topic, &e, &mut text),
+                    view.accepts(topic, &e, &view.parsed_filter()),
+                    "{topic} {rec}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -110,7 +110,11 @@ async fn traffic(cfg: Arc<Config>, rate: f64, stop: CancellationToken) -> anyhow
     let mut generator = Generator::new(shape, seed)?;
     let options = ProduceOptions::new(&cfg.kafka.topics[0], rate);
     let report = produce(&cfg.kafka, &mut generator, &options, None, &stop).await?;
-    tracing::info!(sent = report.sent, delivered = report.delivered, "traffic stopped");
+    tracing::info!(
+        sent = report.sent,
+        delivered = report.delivered,
+        "traffic stopped"
+    );
     Ok(())
 }
 
@@ -137,8 +141,12 @@ async fn first_batch(
                 );
                 return;
             }
-            Ok(_) => tracing::info!("first batch run: nothing archived below the cut yet; retrying in 15 s"),
-            Err(BatchError::Locked { .. }) => tracing::info!("first batch run: another run holds the lock; retrying"),
+            Ok(_) => tracing::info!(
+                "first batch run: nothing archived below the cut yet; retrying in 15 s"
+            ),
+            Err(BatchError::Locked { .. }) => {
+                tracing::info!("first batch run: another run holds the lock; retrying")
+            }
             Err(e) => tracing::warn!(error = %e, "first batch run failed; retrying in 15 s"),
         }
         wait = Duration::from_secs(15);

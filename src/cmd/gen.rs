@@ -45,7 +45,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     tally_core::time::parse_duration_ms(s)
         .filter(|ms| *ms > 0)
         .map(|ms| Duration::from_millis(ms as u64))
-        .ok_or_else(|| format!("`{s}` is not a duration: use a number and a unit, like 30s, 5m, 1h"))
+        .ok_or_else(|| {
+            format!("`{s}` is not a duration: use a number and a unit, like 30s, 5m, 1h")
+        })
 }
 
 /// Build the shape: the file (or defaults), then the command-line overrides,

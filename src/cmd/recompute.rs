@@ -37,6 +37,8 @@ pub async fn run(cfg: Config, view: &str, from: &str, to: &str, full: bool) -> a
 
 fn instant(flag: &str, s: &str) -> anyhow::Result<i64> {
     parse_instant(s).with_context(|| {
-        format!("{flag} `{s}` is not a time: use RFC 3339 (2024-01-01T00:00:00Z) or epoch milliseconds")
+        format!(
+            "{flag} `{s}` is not a time: use RFC 3339 (2024-01-01T00:00:00Z) or epoch milliseconds"
+        )
     })
 }

@@ -47,7 +47,11 @@ pub async fn run_roles(
                 shutdown.cancel();
             }
             Err(e) => {
-                tracing::error!(role = name, error = format!("{e:#}"), "role failed; stopping the others");
+                tracing::error!(
+                    role = name,
+                    error = format!("{e:#}"),
+                    "role failed; stopping the others"
+                );
                 failures.push(format!("{name}: {e:#}"));
                 shutdown.cancel();
             }

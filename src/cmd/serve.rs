@@ -62,13 +62,16 @@ fn recompute_hook(cfg: Arc<Config>, store: Arc<dyn ObjectStore>) -> RecomputeHoo
                 req.view.as_deref().unwrap_or("every view"),
                 range.map_or("(all days)".to_owned(), |(f, t)| format!("[{f}, {t})"))
             );
-            let run = tokio::spawn(async move {
-                tally_batch::run_locked(&cfg, store, opts, &|_| {}).await
-            });
+            let run =
+                tokio::spawn(
+                    async move { tally_batch::run_locked(&cfg, store, opts, &|_| {}).await },
+                );
             match tokio::time::timeout(TRIGGER_WAIT, run).await {
                 Err(_) => {
                     tracing::info!("{what}: started from the API");
-                    Ok(format!("{what} started; /api/v1/status shows when it is published"))
+                    Ok(format!(
+                        "{what} started; /api/v1/status shows when it is published"
+                    ))
                 }
                 Ok(Err(join)) => Err(format!("{what} failed: {join}")),
                 Ok(Ok(Err(BatchError::Locked { owner, until_ms }))) => Err(format!(

@@ -127,7 +127,12 @@ pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<Con
 
 /// Read the first `n` records of `topic` (all partitions), waiting up to
 /// 120 s for them.
-pub fn read_n(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> Result<Vec<Consumed>, Error> {
+pub fn read_n(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    n: usize,
+) -> Result<Vec<Consumed>, Error> {
     read_until(bootstrap, topic, partitions, |_, got| got >= n)
 }
 

@@ -21,10 +21,10 @@ mod redis;
 pub mod truth;
 
 pub use broker::{tansu_bin, Broker, Storage};
-/// The generator, for test crates that reach it through the testkit.
-pub use tally_gen as gen;
 pub use process::{free_port, Error};
 pub use redis::Redis;
+/// The generator, for test crates that reach it through the testkit.
+pub use tally_gen as gen;
 
 /// The runtime the synchronous tests drive async code with: two workers,
 /// all drivers on (the testkit's own helpers block, so tests create topics

@@ -133,7 +133,10 @@ impl Cells {
             "{granularity_ms} ms is not a multiple of {} ms",
             self.granularity_ms
         );
-        self.regroup(granularity_ms, &(0..self.dimensions.len()).collect::<Vec<_>>())
+        self.regroup(
+            granularity_ms,
+            &(0..self.dimensions.len()).collect::<Vec<_>>(),
+        )
     }
 
     /// Keep only the dimensions named in `dims` (in that order), merging
@@ -579,12 +582,30 @@ mod tests {
         let mut t = Truth::new(&cfg);
         let base = 1_704_067_200_000i64;
         let recs = [
-            (r#"{"event_id":"a","event_type":"page_view","timestamp":1704067200000,"user_id":"u1","properties":{"page":"/a","duration":10,"scroll":1.5}}"#, true),
-            (r#"{"event_id":"b","event_type":"page_view","timestamp":"2024-01-01T00:01:30Z","user_id":7,"properties":{"page":"/a","duration":-4}}"#, true),
-            (r#"{"event_id":"c","event_type":"click","timestamp":1704067200000,"properties":{"page":"/a","duration":3}}"#, true),
-            (r#"{"event_id":"d","event_type":"page_view","event_type":"x","timestamp":1704067200000}"#, false),
-            (r#"{"event_id":"e","event_type":"page_view","timestamp":1704067200000,"properties":{"p":[1]}}"#, false),
-            (r#"{"event_id":"f","event_type":"page_view","timestamp":1}"#, false),
+            (
+                r#"{"event_id":"a","event_type":"page_view","timestamp":1704067200000,"user_id":"u1","properties":{"page":"/a","duration":10,"scroll":1.5}}"#,
+                true,
+            ),
+            (
+                r#"{"event_id":"b","event_type":"page_view","timestamp":"2024-01-01T00:01:30Z","user_id":7,"properties":{"page":"/a","duration":-4}}"#,
+                true,
+            ),
+            (
+                r#"{"event_id":"c","event_type":"click","timestamp":1704067200000,"properties":{"page":"/a","duration":3}}"#,
+                true,
+            ),
+            (
+                r#"{"event_id":"d","event_type":"page_view","event_type":"x","timestamp":1704067200000}"#,
+                false,
+            ),
+            (
+                r#"{"event_id":"e","event_type":"page_view","timestamp":1704067200000,"properties":{"p":[1]}}"#,
+                false,
+            ),
+            (
+                r#"{"event_id":"f","event_type":"page_view","timestamp":1}"#,
+                false,
+            ),
         ];
         for (r, ok) in recs {
             assert_eq!(t.add("events", r.as_bytes(), base), ok, "{r}");

@@ -60,7 +60,10 @@ pub fn shape() -> Shape {
         out_of_order_share: 0.8,
         max_jitter: Millis(120_000),
         malformed_share: 0.01,
-        duration: IntRange { min: -50, max: 1000 },
+        duration: IntRange {
+            min: -50,
+            max: 1000,
+        },
         ..Shape::default()
     }
 }

@@ -12,8 +12,8 @@ use redis::Commands;
 use tally_core::config::{Config, Millis};
 use tally_core::hll::Hll;
 use tally_core::keys::{parse_group, CounterField, Keys, Part, SketchField};
-use tally_testkit::gen::{Generated, Generator, Shape};
 use tally_testkit::config::TestConfig;
+use tally_testkit::gen::{Generated, Generator, Shape};
 use tally_testkit::kafka::Record;
 use tally_testkit::truth::{within_hll_error, Truth};
 
@@ -222,7 +222,11 @@ pub fn assert_exact(redis_url: &str, evs: &[Ev]) {
                             t.distinct.len()
                         );
                         // The sketch must be the one PFADD of the exact set gives.
-                        assert_eq!(est, pfcount(&mut con, &t.distinct), "{what}: vs Redis PFCOUNT");
+                        assert_eq!(
+                            est,
+                            pfcount(&mut con, &t.distinct),
+                            "{what}: vs Redis PFCOUNT"
+                        );
                     }
                     other => panic!("unknown agg {other}"),
                 }

@@ -57,6 +57,7 @@ fn role(name: &str, config: &std::path::Path, log: &std::path::Path) -> Killed {
             .arg(config)
             .env("RUST_LOG", "warn")
             .env("TALLY_KAFKA__ASSIGNMENT", "all")
+            .envs(std::env::vars().filter(|(k, _)| k.starts_with("TALLY_")))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -139,6 +140,7 @@ fn main() {
         .expect("probe producer");
     let (from, to) = (now_ms() - 86_400_000, now_ms() + 86_400_000);
     let mut latencies = Vec::with_capacity(probes);
+    let mut timeouts = 0;
     for i in 0..probes {
         let page = format!("probe-{i}");
         let t = now_ms();
@@ -164,23 +166,11 @@ fn main() {
                 break;
             }
             if sent.elapsed() > Duration::from_secs(30) {
-                let url = format!(
-                    "{api}/api/v1/views/probes/query?from={from}&to={to}&granularity=1d&group_by=properties.page"
-                );
-                let get = |url: &str| {
-                    ureq::get(url)
-                        .call()
-                        .ok()
-                        .and_then(|r| r.into_string().ok())
-                        .unwrap_or_default()
-                };
-                let body = format!(
-                    "{}\nstatus: {}",
-                    get(&url),
-                    get(&format!("{api}/api/v1/status"))
-                );
-                let _ = dir.keep();
-                panic!("probe {i} not visible after 30 s; the view holds {body}");
+                // Counted as 30 s (the report says how many), then go on:
+                // a lagging speed layer shows in the percentiles.
+                timeouts += 1;
+                latencies.push(30_000.0);
+                break;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -192,7 +182,7 @@ fn main() {
     latencies.sort_by(f64::total_cmp);
     let within = latencies.iter().filter(|&&l| l <= 1000.0).count();
     println!(
-        "freshness: {probes} probes under a load of {:.0} events/s (target {rate:.0}): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {within}/{probes} within 1 s",
+        "freshness: {probes} probes under a load of {:.0} events/s (target {rate:.0}): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {within}/{probes} within 1 s, {timeouts} not within 30 s",
         report.rate(),
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.9),

@@ -22,7 +22,7 @@ use role::Role;
 use tally_core::config::Config;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
 use tally_testkit::config::{TestConfig, TOPIC};
-use tally_testkit::truth::{within_hll_error, Cell, Cells, Truth, ViewTruth};
+use tally_testkit::truth::{redis_pfcount, within_hll_error, Cell, Cells, Truth, ViewTruth};
 use tally_testkit::{kafka, Broker, Redis};
 use tokio_util::sync::CancellationToken;
 
@@ -345,16 +345,7 @@ impl PfCount {
     }
 
     fn count(&mut self, set: &HashSet<String>) -> u64 {
-        let key = "test:pfcount:scratch";
-        let mut pipe = redis::pipe();
-        pipe.del(key).ignore();
-        let values: Vec<&String> = set.iter().collect();
-        for chunk in values.chunks(5_000) {
-            pipe.cmd("PFADD").arg(key).arg(chunk).ignore();
-        }
-        pipe.cmd("PFCOUNT").arg(key);
-        let (n,): (u64,) = pipe.query(&mut self.con).expect("PFADD/PFCOUNT");
-        n
+        redis_pfcount(&mut self.con, set)
     }
 }
 

@@ -340,6 +340,22 @@ pub fn within_hll_error(estimate: u64, exact: usize) -> bool {
     (est - exact).abs() <= (exact * 0.04).max(3.0)
 }
 
+/// Redis's own estimate of an exact set: `PFADD` of every value into a
+/// scratch key, then `PFCOUNT`. Sketches merged anywhere in the platform must
+/// be the sketch of the union, so a distinct answer must equal this exactly.
+pub fn redis_pfcount(con: &mut redis::Connection, set: &HashSet<String>) -> u64 {
+    let key = "test:pfcount:scratch";
+    let mut pipe = redis::pipe();
+    pipe.del(key).ignore();
+    let values: Vec<&String> = set.iter().collect();
+    for chunk in values.chunks(5_000) {
+        pipe.cmd("PFADD").arg(key).arg(chunk).ignore();
+    }
+    pipe.cmd("PFCOUNT").arg(key);
+    let (n,): (u64,) = pipe.query(con).expect("PFADD/PFCOUNT");
+    n
+}
+
 /// Whether the platform must accept `payload` with Kafka time `kafka_ts_ms`.
 pub fn accepts(payload: &[u8], kafka_ts_ms: i64, limits: &Limits) -> bool {
     parse(payload, kafka_ts_ms, limits).is_some()

@@ -163,19 +163,7 @@ pub fn read_view(redis_url: &str, prefix: &str, view: &str) -> HashMap<Key, Stor
     out
 }
 
-/// Redis's own estimate of an exact set (`PFADD` into a scratch key, `PFCOUNT`).
-pub fn pfcount(con: &mut redis::Connection, set: &std::collections::HashSet<String>) -> u64 {
-    let key = "test:pfcount:scratch";
-    let mut pipe = redis::pipe();
-    pipe.del(key).ignore();
-    let values: Vec<&String> = set.iter().collect();
-    for chunk in values.chunks(5_000) {
-        pipe.cmd("PFADD").arg(key).arg(chunk).ignore();
-    }
-    pipe.cmd("PFCOUNT").arg(key);
-    let (n,): (u64,) = pipe.query(con).expect("PFADD/PFCOUNT");
-    n
-}
+pub use tally_testkit::truth::redis_pfcount as pfcount;
 
 /// Compare every standard view in Redis with the fold; panics with the
 /// first difference.

@@ -912,7 +912,10 @@ impl<'v> Extracted<'v> {
                 user_id: user_id.is_valid(r).then(|| Cow::Borrowed(user_id.value(r))),
                 properties: std::mem::take(&mut properties),
             };
-            if accepts(self.view, &self.filter, tp, &event, &mut self.text) {
+            if self
+                .view
+                .accepts_with(tp, &event, &self.filter, &mut self.text)
+            {
                 self.fold(gran.bucket(t), &event);
             }
             properties = event.properties;
@@ -988,29 +991,6 @@ impl<'v> Extracted<'v> {
             }
         }
     }
-}
-
-/// [`ViewDef::accepts`] without allocating: string values (the usual filter
-/// subject) are compared in place, others through the scratch `text`.
-fn accepts(
-    view: &ViewDef,
-    filter: &[(FieldPath, Vec<String>)],
-    topic: &str,
-    event: &Event<'_>,
-    text: &mut String,
-) -> bool {
-    if !view.topics.is_empty() && !view.topics.iter().any(|t| t == topic) {
-        return false;
-    }
-    filter.iter().all(|(path, allowed)| match path.get(event) {
-        None => false,
-        Some(ScalarRef::Str(s)) => allowed.iter().any(|a| a == s),
-        Some(v) => {
-            text.clear();
-            v.write_text(text);
-            allowed.iter().any(|a| a == text)
-        }
-    })
 }
 
 /// Register index and rank of an element, as Redis's `hllPatLen` (and
@@ -1417,35 +1397,6 @@ mod tests {
                 .count(),
             0
         );
-    }
-
-    #[test]
-    fn filter_agrees_with_the_shared_definition() {
-        use tally_core::event::{decode, Limits};
-        let view: ViewDef = serde_json::from_value(serde_json::json!({
-            "name": "v", "granularity": "1m", "topics": ["a"],
-            "filter": {"event_type": ["page_view", "click"], "properties.n": ["30"], "properties.ok": ["true"]},
-            "measures": [{"name": "c", "agg": "count"}]
-        }))
-        .unwrap();
-        let filter = view.parsed_filter();
-        let mut text = String::new();
-        for rec in [
-            r#"{"event_id":"e","event_type":"page_view","timestamp":1704067200000,"properties":{"n":30,"ok":true}}"#,
-            r#"{"event_id":"e","event_type":"click","timestamp":1704067200000,"properties":{"n":"30","ok":"true"}}"#,
-            r#"{"event_id":"e","event_type":"signup","timestamp":1704067200000,"properties":{"n":30,"ok":true}}"#,
-            r#"{"event_id":"e","event_type":"click","timestamp":1704067200000,"properties":{"n":30.5,"ok":true}}"#,
-            r#"{"event_id":"e","event_type":"click","timestamp":1704067200000,"properties":{"ok":true}}"#,
-        ] {
-            let e = decode(rec.as_bytes(), 1_704_067_200_000, &Limits::default()).unwrap();
-            for topic in ["a", "b"] {
-                assert_eq!(
-                    accepts(&view, &filter, topic, &e, &mut text),
-                    view.accepts(topic, &e, &filter),
-                    "{topic} {rec}"
-                );
-            }
-        }
     }
 
     #[test]

@@ -184,16 +184,30 @@ impl ViewDef {
         event: &Event<'_>,
         filter: &[(FieldPath, Vec<String>)],
     ) -> bool {
+        self.accepts_with(topic, event, filter, &mut String::new())
+    }
+
+    /// [`ViewDef::accepts`] for hot paths: strings compare in place and
+    /// other scalars are written into `text` (scratch), so nothing is
+    /// allocated per event. The speed and batch layers both call this, so
+    /// they cannot disagree on what a view holds.
+    pub fn accepts_with(
+        &self,
+        topic: &str,
+        event: &Event<'_>,
+        filter: &[(FieldPath, Vec<String>)],
+        text: &mut String,
+    ) -> bool {
         if !self.topics.is_empty() && !self.topics.iter().any(|t| t == topic) {
             return false;
         }
-        let mut text = String::new();
         filter.iter().all(|(path, allowed)| match path.get(event) {
             None => false,
+            Some(ScalarRef::Str(s)) => allowed.iter().any(|a| a == s),
             Some(v) => {
                 text.clear();
-                v.write_text(&mut text);
-                allowed.iter().any(|a| *a == text)
+                v.write_text(text);
+                allowed.iter().any(|a| a == text)
             }
         })
     }

@@ -9,7 +9,7 @@
 //! days asked for. Those days are recomputed from *all* files touching them;
 //! the other days are carried forward by reference to the previous run's files.
 //!
-//! Per day set, rows are read (two files decoding ahead of the fold) and
+//! Per day set, rows are read (files decoding ahead of the fold) and
 //! folded straight into per-group states, with the same extraction the speed
 //! layer uses (`FieldPath::get`, `MeasureDef::input`, the view's filter):
 //! count, sum, min and max through the shared monoid operations
@@ -22,6 +22,15 @@
 //! memory grows with the number of groups, not of rows. (Polars did this as
 //! a group-by over one row per event; BENCHMARKS.md, "Batch recompute", has
 //! the before and after.)
+//!
+//! The fold runs in shards, one per core, each on a thread of its own:
+//! partitions are spread over the shards by size, and each shard folds and
+//! de-duplicates only its partitions' rows (de-duplication is per partition,
+//! so no state is shared). A file that holds rows of partitions owned by
+//! different shards (written by hand, not by the archiver) goes to each of
+//! them. The shards' group states are then merged: count, sum, min and max by
+//! the monoid (`Agg::merge`), registers by their maximum, keys through their
+//! dimension texts, since each shard has its own dictionary codes.
 //!
 //! Publishing: the snapshot files are written first under a fresh run folder,
 //! then the manifest in one conditional put. A run that dies before that put
@@ -44,6 +53,7 @@ use arrow_schema::{DataType, Field, Schema};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore};
+use rustc_hash::FxHashMap;
 // `ParquetObjectReader` is deprecated in parquet 60 in favour of a hand-written
 // `AsyncFileReader`; it still does what we need (ranged reads, footer only).
 #[allow(deprecated)]
@@ -101,6 +111,10 @@ pub struct RunOptions {
     /// Testing: fail like a crash after writing this many snapshot files.
     #[doc(hidden)]
     pub crash_after_files: Option<usize>,
+    /// Testing and benchmarks: fold in this many shards (default: the
+    /// available parallelism, at most one per partition).
+    #[doc(hidden)]
+    pub fold_shards: Option<usize>,
 }
 
 /// What a run did, per view.
@@ -181,7 +195,7 @@ pub async fn recompute(
         full,
         views: Some(vec![view.to_owned()]),
         range_ms: Some((from_ms, to_ms)),
-        crash_after_files: None,
+        ..RunOptions::default()
     };
     run_batch_with(cfg, store, opts, progress).await
 }
@@ -201,6 +215,9 @@ pub fn new_run_id() -> String {
 struct Input0 {
     path: String,
     topic: String,
+    /// The partition the file is named after (its rows' partition, unless
+    /// the file was written by hand).
+    partition: i32,
     meta: ObjectMeta,
     days: Vec<i64>,
 }
@@ -282,6 +299,7 @@ async fn list_inputs(store: &Arc<dyn ObjectStore>, cut: Epoch) -> Result<Vec<Inp
             Ok::<_, BatchError>(Input0 {
                 path,
                 topic: f.topic,
+                partition: f.partition,
                 meta,
                 days,
             })
@@ -356,35 +374,13 @@ async fn run_view(
         files_read: to_read.len(),
         ..ViewSummary::default()
     };
-    // Extract, de-duplicate and aggregate the days to recompute. Files are
-    // decoded by tasks two ahead of the fold, so decoding and folding overlap
-    // on a multi-threaded runtime; the fold sees files in listing order.
-    let mut rows = Extracted::new(view);
-    let jobs: Vec<(String, u64)> = to_read
-        .iter()
-        .map(|i| (i.path.clone(), i.meta.size))
-        .collect();
-    let mut files = futures::stream::iter(jobs.into_iter().map(|(path, size)| {
-        let store = store.clone();
-        async move {
-            tokio::spawn(read_columns(store, path, size))
-                .await
-                .map_err(|e| BatchError::Task(e.to_string()))?
-        }
-    }))
-    .buffered(2);
-    let mut next = to_read.iter();
-    while let Some(batches) = files.try_next().await? {
-        let Some(i) = next.next() else { break };
-        let n = rows.push_file(&batches, &days, &i.path)?;
-        drop(batches);
-        vs.rows_read += n;
-        progress(Progress::FileRead {
-            view: view.name.clone(),
-            rows: n,
-        });
-    }
-    drop(files);
+    // Extract, de-duplicate and aggregate the days to recompute, in shards
+    // by partition on threads of their own, then merge the shards' groups.
+    let shards = opts.fold_shards.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let (rows, n) = fold_files(store, view, &days, &to_read, shards, progress).await?;
+    vs.rows_read = n;
     let groups = aggregate(view, rows)?;
 
     // Write one file per day.
@@ -487,6 +483,228 @@ async fn read_columns(
     Ok(stream.try_collect().await?)
 }
 
+/// A decoded archive file on its way to a fold shard.
+#[derive(Debug)]
+struct Job {
+    batches: Arc<Vec<RecordBatch>>,
+    path: Arc<str>,
+    /// Fold only rows of these partitions (a file holding rows of partitions
+    /// owned by different shards goes to each of them); all rows when `None`.
+    only: Option<Arc<[i32]>>,
+}
+
+/// Read `to_read` and fold the rows of `days` into groups, in `shards`
+/// shards by partition (at most one per partition). De-duplication is per
+/// partition, so each shard de-duplicates its own rows, and the shards' group
+/// states merge like the monoid they are. Returns the groups and the number
+/// of rows read.
+async fn fold_files(
+    store: &Arc<dyn ObjectStore>,
+    view: &ViewDef,
+    days: &BTreeSet<i64>,
+    to_read: &[&Input0],
+    shards: usize,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<(Extracted, u64), BatchError> {
+    let mut plan = ShardPlan::new(shards, to_read);
+    let view_arc = Arc::new(view.clone());
+    let days = Arc::new(days.clone());
+    let mut senders = Vec::new();
+    let mut folds = Vec::new();
+    for _ in 0..plan.shards() {
+        // Two files queued per shard: enough to keep each fold busy while
+        // the next is decoded, without holding many decoded files.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(2);
+        let (view, days) = (view_arc.clone(), days.clone());
+        folds.push(tokio::task::spawn_blocking(move || {
+            let mut x = Extracted::new(view);
+            while let Some(job) = rx.blocking_recv() {
+                x.push_file(&job.batches, &days, &job.path, job.only.as_deref())?;
+            }
+            Ok::<_, BatchError>(x)
+        }));
+        senders.push(tx);
+    }
+    // Files are decoded by tasks ahead of the folds, in listing order.
+    let jobs: Vec<(String, u64)> = to_read
+        .iter()
+        .map(|i| (i.path.clone(), i.meta.size))
+        .collect();
+    let mut files = futures::stream::iter(jobs.into_iter().map(|(path, size)| {
+        let store = store.clone();
+        async move {
+            tokio::spawn(read_columns(store, path, size))
+                .await
+                .map_err(|e| BatchError::Task(e.to_string()))?
+        }
+    }))
+    .buffered(plan.shards() + 1);
+    let mut rows = 0u64;
+    let dispatched = async {
+        let mut next = to_read.iter();
+        while let Some(batches) = files.try_next().await? {
+            let Some(i) = next.next() else { break };
+            let n: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let batches = Arc::new(batches);
+            let path: Arc<str> = Arc::from(i.path.as_str());
+            for (shard, only) in plan.route(i, &batches)? {
+                let job = Job {
+                    batches: batches.clone(),
+                    path: path.clone(),
+                    only,
+                };
+                if senders[shard].send(job).await.is_err() {
+                    // That fold stopped on an error, reported when joined.
+                    return Ok(());
+                }
+            }
+            rows += n;
+            progress(Progress::FileRead {
+                view: view.name.clone(),
+                rows: n,
+            });
+        }
+        Ok::<_, BatchError>(())
+    }
+    .await;
+    drop(files);
+    drop(senders);
+    let mut error = dispatched.err();
+    let mut done = Vec::new();
+    for f in folds {
+        match f.await {
+            Ok(Ok(x)) => done.push(x),
+            Ok(Err(e)) => {
+                error.get_or_insert(e);
+            }
+            Err(e) => {
+                error.get_or_insert(BatchError::Task(e.to_string()));
+            }
+        }
+    }
+    if let Some(e) = error {
+        return Err(e);
+    }
+    // Merge into the shard with the most groups: the fewest insertions.
+    done.sort_by_key(|x| std::cmp::Reverse(x.groups()));
+    let mut done = done.into_iter();
+    let mut all = done
+        .next()
+        .unwrap_or_else(|| Extracted::new(view_arc.clone()));
+    if done.len() > 0 {
+        all = tokio::task::spawn_blocking(move || {
+            for x in done {
+                all.absorb(x);
+            }
+            all
+        })
+        .await
+        .map_err(|e| BatchError::Task(e.to_string()))?;
+    }
+    Ok((all, rows))
+}
+
+/// Which fold shard takes the rows of which partition. Partitions named by
+/// the files are spread up front by size (largest first, to the least loaded
+/// shard); a partition first met inside a file goes to the least loaded
+/// shard then. A partition never changes shard, so its de-duplication state
+/// is in one place.
+#[derive(Debug)]
+struct ShardPlan {
+    owner: HashMap<i32, usize>,
+    /// Bytes of archive files assigned to each shard.
+    load: Vec<u64>,
+    /// Reused: the partitions of the file being routed.
+    parts: Vec<i32>,
+}
+
+impl ShardPlan {
+    fn new(shards: usize, files: &[&Input0]) -> Self {
+        let mut bytes: BTreeMap<i32, u64> = BTreeMap::new();
+        for f in files {
+            *bytes.entry(f.partition).or_default() += f.meta.size;
+        }
+        let shards = shards.min(bytes.len()).max(1);
+        let mut by_size: Vec<(i32, u64)> = bytes.into_iter().collect();
+        by_size.sort_by_key(|&(p, b)| (std::cmp::Reverse(b), p));
+        let mut plan = ShardPlan {
+            owner: HashMap::new(),
+            load: vec![0; shards],
+            parts: Vec::new(),
+        };
+        for (p, b) in by_size {
+            plan.assign(p, b);
+        }
+        plan
+    }
+
+    fn shards(&self) -> usize {
+        self.load.len()
+    }
+
+    fn assign(&mut self, partition: i32, bytes: u64) -> usize {
+        if let Some(&s) = self.owner.get(&partition) {
+            return s;
+        }
+        let s = (0..self.load.len())
+            .min_by_key(|&s| self.load[s])
+            .unwrap_or(0);
+        self.load[s] += bytes;
+        self.owner.insert(partition, s);
+        s
+    }
+
+    /// The shards a decoded file goes to, each with the partitions it takes
+    /// from it (`None`: all rows). Usually one shard and all rows: an archive
+    /// file holds one partition.
+    fn route(
+        &mut self,
+        file: &Input0,
+        batches: &[RecordBatch],
+    ) -> Result<Vec<(usize, Option<Arc<[i32]>>)>, BatchError> {
+        self.parts.clear();
+        for b in batches {
+            let col = b
+                .column_by_name("partition")
+                .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+                .ok_or_else(|| malformed(&file.path, "partition"))?;
+            let mut last = None;
+            for p in col.iter().flatten() {
+                if last != Some(p) && !self.parts.contains(&p) {
+                    self.parts.push(p);
+                }
+                last = Some(p);
+            }
+        }
+        let owned = file.meta.size / self.parts.len().max(1) as u64;
+        let mut parts = std::mem::take(&mut self.parts);
+        let shards: Vec<usize> = parts.iter().map(|&p| self.assign(p, owned)).collect();
+        let out = match shards.first() {
+            None => vec![(self.assign(file.partition, 0), None)],
+            Some(&s) if shards.iter().all(|&x| x == s) => vec![(s, None)],
+            Some(_) => {
+                let mut out: Vec<(usize, Option<Arc<[i32]>>)> = Vec::new();
+                let mut targets: Vec<usize> = shards.clone();
+                targets.sort_unstable();
+                targets.dedup();
+                for t in targets {
+                    let only: Vec<i32> = parts
+                        .iter()
+                        .zip(&shards)
+                        .filter(|&(_, &s)| s == t)
+                        .map(|(&p, _)| p)
+                        .collect();
+                    out.push((t, Some(Arc::from(only))));
+                }
+                out
+            }
+        };
+        parts.clear();
+        self.parts = parts;
+        Ok(out)
+    }
+}
+
 /// One aggregated row of a snapshot.
 #[derive(Debug, Clone)]
 struct Group {
@@ -508,7 +726,7 @@ const ABSENT: u32 = u32::MAX;
 /// short integer arrays, and each text is stored once however many rows have it.
 #[derive(Debug, Default)]
 struct Dict {
-    codes: HashMap<String, u32>,
+    codes: FxHashMap<String, u32>,
     values: Vec<String>,
 }
 
@@ -618,6 +836,13 @@ impl Regs {
                     }
                 }
             }
+        }
+    }
+
+    /// The register-wise maximum with `other` (the sketch of the union).
+    fn merge(&mut self, other: Regs) {
+        for (index, rank) in other.into_pairs() {
+            self.add(index, rank);
         }
     }
 
@@ -731,15 +956,20 @@ fn hll_from_registers(regs: &[(u32, u32)]) -> Hll {
 
 /// One view's aggregation over the archive rows of the days to recompute:
 /// rows are folded straight into per-group states as they are read.
-struct Extracted<'v> {
-    view: &'v ViewDef,
+struct Extracted {
+    view: Arc<ViewDef>,
     filter: Vec<(FieldPath, Vec<String>)>,
     topics: Vec<String>,
     /// Offsets taken so far per (topic index, partition): the de-duplication.
     seen: Vec<((u32, i32), Seen)>,
     dicts: Vec<Dict>,
     /// Group key (bucket as two words, then one code per dimension) to group id.
-    index: HashMap<Vec<u32>, u32>,
+    index: FxHashMap<Vec<u32>, u32>,
+    /// The same for keys of up to four words (up to two dimensions), packed
+    /// into one integer: no allocation per group, no pointer to chase per row.
+    packed: FxHashMap<u128, u32>,
+    /// The number of groups.
+    n: usize,
     /// Group keys by id, `2 + dimensions` words each.
     keys: Vec<u32>,
     /// Per measure, per group id: the state (distinct measures: unused).
@@ -750,18 +980,20 @@ struct Extracted<'v> {
     text: String,
 }
 
-impl<'v> Extracted<'v> {
-    fn new(view: &'v ViewDef) -> Self {
+impl Extracted {
+    fn new(view: Arc<ViewDef>) -> Self {
         let m = view.measures.len();
         Extracted {
-            view,
             filter: view.parsed_filter(),
             topics: Vec::new(),
             seen: Vec::new(),
             dicts: (0..view.dimensions.len())
                 .map(|_| Dict::default())
                 .collect(),
-            index: HashMap::new(),
+            view,
+            index: FxHashMap::default(),
+            packed: FxHashMap::default(),
+            n: 0,
             keys: Vec::new(),
             aggs: vec![Vec::new(); m],
             regs: vec![Vec::new(); m],
@@ -771,23 +1003,22 @@ impl<'v> Extracted<'v> {
     }
 
     fn groups(&self) -> usize {
-        self.index.len()
+        self.n
     }
 
     /// Fold one file's record batches in, keeping valid events of `days` the
-    /// view accepts. Returns the number of rows read.
+    /// view accepts, and only rows of the partitions in `only` if given.
     fn push_file(
         &mut self,
         batches: &[RecordBatch],
         days: &BTreeSet<i64>,
         path: &str,
-    ) -> Result<u64, BatchError> {
-        let mut n = 0u64;
+        only: Option<&[i32]>,
+    ) -> Result<(), BatchError> {
         for b in batches {
-            n += b.num_rows() as u64;
-            self.push_batch(b, days, path)?;
+            self.push_batch(b, days, path, only)?;
         }
-        Ok(n)
+        Ok(())
     }
 
     fn push_batch(
@@ -795,6 +1026,7 @@ impl<'v> Extracted<'v> {
         b: &RecordBatch,
         days: &BTreeSet<i64>,
         path: &str,
+        only: Option<&[i32]>,
     ) -> Result<(), BatchError> {
         let bad = |c: &str| FileError::Malformed {
             path: path.to_owned(),
@@ -857,6 +1089,9 @@ impl<'v> Extracted<'v> {
             // is kept. Copies are the same record, so which one does not matter.
             let tp = topic.value(r);
             let p = partition.value(r);
+            if only.is_some_and(|o| !o.contains(&p)) {
+                continue; // another shard's partition
+            }
             let fresh = match self.seen.get(seen_at) {
                 Some(((t, sp), _)) if *sp == p && self.topics[*t as usize] == tp => {
                     self.seen[seen_at].1.insert(offset.value(r))
@@ -933,6 +1168,83 @@ impl<'v> Extracted<'v> {
         }
     }
 
+    /// The id of the group whose key is in `self.key`, created if new.
+    fn group(&mut self) -> usize {
+        let g = self.n as u32;
+        if self.key.len() <= 4 {
+            let packed = self
+                .key
+                .iter()
+                .fold(0u128, |acc, &w| (acc << 32) | u128::from(w));
+            match self.packed.entry(packed) {
+                std::collections::hash_map::Entry::Occupied(e) => return *e.get() as usize,
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(g),
+            };
+        } else {
+            if let Some(&g) = self.index.get(self.key.as_slice()) {
+                return g as usize;
+            }
+            self.index.insert(self.key.clone(), g);
+        }
+        self.n += 1;
+        let g = g as usize;
+        self.keys.extend_from_slice(&self.key);
+        for (k, m) in self.view.measures.iter().enumerate() {
+            if m.agg == AggKind::Distinct {
+                self.regs[k].push(Regs::default());
+            } else {
+                self.aggs[k].push(Agg::empty(m.agg));
+            }
+        }
+        g
+    }
+
+    /// Merge another shard's groups in. Dictionary codes are per shard, so
+    /// the other's keys are translated through their texts first (a few
+    /// hundred texts, against a million groups).
+    fn absorb(&mut self, other: Extracted) {
+        let width = 2 + self.view.dimensions.len();
+        let Extracted {
+            keys,
+            dicts,
+            mut aggs,
+            mut regs,
+            ..
+        } = other;
+        let codes: Vec<Vec<u32>> = dicts
+            .iter()
+            .zip(&mut self.dicts)
+            .map(|(theirs, ours)| theirs.values.iter().map(|v| ours.code(v)).collect())
+            .collect();
+        let mut aggs: Vec<std::vec::IntoIter<Agg>> = aggs
+            .iter_mut()
+            .map(|a| std::mem::take(a).into_iter())
+            .collect();
+        let mut regs: Vec<std::vec::IntoIter<Regs>> = regs
+            .iter_mut()
+            .map(|r| std::mem::take(r).into_iter())
+            .collect();
+        let view = self.view.clone();
+        for key in keys.chunks_exact(width) {
+            self.key.clear();
+            self.key.extend_from_slice(&key[..2]);
+            for (&c, map) in key[2..].iter().zip(&codes) {
+                self.key
+                    .push(if c == ABSENT { ABSENT } else { map[c as usize] });
+            }
+            let g = self.group();
+            for (k, m) in view.measures.iter().enumerate() {
+                if m.agg == AggKind::Distinct {
+                    if let Some(r) = regs[k].next() {
+                        self.regs[k][g].merge(r);
+                    }
+                } else if let Some(a) = aggs[k].next() {
+                    self.aggs[k][g].merge(&a);
+                }
+            }
+        }
+    }
+
     /// Fold one accepted event into its group.
     fn fold(&mut self, bucket: i64, event: &Event<'_>) {
         self.key.clear();
@@ -950,22 +1262,7 @@ impl<'v> Extracted<'v> {
             };
             self.key.push(code);
         }
-        let g = match self.index.get(self.key.as_slice()) {
-            Some(&g) => g as usize,
-            None => {
-                let g = self.index.len();
-                self.index.insert(self.key.clone(), g as u32);
-                self.keys.extend_from_slice(&self.key);
-                for (k, m) in self.view.measures.iter().enumerate() {
-                    if m.agg == AggKind::Distinct {
-                        self.regs[k].push(Regs::default());
-                    } else {
-                        self.aggs[k].push(Agg::empty(m.agg));
-                    }
-                }
-                g
-            }
-        };
+        let g = self.group();
         for (k, m) in self.view.measures.iter().enumerate() {
             let Some(input) = m.input(event) else {
                 continue;
@@ -1003,7 +1300,7 @@ pub fn pattern(value: &[u8]) -> (u32, u32) {
 }
 
 /// The groups of a finished aggregation, with their keys decoded.
-fn aggregate(view: &ViewDef, x: Extracted<'_>) -> Result<Vec<Group>, BatchError> {
+fn aggregate(view: &ViewDef, x: Extracted) -> Result<Vec<Group>, BatchError> {
     let n = x.groups();
     let width = 2 + view.dimensions.len();
     let Extracted {
@@ -1366,6 +1663,42 @@ mod tests {
                 regs.into_pairs(),
                 truth.into_iter().collect::<Vec<_>>(),
                 "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn merged_regs_are_the_register_maximum_of_both() {
+        for (n1, n2) in [
+            (0usize, 0usize),
+            (3, 0),
+            (0, 7),
+            (30, 40),
+            (1500, 900),
+            (5000, 20),
+        ] {
+            let mut x = (n1 * 31 + n2 + 1) as u64;
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x % REGISTERS as u64) as u32, 1 + ((x >> 20) % 40) as u32)
+            };
+            let (mut a, mut b) = (Regs::default(), Regs::default());
+            let mut truth: BTreeMap<u32, u32> = BTreeMap::new();
+            for (regs, n) in [(&mut a, n1), (&mut b, n2)] {
+                for _ in 0..n {
+                    let (idx, rank) = next();
+                    regs.add(idx, rank);
+                    let e = truth.entry(idx).or_insert(0);
+                    *e = (*e).max(rank);
+                }
+            }
+            a.merge(b);
+            assert_eq!(
+                a.into_pairs(),
+                truth.into_iter().collect::<Vec<_>>(),
+                "{n1} {n2}"
             );
         }
     }

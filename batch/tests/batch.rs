@@ -235,6 +235,87 @@ async fn incremental_runs_equal_the_truth_and_a_full_run() {
     }
 }
 
+/// Write `records` as one archive file of `epoch`, named after `partition`
+/// and `start`: how a rewrite after a crash (or a hand-made file) looks.
+async fn write_file(
+    store: &Arc<dyn ObjectStore>,
+    epoch: i64,
+    partition: i32,
+    start: i64,
+    records: &[&Gen],
+) {
+    let clock = tally_core::time::EpochClock::new(HOUR);
+    let mut rows = tally_batch::archive_file::ArchiveRows::new(start);
+    for g in records {
+        rows.push(
+            "events",
+            g.partition,
+            g.offset,
+            g.kafka_ts(),
+            clock,
+            &Default::default(),
+            g.json(),
+        );
+    }
+    let path = paths::archive_file(epoch, "events", partition, start);
+    tally_batch::archive_file::write(store.clone(), &path, &mut rows)
+        .await
+        .unwrap();
+}
+
+/// The fold split into shards by partition equals the truth for any number
+/// of shards, with duplicates that cross shards: a file named after one
+/// partition holding copies of every partition's records, a rewrite that
+/// overlaps another file's offsets, and a file named after the wrong
+/// partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_folds_equal_the_truth_with_duplicates_across_shards() {
+    let cfg = config("memory://");
+    let store = tally_batch::store::open(&cfg.store).unwrap();
+    let epoch0 = T0 / HOUR;
+    let mut offsets = Vec::new();
+    let events = generate(31, 20_000, 4, &mut offsets, T0, 4 * HOUR);
+    write_archive(&store, "events", &events).await;
+    let of = |epoch: i64, partition: Option<i32>| -> Vec<&Gen> {
+        let mut v: Vec<&Gen> = events
+            .iter()
+            .filter(|g| g.epoch() == epoch && partition.is_none_or(|p| g.partition == p))
+            .collect();
+        v.sort_by_key(|g| (g.partition, g.offset));
+        v
+    };
+    // Copies of every partition's records in one file named after a fifth.
+    let mixed: Vec<&Gen> = of(epoch0 + 1, None).into_iter().step_by(7).collect();
+    assert!((0..4).all(|p| mixed.iter().any(|g| g.partition == p)));
+    write_file(&store, epoch0 + 1, 9, 1_000_000, &mixed).await;
+    // A rewrite of partition 2 that starts inside another file and runs on.
+    let p2 = of(epoch0 + 2, Some(2));
+    let from = p2.len() / 3;
+    write_file(&store, epoch0 + 2, 2, p2[from].offset, &p2[from..]).await;
+    // Partition 1's records in a file named after partition 0.
+    let p1 = of(epoch0 + 3, Some(1));
+    write_file(&store, epoch0 + 3, 0, 2_000_000, &p1[..p1.len() / 2]).await;
+    let files_rows = (events.len() + mixed.len() + (p2.len() - from) + p1.len() / 2) as u64;
+    set_cut(&store, epoch0 + 4).await;
+    for shards in [1, 2, 3, 4, 8] {
+        let s = run_batch(
+            &cfg,
+            store.clone(),
+            RunOptions {
+                full: true,
+                fold_shards: Some(shards),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        for v in &s.views {
+            assert_eq!(v.rows_read, files_rows, "{shards} shards: {v:?}");
+        }
+        check_all(&store, &cfg, &events, epoch0 + 4).await;
+    }
+}
+
 /// A run that dies after writing some snapshot files leaves the previous
 /// snapshot published; the next run completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -609,6 +609,9 @@ async fn fold_files(
     Ok((all, rows))
 }
 
+/// A shard a file goes to, and the partitions it takes from it (`None`: all).
+type Route = (usize, Option<Arc<[i32]>>);
+
 /// Which fold shard takes the rows of which partition. Partitions named by
 /// the files are spread up front by size (largest first, to the least loaded
 /// shard); a partition first met inside a file goes to the least loaded
@@ -662,11 +665,7 @@ impl ShardPlan {
     /// The shards a decoded file goes to, each with the partitions it takes
     /// from it (`None`: all rows). Usually one shard and all rows: an archive
     /// file holds one partition.
-    fn route(
-        &mut self,
-        file: &Input0,
-        batches: &[RecordBatch],
-    ) -> Result<Vec<(usize, Option<Arc<[i32]>>)>, BatchError> {
+    fn route(&mut self, file: &Input0, batches: &[RecordBatch]) -> Result<Vec<Route>, BatchError> {
         self.parts.clear();
         for b in batches {
             let col = b
@@ -688,7 +687,7 @@ impl ShardPlan {
             None => vec![(self.assign(file.partition, 0), None)],
             Some(&s) if shards.iter().all(|&x| x == s) => vec![(s, None)],
             Some(_) => {
-                let mut out: Vec<(usize, Option<Arc<[i32]>>)> = Vec::new();
+                let mut out: Vec<Route> = Vec::new();
                 let mut targets: Vec<usize> = shards.clone();
                 targets.sort_unstable();
                 targets.dedup();

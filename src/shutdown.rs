@@ -6,33 +6,40 @@
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// A token cancelled on the first SIGTERM or SIGINT.
+/// A token cancelled on the first SIGTERM or SIGINT. The handlers are
+/// registered before this returns, not when a task first runs: a signal that
+/// arrives while a role is still starting stops it cleanly too.
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                        let _ = ctrl_c.await;
-                        t.cancel();
-                        return;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = int.recv() => info!("SIGINT: stopping"),
+                        _ = term.recv() => info!("SIGTERM: stopping"),
                     }
-                };
-            tokio::select! {
-                _ = ctrl_c => info!("SIGINT: stopping"),
-                _ = term.recv() => info!("SIGTERM: stopping"),
+                    t.cancel();
+                });
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                });
             }
         }
-        #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
-        }
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
         t.cancel();
     });
     token

@@ -78,6 +78,8 @@ fn killed_at_random_points_six_times_stays_exact() {
         speed.kill9();
         speed = start_speed(&cfg, &log, "speed-0");
     }
+    // The last process runs a while too before it is stopped with SIGTERM.
+    std::thread::sleep(Duration::from_millis(rng.gen_range(500..2500)));
     producer.join().unwrap();
     wait_caught_up(&redis.url(), &ends(&recs, 4), Duration::from_secs(300));
     speed.terminate();

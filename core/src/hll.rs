@@ -241,38 +241,49 @@ impl Hll {
         out
     }
 
-    /// The sparse Redis encoding, or `None` if a register is over 32.
+    /// The sparse Redis encoding, or `None` if a register is over 32. A sparse
+    /// sketch is encoded in O(registers set): the speed layer encodes many
+    /// small sketches at every flush.
     pub fn to_redis_sparse(&self) -> Option<Vec<u8>> {
-        let regs = self.registers();
-        if regs.iter().any(|&v| v > SPARSE_VAL_MAX) {
-            return None;
-        }
         let mut out = header(1);
-        let mut i = 0;
-        while i < REGISTERS {
-            let v = regs[i];
-            let mut run = 1;
-            while i + run < REGISTERS && regs[i + run] == v {
-                run += 1;
-            }
-            i += run;
-            if v == 0 {
-                while run > 0 {
-                    if run > 64 {
-                        let len = run.min(16_384) - 1;
-                        out.push(0x40 | (len >> 8) as u8);
-                        out.push((len & 0xff) as u8);
-                        run -= len + 1;
-                    } else {
-                        out.push((run - 1) as u8);
-                        run = 0;
+        match &self.repr {
+            Repr::Sparse(entries) => {
+                let mut next = 0usize; // first register not yet encoded
+                let mut i = 0;
+                while i < entries.len() {
+                    let (index, v) = ((entries[i] >> 8) as usize, (entries[i] & 0xff) as u8);
+                    if v > SPARSE_VAL_MAX {
+                        return None;
                     }
+                    let mut run = 1;
+                    while entries.get(i + run) == Some(&((((index + run) as u32) << 8) | v as u32))
+                    {
+                        run += 1;
+                    }
+                    push_zeros(&mut out, index - next);
+                    push_values(&mut out, v, run);
+                    next = index + run;
+                    i += run;
                 }
-            } else {
-                while run > 0 {
-                    let len = run.min(4);
-                    out.push(0x80 | ((v - 1) << 2) | (len - 1) as u8);
-                    run -= len;
+                push_zeros(&mut out, REGISTERS - next);
+            }
+            Repr::Dense(regs) => {
+                if regs.iter().any(|&v| v > SPARSE_VAL_MAX) {
+                    return None;
+                }
+                let mut i = 0;
+                while i < REGISTERS {
+                    let v = regs[i];
+                    let mut run = 1;
+                    while i + run < REGISTERS && regs[i + run] == v {
+                        run += 1;
+                    }
+                    i += run;
+                    if v == 0 {
+                        push_zeros(&mut out, run);
+                    } else {
+                        push_values(&mut out, v, run);
+                    }
                 }
             }
         }
@@ -332,6 +343,30 @@ impl Hll {
                 self.repr = Repr::Sparse(entries);
             }
         }
+    }
+}
+
+/// Sparse opcodes for `run` zero registers: ZERO (up to 64) or XZERO (up to 16,384).
+fn push_zeros(out: &mut Vec<u8>, mut run: usize) {
+    while run > 0 {
+        if run > 64 {
+            let len = run.min(16_384) - 1;
+            out.push(0x40 | (len >> 8) as u8);
+            out.push((len & 0xff) as u8);
+            run -= len + 1;
+        } else {
+            out.push((run - 1) as u8);
+            run = 0;
+        }
+    }
+}
+
+/// Sparse VAL opcodes for `run` registers of value `v` (1..=32), 4 per opcode.
+fn push_values(out: &mut Vec<u8>, v: u8, mut run: usize) {
+    while run > 0 {
+        let len = run.min(4);
+        out.push(0x80 | ((v - 1) << 2) | (len - 1) as u8);
+        run -= len;
     }
 }
 
@@ -500,6 +535,32 @@ mod tests {
                 h.count()
             );
         }
+    }
+
+    #[test]
+    fn sparse_and_dense_sketches_encode_alike() {
+        // The O(registers set) encoder of a sparse sketch against the walk over
+        // all registers, on sketches with runs of equal neighbours and gaps.
+        for (n, step) in [(0u64, 1u64), (1, 1), (40, 1), (300, 7), (700, 13)] {
+            let mut h = Hll::new();
+            for i in 0..n {
+                h.add(&(i * step).to_le_bytes());
+            }
+            // Neighbouring registers of one value: a VAL run longer than 4.
+            for r in 100..111u32 {
+                h.set_max(r as usize, 3);
+            }
+            assert!(matches!(h.repr, Repr::Sparse(_)));
+            let dense = Hll {
+                repr: Repr::Dense(h.registers().into_boxed_slice()),
+            };
+            assert_eq!(h.to_redis_sparse(), dense.to_redis_sparse(), "n = {n}");
+            let back = Hll::from_redis_bytes(&h.to_redis_bytes()).unwrap();
+            assert_eq!(back.registers(), h.registers());
+        }
+        let mut big = Hll::new();
+        big.set_max(5, 40); // over the sparse encoding's 32
+        assert_eq!(big.to_redis_sparse(), None);
     }
 
     #[test]

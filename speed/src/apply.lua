@@ -1,26 +1,42 @@
--- Apply one chunk of counter deltas for one partition, fenced on its offset.
+-- Apply one chunk of counter deltas, fenced on the offsets of every partition
+-- it covers: all of it or none of it.
 -- All keys are derived by tally_core::keys and passed in ARGV (single-node Redis).
 --
--- ARGV: offsets_hash, partition_field, start, end, fresh(0|1), now_ms, tmp_key,
+-- ARGV: offsets_hash, n_ranges,
+--       then per range: partition_field, start, end, fresh(0|1),
+--       then now_ms, tmp_key,
 --       then per slice: 'S', counters_key, sketch_index_key, sketch_prefix,
 --                       slices_zset, slice_member, expire_at_ms, n_ops,
---                       then n_ops ops of 3 arguments each:
+--                       then n_ops ops:
 --                         'I' field int     HINCRBY
 --                         'F' field float   HINCRBYFLOAT
 --                         'N' field number  keep the minimum
 --                         'X' field number  keep the maximum
 --                         'H' suffix bytes  merge a HyperLogLog (Redis encoding)
--- Returns {1, end} applied; {0, stored} fenced (stored ~= start);
---         {-1, -1} reset (no stored offset and the chunk is not a rebuild start).
-local stored = redis.call('HGET', ARGV[1], ARGV[2])
-if stored == false then
-  if ARGV[5] ~= '1' then return {-1, -1} end
-elseif stored ~= ARGV[3] then
-  return {0, tonumber(stored)}
+--                         'P' suffix n v1..vn  PFADD the n values
+-- A range passes if Redis stores its start, or stores nothing and the range is
+-- a rebuild start (fresh). Returns {1} applied (every range's end stored);
+-- {0, s1, .., sn} not applied: what Redis stores per range (-1 for nothing).
+local offsets = ARGV[1]
+local n_ranges = tonumber(ARGV[2])
+local ok = true
+local stored = {0}
+for r = 0, n_ranges - 1 do
+  local b = 3 + r * 4
+  local s = redis.call('HGET', offsets, ARGV[b])
+  if s == false then
+    stored[#stored + 1] = -1
+    if ARGV[b + 3] ~= '1' then ok = false end
+  else
+    stored[#stored + 1] = tonumber(s)
+    if s ~= ARGV[b + 1] then ok = false end
+  end
 end
-local now = tonumber(ARGV[6])
-local tmp = ARGV[7]
-local i = 8
+if not ok then return stored end
+local i = 3 + n_ranges * 4
+local now = tonumber(ARGV[i])
+local tmp = ARGV[i + 1]
+i = i + 2
 while i <= #ARGV do
   local ckey, idx, prefix, zset, member = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local exp = ARGV[i+6]
@@ -41,9 +57,13 @@ while i <= #ARGV do
         redis.call('HSET', ckey, f, v)
       end
       wrote_counter = true
-    elseif op == 'H' then
+    else
       local key = prefix .. f
-      if redis.call('EXISTS', key) == 0 then
+      if op == 'P' then
+        local k = tonumber(v)
+        redis.call('PFADD', key, unpack(ARGV, i, i + k - 1))
+        i = i + k
+      elseif redis.call('EXISTS', key) == 0 then
         redis.call('SET', key, v)
       else
         redis.call('SET', tmp, v)
@@ -60,5 +80,8 @@ while i <= #ARGV do
   redis.call('ZADD', zset, exp, member)
   redis.call('ZREMRANGEBYSCORE', zset, '-inf', '(' .. now)
 end
-redis.call('HSET', ARGV[1], ARGV[2], ARGV[4])
-return {1, tonumber(ARGV[4])}
+for r = 0, n_ranges - 1 do
+  local b = 3 + r * 4
+  redis.call('HSET', offsets, ARGV[b], ARGV[b + 2])
+end
+return {1}

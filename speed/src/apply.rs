@@ -1,11 +1,12 @@
 //! Writing chunks to Redis through the fencing script.
 //!
-//! One [`Chunk`] becomes one `EVALSHA` of `apply.lua`: the partition's deltas
-//! and its new offset are applied together, and only if Redis's stored offset
-//! equals the chunk's start. A replay after a crash, or a zombie member after a
-//! rebalance, therefore writes nothing ([`Outcome::Fenced`]); a Redis that lost
-//! its memory is noticed ([`Outcome::Reset`]) instead of being silently
-//! continued from the middle. All chunks of one flush go in one pipeline.
+//! One [`Chunk`] becomes one `EVALSHA` of `apply.lua`: the deltas and the new
+//! offsets of every partition in it are applied together, and only if Redis
+//! stores each partition's start (or nothing, for a rebuild start). A replay
+//! after a crash, or a zombie member after a rebalance, therefore writes
+//! nothing; nor does a Redis that lost its memory, which is noticed instead of
+//! being silently continued from the middle. [`Outcome::Failed`] says what
+//! Redis stores for each range, which is where the consume loop resumes.
 
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
@@ -15,20 +16,19 @@ use tally_core::config::Config;
 use tally_core::keys::{CounterField, Keys, Part, SketchField};
 use tally_core::time::EpochClock;
 
-use crate::delta::{Chunk, Folder};
+use crate::delta::{Chunk, Distinct, Folder, MeasureDelta};
 use crate::error::SpeedError;
 
 const SCRIPT: &str = include_str!("apply.lua");
 
 /// What happened to one chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Applied; Redis now stores `end`.
-    Applied { end: i64 },
-    /// Not applied: Redis stores `stored`, not the chunk's start.
-    Fenced { stored: i64 },
-    /// Not applied: Redis has no offset and the chunk is not a rebuild start.
-    Reset,
+    /// Applied; Redis now stores every range's end.
+    Applied,
+    /// Nothing applied: per range, the offset Redis stores (`None`: nothing),
+    /// which differs from the range's start for at least one range.
+    Failed { stored: Vec<Option<i64>> },
 }
 
 /// The Redis side of the speed layer.
@@ -76,50 +76,55 @@ impl Applier {
         Ok(())
     }
 
-    /// Apply every chunk in one pipeline; outcomes in the same order.
+    /// Apply one chunk.
     pub async fn apply(
         &mut self,
-        chunks: &[Chunk],
+        chunk: &Chunk,
         folder: &Folder,
         now_ms: i64,
-    ) -> Result<Vec<Outcome>, SpeedError> {
-        if chunks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for c in chunks {
-            pipe.cmd("EVALSHA")
-                .arg(&self.sha)
-                .arg(0)
-                .arg(self.args(c, folder, now_ms));
-        }
-        let replies: Vec<Value> = match pipe.query_async(&mut self.con).await {
+    ) -> Result<Outcome, SpeedError> {
+        let args = self.args(chunk, folder, now_ms);
+        let reply: Value = match redis::cmd("EVALSHA")
+            .arg(&self.sha)
+            .arg(0)
+            .arg(&args)
+            .query_async(&mut self.con)
+            .await
+        {
             Ok(r) => r,
             Err(e) if is_noscript(&e) => {
                 // Redis restarted and lost its script cache: load again, once.
                 self.load_script().await?;
-                return Box::pin(self.apply(chunks, folder, now_ms)).await;
+                redis::cmd("EVALSHA")
+                    .arg(&self.sha)
+                    .arg(0)
+                    .arg(&args)
+                    .query_async(&mut self.con)
+                    .await?
             }
             Err(e) => return Err(e.into()),
         };
-        replies.iter().map(parse_reply).collect()
+        parse_reply(&reply, chunk.ranges.len())
     }
 
     /// The script's ARGV for one chunk.
     fn args(&self, c: &Chunk, folder: &Folder, now_ms: i64) -> Vec<Vec<u8>> {
         let mut a: Vec<Vec<u8>> = vec![
             self.keys.offsets().into_bytes(),
-            Keys::offset_field(&c.topic, c.partition).into_bytes(),
-            c.start.to_string().into_bytes(),
-            c.end.to_string().into_bytes(),
-            if c.fresh {
+            c.ranges.len().to_string().into_bytes(),
+        ];
+        for r in &c.ranges {
+            a.push(Keys::offset_field(&r.topic, r.partition).into_bytes());
+            a.push(r.start.to_string().into_bytes());
+            a.push(r.end.to_string().into_bytes());
+            a.push(if r.fresh {
                 b"1".to_vec()
             } else {
                 b"0".to_vec()
-            },
-            now_ms.to_string().into_bytes(),
-            format!("{}:tmp", self.keys.prefix()).into_bytes(),
-        ];
+            });
+        }
+        a.push(now_ms.to_string().into_bytes());
+        a.push(format!("{}:tmp", self.keys.prefix()).into_bytes());
         for (id, delta) in &c.slices {
             let view = folder.view(id.view);
             let name = view.name.as_str();
@@ -141,10 +146,28 @@ impl Applier {
                 ops += 1;
             };
             for (&bucket, groups) in delta {
-                for (group, aggs) in groups {
-                    for (m, agg) in view.measures.iter().zip(aggs) {
+                for (group, cells) in groups {
+                    for (m, cell) in view.measures.iter().zip(cells) {
                         let field = |part| CounterField::encode(bucket, &m.name, part, group);
-                        match agg {
+                        let agg = match cell {
+                            MeasureDelta::Agg(agg) => agg,
+                            MeasureDelta::Distinct(Distinct::Values(vs)) => {
+                                if !vs.is_empty() {
+                                    let suffix = SketchField::encode(bucket, &m.name, group);
+                                    op(&mut a, b"P", suffix, vs.len().to_string().into_bytes());
+                                    a.extend(vs.iter().map(|v| v.to_vec()));
+                                }
+                                continue;
+                            }
+                            MeasureDelta::Distinct(Distinct::Sketch(h)) => {
+                                if !h.is_empty() {
+                                    let suffix = SketchField::encode(bucket, &m.name, group);
+                                    op(&mut a, b"H", suffix, h.to_redis_bytes());
+                                }
+                                continue;
+                            }
+                        };
+                        match *agg {
                             Agg::Count(n) => {
                                 op(&mut a, b"I", field(Part::Count), n.to_string().into_bytes())
                             }
@@ -155,7 +178,7 @@ impl Applier {
                                     field(Part::SumInt),
                                     int.to_string().into_bytes(),
                                 );
-                                if *float != 0.0 {
+                                if float != 0.0 {
                                     op(
                                         &mut a,
                                         b"F",
@@ -170,14 +193,7 @@ impl Applier {
                             Agg::Max(Some(v)) => {
                                 op(&mut a, b"X", field(Part::Max), v.to_string().into_bytes())
                             }
-                            Agg::Min(None) | Agg::Max(None) => {}
-                            Agg::Distinct(h) if !h.is_empty() => op(
-                                &mut a,
-                                b"H",
-                                SketchField::encode(bucket, &m.name, group),
-                                h.to_redis_bytes(),
-                            ),
-                            Agg::Distinct(_) => {}
+                            Agg::Min(None) | Agg::Max(None) | Agg::Distinct(_) => {}
                         }
                     }
                 }
@@ -206,19 +222,23 @@ fn is_noscript(e: &RedisError) -> bool {
     e.code() == Some("NOSCRIPT")
 }
 
-fn parse_reply(v: &Value) -> Result<Outcome, SpeedError> {
+fn parse_reply(v: &Value, ranges: usize) -> Result<Outcome, SpeedError> {
     let bad = || SpeedError::ScriptReply(format!("{v:?}"));
     let Value::Array(items) = v else {
         return Err(bad());
     };
-    let num = |i: usize| match items.get(i) {
-        Some(Value::Int(n)) => Ok(*n),
+    let num = |x: &Value| match x {
+        Value::Int(n) => Ok(*n),
         _ => Err(bad()),
     };
-    match num(0)? {
-        1 => Ok(Outcome::Applied { end: num(1)? }),
-        0 => Ok(Outcome::Fenced { stored: num(1)? }),
-        -1 => Ok(Outcome::Reset),
+    match items.first().map(num).transpose()? {
+        Some(1) => Ok(Outcome::Applied),
+        Some(0) if items.len() == ranges + 1 => Ok(Outcome::Failed {
+            stored: items[1..]
+                .iter()
+                .map(|x| num(x).map(|n| (n >= 0).then_some(n)))
+                .collect::<Result<_, _>>()?,
+        }),
         _ => Err(bad()),
     }
 }

@@ -1,18 +1,33 @@
-//! Per-partition counter deltas, folded in memory between flushes.
+//! Counter deltas, folded in memory between flushes.
 //!
-//! A [`PartitionDelta`] covers a contiguous offset range `[start, end)` of one
-//! partition: every record in it was either folded in here or rejected. At each
-//! flush it is cut into a [`Chunk`] (the unit the apply script fences on) and
-//! starts again at `end`. Deltas are keyed by *slice* (view, ingest epoch,
-//! event-time day), then bucket, then group, exactly as the Redis layout in
-//! `tally_core::keys` stores them.
+//! One [`Delta`] collects the aggregates of every assigned partition since the
+//! last flush; the consume loop tracks, per partition, the offset range
+//! `[start, end)` it covers (every record in it was folded in here or
+//! rejected). At each flush the delta is cut into a [`Chunk`]: the aggregates
+//! plus one [`Range`] per partition that moved. One chunk is one apply-script
+//! call, fenced on every range at once, so a key that several partitions touch
+//! is written once per flush, not once per partition.
+//!
+//! Aggregates are keyed by *slice* (view, ingest epoch, event-time day), then
+//! bucket, then group, exactly as the Redis layout in `tally_core::keys`
+//! stores them. Distinct values are kept as they are while a group has few of
+//! them ([`Distinct::Values`]), so that Redis can `PFADD` them: that costs
+//! O(values) and keeps small keys sparse, where merging a sketch costs a pass
+//! over all 16,384 registers.
 
 use std::collections::HashMap;
 
-use tally_core::agg::Agg;
+use tally_core::agg::{Agg, AggKind};
 use tally_core::event::Event;
+use tally_core::hll::Hll;
 use tally_core::time::{day_of, Epoch, EpochClock};
 use tally_core::view::{FieldPath, Input, ScalarRef, ViewDef};
+
+/// The maps of the hot path (see Cargo.toml for why foldhash).
+pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Past this many distinct values a group's distinct delta becomes a sketch.
+pub const DISTINCT_VALUES_MAX: usize = 32;
 
 /// One view, prepared for the hot path.
 #[derive(Debug)]
@@ -36,69 +51,123 @@ pub struct SliceId {
     pub day: i64,
 }
 
-/// Aggregates of one slice: bucket start -> group JSON -> one [`Agg`] per measure.
-pub type SliceDelta = HashMap<i64, HashMap<String, Vec<Agg>>>;
+/// Aggregates of one slice: bucket start -> group JSON -> one delta per measure.
+pub type SliceDelta = Map<i64, Map<String, Vec<MeasureDelta>>>;
 
-/// Deltas of one partition since the last flush.
-#[derive(Debug)]
-pub struct PartitionDelta {
+/// One measure's delta for one bucket and group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeasureDelta {
+    /// `count`, `sum`, `min`, `max`: the shared monoid.
+    Agg(Agg),
+    /// `distinct`.
+    Distinct(Distinct),
+}
+
+/// The distinct values of one group since the last flush.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Distinct {
+    /// At most [`DISTINCT_VALUES_MAX`] values, each once: sent for `PFADD`.
+    Values(Vec<Box<[u8]>>),
+    /// More than that: sent as a sketch for `PFMERGE`.
+    Sketch(Hll),
+}
+
+impl Distinct {
+    /// Add one value (its text, the bytes `PFADD` would hash).
+    pub fn add(&mut self, value: &[u8]) {
+        match self {
+            Distinct::Values(vs) => {
+                if vs.iter().any(|v| **v == *value) {
+                    return;
+                }
+                if vs.len() < DISTINCT_VALUES_MAX {
+                    vs.push(value.into());
+                    return;
+                }
+                let mut h = Hll::new();
+                for v in vs.iter() {
+                    h.add(v);
+                }
+                h.add(value);
+                *self = Distinct::Sketch(h);
+            }
+            Distinct::Sketch(h) => h.add(value),
+        }
+    }
+
+    /// The sketch of these values.
+    pub fn to_hll(&self) -> Hll {
+        match self {
+            Distinct::Values(vs) => {
+                let mut h = Hll::new();
+                for v in vs {
+                    h.add(v);
+                }
+                h
+            }
+            Distinct::Sketch(h) => h.clone(),
+        }
+    }
+}
+
+impl MeasureDelta {
+    fn empty(kind: AggKind) -> Self {
+        match kind {
+            AggKind::Distinct => MeasureDelta::Distinct(Distinct::Values(Vec::new())),
+            k => MeasureDelta::Agg(Agg::empty(k)),
+        }
+    }
+}
+
+/// The aggregates folded since the last flush, over every partition.
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub slices: Map<SliceId, SliceDelta>,
+    /// Valid events folded in.
+    pub events: u64,
+    /// (slice, bucket, group) cells held: what the delta's memory grows with.
+    pub cells: usize,
+}
+
+/// The offsets of one partition that a chunk covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub topic: String,
+    pub partition: i32,
     /// First offset covered.
     pub start: i64,
     /// One past the last offset covered.
     pub end: i64,
     /// Whether `start` is a rebuild point (no stored offset in Redis).
     pub fresh: bool,
-    /// Bumped at every re-seek; feedback for older generations is stale.
-    pub generation: u64,
-    pub slices: HashMap<SliceId, SliceDelta>,
-    pub events: u64,
 }
 
-/// A flushed delta: what one apply-script call writes.
+/// A flushed delta: what one apply-script call writes, all or nothing.
 #[derive(Debug)]
 pub struct Chunk {
-    pub topic: String,
-    pub partition: i32,
-    pub start: i64,
-    pub end: i64,
-    pub fresh: bool,
+    /// The consume loop's generation when it was cut; answers about chunks of
+    /// an older generation (cut before a re-seek) are ignored.
     pub generation: u64,
+    pub ranges: Vec<Range>,
     pub slices: Vec<(SliceId, SliceDelta)>,
     pub events: u64,
 }
 
-impl PartitionDelta {
-    pub fn new(start: i64, fresh: bool, generation: u64) -> Self {
-        PartitionDelta {
-            start,
-            end: start,
-            fresh,
-            generation,
-            slices: HashMap::new(),
-            events: 0,
-        }
+impl Delta {
+    /// Take the aggregates, leaving the delta empty.
+    pub fn take(&mut self) -> (Vec<(SliceId, SliceDelta)>, u64) {
+        self.cells = 0;
+        (
+            self.slices.drain().collect(),
+            std::mem::take(&mut self.events),
+        )
     }
 
-    /// Whether the delta covers any offset.
-    pub fn is_empty(&self) -> bool {
-        self.end <= self.start
-    }
-
-    /// Take the delta as a chunk; the delta continues from its end.
-    pub fn cut(&mut self, topic: &str, partition: i32) -> Chunk {
-        let chunk = Chunk {
-            topic: topic.to_owned(),
-            partition,
-            start: self.start,
-            end: self.end,
-            fresh: self.fresh,
-            generation: self.generation,
-            slices: self.slices.drain().collect(),
-            events: std::mem::take(&mut self.events),
-        };
-        self.start = self.end;
-        self.fresh = false;
-        chunk
+    /// Drop everything folded so far (the records will be read again).
+    pub fn clear(&mut self) {
+        self.slices.clear();
+        self.events = 0;
+        self.cells = 0;
     }
 }
 
@@ -131,13 +200,7 @@ impl Folder {
     }
 
     /// Fold one valid event from `topic`, stamped `kafka_ts_ms`, into `delta`.
-    pub fn fold(
-        &mut self,
-        delta: &mut PartitionDelta,
-        topic: &str,
-        kafka_ts_ms: i64,
-        event: &Event<'_>,
-    ) {
+    pub fn fold(&mut self, delta: &mut Delta, topic: &str, kafka_ts_ms: i64, event: &Event<'_>) {
         let epoch = self.clock.epoch_of(kafka_ts_ms);
         let day = day_of(event.time_ms);
         delta.events += 1;
@@ -160,30 +223,32 @@ impl Folder {
                 .or_default()
                 .entry(bucket)
                 .or_default();
-            let aggs = match buckets.get_mut(self.group.as_str()) {
+            let cells = match buckets.get_mut(self.group.as_str()) {
                 Some(a) => a,
-                None => buckets.entry(self.group.clone()).or_insert_with(|| {
-                    view.def
-                        .measures
-                        .iter()
-                        .map(|m| Agg::empty(m.agg))
-                        .collect()
-                }),
+                None => {
+                    delta.cells += 1;
+                    buckets.entry(self.group.clone()).or_insert_with(|| {
+                        view.def
+                            .measures
+                            .iter()
+                            .map(|m| MeasureDelta::empty(m.agg))
+                            .collect()
+                    })
+                }
             };
-            for (m, agg) in view.def.measures.iter().zip(aggs.iter_mut()) {
-                match m.input(event) {
-                    None => {}
-                    Some(Input::One) => {
-                        if let Agg::Count(c) = agg {
-                            *c += 1;
-                        }
-                    }
-                    Some(Input::Num(n)) => agg.add_num(n),
-                    Some(Input::Key(k)) => {
+            for (m, cell) in view.def.measures.iter().zip(cells.iter_mut()) {
+                let Some(input) = m.input(event) else {
+                    continue;
+                };
+                match (input, cell) {
+                    (Input::One, MeasureDelta::Agg(Agg::Count(c))) => *c += 1,
+                    (Input::Num(n), MeasureDelta::Agg(agg)) => agg.add_num(n),
+                    (Input::Key(k), MeasureDelta::Distinct(d)) => {
                         self.text.clear();
                         k.write_text(&mut self.text);
-                        agg.add_key(self.text.as_bytes());
+                        d.add(self.text.as_bytes());
                     }
+                    _ => {}
                 }
             }
         }
@@ -263,14 +328,20 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_contiguous() {
-        let mut d = PartitionDelta::new(100, true, 1);
-        d.end = 150;
-        let c1 = d.cut("t", 0);
-        assert_eq!((c1.start, c1.end, c1.fresh), (100, 150, true));
-        d.end = 151;
-        let c2 = d.cut("t", 0);
-        assert_eq!((c2.start, c2.end, c2.fresh), (150, 151, false));
-        assert!(d.is_empty());
+    fn distinct_values_turn_into_a_sketch_past_the_limit() {
+        let mut d = Distinct::Values(Vec::new());
+        let mut truth = Hll::new();
+        for i in 0..DISTINCT_VALUES_MAX {
+            let v = format!("u{i}");
+            d.add(v.as_bytes());
+            d.add(v.as_bytes()); // repeats are kept once
+            truth.add(v.as_bytes());
+        }
+        assert!(matches!(&d, Distinct::Values(v) if v.len() == DISTINCT_VALUES_MAX));
+        assert_eq!(d.to_hll(), truth);
+        d.add(b"one more");
+        truth.add(b"one more");
+        assert!(matches!(&d, Distinct::Sketch(_)));
+        assert_eq!(d.to_hll(), truth);
     }
 }

@@ -3,14 +3,14 @@
 //! The speed layer is a consumer-group member that turns records into
 //! real-time counters. Its guarantee: every valid record of an assigned
 //! partition is counted in Redis exactly once, whatever crashes, restarts,
-//! rebalances or Redis restarts happen, because a partition's counter deltas
-//! and its new offset are written by one Lua script call that applies only if
-//! Redis's stored offset equals the deltas' start offset.
+//! rebalances or Redis restarts happen, because counter deltas and the new
+//! offsets of the partitions they came from are written by one Lua script
+//! call that applies only if Redis stores each partition's start offset.
 //!
 //! ## Layout
 //!
-//! - [`delta`]: per-partition deltas folded from decoded events, cut into
-//!   [`delta::Chunk`]s at every flush.
+//! - [`delta`]: deltas folded from decoded events, cut into
+//!   [`delta::Chunk`]s (aggregates plus one offset range per partition).
 //! - [`apply`]: the fencing Lua script and the Redis side: apply chunks,
 //!   report applied / fenced / reset.
 //! - [`resume`]: where a partition resumes: the fenced offset in Redis, or the

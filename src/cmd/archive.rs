@@ -27,7 +27,8 @@ pub async fn role(
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown::on_signal();
     crate::telemetry::install(None)?;
     let store = crate::cmd::open_store(&cfg)?;
-    role(Arc::new(cfg), store, crate::shutdown::on_signal()).await
+    role(Arc::new(cfg), store, shutdown).await
 }

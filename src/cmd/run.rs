@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cmd::{archive, batch, serve, speed};
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown::on_signal();
     let metrics = crate::telemetry::install(None)?;
     let store = crate::cmd::open_store(&cfg)?;
-    run_roles(Arc::new(cfg), store, metrics, crate::shutdown::on_signal()).await
+    run_roles(Arc::new(cfg), store, metrics, shutdown).await
 }
 
 /// Run the four roles until `shutdown` (or until one fails).

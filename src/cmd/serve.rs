@@ -35,9 +35,10 @@ pub async fn role(
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown::on_signal();
     let metrics = crate::telemetry::install(None)?;
     let store = crate::cmd::open_store(&cfg)?;
-    role(Arc::new(cfg), store, metrics, crate::shutdown::on_signal()).await
+    role(Arc::new(cfg), store, metrics, shutdown).await
 }
 
 /// A locked batch run in the background for each accepted request.

@@ -265,7 +265,10 @@ fn run_speed(bin: &std::path::Path, broker: &Broker, ends: &[i64], n: usize, gro
     let mut child = Command::new(bin)
         .args(["speed", "--config"])
         .arg(&cfg)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()
         .expect("tally speed");
     let pid = child.id();

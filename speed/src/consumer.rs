@@ -70,6 +70,7 @@ pub async fn run(
     store: Arc<dyn ObjectStore>,
     shutdown: CancellationToken,
 ) -> Result<(), SpeedError> {
+    info!(topics = ?cfg.kafka.topics, group = %cfg.kafka.group, "speed layer starting");
     let mut applier = Applier::connect(&cfg).await?;
     let cut = current_cut(&store, &cfg.views).await?;
     let (chunk_tx, mut chunk_rx) = tmpsc::channel::<Chunk>(cfg.speed.queue_capacity);

@@ -63,7 +63,7 @@ use std::borrow::Cow;
 use tally_core::agg::{Agg, AggKind};
 use tally_core::config::Config;
 use tally_core::event::{Event, Scalar};
-use tally_core::hll::{murmurhash64a, Hll, P, REGISTERS};
+use tally_core::hll::{murmurhash64a, redis_bytes_of, Hll, P, REGISTERS};
 use tally_core::manifest::{columns, CutFile, DayFile, Manifest, ManifestV1};
 use tally_core::paths;
 use tally_core::time::{day_of, Epoch};
@@ -883,79 +883,10 @@ fn compact(entries: &mut Vec<u32>) {
     entries.truncate(w);
 }
 
-/// The Redis encoding of a sketch with these registers (sorted by index, each
-/// once): byte for byte what [`Hll::to_redis_bytes`] writes, in time
-/// proportional to the number of registers set.
-fn sketch_bytes(pairs: &[(u32, u32)]) -> Vec<u8> {
-    const SPARSE_MAX_BYTES: usize = 3000;
-    const SPARSE_VAL_MAX: u32 = 32;
-    if pairs.iter().all(|&(_, r)| r <= SPARSE_VAL_MAX) {
-        let mut out = Vec::with_capacity(16 + 2 * pairs.len() + 2);
-        out.extend_from_slice(b"HYLL\x01\0\0\0\0\0\0\0\0\0\0\x80");
-        let mut next = 0usize;
-        let mut i = 0;
-        while i < pairs.len() {
-            let (x, v) = (pairs[i].0 as usize, pairs[i].1);
-            push_zeros(&mut out, x - next);
-            let mut run = 1;
-            while i + run < pairs.len() && pairs[i + run] == ((x + run) as u32, v) {
-                run += 1;
-            }
-            let mut left = run;
-            while left > 0 {
-                let len = left.min(4);
-                out.push(0x80 | (((v - 1) as u8) << 2) | (len - 1) as u8);
-                left -= len;
-            }
-            next = x + run;
-            i += run;
-        }
-        push_zeros(&mut out, REGISTERS - next);
-        if out.len() <= SPARSE_MAX_BYTES {
-            return out;
-        }
-    }
-    dense_bytes(pairs)
-}
-
-/// Zero registers in the sparse encoding (ZERO and XZERO opcodes).
-fn push_zeros(out: &mut Vec<u8>, mut run: usize) {
-    while run > 0 {
-        if run > 64 {
-            let len = run.min(16_384) - 1;
-            out.push(0x40 | (len >> 8) as u8);
-            out.push((len & 0xff) as u8);
-            run -= len + 1;
-        } else {
-            out.push((run - 1) as u8);
-            run = 0;
-        }
-    }
-}
-
-/// The dense Redis encoding of registers given as `(index, rank)`, each once.
-fn dense_bytes(regs: &[(u32, u32)]) -> Vec<u8> {
-    const HEADER: usize = 16;
-    let mut bytes = vec![0u8; HEADER + (REGISTERS * 6).div_ceil(8)];
-    bytes[..4].copy_from_slice(b"HYLL");
-    bytes[15] = 0x80;
-    let body = &mut bytes[HEADER..];
-    for &(reg, val) in regs {
-        let bit = reg as usize * 6;
-        let (byte, fb) = (bit / 8, bit & 7);
-        let v = (val.min(63) as u16) << fb;
-        body[byte] |= v as u8;
-        if let Some(next) = body.get_mut(byte + 1) {
-            *next |= (v >> 8) as u8;
-        }
-    }
-    bytes
-}
-
-/// A sketch from `(register, value)` pairs, through the dense Redis encoding.
+/// A sketch from `(register, value)` pairs, through the Redis encoding.
 #[cfg(test)]
 fn hll_from_registers(regs: &[(u32, u32)]) -> Hll {
-    Hll::from_redis_bytes(&dense_bytes(regs)).unwrap_or_default()
+    Hll::from_redis_bytes(&redis_bytes_of(regs)).unwrap_or_default()
 }
 
 /// One view's aggregation over the archive rows of the days to recompute:
@@ -1339,7 +1270,7 @@ fn aggregate(view: &ViewDef, x: Extracted) -> Result<Vec<Group>, BatchError> {
         for (k, m) in view.measures.iter().enumerate() {
             if m.agg == AggKind::Distinct {
                 let pairs = regs[k].next().unwrap_or_default().into_pairs();
-                g.sketches[k] = sketch_bytes(&pairs);
+                g.sketches[k] = redis_bytes_of(&pairs);
                 g.aggs.push(Agg::empty(AggKind::Distinct));
             } else {
                 g.aggs
@@ -1588,66 +1519,6 @@ pub fn days_between(from_ms: i64, to_ms: i64) -> std::ops::RangeInclusive<i64> {
 mod tests {
     use super::*;
 
-    /// Registers from a seed: `n` random `(index, rank)` pairs, ranks mostly
-    /// small as in real sketches, sometimes over the sparse limit.
-    fn random_pairs(n: usize, seed: u64) -> Vec<(u32, u32)> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let mut regs: BTreeMap<u32, u32> = BTreeMap::new();
-        for _ in 0..n {
-            let idx = (next() % REGISTERS as u64) as u32;
-            let rank = if next() % 1000 == 0 {
-                33 + (next() % 18) as u32
-            } else {
-                1 + (next() % 6) as u32
-            };
-            let e = regs.entry(idx).or_insert(0);
-            *e = (*e).max(rank);
-        }
-        regs.into_iter().collect()
-    }
-
-    #[test]
-    fn sketch_bytes_equal_the_hll_encoding() {
-        let mut runs = vec![
-            (0u32, 1u32),
-            (1, 1),
-            (2, 1),
-            (3, 1),
-            (4, 1),
-            (5, 2),
-            (70, 3),
-            (16_383, 1),
-        ];
-        runs.sort();
-        let mut cases = vec![
-            Vec::new(),
-            vec![(0, 1)],
-            vec![(16_383, 32)],
-            vec![(5, 33)],
-            runs,
-        ];
-        for (i, n) in [1, 10, 100, 700, 900, 1500, 3000, 20_000, 200_000]
-            .into_iter()
-            .enumerate()
-        {
-            cases.push(random_pairs(n, i as u64 + 1));
-        }
-        for pairs in cases {
-            assert_eq!(
-                sketch_bytes(&pairs),
-                hll_from_registers(&pairs).to_redis_bytes(),
-                "{} registers",
-                pairs.len()
-            );
-        }
-    }
-
     #[test]
     fn regs_keep_the_highest_rank_per_register() {
         for (i, n) in [0usize, 5, 40, 1000, 5000, 50_000].into_iter().enumerate() {
@@ -1747,7 +1618,8 @@ mod tests {
             let e = regs.entry(x).or_insert(0);
             *e = (*e).max(r);
             if i == 10 || i == 19_999 {
-                let pairs: Vec<(u32, u32)> = regs.iter().map(|(a, b)| (*a, *b)).collect();
+                let mut pairs: Vec<(u32, u32)> = regs.iter().map(|(a, b)| (*a, *b)).collect();
+                pairs.sort_unstable();
                 assert_eq!(hll_from_registers(&pairs).registers(), direct.registers());
             }
         }

@@ -245,49 +245,19 @@ impl Hll {
     /// sketch is encoded in O(registers set): the speed layer encodes many
     /// small sketches at every flush.
     pub fn to_redis_sparse(&self) -> Option<Vec<u8>> {
-        let mut out = header(1);
         match &self.repr {
-            Repr::Sparse(entries) => {
-                let mut next = 0usize; // first register not yet encoded
-                let mut i = 0;
-                while i < entries.len() {
-                    let (index, v) = ((entries[i] >> 8) as usize, (entries[i] & 0xff) as u8);
-                    if v > SPARSE_VAL_MAX {
-                        return None;
-                    }
-                    let mut run = 1;
-                    while entries.get(i + run) == Some(&((((index + run) as u32) << 8) | v as u32))
-                    {
-                        run += 1;
-                    }
-                    push_zeros(&mut out, index - next);
-                    push_values(&mut out, v, run);
-                    next = index + run;
-                    i += run;
-                }
-                push_zeros(&mut out, REGISTERS - next);
-            }
-            Repr::Dense(regs) => {
-                if regs.iter().any(|&v| v > SPARSE_VAL_MAX) {
-                    return None;
-                }
-                let mut i = 0;
-                while i < REGISTERS {
-                    let v = regs[i];
-                    let mut run = 1;
-                    while i + run < REGISTERS && regs[i + run] == v {
-                        run += 1;
-                    }
-                    i += run;
-                    if v == 0 {
-                        push_zeros(&mut out, run);
-                    } else {
-                        push_values(&mut out, v, run);
-                    }
-                }
-            }
+            Repr::Sparse(entries) => sparse_of(
+                entries
+                    .iter()
+                    .map(|&e| ((e >> 8) as usize, (e & 0xff) as u8)),
+            ),
+            Repr::Dense(regs) => sparse_of(
+                regs.iter()
+                    .enumerate()
+                    .filter(|(_, &v)| v != 0)
+                    .map(|(i, &v)| (i, v)),
+            ),
         }
-        Some(out)
     }
 
     fn set_max(&mut self, index: usize, rank: u8) {
@@ -344,6 +314,56 @@ impl Hll {
             }
         }
     }
+}
+
+/// The Redis encoding of a sketch given as its non-zero registers
+/// `(index, value)`, sorted by index, each once: byte for byte what
+/// [`Hll::to_redis_bytes`] writes for those registers, in time proportional to
+/// the number of registers set. The batch layer keeps its sketches this way.
+pub fn redis_bytes_of(registers: &[(u32, u32)]) -> Vec<u8> {
+    if registers.iter().all(|&(_, v)| v <= SPARSE_VAL_MAX as u32) {
+        if let Some(sparse) = sparse_of(registers.iter().map(|&(i, v)| (i as usize, v as u8))) {
+            if sparse.len() <= SPARSE_MAX_BYTES {
+                return sparse;
+            }
+        }
+    }
+    let mut out = header(0);
+    out.resize(DENSE_LEN, 0);
+    for &(i, v) in registers {
+        dense_set(&mut out[HEADER_LEN..], i as usize, v.min(63) as u8);
+    }
+    out
+}
+
+/// The sparse encoding of non-zero registers `(index, value)` sorted by
+/// index, or `None` if a value is over 32 (or the indexes are not sorted).
+fn sparse_of(registers: impl Iterator<Item = (usize, u8)>) -> Option<Vec<u8>> {
+    let mut out = header(1);
+    let mut next = 0usize; // first register not yet encoded
+    let (mut start, mut value, mut run) = (0usize, 0u8, 0usize);
+    for (i, v) in registers {
+        if v > SPARSE_VAL_MAX {
+            return None;
+        }
+        if run > 0 && i == start + run && v == value {
+            run += 1;
+            continue;
+        }
+        if run > 0 {
+            push_values(&mut out, value, run);
+            next = start + run;
+        }
+        // Out of order: not encodable here (the dense encoding takes any order).
+        push_zeros(&mut out, i.checked_sub(next)?);
+        (start, value, run) = (i, v, 1);
+    }
+    if run > 0 {
+        push_values(&mut out, value, run);
+        next = start + run;
+    }
+    push_zeros(&mut out, REGISTERS - next);
+    Some(out)
 }
 
 /// Sparse opcodes for `run` zero registers: ZERO (up to 64) or XZERO (up to 16,384).
@@ -561,6 +581,56 @@ mod tests {
         let mut big = Hll::new();
         big.set_max(5, 40); // over the sparse encoding's 32
         assert_eq!(big.to_redis_sparse(), None);
+    }
+
+    #[test]
+    fn registers_encode_to_what_redis_decodes_back() {
+        // Runs longer than a VAL opcode, gaps of every ZERO/XZERO size, values
+        // over the sparse limit, and sketches too big for the sparse encoding.
+        let mut cases: Vec<Vec<(u32, u32)>> = vec![
+            Vec::new(),
+            vec![(0, 1)],
+            vec![(16_383, 32)],
+            vec![(5, 33)],
+            vec![
+                (0, 1),
+                (1, 1),
+                (2, 1),
+                (3, 1),
+                (4, 1),
+                (5, 2),
+                (70, 3),
+                (16_383, 1),
+            ],
+        ];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for n in [10, 100, 700, 1500, 3000, 20_000] {
+            let mut regs = std::collections::BTreeMap::new();
+            for _ in 0..n {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                regs.insert((x % REGISTERS as u64) as u32, 1 + ((x >> 20) % 34) as u32);
+            }
+            cases.push(regs.into_iter().collect());
+        }
+        for pairs in cases {
+            let bytes = redis_bytes_of(&pairs);
+            let mut truth = vec![0u8; REGISTERS];
+            for &(i, v) in &pairs {
+                truth[i as usize] = v as u8;
+            }
+            let sparse = pairs.iter().all(|&(_, v)| v <= 32) && bytes.len() <= SPARSE_MAX_BYTES;
+            assert_eq!(
+                bytes[4],
+                if sparse { 1 } else { 0 },
+                "{} registers",
+                pairs.len()
+            );
+            let back = Hll::from_redis_bytes(&bytes).unwrap();
+            assert_eq!(back.registers(), truth, "{} registers", pairs.len());
+            assert_eq!(back.to_redis_bytes(), bytes, "{} registers", pairs.len());
+        }
     }
 
     #[test]

@@ -883,6 +883,15 @@ fn compact(entries: &mut Vec<u32>) {
     entries.truncate(w);
 }
 
+/// Per-measure columns (one value per group, in key order), taken to be
+/// consumed group by group.
+fn drain_columns<T>(columns: &mut [Vec<T>]) -> Vec<std::vec::IntoIter<T>> {
+    columns
+        .iter_mut()
+        .map(|c| std::mem::take(c).into_iter())
+        .collect()
+}
+
 /// A sketch from `(register, value)` pairs, through the Redis encoding.
 #[cfg(test)]
 fn hll_from_registers(regs: &[(u32, u32)]) -> Hll {
@@ -1151,14 +1160,7 @@ impl Extracted {
             .zip(&mut self.dicts)
             .map(|(theirs, ours)| theirs.values.iter().map(|v| ours.code(v)).collect())
             .collect();
-        let mut aggs: Vec<std::vec::IntoIter<Agg>> = aggs
-            .iter_mut()
-            .map(|a| std::mem::take(a).into_iter())
-            .collect();
-        let mut regs: Vec<std::vec::IntoIter<Regs>> = regs
-            .iter_mut()
-            .map(|r| std::mem::take(r).into_iter())
-            .collect();
+        let (mut aggs, mut regs) = (drain_columns(&mut aggs), drain_columns(&mut regs));
         let view = self.view.clone();
         for key in keys.chunks_exact(width) {
             self.key.clear();
@@ -1245,14 +1247,7 @@ fn aggregate(view: &ViewDef, x: Extracted) -> Result<Vec<Group>, BatchError> {
         mut regs,
         ..
     } = x;
-    let mut aggs: Vec<std::vec::IntoIter<Agg>> = aggs
-        .iter_mut()
-        .map(|a| std::mem::take(a).into_iter())
-        .collect();
-    let mut regs: Vec<std::vec::IntoIter<Regs>> = regs
-        .iter_mut()
-        .map(|r| std::mem::take(r).into_iter())
-        .collect();
+    let (mut aggs, mut regs) = (drain_columns(&mut aggs), drain_columns(&mut regs));
     let mut groups = Vec::with_capacity(n);
     for key in keys.chunks_exact(width) {
         let bucket = (i64::from(key[0]) << 32) | i64::from(key[1]);

@@ -163,25 +163,8 @@ async fn incremental_runs_equal_the_truth_and_a_full_run() {
         write_archive(&store, "events", &newer).await;
         write_archive(&store, "events", &stragglers).await;
         // Write the duplicates as a file named by a later offset.
-        {
-            let clock = tally_core::time::EpochClock::new(HOUR);
-            let mut rows = tally_batch::archive_file::ArchiveRows::new(999_999);
-            for g in &dup {
-                rows.push(
-                    "events",
-                    g.partition,
-                    g.offset,
-                    g.kafka_ts(),
-                    clock,
-                    &Default::default(),
-                    g.json(),
-                );
-            }
-            let path = paths::archive_file(epoch0 + 2, "events", 7, 999_999);
-            tally_batch::archive_file::write(store.clone(), &path, &mut rows)
-                .await
-                .unwrap();
-        }
+        let dup: Vec<&Gen> = dup.iter().collect();
+        write_file(&store, epoch0 + 2, 7, 999_999, &dup).await;
         events.extend(newer);
         events.extend(stragglers);
         set_cut(&store, epoch0 + 8).await;

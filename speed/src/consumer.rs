@@ -50,12 +50,15 @@ use crate::apply::{Applier, Outcome};
 use crate::dead_letter::{DeadLetters, Source};
 use crate::delta::{Chunk, Delta, Folder, Range};
 use crate::error::SpeedError;
+use crate::fetch_queue::{FetchQueue, Router};
 use crate::resume::{current_cut, rebuild_offset, seek_position};
 
 const CUT_REFRESH: Duration = Duration::from_secs(30);
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// Records taken per clock read (a few milliseconds of work at most).
 const POLL_BATCH: usize = 1024;
+/// The longest wait for records when idle (rebalances wait as long).
+const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// How soon to look again when a flush was put off because Redis is busy.
 const RECHECK: Duration = Duration::from_millis(5);
 /// A delta is cut at these sizes even while Redis is busy: they bound its
@@ -202,6 +205,8 @@ struct SpeedContext {
     cut: Mutex<Option<Epoch>>,
     changes: Mutex<Vec<Assignment>>,
     changed: AtomicBool,
+    /// Sends assigned partitions' records to the loop's [`FetchQueue`].
+    router: Router,
 }
 
 impl ClientContext for SpeedContext {
@@ -244,6 +249,10 @@ impl ConsumerContext for SpeedContext {
                 }
                 for (topic, p, _, _, pos) in &changes {
                     let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(*pos));
+                    // Before the assignment starts fetching: see fetch_queue.
+                    if !self.router.route(consumer, topic, *p) {
+                        debug!(%topic, partition = p, "records of this partition arrive through the consumer queue");
+                    }
                 }
                 if let Err(e) = consumer.assign(tpl) {
                     warn!(error = %e, "assign failed");
@@ -369,9 +378,32 @@ struct State {
     generation: u64,
 }
 
+/// One record, from either queue (see [`crate::fetch_queue`]).
+struct Rec<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<&'a [u8]>,
+    payload: &'a [u8],
+}
+
+impl<'a> Rec<'a> {
+    fn of_message(msg: &'a rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Rec {
+            topic: msg.topic(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            key: msg.key(),
+            payload: msg.payload().unwrap_or(&[]),
+        }
+    }
+}
+
 impl State {
-    fn on_record(&mut self, msg: &rdkafka::message::BorrowedMessage<'_>) {
-        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+    fn on_record(&mut self, msg: &Rec<'_>) {
+        let (topic, partition, offset) = (msg.topic, msg.partition, msg.offset);
         // Avoid allocating the key for the lookup on the hot path.
         let Some(part) = self
             .parts
@@ -392,12 +424,12 @@ impl State {
             }
         }
         part.end = offset + 1;
-        let kafka_ts = msg.timestamp().to_millis().unwrap_or_else(now_ms);
-        let payload = msg.payload().unwrap_or(&[]);
+        let kafka_ts = msg.timestamp_ms.unwrap_or_else(now_ms);
+        let payload = msg.payload;
         match decode(payload, kafka_ts, &self.limits) {
             Ok(event) => self.folder.fold(&mut self.delta, topic, kafka_ts, &event),
             Err(reject) => self.dead.send(
-                msg.key(),
+                msg.key,
                 payload,
                 &reject,
                 Source {
@@ -495,13 +527,40 @@ fn on_polled(
             if ctx.changed.load(Ordering::Relaxed) && !st.take_assignment_changes(ctx, tx) {
                 return false;
             }
-            st.on_record(&msg);
+            st.on_record(&Rec::of_message(&msg));
         }
     }
     true
 }
 
+/// Fold a batch from the fetch queue. Returns how many records it held.
+fn on_batch(st: &mut State, fetch: &mut FetchQueue, timeout: Duration) -> usize {
+    let batch = fetch.poll(timeout);
+    // Records of one partition come in runs: resolve the topic name once per run.
+    let mut topic: (*const rdkafka::bindings::rd_kafka_topic_t, &str) = (std::ptr::null(), "");
+    for r in batch.records() {
+        if let Some(e) = r.error() {
+            warn!(error = %e, topic = r.topic(), partition = r.partition(), "kafka fetch error");
+            continue;
+        }
+        if r.topic_handle() != topic.0 {
+            topic = (r.topic_handle(), r.topic());
+        }
+        st.on_record(&Rec {
+            topic: topic.1,
+            partition: r.partition(),
+            offset: r.offset(),
+            timestamp_ms: r.timestamp_ms(),
+            key: r.key(),
+            payload: r.payload(),
+        });
+    }
+    batch.len()
+}
+
 struct ConsumeLoop {
+    /// Declared before `consumer`: dropped first, as librdkafka requires.
+    fetch: FetchQueue,
     consumer: BaseConsumer<SpeedContext>,
     st: State,
     chunk_tx: tmpsc::Sender<Chunk>,
@@ -532,6 +591,7 @@ impl ConsumeLoop {
             cut: Mutex::new(cut),
             changes: Mutex::new(Vec::new()),
             changed: AtomicBool::new(false),
+            router: Router::default(),
         };
         let mut client = ClientConfig::new();
         if let Some(id) = &k.instance_id {
@@ -545,6 +605,9 @@ impl ConsumeLoop {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .create_with_context(ctx)?;
+        let fetch = FetchQueue::new(&consumer, POLL_BATCH)
+            .ok_or_else(|| SpeedError::Thread("librdkafka could not create a queue".into()))?;
+        consumer.context().router.point_at(&fetch);
         match k.assignment {
             config::Assignment::Group => {
                 let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
@@ -553,6 +616,7 @@ impl ConsumeLoop {
             config::Assignment::All => assign_all(&consumer, &k.topics)?,
         }
         Ok(ConsumeLoop {
+            fetch,
             consumer,
             st: State {
                 folder: Folder::new(cfg.views.clone(), cfg.epochs.clock()),
@@ -608,26 +672,23 @@ impl ConsumeLoop {
                 self.refresh_cut();
                 next_cut = now + CUT_REFRESH;
             }
-            // Take what librdkafka has buffered without a timeout, a batch at a
-            // time: no clock read per record (in Rust or in librdkafka; that
-            // was 10% of the process in a profile). Wait only when idle.
-            let mut polled = 0;
-            while polled < POLL_BATCH {
-                let Some(r) = self.consumer.poll(Duration::ZERO) else {
-                    break;
-                };
-                polled += 1;
+            // The consumer queue first: rebalances (which route partitions
+            // to the fetch queue and queue their changes), errors, commit
+            // results, and records fetched before their partition was routed.
+            while let Some(r) = self.consumer.poll(Duration::ZERO) {
                 if !on_polled(&mut self.st, self.consumer.context(), &self.chunk_tx, r) {
                     break 'consume;
                 }
             }
-            if polled == 0 {
+            if !self.take_assignment_changes() {
+                break;
+            }
+            // Then records, a batch at a time without waiting: no clock read
+            // per record. Wait only when idle, briefly, so that rebalances on
+            // the consumer queue are not kept waiting.
+            if on_batch(&mut self.st, &mut self.fetch, Duration::ZERO) == 0 {
                 let wait = next_flush.saturating_duration_since(now);
-                if let Some(r) = self.consumer.poll(wait.min(Duration::from_millis(100))) {
-                    if !on_polled(&mut self.st, self.consumer.context(), &self.chunk_tx, r) {
-                        break 'consume;
-                    }
-                }
+                on_batch(&mut self.st, &mut self.fetch, wait.min(IDLE_WAIT));
             }
         }
         self.st.dead.flush(Duration::from_secs(10));
@@ -762,5 +823,13 @@ impl ConsumeLoop {
             }
             Err(e) => warn!(error = %e, "cannot read the cut"),
         }
+    }
+}
+
+impl Drop for ConsumeLoop {
+    fn drop(&mut self) {
+        // The fetch queue goes first (field order); a rebalance served while
+        // the consumer closes must not route to it.
+        self.consumer.context().router.clear();
     }
 }

@@ -16,6 +16,8 @@
 //! - [`resume`]: where a partition resumes: the fenced offset in Redis, or the
 //!   first record of the batch cut when Redis has none.
 //! - [`dead_letter`]: rejected records to the dead-letter topic, with reasons.
+//! - [`fetch_queue`]: assigned partitions' records, read from librdkafka a
+//!   batch at a time (the small unsafe layer rdkafka-rs lacks).
 //! - [`consumer`]: the rdkafka consume loop that ties these together, with a
 //!   bounded queue to the flusher (backpressure) and shutdown.
 //! - [`error`]: the crate's error type.
@@ -25,6 +27,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod delta;
 pub mod error;
+pub mod fetch_queue;
 pub mod resume;
 
 pub use consumer::run;

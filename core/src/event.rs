@@ -299,7 +299,8 @@ mod fast {
         use super::{string_len, STOP};
 
         fn byte_by_byte(rest: &[u8]) -> Option<usize> {
-            rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            rest.iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
         }
 
         #[test]
@@ -308,7 +309,9 @@ mod fast {
             // Every stop and near-miss byte at every position of inputs up
             // to 24 bytes, over backgrounds that provoke borrows (0x00 is a
             // stop; 0x01, 0x21, 0x23, 0x5b, 0x5d, 0x80, 0xff are not).
-            let probes = [0x00, 0x01, 0x1f, 0x20, 0x21, b'"', 0x23, b'\\', 0x5b, 0x5d, 0x7f, 0x80, 0xff];
+            let probes = [
+                0x00, 0x01, 0x1f, 0x20, 0x21, b'"', 0x23, b'\\', 0x5b, 0x5d, 0x7f, 0x80, 0xff,
+            ];
             for len in 0..24 {
                 for &background in &[b'a', 0x01, 0x21, 0x23, 0x5b, 0x5d, 0x80, 0xff] {
                     for at in 0..len {
@@ -335,7 +338,11 @@ mod fast {
                 let input: Vec<u8> = (0..len)
                     .map(|i| {
                         let r = x.rotate_left(i as u32 * 5);
-                        if r % 11 == 0 { probes[(r >> 8) as usize % probes.len()] } else { (r >> 16) as u8 | 0x20 }
+                        if r % 11 == 0 {
+                            probes[(r >> 8) as usize % probes.len()]
+                        } else {
+                            (r >> 16) as u8 | 0x20
+                        }
                     })
                     .collect();
                 assert_eq!(string_len(&input), byte_by_byte(&input), "{input:?}");

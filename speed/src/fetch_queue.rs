@@ -50,7 +50,8 @@ impl FetchQueue {
     pub fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>, batch: usize) -> Option<Self> {
         // SAFETY: the client pointer is valid for the consumer's lifetime,
         // which by contract outlives this queue.
-        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_new(consumer.client().native_ptr()) })?;
+        let queue =
+            NonNull::new(unsafe { rd::rd_kafka_queue_new(consumer.client().native_ptr()) })?;
         Some(FetchQueue {
             queue,
             batch: Vec::with_capacity(batch.max(1)),
@@ -65,12 +66,7 @@ impl FetchQueue {
         // SAFETY: `batch` has room for `cap` pointers; librdkafka writes at
         // most that many and returns how many (or -1 on error).
         let n = unsafe {
-            rd::rd_kafka_consume_batch_queue(
-                self.queue.as_ptr(),
-                ms,
-                self.batch.as_mut_ptr(),
-                cap,
-            )
+            rd::rd_kafka_consume_batch_queue(self.queue.as_ptr(), ms, self.batch.as_mut_ptr(), cap)
         };
         // SAFETY: the first `n` slots were initialised by librdkafka.
         unsafe { self.batch.set_len(n.max(0) as usize) };
@@ -106,7 +102,12 @@ impl Router {
     /// partition is assigned. Returns false (records then go to the consumer
     /// queue, which is also read) when there is no queue or librdkafka
     /// declines.
-    pub fn route<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> bool {
+    pub fn route<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        partition: i32,
+    ) -> bool {
         let dst = self.0.load(Ordering::SeqCst);
         let Ok(name) = CString::new(topic) else {
             return false;
@@ -118,8 +119,11 @@ impl Router {
         // queue handle is released right after setting the forward, which
         // lives on in the partition.
         unsafe {
-            let src =
-                rd::rd_kafka_queue_get_partition(consumer.client().native_ptr(), name.as_ptr(), partition);
+            let src = rd::rd_kafka_queue_get_partition(
+                consumer.client().native_ptr(),
+                name.as_ptr(),
+                partition,
+            );
             if src.is_null() {
                 return false;
             }

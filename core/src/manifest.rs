@@ -48,6 +48,14 @@ pub enum ProgressFile {
         high_watermark: i64,
         /// Wall-clock time of `high_watermark`, epoch ms.
         observed_ms: i64,
+        /// The archiver that claimed the partition last (a fresh token per
+        /// assignment). A claim always changes the object, so a previous
+        /// owner's conditional put fails even on stores whose version is a
+        /// content hash (S3 ETags); where there are no conditional puts, the
+        /// archivers compare it before writing. Absent in files written before
+        /// group membership (read as "nobody").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
 }
 

@@ -238,9 +238,15 @@ async fn assert_cut_published(store: &Arc<dyn ObjectStore>) {
     assert!(cut >= T0 / HOUR + 3, "cut {cut}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_archivers_in_one_group_split_the_partitions_exactly_once() {
+#[test]
+fn two_archivers_in_one_group_split_the_partitions_exactly_once() {
     let (broker, bootstrap) = setup();
+    tally_testkit::runtime().block_on(two_members(&bootstrap));
+    drop(broker);
+}
+
+async fn two_members(bootstrap: &str) {
+    let bootstrap = bootstrap.to_owned();
     let cfg = config(&bootstrap, &format!("group-{}", rand::random::<u32>()));
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let recs = records(11, n_records());
@@ -258,12 +264,17 @@ async fn two_archivers_in_one_group_split_the_partitions_exactly_once() {
 
     assert_exactly_once(&store, &recs).await;
     assert_cut_published(&store).await;
+}
+
+#[test]
+fn a_member_leaving_mid_stream_hands_its_partitions_over_exactly_once() {
+    let (broker, bootstrap) = setup();
+    tally_testkit::runtime().block_on(one_leaves(&bootstrap));
     drop(broker);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_leaving_mid_stream_hands_its_partitions_over_exactly_once() {
-    let (broker, bootstrap) = setup();
+async fn one_leaves(bootstrap: &str) {
+    let bootstrap = bootstrap.to_owned();
     let cfg = config(&bootstrap, &format!("group-{}", rand::random::<u32>()));
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let recs = records(12, n_records());
@@ -288,5 +299,4 @@ async fn a_member_leaving_mid_stream_hands_its_partitions_over_exactly_once() {
 
     assert_exactly_once(&store, &recs).await;
     assert_cut_published(&store).await;
-    drop(broker);
 }

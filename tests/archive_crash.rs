@@ -3,8 +3,10 @@
 //! the master dataset exactly once, offsets run without a gap, and the raw
 //! bytes archived are exactly the records produced, malformed ones included.
 //! Producer batches of 1,000 records make resumes land mid-batch (see
-//! DESIGN.md on Tansu's mid-batch seeks). The same holds for two archivers
-//! in one consumer group, one leaving mid-stream and the other SIGKILLed.
+//! DESIGN.md on Tansu's mid-batch seeks). Run with `kafka.assignment =
+//! "all"` and as a consumer-group member restarted under the same
+//! `kafka.instance_id`; and with two archivers in one group, one leaving
+//! mid-stream (SIGTERM) and the other SIGKILLed and restarted.
 //!
 //! The archive files are read back with the `parquet` crate directly, not
 //! with the batch layer's reader.
@@ -21,9 +23,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use role::Role;
+use tally_core::config::Config;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
 use tally_testkit::config::{TestConfig, TOPIC};
-use tally_core::config::Config;
 use tally_testkit::{kafka, Broker};
 use tokio_util::sync::CancellationToken;
 
@@ -56,8 +58,9 @@ fn parquet_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 }
 
 /// A fresh broker with the topic, a store folder, and `tally.toml` for it:
-/// (broker, tempdir, config path, config, store folder).
-fn setup(group: &str) -> (Broker, tempfile::TempDir, PathBuf, Config, PathBuf) {
+/// (broker, tempdir, config path, config, store folder). `kafka` goes into
+/// the `[kafka]` table.
+fn setup(group: &str, kafka: &str) -> (Broker, tempfile::TempDir, PathBuf, Config, PathBuf) {
     let broker = Broker::start().expect("broker");
     kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
     let dir = tempfile::Builder::new()
@@ -78,9 +81,12 @@ grace = "2s"
 roll_interval = "1s"
 "#,
         );
+    let text = test_cfg
+        .toml()
+        .replace("[kafka]\n", &format!("[kafka]\n{kafka}\n"));
     let config = dir.path().join("tally.toml");
-    std::fs::write(&config, test_cfg.toml()).expect("config");
-    let cfg = test_cfg.build();
+    std::fs::write(&config, &text).expect("config");
+    let cfg = Config::from_toml(&text).expect("test config");
     eprintln!("logs in {}", dir.path().display());
     (broker, dir, config, cfg, store)
 }
@@ -117,36 +123,58 @@ fn produce_in_thread(cfg: &Config, rate: f64) -> std::thread::JoinHandle<HashMap
     })
 }
 
-/// Wait until the progress files cover every record (the role must keep running).
-fn wait_archived(store: &Path, running: &mut Role) {
+/// Wait until the progress files cover every record (the role must keep
+/// running); on failure, show the end of its log.
+fn wait_archived(store: &Path, running: &mut Role, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(300);
     while archived(store) < RECORDS as i64 {
         running.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "archived {} of {RECORDS} records after 300 s",
-            archived(store)
-        );
+        if Instant::now() >= deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "archived {} of {RECORDS} records after 300 s; end of {}:\n{}",
+                archived(store),
+                log.display(),
+                tail.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
 
+/// One archiver that reads every partition itself (`kafka.assignment =
+/// "all"`, the archiver's only mode before group membership).
 #[test]
 fn archiver_killed_at_random_points_keeps_every_record_exactly_once() {
-    let (_broker, dir, config, cfg, store) = setup("archive-crash");
+    killed_at_random_points("assignment = \"all\"", &[]);
+}
+
+/// One group member, restarted under the same `kafka.instance_id`: without
+/// static membership Tansu 0.6 keeps a SIGKILLed member's partitions
+/// assigned to it after its session expires, and the restarted process gets
+/// only a share (measured: one partition of four, the rest never archived).
+#[test]
+fn group_member_killed_at_random_points_keeps_every_record_exactly_once() {
+    killed_at_random_points("", &[("TALLY_KAFKA__INSTANCE_ID", "only")]);
+}
+
+fn killed_at_random_points(kafka: &str, env: &[(&str, &str)]) {
+    let (_broker, dir, config, cfg, store) = setup("archive-crash", kafka);
     let log = dir.path().join("archive.log");
     let producer = produce_in_thread(&cfg, 150_000.0);
 
     let mut rng = StdRng::seed_from_u64(17);
-    let mut archive = Role::start(&["archive"], &config, &log, &[]);
+    let mut archive = Role::start(&["archive"], &config, &log, env);
     for _ in 0..KILLS {
         std::thread::sleep(Duration::from_millis(rng.gen_range(700..3000)));
         archive.kill9();
-        archive = Role::start(&["archive"], &config, &log, &[]);
+        archive = Role::start(&["archive"], &config, &log, env);
     }
     let produced = producer.join().expect("producer");
 
-    wait_archived(&store, &mut archive);
+    wait_archived(&store, &mut archive, &log);
     archive.terminate();
     assert_exactly_once(&store, &produced);
 }
@@ -160,7 +188,7 @@ fn archiver_killed_at_random_points_keeps_every_record_exactly_once() {
 /// member's partitions when its session expires (see the README).
 #[test]
 fn archivers_in_a_group_leaving_and_killed_keep_every_record_exactly_once() {
-    let (_broker, dir, config, cfg, store) = setup("archive-group");
+    let (_broker, dir, config, cfg, store) = setup("archive-group", "");
     let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
     let producer = produce_in_thread(&cfg, 60_000.0);
     let a = Role::start(&["archive"], &config, &log_a, &[]);
@@ -173,7 +201,7 @@ fn archivers_in_a_group_leaving_and_killed_keep_every_record_exactly_once() {
     b.kill9();
     let mut b = Role::start(&["archive"], &config, &log_b, &b_env);
     let produced = producer.join().expect("producer");
-    wait_archived(&store, &mut b);
+    wait_archived(&store, &mut b, &log_b);
     b.terminate();
     assert_exactly_once(&store, &produced);
     let logs = std::fs::read_to_string(&log_a).unwrap_or_default()

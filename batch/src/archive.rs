@@ -270,10 +270,8 @@ pub async fn run(
         (roll_interval.as_millis() as u64 / 4).clamp(10, 1000),
     ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut cut_tick = tokio::time::interval(roll_interval.clamp(
-        Duration::from_secs(1),
-        Duration::from_secs(10),
-    ));
+    let mut cut_tick =
+        tokio::time::interval(roll_interval.clamp(Duration::from_secs(1), Duration::from_secs(10)));
     cut_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
@@ -458,7 +456,15 @@ impl Archiver {
             .entry(epoch)
             .or_insert_with(|| ArchiveRows::new(offset));
         let value = msg.payload().unwrap_or(&[]);
-        rows.push(topic, partition, offset, ts, self.clock, &self.limits, value);
+        rows.push(
+            topic,
+            partition,
+            offset,
+            ts,
+            self.clock,
+            &self.limits,
+            value,
+        );
         part.bytes += value.len().max(1);
         part.next = offset + 1;
         part.opened_at.get_or_insert_with(Instant::now);

@@ -116,8 +116,13 @@ pub async fn claim(
             None => (0, None, None),
         };
         if low > archived_to {
-            tracing::warn!(topic, partition, low, archived_to,
-                "records below the low watermark were deleted before they were archived");
+            tracing::warn!(
+                topic,
+                partition,
+                low,
+                archived_to,
+                "records below the low watermark were deleted before they were archived"
+            );
         }
         let mut claim = Claim {
             topic: topic.to_owned(),
@@ -170,14 +175,16 @@ impl Claim {
     /// Whether the stored object is still this claim's: its owner token and a
     /// position not ahead of ours. One read; not atomic with what follows.
     pub async fn still_ours(&self, store: &dyn ObjectStore) -> Result<bool, ProgressError> {
-        Ok(match store::get_json::<ProgressFile>(store, &self.path).await? {
-            Some((file, _)) => {
-                let ProgressFile::V1 { owner, .. } = &file;
-                owner.as_deref() == Some(self.owner.as_str())
-                    && archived_to_of(&file) <= self.archived_to
-            }
-            None => false,
-        })
+        Ok(
+            match store::get_json::<ProgressFile>(store, &self.path).await? {
+                Some((file, _)) => {
+                    let ProgressFile::V1 { owner, .. } = &file;
+                    owner.as_deref() == Some(self.owner.as_str())
+                        && archived_to_of(&file) <= self.archived_to
+                }
+                None => false,
+            },
+        )
     }
 
     /// Advance the progress to `archived_to` with observation `reached`,

@@ -79,7 +79,8 @@ async fn a_stale_progress_version_loses_where_the_store_can_tell() {
             .await
             .expect("update over the version read");
         assert_eq!(second.conditional, has_cas(&url), "{url}");
-        let stale = store::put_json_if(store.as_ref(), &path, &file(15), Some(&first.version)).await;
+        let stale =
+            store::put_json_if(store.as_ref(), &path, &file(15), Some(&first.version)).await;
         if has_cas(&url) {
             assert!(
                 matches!(stale, Err(StoreError::Conflict(_))),
@@ -89,7 +90,10 @@ async fn a_stale_progress_version_loses_where_the_store_can_tell() {
         } else {
             // No compare-and-swap: the put overwrites and says so. The
             // archiver's claims check before writing instead (next test).
-            assert!(matches!(stale, Ok(ref w) if !w.conditional), "{url}: {stale:?}");
+            assert!(
+                matches!(stale, Ok(ref w) if !w.conditional),
+                "{url}: {stale:?}"
+            );
         }
     }
 }
@@ -108,8 +112,17 @@ async fn the_newest_claim_wins_and_progress_never_moves_back() {
         // A rebalance gives the partition to a new owner, which starts at 100
         // and moves on to 250.
         let mut owner = progress::claim(s, "events", 0, 0).await.expect("claim");
-        assert_eq!(owner.archived_to, 100, "{url}: the claim resumes at the stored position");
-        assert_eq!(owner.advance(s, 250, Some((250, 7))).await.expect("advance"), Fenced::Held);
+        assert_eq!(
+            owner.archived_to, 100,
+            "{url}: the claim resumes at the stored position"
+        );
+        assert_eq!(
+            owner
+                .advance(s, 250, Some((250, 7)))
+                .await
+                .expect("advance"),
+            Fenced::Held
+        );
         // The zombie's next roll (to 180, behind the owner) is fenced off.
         assert!(!zombie.still_ours(s).await.expect("check"), "{url}");
         assert_eq!(
@@ -120,7 +133,10 @@ async fn the_newest_claim_wins_and_progress_never_moves_back() {
         assert_eq!(stored_to(s, 0).await, 250, "{url}: progress moved back");
         // And the owner is unaffected.
         assert!(owner.still_ours(s).await.expect("check"), "{url}");
-        assert_eq!(owner.advance(s, 300, None).await.expect("advance"), Fenced::Held);
+        assert_eq!(
+            owner.advance(s, 300, None).await.expect("advance"),
+            Fenced::Held
+        );
         assert_eq!(stored_to(s, 0).await, 300, "{url}");
         // A claim never moves progress back either, even from an old low watermark.
         let again = progress::claim(s, "events", 0, 0).await.expect("claim");
@@ -135,20 +151,44 @@ async fn the_cut_only_moves_forward_and_waits_for_every_partition() {
         let s = store.as_ref();
         let clock = tally_core::time::EpochClock::new(1000);
         let parts = vec![("events".to_string(), 2)];
-        assert_eq!(progress::publish_cut(s, 5, 1).await.expect("publish"), 5, "{url}");
-        assert_eq!(progress::publish_cut(s, 4, 2).await.expect("publish"), 5, "{url}");
-        assert_eq!(progress::current_cut(s).await.expect("read"), Some(5), "{url}");
+        assert_eq!(
+            progress::publish_cut(s, 5, 1).await.expect("publish"),
+            5,
+            "{url}"
+        );
+        assert_eq!(
+            progress::publish_cut(s, 4, 2).await.expect("publish"),
+            5,
+            "{url}"
+        );
+        assert_eq!(
+            progress::current_cut(s).await.expect("read"),
+            Some(5),
+            "{url}"
+        );
         // Partition 1 has no progress: no cut from the stored progress.
         let mut c0 = progress::claim(s, "events", 0, 0).await.expect("claim");
         c0.advance(s, 10, Some((10, 9_000))).await.expect("advance");
-        assert_eq!(progress::stored_cut(s, &parts, clock, 0).await.expect("cut"), None, "{url}");
+        assert_eq!(
+            progress::stored_cut(s, &parts, clock, 0)
+                .await
+                .expect("cut"),
+            None,
+            "{url}"
+        );
         let mut c1 = progress::claim(s, "events", 1, 0).await.expect("claim");
         c1.advance(s, 3, Some((3, 7_500))).await.expect("advance");
         assert_eq!(
-            progress::stored_cut(s, &parts, clock, 0).await.expect("cut"),
+            progress::stored_cut(s, &parts, clock, 0)
+                .await
+                .expect("cut"),
             Some(7),
             "{url}"
         );
-        assert_eq!(progress::publish_cut(s, 7, 3).await.expect("publish"), 7, "{url}");
+        assert_eq!(
+            progress::publish_cut(s, 7, 3).await.expect("publish"),
+            7,
+            "{url}"
+        );
     }
 }

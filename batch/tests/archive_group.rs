@@ -216,12 +216,21 @@ async fn assert_exactly_once(store: &Arc<dyn ObjectStore>, produced: &[Record]) 
             .filter(|o| !seen.contains_key(&(p as i32, *o)))
             .take(5)
             .collect();
-        assert!(missing.is_empty(), "partition {p}: offsets missing {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "partition {p}: offsets missing {missing:?}"
+        );
     }
-    assert_eq!(seen.len(), produced.len(), "no coordinates beyond the produced");
+    assert_eq!(
+        seen.len(),
+        produced.len(),
+        "no coordinates beyond the produced"
+    );
     let mut want: HashMap<i32, HashSet<Vec<u8>>> = HashMap::new();
     for r in produced {
-        want.entry(r.partition).or_default().insert(r.payload.clone());
+        want.entry(r.partition)
+            .or_default()
+            .insert(r.payload.clone());
     }
     assert!(
         want == by_partition,
@@ -295,7 +304,10 @@ async fn one_leaves(bootstrap: &str) {
     wait_archived(&store, &ends(&recs), Duration::from_secs(240)).await;
     let sb = b.stop().await;
     eprintln!("a: {sa:?}\nb: {sb:?}");
-    assert!(sa.records > 0, "the leaver archived its share before leaving");
+    assert!(
+        sa.records > 0,
+        "the leaver archived its share before leaving"
+    );
 
     assert_exactly_once(&store, &recs).await;
     assert_cut_published(&store).await;

@@ -15,10 +15,13 @@ use tally_batch::store::{self, StoreError};
 use tally_core::manifest::ProgressFile;
 use tally_core::paths;
 
+/// A store under test: its url, the store, and a guard keeping its backing alive.
+type Under = (String, Arc<dyn ObjectStore>, Box<dyn std::any::Any>);
+
 /// The stores: `memory://`, `file://`, and `s3://` when moto is installed.
-fn stores() -> Vec<(String, Arc<dyn ObjectStore>, Box<dyn std::any::Any>)> {
+fn stores() -> Vec<Under> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut out: Vec<(String, Arc<dyn ObjectStore>, Box<dyn std::any::Any>)> = Vec::new();
+    let mut out: Vec<Under> = Vec::new();
     for cfg in [
         config("memory://"),
         config(&format!("file://{}", dir.path().display())),

@@ -617,7 +617,10 @@ impl Archiver {
         let Archiver {
             consumer, summary, ..
         } = self;
-        // Leaving the group waits for the broker: not on a runtime thread.
+        // Unsubscribe, not just close: closing a static member (with
+        // `kafka.instance_id`) does not send LeaveGroup, unsubscribing does,
+        // so the others take its partitions now. Both wait for the broker:
+        // not on a runtime thread.
         tokio::task::spawn_blocking(move || {
             consumer.unsubscribe();
             drop(consumer);

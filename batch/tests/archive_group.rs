@@ -71,12 +71,17 @@ fn ends(records: &[Record]) -> Vec<i64> {
 }
 
 fn config(bootstrap: &str, group: &str) -> Config {
+    config_with(bootstrap, group, "group")
+}
+
+fn config_with(bootstrap: &str, group: &str, assignment: &str) -> Config {
     let mut cfg = Config::from_toml(&format!(
         r#"
         [kafka]
         brokers = "{bootstrap}"
         topics = ["{TOPIC}"]
         group = "{group}"
+        assignment = "{assignment}"
         seek_back = 10000
         [store]
         url = "memory://"
@@ -308,6 +313,46 @@ async fn one_leaves(bootstrap: &str) {
         sa.records > 0,
         "the leaver archived its share before leaving"
     );
+
+    assert_exactly_once(&store, &recs).await;
+    assert_cut_published(&store).await;
+}
+
+/// The zombie case at every partition: two archivers that each take every
+/// partition (`kafka.assignment = "all"`, no group to keep them apart). The
+/// second one's claims take the partitions over; the first one's next fenced
+/// write fails, and it drops them. Still exactly once.
+#[test]
+fn a_newer_claim_fences_the_older_archiver_off_every_partition() {
+    let (broker, bootstrap) = setup();
+    tally_testkit::runtime().block_on(racing(&bootstrap));
+    drop(broker);
+}
+
+async fn racing(bootstrap: &str) {
+    let bootstrap = bootstrap.to_owned();
+    let cfg = config_with(
+        &bootstrap,
+        &format!("group-{}", rand::random::<u32>()),
+        "all",
+    );
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let recs = records(13, n_records());
+    let (first, rest) = recs.split_at(recs.len() / 3);
+
+    let a = start(&cfg, &store);
+    produce_paced(&bootstrap, first.to_vec(), 3, Duration::from_millis(300)).await;
+    wait_archived(&store, &ends(first), Duration::from_secs(120)).await;
+    let b = start(&cfg, &store);
+    produce_paced(&bootstrap, rest.to_vec(), 10, Duration::from_millis(300)).await;
+    wait_archived(&store, &ends(&recs), Duration::from_secs(240)).await;
+    let (sa, sb) = (a.stop().await, b.stop().await);
+    eprintln!("a: {sa:?}\nb: {sb:?}");
+    assert_eq!(
+        sa.lost, PARTITIONS as u64,
+        "the older archiver was fenced off every partition"
+    );
+    assert_eq!(sb.lost, 0, "the newer archiver kept every partition");
 
     assert_exactly_once(&store, &recs).await;
     assert_cut_published(&store).await;

@@ -3,7 +3,10 @@
 //! the master dataset exactly once, offsets run without a gap, and the raw
 //! bytes archived are exactly the records produced, malformed ones included.
 //! Producer batches of 1,000 records make resumes land mid-batch (see
-//! DESIGN.md on Tansu's mid-batch seeks).
+//! DESIGN.md on Tansu's mid-batch seeks). Run with `kafka.assignment =
+//! "all"` and as a consumer-group member restarted under the same
+//! `kafka.instance_id`; and with two archivers in one group, one leaving
+//! mid-stream (SIGTERM) and the other SIGKILLed and restarted.
 //!
 //! The archive files are read back with the `parquet` crate directly, not
 //! with the batch layer's reader.
@@ -12,7 +15,7 @@ mod role;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, BinaryArray, Int32Array, Int64Array};
@@ -20,6 +23,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use role::Role;
+use tally_core::config::Config;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::{kafka, Broker};
@@ -53,8 +57,10 @@ fn parquet_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-#[test]
-fn archiver_killed_at_random_points_keeps_every_record_exactly_once() {
+/// A fresh broker with the topic, a store folder, and `tally.toml` for it:
+/// (broker, tempdir, config path, config, store folder). `kafka` goes into
+/// the `[kafka]` table.
+fn setup(group: &str, kafka: &str) -> (Broker, tempfile::TempDir, PathBuf, Config, PathBuf) {
     let broker = Broker::start().expect("broker");
     kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
     let dir = tempfile::Builder::new()
@@ -65,7 +71,7 @@ fn archiver_killed_at_random_points_keeps_every_record_exactly_once() {
     let test_cfg = TestConfig::new()
         .brokers(&broker.bootstrap())
         .store(&format!("file://{}", store.display()))
-        .group("archive-crash")
+        .group(group)
         .extra(
             r#"
 [epochs]
@@ -75,20 +81,27 @@ grace = "2s"
 roll_interval = "1s"
 "#,
         );
+    let text = test_cfg
+        .toml()
+        .replace("[kafka]\n", &format!("[kafka]\n{kafka}\n"));
     let config = dir.path().join("tally.toml");
-    std::fs::write(&config, test_cfg.toml()).expect("config");
-    let cfg = test_cfg.build();
-    let log = dir.path().join("archive.log");
+    std::fs::write(&config, &text).expect("config");
+    let cfg = Config::from_toml(&text).expect("test config");
     eprintln!("logs in {}", dir.path().display());
+    (broker, dir, config, cfg, store)
+}
 
-    // Produce in a thread, keeping the multiset of payloads produced.
+/// Produce `RECORDS` generated records (1 % malformed) at `rate` per second
+/// in producer batches of 1,000, from a thread; it returns the multiset of
+/// payloads produced.
+fn produce_in_thread(cfg: &Config, rate: f64) -> std::thread::JoinHandle<HashMap<Vec<u8>, u32>> {
     let kafka_cfg = cfg.kafka.clone();
     let limits = cfg.events.limits();
-    let producer = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let mut shape = Shape::default().with_limits(limits).clamped_to_limits();
         shape.malformed_share = 0.01;
         let mut generator = Generator::new(shape, 5).expect("generator");
-        let mut options = ProduceOptions::new(TOPIC, 150_000.0);
+        let mut options = ProduceOptions::new(TOPIC, rate);
         options.count = Some(RECORDS);
         options.settings = vec![("batch.num.messages".into(), "1000".into())];
         let mut produced: HashMap<Vec<u8>, u32> = HashMap::new();
@@ -107,29 +120,101 @@ roll_interval = "1s"
             .expect("produce");
         assert_eq!(report.delivered, RECORDS, "{report:?}");
         produced
-    });
+    })
+}
+
+/// Wait until the progress files cover every record (the role must keep
+/// running); on failure, show the end of its log.
+fn wait_archived(store: &Path, running: &mut Role, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while archived(store) < RECORDS as i64 {
+        running.assert_running();
+        if Instant::now() >= deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "archived {} of {RECORDS} records after 300 s; end of {}:\n{}",
+                archived(store),
+                log.display(),
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// One archiver that reads every partition itself (`kafka.assignment =
+/// "all"`, the archiver's only mode before group membership).
+#[test]
+fn archiver_killed_at_random_points_keeps_every_record_exactly_once() {
+    killed_at_random_points("assignment = \"all\"", &[]);
+}
+
+/// One group member, restarted under the same `kafka.instance_id`: without
+/// static membership Tansu 0.6 keeps a SIGKILLed member's partitions
+/// assigned to it after its session expires, and the restarted process gets
+/// only a share (measured: one partition of four, the rest never archived).
+#[test]
+fn group_member_killed_at_random_points_keeps_every_record_exactly_once() {
+    killed_at_random_points("", &[("TALLY_KAFKA__INSTANCE_ID", "only")]);
+}
+
+fn killed_at_random_points(kafka: &str, env: &[(&str, &str)]) {
+    let (_broker, dir, config, cfg, store) = setup("archive-crash", kafka);
+    let log = dir.path().join("archive.log");
+    let producer = produce_in_thread(&cfg, 150_000.0);
 
     let mut rng = StdRng::seed_from_u64(17);
-    let mut archive = Role::start(&["archive"], &config, &log, &[]);
+    let mut archive = Role::start(&["archive"], &config, &log, env);
     for _ in 0..KILLS {
         std::thread::sleep(Duration::from_millis(rng.gen_range(700..3000)));
         archive.kill9();
-        archive = Role::start(&["archive"], &config, &log, &[]);
+        archive = Role::start(&["archive"], &config, &log, env);
     }
     let produced = producer.join().expect("producer");
 
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while archived(&store) < RECORDS as i64 {
-        archive.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "archived {} of {RECORDS} records after 300 s",
-            archived(&store)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_archived(&store, &mut archive, &log);
     archive.terminate();
+    assert_exactly_once(&store, &produced);
+}
 
+/// Two `tally archive` processes in one consumer group while records arrive:
+/// one leaves with SIGTERM mid-stream (the other takes its partitions from
+/// the progress it published), then the survivor is SIGKILLed and restarted.
+/// Static membership (`kafka.instance_id`, on the survivor only: a static
+/// member does not leave the group on SIGTERM) lets the restarted process
+/// take the dead one's place: Tansu 0.6 does not reassign a SIGKILLed
+/// member's partitions when its session expires (see the README).
+#[test]
+fn archivers_in_a_group_leaving_and_killed_keep_every_record_exactly_once() {
+    let (_broker, dir, config, cfg, store) = setup("archive-group", "");
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let producer = produce_in_thread(&cfg, 60_000.0);
+    let a = Role::start(&["archive"], &config, &log_a, &[]);
+    let b_env = [("TALLY_KAFKA__INSTANCE_ID", "b")];
+    let mut b = Role::start(&["archive"], &config, &log_b, &b_env);
+    std::thread::sleep(Duration::from_secs(6));
+    a.terminate();
+    std::thread::sleep(Duration::from_secs(4));
+    b.assert_running();
+    b.kill9();
+    let mut b = Role::start(&["archive"], &config, &log_b, &b_env);
+    let produced = producer.join().expect("producer");
+    wait_archived(&store, &mut b, &log_b);
+    b.terminate();
+    assert_exactly_once(&store, &produced);
+    let logs = std::fs::read_to_string(&log_a).unwrap_or_default()
+        + &std::fs::read_to_string(&log_b).unwrap_or_default();
+    assert!(
+        logs.matches("partition claimed").count() > PARTITIONS as usize,
+        "partitions never changed hands: the test did not test the group"
+    );
+}
+
+/// Every (partition, offset) in the archive exactly once, offsets without a
+/// gap, and the raw bytes exactly the records produced.
+fn assert_exactly_once(store: &Path, produced: &HashMap<Vec<u8>, u32>) {
     let mut files = Vec::new();
     parquet_files(&store.join("events"), &mut files);
     let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
@@ -185,7 +270,7 @@ roll_interval = "1s"
     );
     assert_eq!(offsets.len(), PARTITIONS as usize, "partitions archived");
     assert!(
-        archived_raw == produced,
+        archived_raw == *produced,
         "the archived raw bytes differ from the records produced"
     );
 }

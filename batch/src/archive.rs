@@ -1,46 +1,92 @@
 //! The archiver: every Kafka record into the master dataset, exactly once by
-//! coordinates, and the cut.
+//! coordinates (topic, partition, offset), and the cut.
 //!
-//! The archiver takes every partition of the configured topics (manual
-//! assignment; one archiver per deployment) and resumes each from the position
-//! stored in the object store (`archive/progress/...`), never from Kafka's
-//! committed offset (that commit is advisory, for lag tooling). Because Tansu
-//! skips the rest of a record batch on a mid-batch seek, it seeks
-//! `kafka.seek_back` records earlier and drops what it has already archived.
+//! # Partitions
+//!
+//! The archiver is a member of the consumer group `<kafka.group>-archive`:
+//! several processes split the partitions and Kafka moves them at rebalances.
+//! With `kafka.assignment = "all"` one process takes every partition itself
+//! (manual assignment, no group), as on brokers whose groups cannot be
+//! trusted with crashes (Tansu 0.6, see the README).
+//!
+//! The rebalance callback only records what changed and pauses newly assigned
+//! partitions (it runs inside the consumer's poll: no store calls there). The
+//! loop then applies the changes before it touches any partition again: for
+//! an assigned partition it [claims](crate::progress::claim) the progress
+//! object, seeks `kafka.seek_back` records before the claimed position
+//! (Tansu skips the rest of a record batch on a mid-batch seek) and resumes
+//! it, dropping what is already archived; for a revoked one it drops what it
+//! buffered, unwritten. The next owner re-reads from the stored progress, and
+//! since files are named by (partition, first offset of the epoch after the
+//! resume point), it writes the same names.
+//!
+//! # Rolls
 //!
 //! Records are buffered per partition, in one file per ingest epoch, and rolled
 //! *together* (all epochs of a partition at once) when the partition holds
 //! `archive.roll_bytes` of raw records or its oldest record is
 //! `archive.roll_interval` old. After a roll every file is durable, and only then
-//! is the progress advanced. A crash between writing files and advancing the
-//! progress replays the same records in the same order; each epoch's first
-//! record after the resume point is the same, so the files get the same names
-//! and are overwritten, never duplicated.
+//! is the progress advanced, as a fenced write ([`crate::progress`]): a member
+//! that lost the partition without noticing (a zombie) fails that write, drops
+//! the partition and stops archiving it. A crash between writing files and
+//! advancing the progress replays the same records in the same order; each
+//! epoch's first record after the resume point is the same, so the files get
+//! the same names and are overwritten, never duplicated.
 //!
-//! The cut: for each partition the archiver keeps an *observation* (the
-//! partition's end offset and the wall-clock time it was read). Once everything
-//! below that end offset is durable, every epoch `e` with `end(e) + grace <=
-//! observed_ms` is complete on that partition. The cut is the first epoch not
-//! complete on every partition; it only ever moves forward.
+//! # What is guaranteed
+//!
+//! - Every record below a partition's stored `archived_to` is in the master
+//!   dataset, in the folder of its ingest epoch; progress never moves back on
+//!   stores with conditional puts (`s3://`, `memory://`).
+//! - A record is in at most one file, except where a zombie's roll overlaps
+//!   the new owner's: the zombie checks its claim just before writing files,
+//!   so that takes a zombie stalled between that check and its writes. Its
+//!   extra file costs nothing in the views (the batch de-duplicates on
+//!   coordinates). If such a zombie file has the same name as one the new
+//!   owner already made durable and holds fewer records, the overwrite drops
+//!   records below the new owner's progress: the window is the zombie's file
+//!   writes overlapping the new owner's entire first roll after the claim.
+//! - On `file://` the fence is check-then-write (see [`crate::progress`]).
+//!
+//! # The cut
+//!
+//! For each owned partition the archiver keeps an *observation* (the
+//! partition's end offset and the wall-clock time it was read). Once
+//! everything below that end offset is durable, every epoch `e` with
+//! `end(e) + grace <= observed_ms` is complete on that partition, and the
+//! progress object records it. The cut is computed from the progress objects
+//! of every partition of the topics (the partition count comes from the
+//! broker's metadata), so it waits for partitions owned by other members and
+//! for partitions nobody has archived yet; it is published only forward.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use object_store::ObjectStore;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use tally_core::config::Config;
-use tally_core::manifest::{CutFile, ProgressFile};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tally_core::config::{Assignment, Config};
 use tally_core::paths;
 use tally_core::time::{Epoch, EpochClock};
+use tokio::sync::Notify;
 
 use crate::archive_file::{self, ArchiveRows, FileError};
-use crate::store::{self, StoreError};
+use crate::progress::{self, Claim, Fenced, ProgressError, Reached};
+use crate::store::StoreError;
+
+pub use crate::progress::cut_of;
+
+/// How often a seek is tried while librdkafka is still starting the fetcher
+/// of a newly assigned partition.
+const SEEK_ATTEMPTS: usize = 50;
+const SEEK_RETRY: Duration = Duration::from_millis(100);
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the archiver stopped.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +97,8 @@ pub enum ArchiveError {
     NoTopic(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Progress(#[from] ProgressError),
     #[error("writing archive file: {0}")]
     File(#[from] FileError),
     #[error("background task failed: {0}")]
@@ -64,22 +112,115 @@ pub struct ArchiveSummary {
     pub files: u64,
     /// The last cut published (or found).
     pub cut: Option<Epoch>,
+    /// Partitions given up because another archiver claimed them.
+    pub lost: u64,
 }
 
-/// One assigned partition.
+type Tp = (String, i32);
+
+/// A change of assignment, recorded by the rebalance callback.
+#[derive(Debug)]
+enum Change {
+    Assigned(Tp),
+    Revoked(Tp),
+    /// A rebalance error: librdkafka dropped the whole assignment.
+    RevokedAll,
+}
+
+/// rdkafka context: records assignment changes for the loop.
+#[derive(Debug, Default)]
+pub struct ArchiveContext {
+    changes: Mutex<Vec<Change>>,
+    changed: Arc<Notify>,
+}
+
+impl ClientContext for ArchiveContext {}
+
+impl ConsumerContext for ArchiveContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => take_paused(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.push(
+                    tpl.elements()
+                        .iter()
+                        .map(|el| Change::Revoked((el.topic().to_owned(), el.partition()))),
+                );
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                self.push([Change::RevokedAll]);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl ArchiveContext {
+    fn push(&self, changes: impl IntoIterator<Item = Change>) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(changes);
+        self.changed.notify_one();
+    }
+
+    fn take(&self) -> Vec<Change> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Take `tpl` paused, from the low watermark: where to really start is known
+/// only after the loop has claimed each partition's progress (a store call),
+/// and it seeks there before resuming. Should that seek lose a race with
+/// librdkafka starting the fetcher, reading from the low watermark is still
+/// correct (what is archived is dropped), only slower.
+fn take_paused<C: Consumer<ArchiveContext>>(consumer: &C, tpl: &mut TopicPartitionList) {
+    let tps: Vec<Tp> = tpl
+        .elements()
+        .iter()
+        .map(|el| (el.topic().to_owned(), el.partition()))
+        .collect();
+    for (t, p) in &tps {
+        let _ = tpl.set_partition_offset(t, *p, Offset::Beginning);
+    }
+    if let Err(e) = consumer.assign(tpl) {
+        tracing::warn!(error = %e, "assign failed");
+    }
+    if let Err(e) = consumer.pause(tpl) {
+        tracing::warn!(error = %e, "pausing newly assigned partitions failed");
+    }
+    for (topic, partition) in &tps {
+        tracing::info!(%topic, partition, "partition assigned");
+    }
+    consumer
+        .context()
+        .push(tps.into_iter().map(Change::Assigned));
+}
+
+/// One owned partition.
 #[derive(Debug)]
 struct Part {
-    topic: String,
-    partition: i32,
+    claim: Claim,
     /// Everything below is durable in the master dataset.
     archived_to: i64,
     /// Next offset expected from the consumer.
     next: i64,
+    /// Set after the seek until the first record arrives (to detect broker skips).
+    awaiting_first: bool,
     open: BTreeMap<Epoch, ArchiveRows>,
     opened_at: Option<Instant>,
     bytes: usize,
-    /// The latest observation `(end offset, ms)` that `archived_to` has reached.
-    reached: Option<(i64, i64)>,
+    /// The latest observation that `archived_to` has reached.
+    reached: Reached,
     /// The observation being worked towards.
     pending: Option<(i64, i64)>,
 }
@@ -97,142 +238,403 @@ pub fn consumer_config(cfg: &Config, group: &str) -> ClientConfig {
     c
 }
 
+type ArchiveConsumer = StreamConsumer<ArchiveContext>;
+
+/// The loop's state.
+struct Archiver {
+    store: Arc<dyn ObjectStore>,
+    consumer: Arc<ArchiveConsumer>,
+    topics: Vec<String>,
+    clock: EpochClock,
+    limits: tally_core::event::Limits,
+    grace: i64,
+    seek_back: i64,
+    roll_bytes: usize,
+    roll_interval: Duration,
+    parts: BTreeMap<Tp, Part>,
+    summary: ArchiveSummary,
+}
+
 /// Run the archiver until `shutdown` resolves; on shutdown everything buffered
-/// is rolled and the progress and cut are published before returning.
+/// is rolled, the progress and cut are published, and the group is left.
 pub async fn run(
     cfg: &Config,
     store: Arc<dyn ObjectStore>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<ArchiveSummary, ArchiveError> {
-    let group = format!("{}-archive", cfg.kafka.group);
-    let consumer: Arc<StreamConsumer> = Arc::new(consumer_config(cfg, &group).create()?);
-    let clock = cfg.epochs.clock();
-    let limits = cfg.events.limits();
-    let grace = cfg.epochs.grace.0;
-    let roll_bytes = cfg.archive.roll_bytes.max(1);
-    let roll_interval = cfg.archive.roll_interval.as_duration();
-
-    // Partitions and where to resume each.
-    let mut parts: Vec<Part> = Vec::new();
-    let mut tpl = TopicPartitionList::new();
-    for topic in &cfg.kafka.topics {
-        let n = partitions_of(&consumer, topic).await?;
-        for p in 0..n {
-            let (low, high) = watermarks(&consumer, topic, p).await?;
-            let progress: Option<(ProgressFile, _)> =
-                store::get_json(store.as_ref(), &paths::archive_progress(topic, p)).await?;
-            let (archived_to, reached) = match progress {
-                Some((
-                    ProgressFile::V1 {
-                        archived_to,
-                        high_watermark,
-                        observed_ms,
-                        ..
-                    },
-                    _,
-                )) => (
-                    archived_to,
-                    (archived_to >= high_watermark).then_some((high_watermark, observed_ms)),
-                ),
-                None => (0, None),
-            };
-            if low > archived_to {
-                tracing::warn!(topic = %topic, partition = p, low, archived_to,
-                    "records below the low watermark were deleted before they were archived");
-            }
-            let from = low.max(archived_to - cfg.kafka.seek_back);
-            tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
-            parts.push(Part {
-                topic: topic.clone(),
-                partition: p,
-                archived_to: archived_to.max(low),
-                next: archived_to.max(low),
-                open: BTreeMap::new(),
-                opened_at: None,
-                bytes: 0,
-                reached,
-                pending: Some((high, now_ms())),
-            });
-        }
-    }
-    consumer.assign(&tpl)?;
-    let index: BTreeMap<(String, i32), usize> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| ((p.topic.clone(), p.partition), i))
-        .collect();
-
-    let mut summary = ArchiveSummary {
-        cut: store::get_json::<CutFile>(store.as_ref(), paths::CUT)
-            .await?
-            .map(|(CutFile::V1 { cut, .. }, _)| cut),
-        ..ArchiveSummary::default()
-    };
+    let mut a = Archiver::start(cfg, store).await?;
+    let consumer = a.consumer.clone();
+    let changed = consumer.context().changed.clone();
+    let roll_interval = a.roll_interval;
     let mut tick = tokio::time::interval(Duration::from_millis(
         (roll_interval.as_millis() as u64 / 4).clamp(10, 1000),
     ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cut_tick =
+        tokio::time::interval(roll_interval.clamp(Duration::from_secs(1), Duration::from_secs(10)));
+    cut_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
+        // Before any roll: a partition revoked in the callback is never
+        // written again by this process.
+        a.apply_changes().await?;
         tokio::select! {
+            biased;
             _ = &mut shutdown => break,
-            _ = tick.tick() => {
-                for i in 0..parts.len() {
-                    let due = parts[i].opened_at.is_some_and(|t| t.elapsed() >= roll_interval);
-                    if due {
-                        roll(&store, &consumer, &mut parts[i], &mut summary).await?;
-                    }
-                    observe(&store, &consumer, &mut parts[i]).await?;
-                }
-                publish_cut(&store, &parts, clock, grace, &mut summary).await?;
+            _ = changed.notified() => {}
+            _ = tick.tick() => a.on_tick().await?,
+            _ = cut_tick.tick() => a.publish_cut().await?,
+            msg = consumer.recv() => a.on_message(msg).await?,
+        }
+    }
+    // The last reference must go in `finish`, off the runtime (closing waits).
+    drop(consumer);
+    a.finish().await
+}
+
+impl Archiver {
+    async fn start(cfg: &Config, store: Arc<dyn ObjectStore>) -> Result<Archiver, ArchiveError> {
+        let group = format!("{}-archive", cfg.kafka.group);
+        let mut client = consumer_config(cfg, &group);
+        // As the speed layer: a dead member's partitions move after 10 s.
+        client
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        if let Some(id) = &cfg.kafka.instance_id {
+            client.set("group.instance.id", format!("{id}-archive"));
+        }
+        let consumer: Arc<ArchiveConsumer> =
+            Arc::new(client.create_with_context(ArchiveContext::default())?);
+        let mut a = Archiver {
+            store,
+            consumer,
+            topics: cfg.kafka.topics.clone(),
+            clock: cfg.epochs.clock(),
+            limits: cfg.events.limits(),
+            grace: cfg.epochs.grace.0,
+            seek_back: cfg.kafka.seek_back,
+            roll_bytes: cfg.archive.roll_bytes.max(1),
+            roll_interval: cfg.archive.roll_interval.as_duration(),
+            parts: BTreeMap::new(),
+            summary: ArchiveSummary::default(),
+        };
+        // Fail early on a missing topic, in both modes.
+        let counts = a.partition_counts().await?;
+        match cfg.kafka.assignment {
+            Assignment::Group => {
+                let topics: Vec<&str> = a.topics.iter().map(String::as_str).collect();
+                a.consumer.subscribe(&topics)?;
             }
-            msg = consumer.recv() => {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "archiver consume error");
-                        continue;
+            Assignment::All => {
+                let mut tpl = TopicPartitionList::new();
+                for (topic, n) in &counts {
+                    for p in 0..*n {
+                        tpl.add_partition(topic, p);
                     }
-                };
-                let Some(&i) = index.get(&(msg.topic().to_owned(), msg.partition())) else {
-                    continue;
-                };
-                let part = &mut parts[i];
-                let offset = msg.offset();
-                if offset < part.next {
-                    // Seek-back replay of what is already archived or buffered.
-                    continue;
                 }
-                let ts = msg.timestamp().to_millis().unwrap_or_else(now_ms);
-                let epoch = clock.epoch_of(ts);
-                let rows = part.open.entry(epoch).or_insert_with(|| ArchiveRows::new(offset));
-                let value = msg.payload().unwrap_or(&[]);
-                rows.push(&part.topic, part.partition, offset, ts, clock, &limits, value);
-                part.bytes += value.len().max(1);
-                part.next = offset + 1;
-                part.opened_at.get_or_insert_with(Instant::now);
-                summary.records += 1;
-                if part.bytes >= roll_bytes {
-                    roll(&store, &consumer, part, &mut summary).await?;
+                take_paused(a.consumer.as_ref(), &mut tpl);
+            }
+        }
+        a.summary.cut = progress::current_cut(a.store.as_ref()).await?;
+        Ok(a)
+    }
+
+    /// Every topic with its partition count, from the broker's metadata.
+    async fn partition_counts(&self) -> Result<Vec<(String, i32)>, ArchiveError> {
+        let mut out = Vec::new();
+        for topic in &self.topics {
+            out.push((topic.clone(), partitions_of(&self.consumer, topic).await?));
+        }
+        Ok(out)
+    }
+
+    /// Apply what the rebalance callback recorded.
+    async fn apply_changes(&mut self) -> Result<(), ArchiveError> {
+        let changes = self.consumer.context().take();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // Only the final state matters: a partition assigned and revoked
+        // again before we got here is not claimed.
+        let mut assigned: Vec<Tp> = Vec::new();
+        for c in changes {
+            match c {
+                Change::Assigned(tp) => {
+                    self.drop_part(&tp, "reassigned");
+                    assigned.push(tp);
+                }
+                Change::Revoked(tp) => {
+                    self.drop_part(&tp, "revoked");
+                    assigned.retain(|a| *a != tp);
+                }
+                Change::RevokedAll => {
+                    let all: Vec<Tp> = self.parts.keys().cloned().collect();
+                    for tp in all {
+                        self.drop_part(&tp, "revoked");
+                    }
+                    assigned.clear();
                 }
             }
         }
+        for tp in assigned {
+            self.take_partition(tp).await?;
+        }
+        Ok(())
     }
-    for part in parts.iter_mut() {
-        roll(&store, &consumer, part, &mut summary).await?;
-        observe(&store, &consumer, part).await?;
+
+    /// Forget a partition and what it buffered (the next owner re-reads it).
+    fn drop_part(&mut self, tp: &Tp, why: &str) {
+        if let Some(part) = self.parts.remove(tp) {
+            let buffered: usize = part.open.values().map(ArchiveRows::len).sum();
+            tracing::info!(topic = %tp.0, partition = tp.1, buffered, why, "partition dropped");
+        }
     }
-    publish_cut(&store, &parts, clock, grace, &mut summary).await?;
-    Ok(summary)
+
+    /// Claim an assigned partition, seek before its position and resume it.
+    async fn take_partition(&mut self, tp: Tp) -> Result<(), ArchiveError> {
+        let (topic, p) = (&tp.0, tp.1);
+        let (low, high) = watermarks(&self.consumer, topic, p).await?;
+        let claim = progress::claim(self.store.as_ref(), topic, p, low).await?;
+        let target = claim.archived_to;
+        let from = low.max(target - self.seek_back);
+        seek(&self.consumer, topic, p, from).await;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, p);
+        self.consumer.resume(&tpl)?;
+        tracing::info!(topic = %topic, partition = p, archived_to = target, seek = from, "partition claimed");
+        self.parts.insert(
+            tp,
+            Part {
+                archived_to: target,
+                next: target,
+                awaiting_first: true,
+                open: BTreeMap::new(),
+                opened_at: None,
+                bytes: 0,
+                reached: claim.reached,
+                pending: Some((high, now_ms())),
+                claim,
+            },
+        );
+        Ok(())
+    }
+
+    async fn on_message(
+        &mut self,
+        msg: KafkaResult<BorrowedMessage<'_>>,
+    ) -> Result<(), ArchiveError> {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "archiver consume error");
+                return Ok(());
+            }
+        };
+        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+        // Few partitions per process: a scan, no key allocated per record.
+        let Some((tp, part)) = self
+            .parts
+            .iter_mut()
+            .find(|((t, p), _)| *p == partition && t == topic)
+        else {
+            return Ok(()); // not (or no longer) ours
+        };
+        if offset < part.next {
+            return Ok(()); // seek-back replay of what is archived or buffered
+        }
+        if part.awaiting_first {
+            part.awaiting_first = false;
+            if offset > part.next {
+                tracing::warn!(topic, partition, expected = part.next, got = offset,
+                    "first record after a seek is past the target: the broker skipped records (raise kafka.seek_back) or the log has a gap");
+            }
+        }
+        let ts = msg.timestamp().to_millis().unwrap_or_else(now_ms);
+        let epoch = self.clock.epoch_of(ts);
+        let rows = part
+            .open
+            .entry(epoch)
+            .or_insert_with(|| ArchiveRows::new(offset));
+        let value = msg.payload().unwrap_or(&[]);
+        rows.push(
+            topic,
+            partition,
+            offset,
+            ts,
+            self.clock,
+            &self.limits,
+            value,
+        );
+        part.bytes += value.len().max(1);
+        part.next = offset + 1;
+        part.opened_at.get_or_insert_with(Instant::now);
+        self.summary.records += 1;
+        if part.bytes >= self.roll_bytes {
+            let tp = tp.clone();
+            self.roll(&tp).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) -> Result<(), ArchiveError> {
+        let owned: Vec<Tp> = self.parts.keys().cloned().collect();
+        for tp in owned {
+            let due = self
+                .parts
+                .get(&tp)
+                .and_then(|p| p.opened_at)
+                .is_some_and(|t| t.elapsed() >= self.roll_interval);
+            if due {
+                self.roll(&tp).await?;
+            }
+            self.observe(&tp).await?;
+        }
+        Ok(())
+    }
+
+    /// Write every open file of the partition, then advance its progress.
+    async fn roll(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
+        let Some(part) = self.parts.get_mut(tp) else {
+            return Ok(());
+        };
+        if part.open.is_empty() {
+            return Ok(());
+        }
+        // Narrow the zombie window: a member that lost the partition without
+        // hearing of it must not overwrite the new owner's files.
+        if !part.claim.still_ours(self.store.as_ref()).await? {
+            self.lose(tp);
+            return Ok(());
+        }
+        for (epoch, rows) in part.open.iter_mut() {
+            let path = paths::archive_file(*epoch, &tp.0, tp.1, rows.first_offset);
+            archive_file::write(self.store.clone(), &path, rows).await?;
+            self.summary.files += 1;
+        }
+        part.open.clear();
+        part.opened_at = None;
+        part.bytes = 0;
+        part.archived_to = part.next;
+        if let Some((hw, ms)) = part.pending {
+            if part.archived_to >= hw {
+                part.reached = Some((hw, ms));
+            }
+        }
+        self.advance(tp).await
+    }
+
+    /// Advance the partition's observation when the previous one was reached.
+    async fn observe(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
+        let Some(part) = self.parts.get_mut(tp) else {
+            return Ok(());
+        };
+        let Some((hw, ms)) = part.pending else {
+            return Ok(());
+        };
+        // Nothing buffered and nothing consumed past the durable point: the
+        // pending observation is reached once everything below it is durable.
+        if part.open.is_empty() && part.archived_to >= hw {
+            part.reached = Some((hw, ms));
+            let observed = now_ms();
+            let (_, high) = watermarks(&self.consumer, &tp.0, tp.1).await?;
+            part.pending = Some((high, observed));
+            if part.archived_to >= high {
+                part.reached = Some((high, observed));
+            }
+            if part.claim.reached != part.reached || part.claim.archived_to != part.archived_to {
+                return self.advance(tp).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publish the partition's position (fenced), then commit it to Kafka
+    /// (advisory, for lag tooling).
+    async fn advance(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
+        let Some(part) = self.parts.get_mut(tp) else {
+            return Ok(());
+        };
+        let fenced = part
+            .claim
+            .advance(self.store.as_ref(), part.archived_to, part.reached)
+            .await?;
+        if fenced == Fenced::Lost {
+            self.lose(tp);
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(part.archived_to))?;
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "advisory offset commit failed");
+        }
+        Ok(())
+    }
+
+    /// Another archiver claimed the partition: drop it and stop fetching it
+    /// (the group revokes it from us anyway, or has already).
+    fn lose(&mut self, tp: &Tp) {
+        tracing::warn!(topic = %tp.0, partition = tp.1,
+            "another archiver claimed this partition: dropping it (zombie fenced)");
+        self.summary.lost += 1;
+        self.drop_part(tp, "claimed elsewhere");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::debug!(error = %e, "pausing a lost partition failed");
+        }
+    }
+
+    /// Compute the cut from every partition's stored progress and publish it
+    /// if it moved forward.
+    async fn publish_cut(&mut self) -> Result<(), ArchiveError> {
+        let counts = self.partition_counts().await?;
+        let store = self.store.as_ref();
+        let Some(cut) = progress::stored_cut(store, &counts, self.clock, self.grace).await? else {
+            return Ok(());
+        };
+        if self.summary.cut.is_some_and(|c| c >= cut) {
+            return Ok(());
+        }
+        match progress::publish_cut(store, cut, now_ms()).await {
+            Ok(stored) => self.summary.cut = Some(stored),
+            Err(ProgressError::Contested(path)) => {
+                tracing::warn!(%path, "the cut kept changing under us; trying again later");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Roll everything owned, publish progress and cut, leave the group.
+    async fn finish(mut self) -> Result<ArchiveSummary, ArchiveError> {
+        self.apply_changes().await?;
+        let owned: Vec<Tp> = self.parts.keys().cloned().collect();
+        for tp in &owned {
+            self.roll(tp).await?;
+            self.observe(tp).await?;
+        }
+        self.publish_cut().await?;
+        let Archiver {
+            consumer, summary, ..
+        } = self;
+        // Unsubscribe, not just close: closing a static member (with
+        // `kafka.instance_id`) does not send LeaveGroup, unsubscribing does,
+        // so the others take its partitions now. Both wait for the broker:
+        // not on a runtime thread.
+        tokio::task::spawn_blocking(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+        })
+        .await?;
+        Ok(summary)
+    }
 }
 
-async fn partitions_of(consumer: &Arc<StreamConsumer>, topic: &str) -> Result<i32, ArchiveError> {
+async fn partitions_of(consumer: &Arc<ArchiveConsumer>, topic: &str) -> Result<i32, ArchiveError> {
     let c = consumer.clone();
     let t = topic.to_owned();
-    let md = tokio::task::spawn_blocking(move || {
-        c.fetch_metadata(Some(t.as_str()), Duration::from_secs(10))
-    })
-    .await??;
+    let md = tokio::task::spawn_blocking(move || c.fetch_metadata(Some(t.as_str()), KAFKA_TIMEOUT))
+        .await??;
     let n = md
         .topics()
         .iter()
@@ -246,153 +648,40 @@ async fn partitions_of(consumer: &Arc<StreamConsumer>, topic: &str) -> Result<i3
 }
 
 async fn watermarks(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<ArchiveConsumer>,
     topic: &str,
     p: i32,
 ) -> Result<(i64, i64), ArchiveError> {
     let c = consumer.clone();
     let t = topic.to_owned();
-    Ok(
-        tokio::task::spawn_blocking(move || c.fetch_watermarks(&t, p, Duration::from_secs(10)))
-            .await??,
-    )
+    Ok(tokio::task::spawn_blocking(move || c.fetch_watermarks(&t, p, KAFKA_TIMEOUT)).await??)
 }
 
-/// Write every open file of `part`, then advance and publish its progress.
-async fn roll(
-    store: &Arc<dyn ObjectStore>,
-    consumer: &Arc<StreamConsumer>,
-    part: &mut Part,
-    summary: &mut ArchiveSummary,
-) -> Result<(), ArchiveError> {
-    if part.open.is_empty() {
-        return Ok(());
-    }
-    for (epoch, rows) in part.open.iter_mut() {
-        let path = paths::archive_file(*epoch, &part.topic, part.partition, rows.first_offset);
-        archive_file::write(store.clone(), &path, rows).await?;
-        summary.files += 1;
-    }
-    part.open.clear();
-    part.opened_at = None;
-    part.bytes = 0;
-    part.archived_to = part.next;
-    if let Some((hw, ms)) = part.pending {
-        if part.archived_to >= hw {
-            part.reached = Some((hw, ms));
+/// Seek a newly assigned partition. librdkafka refuses a seek until it has
+/// started the partition's fetcher, so retry for a while; if it never
+/// succeeds, the partition is read from the low watermark (correct, slower).
+async fn seek(consumer: &Arc<ArchiveConsumer>, topic: &str, p: i32, offset: i64) {
+    for attempt in 0..SEEK_ATTEMPTS {
+        let c = consumer.clone();
+        let t = topic.to_owned();
+        let r = tokio::task::spawn_blocking(move || {
+            c.seek(&t, p, Offset::Offset(offset), KAFKA_TIMEOUT)
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) if attempt + 1 < SEEK_ATTEMPTS => {
+                tracing::debug!(error = %e, topic, partition = p, "seek not possible yet");
+                tokio::time::sleep(SEEK_RETRY).await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, topic, partition = p,
+                    "cannot seek: reading the partition from the low watermark");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "seek task failed");
+                return;
+            }
         }
-    }
-    write_progress(store, part).await?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(
-        &part.topic,
-        part.partition,
-        Offset::Offset(part.archived_to),
-    )?;
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-        tracing::debug!(error = %e, "advisory offset commit failed");
-    }
-    Ok(())
-}
-
-/// Advance the partition's observation when the previous one was reached.
-async fn observe(
-    store: &Arc<dyn ObjectStore>,
-    consumer: &Arc<StreamConsumer>,
-    part: &mut Part,
-) -> Result<(), ArchiveError> {
-    let durable = part.open.is_empty();
-    let Some((hw, ms)) = part.pending else {
-        return Ok(());
-    };
-    // Nothing buffered and nothing consumed past the durable point: the
-    // pending observation is reached once everything below it is durable.
-    if durable && part.archived_to >= hw {
-        part.reached = Some((hw, ms));
-        let observed = now_ms();
-        let (_, high) = watermarks(consumer, &part.topic, part.partition).await?;
-        part.pending = Some((high, observed));
-        if part.archived_to >= high {
-            part.reached = Some((high, observed));
-        }
-        write_progress(store, part).await?;
-    }
-    Ok(())
-}
-
-async fn write_progress(store: &Arc<dyn ObjectStore>, part: &Part) -> Result<(), ArchiveError> {
-    let (hw, ms) = part.reached.unwrap_or((i64::MAX, 0));
-    let file = ProgressFile::V1 {
-        topic: part.topic.clone(),
-        partition: part.partition,
-        archived_to: part.archived_to,
-        high_watermark: if hw == i64::MAX {
-            part.archived_to + 1
-        } else {
-            hw
-        },
-        observed_ms: ms,
-    };
-    store::put_json(
-        store.as_ref(),
-        &paths::archive_progress(&part.topic, part.partition),
-        &file,
-    )
-    .await?;
-    Ok(())
-}
-
-/// The cut the observations allow: the first epoch not complete everywhere.
-pub fn cut_of(
-    reached: impl IntoIterator<Item = Option<i64>>,
-    clock: EpochClock,
-    grace: i64,
-) -> Option<Epoch> {
-    let mut cut: Option<Epoch> = None;
-    for r in reached {
-        let ms = r?;
-        // Epoch e is complete when end(e) + grace <= ms, i.e. e + 1 <= (ms - grace) / len.
-        let e = (ms - grace).div_euclid(clock.len_ms);
-        cut = Some(cut.map_or(e, |c: Epoch| c.min(e)));
-    }
-    cut
-}
-
-async fn publish_cut(
-    store: &Arc<dyn ObjectStore>,
-    parts: &[Part],
-    clock: EpochClock,
-    grace: i64,
-    summary: &mut ArchiveSummary,
-) -> Result<(), ArchiveError> {
-    let Some(cut) = cut_of(parts.iter().map(|p| p.reached.map(|r| r.1)), clock, grace) else {
-        return Ok(());
-    };
-    if summary.cut.is_some_and(|c| c >= cut) {
-        return Ok(());
-    }
-    store::put_json(
-        store.as_ref(),
-        paths::CUT,
-        &CutFile::V1 {
-            cut,
-            decided_ms: now_ms(),
-        },
-    )
-    .await?;
-    summary.cut = Some(cut);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cut_waits_for_the_slowest_partition_and_the_grace() {
-        let clock = EpochClock::new(1000);
-        assert_eq!(cut_of([Some(5_000), Some(3_500)], clock, 0), Some(3));
-        assert_eq!(cut_of([Some(5_000), Some(3_500)], clock, 600), Some(2));
-        assert_eq!(cut_of([Some(5_000), None], clock, 0), None);
     }
 }

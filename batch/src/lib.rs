@@ -11,8 +11,11 @@
 //!   and conditional puts.
 //! - [`archive_file`]: the archive file format (typed envelope, typed
 //!   properties, raw bytes) and its writer and reader.
-//! - [`archive`]: the archiver, Kafka to archive files, exactly once by
-//!   coordinates; archive progress and the cut.
+//! - [`archive`]: the archiver, a consumer-group member: Kafka to archive
+//!   files, exactly once by coordinates.
+//! - [`progress`]: the archiver's shared objects: each partition's progress,
+//!   fenced by a claim, and the cut, computed over every partition and
+//!   published only forward.
 //! - [`recompute`]: a batch run (incremental by files, or full), snapshots,
 //!   manifests and garbage collection; `recompute` for an ad-hoc range.
 //! - [`lock`]: the lock object that keeps runs from overlapping.
@@ -24,6 +27,7 @@
 pub mod archive;
 pub mod archive_file;
 pub mod lock;
+pub mod progress;
 pub mod recompute;
 pub mod schedule;
 pub mod store;

@@ -59,7 +59,7 @@ pub async fn acquire(
         })
     };
     match store::put_json_if(store.as_ref(), paths::BATCH_LOCK, &mine, None).await {
-        Ok(()) => return Ok(held()),
+        Ok(_) => return Ok(held()),
         Err(StoreError::Conflict(_)) => {}
         Err(e) => return Err(e),
     }
@@ -68,7 +68,7 @@ pub async fn acquire(
     else {
         // Released meanwhile: try once more.
         return match store::put_json_if(store.as_ref(), paths::BATCH_LOCK, &mine, None).await {
-            Ok(()) => Ok(held()),
+            Ok(_) => Ok(held()),
             Err(StoreError::Conflict(_)) => Ok(Acquired::Busy(LockFile {
                 owner: "unknown".into(),
                 until_ms: now_ms,
@@ -80,7 +80,7 @@ pub async fn acquire(
         return Ok(Acquired::Busy(current));
     }
     match store::put_json_if(store.as_ref(), paths::BATCH_LOCK, &mine, Some(&version)).await {
-        Ok(()) => Ok(held()),
+        Ok(_) => Ok(held()),
         Err(StoreError::Conflict(_)) => Ok(Acquired::Busy(current)),
         Err(e) => Err(e),
     }

@@ -442,7 +442,9 @@ async fn run_view(
     .await
     {
         Err(StoreError::Conflict(_)) => return Err(BatchError::Conflict(view.name.clone())),
-        other => other?,
+        other => {
+            other?;
+        }
     }
     progress(Progress::Published {
         view: view.name.clone(),

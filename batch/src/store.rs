@@ -143,18 +143,30 @@ pub async fn put_json<T: Serialize>(
     path: &str,
     value: &T,
 ) -> Result<(), StoreError> {
-    put_bytes(store, path, to_json(path, value)?, PutMode::Overwrite).await
+    put_bytes(store, path, to_json(path, value)?, PutMode::Overwrite).await?;
+    Ok(())
+}
+
+/// What a conditional put wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The version of the object just written, for the next conditional put.
+    pub version: Version,
+    /// Whether the store checked `expected`. False when it has no conditional
+    /// puts of that kind and overwrote instead: the caller got no fence.
+    pub conditional: bool,
 }
 
 /// Write a JSON object only if the object is still at `expected` (or, with
 /// `None`, does not exist yet). Stores without conditional puts get an atomic
-/// overwrite instead. Returns [`StoreError::Conflict`] when another writer won.
+/// overwrite instead (the local file system has create-if-absent but no
+/// compare-and-swap). Returns [`StoreError::Conflict`] when another writer won.
 pub async fn put_json_if<T: Serialize>(
     store: &dyn ObjectStore,
     path: &str,
     value: &T,
     expected: Option<&Version>,
-) -> Result<(), StoreError> {
+) -> Result<Written, StoreError> {
     let body = to_json(path, value)?;
     let mode = match expected {
         None => PutMode::Create,
@@ -164,10 +176,17 @@ pub async fn put_json_if<T: Serialize>(
         }),
     };
     match put_bytes(store, path, body.clone(), mode).await {
+        Ok(version) => Ok(Written {
+            version,
+            conditional: true,
+        }),
         Err(StoreError::Store(
             object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. },
-        )) => put_bytes(store, path, body, PutMode::Overwrite).await,
-        other => other,
+        )) => Ok(Written {
+            version: put_bytes(store, path, body, PutMode::Overwrite).await?,
+            conditional: false,
+        }),
+        Err(e) => Err(e),
     }
 }
 
@@ -183,7 +202,7 @@ async fn put_bytes(
     path: &str,
     body: Vec<u8>,
     mode: PutMode,
-) -> Result<(), StoreError> {
+) -> Result<Version, StoreError> {
     let opts = PutOptions {
         mode,
         ..PutOptions::default()
@@ -192,7 +211,10 @@ async fn put_bytes(
         .put_opts(&Path::from(path), PutPayload::from(body), opts)
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(r) => Ok(Version {
+            e_tag: r.e_tag,
+            version: r.version,
+        }),
         Err(
             object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
         ) => Err(StoreError::Conflict(path.to_owned())),

@@ -123,6 +123,9 @@ async fn every_record_is_archived_exactly_once_across_crashes() {
         brokers = "{bootstrap}"
         topics = ["events"]
         group = "archive-test-{}"
+        # Killed within 1.5 s: sooner than a group join on Tansu (a few
+        # seconds); group membership has its own tests (archive_group.rs).
+        assignment = "all"
         seek_back = 10000
         [store]
         url = "file://{}"

@@ -61,13 +61,17 @@ pub struct KafkaConfig {
     pub group: String,
     /// Static group membership (`group.instance.id`): a restarted process with
     /// the same id takes its partitions back at once instead of waiting for the
-    /// broker to expire its previous session. Unique per process.
+    /// broker to expire its previous session. Unique per process. The
+    /// archiver's group gets `<instance_id>-archive`.
     pub instance_id: Option<String>,
-    /// `group`: partitions are shared by the consumer group (scale-out).
+    /// `group`: partitions are shared by the consumer group (scale-out), for
+    /// the speed layer and the archiver alike (`<group>-archive`).
     /// `all`: this process reads every partition itself, no group coordination
     /// (one process, or several racing safely: the offset fence keeps counts
-    /// exact). Tansu 0.6 does not hand a SIGKILLed member's partitions back to
-    /// the group, so on Tansu a single process with `all` survives crashes.
+    /// exact; an archiver whose claim on a partition is taken over stops
+    /// archiving it). Tansu 0.6 does not hand a SIGKILLed member's partitions
+    /// back to the group, so on Tansu a single process with `all` survives
+    /// crashes.
     pub assignment: Assignment,
     /// Where records that fail validation go, with the reason in headers.
     pub dead_letter_topic: String,

@@ -48,6 +48,14 @@ pub enum ProgressFile {
         high_watermark: i64,
         /// Wall-clock time of `high_watermark`, epoch ms.
         observed_ms: i64,
+        /// The archiver that claimed the partition last (a fresh token per
+        /// assignment). A claim always changes the object, so a previous
+        /// owner's conditional put fails even on stores whose version is a
+        /// content hash (S3 ETags); where there are no conditional puts, the
+        /// archivers compare it before writing. Absent in files written before
+        /// group membership (read as "nobody").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
 }
 
@@ -123,5 +131,28 @@ mod tests {
         assert_eq!(text, r#"{"version":"1","cut":7,"decided_ms":1}"#);
         assert_eq!(serde_json::from_str::<CutFile>(&text).unwrap(), c);
         assert!(serde_json::from_str::<CutFile>(r#"{"version":"9","cut":7}"#).is_err());
+    }
+
+    #[test]
+    fn progress_without_an_owner_still_reads() {
+        // Written before the archiver joined a consumer group.
+        let old = r#"{"version":"1","topic":"events","partition":0,"archived_to":90,"high_watermark":100,"observed_ms":5}"#;
+        let ProgressFile::V1 {
+            owner, archived_to, ..
+        } = serde_json::from_str(old).unwrap();
+        assert_eq!((owner, archived_to), (None, 90));
+        let claimed = ProgressFile::V1 {
+            topic: "events".into(),
+            partition: 0,
+            archived_to: 90,
+            high_watermark: 100,
+            observed_ms: 5,
+            owner: Some("a1".into()),
+        };
+        let text = serde_json::to_string(&claimed).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ProgressFile>(&text).unwrap(),
+            claimed
+        );
     }
 }

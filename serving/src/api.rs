@@ -717,6 +717,7 @@ async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
                  archived_to,
                  high_watermark,
                  observed_ms,
+                 ..
              }| {
                 let speed_offset = offsets
                     .get(&tally_core::keys::Keys::offset_field(&topic, partition))

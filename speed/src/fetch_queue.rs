@@ -58,7 +58,8 @@ impl FetchQueue {
         })
     }
 
-    /// Up to the batch size of records, waiting at most `timeout` for the first.
+    /// Up to the batch size of records. librdkafka returns early only with a
+    /// full batch: with a `timeout` it waits that long for the batch to fill.
     pub fn poll(&mut self, timeout: Duration) -> Batch<'_> {
         let cap = self.batch.capacity();
         self.batch.clear();

@@ -42,10 +42,11 @@
 //!   the new owner's: the zombie checks its claim just before writing files,
 //!   so that takes a zombie stalled between that check and its writes. Its
 //!   extra file costs nothing in the views (the batch de-duplicates on
-//!   coordinates). If such a zombie file has the same name as one the new
-//!   owner already made durable and holds fewer records, the overwrite drops
-//!   records below the new owner's progress: the window is the zombie's file
-//!   writes overlapping the new owner's entire first roll after the claim.
+//!   coordinates). A file is never replaced by a shorter one of the same
+//!   name ([`archive_file::write_unless_covered`]: a file whose last offset
+//!   is at least the new one's already holds every record of it), so a
+//!   zombie cannot drop records the new owner made durable, unless both
+//!   check the same name at the same moment and the shorter write lands last.
 //! - On `file://` the fence is check-then-write (see [`crate::progress`]).
 //!
 //! # The cut
@@ -508,8 +509,11 @@ impl Archiver {
         }
         for (epoch, rows) in part.open.iter_mut() {
             let path = paths::archive_file(*epoch, &tp.0, tp.1, rows.first_offset);
-            archive_file::write(self.store.clone(), &path, rows).await?;
-            self.summary.files += 1;
+            let outcome =
+                archive_file::write_unless_covered(self.store.clone(), &path, rows).await?;
+            if outcome == archive_file::Outcome::Written {
+                self.summary.files += 1;
+            }
         }
         part.open.clear();
         part.opened_at = None;

@@ -14,7 +14,8 @@
 //!
 //! The file's key-value metadata holds `tally.days`: the UTC days (comma
 //! separated) of the event times of its valid records, so the batch can tell
-//! which days a file touches from the footer alone.
+//! which days a file touches from the footer alone; and `tally.last_offset`,
+//! the last offset it holds (see [`write_unless_covered`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use arrow_array::builder::{
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
@@ -36,6 +37,8 @@ use tally_core::time::{day_of, EpochClock};
 
 /// Key of the footer metadata that lists the days a file touches.
 pub const DAYS_KEY: &str = "tally.days";
+/// Key of the footer metadata that holds the file's last offset.
+pub const LAST_OFFSET_KEY: &str = "tally.last_offset";
 
 /// Errors writing or reading an archive file.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,8 @@ pub enum FileError {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("archive file `{path}` is malformed: {problem}")]
     Malformed { path: String, problem: String },
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
 }
 
 fn prop_fields() -> Fields {
@@ -97,6 +102,8 @@ pub struct ArchiveRows {
     bytes: usize,
     /// First offset in this file (it names the file).
     pub first_offset: i64,
+    /// Last offset added.
+    last_offset: i64,
 }
 
 impl ArchiveRows {
@@ -118,6 +125,7 @@ impl ArchiveRows {
             rows: 0,
             bytes: 0,
             first_offset,
+            last_offset: first_offset,
         }
     }
 
@@ -146,6 +154,7 @@ impl ArchiveRows {
         limits: &Limits,
         value: &[u8],
     ) {
+        self.last_offset = self.last_offset.max(offset);
         self.topic.append_value(topic);
         self.partition.append_value(partition);
         self.offset.append_value(offset);
@@ -234,17 +243,72 @@ pub async fn write(
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join(",");
+    let last = rows.last_offset.to_string();
     let batch = rows.finish()?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(128 * 1024))
-        .set_key_value_metadata(Some(vec![KeyValue::new(DAYS_KEY.to_owned(), days)]))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(DAYS_KEY.to_owned(), days),
+            KeyValue::new(LAST_OFFSET_KEY.to_owned(), last),
+        ]))
         .build();
     let out = object_store::buffered::BufWriter::new(store, Path::from(path));
     let mut w = AsyncArrowWriter::try_new(out, schema(), Some(props))?;
     w.write(&batch).await?;
     w.close().await?;
     Ok(())
+}
+
+/// What [`write_unless_covered`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Written,
+    /// The object there already holds every record of these rows.
+    Covered,
+}
+
+/// [`write`], unless the object at `path` already holds every record of
+/// `rows`. A file holds the records of one partition and ingest epoch from
+/// its first offset (its name) to its last, and the log does not change, so
+/// a file of the same name whose last offset is at least ours is a superset.
+///
+/// This keeps an archiver that lost its partition without noticing (a
+/// zombie) from replacing the new owner's durable file with a shorter one of
+/// the same name, which would drop records below the owner's progress. What
+/// is left is two writers checking at the same moment and the shorter one
+/// landing last. A longer file still replaces a shorter one, as a crash
+/// replay must.
+pub async fn write_unless_covered(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+    rows: &mut ArchiveRows,
+) -> Result<Outcome, FileError> {
+    if let Some(last) = last_offset_of(store.clone(), path).await? {
+        if last >= rows.last_offset {
+            return Ok(Outcome::Covered);
+        }
+    }
+    write(store, path, rows).await?;
+    Ok(Outcome::Written)
+}
+
+/// The last offset an existing archive file holds, from its footer; `None`
+/// when there is no such object (or it predates the footer key).
+async fn last_offset_of(store: Arc<dyn ObjectStore>, path: &str) -> Result<Option<i64>, FileError> {
+    match store.head(&Path::from(path)).await {
+        Ok(_) => {}
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    #[allow(deprecated)]
+    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, Path::from(path));
+    let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let kv = builder.metadata().file_metadata().key_value_metadata();
+    Ok(kv
+        .and_then(|kv| kv.iter().find(|k| k.key == LAST_OFFSET_KEY))
+        .and_then(|k| k.value.as_deref())
+        .and_then(|v| v.parse().ok()))
 }
 
 /// The days listed in a file's footer metadata.
@@ -290,4 +354,62 @@ pub fn coordinates(batches: &[RecordBatch]) -> Vec<(String, i32, i64)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    const PATH: &str = "events/epoch=1/t=t/p=0/o=100.parquet";
+
+    /// Rows of partition 0 at `offsets`, all in one epoch.
+    fn rows(offsets: std::ops::RangeInclusive<i64>) -> ArchiveRows {
+        let clock = EpochClock::new(3_600_000);
+        let mut r = ArchiveRows::new(*offsets.start());
+        for o in offsets {
+            r.push("t", 0, o, 1_000, clock, &Limits::default(), b"{}");
+        }
+        r
+    }
+
+    async fn offsets_stored(store: &Arc<dyn ObjectStore>) -> Vec<i64> {
+        let batches = read_all(store.clone(), PATH).await.unwrap();
+        coordinates(&batches)
+            .into_iter()
+            .map(|(_, _, o)| o)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_file_is_never_replaced_by_a_shorter_one_of_the_same_name() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let write = |r: std::ops::RangeInclusive<i64>| {
+            let store = store.clone();
+            async move {
+                write_unless_covered(store, PATH, &mut rows(r))
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(write(100..=199).await, Outcome::Written);
+        assert_eq!(
+            offsets_stored(&store).await,
+            (100..=199).collect::<Vec<_>>()
+        );
+        // A stalled archiver's shorter roll of the same records: kept out.
+        assert_eq!(write(100..=149).await, Outcome::Covered);
+        assert_eq!(
+            offsets_stored(&store).await,
+            (100..=199).collect::<Vec<_>>()
+        );
+        // The same file again (a crash replay): nothing to do.
+        assert_eq!(write(100..=199).await, Outcome::Covered);
+        // A longer one replaces it, as a crash replay that read further must.
+        assert_eq!(write(100..=249).await, Outcome::Written);
+        assert_eq!(
+            offsets_stored(&store).await,
+            (100..=249).collect::<Vec<_>>()
+        );
+    }
 }

@@ -4,6 +4,8 @@
 //!
 //! `TALLY_TEST_ARCHIVE_N` sets the number of records (default 100,000).
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tally_batch::archive;
 use tally_batch::archive_file;
-use tally_core::config::Config;
 use tally_core::manifest::{CutFile, ProgressFile};
 use tally_core::paths;
 
@@ -117,31 +118,11 @@ async fn every_record_is_archived_exactly_once_across_crashes() {
     let held = n;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::from_toml(&format!(
-        r#"
-        [kafka]
-        brokers = "{bootstrap}"
-        topics = ["events"]
-        group = "archive-test-{}"
-        # Killed within 1.5 s: sooner than a group join on Tansu (a few
-        # seconds); group membership has its own tests (archive_group.rs).
-        assignment = "all"
-        seek_back = 10000
-        [store]
-        url = "file://{}"
-        [archive]
-        roll_bytes = 200000
-        roll_interval = "300ms"
-        [[view]]
-        name = "v"
-        granularity = "1m"
-        measures = [{{ name = "n", agg = "count" }}]
-        "#,
-        rand::random::<u32>(),
-        dir.path().display()
-    ))
-    .unwrap();
-    cfg.epochs.grace = tally_core::config::Millis(0);
+    // Killed within 1.5 s: sooner than a group join on Tansu (a few
+    // seconds), so `all`; group membership has its own tests (archive_group.rs).
+    let store_url = format!("file://{}", dir.path().display());
+    let group = format!("archive-test-{}", rand::random::<u32>());
+    let cfg = common::archive_config(&bootstrap, "events", &group, "all", &store_url);
     let store = tally_batch::store::open(&cfg.store).unwrap();
 
     // Kill the archiver at random points, several times.

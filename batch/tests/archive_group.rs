@@ -7,6 +7,8 @@
 //! assigned in produce order); the archive is read back file by file.
 //! `TALLY_TEST_ARCHIVE_GROUP_N` sets the number of records (default 60,000).
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ use object_store::ObjectStore;
 use rand::{Rng, SeedableRng};
 use tally_batch::archive::{self, ArchiveSummary};
 use tally_batch::archive_file;
-use tally_core::config::{Config, Millis};
+use tally_core::config::Config;
 use tally_core::manifest::{CutFile, ProgressFile};
 use tally_core::paths;
 use tally_testkit::kafka::{self, Record};
@@ -75,28 +77,7 @@ fn config(bootstrap: &str, group: &str) -> Config {
 }
 
 fn config_with(bootstrap: &str, group: &str, assignment: &str) -> Config {
-    let mut cfg = Config::from_toml(&format!(
-        r#"
-        [kafka]
-        brokers = "{bootstrap}"
-        topics = ["{TOPIC}"]
-        group = "{group}"
-        assignment = "{assignment}"
-        seek_back = 10000
-        [store]
-        url = "memory://"
-        [archive]
-        roll_bytes = 200000
-        roll_interval = "300ms"
-        [[view]]
-        name = "v"
-        granularity = "1m"
-        measures = [{{ name = "n", agg = "count" }}]
-        "#
-    ))
-    .expect("test config");
-    cfg.epochs.grace = Millis(0);
-    cfg
+    common::archive_config(bootstrap, TOPIC, group, assignment, "memory://")
 }
 
 fn setup() -> (Broker, String) {

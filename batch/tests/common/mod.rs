@@ -230,3 +230,36 @@ impl S3Server {
         Some(server)
     }
 }
+
+/// The config of the archiver tests: small, quick rolls, one count view, and
+/// no grace (an epoch is complete as soon as it ends).
+pub fn archive_config(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    assignment: &str,
+    store_url: &str,
+) -> Config {
+    let mut cfg = Config::from_toml(&format!(
+        r#"
+        [kafka]
+        brokers = "{bootstrap}"
+        topics = ["{topic}"]
+        group = "{group}"
+        assignment = "{assignment}"
+        seek_back = 10000
+        [store]
+        url = "{store_url}"
+        [archive]
+        roll_bytes = 200000
+        roll_interval = "300ms"
+        [[view]]
+        name = "v"
+        granularity = "1m"
+        measures = [{{ name = "n", agg = "count" }}]
+        "#
+    ))
+    .expect("test config");
+    cfg.epochs.grace = Millis(0);
+    cfg
+}

@@ -304,11 +304,18 @@ async fn last_offset_of(store: Arc<dyn ObjectStore>, path: &str) -> Result<Optio
     #[allow(deprecated)]
     let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, Path::from(path));
     let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
-    let kv = builder.metadata().file_metadata().key_value_metadata();
-    Ok(kv
-        .and_then(|kv| kv.iter().find(|k| k.key == LAST_OFFSET_KEY))
-        .and_then(|k| k.value.as_deref())
-        .and_then(|v| v.parse().ok()))
+    Ok(last_offset_in(builder.metadata()))
+}
+
+/// The last offset listed in a file's footer metadata.
+pub fn last_offset_in(meta: &parquet::file::metadata::ParquetMetaData) -> Option<i64> {
+    let kv = meta.file_metadata().key_value_metadata()?;
+    kv.iter()
+        .find(|k| k.key == LAST_OFFSET_KEY)?
+        .value
+        .as_deref()?
+        .parse()
+        .ok()
 }
 
 /// The days listed in a file's footer metadata.

@@ -43,11 +43,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::builder::{
-    BinaryBuilder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder,
+    BinaryBuilder, Decimal128Builder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder,
 };
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray, RecordBatch,
-    StringArray, StructArray,
+    Array, ArrayRef, BooleanArray, Decimal128Array, Float64Array, Int32Array, Int64Array,
+    ListArray, RecordBatch, StringArray, StructArray,
 };
 use arrow_schema::{DataType, Field, Schema};
 use futures::{StreamExt, TryStreamExt};
@@ -64,7 +64,7 @@ use tally_core::agg::{Agg, AggKind};
 use tally_core::config::Config;
 use tally_core::event::{Event, Scalar};
 use tally_core::hll::{murmurhash64a, redis_bytes_of, Hll, P, REGISTERS};
-use tally_core::manifest::{columns, CutFile, DayFile, Manifest, ManifestV1};
+use tally_core::manifest::{columns, CutFile, DayFile, InputFile, Manifest, ManifestV2};
 use tally_core::paths;
 use tally_core::time::{day_of, Epoch};
 use tally_core::view::{FieldPath, Input, ScalarRef, ViewDef};
@@ -220,6 +220,20 @@ struct Input0 {
     partition: i32,
     meta: ObjectMeta,
     days: Vec<i64>,
+    /// The footer's last offset.
+    last_offset: Option<i64>,
+}
+
+impl Input0 {
+    /// What the manifest records of this input.
+    fn record(&self) -> InputFile {
+        InputFile {
+            path: self.path.clone(),
+            size: self.meta.size,
+            e_tag: self.meta.e_tag.clone(),
+            last_offset: self.last_offset,
+        }
+    }
 }
 
 /// [`run_batch`] with a progress callback.
@@ -296,12 +310,14 @@ async fn list_inputs(store: &Arc<dyn ObjectStore>, cut: Epoch) -> Result<Vec<Inp
             let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
             let days = archive_file::days_of(builder.metadata())
                 .ok_or_else(|| BatchError::NoDays(path.clone()))?;
+            let last_offset = archive_file::last_offset_in(builder.metadata());
             Ok::<_, BatchError>(Input0 {
                 path,
                 topic: f.topic,
                 partition: f.partition,
                 meta,
                 days,
+                last_offset,
             })
         }
     }))
@@ -333,18 +349,29 @@ async fn run_view(
         .iter()
         .filter(|i| view.topics.is_empty() || view.topics.contains(&i.topic))
         .collect();
-    let prev_v1 = prev.as_ref().map(|(m, _)| m.v1());
-    let full = opts.full || prev_v1.is_none_or(|p| p.definition != fingerprint);
+    let prev_m = prev
+        .as_ref()
+        .map(|(m, _)| m.clone().into_current(view.granularity.as_ms()));
+    // The levels this run writes: the view's granularity only, so far.
+    let levels = [view.granularity];
+    let full = opts.full
+        || prev_m.as_ref().is_none_or(|p| {
+            p.definition != fingerprint
+                || p.levels_ms != levels.iter().map(|g| g.as_ms()).collect::<Vec<_>>()
+        });
     let mut days: BTreeSet<i64> = BTreeSet::new();
     if full {
         for i in &inputs {
             days.extend(i.days.iter().copied());
         }
-    } else if let Some(p) = prev_v1 {
-        let covered: BTreeSet<&str> = p.inputs.iter().map(|s| s.as_str()).collect();
+    } else if let Some(p) = &prev_m {
+        // An input is new, or was rewritten under the same name, unless the
+        // manifest recorded it exactly as it is now (size, e-tag, last offset:
+        // modification times are too coarse on S3 to tell).
+        let covered: HashMap<&str, &InputFile> =
+            p.inputs.iter().map(|i| (i.path.as_str(), i)).collect();
         for i in &inputs {
-            let rewritten = i.meta.last_modified.timestamp_millis() > p.created_ms;
-            if !covered.contains(i.path.as_str()) || rewritten {
+            if covered.get(i.path.as_str()) != Some(&&i.record()) {
                 days.extend(i.days.iter().copied());
             }
         }
@@ -391,7 +418,7 @@ async fn run_view(
     let mut new_days: Vec<DayFile> = Vec::new();
     for (day, mut groups) in by_day {
         groups.sort_by(|a, b| (a.bucket, &a.dims).cmp(&(b.bucket, &b.dims)));
-        let path = paths::snapshot_file(&view.name, run_id, day);
+        let path = paths::snapshot_file(&view.name, run_id, view.granularity, day);
         write_snapshot(store.clone(), &path, view, &groups).await?;
         *written_files += 1;
         if opts.crash_after_files.is_some_and(|n| *written_files >= n) {
@@ -405,15 +432,17 @@ async fn run_view(
         });
         new_days.push(DayFile {
             day,
+            level_ms: Some(view.granularity.as_ms()),
             path,
             rows: groups.len() as u64,
+            bytes: None,
         });
     }
     vs.days_recomputed = days.len();
     // Carry the other days forward.
     let mut all_days = new_days;
     if !full {
-        if let Some(p) = prev_v1 {
+        if let Some(p) = &prev_m {
             for d in &p.days {
                 if !days.contains(&d.day) {
                     all_days.push(d.clone());
@@ -422,15 +451,16 @@ async fn run_view(
             }
         }
     }
-    all_days.sort_by_key(|d| d.day);
-    let manifest = Manifest::V1(ManifestV1 {
+    all_days.sort_by_key(|d| (d.day, d.level_ms));
+    let manifest = Manifest::V2(ManifestV2 {
         view: view.name.clone(),
         run_id: run_id.to_owned(),
         cut,
         definition: fingerprint,
         created_ms: planned_ms,
+        levels_ms: levels.iter().map(|g| g.as_ms()).collect(),
         days: all_days,
-        inputs: inputs.iter().map(|i| i.path.clone()).collect(),
+        inputs: inputs.iter().map(|i| i.record()).collect(),
         rows_read: vs.rows_read,
     });
     match store::put_json_if(
@@ -1280,6 +1310,9 @@ fn aggregate(view: &ViewDef, x: Extracted) -> Result<Vec<Group>, BatchError> {
 }
 
 /// The Arrow schema of a view's snapshot file (see [`tally_core::manifest`]).
+/// The integer part of a sum: exact `i128` ([`tally_core::agg`]).
+const SUM_INT_TYPE: DataType = DataType::Decimal128(38, 0);
+
 pub fn snapshot_schema(view: &ViewDef) -> Arc<Schema> {
     let mut fields = vec![Field::new(columns::BUCKET, DataType::Int64, false)];
     for d in &view.dimensions {
@@ -1290,7 +1323,7 @@ pub fn snapshot_schema(view: &ViewDef) -> Arc<Schema> {
         match m.agg {
             AggKind::Count => fields.push(Field::new(&names[0], DataType::UInt64, false)),
             AggKind::Sum => {
-                fields.push(Field::new(&names[0], DataType::Int64, false));
+                fields.push(Field::new(&names[0], SUM_INT_TYPE, false));
                 fields.push(Field::new(&names[1], DataType::Float64, false));
             }
             AggKind::Min | AggKind::Max => {
@@ -1335,7 +1368,7 @@ async fn write_snapshot(
                 cols.push(Arc::new(c.finish()));
             }
             AggKind::Sum => {
-                let mut i = Int64Builder::new();
+                let mut i = Decimal128Builder::new().with_data_type(SUM_INT_TYPE);
                 let mut f = Float64Builder::new();
                 for g in groups {
                     let (a, b) = match g.aggs[k] {
@@ -1421,15 +1454,21 @@ pub async fn read_snapshot(
                             .value(r),
                     ),
                     AggKind::Sum => {
-                        let i = any
-                            .downcast_ref::<Int64Array>()
-                            .ok_or_else(|| malformed(path, &names[0]))?;
+                        let int = if let Some(d) = any.downcast_ref::<Decimal128Array>() {
+                            d.value(r)
+                        } else {
+                            // Snapshots written before exact i128 sums.
+                            any.downcast_ref::<Int64Array>()
+                                .ok_or_else(|| malformed(path, &names[0]))?
+                                .value(r)
+                                .into()
+                        };
                         let f = b
                             .column_by_name(&names[1])
                             .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
                             .ok_or_else(|| malformed(path, &names[1]))?;
                         Agg::Sum {
-                            int: i.value(r),
+                            int,
                             float: f.value(r),
                         }
                     }
@@ -1489,7 +1528,7 @@ pub async fn gc_view(
     else {
         return Ok(0);
     };
-    let keep: BTreeSet<&str> = m.v1().days.iter().map(|d| d.path.as_str()).collect();
+    let keep: BTreeSet<&str> = m.days().iter().map(|d| d.path.as_str()).collect();
     let mpath = paths::manifest(view);
     let doomed: Vec<Path> = store::list(store.as_ref(), &paths::view_dir(view))
         .await?

@@ -6,9 +6,12 @@
 //! serving layer merges the batch snapshot with per-epoch speed deltas, and rolls
 //! minute buckets up into hours, with this operation alone.
 //!
-//! `sum` keeps integers exactly (`i64`, wrapping, so the law holds even on
-//! overflow) and floats apart (`f64`), so integer sums are exact whatever the
-//! split; the value is their total.
+//! `sum` keeps integers exactly and floats apart (`f64`), so integer sums are
+//! exact whatever the split; the value is their total. The integer part is an
+//! `i128`: inputs are `i64`, so no stream of fewer than 2^64 events can
+//! overflow it, and every layer (Redis as an `i64` field plus a carry, Parquet
+//! as `Decimal128(38, 0)`) holds it exactly. An `i64` would wrap, and Redis's
+//! `HINCRBY` would refuse, on two values of 6e18.
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +78,7 @@ impl Num {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Agg {
     Count(u64),
-    Sum { int: i64, float: f64 },
+    Sum { int: i128, float: f64 },
     Min(Option<f64>),
     Max(Option<f64>),
     Distinct(Hll),
@@ -108,7 +111,7 @@ impl Agg {
         match self {
             Agg::Count(c) => *c += 1,
             Agg::Sum { int, float } => match n {
-                Num::Int(i) => *int = int.wrapping_add(i),
+                Num::Int(i) => *int += i128::from(i),
                 Num::Float(f) => *float += f,
             },
             Agg::Min(m) => *m = Some(m.map_or(n.as_f64(), |m| m.min(n.as_f64()))),
@@ -132,7 +135,7 @@ impl Agg {
         match (self, other) {
             (Agg::Count(a), Agg::Count(b)) => *a += b,
             (Agg::Sum { int, float }, Agg::Sum { int: i2, float: f2 }) => {
-                *int = int.wrapping_add(*i2);
+                *int += *i2;
                 *float += f2;
             }
             (Agg::Min(a), Agg::Min(b)) => *a = opt(*a, *b, f64::min),
@@ -232,6 +235,36 @@ mod tests {
             let whole = sum(&xs).value().unwrap();
             prop_assert!((parts.value().unwrap() - whole).abs() <= 1e-6 * (1.0 + whole.abs()));
         }
+    }
+
+    #[test]
+    fn integer_sums_do_not_overflow_where_i64_would() {
+        // The fault found in the wild: two values of 6e18 (bytes counters).
+        let big = 6_000_000_000_000_000_000i64;
+        let mut a = Agg::empty(AggKind::Sum);
+        a.add_num(Num::Int(big));
+        let mut b = Agg::empty(AggKind::Sum);
+        b.add_num(Num::Int(big));
+        b.add_num(Num::Int(1));
+        a.merge(&b);
+        assert_eq!(
+            a,
+            Agg::Sum {
+                int: 12_000_000_000_000_000_001,
+                float: 0.0
+            }
+        );
+        let mut low = Agg::empty(AggKind::Sum);
+        for _ in 0..3 {
+            low.add_num(Num::Int(i64::MIN));
+        }
+        assert_eq!(
+            low,
+            Agg::Sum {
+                int: 3 * i128::from(i64::MIN),
+                float: 0.0
+            }
+        );
     }
 
     #[test]

@@ -149,7 +149,15 @@ pub enum Reject {
     },
     #[error("property `{0}` is not a scalar (objects and arrays are not allowed)")]
     PropertyNotScalar(String),
+    #[error("property `{key}` is {value}, beyond ±{MAX_ABS_FLOAT:e}: sums of such values could overflow")]
+    NumberOutOfRange { key: String, value: String },
 }
+
+/// The largest magnitude a fractional property may have. Float sums are
+/// `f64`: with values below 1e300, no chunk of the speed layer, and no bucket
+/// of fewer than about 1e8 events, can overflow, so both layers sum the same
+/// finite values (integers are summed exactly, see [`crate::agg`]).
+pub const MAX_ABS_FLOAT: f64 = 1e300;
 
 impl Reject {
     /// Stable machine-readable code.
@@ -167,11 +175,12 @@ impl Reject {
             Reject::BadTimestamp(_) => "bad_timestamp",
             Reject::TimestampOutOfRange { .. } => "timestamp_out_of_range",
             Reject::PropertyNotScalar(_) => "property_not_scalar",
+            Reject::NumberOutOfRange { .. } => "number_out_of_range",
         }
     }
 
     /// Every code, for metrics pre-registration and docs.
-    pub const CODES: [&'static str; 12] = [
+    pub const CODES: [&'static str; 13] = [
         "empty",
         "too_large",
         "not_utf8",
@@ -184,6 +193,7 @@ impl Reject {
         "bad_timestamp",
         "timestamp_out_of_range",
         "property_not_scalar",
+        "number_out_of_range",
     ];
 }
 
@@ -715,6 +725,16 @@ impl<'a> Raw<'a> {
             }
         };
         let properties = self.properties.transpose()?.unwrap_or_default();
+        for (key, value) in &properties {
+            if let Scalar::Float(f) = value {
+                if !(f.abs() <= MAX_ABS_FLOAT) {
+                    return Err(Reject::NumberOutOfRange {
+                        key: truncate(key),
+                        value: format!("{f:e}"),
+                    });
+                }
+            }
+        }
         Ok(Event {
             event_id,
             event_type,
@@ -974,6 +994,29 @@ mod tests {
             matches!(e.event_id, Cow::Borrowed(_)),
             "no copy for plain strings"
         );
+    }
+
+    #[test]
+    fn floats_beyond_the_sum_range_are_rejected_and_big_integers_are_not() {
+        let with = |v: &str| {
+            format!(
+                r#"{{"event_id":"e","event_type":"t","timestamp":{KTS},"properties":{{"bytes":{v}}}}}"#
+            )
+        };
+        assert_eq!(
+            ok(&with("6000000000000000000")).property("bytes"),
+            Some(&Scalar::Int(6_000_000_000_000_000_000))
+        );
+        assert_eq!(
+            ok(&with("1e300")).property("bytes"),
+            Some(&Scalar::Float(1e300))
+        );
+        // (Beyond f64's range, 2e400, is not JSON a reader can take: `not_json`.)
+        for v in ["1e301", "-1.5e308", "1.0000001e300"] {
+            let r = rejected(with(v).as_bytes());
+            assert_eq!(r.code(), "number_out_of_range", "{v}: {r}");
+            assert!(r.to_string().contains("`bytes`"), "{r}");
+        }
     }
 
     #[test]

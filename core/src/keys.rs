@@ -28,8 +28,12 @@ pub struct Keys {
 pub enum Part {
     /// `count`: an integer (HINCRBY).
     Count,
-    /// `sum`, integer part (HINCRBY).
+    /// `sum`, integer part (HINCRBY); with [`Part::SumCarry`] it holds
+    /// the exact sum `int + carry * 2^62`.
     SumInt,
+    /// `sum`, the carry of the integer part, in units of [`SUM_CARRY_UNIT`]
+    /// (the apply script moves 2^62 here before `int` would overflow).
+    SumCarry,
     /// `sum`, float part (HINCRBYFLOAT).
     SumFloat,
     /// `min` (compare-and-set in Lua).
@@ -43,6 +47,7 @@ impl Part {
         match self {
             Part::Count => 'c',
             Part::SumInt => 'i',
+            Part::SumCarry => 'j',
             Part::SumFloat => 'f',
             Part::Min => 'n',
             Part::Max => 'x',
@@ -53,12 +58,25 @@ impl Part {
         Some(match c {
             "c" => Part::Count,
             "i" => Part::SumInt,
+            "j" => Part::SumCarry,
             "f" => Part::SumFloat,
             "n" => Part::Min,
             "x" => Part::Max,
             _ => return None,
         })
     }
+}
+
+/// The unit of [`Part::SumCarry`]: 2^62.
+pub const SUM_CARRY_UNIT: i128 = 1 << 62;
+
+/// An exact integer sum as the apply script adds it: `(lo, hi)` with
+/// `sum = lo + hi * 2^62` and `|lo| < 2^62`, each part an `i64` for `HINCRBY`.
+pub fn split_sum(sum: i128) -> (i64, i64) {
+    // Truncating division: `lo` keeps the sign of `sum`, so `|lo| < 2^62`.
+    let hi = sum / SUM_CARRY_UNIT;
+    let lo = sum % SUM_CARRY_UNIT;
+    (lo as i64, hi.clamp(i64::MIN.into(), i64::MAX.into()) as i64)
 }
 
 /// A parsed counter field: `{bucket_ms}|{measure}|{part}|{group_json}`.
@@ -194,6 +212,24 @@ mod tests {
             Keys::parse_slice_member(&Keys::slice_member(473_040, 19_710)),
             Some((473_040, 19_710))
         );
+    }
+
+    #[test]
+    fn sums_split_into_parts_that_fit_hincrby() {
+        for sum in [
+            0i128,
+            1,
+            -1,
+            SUM_CARRY_UNIT - 1,
+            SUM_CARRY_UNIT,
+            -SUM_CARRY_UNIT - 5,
+            12_000_000_000_000_000_001,
+            3 * i128::from(i64::MIN),
+        ] {
+            let (lo, hi) = split_sum(sum);
+            assert!(i128::from(lo).abs() < SUM_CARRY_UNIT, "{sum}");
+            assert_eq!(i128::from(lo) + i128::from(hi) * SUM_CARRY_UNIT, sum);
+        }
     }
 
     #[test]

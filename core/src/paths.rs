@@ -5,7 +5,7 @@
 //! archive/progress/events/0003.json                                        archiver position
 //! archive/cut.json                                                         the cut E
 //! views/page_views/_manifest.json                                          published snapshot
-//! views/page_views/run=20240101T020000Z-1a2b/day=19723.parquet             snapshot files
+//! views/page_views/run=20240101T020000Z-1a2b/g=1h/day=19723.parquet        snapshot files (one per day and level)
 //! batch/_lock.json                                                         batch run lock
 //! ```
 //!
@@ -13,7 +13,7 @@
 //! offset. An archive file is named by its first offset, so a rewrite after a
 //! crash overwrites the same object instead of adding a duplicate.
 
-use crate::time::Epoch;
+use crate::time::{Epoch, Granularity};
 
 /// The root of the master dataset.
 pub const EVENTS_ROOT: &str = "events";
@@ -89,9 +89,9 @@ pub fn run_dir(view: &str, run_id: &str) -> String {
     format!("views/{view}/run={run_id}")
 }
 
-/// One day of one snapshot run.
-pub fn snapshot_file(view: &str, run_id: &str, day: i64) -> String {
-    format!("{}/day={day}.parquet", run_dir(view, run_id))
+/// One day of one snapshot run at one roll-up level.
+pub fn snapshot_file(view: &str, run_id: &str, level: Granularity, day: i64) -> String {
+    format!("{}/g={level}/day={day}.parquet", run_dir(view, run_id))
 }
 
 /// The lock that keeps batch runs from overlapping.

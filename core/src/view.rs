@@ -233,6 +233,20 @@ impl ViewDef {
         format!("{:016x}", murmurhash64a(&json, 0x7a11))
     }
 
+    /// The roll-up levels a snapshot of this view is written at: its own
+    /// granularity, then 1h and 1d where it divides them and is finer. The
+    /// monoid makes each level exact; a query reads the coarsest one that
+    /// answers it.
+    pub fn levels(&self) -> Vec<Granularity> {
+        let mut levels = vec![self.granularity];
+        for coarser in [Granularity::HOUR, Granularity::DAY] {
+            if self.granularity < coarser && self.granularity.divides(coarser) {
+                levels.push(coarser);
+            }
+        }
+        levels
+    }
+
     pub fn measure(&self, name: &str) -> Option<(usize, &MeasureDef)> {
         self.measures
             .iter()
@@ -407,6 +421,21 @@ mod tests {
         assert!(!v.accepts("events", &e, &v.parsed_filter()));
         assert_eq!(v.measures[1].input(&e), None);
         assert_eq!(v.group_of(&e), vec![None]);
+    }
+
+    #[test]
+    fn levels_are_the_base_then_the_hour_and_day_it_divides() {
+        let mut v = view();
+        let at = |v: &ViewDef| v.levels().iter().map(|g| g.to_string()).collect::<Vec<_>>();
+        assert_eq!(at(&v), ["1m", "1h", "1d"]);
+        v.granularity = "16m".parse().unwrap(); // divides a day, not an hour
+        assert_eq!(at(&v), ["16m", "1d"]);
+        v.granularity = Granularity::HOUR;
+        assert_eq!(at(&v), ["1h", "1d"]);
+        v.granularity = "2h".parse().unwrap();
+        assert_eq!(at(&v), ["2h", "1d"]);
+        v.granularity = Granularity::DAY;
+        assert_eq!(at(&v), ["1d"]);
     }
 
     #[test]

@@ -39,10 +39,12 @@ pub enum MalformedKind {
     TooLarge,
     /// A property that is an array.
     PropertyNotScalar,
+    /// A fractional property beyond core's `MAX_ABS_FLOAT`.
+    NumberOutOfRange,
 }
 
 impl MalformedKind {
-    pub const ALL: [MalformedKind; 13] = [
+    pub const ALL: [MalformedKind; 14] = [
         MalformedKind::Empty,
         MalformedKind::NotUtf8,
         MalformedKind::NotJson,
@@ -56,6 +58,7 @@ impl MalformedKind {
         MalformedKind::TooNew,
         MalformedKind::TooLarge,
         MalformedKind::PropertyNotScalar,
+        MalformedKind::NumberOutOfRange,
     ];
 
     /// The dead-letter reason (core's `Reject::code`) the record must get.
@@ -73,6 +76,7 @@ impl MalformedKind {
             MalformedKind::TooOld | MalformedKind::TooNew => "timestamp_out_of_range",
             MalformedKind::TooLarge => "too_large",
             MalformedKind::PropertyNotScalar => "property_not_scalar",
+            MalformedKind::NumberOutOfRange => "number_out_of_range",
         }
     }
 }
@@ -190,6 +194,11 @@ pub(crate) fn write(
         MalformedKind::PropertyNotScalar => write!(
             out,
             r#"{{"event_id":"{id}","event_type":"click","timestamp":{t},"properties":{{"page":"/p1","tags":["a","b"]}}}}"#
+        ),
+        MalformedKind::NumberOutOfRange => write!(
+            out,
+            r#"{{"event_id":"{id}","event_type":"page_view","timestamp":{t},"properties":{{"page":"/p1","duration":-{}e305}}}}"#,
+            1 + rng.below(9)
         ),
     };
 }

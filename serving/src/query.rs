@@ -362,12 +362,24 @@ pub struct Merged {
 pub fn json_value(agg: &Agg) -> serde_json::Value {
     match agg {
         Agg::Count(c) => serde_json::Value::from(*c),
-        Agg::Sum { int, float } if *float == 0.0 => serde_json::Value::from(*int),
+        Agg::Sum { int, float } if *float == 0.0 => int_value(*int),
         Agg::Distinct(h) => serde_json::Value::from(h.count()),
         other => other
             .value()
             .and_then(serde_json::Number::from_f64)
             .map_or(serde_json::Value::Null, serde_json::Value::Number),
+    }
+}
+
+/// An exact integer as JSON: an integer while it fits 64 bits, else the
+/// nearest double (what most JSON readers would make of it anyway).
+fn int_value(i: i128) -> serde_json::Value {
+    if let Ok(i) = i64::try_from(i) {
+        serde_json::Value::from(i)
+    } else if let Ok(u) = u64::try_from(i) {
+        serde_json::Value::from(u)
+    } else {
+        serde_json::Number::from_f64(i as f64).map_or(serde_json::Value::Null, Into::into)
     }
 }
 

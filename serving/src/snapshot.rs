@@ -17,7 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+    Array, ArrayRef, BinaryArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
+    StringArray, UInt64Array,
 };
 use arrow_schema::DataType;
 use futures::TryStreamExt;
@@ -30,7 +31,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use tally_core::agg::{Agg, AggKind};
 use tally_core::hll::Hll;
-use tally_core::manifest::{columns, Manifest, ManifestV1};
+use tally_core::manifest::{columns, Manifest, ManifestV2};
 use tally_core::paths;
 use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
@@ -48,7 +49,7 @@ pub struct Cell {
 /// The loaded snapshot of one view.
 #[derive(Debug, Clone, Default)]
 pub struct ViewSnapshot {
-    pub manifest: Option<ManifestV1>,
+    pub manifest: Option<ManifestV2>,
     /// Distinct groups, one value per dimension.
     pub groups: Vec<Box<[Option<String>]>>,
     /// Cells by UTC day, sorted by bucket.
@@ -106,9 +107,9 @@ pub enum SnapshotError {
 /// Read the manifest of `view`; `Ok(None)` when none was published yet.
 pub async fn read_manifest(
     store: &dyn ObjectStore,
-    view: &str,
-) -> Result<Option<ManifestV1>, SnapshotError> {
-    let path = paths::manifest(view);
+    view: &ViewDef,
+) -> Result<Option<ManifestV2>, SnapshotError> {
+    let path = paths::manifest(&view.name);
     let bytes = match store.get(&Path::from(path.as_str())).await {
         Ok(r) => r.bytes().await?,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -118,14 +119,14 @@ pub async fn read_manifest(
         path: path.clone(),
         source,
     })?;
-    Ok(Some(m.v1().clone()))
+    Ok(Some(m.into_current(view.granularity.as_ms())))
 }
 
 /// Load the snapshot of `view` that `manifest` describes.
 pub async fn load_view(
     store: Arc<dyn ObjectStore>,
     view: &ViewDef,
-    manifest: Option<ManifestV1>,
+    manifest: Option<ManifestV2>,
     now_ms: i64,
 ) -> Result<ViewSnapshot, SnapshotError> {
     let mut snap = ViewSnapshot {
@@ -138,7 +139,8 @@ pub async fn load_view(
     };
     snap.definition_matches = m.definition == view.fingerprint();
     let mut interner: HashMap<Box<[Option<String>]>, u32> = HashMap::new();
-    for day in &m.days {
+    // The view's own level: roll-up levels are not read yet.
+    for day in m.files_at(view.granularity.as_ms()) {
         let path = Path::from(day.path.as_str());
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(store.clone(), path);
@@ -242,7 +244,7 @@ fn decode_batch(
     }
     enum MCol {
         Count(Option<UInt64Array>),
-        Sum(Option<Int64Array>, Option<Float64Array>),
+        Sum(Option<Decimal128Array>, Option<Float64Array>),
         MinMax(Option<Float64Array>),
         Distinct(Option<BinaryArray>),
     }
@@ -251,8 +253,9 @@ fn decode_batch(
         let names = columns::measure(m);
         mcols.push(match m.agg {
             AggKind::Count => MCol::Count(column(batch, &names[0], &DataType::UInt64, path)?),
+            // Int64 in snapshots written before exact i128 sums: cast.
             AggKind::Sum => MCol::Sum(
-                column(batch, &names[0], &DataType::Int64, path)?,
+                column(batch, &names[0], &DataType::Decimal128(38, 0), path)?,
                 column(batch, &names[1], &DataType::Float64, path)?,
             ),
             AggKind::Min | AggKind::Max => {

@@ -239,6 +239,10 @@ fn part_agg(kind: AggKind, part: Part, value: &str) -> Option<Agg> {
             int: value.parse().ok()?,
             float: 0.0,
         },
+        (AggKind::Sum, Part::SumCarry) => Agg::Sum {
+            int: i128::from(value.parse::<i64>().ok()?) * tally_core::keys::SUM_CARRY_UNIT,
+            float: 0.0,
+        },
         (AggKind::Sum, Part::SumFloat) => Agg::Sum {
             int: 0,
             float: value.parse().ok()?,

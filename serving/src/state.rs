@@ -207,7 +207,7 @@ impl AppState {
         names.sort();
         for name in names {
             let view = &self.inner.views[name];
-            let manifest = match read_manifest(self.inner.store.as_ref(), name).await {
+            let manifest = match read_manifest(self.inner.store.as_ref(), view).await {
                 Ok(m) => m,
                 Err(e) => {
                     health.errors.insert(name.clone(), e.to_string());

@@ -8,17 +8,41 @@
 --       then per slice: 'S', counters_key, sketch_index_key, sketch_prefix,
 --                       slices_zset, slice_member, expire_at_ms, n_ops,
 --                       then n_ops ops:
---                         'I' field int     HINCRBY
---                         'F' field float   HINCRBYFLOAT
---                         'N' field number  keep the minimum
---                         'X' field number  keep the maximum
---                         'H' suffix bytes  merge a HyperLogLog (Redis encoding)
---                         'P' suffix n v1..vn  PFADD the n values
+--                         'I' field n             add to a count (HINCRBY)
+--                         'S' field carry lo hi   add lo + hi * 2^62 to an exact
+--                                                 integer sum stored as
+--                                                 field + carry * 2^62 (|lo| < 2^62)
+--                         'F' field float         HINCRBYFLOAT
+--                         'N' field number        keep the minimum
+--                         'X' field number        keep the maximum
+--                         'H' suffix bytes        merge a HyperLogLog (Redis encoding)
+--                         'P' suffix n v1..vn     PFADD the n values
 -- A range passes if Redis stores its start, or stores nothing and the range is
--- a rebuild start (fresh). Returns {1} applied (every range's end stored);
--- {0, s1, .., sn} not applied: what Redis stores per range (-1 for nothing).
+-- a rebuild start (fresh).
+-- Returns {1} applied (every range's end stored);
+--         {0, s1, .., sn} not applied: what Redis stores per range (-1 for nothing);
+--         {2, reason} not applied: Redis holds a value Tally did not write there.
+--
+-- Redis keeps the writes of a script that fails half-way, so the script
+-- checks everything that could make a write fail before it writes anything:
+-- the fence, the type of every key, and every counter field it will add to.
+-- After that the writes cannot fail (an integer sum that would pass 2^63
+-- moves 2^62 into its carry field instead; Redis refuses an out-of-memory
+-- script at its first write, before anything is written).
 local offsets = ARGV[1]
 local n_ranges = tonumber(ARGV[2])
+
+local function invalid(reason)
+  return {2, reason}
+end
+
+local function type_of(key)
+  return redis.call('TYPE', key)['ok']
+end
+
+if not ({none = true, hash = true})[type_of(offsets)] then
+  return invalid('key ' .. offsets .. ' is a ' .. type_of(offsets) .. ', not the offsets hash')
+end
 local ok = true
 local stored = {0}
 for r = 0, n_ranges - 1 do
@@ -33,10 +57,89 @@ for r = 0, n_ranges - 1 do
   end
 end
 if not ok then return stored end
-local i = 3 + n_ranges * 4
-local now = tonumber(ARGV[i])
-local tmp = ARGV[i + 1]
-i = i + 2
+local first_slice = 3 + n_ranges * 4
+local now = tonumber(ARGV[first_slice])
+local tmp = ARGV[first_slice + 1]
+first_slice = first_slice + 2
+
+-- The number of ARGV entries an op starting at i spans.
+local function op_len(i)
+  local op = ARGV[i]
+  if op == 'S' then return 5 end
+  if op == 'P' then return 3 + tonumber(ARGV[i + 2]) end
+  return 3
+end
+
+local function is_int(v)
+  return string.find(v, '^%-?%d+$') ~= nil and #v <= 20
+end
+
+-- Counter values read while checking, per slice: reused by min and max.
+local current = {}
+
+-- Check every slice; write nothing.
+local i = first_slice
+local slice = 0
+while i <= #ARGV do
+  slice = slice + 1
+  local ckey, idx, prefix, zset = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  local n = tonumber(ARGV[i+7])
+  for key, want in pairs({[ckey] = 'hash', [idx] = 'set', [zset] = 'zset'}) do
+    local t = type_of(key)
+    if t ~= 'none' and t ~= want then
+      return invalid('key ' .. key .. ' is a ' .. t .. ', not a ' .. want)
+    end
+  end
+  i = i + 8
+  local fields = {}
+  local ops_at = i
+  for _ = 1, n do
+    local op = ARGV[i]
+    if op == 'S' then
+      fields[#fields + 1] = ARGV[i + 1]
+      fields[#fields + 1] = ARGV[i + 2]
+    elseif op == 'I' or op == 'F' or op == 'N' or op == 'X' then
+      fields[#fields + 1] = ARGV[i + 1]
+    else
+      local key = prefix .. ARGV[i + 1]
+      local head = redis.pcall('GETRANGE', key, 0, 3)
+      if type(head) == 'table' or (head ~= '' and head ~= 'HYLL') then
+        return invalid('key ' .. key .. ' is not a HyperLogLog')
+      end
+    end
+    i = i + op_len(i)
+  end
+  -- HMGET in parts: Lua unpacks at most a few thousand values at a time.
+  local values = {}
+  for a = 1, #fields, 1000 do
+    local b = math.min(a + 999, #fields)
+    local got = redis.call('HMGET', ckey, unpack(fields, a, b))
+    for k = a, b do values[fields[k]] = got[k - a + 1] end
+  end
+  current[slice] = values
+  i = ops_at
+  for _ = 1, n do
+    local op, f = ARGV[i], ARGV[i + 1]
+    local v = values[f]
+    if op == 'S' then
+      local c = values[ARGV[i + 2]]
+      if (v and not is_int(v)) or (c and not is_int(c)) then
+        return invalid('field ' .. f .. ' of ' .. ckey .. ' is not an integer sum')
+      end
+    elseif op == 'I' then
+      if v and not (is_int(v) and math.abs(tonumber(v)) + math.abs(tonumber(ARGV[i + 2])) < 9.2e18) then
+        return invalid('field ' .. f .. ' of ' .. ckey .. ' is not a count')
+      end
+    elseif (op == 'F' or op == 'N' or op == 'X') and v then
+      local x = tonumber(v)
+      if x == nil or x ~= x then
+        return invalid('field ' .. f .. ' of ' .. ckey .. ' is not a number')
+      end
+    end
+    i = i + op_len(i)
+  end
+end
+
 -- PFMERGE into a *sparse* key rewrites every register the result holds, each
 -- through a scan of the sparse encoding: quadratic in the key's size, and 80%
 -- of Redis's CPU in the drain benchmark. With a dense input Redis first makes
@@ -56,39 +159,62 @@ local function densifier()
   end
   return dense_empty
 end
+
+-- 2^62 as Redis reads integers (a Lua number would be sent as 4.6e+18).
+local CARRY_UNIT = {['+'] = '4611686018427387904', ['-'] = '-4611686018427387904'}
+
+-- Add lo (|lo| < 2^62) to an integer sum field. When the field would pass
+-- 2^63, 2^62 of it moves to the carry field first: the field then holds less
+-- than 2^62 and the addition fits.
+local function add_to_sum(ckey, f, carry, lo, hi)
+  local r = redis.pcall('HINCRBY', ckey, f, lo)
+  if type(r) == 'table' then
+    local sign = string.sub(lo, 1, 1) == '-' and '-' or '+'
+    redis.call('HINCRBY', ckey, f, CARRY_UNIT[sign == '+' and '-' or '+'])
+    redis.call('HINCRBY', ckey, carry, sign == '+' and 1 or -1)
+    redis.call('HINCRBY', ckey, f, lo)
+  end
+  if hi ~= '0' then redis.call('HINCRBY', ckey, carry, hi) end
+end
+
+-- Write.
+i = first_slice
+slice = 0
 while i <= #ARGV do
+  slice = slice + 1
   local ckey, idx, prefix, zset, member = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local exp = ARGV[i+6]
   local n = tonumber(ARGV[i+7])
+  local values = current[slice]
   i = i + 8
   local wrote_counter, wrote_sketch = false, false
   for _ = 1, n do
     local op, f, v = ARGV[i], ARGV[i+1], ARGV[i+2]
-    i = i + 3
+    local len = op_len(i)
     if op == 'I' then
       redis.call('HINCRBY', ckey, f, v); wrote_counter = true
+    elseif op == 'S' then
+      add_to_sum(ckey, f, v, ARGV[i+3], ARGV[i+4]); wrote_counter = true
     elseif op == 'F' then
       redis.call('HINCRBYFLOAT', ckey, f, v); wrote_counter = true
     elseif op == 'N' or op == 'X' then
-      local cur = redis.call('HGET', ckey, f)
+      local cur = values[f]
       local x = tonumber(v)
-      if cur == false or (op == 'N' and x < tonumber(cur)) or (op == 'X' and x > tonumber(cur)) then
+      if cur == false or cur == nil or (op == 'N' and x < tonumber(cur)) or (op == 'X' and x > tonumber(cur)) then
         redis.call('HSET', ckey, f, v)
       end
       wrote_counter = true
     else
       local key = prefix .. f
       if op == 'P' then
-        local k = tonumber(v)
-        redis.call('PFADD', key, unpack(ARGV, i, i + k - 1))
-        i = i + k
+        redis.call('PFADD', key, unpack(ARGV, i + 3, i + len - 1))
       else
-        local len = redis.call('STRLEN', key)
-        if len == 0 then
+        local klen = redis.call('STRLEN', key)
+        if klen == 0 then
           redis.call('SET', key, v)
         else
           redis.call('SET', tmp, v)
-          if len > DENSIFY_AT and len ~= DENSE_LEN then
+          if klen > DENSIFY_AT and klen ~= DENSE_LEN then
             redis.call('PFMERGE', key, tmp, densifier())
           else
             redis.call('PFMERGE', key, tmp)
@@ -100,6 +226,7 @@ while i <= #ARGV do
       redis.call('SADD', idx, f)
       wrote_sketch = true
     end
+    i = i + len
   end
   if wrote_counter then redis.call('PEXPIREAT', ckey, exp) end
   if wrote_sketch then redis.call('PEXPIREAT', idx, exp) end

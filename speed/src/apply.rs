@@ -13,7 +13,7 @@ use redis::{RedisError, Value};
 
 use tally_core::agg::Agg;
 use tally_core::config::Config;
-use tally_core::keys::{CounterField, Keys, Part, SketchField};
+use tally_core::keys::{split_sum, CounterField, Keys, Part, SketchField};
 use tally_core::time::EpochClock;
 
 use crate::delta::{Chunk, Distinct, Folder, MeasureDelta};
@@ -29,6 +29,27 @@ pub enum Outcome {
     /// Nothing applied: per range, the offset Redis stores (`None`: nothing),
     /// which differs from the range's start for at least one range.
     Failed { stored: Vec<Option<i64>> },
+}
+
+/// Whether an error from [`Applier::apply`] may pass if the call is tried
+/// again: the connection, a timeout, or a Redis that is loading, busy or out of
+/// memory. Anything else (a script error, a refused command) would fail the
+/// same way every time. Either way nothing was applied: the script checks
+/// everything before it writes.
+pub fn is_transient(e: &SpeedError) -> bool {
+    match e {
+        SpeedError::Redis(e) => {
+            e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || matches!(
+                    e.code(),
+                    Some("OOM" | "BUSY" | "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "NOSCRIPT")
+                )
+        }
+        _ => false,
+    }
 }
 
 /// The Redis side of the speed layer.
@@ -172,12 +193,15 @@ impl Applier {
                                 op(&mut a, b"I", field(Part::Count), n.to_string().into_bytes())
                             }
                             Agg::Sum { int, float } => {
+                                let (lo, hi) = split_sum(int);
                                 op(
                                     &mut a,
-                                    b"I",
+                                    b"S",
                                     field(Part::SumInt),
-                                    int.to_string().into_bytes(),
+                                    field(Part::SumCarry).into_bytes(),
                                 );
+                                a.push(lo.to_string().into_bytes());
+                                a.push(hi.to_string().into_bytes());
                                 if float != 0.0 {
                                     op(
                                         &mut a,
@@ -233,6 +257,12 @@ fn parse_reply(v: &Value, ranges: usize) -> Result<Outcome, SpeedError> {
     };
     match items.first().map(num).transpose()? {
         Some(1) => Ok(Outcome::Applied),
+        Some(2) => match items.get(1) {
+            Some(Value::BulkString(reason)) => Err(SpeedError::ForeignValue(
+                String::from_utf8_lossy(reason).into_owned(),
+            )),
+            _ => Err(bad()),
+        },
         Some(0) if items.len() == ranges + 1 => Ok(Outcome::Failed {
             stored: items[1..]
                 .iter()

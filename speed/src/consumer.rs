@@ -39,14 +39,14 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc as tmpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use tally_core::config::{self, Config};
 use tally_core::event::decode;
 use tally_core::keys::Keys;
 use tally_core::time::{Epoch, EpochClock};
 
-use crate::apply::{Applier, Outcome};
+use crate::apply::{is_transient, Applier, Outcome};
 use crate::dead_letter::{DeadLetters, Source};
 use crate::delta::{Chunk, Delta, Folder, Range};
 use crate::error::SpeedError;
@@ -107,7 +107,8 @@ pub async fn run(
 
     let folder = Folder::new(cfg.views.clone(), cfg.epochs.clock());
     let mut backoff = Duration::from_millis(50);
-    while let Some(chunk) = chunk_rx.recv().await {
+    let mut failed = None;
+    'chunks: while let Some(chunk) = chunk_rx.recv().await {
         let started = Instant::now();
         loop {
             match applier.apply(&chunk, &folder, now_ms()).await {
@@ -118,11 +119,21 @@ pub async fn run(
                     backoff = Duration::from_millis(50);
                     break;
                 }
+                Err(e) if !is_transient(&e) => {
+                    // The same chunk would fail the same way forever: stop and
+                    // say why. Nothing of it was applied (the script checks
+                    // before it writes), so a restart resumes exactly.
+                    error!(error = %e, "applying to Redis failed and would fail again; stopping");
+                    metrics::counter!("tally_speed_flush_errors_total", "kind" => "permanent")
+                        .increment(1);
+                    failed = Some(e);
+                    break 'chunks;
+                }
                 Err(e) => {
-                    // Nothing was applied, or only whole chunks were (each script
-                    // call is atomic): retrying is safe, fencing sorts out the rest.
+                    // Nothing was applied: retrying is safe, fencing sorts out the rest.
                     warn!(error = %e, "applying to Redis failed; retrying");
-                    metrics::counter!("tally_speed_flush_errors_total").increment(1);
+                    metrics::counter!("tally_speed_flush_errors_total", "kind" => "transient")
+                        .increment(1);
                     if shutdown.is_cancelled() && started.elapsed() > Duration::from_secs(10) {
                         warn!("giving up on unflushed chunks at shutdown; they will be re-read from Kafka");
                         break;
@@ -134,12 +145,20 @@ pub async fn run(
         }
     }
     stopper.abort();
+    if failed.is_some() {
+        // Stop the consume thread; it may be blocked on the full queue.
+        stop.store(true, Ordering::SeqCst);
+        drop(chunk_rx);
+    }
     let result = tokio::task::spawn_blocking(move || thread.join())
         .await
         .map_err(|e| SpeedError::Thread(e.to_string()))?
         .map_err(|_| SpeedError::Thread("consume thread panicked".into()))?;
     info!("speed layer stopped");
-    result
+    match failed {
+        Some(e) => Err(e),
+        None => result,
+    }
 }
 
 fn report(tx: &mpsc::Sender<Feedback>, c: Chunk, o: Outcome) {

@@ -15,6 +15,8 @@ pub enum SpeedError {
         path: String,
         source: serde_json::Error,
     },
+    #[error("Redis holds a value Tally did not write ({0}), so nothing was applied: remove what wrote it and restore or delete that key (or flush the key prefix to rebuild from the cut), then restart")]
+    ForeignValue(String),
     #[error("unexpected reply from the apply script: {0}")]
     ScriptReply(String),
     #[error("the consumer thread stopped unexpectedly: {0}")]

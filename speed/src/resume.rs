@@ -48,7 +48,7 @@ pub async fn current_cut(
         };
         let m: Manifest = serde_json::from_slice(&bytes)
             .map_err(|source| SpeedError::Manifest { path, source })?;
-        let c = m.v1().cut;
+        let c = m.cut();
         cut = Some(cut.map_or(c, |x: Epoch| x.min(c)));
     }
     Ok(cut)

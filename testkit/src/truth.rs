@@ -27,7 +27,7 @@ pub struct Cell {
     /// Events that contributed (for `count`: the count).
     pub count: u64,
     /// Sum of the integer values (exact).
-    pub sum_int: i64,
+    pub sum_int: i128,
     /// Sum of the float values.
     pub sum_float: f64,
     pub min: Option<f64>,
@@ -51,7 +51,7 @@ impl Cell {
         self.count += 1;
         let x = match n {
             Num::Int(i) => {
-                self.sum_int += i;
+                self.sum_int += i128::from(i);
                 i as f64
             }
             Num::Float(f) => {
@@ -554,6 +554,14 @@ fn parse(payload: &[u8], kafka_ts_ms: i64, limits: &Limits) -> Option<Parsed> {
         .iter()
         .any(|(_, v)| matches!(v, Value::Array(_) | Value::Object(_)))
     {
+        return None;
+    }
+    // Fractional numbers past ±1e300 could overflow a float sum: rejected.
+    let huge_float = |v: &Value| match v {
+        Value::Number(n) => n.as_i64().is_none() && n.as_f64().is_some_and(|f| f.abs() > 1e300),
+        _ => false,
+    };
+    if properties.iter().any(|(_, v)| huge_float(v)) {
         return None;
     }
     Some(Parsed {

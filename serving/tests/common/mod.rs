@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder,
+    BinaryBuilder, Decimal128Builder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use axum::body::Body;
@@ -22,7 +22,7 @@ use tally_core::agg::{Agg, AggKind, Num};
 use tally_core::config::Config;
 use tally_core::hll::Hll;
 use tally_core::keys::{group_json, CounterField, Keys, Part, SketchField};
-use tally_core::manifest::{columns, DayFile, Manifest, ManifestV1};
+use tally_core::manifest::{columns, DayFile, Manifest, ManifestV2};
 use tally_core::time::{day_of, Granularity};
 use tally_core::view::ViewDef;
 use tower::ServiceExt;
@@ -176,7 +176,8 @@ pub async fn publish_snapshot(
                     fields.push((names[0].clone(), Arc::new(c.finish())));
                 }
                 AggKind::Sum => {
-                    let mut i = Int64Builder::new();
+                    let mut i = Decimal128Builder::new()
+                        .with_data_type(arrow_schema::DataType::Decimal128(38, 0));
                     let mut f = Float64Builder::new();
                     for (_, a) in &rows {
                         let Agg::Sum { int, float } = a[mi] else {
@@ -216,23 +217,26 @@ pub async fn publish_snapshot(
             parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).expect("writer");
         w.write(&batch).expect("write");
         w.close().expect("close");
-        let path = tally_core::paths::snapshot_file(&view.name, run_id, day);
+        let path = tally_core::paths::snapshot_file(&view.name, run_id, view.granularity, day);
         store
             .put(&Path::from(path.as_str()), PutPayload::from(buf))
             .await
             .expect("put");
         days.push(DayFile {
             day,
+            level_ms: Some(view.granularity.as_ms()),
             path,
             rows: rows.len() as u64,
+            bytes: None,
         });
     }
-    let m = Manifest::V1(ManifestV1 {
+    let m = Manifest::V2(ManifestV2 {
         view: view.name.clone(),
         run_id: run_id.into(),
         cut,
         definition: view.fingerprint(),
         created_ms: T0 + SPAN_MS,
+        levels_ms: vec![view.granularity.as_ms()],
         days,
         inputs: vec![],
         rows_read: evs.len() as u64,
@@ -335,7 +339,7 @@ pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[E
 #[derive(Debug, Default, Clone)]
 pub struct Expect {
     pub count: u64,
-    pub sum_int: i64,
+    pub sum_int: i128,
     pub sum_float: f64,
     pub min: Option<f64>,
     pub max: Option<f64>,
@@ -348,7 +352,7 @@ impl Expect {
         self.users.insert(e.user.clone());
         if let Some(n) = e.duration {
             match n {
-                Num::Int(i) => self.sum_int += i,
+                Num::Int(i) => self.sum_int += i128::from(i),
                 Num::Float(f) => self.sum_float += f,
             }
             let v = n.as_f64();

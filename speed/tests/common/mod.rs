@@ -130,7 +130,7 @@ pub fn read_view(redis_url: &str, prefix: &str, view: &str) -> HashMap<Key, Stor
                 .or_default();
             let k = (cf.measure.to_string(), cf.part.tag());
             match cf.part {
-                Part::Count | Part::SumInt => {
+                Part::Count | Part::SumInt | Part::SumCarry => {
                     *s.ints.entry(k).or_default() += v.parse::<i64>().unwrap()
                 }
                 Part::SumFloat => *s.floats.entry(k).or_default() += v.parse::<f64>().unwrap(),
@@ -192,7 +192,10 @@ pub fn assert_exact(redis_url: &str, evs: &[Ev]) {
                 match m.agg.as_str() {
                     "count" => assert_eq!(int('c').unwrap_or(0), t.count as i64, "{what}"),
                     "sum" => {
-                        assert_eq!(int('i').unwrap_or(0), t.sum_int, "{what}");
+                        let carry = i128::from(int('j').unwrap_or(0));
+                        let sum = i128::from(int('i').unwrap_or(0))
+                            + carry * tally_core::keys::SUM_CARRY_UNIT;
+                        assert_eq!(sum, t.sum_int, "{what}");
                         let f = float('f').unwrap_or(0.0);
                         assert!(
                             (f - t.sum_float).abs() <= 1e-9 * t.sum_float.abs().max(1.0),

@@ -1,0 +1,191 @@
+//! Faults injected into the real services: what used to wedge the speed layer
+//! or double its counts, and what it does now, compared with the plain fold.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis::Commands;
+use tally_core::keys::{CounterField, Keys, Part};
+use tally_testkit::gen::Generated;
+use tally_testkit::{kafka, runtime, Broker, Redis};
+
+/// A valid event of type `t` with `properties.amount = amount` (the standard
+/// `by_type` view sums it, `daily` keeps its maximum).
+fn amount_event(id: &str, country: &str, amount: &str, kafka_ts_ms: i64) -> Ev {
+    let payload = format!(
+        r#"{{"event_id":"{id}","event_type":"purchase","timestamp":{kafka_ts_ms},"user_id":"u-{id}","properties":{{"country":"{country}","amount":{amount}}}}}"#
+    );
+    Ev {
+        partition: 0,
+        g: Generated {
+            key: id.as_bytes().to_vec(),
+            payload: payload.into_bytes(),
+            kafka_ts_ms,
+            valid: true,
+            kind: None,
+        },
+    }
+}
+
+/// The fault found in the wild: two values of 6e18 a second apart overflowed
+/// Redis's `HINCRBY` half-way through the apply script, which kept its earlier
+/// writes; the flusher retried forever, adding them again each time, and every
+/// partition stopped (a count of 36 where 1,002 were sent). Integer sums are
+/// now exact past 2^63 (a carry field), and the script never fails half-way.
+#[test]
+fn sums_past_i64_are_exact_and_nothing_wedges() {
+    let broker = Broker::start().unwrap();
+    let redis = Redis::start().unwrap();
+    kafka::create_topic(&broker.bootstrap(), TOPIC, 2).unwrap();
+    let t0 = base_ms();
+    let mut evs = vec![
+        amount_event("big1", "up", "6000000000000000000", t0),
+        amount_event("big2", "up", "6000000000000000000", t0 + 1000),
+    ];
+    // The same past -2^63, in another group, in several flushes' worth of time.
+    for i in 0..3 {
+        evs.push(amount_event(
+            &format!("neg{i}"),
+            "down",
+            "-9000000000000000000",
+            t0 + 2000 + i,
+        ));
+    }
+    evs.extend(events(11, 1_000, 2, t0 + 3_000, 10.0));
+    let producer = kafka::producer(&broker.bootstrap(), 100).unwrap();
+    let recs = records(&evs, 0);
+    kafka::produce(&producer, TOPIC, &recs).unwrap();
+
+    let rt = runtime();
+    let cfg = config(&broker.bootstrap(), &redis.url(), "faults1");
+    let speed = start(&rt, &cfg);
+    wait_caught_up(&redis.url(), &ends(&recs, 2), Duration::from_secs(120));
+    speed.stop(&rt);
+    assert_exact(&redis.url(), &evs);
+
+    // The carry path was taken, in both directions.
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys = Keys::new("t");
+    let members: Vec<String> = con.zrange(keys.slices("by_type"), 0, -1).unwrap();
+    let mut carries = Vec::new();
+    for m in members {
+        let (e, d) = Keys::parse_slice_member(&m).unwrap();
+        let fields: std::collections::HashMap<String, i64> =
+            con.hgetall(keys.counters("by_type", e, d)).unwrap();
+        for (f, v) in fields {
+            if CounterField::parse(&f).unwrap().part == Part::SumCarry {
+                carries.push(v);
+            }
+        }
+    }
+    // How much is carried depends on how the events fell into flushes; that
+    // both groups carried does not.
+    assert!(
+        carries.iter().any(|&c| c > 0) && carries.iter().any(|&c| c < 0),
+        "{carries:?}"
+    );
+}
+
+/// A key of the wrong type, or a counter holding text, is something Tally did
+/// not write: the chunk that meets it applies nothing at all (not its earlier
+/// slices, not its offsets) and the speed layer stops with an error naming the
+/// key, instead of retrying forever.
+#[test]
+fn a_foreign_value_in_redis_stops_the_layer_with_nothing_applied() {
+    let broker = Broker::start().unwrap();
+    let redis = Redis::start().unwrap();
+    kafka::create_topic(&broker.bootstrap(), TOPIC, 1).unwrap();
+    let t0 = base_ms();
+    let evs: Vec<Ev> = (0..50)
+        .map(|i| amount_event(&format!("e{i}"), "x", "7", t0 + i))
+        .collect();
+    let recs = records(&evs, 0);
+    let producer = kafka::producer(&broker.bootstrap(), 100).unwrap();
+    kafka::produce(&producer, TOPIC, &recs).unwrap();
+
+    // The `daily` slice these events fold into, made a string by someone else.
+    let cfg = config(&broker.bootstrap(), &redis.url(), "faults2");
+    let clock = cfg.epochs.clock();
+    let keys = Keys::new("t");
+    let daily = keys.counters("daily", clock.epoch_of(t0), tally_core::time::day_of(t0));
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = con.set(&daily, "not a hash").unwrap();
+
+    let rt = runtime();
+    let speed = start(&rt, &cfg);
+    let result = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), speed.task).await })
+        .expect("the speed layer stops by itself")
+        .expect("join");
+    let err = result.expect_err("a foreign value is an error").to_string();
+    assert!(err.contains(&daily), "the error names the key: {err}");
+    // Nothing was applied: no offsets, and no counters of the other views.
+    let offsets: std::collections::HashMap<String, String> = con.hgetall(keys.offsets()).unwrap();
+    assert!(offsets.is_empty(), "{offsets:?}");
+    let by_type: Vec<String> = con.zrange(keys.slices("by_type"), 0, -1).unwrap();
+    assert!(by_type.is_empty(), "{by_type:?}");
+
+    // Once the key is gone, a restart counts everything exactly once.
+    let _: () = con.del(&daily).unwrap();
+    let speed = start(&rt, &cfg);
+    wait_caught_up(&redis.url(), &ends(&recs, 1), Duration::from_secs(60));
+    speed.stop(&rt);
+    assert_exact(&redis.url(), &evs);
+}
+
+/// The carry itself, one chunk at a time: three chunks of 9e18 each into one
+/// group push the integer field past 2^63 on the third, which the script
+/// turns into a carry instead of an error.
+#[test]
+fn a_sum_field_about_to_overflow_carries_instead() {
+    use tally_core::event::{decode, Limits};
+    use tally_speed::apply::{Applier, Outcome};
+    use tally_speed::delta::{Chunk, Delta, Folder, Range};
+
+    let redis = Redis::start().unwrap();
+    let rt = runtime();
+    let cfg = config("127.0.0.1:9", &redis.url(), "faults3");
+    let mut applier = rt.block_on(Applier::connect(&cfg)).unwrap();
+    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.clock());
+    let t0 = base_ms();
+    let mut all = Vec::new();
+    for (i, amount) in [
+        "9000000000000000000",
+        "9000000000000000000",
+        "9000000000000000000",
+        "-1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let e = amount_event(&format!("c{i}"), "x", amount, t0 + i as i64);
+        let mut delta = Delta::default();
+        let event = decode(&e.g.payload, e.g.kafka_ts_ms, &Limits::default()).unwrap();
+        folder.fold(&mut delta, TOPIC, e.g.kafka_ts_ms, &event);
+        let (slices, events) = delta.take();
+        let chunk = Chunk {
+            generation: 1,
+            ranges: vec![Range {
+                topic: TOPIC.into(),
+                partition: 0,
+                start: i as i64,
+                end: i as i64 + 1,
+                fresh: i == 0,
+            }],
+            slices,
+            events,
+        };
+        let outcome = rt.block_on(applier.apply(&chunk, &folder, t0)).unwrap();
+        assert_eq!(outcome, Outcome::Applied, "chunk {i}");
+        all.push(e);
+        assert_exact(&redis.url(), &all);
+    }
+}

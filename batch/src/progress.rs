@@ -33,7 +33,7 @@
 //! # The cut
 //!
 //! Each member knows only its own partitions, so the cut is computed from the
-//! progress objects of *every* partition ([`stored_cut`]): a partition without
+//! progress objects of *every* partition ([`cut_from_progress`]): a partition without
 //! a reached observation (never archived, or archived below the end offset it
 //! last observed) holds the cut back. [`publish_cut`] writes it only when it
 //! is larger than the stored one, as a conditional put retried on conflict, so
@@ -262,7 +262,7 @@ pub fn cut_of(
 /// The cut that the stored progress of every partition allows: `partitions`
 /// lists each topic with its partition count (from the broker's metadata, not
 /// from what this archiver owns).
-pub async fn stored_cut(
+pub async fn cut_from_progress(
     store: &dyn ObjectStore,
     partitions: &[(String, i32)],
     clock: EpochClock,
@@ -310,8 +310,8 @@ pub async fn publish_cut(
     Err(ProgressError::Contested(paths::CUT.to_owned()))
 }
 
-/// The stored cut, if any.
-pub async fn current_cut(store: &dyn ObjectStore) -> Result<Option<Epoch>, ProgressError> {
+/// The archive cut as last published, if any.
+pub async fn published_cut(store: &dyn ObjectStore) -> Result<Option<Epoch>, ProgressError> {
     Ok(store::get_json::<CutFile>(store, paths::CUT)
         .await?
         .map(|(CutFile::V1 { cut, .. }, _)| cut))
@@ -335,7 +335,7 @@ mod tests {
         let store = InMemory::new();
         assert_eq!(publish_cut(&store, 5, 1).await.unwrap(), 5);
         assert_eq!(publish_cut(&store, 3, 2).await.unwrap(), 5);
-        assert_eq!(current_cut(&store).await.unwrap(), Some(5));
+        assert_eq!(published_cut(&store).await.unwrap(), Some(5));
         assert_eq!(publish_cut(&store, 7, 3).await.unwrap(), 7);
     }
 
@@ -346,11 +346,20 @@ mod tests {
         let parts = vec![("t".to_string(), 2)];
         let mut c = claim(&store, "t", 0, 0).await.unwrap();
         c.advance(&store, 10, Some((10, 9_000))).await.unwrap();
-        assert_eq!(stored_cut(&store, &parts, clock, 0).await.unwrap(), None);
+        assert_eq!(
+            cut_from_progress(&store, &parts, clock, 0).await.unwrap(),
+            None
+        );
         // Claimed but not reached: still held back.
         let mut c1 = claim(&store, "t", 1, 0).await.unwrap();
-        assert_eq!(stored_cut(&store, &parts, clock, 0).await.unwrap(), None);
+        assert_eq!(
+            cut_from_progress(&store, &parts, clock, 0).await.unwrap(),
+            None
+        );
         c1.advance(&store, 0, Some((0, 4_000))).await.unwrap();
-        assert_eq!(stored_cut(&store, &parts, clock, 0).await.unwrap(), Some(4));
+        assert_eq!(
+            cut_from_progress(&store, &parts, clock, 0).await.unwrap(),
+            Some(4)
+        );
     }
 }

@@ -165,7 +165,7 @@ async fn the_cut_only_moves_forward_and_waits_for_every_partition() {
             "{url}"
         );
         assert_eq!(
-            progress::current_cut(s).await.expect("read"),
+            progress::published_cut(s).await.expect("read"),
             Some(5),
             "{url}"
         );
@@ -173,7 +173,7 @@ async fn the_cut_only_moves_forward_and_waits_for_every_partition() {
         let mut c0 = progress::claim(s, "events", 0, 0).await.expect("claim");
         c0.advance(s, 10, Some((10, 9_000))).await.expect("advance");
         assert_eq!(
-            progress::stored_cut(s, &parts, clock, 0)
+            progress::cut_from_progress(s, &parts, clock, 0)
                 .await
                 .expect("cut"),
             None,
@@ -182,7 +182,7 @@ async fn the_cut_only_moves_forward_and_waits_for_every_partition() {
         let mut c1 = progress::claim(s, "events", 1, 0).await.expect("claim");
         c1.advance(s, 3, Some((3, 7_500))).await.expect("advance");
         assert_eq!(
-            progress::stored_cut(s, &parts, clock, 0)
+            progress::cut_from_progress(s, &parts, clock, 0)
                 .await
                 .expect("cut"),
             Some(7),

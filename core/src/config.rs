@@ -116,36 +116,6 @@ impl Default for KafkaConfig {
     }
 }
 
-impl KafkaConfig {
-    /// The librdkafka settings every Tally consumer shares: offsets are kept
-    /// by Tally (Redis, the archive), never auto-committed, and fetching is
-    /// tuned by the settings above.
-    pub fn consumer_settings(&self, group: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("bootstrap.servers", self.brokers.clone()),
-            ("group.id", group.to_owned()),
-            ("enable.auto.commit", "false".into()),
-            ("enable.auto.offset.store", "false".into()),
-            ("enable.partition.eof", "false".into()),
-            ("auto.offset.reset", "earliest".into()),
-            ("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string()),
-            ("queued.min.messages", self.queued_min_messages.to_string()),
-            (
-                "queued.max.messages.kbytes",
-                self.queued_max_messages_kbytes.to_string(),
-            ),
-            (
-                "max.partition.fetch.bytes",
-                self.max_partition_fetch_bytes.to_string(),
-            ),
-            (
-                "fetch.queue.backoff.ms",
-                self.fetch_queue_backoff_ms.to_string(),
-            ),
-        ]
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
@@ -245,7 +215,12 @@ impl EpochConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SpeedConfig {
     pub flush_interval: Millis,
-    /// Records buffered between consuming and flushing before consumption pauses.
+    /// Chunks (not records) waiting between the consume thread and the
+    /// flusher before consumption pauses. A chunk is the aggregates of every
+    /// partition since the last one: at most 50,000 (slice, bucket, group)
+    /// cells or 2,000,000 events. A new chunk is cut only once the flusher has
+    /// taken the last, unless it reached that size, so the queue fills only
+    /// while Redis falls behind.
     pub queue_capacity: usize,
     /// Prometheus metrics listener of the standalone `tally speed`; none when empty.
     pub metrics_listen: Option<String>,

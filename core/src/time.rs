@@ -138,6 +138,11 @@ pub fn format_ms(ms: i64) -> String {
     format!("{ms}ms")
 }
 
+/// The wall clock in epoch milliseconds: the one place every role reads it.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// The UTC day number (days since 1970-01-01) of `t_ms`.
 pub fn day_of(t_ms: i64) -> i64 {
     t_ms.div_euclid(MS_PER_DAY)

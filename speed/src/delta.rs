@@ -1,6 +1,6 @@
 //! Counter deltas, folded in memory between flushes.
 //!
-//! One [`Delta`] collects the aggregates of every assigned partition since the
+//! One [`Unflushed`] collects the aggregates of every assigned partition since the
 //! last flush; the consume loop tracks, per partition, the offset range
 //! `[start, end)` it covers (every record in it was folded in here or
 //! rejected). At each flush the delta is cut into a [`Chunk`]: the aggregates
@@ -121,7 +121,7 @@ impl MeasureDelta {
 
 /// The aggregates folded since the last flush, over every partition.
 #[derive(Debug, Default)]
-pub struct Delta {
+pub struct Unflushed {
     pub slices: Map<SliceId, SliceDelta>,
     /// Valid events folded in.
     pub events: u64,
@@ -153,7 +153,7 @@ pub struct Chunk {
     pub events: u64,
 }
 
-impl Delta {
+impl Unflushed {
     /// Take the aggregates, leaving the delta empty.
     pub fn take(&mut self) -> (Vec<(SliceId, SliceDelta)>, u64) {
         self.cells = 0;
@@ -200,7 +200,13 @@ impl Folder {
     }
 
     /// Fold one valid event from `topic`, stamped `kafka_ts_ms`, into `delta`.
-    pub fn fold(&mut self, delta: &mut Delta, topic: &str, kafka_ts_ms: i64, event: &Event<'_>) {
+    pub fn fold(
+        &mut self,
+        delta: &mut Unflushed,
+        topic: &str,
+        kafka_ts_ms: i64,
+        event: &Event<'_>,
+    ) {
         let epoch = self.clock.epoch_of(kafka_ts_ms);
         let day = day_of(event.time_ms);
         delta.events += 1;

@@ -148,7 +148,7 @@ fn a_foreign_value_in_redis_stops_the_layer_with_nothing_applied() {
 fn a_sum_field_about_to_overflow_carries_instead() {
     use tally_core::event::{decode, Limits};
     use tally_speed::apply::{Applier, Outcome};
-    use tally_speed::delta::{Chunk, Delta, Folder, Range};
+    use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
 
     let redis = Redis::start().unwrap();
     let rt = runtime();
@@ -167,7 +167,7 @@ fn a_sum_field_about_to_overflow_carries_instead() {
     .enumerate()
     {
         let e = amount_event(&format!("c{i}"), "x", amount, t0 + i as i64);
-        let mut delta = Delta::default();
+        let mut delta = Unflushed::default();
         let event = decode(&e.g.payload, e.g.kafka_ts_ms, &Limits::default()).unwrap();
         folder.fold(&mut delta, TOPIC, e.g.kafka_ts_ms, &event);
         let (slices, events) = delta.take();

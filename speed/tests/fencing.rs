@@ -7,13 +7,13 @@ mod common;
 use common::*;
 use tally_core::event::decode;
 use tally_speed::apply::{Applier, Outcome};
-use tally_speed::delta::{Chunk, Delta, Folder, Range};
+use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
 use tally_testkit::{runtime, Redis};
 
 /// The events of `evs` folded into one chunk over partitions 0 and 1, whose
 /// ranges start at `starts` and cover the events of each partition.
 fn chunk(folder: &mut Folder, evs: &[Ev], starts: [i64; 2], fresh: bool) -> Chunk {
-    let mut delta = Delta::default();
+    let mut delta = Unflushed::default();
     let limits = tally_core::event::Limits::default();
     let mut counts = [0i64; 2];
     for e in evs {

@@ -264,7 +264,7 @@ pub fn wait_caught_up(redis_url: &str, ends: &[i64], timeout: Duration) {
 /// A running in-process speed layer.
 pub struct Running {
     pub token: tokio_util::sync::CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), tally_speed::SpeedError>>,
+    pub task: tokio::task::JoinHandle<Result<tally_speed::SpeedSummary, tally_speed::SpeedError>>,
 }
 
 pub fn start(rt: &tokio::runtime::Runtime, cfg: &Config) -> Running {
@@ -279,10 +279,10 @@ pub fn start(rt: &tokio::runtime::Runtime, cfg: &Config) -> Running {
 }
 
 impl Running {
-    pub fn stop(self, rt: &tokio::runtime::Runtime) {
+    pub fn stop(self, rt: &tokio::runtime::Runtime) -> tally_speed::SpeedSummary {
         self.token.cancel();
         rt.block_on(self.task)
             .expect("join")
-            .expect("speed layer result");
+            .expect("speed layer result")
     }
 }

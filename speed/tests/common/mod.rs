@@ -279,9 +279,13 @@ pub fn start(rt: &tokio::runtime::Runtime, cfg: &Config) -> Running {
 }
 
 impl Running {
+    /// SIGTERM's path: flush, leave the group, return what it did. Panics
+    /// if that takes more than a minute (a test must fail, not hang).
     pub fn stop(self, rt: &tokio::runtime::Runtime) -> tally_speed::SpeedSummary {
         self.token.cancel();
-        rt.block_on(self.task)
+        let task = self.task;
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), task).await })
+            .expect("the speed layer stops within 60 s")
             .expect("join")
             .expect("speed layer result")
     }

@@ -72,7 +72,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_core::config::{Assignment, Config};
 use tally_core::paths;
-use tally_core::time::{now_ms, Epoch, EpochClock};
+use tally_core::time::{now_ms, Epoch, EpochGrid};
 use tally_kafka::{
     assign_all, consumer_config, partition_counts, seek_position, Change, Context, Layer,
     ReadPosition, Tp,
@@ -158,7 +158,7 @@ struct Archiver {
     store: Arc<dyn ObjectStore>,
     consumer: Arc<ArchiveConsumer>,
     topics: Vec<String>,
-    clock: EpochClock,
+    grid: EpochGrid,
     limits: tally_core::event::Limits,
     grace: i64,
     seek_back: i64,
@@ -219,7 +219,7 @@ impl Archiver {
             store,
             consumer,
             topics: cfg.kafka.topics.clone(),
-            clock: cfg.epochs.clock(),
+            grid: cfg.epochs.grid(),
             limits: cfg.events.limits(),
             grace: cfg.epochs.grace.0,
             seek_back: cfg.kafka.seek_back,
@@ -346,21 +346,13 @@ impl Archiver {
             return Ok(()); // seek-back replay of what is archived or buffered
         }
         let ts = msg.timestamp().to_millis().unwrap_or_else(now_ms);
-        let epoch = self.clock.epoch_of(ts);
+        let epoch = self.grid.epoch_of(ts);
         let rows = part
             .open
             .entry(epoch)
             .or_insert_with(|| ArchiveRows::new(offset));
         let value = msg.payload().unwrap_or(&[]);
-        rows.push(
-            topic,
-            partition,
-            offset,
-            ts,
-            self.clock,
-            &self.limits,
-            value,
-        );
+        rows.push(topic, partition, offset, ts, self.grid, &self.limits, value);
         part.bytes += value.len().max(1);
         part.opened_at.get_or_insert_with(Instant::now);
         self.summary.records += 1;
@@ -487,7 +479,7 @@ impl Archiver {
     async fn publish_cut(&mut self) -> Result<(), ArchiveError> {
         let counts = self.partition_counts().await?;
         let store = self.store.as_ref();
-        let Some(cut) = progress::cut_from_progress(store, &counts, self.clock, self.grace).await?
+        let Some(cut) = progress::cut_from_progress(store, &counts, self.grid, self.grace).await?
         else {
             return Ok(());
         };

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use tally_core::agg::{Agg, AggKind};
 use tally_core::event::Event;
 use tally_core::hll::Hll;
-use tally_core::time::{day_of, Epoch, EpochClock};
+use tally_core::time::{day_of, Epoch, EpochGrid};
 use tally_core::view::{FieldPath, Input, ScalarRef, ViewDef};
 
 /// The maps of the hot path (see Cargo.toml for why foldhash).
@@ -176,16 +176,16 @@ impl Unflushed {
 #[derive(Debug)]
 pub struct Folder {
     views: Vec<PreparedView>,
-    clock: EpochClock,
+    grid: EpochGrid,
     group: String,
     text: String,
 }
 
 impl Folder {
-    pub fn new(views: Vec<ViewDef>, clock: EpochClock) -> Self {
+    pub fn new(views: Vec<ViewDef>, grid: EpochGrid) -> Self {
         Folder {
             views: views.into_iter().map(PreparedView::new).collect(),
-            clock,
+            grid,
             group: String::with_capacity(64),
             text: String::with_capacity(64),
         }
@@ -207,7 +207,7 @@ impl Folder {
         kafka_ts_ms: i64,
         event: &Event<'_>,
     ) {
-        let epoch = self.clock.epoch_of(kafka_ts_ms);
+        let epoch = self.grid.epoch_of(kafka_ts_ms);
         let day = day_of(event.time_ms);
         delta.events += 1;
         for (vi, view) in self.views.iter().enumerate() {

@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use tally_core::manifest::Manifest;
 use tally_core::paths;
-use tally_core::time::{Epoch, EpochClock};
+use tally_core::time::{Epoch, EpochGrid};
 use tally_core::view::ViewDef;
 
 use crate::error::SpeedError;
@@ -60,11 +60,11 @@ pub fn rebuild_offset<C: ConsumerContext + 'static>(
     topic: &str,
     partition: i32,
     cut: Option<Epoch>,
-    clock: EpochClock,
+    grid: EpochGrid,
 ) -> Result<i64, SpeedError> {
     let (low, high) = consumer.fetch_watermarks(topic, partition, BROKER_TIMEOUT)?;
     let Some(cut) = cut else { return Ok(low) };
-    let since = clock.start(cut - 1);
+    let since = grid.start(cut - 1);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(since))?;
     let found = consumer.offsets_for_times(tpl, BROKER_TIMEOUT)?;

@@ -110,9 +110,9 @@ fn a_foreign_value_in_redis_stops_the_layer_with_nothing_applied() {
 
     // The `daily` slice these events fold into, made a string by someone else.
     let cfg = config(&broker.bootstrap(), &redis.url(), "faults2");
-    let clock = cfg.epochs.clock();
+    let grid = cfg.epochs.grid();
     let keys = Keys::new("t");
-    let daily = keys.counters("daily", clock.epoch_of(t0), tally_core::time::day_of(t0));
+    let daily = keys.counters("daily", grid.epoch_of(t0), tally_core::time::day_of(t0));
     let mut con = redis::Client::open(redis.url())
         .unwrap()
         .get_connection()
@@ -154,7 +154,7 @@ fn a_sum_field_about_to_overflow_carries_instead() {
     let rt = runtime();
     let cfg = config("127.0.0.1:9", &redis.url(), "faults3");
     let mut applier = rt.block_on(Applier::connect(&cfg)).unwrap();
-    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.clock());
+    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.grid());
     let t0 = base_ms();
     let mut all = Vec::new();
     for (i, amount) in [

@@ -49,7 +49,7 @@ fn a_chunk_over_two_partitions_applies_all_or_nothing() {
     let rt = runtime();
     let cfg = config("127.0.0.1:9", &redis.url(), "g");
     let mut applier = rt.block_on(Applier::connect(&cfg)).unwrap();
-    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.clock());
+    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.grid());
     let evs = events(7, 3_000, 2, base_ms(), 10.0);
     let (first, second) = evs.split_at(1_000);
     let apply = |applier: &mut Applier, folder: &Folder, c: &Chunk| {

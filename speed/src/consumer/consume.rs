@@ -78,7 +78,7 @@ impl ConsumeLoop {
         let starts = Starts {
             redis: redis::Client::open(cfg.redis.url.as_str())?,
             keys: Keys::new(&cfg.redis.key_prefix),
-            clock: cfg.epochs.clock(),
+            grid: cfg.epochs.grid(),
             seek_back: k.seek_back,
             snapshot_cut: Mutex::new(cut),
         };
@@ -98,7 +98,7 @@ impl ConsumeLoop {
         Ok(ConsumeLoop {
             reader,
             st: State::new(
-                Folder::new(cfg.views.clone(), cfg.epochs.clock()),
+                Folder::new(cfg.views.clone(), cfg.epochs.grid()),
                 cfg.events.limits(),
                 DeadLetters::new(&k.brokers, &k.dead_letter_topic)?,
             ),
@@ -231,8 +231,8 @@ impl ConsumeLoop {
                 None if r.fresh => (r.start, true),
                 None => {
                     let starts = self.starts();
-                    let (cut, clock) = (starts.snapshot_cut(), starts.clock);
-                    let t = rebuild_offset(self.consumer(), &tp.0, tp.1, cut, clock)?;
+                    let (cut, grid) = (starts.snapshot_cut(), starts.grid);
+                    let t = rebuild_offset(self.consumer(), &tp.0, tp.1, cut, grid)?;
                     warn!(topic = %tp.0, partition = tp.1, target = t, "Redis has no offset for this partition: rebuilding from the cut");
                     (t, true)
                 }

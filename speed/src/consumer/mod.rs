@@ -118,7 +118,7 @@ pub async fn run(
         })
     };
 
-    let folder = Folder::new(cfg.views.clone(), cfg.epochs.clock());
+    let folder = Folder::new(cfg.views.clone(), cfg.epochs.grid());
     let flushed = flusher::run(applier, &folder, chunk_rx, &feedback_tx, &shutdown).await;
     stopper.abort();
     if flushed.is_err() {

@@ -18,7 +18,7 @@ use tally_kafka::{Context, Layer};
 use tracing::warn;
 
 use tally_core::keys::Keys;
-use tally_core::time::{Epoch, EpochClock};
+use tally_core::time::{Epoch, EpochGrid};
 
 use crate::resume::rebuild_offset;
 
@@ -30,7 +30,7 @@ pub(super) type SpeedConsumer = BaseConsumer<Context<Starts>>;
 pub(super) struct Starts {
     pub(super) redis: redis::Client,
     pub(super) keys: Keys,
-    pub(super) clock: EpochClock,
+    pub(super) grid: EpochGrid,
     pub(super) seek_back: i64,
     /// The cut the published snapshots cover, refreshed by the consume
     /// thread: where a partition without a stored offset is rebuilt from.
@@ -69,7 +69,7 @@ impl Starts {
                 target: o,
                 fresh: false,
             },
-            Ok(None) => match rebuild_offset(consumer, topic, p, cut, self.clock) {
+            Ok(None) => match rebuild_offset(consumer, topic, p, cut, self.grid) {
                 Ok(o) => Start {
                     target: o,
                     fresh: true,
@@ -87,7 +87,7 @@ impl Starts {
                 // rebuild; the script fences or resets it once Redis answers.
                 warn!(error = %e, topic, partition = p, "Redis unreachable at assignment");
                 Start {
-                    target: rebuild_offset(consumer, topic, p, cut, self.clock).unwrap_or(0),
+                    target: rebuild_offset(consumer, topic, p, cut, self.grid).unwrap_or(0),
                     fresh: false,
                 }
             }

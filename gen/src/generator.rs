@@ -58,7 +58,7 @@ fn cumulative(list: &[Weighted]) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn pick<'a>(list: &'a [(String, f64)], u: f64) -> &'a str {
+fn pick(list: &[(String, f64)], u: f64) -> &str {
     list.iter()
         .find(|(_, c)| u < *c)
         .or(list.last())

@@ -41,9 +41,7 @@ fn setup() -> (Broker, Redis, String) {
     (broker, redis, group)
 }
 
-/// Produce `records` from a thread, in `slices` with `pause` between them,
-/// so that production spans the group's rebalances. Producer batches of
-/// 1,000 records make every hand-over resume mid-batch.
+/// [`kafka::produce_paced`] on a thread of its own.
 fn produce_paced(
     bootstrap: &str,
     records: Vec<Record>,
@@ -52,12 +50,7 @@ fn produce_paced(
 ) -> std::thread::JoinHandle<()> {
     let bootstrap = bootstrap.to_owned();
     std::thread::spawn(move || {
-        let producer = kafka::producer(&bootstrap, 1000).expect("producer");
-        let size = records.len().div_ceil(slices.max(1)).max(1);
-        for slice in records.chunks(size) {
-            kafka::produce(&producer, TOPIC, slice).expect("produce");
-            std::thread::sleep(pause);
-        }
+        kafka::produce_paced(&bootstrap, TOPIC, &records, slices, pause).expect("produce")
     })
 }
 

@@ -227,7 +227,7 @@ impl ViewTruth {
         }
         let passes = self.filter.iter().all(|(path, allowed)| {
             e.get(path)
-                .and_then(|v| text(v))
+                .and_then(text)
                 .is_some_and(|t| allowed.contains(&t))
         });
         if !passes {

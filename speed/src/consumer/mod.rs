@@ -1,8 +1,8 @@
 //! The speed layer at run time: records in, fenced chunks out.
 //!
-//! A dedicated thread ([`consume`]) reads the assigned partitions a batch at
+//! A dedicated thread (`consume.rs`) reads the assigned partitions a batch at
 //! a time, decodes each record and folds it into one delta shared by all its
-//! partitions ([`state`]). Every flush interval, if the flusher has caught up,
+//! partitions (`state.rs`). Every flush interval, if the flusher has caught up,
 //! it cuts the delta into a chunk (the aggregates plus each partition's offset
 //! range) and hands it over a bounded queue. While Redis is still busy with
 //! the previous chunk the thread keeps folding instead, so that under load
@@ -11,7 +11,7 @@
 //! queue is full the thread blocks, reading stops, and Kafka is the buffer:
 //! memory stays flat whatever the lag.
 //!
-//! The flusher ([`flusher`], a tokio task) applies chunks through the fencing
+//! The flusher (`flusher.rs`, a tokio task) applies chunks through the fencing
 //! script and sends back what happened. A chunk that fails (someone else
 //! moved a partition's offset: a replay or a zombie; or Redis lost its
 //! memory) applied nothing, and the records of all partitions are mixed in
@@ -23,7 +23,7 @@
 //! which re-seeks again.
 //!
 //! Where a newly assigned partition starts (the offset Redis stores, or the
-//! rebuild point) is decided in the rebalance callback ([`starts`]).
+//! rebuild point) is decided in the rebalance callback (`starts.rs`).
 //!
 //! Invariant per partition: records are folded in strictly increasing offset
 //! order, each at most once per generation (anything below the partition's

@@ -116,12 +116,43 @@ impl Default for KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. The
+    /// password never appears in logs or errors: see [`redact_url`].
     pub url: String,
     /// Prefix of every key Tally writes.
     pub key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user info replaced by `***`
+/// (`redis://tally:s3cret@host:6379` -> `redis://tally:***@host:6379`), for
+/// anything that prints a URL: logs, errors, `tally check`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user info ends at the last `@` before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None if scheme.starts_with("redis") => "***".to_owned(), // `redis://:pw@` or a bare password
+        None => rest[..at].to_owned(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
 }
 
 impl Default for RedisConfig {
@@ -407,7 +438,10 @@ impl Config {
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
             return invalid(
                 "redis.url",
-                format!("`{}` must start with redis:// or rediss://", self.redis.url),
+                format!(
+                    "`{}` must start with redis:// or rediss://",
+                    redact_url(&self.redis.url)
+                ),
             );
         }
         let scheme_ok = ["file://", "s3://", "memory://"]
@@ -492,6 +526,28 @@ fn describe(e: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, want) in [
+            (
+                "redis://tally:s3cret@h:6379/0",
+                "redis://tally:***@h:6379/0",
+            ),
+            ("rediss://:s3cret@h:6380", "rediss://:***@h:6380"),
+            ("redis://s3cret@h", "redis://***@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("redis://u:p@ss:w@rd@h/x@y", "redis://u:***@h/x@y"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        let cfg = RedisConfig {
+            url: "redis://tally:s3cret@h:6379".into(),
+            ..RedisConfig::default()
+        };
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
 
     #[test]
     fn defaults_are_sane() {

@@ -13,7 +13,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Limits;
-use crate::time::{format_ms, parse_duration_ms, EpochClock};
+use crate::time::{format_ms, parse_duration_ms, EpochGrid};
 use crate::view::{valid_name, ViewDef, ViewError};
 
 /// A duration written as text in the config (`100ms`, `5m`, `1d`).
@@ -113,36 +113,6 @@ impl Default for KafkaConfig {
             max_partition_fetch_bytes: 8 * 1024 * 1024,
             fetch_queue_backoff_ms: 10,
         }
-    }
-}
-
-impl KafkaConfig {
-    /// The librdkafka settings every Tally consumer shares: offsets are kept
-    /// by Tally (Redis, the archive), never auto-committed, and fetching is
-    /// tuned by the settings above.
-    pub fn consumer_settings(&self, group: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("bootstrap.servers", self.brokers.clone()),
-            ("group.id", group.to_owned()),
-            ("enable.auto.commit", "false".into()),
-            ("enable.auto.offset.store", "false".into()),
-            ("enable.partition.eof", "false".into()),
-            ("auto.offset.reset", "earliest".into()),
-            ("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string()),
-            ("queued.min.messages", self.queued_min_messages.to_string()),
-            (
-                "queued.max.messages.kbytes",
-                self.queued_max_messages_kbytes.to_string(),
-            ),
-            (
-                "max.partition.fetch.bytes",
-                self.max_partition_fetch_bytes.to_string(),
-            ),
-            (
-                "fetch.queue.backoff.ms",
-                self.fetch_queue_backoff_ms.to_string(),
-            ),
-        ]
     }
 }
 
@@ -267,8 +237,15 @@ impl Default for EpochConfig {
 }
 
 impl EpochConfig {
-    pub fn clock(&self) -> EpochClock {
-        EpochClock::new(self.length.0)
+    /// The epochs these settings cut time into.
+    pub fn grid(&self) -> EpochGrid {
+        EpochGrid::new(self.length.0)
+    }
+
+    /// The old name of [`EpochConfig::grid`], for the code being rebuilt
+    /// elsewhere (`speed/src/apply.rs`); remove once nothing calls it.
+    pub fn clock(&self) -> EpochGrid {
+        self.grid()
     }
 }
 
@@ -276,7 +253,12 @@ impl EpochConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SpeedConfig {
     pub flush_interval: Millis,
-    /// Records buffered between consuming and flushing before consumption pauses.
+    /// Chunks (not records) waiting between the consume thread and the
+    /// flusher before consumption pauses. A chunk is the aggregates of every
+    /// partition since the last one: at most 50,000 (slice, bucket, group)
+    /// cells or 2,000,000 events. A new chunk is cut only once the flusher has
+    /// taken the last, unless it reached that size, so the queue fills only
+    /// while Redis falls behind.
     pub queue_capacity: usize,
     /// Prometheus metrics listener of the standalone `tally speed`; none when empty.
     pub metrics_listen: Option<String>,
@@ -570,7 +552,7 @@ mod tests {
     #[test]
     fn defaults_are_sane() {
         let c = Config::default();
-        assert_eq!(c.epochs.clock().len_ms, 3_600_000);
+        assert_eq!(c.epochs.grid().len_ms, 3_600_000);
         assert_eq!(c.speed.flush_interval, Millis(100));
         assert_eq!(String::from(Millis(100)), "100ms");
     }

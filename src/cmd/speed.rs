@@ -13,9 +13,16 @@ pub async fn role(
     store: Arc<dyn ObjectStore>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    tally_speed::run(cfg, store, shutdown)
+    let summary = tally_speed::run(cfg, store, shutdown)
         .await
-        .context("speed layer")
+        .context("speed layer")?;
+    tracing::info!(
+        events = summary.events,
+        chunks = summary.chunks,
+        fenced = summary.fenced,
+        "speed layer summary"
+    );
+    Ok(())
 }
 
 /// The speed role alone, restarted with backoff when it fails.

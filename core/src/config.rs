@@ -13,6 +13,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Limits;
+use crate::kafka_security::KafkaSecurity;
 use crate::time::{format_ms, parse_duration_ms, EpochGrid};
 use crate::view::{valid_name, ViewDef, ViewError};
 
@@ -95,6 +96,8 @@ pub struct KafkaConfig {
     /// left a consumer that decodes and folds idle half of the time while
     /// draining a backlog (the queue empties long before the pause ends).
     pub fetch_queue_backoff_ms: u32,
+    /// `[kafka.security]`: TLS and SASL towards the brokers.
+    pub security: KafkaSecurity,
 }
 
 impl Default for KafkaConfig {
@@ -112,6 +115,7 @@ impl Default for KafkaConfig {
             queued_max_messages_kbytes: 65_536,
             max_partition_fetch_bytes: 8 * 1024 * 1024,
             fetch_queue_backoff_ms: 10,
+            security: KafkaSecurity::default(),
         }
     }
 }
@@ -428,6 +432,9 @@ impl Config {
         }
         if self.kafka.seek_back < 0 {
             return invalid("kafka.seek_back", "must be 0 or more (records)".into());
+        }
+        if let Err(e) = self.kafka.security.validate() {
+            return invalid(&format!("kafka.security.{}", e.field), e.problem);
         }
         if !valid_name(&self.redis.key_prefix) {
             return invalid(

@@ -9,7 +9,8 @@
 //! - [`event`]: decoding and validating one Kafka record into an [`event::Event`],
 //!   or a typed [`event::Reject`] reason for the dead-letter topic.
 //! - [`view`]: view definitions and how an event maps to a group and measure inputs.
-//! - [`config`]: `tally.toml` with `TALLY_…` environment overrides, validated.
+//! - [`config`]: `tally.toml` with `TALLY_…` environment overrides, validated;
+//!   [`kafka_security`] its TLS and SASL section, [`secret`] values never printed.
 //! - [`time`]: granularities (bucketing and roll-up) and ingest epochs.
 //! - [`agg`]: aggregates as commutative monoids (count, sum, min, max, distinct).
 //! - [`hll`]: a HyperLogLog that reads, writes and estimates exactly as Redis does.
@@ -21,9 +22,11 @@ pub mod agg;
 pub mod config;
 pub mod event;
 pub mod hll;
+pub mod kafka_security;
 pub mod keys;
 pub mod manifest;
 pub mod paths;
 pub mod quantile;
+pub mod secret;
 pub mod time;
 pub mod view;

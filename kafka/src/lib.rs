@@ -35,7 +35,7 @@ pub use partitions::partition_counts;
 pub use reader::{Reader, Record, Records};
 pub use rebalance::{assign_all, Change, Context, Layer, Recorder};
 pub use resume::{seek_position, ReadPosition};
-pub use settings::consumer_config;
+pub use settings::{client_config, consumer_config};
 
 /// A topic partition: (topic, partition).
 pub type Tp = (String, i32);

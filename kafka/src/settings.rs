@@ -8,6 +8,7 @@
 
 use rdkafka::config::ClientConfig;
 use tally_core::config::KafkaConfig;
+use tally_core::kafka_security::KafkaSecurity;
 
 /// How long a group member may go silent before the group hands its
 /// partitions to the others.
@@ -15,6 +16,38 @@ pub const SESSION_TIMEOUT_MS: u32 = 10_000;
 
 /// How often a member tells the group it is alive: well inside the session.
 pub const HEARTBEAT_INTERVAL_MS: u32 = 1_000;
+
+/// The brokers and how to reach them (TLS, SASL): the base of every client.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers);
+    secure(&mut c, &kafka.security);
+    c
+}
+
+fn secure(c: &mut ClientConfig, s: &KafkaSecurity) {
+    c.set("security.protocol", s.protocol.as_librdkafka());
+    let files = [
+        ("ssl.ca.location", &s.ca_file),
+        ("ssl.certificate.location", &s.cert_file),
+        ("ssl.key.location", &s.key_file),
+        ("sasl.username", &s.sasl_username),
+    ];
+    for (key, value) in files {
+        if let Some(v) = value {
+            c.set(key, v);
+        }
+    }
+    if let Some(p) = &s.key_password {
+        c.set("ssl.key.password", p.expose());
+    }
+    if let Some(m) = s.sasl_mechanism {
+        c.set("sasl.mechanism", m.as_librdkafka());
+    }
+    if let Some(p) = &s.sasl_password {
+        c.set("sasl.password", p.expose());
+    }
+}
 
 /// The settings of a consumer in `group`. `instance_id` makes it a static
 /// member (`group.instance.id`): restarted under the same id, it takes its
@@ -24,9 +57,8 @@ pub fn consumer_config(
     group: &str,
     instance_id: Option<&str>,
 ) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", group)
+    let mut c = client_config(kafka);
+    c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
@@ -56,6 +88,8 @@ pub fn consumer_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_core::kafka_security::{Protocol, SaslMechanism};
+    use tally_core::secret::Secret;
 
     #[test]
     fn the_prefetch_comes_from_the_config_and_offsets_stay_ours() {
@@ -73,5 +107,39 @@ mod tests {
             consumer_config(&k, "g", None).get("group.instance.id"),
             None
         );
+        assert_eq!(c.get("security.protocol"), Some("plaintext"));
+    }
+
+    fn scram() -> KafkaConfig {
+        KafkaConfig {
+            security: KafkaSecurity {
+                protocol: Protocol::SaslSsl,
+                sasl_mechanism: Some(SaslMechanism::ScramSha512),
+                sasl_username: Some("tally".into()),
+                sasl_password: Some(Secret::new("s3cret")),
+                ..KafkaSecurity::default()
+            },
+            ..KafkaConfig::default()
+        }
+    }
+
+    #[test]
+    fn tls_and_sasl_settings_reach_librdkafka_under_its_names() {
+        let c = consumer_config(&scram(), "g", None);
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("sasl.username"), Some("tally"));
+        assert_eq!(c.get("sasl.password"), Some("s3cret"));
+    }
+
+    /// librdkafka refuses `sasl_ssl` and SCRAM at client creation when it was
+    /// built without OpenSSL: this fails if the `ssl` feature is dropped.
+    #[test]
+    fn librdkafka_is_built_with_tls_and_scram() {
+        use rdkafka::consumer::BaseConsumer;
+        let made: Result<BaseConsumer, _> = consumer_config(&scram(), "g", None).create();
+        if let Err(e) = made {
+            panic!("librdkafka refused TLS + SCRAM settings: {e}");
+        }
     }
 }

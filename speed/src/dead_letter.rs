@@ -22,12 +22,12 @@
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tracing::warn;
 
+use tally_core::config::KafkaConfig;
 use tally_core::event::Reject;
 
 use crate::error::SpeedError;
@@ -71,15 +71,14 @@ pub struct Source<'a> {
 }
 
 impl DeadLetters {
-    pub fn new(brokers: &str, topic: &str) -> Result<Self, SpeedError> {
-        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, SpeedError> {
+        let producer: ThreadedProducer<Deliveries> = tally_kafka::client_config(kafka)
             .set("linger.ms", "20")
             .set("message.timeout.ms", "300000")
             .create_with_context(Deliveries)?;
         Ok(DeadLetters {
             producer,
-            topic: topic.to_owned(),
+            topic: kafka.dead_letter_topic.clone(),
         })
     }
 

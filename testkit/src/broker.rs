@@ -1,4 +1,11 @@
-//! A private Tansu broker (Kafka protocol) on a free port.
+//! A private Tansu broker (Kafka protocol) on a free port; optionally
+//! reached over TLS.
+//!
+//! Tansu 0.6 has no TLS listener of its own (its `--cert` flag is accepted
+//! but the Kafka port stays plain), so a TLS broker here is Tansu behind
+//! `socat`'s OpenSSL listener, with Tansu advertising the TLS port: every
+//! byte a client exchanges with "the broker" then goes over TLS, as with a
+//! TLS listener on Apache Kafka.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -7,6 +14,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::process::{cache_dir, free_port, Error, Server};
+use crate::tls::TlsFiles;
 
 /// How the broker keeps its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +31,8 @@ pub struct Broker {
     port: u16,
     storage: Storage,
     dir: TempDir,
+    /// The TLS port clients use and its proxy, for a TLS broker.
+    tls: Option<(u16, Server)>,
     server: Server,
 }
 
@@ -35,18 +45,48 @@ impl Broker {
     pub fn start_with(storage: Storage) -> Result<Broker, Error> {
         let dir = tempfile::Builder::new().prefix("tally-broker-").tempdir()?;
         let port = free_port()?;
-        let server = spawn(&dir, port, storage)?;
+        let server = spawn(&dir, port, port, storage)?;
         Ok(Broker {
             port,
             storage,
             dir,
+            tls: None,
             server,
         })
     }
 
-    /// `host:port` for `bootstrap.servers`.
+    /// A broker (memory storage) that clients reach over TLS with the
+    /// server certificate of `tls`: [`Broker::bootstrap`] is the TLS port.
+    pub fn start_tls(tls: &TlsFiles) -> Result<Broker, Error> {
+        let dir = tempfile::Builder::new().prefix("tally-broker-").tempdir()?;
+        let port = free_port()?;
+        let tls_port = free_port()?;
+        let server = spawn(&dir, port, tls_port, Storage::Memory)?;
+        let mut cmd = Command::new("socat");
+        cmd.arg(format!(
+            "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+            tls.cert.display(),
+            tls.key.display()
+        ))
+        .arg(format!("TCP:127.0.0.1:{port}"));
+        let log = dir.path().join(format!("socat-{tls_port}.log"));
+        let mut proxy = Server::spawn("socat", cmd, log)?;
+        proxy.wait_ready("socat", tls_port, Duration::from_secs(10))?;
+        Ok(Broker {
+            port,
+            storage: Storage::Memory,
+            dir,
+            tls: Some((tls_port, proxy)),
+            server,
+        })
+    }
+
+    /// `host:port` for `bootstrap.servers` (the TLS port of a TLS broker).
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some((tls_port, _)) => format!("127.0.0.1:{tls_port}"),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     /// The broker's log file.
@@ -57,7 +97,8 @@ impl Broker {
     /// Stop and start again on the same port (records survive with [`Storage::Sqlite`]).
     pub fn restart(&mut self) -> Result<(), Error> {
         self.server.kill();
-        self.server = spawn(&self.dir, self.port, self.storage)?;
+        let advertised = self.tls.as_ref().map_or(self.port, |(p, _)| *p);
+        self.server = spawn(&self.dir, self.port, advertised, self.storage)?;
         Ok(())
     }
 }
@@ -75,7 +116,8 @@ pub fn tansu_bin() -> PathBuf {
     }
 }
 
-fn spawn(dir: &TempDir, port: u16, storage: Storage) -> Result<Server, Error> {
+/// Tansu on `port`, telling clients to connect to `advertised`.
+fn spawn(dir: &TempDir, port: u16, advertised: u16, storage: Storage) -> Result<Server, Error> {
     let engine = match storage {
         Storage::Memory => "memory://tansu/".to_string(),
         // Tansu resolves the path against its working directory.
@@ -86,7 +128,7 @@ fn spawn(dir: &TempDir, port: u16, storage: Storage) -> Result<Server, Error> {
         .arg("--kafka-listener-url")
         .arg(format!("tcp://127.0.0.1:{port}"))
         .arg("--kafka-advertised-listener-url")
-        .arg(format!("tcp://127.0.0.1:{port}"))
+        .arg(format!("tcp://127.0.0.1:{advertised}"))
         .arg("--storage-engine")
         .arg(engine)
         .current_dir(dir.path())

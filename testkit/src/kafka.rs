@@ -34,12 +34,20 @@ fn kafka_err(e: impl std::fmt::Display) -> Error {
     Error::Io(std::io::Error::other(e.to_string()))
 }
 
+fn plain(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
 /// Create `topic` with `partitions` partitions.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(kafka_err)?;
+    create_topic_with(plain(bootstrap), topic, partitions)
+}
+
+/// [`create_topic`] through a client built on `base` (brokers and security).
+pub fn create_topic_with(base: ClientConfig, topic: &str, partitions: i32) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> = base.create().map_err(kafka_err)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -58,9 +66,12 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(),
 /// A producer tuned for throughput, with the batch size the tests need to
 /// provoke mid-batch seeks (`batch.num.messages`).
 pub fn producer(bootstrap: &str, batch_records: usize) -> Result<BaseProducer, Error> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
+    producer_with(plain(bootstrap), batch_records)
+}
+
+/// [`producer`] built on `base` (brokers and security).
+pub fn producer_with(mut base: ClientConfig, batch_records: usize) -> Result<BaseProducer, Error> {
+    base.set("linger.ms", "20")
         .set("batch.num.messages", batch_records.to_string())
         .set("batch.size", "4000000")
         .set("queue.buffering.max.messages", "1000000")

@@ -18,6 +18,7 @@ pub mod config;
 pub mod kafka;
 mod process;
 mod redis;
+pub mod tls;
 pub mod truth;
 
 pub use broker::{tansu_bin, Broker, Storage};

@@ -1,4 +1,5 @@
-//! A private `redis-server`, without persistence, on a free port.
+//! A private `redis-server`, without persistence, on a free port; plain, or
+//! TLS-only with ACL users (the way a production Redis is reached).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -7,45 +8,116 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::process::{free_port, Error, Server};
+use crate::tls::TlsFiles;
 
 /// A running private Redis. Dropping it stops the server.
 #[derive(Debug)]
 pub struct Redis {
     port: u16,
     dir: TempDir,
+    secure: Option<Secure>,
     server: Server,
+}
+
+/// A TLS-only server whose `default` user is off: every client logs in.
+#[derive(Debug, Clone)]
+struct Secure {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    user: String,
+    password: String,
+    /// ACL rules of `user`, e.g. `~t:* +@all -@dangerous`.
+    rules: String,
 }
 
 impl Redis {
     pub fn start() -> Result<Redis, Error> {
+        Self::start_with(None)
+    }
+
+    /// Redis that speaks only TLS (certificates from `tls`) and admits only
+    /// `user` with `password`, under the ACL `rules`.
+    pub fn start_secure(
+        tls: &TlsFiles,
+        user: &str,
+        password: &str,
+        rules: &str,
+    ) -> Result<Redis, Error> {
+        Self::start_with(Some(Secure {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            ca: tls.ca.clone(),
+            user: user.into(),
+            password: password.into(),
+            rules: rules.into(),
+        }))
+    }
+
+    fn start_with(secure: Option<Secure>) -> Result<Redis, Error> {
         let dir = tempfile::Builder::new().prefix("tally-redis-").tempdir()?;
         let port = free_port()?;
-        let server = spawn(&dir, port)?;
-        Ok(Redis { port, dir, server })
+        let server = spawn(&dir, port, secure.as_ref())?;
+        Ok(Redis {
+            port,
+            dir,
+            secure,
+            server,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The URL clients use: `rediss://user:password@…` for a secure server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.secure {
+            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(s) => format!(
+                "rediss://{}:{}@127.0.0.1:{}/",
+                s.user, s.password, self.port
+            ),
+        }
     }
 
     /// Kill the server and start an empty one on the same port: what a Redis
     /// that lost its memory looks like to clients.
     pub fn restart_empty(&mut self) -> Result<(), Error> {
         self.server.kill();
-        self.server = spawn(&self.dir, self.port)?;
+        self.server = spawn(&self.dir, self.port, self.secure.as_ref())?;
         Ok(())
     }
 }
 
-fn spawn(dir: &TempDir, port: u16) -> Result<Server, Error> {
+fn spawn(dir: &TempDir, port: u16, secure: Option<&Secure>) -> Result<Server, Error> {
     let bin = std::env::var("TALLY_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
     let mut cmd = Command::new(bin);
-    cmd.args(["--port", &port.to_string()])
-        .args(["--bind", "127.0.0.1"])
+    match secure {
+        None => {
+            cmd.args(["--port", &port.to_string()]);
+        }
+        Some(s) => {
+            // ACL rules hold spaces and `>`: a config file, not arguments.
+            let conf = dir.path().join("secure.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\n\
+                     user default off\nuser {} on >{} {}\n",
+                    s.cert.display(),
+                    s.key.display(),
+                    s.ca.display(),
+                    s.user,
+                    s.password,
+                    s.rules
+                ),
+            )?;
+            cmd.arg(&conf);
+        }
+    }
+    cmd.args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
         .args(["--protected-mode", "no"])

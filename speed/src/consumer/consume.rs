@@ -100,7 +100,7 @@ impl ConsumeLoop {
             st: State::new(
                 Folder::new(cfg.views.clone(), cfg.epochs.grid()),
                 cfg.events.limits(),
-                DeadLetters::new(&k.brokers, &k.dead_letter_topic)?,
+                DeadLetters::new(k)?,
             ),
             chunk_tx,
             feedback_rx,

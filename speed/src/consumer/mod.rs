@@ -59,6 +59,10 @@ pub struct SpeedSummary {
     pub chunks: u64,
     /// Chunks fenced off (nothing applied; their records were read again).
     pub fenced: u64,
+    /// Partitions stopped because their log ends below the offset Redis
+    /// stores for them (the topic was created again, the broker lost its
+    /// records).
+    pub stopped: u64,
 }
 
 /// What the flusher tells the consume thread.
@@ -131,6 +135,8 @@ pub async fn run(
         .map_err(|_| SpeedError::Thread("consume thread panicked".into()))?;
     info!("speed layer stopped");
     let summary = flushed?;
-    consumed?;
-    Ok(summary)
+    Ok(SpeedSummary {
+        stopped: consumed?,
+        ..summary
+    })
 }

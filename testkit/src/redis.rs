@@ -13,15 +13,29 @@ use crate::process::{free_port, Error, Server};
 pub struct Redis {
     port: u16,
     dir: TempDir,
+    /// Extra `redis-server` arguments, kept for restarts.
+    args: Vec<String>,
     server: Server,
 }
 
 impl Redis {
     pub fn start() -> Result<Redis, Error> {
+        Redis::start_with(&[])
+    }
+
+    /// A Redis started with extra arguments, e.g.
+    /// `["--maxmemory-policy", "allkeys-lru"]`.
+    pub fn start_with(args: &[&str]) -> Result<Redis, Error> {
         let dir = tempfile::Builder::new().prefix("tally-redis-").tempdir()?;
         let port = free_port()?;
-        let server = spawn(&dir, port)?;
-        Ok(Redis { port, dir, server })
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let server = spawn(&dir, port, &args)?;
+        Ok(Redis {
+            port,
+            dir,
+            args,
+            server,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -36,12 +50,12 @@ impl Redis {
     /// that lost its memory looks like to clients.
     pub fn restart_empty(&mut self) -> Result<(), Error> {
         self.server.kill();
-        self.server = spawn(&self.dir, self.port)?;
+        self.server = spawn(&self.dir, self.port, &self.args)?;
         Ok(())
     }
 }
 
-fn spawn(dir: &TempDir, port: u16) -> Result<Server, Error> {
+fn spawn(dir: &TempDir, port: u16, args: &[String]) -> Result<Server, Error> {
     let bin = std::env::var("TALLY_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
     let mut cmd = Command::new(bin);
     cmd.args(["--port", &port.to_string()])
@@ -50,7 +64,8 @@ fn spawn(dir: &TempDir, port: u16) -> Result<Server, Error> {
         .args(["--appendonly", "no"])
         .args(["--protected-mode", "no"])
         .arg("--dir")
-        .arg(dir.path());
+        .arg(dir.path())
+        .args(args);
     let log: PathBuf = dir.path().join(format!("redis-{port}.log"));
     let mut server = Server::spawn("redis-server", cmd, log)?;
     server.wait_ready("redis-server", port, Duration::from_secs(20))?;

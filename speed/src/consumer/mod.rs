@@ -85,6 +85,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<SpeedSummary, SpeedError> {
     info!(topics = ?cfg.kafka.topics, group = %cfg.kafka.group, "speed layer starting");
+    crate::eviction::check(&cfg.redis).await?;
     let applier = Applier::connect(&cfg).await?;
     let cut = snapshot_cut(&store, &cfg.views).await?;
     let (chunk_tx, chunk_rx) = tmpsc::channel::<Chunk>(cfg.speed.queue_capacity);

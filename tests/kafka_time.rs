@@ -148,6 +148,8 @@ fn both_layers_take_kafka_times_by_one_rule_at_the_extremes() {
     // the Kafka time the broker delivered (-1: none).
     let mut cfg = cfg.clone();
     cfg.store.url = "memory://".into();
+    // Files rolled at once, not after the default minute.
+    cfg.archive.roll_interval = tally_core::config::Millis(300);
     let store = store::open(&cfg.store).unwrap();
     let kept = rt.block_on(async {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

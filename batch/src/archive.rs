@@ -16,7 +16,12 @@
 //! object, seeks `kafka.seek_back` records before the claimed position
 //! (Tansu skips the rest of a record batch on a mid-batch seek) and resumes
 //! it, dropping what is already archived; for a revoked one it drops what it
-//! buffered, unwritten. The next owner re-reads from the stored progress, and
+//! buffered, unwritten. What is taken after a seek is the shared
+//! [`ReadPosition`]'s decision: a first record past the claimed position
+//! makes it seek further back, and a log that ends below the claimed
+//! position (the topic was created again, the broker lost its records) stops
+//! the partition, with an error and `tally_archive_partition_stopped`,
+//! instead of archiving the new records as if the old ones were them. The next owner re-reads from the stored progress, and
 //! since files are named by (partition, first offset of the epoch after the
 //! resume point), it writes the same names.
 //!
@@ -55,7 +60,8 @@
 //! partition's end offset and the wall-clock time it was read). Once
 //! everything below that end offset is durable, every epoch `e` with
 //! `end(e) + grace <= observed_ms` is complete on that partition, and the
-//! progress object records it. The cut is computed from the progress objects
+//! progress object records it. Only once the log is seen to hold the claimed
+//! position, though: a stopped partition holds the cut back. The cut is computed from the progress objects
 //! of every partition of the topics (the partition count comes from the
 //! broker's metadata), so it waits for partitions owned by other members and
 //! for partitions nobody has archived yet; it is published only forward.
@@ -72,10 +78,10 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_core::config::{Assignment, Config};
 use tally_core::paths;
-use tally_core::time::{now_ms, Epoch, EpochGrid};
+use tally_core::time::{kafka_time, now_ms, Epoch, EpochGrid};
 use tally_kafka::{
-    assign_all, consumer_config, partition_counts, seek_position, Change, Context, Layer,
-    ReadPosition, Tp,
+    assign_all, consumer_config, fetched_end, partition_counts, seek_position, Admit, Change,
+    Context, Layer, ReadPosition, Tp, Watermarks,
 };
 
 use crate::archive_file::{self, ArchiveRows, FileError};
@@ -114,6 +120,8 @@ pub struct ArchiveSummary {
     pub cut: Option<Epoch>,
     /// Partitions given up because another archiver claimed them.
     pub lost: u64,
+    /// Partitions stopped because their log ends below their progress.
+    pub stopped: u64,
 }
 
 /// The archiver's side of the rebalance callback: newly assigned partitions
@@ -142,6 +150,9 @@ struct OwnedPartition {
     archived_to: i64,
     /// Where reading is: everything below is archived or buffered.
     read: ReadPosition,
+    /// The high watermark reported when it was claimed: an end of the log
+    /// cached from before is older than that.
+    high_at_claim: i64,
     open: BTreeMap<Epoch, ArchiveRows>,
     opened_at: Option<Instant>,
     bytes: usize,
@@ -297,11 +308,19 @@ impl Archiver {
     /// Claim an assigned partition, seek before its position and resume it.
     async fn take_partition(&mut self, tp: Tp) -> Result<(), ArchiveError> {
         let (topic, p) = (&tp.0, tp.1);
-        let (low, high) = watermarks(&self.consumer, topic, p).await?;
-        let claim = progress::claim(self.store.as_ref(), topic, p, low).await?;
+        let w = watermarks(&self.consumer, topic, p).await?;
+        let claim = progress::claim(self.store.as_ref(), topic, p, w.low).await?;
         let target = claim.archived_to;
-        let from = seek_position(low, target, self.seek_back);
-        seek(&self.consumer, topic, p, from).await;
+        let from = seek_position(w, target, self.seek_back);
+        // Assigned at the log's start: where reading begins if no seek works.
+        let from = if seek(&self.consumer, topic, p, from).await {
+            from
+        } else {
+            w.low
+        };
+        metrics::gauge!("tally_archive_partition_stopped",
+            "topic" => topic.clone(), "partition" => p.to_string())
+        .set(0.0);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, p);
         self.consumer.resume(&tpl)?;
@@ -310,12 +329,13 @@ impl Archiver {
             tp,
             OwnedPartition {
                 archived_to: target,
-                read: ReadPosition::at(target),
+                read: ReadPosition::sought(target, from, w.low),
+                high_at_claim: w.high,
                 open: BTreeMap::new(),
                 opened_at: None,
                 bytes: 0,
                 reached: claim.reached,
-                pending: Some((high, now_ms())),
+                pending: Some((w.high, now_ms())),
                 claim,
             },
         );
@@ -328,6 +348,10 @@ impl Archiver {
     ) -> Result<(), ArchiveError> {
         let msg = match msg {
             Ok(m) => m,
+            Err(KafkaError::PartitionEOF(p)) => {
+                self.on_end(p);
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "archiver consume error");
                 return Ok(());
@@ -342,10 +366,22 @@ impl Archiver {
         else {
             return Ok(()); // not (or no longer) ours
         };
-        if !part.read.admit(topic, partition, offset) {
-            return Ok(()); // seek-back replay of what is archived or buffered
+        match part.read.admit(topic, partition, offset) {
+            Admit::Take => {}
+            // The seek-back's replay of what is archived or buffered.
+            Admit::Drop => return Ok(()),
+            Admit::SeekBack => {
+                let tp = tp.clone();
+                self.seek_pending(&tp).await;
+                return Ok(());
+            }
+            Admit::Gap(gap) => {
+                metrics::counter!("tally_archive_missing_offsets_total",
+                    "topic" => topic.to_owned(), "partition" => partition.to_string())
+                .increment((gap.to - gap.from) as u64);
+            }
         }
-        let ts = msg.timestamp().to_millis().unwrap_or_else(now_ms);
+        let ts = kafka_time(msg.timestamp().to_millis());
         let epoch = self.grid.epoch_of(ts);
         let rows = part
             .open
@@ -363,9 +399,59 @@ impl Archiver {
         Ok(())
     }
 
+    /// The fetch of some topic's partition `p` reached the end of its log
+    /// (librdkafka does not say which topic): each owned partition `p` is
+    /// checked against the end its last fetch reported.
+    fn on_end(&mut self, p: i32) {
+        let mut stop = Vec::new();
+        for ((topic, partition), part) in self.parts.iter_mut() {
+            if *partition != p {
+                continue;
+            }
+            let Some(end) = fetched_end(self.consumer.as_ref(), topic, p) else {
+                continue;
+            };
+            // Not an end cached before the claim (Tansu's reported high can
+            // be a batch short, never more than the end).
+            if end < part.high_at_claim {
+                continue;
+            }
+            if let Err(e) = part.read.at_end(end) {
+                stop.push(((topic.clone(), p), e));
+            }
+        }
+        for ((topic, p), e) in stop {
+            let progress = paths::archive_progress(&topic, p);
+            tracing::error!(%topic, partition = p, "{e}. To archive the new log, move this partition's files of the old one out of {}/ (the batch de-duplicates on topic, partition and offset), delete `{progress}`, and restart the archiver", paths::EVENTS_ROOT);
+            metrics::gauge!("tally_archive_partition_stopped",
+                "topic" => topic.clone(), "partition" => p.to_string())
+            .set(1.0);
+            self.summary.stopped += 1;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, p);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::debug!(error = %e, "pausing a stopped partition failed");
+            }
+        }
+    }
+
+    /// Do the partition's pending seek; should it fail, the next tick
+    /// tries again, and nothing is taken meanwhile.
+    async fn seek_pending(&mut self, tp: &Tp) {
+        let Some(from) = self.parts.get(tp).and_then(|p| p.read.pending_seek()) else {
+            return;
+        };
+        if seek(&self.consumer, &tp.0, tp.1, from).await {
+            if let Some(part) = self.parts.get_mut(tp) {
+                part.read.seek_done();
+            }
+        }
+    }
+
     async fn on_tick(&mut self) -> Result<(), ArchiveError> {
         let owned: Vec<Tp> = self.parts.keys().cloned().collect();
         for tp in owned {
+            self.seek_pending(&tp).await;
             let due = self
                 .parts
                 .get(&tp)
@@ -421,12 +507,17 @@ impl Archiver {
         let Some((hw, ms)) = part.pending else {
             return Ok(());
         };
+        // An end offset says nothing of a position not known to be in the
+        // log (a stopped partition, or one not read since its seek).
+        if !part.read.is_reading() {
+            return Ok(());
+        }
         // Nothing buffered and nothing consumed past the durable point: the
         // pending observation is reached once everything below it is durable.
         if part.open.is_empty() && part.archived_to >= hw {
             part.reached = Some((hw, ms));
             let observed = now_ms();
-            let (_, high) = watermarks(&self.consumer, &tp.0, tp.1).await?;
+            let high = watermarks(&self.consumer, &tp.0, tp.1).await?.high;
             part.pending = Some((high, observed));
             if part.archived_to >= high {
                 part.reached = Some((high, observed));
@@ -525,16 +616,15 @@ async fn watermarks(
     consumer: &Arc<ArchiveConsumer>,
     topic: &str,
     p: i32,
-) -> Result<(i64, i64), ArchiveError> {
+) -> Result<Watermarks, ArchiveError> {
     let c = consumer.clone();
     let t = topic.to_owned();
-    Ok(tokio::task::spawn_blocking(move || c.fetch_watermarks(&t, p, KAFKA_TIMEOUT)).await??)
+    Ok(tokio::task::spawn_blocking(move || tally_kafka::watermarks(c.as_ref(), &t, p)).await??)
 }
 
-/// Seek a newly assigned partition. librdkafka refuses a seek until it has
-/// started the partition's fetcher, so retry for a while; if it never
-/// succeeds, the partition is read from the low watermark (correct, slower).
-async fn seek(consumer: &Arc<ArchiveConsumer>, topic: &str, p: i32, offset: i64) {
+/// Seek a partition; whether it worked. librdkafka refuses a seek until it
+/// has started the partition's fetcher, so retry for a while.
+async fn seek(consumer: &Arc<ArchiveConsumer>, topic: &str, p: i32, offset: i64) -> bool {
     for attempt in 0..SEEK_ATTEMPTS {
         let c = consumer.clone();
         let t = topic.to_owned();
@@ -543,19 +633,19 @@ async fn seek(consumer: &Arc<ArchiveConsumer>, topic: &str, p: i32, offset: i64)
         })
         .await;
         match r {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => return true,
             Ok(Err(e)) if attempt + 1 < SEEK_ATTEMPTS => {
                 tracing::debug!(error = %e, topic, partition = p, "seek not possible yet");
                 tokio::time::sleep(SEEK_RETRY).await;
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, topic, partition = p,
-                    "cannot seek: reading the partition from the low watermark");
+                tracing::warn!(error = %e, topic, partition = p, offset, "cannot seek");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "seek task failed");
-                return;
+                return false;
             }
         }
     }
+    false
 }

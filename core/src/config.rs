@@ -128,13 +128,32 @@ pub struct RedisConfig {
     pub url: String,
     /// Prefix of every key Tally writes.
     pub key_prefix: String,
+    /// The `maxmemory-policy` other than `noeviction` the speed layer may run
+    /// on (one of [`EVICTION_POLICIES`]), or `"any"` to skip the check (for
+    /// servers that refuse `CONFIG GET`). Unset, the speed layer refuses to
+    /// start on a Redis that evicts keys: an evicted offset rebuilds counters
+    /// that stayed (counted twice), an evicted counter under a kept offset is
+    /// lost silently.
+    pub accept_maxmemory_policy: Option<String>,
 }
+
+/// Redis's `maxmemory-policy` values that evict keys: all but `noeviction`.
+pub const EVICTION_POLICIES: [&str; 7] = [
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+];
 
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
+            .field("accept_maxmemory_policy", &self.accept_maxmemory_policy)
             .finish()
     }
 }
@@ -164,6 +183,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             key_prefix: "tally".into(),
+            accept_maxmemory_policy: None,
         }
     }
 }
@@ -451,6 +471,17 @@ impl Config {
                 ),
             );
         }
+        if let Some(p) = &self.redis.accept_maxmemory_policy {
+            if p != "any" && !EVICTION_POLICIES.contains(&p.as_str()) {
+                return invalid(
+                    "redis.accept_maxmemory_policy",
+                    format!(
+                        "`{p}` is not a Redis policy that evicts keys: use one of {}, or \"any\" to skip the check; leave it unset for `noeviction`",
+                        EVICTION_POLICIES.join(", ")
+                    ),
+                );
+            }
+        }
         let scheme_ok = ["file://", "s3://", "memory://"]
             .iter()
             .any(|s| self.store.url.starts_with(s));
@@ -554,6 +585,27 @@ mod tests {
             ..RedisConfig::default()
         };
         assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn only_an_evicting_policy_or_any_can_be_accepted() {
+        let with = |p: &str| {
+            Config::from_toml(&format!(
+                "[redis]\naccept_maxmemory_policy = \"{p}\"\n[[view]]\nname = \"v\"\ndimensions = [\"event_type\"]\ngranularity = \"1m\"\nmeasures = [{{ name = \"n\", agg = \"count\" }}]\n"
+            ))
+        };
+        for p in EVICTION_POLICIES.iter().chain(&["any"]) {
+            let cfg = with(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+            assert_eq!(cfg.redis.accept_maxmemory_policy.as_deref(), Some(*p));
+        }
+        for p in ["noeviction", "allkeys_lru", "ALLKEYS-LRU", ""] {
+            let e = with(p).unwrap_err().to_string();
+            assert!(
+                e.contains("redis.accept_maxmemory_policy") && e.contains("allkeys-lru"),
+                "{p}: {e}"
+            );
+        }
+        assert_eq!(Config::default().redis.accept_maxmemory_policy, None);
     }
 
     #[test]

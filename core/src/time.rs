@@ -5,8 +5,16 @@
 //! a multiple of a finer one rolls its buckets up exactly. An [`Epoch`] is the
 //! ingest epoch of a record, `floor(kafka_timestamp / epoch_len)`: both layers
 //! compute it from the same record, which is what the merge rule stands on.
+//!
+//! A record's Kafka time is taken one way everywhere ([`kafka_time`]): the
+//! record's own timestamp, never the wall clock (a record without one would
+//! otherwise get a different epoch in each layer and each replay). Only
+//! [`KAFKA_TIME_RANGE`] is accepted as an event's Kafka time; the decoder
+//! rejects the rest with a reason. Arithmetic on instants, buckets and epochs
+//! saturates, so even a record stamped `i64::MAX` cannot overflow anything.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -51,9 +59,10 @@ impl Granularity {
         self.ms
     }
 
-    /// Start of the bucket holding `t_ms`.
+    /// Start of the bucket holding `t_ms` (`i64::MIN` for the few instants
+    /// whose bucket starts before it).
     pub fn bucket(self, t_ms: i64) -> i64 {
-        t_ms.div_euclid(self.ms) * self.ms
+        t_ms.div_euclid(self.ms).saturating_mul(self.ms)
     }
 
     /// Whether buckets of `self` roll up into buckets of `coarser` exactly.
@@ -139,8 +148,28 @@ pub fn format_ms(ms: i64) -> String {
 }
 
 /// The wall clock in epoch milliseconds: the one place every role reads it.
+/// (Never a record's time: see [`kafka_time`].)
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Kafka's own "no timestamp" (`RecordBatch.NO_TIMESTAMP`).
+pub const NO_TIMESTAMP: i64 = -1;
+
+/// The Kafka times an event may have: from 1970-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59.999Z, what RFC 3339 can write and every engine that
+/// reads the master dataset can hold. Anything else is a producer's bug (a
+/// timestamp in microseconds or seconds, an unset clock), and a record that
+/// far out would live in Redis for centuries and never be batched.
+pub const KAFKA_TIME_RANGE: RangeInclusive<i64> = 0..=253_402_300_799_999;
+
+/// A record's Kafka time as every layer takes it: its timestamp (as rdkafka
+/// reports it, `None` when it has none), else [`NO_TIMESTAMP`]. Never the
+/// wall clock, so the speed layer, the archiver and every replay give a
+/// record the same epoch and the same verdict; the decoder rejects
+/// [`NO_TIMESTAMP`] and anything outside [`KAFKA_TIME_RANGE`].
+pub fn kafka_time(timestamp: Option<i64>) -> i64 {
+    timestamp.unwrap_or(NO_TIMESTAMP)
 }
 
 /// The UTC day number (days since 1970-01-01) of `t_ms`.
@@ -173,12 +202,15 @@ impl EpochGrid {
         kafka_ts_ms.div_euclid(self.len_ms)
     }
 
+    /// The first instant of epoch `e` (saturating at the ends of `i64`).
     pub fn start(self, e: Epoch) -> i64 {
-        e * self.len_ms
+        e.saturating_mul(self.len_ms)
     }
 
+    /// One past the last instant of epoch `e` (saturating at the ends of
+    /// `i64`: the epoch of `i64::MAX` never ends).
     pub fn end(self, e: Epoch) -> i64 {
-        (e + 1) * self.len_ms
+        e.saturating_add(1).saturating_mul(self.len_ms)
     }
 }
 
@@ -249,6 +281,42 @@ mod tests {
         assert_eq!(day_of(-1), -1);
         assert!(m.divides(Granularity::HOUR));
         assert!(!Granularity::HOUR.divides(m));
+    }
+
+    #[test]
+    fn nothing_overflows_at_the_ends_of_time() {
+        let g = EpochGrid::new(3_600_000);
+        for t in [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX - 1, i64::MAX] {
+            let e = g.epoch_of(t);
+            assert!(g.start(e) <= t, "{t}");
+            assert!(g.end(e) > t || g.end(e) == i64::MAX, "{t}");
+            let b = Granularity::DAY.bucket(t);
+            assert!(b <= t && (b == i64::MIN || t - b < MS_PER_DAY), "{t}");
+            day_of(t);
+        }
+        assert_eq!(g.end(g.epoch_of(i64::MAX)), i64::MAX);
+        assert_eq!(g.start(g.epoch_of(i64::MIN)), i64::MIN);
+        assert_eq!(g.end(i64::MAX), i64::MAX);
+        // Inside the range Kafka times may have, exact.
+        let last = *KAFKA_TIME_RANGE.end();
+        assert_eq!(g.end(g.epoch_of(last)), last + 1);
+        assert_eq!(g.start(g.epoch_of(0)), 0);
+        assert_eq!(Granularity::MINUTE.bucket(last), last + 1 - 60_000);
+    }
+
+    #[test]
+    fn the_kafka_time_range_is_what_rfc3339_writes() {
+        assert_eq!(
+            parse_instant("9999-12-31T23:59:59.999Z"),
+            Some(*KAFKA_TIME_RANGE.end())
+        );
+        assert_eq!(
+            parse_instant("1970-01-01T00:00:00Z"),
+            Some(*KAFKA_TIME_RANGE.start())
+        );
+        assert_eq!(kafka_time(None), NO_TIMESTAMP);
+        assert_eq!(kafka_time(Some(5)), 5);
+        assert!(!KAFKA_TIME_RANGE.contains(&NO_TIMESTAMP));
     }
 
     #[test]

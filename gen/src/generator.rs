@@ -22,7 +22,8 @@ pub struct Generated {
     /// The record value: an event in the event format
     /// (docs/ARCHITECTURE.md), or a malformed record.
     pub payload: Vec<u8>,
-    /// The Kafka timestamp (CreateTime) to send the record with.
+    /// The Kafka timestamp (CreateTime) to send the record with; -1 (Kafka's
+    /// "no timestamp") for a record without one.
     pub kafka_ts_ms: i64,
     /// Whether the generator meant it to be a valid event.
     pub valid: bool,
@@ -119,7 +120,7 @@ impl Generator {
             return Generated {
                 key: self.id.as_bytes().to_vec(),
                 payload: self.buf.clone(),
-                kafka_ts_ms: now_ms,
+                kafka_ts_ms: kind.kafka_time(now_ms, &mut self.rng),
                 valid: false,
                 kind: Some(kind),
             };

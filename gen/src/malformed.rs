@@ -6,6 +6,7 @@ use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 use tally_core::event::Limits;
+use tally_core::time::{KAFKA_TIME_RANGE, NO_TIMESTAMP};
 
 use crate::rng::Rng;
 
@@ -41,10 +42,15 @@ pub enum MalformedKind {
     PropertyNotScalar,
     /// A fractional property beyond core's `MAX_ABS_FLOAT`.
     NumberOutOfRange,
+    /// A valid event in a record without a Kafka timestamp.
+    NoKafkaTimestamp,
+    /// A valid event in a record whose Kafka timestamp is outside core's
+    /// `KAFKA_TIME_RANGE`.
+    KafkaTimestampOutOfRange,
 }
 
 impl MalformedKind {
-    pub const ALL: [MalformedKind; 14] = [
+    pub const ALL: [MalformedKind; 16] = [
         MalformedKind::Empty,
         MalformedKind::NotUtf8,
         MalformedKind::NotJson,
@@ -59,6 +65,8 @@ impl MalformedKind {
         MalformedKind::TooLarge,
         MalformedKind::PropertyNotScalar,
         MalformedKind::NumberOutOfRange,
+        MalformedKind::NoKafkaTimestamp,
+        MalformedKind::KafkaTimestampOutOfRange,
     ];
 
     /// The dead-letter reason (core's `Reject::code`) the record must get.
@@ -77,6 +85,25 @@ impl MalformedKind {
             MalformedKind::TooLarge => "too_large",
             MalformedKind::PropertyNotScalar => "property_not_scalar",
             MalformedKind::NumberOutOfRange => "number_out_of_range",
+            MalformedKind::NoKafkaTimestamp => "no_kafka_timestamp",
+            MalformedKind::KafkaTimestampOutOfRange => "kafka_timestamp_out_of_range",
+        }
+    }
+
+    /// The Kafka time a record of this kind is produced with, for Kafka
+    /// time `now`: `now` unless the Kafka time is what is wrong with it.
+    pub fn kafka_time(self, now: i64, rng: &mut Rng) -> i64 {
+        match self {
+            MalformedKind::NoKafkaTimestamp => NO_TIMESTAMP,
+            MalformedKind::KafkaTimestampOutOfRange => match rng.below(4) {
+                // Microseconds instead of milliseconds, the very end of
+                // time, and before 1970.
+                0 => now.saturating_mul(1000),
+                1 => i64::MAX,
+                2 => KAFKA_TIME_RANGE.end() + 1 + rng.below(1 << 40) as i64,
+                _ => -2 - rng.below(1 << 40) as i64,
+            },
+            _ => now,
         }
     }
 }
@@ -199,6 +226,12 @@ pub(crate) fn write(
             out,
             r#"{{"event_id":"{id}","event_type":"page_view","timestamp":{t},"properties":{{"page":"/p1","duration":-{}e305}}}}"#,
             1 + rng.below(9)
+        ),
+        // The payload is a valid event: the record's Kafka time is what is
+        // wrong ([`MalformedKind::kafka_time`]).
+        MalformedKind::NoKafkaTimestamp | MalformedKind::KafkaTimestampOutOfRange => write!(
+            out,
+            r#"{{"event_id":"{id}","event_type":"page_view","timestamp":{t},"user_id":"u1","properties":{{"page":"/p1"}}}}"#
         ),
     };
 }

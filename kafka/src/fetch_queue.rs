@@ -250,10 +250,17 @@ impl<'b> Record<'b> {
         self.msg.offset
     }
 
-    /// A per-partition error delivered in place of a record.
+    /// A per-partition error delivered in place of a record (not the end
+    /// of the log: see [`Record::is_end`]).
     pub fn error(&self) -> Option<KafkaError> {
-        (self.msg.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+        (self.msg.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && !self.is_end())
             .then(|| KafkaError::MessageConsumption(RDKafkaErrorCode::from(self.msg.err)))
+    }
+
+    /// Not a record: the fetch reached the end of the partition's log, which
+    /// is at [`Record::offset`] (librdkafka's end-of-partition event).
+    pub fn is_end(&self) -> bool {
+        self.msg.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF
     }
 
     pub fn payload(&self) -> &'b [u8] {
@@ -267,11 +274,16 @@ impl<'b> Record<'b> {
             .then(|| unsafe { bytes(self.msg.key as *const u8, self.msg.key_len) })
     }
 
-    /// The Kafka timestamp in epoch ms, if the record has one.
+    /// The Kafka timestamp in epoch ms, if the record has one: exactly what
+    /// rdkafka's `Message::timestamp().to_millis()` says for it, so that
+    /// every layer sees the same value (whatever it is: bounds are
+    /// `tally_core::time::kafka_time`'s business).
     pub fn timestamp_ms(&self) -> Option<i64> {
-        // SAFETY: a live message; the type out-parameter may be null.
-        let ts = unsafe { rd::rd_kafka_message_timestamp(self.msg, std::ptr::null_mut()) };
-        (ts >= 0).then_some(ts)
+        let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        // SAFETY: a live message and a valid out-parameter.
+        let ts = unsafe { rd::rd_kafka_message_timestamp(self.msg, &mut kind) };
+        (ts != -1 && kind != rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+            .then_some(ts)
     }
 }
 

@@ -15,10 +15,14 @@
 //!   layer where each newly assigned partition starts, assigns, and records
 //!   the change for the layer's loop; `kafka.assignment = "all"` runs the same
 //!   code over every partition ([`assign_all`]).
-//! - [`partitions`]: which partitions a topic has (the broker's metadata).
+//! - [`partitions`]: what the broker says about partitions: how many a
+//!   topic has, where each one's log starts and ends.
 //! - [`resume`]: seek-back resume: seeking `kafka.seek_back` records early
-//!   (Tansu skips the rest of a record batch on a mid-batch seek) and
-//!   dropping what lies below the target.
+//!   (Tansu skips the rest of a record batch on a mid-batch seek), dropping
+//!   what lies below the target, and never taking a gap for progress: a
+//!   seek that lands past its target seeks further back, a failed seek is
+//!   retried, and a stored position beyond the end of the log stops the
+//!   partition.
 //! - [`reader`]: a consumer that reads its partitions' records a batch at a
 //!   time through a queue of its own; the unsafe layer under it is private,
 //!   and the types enforce its contract (the queue never outlives the
@@ -31,10 +35,10 @@ pub mod rebalance;
 pub mod resume;
 pub mod settings;
 
-pub use partitions::partition_counts;
+pub use partitions::{fetched_end, partition_counts, watermarks, Watermarks};
 pub use reader::{Reader, Record, Records};
 pub use rebalance::{assign_all, Change, Context, Layer, Recorder};
-pub use resume::{seek_position, ReadPosition};
+pub use resume::{plan_seek, seek_position, Admit, Gap, PastEnd, ReadPosition};
 pub use settings::{client_config, consumer_config};
 
 /// A topic partition: (topic, partition).

@@ -3,7 +3,9 @@
 //! Offsets are Tally's own (Redis for the speed layer, progress objects for
 //! the archiver): nothing is auto-committed or auto-stored, and a partition
 //! without a committed offset starts at the earliest record (the layers seek
-//! to where they really start). Fetching is tuned by the `[kafka]` section:
+//! to where they really start). Reaching the end of a partition's log is
+//! reported (`enable.partition.eof`): that is how a stored position beyond
+//! the end is noticed (see [`crate::resume`]). Fetching is tuned by the `[kafka]` section:
 //! the defaults come from the drain benchmark (see `BENCHMARKS.md`).
 
 use rdkafka::config::ClientConfig;
@@ -61,7 +63,7 @@ pub fn consumer_config(
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
         .set("queued.min.messages", kafka.queued_min_messages.to_string())
@@ -103,6 +105,7 @@ mod tests {
         assert_eq!(c.get("queued.min.messages"), Some("1234"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("group.instance.id"), Some("i"));
+        assert_eq!(c.get("enable.partition.eof"), Some("true"));
         assert_eq!(
             consumer_config(&k, "g", None).get("group.instance.id"),
             None

@@ -17,6 +17,10 @@ pub enum SpeedError {
     },
     #[error("Redis holds a value Tally did not write ({0}), so nothing was applied: remove what wrote it and restore or delete that key (or flush the key prefix to rebuild from the cut), then restart")]
     ForeignValue(String),
+    #[error("Redis's maxmemory-policy is `{policy}`: it may evict keys, and an evicted offset counts its records twice, an evicted counter loses them. Set `CONFIG SET maxmemory-policy noeviction` (and in redis.conf), or accept the risk with `redis.accept_maxmemory_policy = \"{policy}\"` in tally.toml")]
+    Evicting { policy: String },
+    #[error("cannot read Redis's maxmemory-policy ({0}): allow `CONFIG GET maxmemory-policy` to Tally's Redis user, or, once you know the server does not evict keys, skip the check with `redis.accept_maxmemory_policy = \"any\"` in tally.toml")]
+    PolicyUnknown(String),
     #[error("unexpected reply from the apply script: {0}")]
     ScriptReply(String),
     #[error("the consumer thread stopped unexpectedly: {0}")]

@@ -16,6 +16,7 @@
 //!   report applied / fenced / reset.
 //! - [`resume`]: where a partition is rebuilt from when Redis has no offset
 //!   for it: the first record of the snapshot cut.
+//! - [`eviction`]: the start-up check that Redis does not evict keys.
 //! - [`dead_letter`]: rejected records to the dead-letter topic, with reasons.
 //! - [`consumer`]: the run time that ties these together: the consume
 //!   thread, the flusher behind a bounded queue (backpressure), where
@@ -29,6 +30,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod delta;
 pub mod error;
+pub mod eviction;
 pub mod resume;
 
 pub use consumer::{run, SpeedSummary};

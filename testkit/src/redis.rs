@@ -16,6 +16,8 @@ pub struct Redis {
     port: u16,
     dir: TempDir,
     secure: Option<Secure>,
+    /// Extra `redis-server` arguments, kept for restarts.
+    args: Vec<String>,
     server: Server,
 }
 
@@ -33,7 +35,13 @@ struct Secure {
 
 impl Redis {
     pub fn start() -> Result<Redis, Error> {
-        Self::start_with(None)
+        Self::launch(None, &[])
+    }
+
+    /// A Redis started with extra arguments, e.g.
+    /// `["--maxmemory-policy", "allkeys-lru"]`.
+    pub fn start_with(args: &[&str]) -> Result<Redis, Error> {
+        Self::launch(None, args)
     }
 
     /// Redis that speaks only TLS (certificates from `tls`) and admits only
@@ -44,24 +52,27 @@ impl Redis {
         password: &str,
         rules: &str,
     ) -> Result<Redis, Error> {
-        Self::start_with(Some(Secure {
+        let secure = Secure {
             cert: tls.cert.clone(),
             key: tls.key.clone(),
             ca: tls.ca.clone(),
             user: user.into(),
             password: password.into(),
             rules: rules.into(),
-        }))
+        };
+        Self::launch(Some(secure), &[])
     }
 
-    fn start_with(secure: Option<Secure>) -> Result<Redis, Error> {
+    fn launch(secure: Option<Secure>, args: &[&str]) -> Result<Redis, Error> {
         let dir = tempfile::Builder::new().prefix("tally-redis-").tempdir()?;
         let port = free_port()?;
-        let server = spawn(&dir, port, secure.as_ref())?;
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let server = spawn(&dir, port, secure.as_ref(), &args)?;
         Ok(Redis {
             port,
             dir,
             secure,
+            args,
             server,
         })
     }
@@ -85,12 +96,17 @@ impl Redis {
     /// that lost its memory looks like to clients.
     pub fn restart_empty(&mut self) -> Result<(), Error> {
         self.server.kill();
-        self.server = spawn(&self.dir, self.port, self.secure.as_ref())?;
+        self.server = spawn(&self.dir, self.port, self.secure.as_ref(), &self.args)?;
         Ok(())
     }
 }
 
-fn spawn(dir: &TempDir, port: u16, secure: Option<&Secure>) -> Result<Server, Error> {
+fn spawn(
+    dir: &TempDir,
+    port: u16,
+    secure: Option<&Secure>,
+    args: &[String],
+) -> Result<Server, Error> {
     let bin = std::env::var("TALLY_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
     let mut cmd = Command::new(bin);
     match secure {
@@ -122,7 +138,8 @@ fn spawn(dir: &TempDir, port: u16, secure: Option<&Secure>) -> Result<Server, Er
         .args(["--appendonly", "no"])
         .args(["--protected-mode", "no"])
         .arg("--dir")
-        .arg(dir.path());
+        .arg(dir.path())
+        .args(args);
     let log: PathBuf = dir.path().join(format!("redis-{port}.log"));
     let mut server = Server::spawn("redis-server", cmd, log)?;
     server.wait_ready("redis-server", port, Duration::from_secs(20))?;

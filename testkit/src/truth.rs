@@ -497,6 +497,11 @@ impl Parsed {
 
 /// The truth's own validation, from the event format (docs/ARCHITECTURE.md, "Events") and the limits.
 fn parse(payload: &[u8], kafka_ts_ms: i64, limits: &Limits) -> Option<Parsed> {
+    // Kafka times from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z; -1
+    // (no timestamp) is outside.
+    if !(0..=253_402_300_799_999).contains(&kafka_ts_ms) {
+        return None;
+    }
     if payload.is_empty() || payload.len() > limits.max_bytes {
         return None;
     }

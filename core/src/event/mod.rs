@@ -4,7 +4,9 @@
 //! [`Event`] borrowing from the record's bytes or a [`Reject`] whose
 //! [`Reject::code`] becomes the dead-letter header. Because the allowed time range
 //! is measured from the record's Kafka timestamp (not the wall clock), the verdict
-//! for a record is the same in the speed layer, the archiver and any replay.
+//! for a record is the same in the speed layer, the archiver and any replay. The
+//! Kafka timestamp itself is checked first: a record without one, or with one
+//! outside [`crate::time::KAFKA_TIME_RANGE`], is rejected whatever it holds.
 //!
 //! Decoding is on the hot path: strings are borrowed from the input unless they
 //! contain escapes, and unknown top-level fields are skipped without allocating.
@@ -33,13 +35,17 @@ mod tests;
 mod timestamp;
 mod types;
 
+use crate::time::{KAFKA_TIME_RANGE, NO_TIMESTAMP};
+
 pub use reject::Reject;
 pub use timestamp::parse_timestamp;
 pub use types::{Event, Limits, Scalar, MAX_ABS_FLOAT};
 
 /// Decode and validate one record. `kafka_ts_ms` is the record's Kafka
-/// timestamp, the reference for the allowed event-time range.
+/// time ([`crate::time::kafka_time`]), the reference for the allowed
+/// event-time range.
 pub fn decode<'a>(bytes: &'a [u8], kafka_ts_ms: i64, limits: &Limits) -> Result<Event<'a>, Reject> {
+    check_kafka_time(kafka_ts_ms)?;
     if bytes.is_empty() {
         return Err(Reject::Empty);
     }
@@ -67,5 +73,17 @@ pub fn decode_general<'a>(
     kafka_ts_ms: i64,
     limits: &Limits,
 ) -> Result<Event<'a>, Reject> {
+    check_kafka_time(kafka_ts_ms)?;
     general::parse(text)?.validate(kafka_ts_ms, limits)
+}
+
+/// The record's Kafka time is one an event may have.
+fn check_kafka_time(kafka_ts_ms: i64) -> Result<(), Reject> {
+    if kafka_ts_ms == NO_TIMESTAMP {
+        Err(Reject::NoKafkaTimestamp)
+    } else if !KAFKA_TIME_RANGE.contains(&kafka_ts_ms) {
+        Err(Reject::KafkaTimestampOutOfRange(kafka_ts_ms))
+    } else {
+        Ok(())
+    }
 }

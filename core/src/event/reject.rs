@@ -8,6 +8,10 @@ use super::types::MAX_ABS_FLOAT;
 /// `tally.reason` dead-letter header and the `reason` metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
+    #[error("the record has no Kafka timestamp (a producer on the pre-0.10 message format, or one that sent -1): its ingest epoch cannot be known, so it is not counted")]
+    NoKafkaTimestamp,
+    #[error("the record's Kafka timestamp {0} is outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59.999Z (a producer clock in seconds or microseconds, or unset?)")]
+    KafkaTimestampOutOfRange(i64),
     #[error("record is empty")]
     Empty,
     #[error("record is {size} bytes, over the limit of {limit}")]
@@ -49,6 +53,8 @@ impl Reject {
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
+            Reject::NoKafkaTimestamp => "no_kafka_timestamp",
+            Reject::KafkaTimestampOutOfRange(_) => "kafka_timestamp_out_of_range",
             Reject::Empty => "empty",
             Reject::TooLarge { .. } => "too_large",
             Reject::NotUtf8 => "not_utf8",
@@ -66,7 +72,9 @@ impl Reject {
     }
 
     /// Every code, for metrics pre-registration and docs.
-    pub const CODES: [&'static str; 13] = [
+    pub const CODES: [&'static str; 15] = [
+        "no_kafka_timestamp",
+        "kafka_timestamp_out_of_range",
         "empty",
         "too_large",
         "not_utf8",

@@ -343,3 +343,63 @@ fn numeric_user_ids_keep_their_text() {
     let e = ok(r#"{"event_id":"a","event_type":"t","timestamp":1704067200000,"user_id":42}"#);
     assert_eq!(e.user_id.as_deref(), Some("42"));
 }
+
+#[test]
+fn kafka_times_outside_the_range_are_rejected_before_anything_else() {
+    use crate::time::{KAFKA_TIME_RANGE, NO_TIMESTAMP};
+    let limits = Limits::default();
+    let last = *KAFKA_TIME_RANGE.end();
+    let event = |t: i64| format!(r#"{{"event_id":"e","event_type":"t","timestamp":{t}}}"#);
+    for (kts, code) in [
+        (NO_TIMESTAMP, "no_kafka_timestamp"),
+        (-2, "kafka_timestamp_out_of_range"),
+        (i64::MIN, "kafka_timestamp_out_of_range"),
+        (last + 1, "kafka_timestamp_out_of_range"),
+        (i64::MAX, "kafka_timestamp_out_of_range"),
+    ] {
+        for payload in [event(kts.max(0)), "not json".into(), String::new()] {
+            for r in [
+                decode(payload.as_bytes(), kts, &limits),
+                decode_general(&payload, kts, &limits),
+            ] {
+                let r = r.expect_err("rejected");
+                assert_eq!(r.code(), code, "{kts} {payload:?}: {r}");
+            }
+        }
+    }
+    // The ends of the range are Kafka times events may have.
+    assert_eq!(decode(event(0).as_bytes(), 0, &limits).unwrap().time_ms, 0);
+    assert_eq!(
+        decode(event(last).as_bytes(), last, &limits)
+            .unwrap()
+            .time_ms,
+        last
+    );
+}
+
+#[test]
+fn extreme_event_times_are_rejected_without_overflow() {
+    use crate::time::KAFKA_TIME_RANGE;
+    let last = *KAFKA_TIME_RANGE.end();
+    let unbounded = Limits {
+        max_past_ms: i64::MAX,
+        max_future_ms: i64::MAX,
+        ..Limits::default()
+    };
+    for (t, kts) in [
+        (i64::MAX, last),
+        (i64::MIN, 0),
+        (i64::MIN, last),
+        (i64::MAX, 0),
+    ] {
+        let payload = format!(r#"{{"event_id":"e","event_type":"t","timestamp":{t}}}"#);
+        let r = decode(payload.as_bytes(), kts, &Limits::default()).expect_err("out of range");
+        assert_eq!(r.code(), "timestamp_out_of_range", "{t} at {kts}");
+        // Limits as wide as i64: the range saturates instead of wrapping
+        // (any Kafka time minus i64::MAX is above i64::MIN).
+        match decode(payload.as_bytes(), kts, &unbounded) {
+            Ok(e) => assert_eq!(e.time_ms, t),
+            Err(r) => assert_eq!((t, r.code()), (i64::MIN, "timestamp_out_of_range")),
+        }
+    }
+}

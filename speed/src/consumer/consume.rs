@@ -5,6 +5,12 @@
 //! checked between batches, the consumer queue (rebalances, errors, commit
 //! results) is served before each batch, and the loop waits for records only
 //! when idle, briefly, so rebalances are never kept waiting.
+//!
+//! Seeks (after a failed chunk, or when a partition's first record after a
+//! seek is past its target) are done between batches, and a seek that fails
+//! is retried: until one succeeds the partition takes nothing, so a consumer
+//! left ahead of the target can never make a chunk skip records. A partition
+//! whose log ends below its stored offset is paused and left alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,13 +23,12 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc as tmpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use tally_core::config::{self, Config};
 use tally_core::keys::Keys;
 use tally_core::time::Epoch;
-use tally_kafka::resume::seek_position_on;
-use tally_kafka::{assign_all, consumer_config, partition_counts, Reader, Tp};
+use tally_kafka::{assign_all, consumer_config, partition_counts, plan_seek, Reader, Tp};
 
 use super::starts::{SpeedConsumer, Starts};
 use super::state::{PartitionState, Rec, State};
@@ -49,6 +54,8 @@ const MAX_CELLS: usize = 50_000;
 const MAX_EVENTS: u64 = 2_000_000;
 /// How long a seek may take.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon a failed seek is tried again.
+const SEEK_RETRY: Duration = Duration::from_millis(200);
 /// librdkafka statistics (for the lag metrics) every this many ms.
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
@@ -60,6 +67,10 @@ pub(super) struct ConsumeLoop {
     stop: Arc<AtomicBool>,
     flush_every: Duration,
     seek_back: i64,
+    /// When pending seeks may be tried (again).
+    seek_at: Instant,
+    /// Partitions stopped because their log ends below the stored offset.
+    stopped: u64,
     store: Arc<dyn ObjectStore>,
     handle: tokio::runtime::Handle,
 }
@@ -107,6 +118,8 @@ impl ConsumeLoop {
             stop,
             flush_every: cfg.speed.flush_interval.as_duration(),
             seek_back: k.seek_back,
+            seek_at: Instant::now(),
+            stopped: 0,
             store,
             handle,
         })
@@ -120,7 +133,9 @@ impl ConsumeLoop {
         self.consumer().context().layer()
     }
 
-    pub(super) fn run(&mut self) -> Result<(), SpeedError> {
+    /// Consume until stopped; returns how many partitions were stopped
+    /// because their log ends below their stored offset.
+    pub(super) fn run(&mut self) -> Result<u64, SpeedError> {
         let mut next_flush = Instant::now() + self.flush_every;
         let mut next_commit = Instant::now() + COMMIT_EVERY;
         let mut next_cut = Instant::now() + SNAPSHOT_CUT_REFRESH;
@@ -168,6 +183,12 @@ impl ConsumeLoop {
             if !self.take_assignment_changes() {
                 break;
             }
+            if self.st.seeks_pending && now >= self.seek_at {
+                self.seek_pending();
+            }
+            if !self.st.past_end.is_empty() {
+                self.stop_past_end();
+            }
             // Then records, a batch at a time without waiting: no clock read
             // per record. Wait only when idle, briefly, so that rebalances on
             // the consumer queue are not kept waiting.
@@ -177,7 +198,7 @@ impl ConsumeLoop {
             }
         }
         self.st.dead.flush(Duration::from_secs(10));
-        Ok(())
+        Ok(self.stopped)
     }
 
     fn take_assignment_changes(&mut self) -> bool {
@@ -206,7 +227,7 @@ impl ConsumeLoop {
 
     /// After a failed chunk: drop the aggregates and re-read every partition,
     /// the failed chunk's from what Redis stores, the others from their last
-    /// chunk.
+    /// chunk (partitions stopped at the end of their log stay stopped).
     fn resync(&mut self, failed: Vec<(Range, Option<i64>)>) -> Result<(), SpeedError> {
         self.st.bump();
         self.st.unflushed.clear();
@@ -214,6 +235,7 @@ impl ConsumeLoop {
             .st
             .parts
             .iter()
+            .filter(|(_, p)| !p.read.is_stopped())
             .map(|(tp, p)| (tp.clone(), (p.start, p.fresh)))
             .collect();
         for (r, stored) in failed {
@@ -240,22 +262,57 @@ impl ConsumeLoop {
             targets.insert(tp, target);
         }
         for (tp, (target, fresh)) in targets {
-            self.reseek(&tp, target, fresh);
+            let read = plan_seek(self.consumer(), &tp.0, tp.1, target, self.seek_back);
+            if let Some(p) = self.st.parts.get_mut(&tp) {
+                let (committed_to, applied_to) = (p.committed_to, p.applied_to);
+                *p = PartitionState::new(read, fresh);
+                p.committed_to = committed_to;
+                p.applied_to = applied_to;
+            }
         }
+        self.st.seeks_pending = true;
+        self.seek_pending();
         Ok(())
     }
 
-    fn reseek(&mut self, tp: &Tp, target: i64, fresh: bool) {
+    /// Do the seeks partitions wait for. One that fails leaves its partition
+    /// taking nothing, and is tried again shortly.
+    fn seek_pending(&mut self) {
         let consumer = self.reader.consumer();
-        let pos = seek_position_on(consumer, &tp.0, tp.1, target, self.seek_back);
-        if let Err(e) = consumer.seek(&tp.0, tp.1, Offset::Offset(pos), SEEK_TIMEOUT) {
-            warn!(error = %e, topic = %tp.0, partition = tp.1, "seek failed; the next chunk will be fenced and retried");
+        let mut failed = false;
+        for ((topic, partition), p) in &mut self.st.parts {
+            let Some(from) = p.read.pending_seek() else {
+                continue;
+            };
+            match consumer.seek(topic, *partition, Offset::Offset(from), SEEK_TIMEOUT) {
+                Ok(()) => p.read.seek_done(),
+                Err(e) => {
+                    warn!(error = %e, %topic, partition, from,
+                        "seek failed: nothing of this partition is taken until a retry succeeds");
+                    metrics::counter!("tally_speed_seek_failures_total").increment(1);
+                    failed = true;
+                }
+            }
         }
-        if let Some(p) = self.st.parts.get_mut(tp) {
-            let (committed_to, applied_to) = (p.committed_to, p.applied_to);
-            *p = PartitionState::new(target, fresh);
-            p.committed_to = committed_to;
-            p.applied_to = applied_to;
+        self.st.seeks_pending = failed;
+        self.seek_at = Instant::now() + SEEK_RETRY;
+    }
+
+    /// Pause the partitions whose log ends below their stored offset: their
+    /// records are not taken, and the operator decides (see the error).
+    fn stop_past_end(&mut self) {
+        let offsets = self.starts().keys.offsets();
+        for ((topic, partition), e) in std::mem::take(&mut self.st.past_end) {
+            error!(%topic, partition, "{e}. Once the log is what it should be, delete field `{topic}/{partition}` of Redis hash `{offsets}` (the partition is then rebuilt from the snapshot cut) and restart the speed layer");
+            metrics::gauge!("tally_speed_partition_stopped",
+                "topic" => topic.clone(), "partition" => partition.to_string())
+            .set(1.0);
+            self.stopped += 1;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            if let Err(e) = self.reader.consumer().pause(&tpl) {
+                warn!(error = %e, %topic, partition, "pausing a stopped partition failed (its records are dropped anyway)");
+            }
         }
     }
 
@@ -295,6 +352,8 @@ fn on_polled(
     polled: KafkaResult<BorrowedMessage<'_>>,
 ) -> bool {
     match polled {
+        // Ends of partitions not routed to the reader: no topic to go by.
+        Err(KafkaError::PartitionEOF(_)) => {}
         Err(e) => warn!(error = %e, "kafka poll error"),
         Ok(msg) => {
             let changes = consumer.context().changes();
@@ -318,6 +377,10 @@ fn on_polled(
 fn on_batch(st: &mut State, reader: &mut Reader<Starts>, timeout: Duration) -> usize {
     let records = reader.poll(timeout);
     for r in &records {
+        if r.is_end() {
+            st.on_end(r.topic(), r.partition(), r.offset());
+            continue;
+        }
         if let Some(e) = r.error() {
             warn!(error = %e, topic = r.topic(), partition = r.partition(), "kafka fetch error");
             continue;

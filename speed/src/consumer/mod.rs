@@ -59,6 +59,10 @@ pub struct SpeedSummary {
     pub chunks: u64,
     /// Chunks fenced off (nothing applied; their records were read again).
     pub fenced: u64,
+    /// Partitions stopped because their log ends below the offset Redis
+    /// stores for them (the topic was created again, the broker lost its
+    /// records).
+    pub stopped: u64,
 }
 
 /// What the flusher tells the consume thread.
@@ -81,6 +85,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<SpeedSummary, SpeedError> {
     info!(topics = ?cfg.kafka.topics, group = %cfg.kafka.group, "speed layer starting");
+    crate::eviction::check(&cfg.redis).await?;
     let applier = Applier::connect(&cfg).await?;
     let cut = snapshot_cut(&store, &cfg.views).await?;
     let (chunk_tx, chunk_rx) = tmpsc::channel::<Chunk>(cfg.speed.queue_capacity);
@@ -131,6 +136,8 @@ pub async fn run(
         .map_err(|_| SpeedError::Thread("consume thread panicked".into()))?;
     info!("speed layer stopped");
     let summary = flushed?;
-    consumed?;
-    Ok(summary)
+    Ok(SpeedSummary {
+        stopped: consumed?,
+        ..summary
+    })
 }

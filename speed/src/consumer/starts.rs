@@ -5,16 +5,16 @@
 //! last chunk applied, by whichever process applied it. Without one (first
 //! start, or Redis lost its memory) it is rebuilt from the snapshot cut
 //! ([`crate::resume`]), marked `fresh` so that the apply script accepts a
-//! start with no stored offset. Either way the seek goes `kafka.seek_back`
-//! records early (see [`tally_kafka::resume`]).
+//! start with no stored offset. Either way the partition is assigned
+//! `kafka.seek_back` records early, and its [`ReadPosition`] decides what is
+//! taken (see [`tally_kafka::resume`]).
 
 use std::sync::Mutex;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::statistics::Statistics;
 use rdkafka::Offset;
-use tally_kafka::resume::seek_position_on;
-use tally_kafka::{Context, Layer};
+use tally_kafka::{plan_seek, Context, Layer, ReadPosition};
 use tracing::warn;
 
 use tally_core::keys::Keys;
@@ -40,10 +40,17 @@ pub(super) struct Starts {
 /// Where an assigned partition starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Start {
-    /// The first offset to fold.
-    pub(super) target: i64,
-    /// Whether `target` is a rebuild point (no stored offset in Redis).
+    /// Assigned where it seeks for the first offset to fold.
+    pub(super) read: ReadPosition,
+    /// Whether that offset is a rebuild point (no stored offset in Redis).
     pub(super) fresh: bool,
+}
+
+/// The first offset to fold, and whether it is a rebuild point.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    offset: i64,
+    fresh: bool,
 }
 
 impl Starts {
@@ -55,7 +62,7 @@ impl Starts {
         *self.snapshot_cut.lock().unwrap_or_else(|e| e.into_inner()) = cut;
     }
 
-    fn start_of(&self, consumer: &impl Consumer<Context<Self>>, topic: &str, p: i32) -> Start {
+    fn target(&self, consumer: &impl Consumer<Context<Self>>, topic: &str, p: i32) -> Target {
         let stored: Result<Option<i64>, redis::RedisError> =
             self.redis.get_connection().and_then(|mut c| {
                 redis::cmd("HGET")
@@ -65,19 +72,19 @@ impl Starts {
             });
         let cut = self.snapshot_cut();
         match stored {
-            Ok(Some(o)) => Start {
-                target: o,
+            Ok(Some(o)) => Target {
+                offset: o,
                 fresh: false,
             },
             Ok(None) => match rebuild_offset(consumer, topic, p, cut, self.grid) {
-                Ok(o) => Start {
-                    target: o,
+                Ok(o) => Target {
+                    offset: o,
                     fresh: true,
                 },
                 Err(e) => {
                     warn!(error = %e, topic, partition = p, "cannot find the rebuild offset; starting at 0");
-                    Start {
-                        target: 0,
+                    Target {
+                        offset: 0,
                         fresh: true,
                     }
                 }
@@ -86,8 +93,8 @@ impl Starts {
                 // Unknown position: start from the rebuild point but not as a
                 // rebuild; the script fences or resets it once Redis answers.
                 warn!(error = %e, topic, partition = p, "Redis unreachable at assignment");
-                Start {
-                    target: rebuild_offset(consumer, topic, p, cut, self.grid).unwrap_or(0),
+                Target {
+                    offset: rebuild_offset(consumer, topic, p, cut, self.grid).unwrap_or(0),
                     fresh: false,
                 }
             }
@@ -104,9 +111,16 @@ impl Layer for Starts {
         topic: &str,
         partition: i32,
     ) -> (Offset, Start) {
-        let start = self.start_of(consumer, topic, partition);
-        let seek = seek_position_on(consumer, topic, partition, start.target, self.seek_back);
-        (Offset::Offset(seek), start)
+        let target = self.target(consumer, topic, partition);
+        let mut read = plan_seek(consumer, topic, partition, target.offset, self.seek_back);
+        // Assigning there is the seek.
+        let from = read.pending_seek().unwrap_or(target.offset);
+        read.seek_done();
+        let start = Start {
+            read,
+            fresh: target.fresh,
+        };
+        (Offset::Offset(from), start)
     }
 
     fn stats(&self, stats: Statistics) {

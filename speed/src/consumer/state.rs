@@ -5,15 +5,18 @@
 //! `[start, end)`: every one of them was folded into the shared
 //! [`Unflushed`] aggregates or rejected. Cutting a chunk takes the aggregates
 //! and every partition's range together, so each chunk is exactly the
-//! records of its ranges.
+//! records of its ranges. Which records a partition takes after a seek is
+//! its [`ReadPosition`]'s decision: nothing past the target until a record at
+//! or below it has arrived, nothing while a seek is pending, nothing once
+//! the log turned out to end below the stored offset.
 
 use std::collections::HashMap;
 
 use tokio::sync::mpsc as tmpsc;
 
 use tally_core::event::{decode, Limits};
-use tally_core::time::now_ms;
-use tally_kafka::{Change, ReadPosition, Recorder, Tp};
+use tally_core::time::kafka_time;
+use tally_kafka::{Admit, Change, PastEnd, ReadPosition, Recorder, Tp};
 
 use super::starts::Start;
 use crate::dead_letter::{DeadLetters, Source};
@@ -34,10 +37,12 @@ pub(super) struct PartitionState {
 }
 
 impl PartitionState {
-    pub(super) fn new(target: i64, fresh: bool) -> Self {
+    /// A partition to be read from `read`'s next offset on.
+    pub(super) fn new(read: ReadPosition, fresh: bool) -> Self {
+        let target = read.next();
         PartitionState {
             start: target,
-            read: ReadPosition::at(target),
+            read,
             fresh,
             committed_to: target,
             applied_to: target,
@@ -64,6 +69,10 @@ pub(super) struct State {
     pub(super) parts: HashMap<Tp, PartitionState>,
     pub(super) unflushed: Unflushed,
     pub(super) generation: u64,
+    /// Some partition waits for a seek ([`ReadPosition::pending_seek`]).
+    pub(super) seeks_pending: bool,
+    /// Partitions whose log ends below their stored offset, not yet paused.
+    pub(super) past_end: Vec<(Tp, PastEnd)>,
 }
 
 /// One record, from either queue (the reader's or the consumer's).
@@ -86,6 +95,8 @@ impl State {
             parts: HashMap::new(),
             unflushed: Unflushed::default(),
             generation: 1,
+            seeks_pending: false,
+            past_end: Vec::new(),
         }
     }
 
@@ -100,10 +111,20 @@ impl State {
         else {
             return; // not (or no longer) ours
         };
-        if !part.read.admit(topic, partition, offset) {
-            return; // below the target of a seek, or already folded
+        match part.read.admit(topic, partition, offset) {
+            Admit::Take => {}
+            Admit::Drop => return, // below the target of a seek, or already folded
+            Admit::SeekBack => {
+                self.seeks_pending = true;
+                return;
+            }
+            Admit::Gap(gap) => {
+                metrics::counter!("tally_speed_missing_offsets_total",
+                    "topic" => topic.to_owned(), "partition" => partition.to_string())
+                .increment((gap.to - gap.from) as u64);
+            }
         }
-        let kafka_ts = msg.timestamp_ms.unwrap_or_else(now_ms);
+        let kafka_ts = kafka_time(msg.timestamp_ms);
         let payload = msg.payload;
         match decode(payload, kafka_ts, &self.limits) {
             Ok(event) => self
@@ -122,6 +143,21 @@ impl State {
         }
     }
 
+    /// The fetch of `topic`/`partition` reached the end of its log, at
+    /// `end`: below the partition's position, it stops (the loop pauses it).
+    pub(super) fn on_end(&mut self, topic: &str, partition: i32, end: i64) {
+        let Some((tp, part)) = self
+            .parts
+            .iter_mut()
+            .find(|((t, p), _)| *p == partition && t == topic)
+        else {
+            return;
+        };
+        if let Err(e) = part.read.at_end(end) {
+            self.past_end.push((tp.clone(), e));
+        }
+    }
+
     /// Apply the assignment changes the rebalance callback recorded. Records
     /// of a revoked partition are flushed first: they share the aggregates
     /// with the others (the next owner's fencing sorts out who wins).
@@ -134,8 +170,11 @@ impl State {
         for c in changes.take() {
             match c {
                 Change::Assigned(tp, start) => {
+                    metrics::gauge!("tally_speed_partition_stopped",
+                        "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+                    .set(0.0);
                     self.parts
-                        .insert(tp, PartitionState::new(start.target, start.fresh));
+                        .insert(tp, PartitionState::new(start.read, start.fresh));
                 }
                 Change::Revoked(tp) => {
                     if self.parts.get(&tp).is_some_and(PartitionState::moved) && !self.flush(tx) {

@@ -1,0 +1,258 @@
+//! Gaps never taken as progress by the archiver, against the real broker: a
+//! seek that lands past the claimed position, and a progress object beyond
+//! the end of the log (the broker lost its records and the topic was created
+//! again). Checked against the coordinates the test produced.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStore;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tally_batch::{archive, archive_file, store};
+use tally_core::manifest::{CutFile, ProgressFile};
+use tally_core::paths;
+use tally_testkit::kafka::{self, Record};
+use tally_testkit::Broker;
+
+const TOPIC: &str = "events";
+const T0: i64 = 1_704_067_200_000; // 2024-01-01T00:00:00Z
+const HOUR: i64 = 3_600_000;
+
+/// `n` valid events for `partition`, numbered from `first`.
+fn records(partition: i32, first: usize, n: usize) -> Vec<Record> {
+    (first..first + n)
+        .map(|i| {
+            let ts = T0 + i as i64 * 1000;
+            Record {
+                partition,
+                payload: format!(
+                    r#"{{"event_id":"p{partition}-{i}","event_type":"page_view","timestamp":{ts}}}"#
+                )
+                .into_bytes(),
+                timestamp_ms: ts,
+            }
+        })
+        .collect()
+}
+
+/// How often each (partition, offset) is in the master dataset.
+async fn archived(store: &Arc<dyn ObjectStore>) -> BTreeMap<(i32, i64), usize> {
+    let mut seen = BTreeMap::new();
+    for f in store::list(store.as_ref(), paths::EVENTS_ROOT)
+        .await
+        .unwrap()
+    {
+        let batches = archive_file::read_all(store.clone(), f.location.as_ref())
+            .await
+            .unwrap();
+        for (_, p, o) in archive_file::coordinates(&batches) {
+            *seen.entry((p, o)).or_default() += 1;
+        }
+    }
+    seen
+}
+
+/// `seen` holds exactly `want`, once each; a short account of the
+/// difference otherwise.
+fn assert_exactly(seen: &BTreeMap<(i32, i64), usize>, want: impl Iterator<Item = (i32, i64)>) {
+    let want: std::collections::BTreeSet<(i32, i64)> = want.collect();
+    let missing: Vec<_> = want.iter().filter(|c| !seen.contains_key(c)).collect();
+    let extra: Vec<_> = seen.keys().filter(|c| !want.contains(c)).collect();
+    let doubled: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && doubled.is_empty(),
+        "{} missing (from {:?}), {} extra (from {:?}), {} doubled (from {:?})",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first(),
+        doubled.len(),
+        doubled.first()
+    );
+}
+
+async fn progress(store: &Arc<dyn ObjectStore>, partition: i32) -> Option<ProgressFile> {
+    store::get_json::<ProgressFile>(store.as_ref(), &paths::archive_progress(TOPIC, partition))
+        .await
+        .unwrap()
+        .map(|(f, _)| f)
+}
+
+async fn wait_archived_to(store: &Arc<dyn ObjectStore>, partition: i32, end: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(ProgressFile::V1 { archived_to, .. }) = progress(store, partition).await {
+            if archived_to == end {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition {partition} not archived to {end}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An archiver run until `stop` resolves.
+fn start(
+    cfg: &tally_core::config::Config,
+    store: &Arc<dyn ObjectStore>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<archive::ArchiveSummary, archive::ArchiveError>>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (cfg, store) = (cfg.clone(), store.clone());
+    let task = tokio::spawn(async move {
+        archive::run(&cfg, store, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    (tx, task)
+}
+
+fn progress_file(partition: i32, archived_to: i64, observed_ms: i64) -> ProgressFile {
+    ProgressFile::V1 {
+        topic: TOPIC.into(),
+        partition,
+        archived_to,
+        high_watermark: archived_to,
+        observed_ms,
+        owner: None,
+    }
+}
+
+/// Resuming mid-batch with no seek-back at all: Tansu answers the seek with
+/// the next record batch. Before, the first record after the seek was only
+/// logged, the rest of the batch never archived, and the progress (and the
+/// cut) moved past it; now the partition seeks further back until a record
+/// at or below its position arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_that_lands_past_the_claimed_position_seeks_further_back() {
+    let broker = Broker::start().unwrap();
+    let bootstrap = broker.bootstrap();
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        kafka::create_topic(&b, TOPIC, 1).unwrap();
+        let producer = kafka::producer(&b, 1000).unwrap();
+        kafka::produce(&producer, TOPIC, &records(0, 0, 3_000)).unwrap();
+    })
+    .await
+    .unwrap();
+    let target = 1_234;
+    let b = bootstrap.clone();
+    let first = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", "probe")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(TOPIC, 0, Offset::Offset(target))
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        loop {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                return m.offset();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(first > target, "the broker must skip: got {first}");
+
+    let group = format!("gaps-{}", rand::random::<u32>());
+    let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
+    cfg.kafka.seek_back = 0;
+    let store = store::open(&cfg.store).unwrap();
+    // An earlier run archived everything below 1,234.
+    store::put_json(
+        store.as_ref(),
+        &paths::archive_progress(TOPIC, 0),
+        &progress_file(0, target, T0),
+    )
+    .await
+    .unwrap();
+    let (stop, task) = start(&cfg, &store);
+    wait_archived_to(&store, 0, 3_000).await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    assert_exactly(&archived(&store).await, (target..3_000).map(|o| (0, o)));
+}
+
+/// The broker loses its records and the topic is created again: partition
+/// 0's progress is beyond the new log's end. Before, the archiver took its
+/// stored position as reached, published observations (and so the cut) over
+/// records it never archived, and archived only what came past the old
+/// position. Now the partition stops (an error and
+/// `tally_archive_partition_stopped`): its progress is untouched, nothing of
+/// the new log is archived as if it were the old one, not even what arrives
+/// later, and the cut cannot pass it. Partition 1, never archived, goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_beyond_the_end_of_the_log_stops_the_partition() {
+    let broker = Broker::start().unwrap();
+    let bootstrap = broker.bootstrap();
+    let b = bootstrap.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        kafka::create_topic(&b, TOPIC, 2).unwrap();
+        let producer = kafka::producer(&b, 1000).unwrap();
+        let mut recs = records(0, 0, 300);
+        recs.extend(records(1, 0, 300));
+        kafka::produce(&producer, TOPIC, &recs).unwrap();
+        producer
+    })
+    .await
+    .unwrap();
+
+    let group = format!("gaps-{}", rand::random::<u32>());
+    let cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
+    let store = store::open(&cfg.store).unwrap();
+    // The old log was archived to 5,000, and seen whole at 01:00.
+    let mut old = progress_file(0, 5_000, T0 + HOUR);
+    store::put_json(store.as_ref(), &paths::archive_progress(TOPIC, 0), &old)
+        .await
+        .unwrap();
+    let (stop, task) = start(&cfg, &store);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The new log outgrows the old position while the partition is stopped.
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut recs = records(0, 300, 6_000);
+        recs.extend(records(1, 300, 700));
+        kafka::produce(&producer, TOPIC, &recs).unwrap();
+        producer
+    })
+    .await
+    .unwrap();
+    wait_archived_to(&store, 1, 1_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop.send(());
+    let summary = task.await.unwrap().unwrap();
+    drop(producer);
+
+    assert_eq!(summary.stopped, 1, "{summary:?}");
+    // Claimed (a new owner), nothing else.
+    let Some(ProgressFile::V1 { owner, .. }) = progress(&store, 0).await else {
+        panic!("no progress for partition 0")
+    };
+    let ProgressFile::V1 { owner: was, .. } = &mut old;
+    *was = owner;
+    assert_eq!(progress(&store, 0).await, Some(old), "progress untouched");
+    // Nothing of partition 0.
+    assert_exactly(&archived(&store).await, (0..1_000).map(|o| (1, o)));
+    // The cut stays where partition 0's old observation allows.
+    if let Some((CutFile::V1 { cut, .. }, _)) =
+        store::get_json::<CutFile>(store.as_ref(), paths::CUT)
+            .await
+            .unwrap()
+    {
+        assert!(cut <= (T0 + HOUR) / HOUR, "cut {cut}");
+    }
+}

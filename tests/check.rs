@@ -278,3 +278,51 @@ fn the_redis_password_is_never_printed() {
     assert!(text.contains("redis.url"), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
+
+#[test]
+fn empty_or_short_tokens_are_refused_with_the_field_named() {
+    for (field, value) in [
+        ("admin_token", ""),
+        ("read_token", "  "),
+        ("read_token", "short"),
+    ] {
+        let toml = broken("[serve]\n", &format!("[serve]\n{field} = \"{value}\"\n"));
+        assert_rejected(&toml, &[&format!("serve.{field}"), "openssl rand"]);
+    }
+    let ok = broken(
+        "[serve]\n",
+        "[serve]\nadmin_token = \"0123456789abcdef0123\"\n",
+    );
+    let (accepted, text) = check(&ok);
+    assert!(accepted, "{text}");
+}
+
+#[test]
+fn the_demo_config_passes_with_the_token_infra_demo_generates() {
+    let demo = include_str!("../infra/demo.toml");
+    let (ok, text) = check_with_env(
+        demo,
+        &[(
+            "TALLY_SERVE__ADMIN_TOKEN",
+            "3f1c0de9a8b7c6d5e4f30211aabbccdd",
+        )],
+    );
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn kafka_security_mistakes_name_the_field() {
+    let toml = broken(
+        "[redis]\n",
+        "[kafka.security]\nprotocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"tally\"\n\n[redis]\n",
+    );
+    assert_rejected(&toml, &["kafka.security.sasl_password"]);
+    // A SASL password never shows in what `tally check` prints.
+    let toml = broken(
+        "[redis]\n",
+        "[kafka.security]\nprotocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"tally\"\nsasl_password = \"pw-7781c\"\n\n[redis]\n",
+    );
+    let (ok, text) = check(&toml);
+    assert!(ok, "{text}");
+    assert!(!text.contains("pw-7781c"), "{text}");
+}

@@ -363,6 +363,9 @@ impl Default for ServeConfig {
     }
 }
 
+/// The shortest bearer token accepted: short ones are guessed.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// The whole `tally.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -520,6 +523,25 @@ impl Config {
                     self.batch.schedule
                 ),
             );
+        }
+        let tokens = [
+            ("serve.admin_token", &self.serve.admin_token),
+            ("serve.read_token", &self.serve.read_token),
+        ];
+        for (field, token) in tokens {
+            if token
+                .as_deref()
+                .is_some_and(|t| t.trim().len() < MIN_TOKEN_LEN)
+            {
+                return invalid(
+                    field,
+                    format!(
+                        "a token needs at least {MIN_TOKEN_LEN} characters (an empty one would \
+                         let anyone in): generate one with `openssl rand -hex 32`, or remove \
+                         the key"
+                    ),
+                );
+            }
         }
         if self.views.is_empty() {
             return invalid("view", "declare at least one [[view]]".into());

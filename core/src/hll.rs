@@ -130,6 +130,14 @@ impl Hll {
         }
     }
 
+    /// Bytes the sketch holds on the heap: what a memory budget counts.
+    pub fn heap_bytes(&self) -> usize {
+        match &self.repr {
+            Repr::Sparse(e) => e.capacity() * std::mem::size_of::<u32>(),
+            Repr::Dense(r) => r.len(),
+        }
+    }
+
     /// The register values, one byte each.
     pub fn registers(&self) -> Vec<u8> {
         match &self.repr {

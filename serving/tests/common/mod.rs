@@ -21,7 +21,9 @@ use rand::{Rng, SeedableRng};
 use tally_core::agg::{Agg, AggKind, Num};
 use tally_core::config::Config;
 use tally_core::hll::Hll;
-use tally_core::keys::{group_json, CounterField, Keys, Part, SketchField};
+use tally_core::keys::{
+    group_json, CellMember, CounterField, Keys, Part, SketchField, BORN_FIELD, VERSION_FIELD,
+};
 use tally_core::manifest::{columns, DayFile, Manifest, ManifestV2};
 use tally_core::time::{day_of, Granularity};
 use tally_core::view::ViewDef;
@@ -125,9 +127,18 @@ fn fold_cell(view: &ViewDef, evs: &[&Ev]) -> Vec<Agg> {
 type CellKey = (i64, Vec<Option<String>>);
 
 fn cells<'a>(view: &ViewDef, evs: impl Iterator<Item = &'a Ev>) -> BTreeMap<CellKey, Vec<Agg>> {
+    cells_at(view, view.granularity, evs)
+}
+
+/// The cells of `evs` at bucket width `level`.
+fn cells_at<'a>(
+    view: &ViewDef,
+    level: Granularity,
+    evs: impl Iterator<Item = &'a Ev>,
+) -> BTreeMap<CellKey, Vec<Agg>> {
     let mut by: BTreeMap<CellKey, Vec<&Ev>> = BTreeMap::new();
     for e in evs {
-        by.entry((view.granularity.bucket(e.t), e.group()))
+        by.entry((level.bucket(e.t), e.group()))
             .or_default()
             .push(e);
     }
@@ -136,7 +147,9 @@ fn cells<'a>(view: &ViewDef, evs: impl Iterator<Item = &'a Ev>) -> BTreeMap<Cell
         .collect()
 }
 
-/// Write the snapshot of the events with epoch < cut, as the batch layer would.
+/// Write the snapshot of the events with epoch < cut, as the batch layer
+/// would: every level of the view (`ViewDef::levels`), per the manifest
+/// contract (`core/src/manifest.rs`).
 pub async fn publish_snapshot(
     store: &InMemory,
     view: &ViewDef,
@@ -144,9 +157,53 @@ pub async fn publish_snapshot(
     cut: i64,
     run_id: &str,
 ) {
-    let snap = cells(view, evs.iter().filter(|e| e.epoch < cut));
+    publish_snapshot_at(store, view, evs, cut, run_id, &view.levels()).await
+}
+
+/// [`publish_snapshot`] at the given levels only (the view's own first).
+pub async fn publish_snapshot_at(
+    store: &InMemory,
+    view: &ViewDef,
+    evs: &[Ev],
+    cut: i64,
+    run_id: &str,
+    levels: &[Granularity],
+) {
+    let mut days = Vec::new();
+    for &level in levels {
+        let snap = cells_at(view, level, evs.iter().filter(|e| e.epoch < cut));
+        days.extend(write_level(store, view, &snap, run_id, level).await);
+    }
+    let m = Manifest::V2(ManifestV2 {
+        view: view.name.clone(),
+        run_id: run_id.into(),
+        cut,
+        definition: view.fingerprint(),
+        created_ms: T0 + SPAN_MS,
+        levels_ms: levels.iter().map(|l| l.as_ms()).collect(),
+        days,
+        inputs: vec![],
+        rows_read: evs.len() as u64,
+    });
+    store
+        .put(
+            &Path::from(tally_core::paths::manifest(&view.name).as_str()),
+            PutPayload::from(serde_json::to_vec(&m).expect("json")),
+        )
+        .await
+        .expect("put manifest");
+}
+
+/// The day files of one level.
+async fn write_level(
+    store: &InMemory,
+    view: &ViewDef,
+    snap: &BTreeMap<CellKey, Vec<Agg>>,
+    run_id: &str,
+    level: Granularity,
+) -> Vec<DayFile> {
     let mut by_day: BTreeMap<i64, Vec<(&CellKey, &Vec<Agg>)>> = BTreeMap::new();
-    for (k, v) in &snap {
+    for (k, v) in snap {
         by_day.entry(day_of(k.0)).or_default().push((k, v));
     }
     let mut days = Vec::new();
@@ -217,37 +274,21 @@ pub async fn publish_snapshot(
             parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).expect("writer");
         w.write(&batch).expect("write");
         w.close().expect("close");
-        let path = tally_core::paths::snapshot_file(&view.name, run_id, view.granularity, day);
+        let path = tally_core::paths::snapshot_file(&view.name, run_id, level, day);
+        let bytes = buf.len() as u64;
         store
             .put(&Path::from(path.as_str()), PutPayload::from(buf))
             .await
             .expect("put");
         days.push(DayFile {
             day,
-            level_ms: Some(view.granularity.as_ms()),
+            level_ms: Some(level.as_ms()),
             path,
             rows: rows.len() as u64,
-            bytes: None,
+            bytes: Some(bytes),
         });
     }
-    let m = Manifest::V2(ManifestV2 {
-        view: view.name.clone(),
-        run_id: run_id.into(),
-        cut,
-        definition: view.fingerprint(),
-        created_ms: T0 + SPAN_MS,
-        levels_ms: vec![view.granularity.as_ms()],
-        days,
-        inputs: vec![],
-        rows_read: evs.len() as u64,
-    });
-    store
-        .put(
-            &Path::from(tally_core::paths::manifest(&view.name).as_str()),
-            PutPayload::from(serde_json::to_vec(&m).expect("json")),
-        )
-        .await
-        .expect("put manifest");
+    days
 }
 
 /// Write every event's slice into Redis as the speed layer would (all epochs:
@@ -263,11 +304,25 @@ pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[E
     for e in evs {
         by_slice.entry((e.epoch, day_of(e.t))).or_default().push(e);
     }
+    // One call is one flush: it takes the next version, and marks every
+    // slice and cell it writes with it (published last, as the apply
+    // script's atomic call would make it appear).
+    let last: Option<u64> = redis::cmd("HGET")
+        .arg(keys.version())
+        .arg(VERSION_FIELD)
+        .query_async(&mut conn)
+        .await
+        .expect("version");
+    let version = last.unwrap_or(0) + 1;
     for ((epoch, day), slice) in by_slice {
         let mut p = redis::pipe();
         let ck = keys.counters(&view.name, epoch, day);
         for ((bucket, group), aggs) in cells(view, slice.into_iter()) {
             let gj = group_json(&group);
+            p.cmd("ZADD")
+                .arg(keys.cells(&view.name, epoch, day))
+                .arg(version)
+                .arg(CellMember::encode(bucket, &gj));
             for (m, a) in view.measures.iter().zip(&aggs) {
                 match a {
                     Agg::Count(n) => {
@@ -323,16 +378,29 @@ pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[E
             for u in us {
                 p.arg(u);
             }
-            p.cmd("SADD")
-                .arg(keys.sketch_index(&view.name, epoch, day))
-                .arg(&suffix);
         }
         p.cmd("ZADD")
             .arg(keys.slices(&view.name))
             .arg((epoch + 1) * EPOCH_MS + 86_400_000)
             .arg(Keys::slice_member(epoch, day));
+        p.cmd("HSET")
+            .arg(keys.slice_versions(&view.name))
+            .arg(Keys::slice_member(epoch, day))
+            .arg(version);
         let _: () = p.query_async(&mut conn).await.expect("write slice");
     }
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(keys.version())
+        .arg(VERSION_FIELD)
+        .arg(version)
+        .cmd("HSETNX")
+        .arg(keys.version())
+        .arg(BORN_FIELD)
+        .arg(T0)
+        .query_async(&mut conn)
+        .await
+        .expect("publish the version");
 }
 
 /// Expected answer for a query, folded from the events directly.

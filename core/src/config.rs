@@ -350,7 +350,7 @@ impl TryFrom<ByteText> for ByteSize {
 impl From<ByteSize> for String {
     fn from(b: ByteSize) -> String {
         for (unit, mult) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if b.0 != 0 && b.0 % mult == 0 {
+            if b.0 != 0 && b.0.is_multiple_of(mult) {
                 return format!("{}{unit}", b.0 / mult);
             }
         }

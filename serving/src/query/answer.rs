@@ -23,7 +23,7 @@ pub struct Merged {
 pub fn json_value(v: &Final) -> serde_json::Value {
     match *v {
         Final::Count(c) | Final::Distinct(c) => serde_json::Value::from(c),
-        Final::Sum(int, float) if float == 0.0 => int_value(int),
+        Final::Sum(int, 0.0) => int_value(int),
         Final::Sum(int, float) => number(int as f64 + float),
         Final::Extreme(v) => v.map_or(serde_json::Value::Null, number),
     }

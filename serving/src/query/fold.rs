@@ -275,7 +275,7 @@ impl Fold {
 
     /// Close every open cell: the inputs of its day are all folded in.
     pub fn finish_day(&mut self) {
-        let mut cells: Vec<((i64, u32), Box<[Agg]>)> = self.open.drain().collect();
+        let mut cells: Vec<_> = self.open.drain().collect();
         cells.sort_unstable_by_key(|(k, _)| *k);
         for ((ob, og), aggs) in cells {
             // A bucket where every requested measure is still its identity

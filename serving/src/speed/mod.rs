@@ -230,7 +230,7 @@ impl SpeedMirror {
         let (version, born) = read::version(&self.redis).await?;
         let stale = {
             let mut st = self.lock();
-            if st.born != born {
+            if st.born != born || version < st.version {
                 // A new counter: Redis lost its data, or this is the first sync.
                 st.born = born;
                 st.version = None;

@@ -16,6 +16,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+// As in the `tally` binary (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 use common::*;

@@ -3,9 +3,69 @@
 //! answer cache, so none of them imports another.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
+
+/// The final value of one measure in an answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Final {
+    Count(u64),
+    /// An exact integer part and a float part.
+    Sum(i128, f64),
+    /// A min or max; `None` without input.
+    Extreme(Option<f64>),
+    /// A distinct estimate.
+    Distinct(u64),
+}
+
+impl Serialize for Final {
+    /// Integers stay integers (an integer sum past 64 bits becomes the
+    /// nearest double); a min or max without input, or a non-finite value,
+    /// is null.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let float = |s: S, f: f64| {
+            if f.is_finite() {
+                s.serialize_f64(f)
+            } else {
+                s.serialize_none()
+            }
+        };
+        match *self {
+            Final::Count(c) | Final::Distinct(c) => s.serialize_u64(c),
+            Final::Sum(int, 0.0) => match (i64::try_from(int), u64::try_from(int)) {
+                (Ok(i), _) => s.serialize_i64(i),
+                (_, Ok(u)) => s.serialize_u64(u),
+                _ => float(s, int as f64),
+            },
+            Final::Sum(int, f) => float(s, int as f64 + f),
+            Final::Extreme(Some(v)) => float(s, v),
+            Final::Extreme(None) => s.serialize_none(),
+        }
+    }
+}
+
+/// Measure name → value, a JSON object in name order.
+#[derive(Debug, Clone, Default)]
+pub struct Values {
+    /// The measure names in name order, each with its position in `values`.
+    pub names: Arc<[(String, usize)]>,
+    pub values: Box<[Final]>,
+}
+
+impl Serialize for Values {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.names.len()))?;
+        for (name, i) in self.names.iter() {
+            if let Some(v) = self.values.get(*i) {
+                map.serialize_entry(name, v)?;
+            }
+        }
+        map.end()
+    }
+}
 
 /// A measure of a view.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -35,7 +95,7 @@ pub struct ViewsResponse {
 }
 
 /// How fresh the data behind an answer is.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct Freshness {
     /// The snapshot run merged in (null: none).
     pub snapshot_run_id: Option<String>,
@@ -51,7 +111,7 @@ pub struct Freshness {
 }
 
 /// The answer to a view query.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct QueryResponse {
     pub view: String,
     /// Base buckets starting in [from_ms, to_ms) are included.
@@ -73,7 +133,7 @@ pub struct QueryResponse {
     pub series: Vec<Series>,
     /// Every group over the whole range (distinct: HyperLogLog union).
     #[schema(value_type = BTreeMap<String, Option<f64>>)]
-    pub totals: BTreeMap<String, serde_json::Value>,
+    pub totals: Values,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -141,7 +201,7 @@ pub struct Point {
     pub t: i64,
     /// Measure name → value (null: no input, for min/max).
     #[schema(value_type = BTreeMap<String, Option<f64>>)]
-    pub values: BTreeMap<String, serde_json::Value>,
+    pub values: Values,
 }
 
 /// One group's series.
@@ -153,7 +213,7 @@ pub struct Series {
     pub points: Vec<Point>,
     /// This group over the whole range.
     #[schema(value_type = BTreeMap<String, Option<f64>>)]
-    pub totals: BTreeMap<String, serde_json::Value>,
+    pub totals: Values,
 }
 
 /// A recompute request (`POST /api/v1/recompute`).

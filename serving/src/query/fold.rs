@@ -1,15 +1,17 @@
 //! The fold of a query: snapshot rows and speed cells into output cells.
 //!
-//! [`Fold`] takes its inputs one UTC day at a time: the snapshot's rows of
-//! that day (each piece at its level, [`super::plan`]) and the cells of the
-//! speed slices of that day. Every input row's group is mapped once per
-//! source to its output group (filtered out, or projected on `group_by`), and
-//! its measures are merged into the output cell (output bucket, group) with
-//! the monoid. An output bucket never spans two days (a granularity divides
-//! a day), so when a day is done ([`Fold::finish_day`]) its cells are final:
-//! they are added to the group totals and the grand total, and kept as plain
-//! values, their sketches dropped. Memory follows one day's cells, not the
-//! range's.
+//! [`Fold`] takes its inputs one UTC day at a time ([`Day`]): the snapshot's
+//! rows of that day (each piece at its level, [`super::plan`]) and the cells
+//! of the speed slices of that day. Every input row's group is mapped once
+//! per source to its output group (filtered out, or projected on
+//! `group_by`), and its measures are merged into the output cell (output
+//! bucket, group) with the monoid; a distinct measure's sketches are only
+//! noted, and unioned once per cell when the day is done, with one
+//! [`Union`] (its cost follows the registers set, not the cells merged). An
+//! output bucket never spans two days (a granularity divides a day), so when
+//! a day is done ([`Fold::finish_day`]) its cells are final: they are added
+//! to the group totals and the grand total, and kept as plain values.
+//! Memory follows one day's cells, not the range's.
 //!
 //! Guarantees: counts, integer sums, min and max are exact; distinct counts
 //! are HyperLogLog unions (never sums), per cell, per group and overall;
@@ -17,14 +19,16 @@
 //! [`FoldError::TooManyCells`]; a set cancel flag stops it within a few
 //! thousand rows ([`FoldError::Cancelled`]).
 
-use std::collections::HashMap;
+/// The fold's maps (see Cargo.toml for why foldhash).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use tally_core::agg::{Agg, AggKind};
+use tally_core::hll::{Hll, Union};
 use tally_core::view::ViewDef;
 
 use super::parse::Query;
+use crate::dto::Final;
 use crate::group::Group;
 use crate::snapshot::day::{Column, DayData};
 use crate::speed::slice::SliceData;
@@ -46,48 +50,25 @@ const DROPPED: u32 = u32::MAX - 1;
 /// Rows between two looks at the cancel flag.
 const CHECK_EVERY: usize = 4096;
 
-/// A final value of one measure of one output cell.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Final {
-    Count(u64),
-    Sum(i128, f64),
-    Extreme(Option<f64>),
-    Distinct(u64),
-}
-
-impl Final {
-    pub fn of(agg: &Agg) -> Final {
-        match agg {
-            Agg::Count(c) => Final::Count(*c),
-            Agg::Sum { int, float } => Final::Sum(*int, *float),
-            Agg::Min(v) | Agg::Max(v) => Final::Extreme(*v),
-            Agg::Distinct(h) => Final::Distinct(h.count()),
-        }
-    }
-}
-
-/// Whether `a` is the identity of its monoid (nothing was folded in, or it cancelled out).
-pub fn is_identity(a: &Agg) -> bool {
-    match a {
-        Agg::Count(c) => *c == 0,
-        Agg::Sum { int, float } => *int == 0 && *float == 0.0,
-        Agg::Min(m) | Agg::Max(m) => m.is_none(),
-        Agg::Distinct(h) => h.is_empty(),
+/// The final value of an aggregate.
+fn final_of(agg: &Agg) -> Final {
+    match agg {
+        Agg::Count(c) => Final::Count(*c),
+        Agg::Sum { int, float } => Final::Sum(*int, *float),
+        Agg::Min(v) | Agg::Max(v) => Final::Extreme(*v),
+        Agg::Distinct(h) => Final::Distinct(h.count()),
     }
 }
 
 /// The fold state; see the module documentation.
 #[derive(Debug)]
 pub struct Fold {
-    view: Arc<ViewDef>,
     q: Query,
     /// Per view measure, its position in the output (if asked for).
     slot: Vec<Option<usize>>,
     kinds: Vec<AggKind>,
     out_ids: HashMap<Group, u32>,
     out_keys: Vec<Group>,
-    /// Cells of the days in progress: (output bucket, output group).
-    open: HashMap<(i64, u32), Box<[Agg]>>,
     /// Per output group: its final points and its running totals.
     points: Vec<Vec<(i64, Box<[Final]>)>>,
     totals: Vec<Box<[Agg]>>,
@@ -97,6 +78,25 @@ pub struct Fold {
     max_cells: usize,
     /// Rows and cells folded, for the cancel check.
     work: usize,
+    union: Union,
+}
+
+/// One output cell of the day in progress: its number in the day and the
+/// measures merged so far (a distinct measure stays empty: its sketches are
+/// noted in [`Day::sketches`]).
+#[derive(Debug)]
+struct Open {
+    id: u32,
+    aggs: Box<[Agg]>,
+}
+
+/// The output cells of one day, borrowing the day's inputs.
+#[derive(Debug, Default)]
+pub struct Day<'a> {
+    open: HashMap<(i64, u32), Open>,
+    /// (cell number, position in the answer, sketch) of every distinct
+    /// input: unioned per cell and measure when the day is done.
+    sketches: Vec<(u32, usize, &'a Hll)>,
 }
 
 /// The source-group → output-group map of one source (a day file or a
@@ -104,7 +104,7 @@ pub struct Fold {
 pub type GroupMap = Vec<u32>;
 
 impl Fold {
-    pub fn new(view: Arc<ViewDef>, q: Query, max_cells: usize) -> Fold {
+    pub fn new(view: &ViewDef, q: Query, max_cells: usize) -> Fold {
         let mut slot = vec![None; view.measures.len()];
         for (pos, &mi) in q.measures.iter().enumerate() {
             slot[mi] = Some(pos);
@@ -112,28 +112,19 @@ impl Fold {
         let kinds: Vec<AggKind> = q.measures.iter().map(|&mi| view.measures[mi].agg).collect();
         let grand = kinds.iter().map(|&k| Agg::empty(k)).collect();
         Fold {
-            view,
             q,
             slot,
             kinds,
-            out_ids: HashMap::new(),
+            out_ids: HashMap::default(),
             out_keys: Vec::new(),
-            open: HashMap::new(),
             points: Vec::new(),
             totals: Vec::new(),
             grand,
             done: 0,
             max_cells,
             work: 0,
+            union: Union::default(),
         }
-    }
-
-    pub fn query(&self) -> &Query {
-        &self.q
-    }
-
-    pub fn view(&self) -> &ViewDef {
-        &self.view
     }
 
     fn empty(&self) -> Box<[Agg]> {
@@ -193,10 +184,11 @@ impl Fold {
         Ok(())
     }
 
-    /// Fold the rows of `data` whose bucket starts in `[from, to)`.
-    pub fn day_file(
+    /// Fold the rows of `data` whose bucket starts in `[from, to)` into `day`.
+    pub fn day_file<'a>(
         &mut self,
-        data: &DayData,
+        day: &mut Day<'a>,
+        data: &'a DayData,
         from: i64,
         to: i64,
         cancel: &AtomicBool,
@@ -213,7 +205,7 @@ impl Fold {
                     continue;
                 }
                 let cell = open_cell(
-                    &mut self.open,
+                    &mut day.open,
                     &self.kinds,
                     self.done,
                     self.max_cells,
@@ -221,8 +213,12 @@ impl Fold {
                     og,
                 )?;
                 for (mi, col) in data.measures.iter().enumerate() {
-                    if let Some(Some(pos)) = self.slot.get(mi) {
-                        merge_row(&mut cell[*pos], col, r);
+                    let Some(Some(pos)) = self.slot.get(mi) else {
+                        continue;
+                    };
+                    match col {
+                        Column::Distinct(v) => day.sketches.push((cell.id, *pos, &v[r])),
+                        col => merge_row(&mut cell.aggs[*pos], col, r),
                     }
                 }
             }
@@ -231,10 +227,12 @@ impl Fold {
     }
 
     /// Fold the cells of `slice` at level `level_ms` whose bucket starts in
-    /// `[from, to)`.
-    pub fn slice(
+    /// `[from, to)` into `day`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn slice<'a>(
         &mut self,
-        slice: &SliceData,
+        day: &mut Day<'a>,
+        slice: &'a SliceData,
         level_ms: i64,
         from: i64,
         to: i64,
@@ -254,7 +252,7 @@ impl Fold {
                     continue;
                 }
                 let cell = open_cell(
-                    &mut self.open,
+                    &mut day.open,
                     &self.kinds,
                     self.done,
                     self.max_cells,
@@ -262,10 +260,14 @@ impl Fold {
                     og,
                 )?;
                 for (mi, agg) in aggs.iter().enumerate() {
-                    if let Some(Some(pos)) = self.slot.get(mi) {
-                        if cell[*pos].kind() == agg.kind() {
-                            cell[*pos].merge(agg);
-                        }
+                    let Some(Some(pos)) = self.slot.get(mi) else {
+                        continue;
+                    };
+                    match agg {
+                        Agg::Distinct(h) if !h.is_empty() => day.sketches.push((cell.id, *pos, h)),
+                        Agg::Distinct(_) => {}
+                        agg if cell.aggs[*pos].kind() == agg.kind() => cell.aggs[*pos].merge(agg),
+                        _ => {}
                     }
                 }
             }
@@ -273,41 +275,77 @@ impl Fold {
         Ok(())
     }
 
-    /// Close every open cell: the inputs of its day are all folded in.
-    pub fn finish_day(&mut self) {
-        let mut cells: Vec<_> = self.open.drain().collect();
+    /// Close every cell of `day`: the inputs of its day are all folded in.
+    pub fn finish_day(&mut self, mut day: Day<'_>) {
+        // Each cell's sketches, found by its number.
+        day.sketches.sort_unstable_by_key(|&(id, pos, _)| (id, pos));
+        let mut starts = vec![0usize; day.open.len() + 1];
+        for &(id, _, _) in &day.sketches {
+            starts[id as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut cells: Vec<_> = day.open.into_iter().collect();
         cells.sort_unstable_by_key(|(k, _)| *k);
-        for ((ob, og), aggs) in cells {
+        for ((ob, og), cell) in cells {
+            let mut finals: Box<[Final]> = cell.aggs.iter().map(final_of).collect();
+            let totals = &mut self.totals[og as usize];
+            let id = cell.id as usize;
+            // The sketches of each distinct measure, unioned once. The grand
+            // total's sketch is the union of the groups' (at the end): one
+            // merge per group, not per cell.
+            for part in day.sketches[starts[id]..starts[id + 1]].chunk_by(|a, b| a.1 == b.1) {
+                let pos = part[0].1;
+                self.union.clear();
+                for (_, _, h) in part {
+                    self.union.add(h);
+                }
+                finals[pos] = Final::Distinct(self.union.count());
+                if let Agg::Distinct(t) = &mut totals[pos] {
+                    self.union.merge_into(t);
+                }
+            }
             // A bucket where every requested measure is still its identity
             // (e.g. a `max` over events without the field) has nothing to
             // show. Dropping it keeps the answer independent of which layer
             // the events are in: the snapshot has a row per bucket with
             // events, Redis only non-empty parts.
-            if aggs.iter().all(is_identity) {
+            if finals.iter().all(is_nothing) {
                 continue;
             }
-            let totals = &mut self.totals[og as usize];
-            for (i, a) in aggs.iter().enumerate() {
-                totals[i].merge(a);
-                self.grand[i].merge(a);
+            for (i, a) in cell.aggs.iter().enumerate() {
+                if a.kind() != AggKind::Distinct {
+                    totals[i].merge(a);
+                    self.grand[i].merge(a);
+                }
             }
-            self.points[og as usize].push((ob, aggs.iter().map(Final::of).collect()));
+            self.points[og as usize].push((ob, finals));
             self.done += 1;
         }
     }
 
     /// The folded answer: per output group (projected values), its points
     /// in time order and its totals; and the grand total.
-    pub fn into_parts(self) -> Folded {
+    pub fn into_parts(mut self) -> Folded {
+        for (pos, grand) in self.grand.iter_mut().enumerate() {
+            if let Agg::Distinct(g) = grand {
+                for t in &self.totals {
+                    if let Agg::Distinct(h) = &t[pos] {
+                        g.merge(h);
+                    }
+                }
+            }
+        }
         Folded {
             keys: self.out_keys,
             points: self.points,
             totals: self
                 .totals
                 .iter()
-                .map(|t| t.iter().map(Final::of).collect())
+                .map(|t| t.iter().map(final_of).collect())
                 .collect(),
-            grand: self.grand.iter().map(Final::of).collect(),
+            grand: self.grand.iter().map(final_of).collect(),
         }
     }
 }
@@ -323,14 +361,14 @@ pub struct Folded {
 
 /// The open cell (output bucket `ob`, output group `og`), added if new
 /// while the answer stays within `max` cells (`done` are final already).
-fn open_cell<'a>(
-    open: &'a mut HashMap<(i64, u32), Box<[Agg]>>,
+fn open_cell<'d>(
+    open: &'d mut HashMap<(i64, u32), Open>,
     kinds: &[AggKind],
     done: usize,
     max: usize,
     ob: i64,
     og: u32,
-) -> Result<&'a mut Box<[Agg]>, FoldError> {
+) -> Result<&'d mut Open, FoldError> {
     let len = open.len();
     match open.entry((ob, og)) {
         std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
@@ -338,8 +376,20 @@ fn open_cell<'a>(
             if len + done >= max {
                 return Err(FoldError::TooManyCells(max));
             }
-            Ok(e.insert(kinds.iter().map(|&k| Agg::empty(k)).collect()))
+            Ok(e.insert(Open {
+                id: len as u32,
+                aggs: kinds.iter().map(|&k| Agg::empty(k)).collect(),
+            }))
         }
+    }
+}
+
+/// Whether a final value is the identity of its measure.
+fn is_nothing(v: &Final) -> bool {
+    match *v {
+        Final::Count(c) | Final::Distinct(c) => c == 0,
+        Final::Sum(int, float) => int == 0 && float == 0.0,
+        Final::Extreme(v) => v.is_none(),
     }
 }
 
@@ -357,7 +407,6 @@ fn merge_row(acc: &mut Agg, col: &Column, r: usize) {
         (Agg::Max(m), Column::Extreme(v)) if !v[r].is_nan() => {
             *m = Some(m.map_or(v[r], |m| m.max(v[r])));
         }
-        (Agg::Distinct(h), Column::Distinct(v)) => h.merge(&v[r]),
         _ => {}
     }
 }

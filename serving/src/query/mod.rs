@@ -5,8 +5,9 @@
 //! day by day over the days that have data, it reads the day files the
 //! level plan needs ([`plan`]) through the day cache and folds them with the
 //! day's slices ([`fold`]) on the blocking pool, one day per task, at most
-//! one task per core at a time. The last task ranks the groups ([`answer`])
-//! and writes the JSON.
+//! one task per core at a time (a day of at most `INLINE_WORK` input rows
+//! and cells is folded in place: the hand-off would cost more). The last
+//! day's task also ranks the groups ([`answer`]) and writes the JSON.
 //!
 //! Guarantees:
 //! - One answer reads one manifest and the slices chosen by its cut: never
@@ -15,7 +16,8 @@
 //!   that answers a span exactly is read, and a fold over `max_cells`
 //!   output cells stops with `too_many_cells` (400).
 //! - Dropping the future (the request timeout) stops the fold within a few
-//!   thousand rows: the work stops with the request.
+//!   thousand rows: the work stops with the request; no fold in place is
+//!   longer than `INLINE_WORK` rows.
 //! - A day file that cannot be read leaves its rows out and the answer says
 //!   `"degraded": ["store"]`; a failed speed sync, `"degraded": ["redis"]`.
 
@@ -40,7 +42,7 @@ use crate::snapshot::day::DayData;
 use crate::snapshot::{fetch_day, ViewSnapshot};
 use crate::speed::slice::Slice;
 use crate::state::AppState;
-use fold::{Fold, FoldError, GroupMap};
+use fold::{Day, Fold, FoldError, GroupMap};
 pub use parse::{parse_time, Limits, Query};
 
 /// Days whose files are fetched ahead of the fold.
@@ -86,44 +88,6 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
     days.extend(speed.slices.iter().map(|s| s.day));
     let speed_levels: Vec<i64> = view.levels().iter().map(|g| g.as_ms()).collect();
 
-    let cancel = CancelOnDrop::default();
-    let mut fold = Fold::new(view.clone(), q.clone(), serve.max_cells);
-    let loads = futures::stream::iter(days.iter().copied())
-        .map(|day| day_inputs(state, view, &snap, day, g_ms, from, to))
-        .buffered(PREFETCH_DAYS);
-    futures::pin_mut!(loads);
-    while let Some((day, files, missing)) = loads.next().await {
-        if missing {
-            degraded.insert("store");
-        }
-        let slices: Vec<Arc<Slice>> = speed
-            .slices
-            .iter()
-            .filter(|s| s.day == day)
-            .cloned()
-            .collect();
-        let (a, b) = (from.max(day * MS_PER_DAY), to.min((day + 1) * MS_PER_DAY));
-        let speed_pieces = plan::pieces(&speed_levels, g_ms, a, b);
-        let flag = cancel.0.clone();
-        fold = state
-            .blocking(move || -> Result<Fold, FoldError> {
-                for (data, a, b) in &files {
-                    fold.day_file(data, *a, *b, &flag)?;
-                }
-                for s in &slices {
-                    let data = s.read();
-                    let mut map = GroupMap::new();
-                    for &(l, a, b) in &speed_pieces {
-                        fold.slice(&data, l, a, b, &mut map, &flag)?;
-                    }
-                }
-                fold.finish_day();
-                Ok(fold)
-            })
-            .await?
-            .map_err(fold_error)?;
-    }
-
     let manifest = snap.manifest.as_ref();
     let mut response = QueryResponse {
         view: view.name.clone(),
@@ -148,34 +112,157 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
             speed_slices: speed.slices.len(),
             speed_skipped: speed.skipped,
         },
-        degraded: degraded.into_iter().map(str::to_owned).collect(),
+        degraded: Vec::new(),
         groups_total: 0,
         groups_returned: 0,
         overflow: false,
         series: Vec::new(),
-        totals: BTreeMap::new(),
+        totals: Default::default(),
     };
     let max_groups = serve.max_groups;
-    state
-        .blocking(move || {
-            let dims = response.group_by.clone();
-            let names: Vec<&str> = response.measures.iter().map(String::as_str).collect();
-            let merged = answer::answer(fold.into_parts(), &dims, &names, max_groups);
-            response.groups_total = merged.groups_total;
-            response.groups_returned = merged.series.len();
-            response.overflow = merged.series.len() < merged.groups_total;
-            response.series = merged.series;
-            response.totals = merged.totals;
-            serde_json::to_vec(&response).map(Bytes::from)
+
+    let cancel = CancelOnDrop::default();
+    let mut fold = Fold::new(view, q.clone(), serve.max_cells);
+    let n_days = days.len();
+    let loads = futures::stream::iter(days.iter().copied())
+        .map(|day| day_inputs(state, view, &snap, day, g_ms, from, to))
+        .buffered(PREFETCH_DAYS);
+    futures::pin_mut!(loads);
+    let mut done = 0;
+    while let Some((day, files, missing)) = loads.next().await {
+        if missing {
+            degraded.insert("store");
+        }
+        done += 1;
+        let slices: Vec<Arc<Slice>> = speed
+            .slices
+            .iter()
+            .filter(|s| s.day == day)
+            .cloned()
+            .collect();
+        let (a, b) = (from.max(day * MS_PER_DAY), to.min((day + 1) * MS_PER_DAY));
+        let speed_pieces = plan::pieces(&speed_levels, g_ms, a, b);
+        // The last day's task also writes the answer: one task per day.
+        let last = (done == n_days).then(|| {
+            response.degraded = degraded.iter().map(|d| (*d).to_owned()).collect();
+            std::mem::take(&mut response)
+        });
+        let task = DayTask {
+            fold,
+            files,
+            slices,
+            pieces: speed_pieces,
+            cancel: cancel.0.clone(),
+            answer: last.map(|r| (r, max_groups)),
+        };
+        // A small day is folded in place: handing it to the pool would cost
+        // more than the fold, and it cannot hold a worker for long.
+        let step = if task.work() <= INLINE_WORK {
+            task.run()
+        } else {
+            state.blocking(move || task.run()).await?
+        }
+        .map_err(fold_error)?;
+        match step {
+            Step::Fold(f) => fold = f,
+            Step::Answer(json) => return json,
+        }
+    }
+    // No day with data.
+    response.degraded = degraded.iter().map(|d| (*d).to_owned()).collect();
+    encode(fold, response, max_groups)
+}
+
+/// Input rows and cells below which a day is folded on the async worker.
+const INLINE_WORK: usize = 2_000;
+
+/// What a day's task hands back: the fold so far, or (the last day) the answer.
+enum Step {
+    Fold(Fold),
+    Answer(Result<Bytes, ApiError>),
+}
+
+/// One day's fold: its inputs, and the answer to write when it is the last.
+struct DayTask {
+    fold: Fold,
+    files: DayInputs,
+    slices: Vec<Arc<Slice>>,
+    /// The speed slices' level plan for the day.
+    pieces: Vec<(i64, i64, i64)>,
+    cancel: Arc<AtomicBool>,
+    answer: Option<(QueryResponse, usize)>,
+}
+
+impl DayTask {
+    /// Input rows and cells the fold will visit.
+    fn work(&self) -> usize {
+        let rows: usize = self
+            .files
+            .iter()
+            .map(|(d, a, b)| d.rows_in(*a, *b).len())
+            .sum();
+        let cells: usize = self
+            .slices
+            .iter()
+            .map(|s| {
+                let data = s.read();
+                self.pieces
+                    .iter()
+                    .filter_map(|&(l, a, b)| {
+                        let level = data.levels.iter().find(|x| x.ms == l)?;
+                        Some(level.cells.range(a..b).map(|(_, c)| c.len()).sum::<usize>())
+                    })
+                    .sum::<usize>()
+            })
+            .sum();
+        rows + cells
+    }
+
+    fn run(self) -> Result<Step, FoldError> {
+        let DayTask {
+            mut fold,
+            files,
+            slices,
+            pieces,
+            cancel,
+            answer,
+        } = self;
+        let guards: Vec<_> = slices.iter().map(|s| s.read()).collect();
+        let mut day = Day::default();
+        for (data, a, b) in &files {
+            fold.day_file(&mut day, data, *a, *b, &cancel)?;
+        }
+        for data in &guards {
+            let mut map = GroupMap::new();
+            for &(l, a, b) in &pieces {
+                fold.slice(&mut day, data, l, a, b, &mut map, &cancel)?;
+            }
+        }
+        fold.finish_day(day);
+        Ok(match answer {
+            Some((response, max_groups)) => Step::Answer(encode(fold, response, max_groups)),
+            None => Step::Fold(fold),
         })
-        .await?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("cannot encode the answer: {e}"),
-            )
-        })
+    }
+}
+
+/// Rank the folded groups into `response` and write its JSON.
+fn encode(fold: Fold, mut response: QueryResponse, max_groups: usize) -> Result<Bytes, ApiError> {
+    let dims = response.group_by.clone();
+    let names: Vec<&str> = response.measures.iter().map(String::as_str).collect();
+    let merged = answer::answer(fold.into_parts(), &dims, &names, max_groups);
+    response.groups_total = merged.groups_total;
+    response.groups_returned = merged.series.len();
+    response.overflow = merged.series.len() < merged.groups_total;
+    response.series = merged.series;
+    response.totals = merged.totals;
+    serde_json::to_vec(&response).map(Bytes::from).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot encode the answer: {e}"),
+        )
+    })
 }
 
 fn fold_error(e: FoldError) -> ApiError {

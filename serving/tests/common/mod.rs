@@ -15,7 +15,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_core::agg::{Agg, AggKind, Num};
@@ -124,7 +124,8 @@ fn fold_cell(view: &ViewDef, evs: &[&Ev]) -> Vec<Agg> {
         .collect()
 }
 
-type CellKey = (i64, Vec<Option<String>>);
+/// (bucket, group).
+pub type CellKey = (i64, Vec<Option<String>>);
 
 fn cells<'a>(view: &ViewDef, evs: impl Iterator<Item = &'a Ev>) -> BTreeMap<CellKey, Vec<Agg>> {
     cells_at(view, view.granularity, evs)
@@ -174,6 +175,19 @@ pub async fn publish_snapshot_at(
         let snap = cells_at(view, level, evs.iter().filter(|e| e.epoch < cut));
         days.extend(write_level(store, view, &snap, run_id, level).await);
     }
+    write_manifest(store, view, run_id, cut, levels, days, evs.len() as u64).await;
+}
+
+/// Publish the manifest of a run whose day files are written.
+pub async fn write_manifest(
+    store: &dyn ObjectStore,
+    view: &ViewDef,
+    run_id: &str,
+    cut: i64,
+    levels: &[Granularity],
+    days: Vec<DayFile>,
+    rows_read: u64,
+) {
     let m = Manifest::V2(ManifestV2 {
         view: view.name.clone(),
         run_id: run_id.into(),
@@ -183,7 +197,7 @@ pub async fn publish_snapshot_at(
         levels_ms: levels.iter().map(|l| l.as_ms()).collect(),
         days,
         inputs: vec![],
-        rows_read: evs.len() as u64,
+        rows_read,
     });
     store
         .put(
@@ -194,9 +208,31 @@ pub async fn publish_snapshot_at(
         .expect("put manifest");
 }
 
-/// The day files of one level.
-async fn write_level(
-    store: &InMemory,
+/// `cells` (at any level) rolled up to buckets of `level`, with the monoid.
+pub fn roll_up(
+    cells: &BTreeMap<CellKey, Vec<Agg>>,
+    level: Granularity,
+) -> BTreeMap<CellKey, Vec<Agg>> {
+    let mut out: BTreeMap<CellKey, Vec<Agg>> = BTreeMap::new();
+    for ((bucket, group), aggs) in cells {
+        match out.entry((level.bucket(*bucket), group.clone())) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(aggs.clone());
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                for (a, b) in e.get_mut().iter_mut().zip(aggs) {
+                    a.merge(b);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The day files of one level: one Parquet file per UTC day of `snap`
+/// (cells at that level), per the manifest contract.
+pub async fn write_level(
+    store: &dyn ObjectStore,
     view: &ViewDef,
     snap: &BTreeMap<CellKey, Vec<Agg>>,
     run_id: &str,

@@ -88,28 +88,13 @@ impl Hll {
 
     /// Register-wise maximum: the sketch of the union.
     pub fn merge(&mut self, other: &Hll) {
-        match (&mut self.repr, &other.repr) {
-            // Two sparse sketches: one pass over both sorted lists. (Inserting
-            // one register at a time moves the tail of the list each time:
-            // quadratic, most of a query's time when it unions hundreds of
-            // small sketches.)
-            (Repr::Sparse(mine), Repr::Sparse(theirs)) => {
-                if theirs.is_empty() {
-                    return;
-                }
-                if mine.is_empty() {
-                    mine.extend_from_slice(theirs);
-                } else {
-                    *mine = merge_sparse(mine, theirs);
-                }
-                self.maybe_densify();
-            }
-            (_, Repr::Sparse(entries)) => {
-                for &e in entries {
-                    self.set_max((e >> 8) as usize, (e & 0xff) as u8);
+        match &other.repr {
+            Repr::Sparse(theirs) => {
+                if !theirs.is_empty() {
+                    self.merge_registers(theirs);
                 }
             }
-            (_, Repr::Dense(regs)) => {
+            Repr::Dense(regs) => {
                 let mine = self.make_dense();
                 for (a, &b) in mine.iter_mut().zip(regs.iter()) {
                     *a = (*a).max(b);
@@ -128,19 +113,7 @@ impl Hll {
                     histo[(e & 0xff) as usize] += 1;
                 }
             }
-            Repr::Dense(regs) => {
-                // Four histograms, summed: consecutive registers with the
-                // same value would otherwise wait on each other's increment.
-                let mut four = [[0u32; 64]; 4];
-                for c in regs.chunks_exact(4) {
-                    for (h, &r) in four.iter_mut().zip(c) {
-                        h[(r & 63) as usize] += 1;
-                    }
-                }
-                for (i, total) in histo.iter_mut().enumerate() {
-                    *total = four.iter().map(|h| h[i]).sum();
-                }
-            }
+            Repr::Dense(regs) => return dense_count(regs),
         }
         estimate(&histo)
     }
@@ -150,6 +123,39 @@ impl Hll {
         match &self.repr {
             Repr::Sparse(e) => e.is_empty(),
             Repr::Dense(r) => r.iter().all(|&v| v == 0),
+        }
+    }
+
+    /// The registers of a sparse sketch, `(index << 8) | value` sorted by
+    /// index (`None` for a dense one): what [`Hll::merge_registers`],
+    /// [`count_registers`] and [`Union::add_registers`] take, so that many
+    /// small sketches can be kept in one buffer.
+    pub fn sparse_registers(&self) -> Option<&[u32]> {
+        match &self.repr {
+            Repr::Sparse(e) => Some(e),
+            Repr::Dense(_) => None,
+        }
+    }
+
+    /// Merge registers given as [`Hll::sparse_registers`] gives them. Into
+    /// a sparse sketch, in one pass over both sorted lists (inserting one
+    /// register at a time moves the tail of the list each time: quadratic,
+    /// most of a query's time when it unions hundreds of small sketches).
+    pub fn merge_registers(&mut self, regs: &[u32]) {
+        match &mut self.repr {
+            Repr::Sparse(mine) => {
+                if mine.is_empty() {
+                    mine.extend_from_slice(regs);
+                } else {
+                    *mine = merge_sparse(mine, regs);
+                }
+                self.maybe_densify();
+            }
+            Repr::Dense(_) => {
+                for &e in regs {
+                    self.set_max((e >> 8) as usize, (e & 0xff) as u8);
+                }
+            }
         }
     }
 
@@ -351,13 +357,16 @@ impl Hll {
 
 /// A union of many sketches at once: a dense scratch of registers and the
 /// list of those set, so that adding a sparse sketch costs its registers and
-/// counting costs the registers set, not 16,384. The serving layer unions
-/// the many small sketches of each answer cell with one `Union`, cleared
-/// between cells.
+/// counting costs the registers set, not 16,384. Once a dense sketch is
+/// added the list is dropped and the union works on all registers (a
+/// register-wise maximum the compiler vectorises). The serving layer unions
+/// the sketches of each answer cell with one `Union`, cleared between cells.
 #[derive(Clone)]
 pub struct Union {
     regs: Box<[u8]>,
     set: Vec<u16>,
+    /// Every register may be set: `set` is not kept.
+    all: bool,
 }
 
 impl Default for Union {
@@ -365,6 +374,7 @@ impl Default for Union {
         Union {
             regs: vec![0u8; REGISTERS].into_boxed_slice(),
             set: Vec::new(),
+            all: false,
         }
     }
 }
@@ -373,6 +383,7 @@ impl fmt::Debug for Union {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Union")
             .field("set", &self.set.len())
+            .field("all", &self.all)
             .finish()
     }
 }
@@ -380,7 +391,7 @@ impl fmt::Debug for Union {
 impl Union {
     fn put(&mut self, index: usize, rank: u8) {
         let r = &mut self.regs[index];
-        if *r == 0 {
+        if *r == 0 && !self.all {
             self.set.push(index as u16);
         }
         if *r < rank {
@@ -391,28 +402,38 @@ impl Union {
     /// Add a sketch to the union.
     pub fn add(&mut self, h: &Hll) {
         match &h.repr {
-            Repr::Sparse(entries) => {
-                for &e in entries {
-                    self.put((e >> 8) as usize, (e & 0xff) as u8);
-                }
-            }
+            Repr::Sparse(entries) => self.add_registers(entries),
             Repr::Dense(regs) => {
-                for (i, &v) in regs.iter().enumerate() {
-                    if v != 0 {
-                        self.put(i, v);
-                    }
+                self.all = true;
+                self.set.clear();
+                for (a, &b) in self.regs.iter_mut().zip(regs.iter()) {
+                    *a = (*a).max(b);
                 }
             }
         }
     }
 
+    /// Add registers given as [`Hll::sparse_registers`] gives them.
+    pub fn add_registers(&mut self, regs: &[u32]) {
+        for &e in regs {
+            self.put((e >> 8) as usize, (e & 0xff) as u8);
+        }
+    }
+
     /// Whether nothing was added since the last clear.
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        if self.all {
+            self.regs.iter().all(|&r| r == 0)
+        } else {
+            self.set.is_empty()
+        }
     }
 
     /// The estimate `PFCOUNT` gives for the union.
     pub fn count(&self) -> u64 {
+        if self.all {
+            return dense_count(&self.regs);
+        }
         let mut histo = [0u32; 64];
         histo[0] = (REGISTERS - self.set.len()) as u32;
         for &i in &self.set {
@@ -423,6 +444,13 @@ impl Union {
 
     /// Merge the union into `acc`.
     pub fn merge_into(&mut self, acc: &mut Hll) {
+        if self.all {
+            let regs = acc.make_dense();
+            for (a, &b) in regs.iter_mut().zip(self.regs.iter()) {
+                *a = (*a).max(b);
+            }
+            return;
+        }
         let small = match &acc.repr {
             Repr::Sparse(e) => e.len() + self.set.len() <= SPARSE_MAX_REGS,
             Repr::Dense(_) => false,
@@ -448,11 +476,44 @@ impl Union {
 
     /// Empty the union (in time proportional to the registers set).
     pub fn clear(&mut self) {
-        for &i in &self.set {
-            self.regs[i as usize] = 0;
+        if self.all {
+            self.regs.fill(0);
+            self.all = false;
+        } else {
+            for &i in &self.set {
+                self.regs[i as usize] = 0;
+            }
         }
         self.set.clear();
     }
+}
+
+/// The estimate `PFCOUNT` gives for registers as [`Hll::sparse_registers`]
+/// gives them.
+pub fn count_registers(regs: &[u32]) -> u64 {
+    let mut histo = [0u32; 64];
+    histo[0] = (REGISTERS - regs.len()) as u32;
+    for &e in regs {
+        histo[(e & 63) as usize] += 1;
+    }
+    estimate(&histo)
+}
+
+/// The estimate for dense registers (one byte each).
+fn dense_count(regs: &[u8]) -> u64 {
+    // Four histograms, summed: consecutive registers with the same value
+    // would otherwise wait on each other's increment.
+    let mut four = [[0u32; 64]; 4];
+    for c in regs.chunks_exact(4) {
+        for (h, &r) in four.iter_mut().zip(c) {
+            h[(r & 63) as usize] += 1;
+        }
+    }
+    let mut histo = [0u32; 64];
+    for (i, total) in histo.iter_mut().enumerate() {
+        *total = four.iter().map(|h| h[i]).sum();
+    }
+    estimate(&histo)
 }
 
 /// The union of two sparse register lists (`(index << 8) | value`, sorted by
@@ -720,6 +781,7 @@ mod tests {
         for parts in [
             vec![0..40u64, 30..90, 85..100],
             vec![0..3_000, 10..20],
+            vec![10..20, 0..3_000, 2_000..6_000, 7_000..7_010],
             vec![0..500, 400..900],
             vec![],
         ] {
@@ -741,6 +803,24 @@ mod tests {
                 assert_eq!(a.registers(), b.registers());
             }
         }
+    }
+
+    #[test]
+    fn sparse_registers_merge_count_and_union_as_the_sketch_does() {
+        let a = sketch(0..300);
+        let b = sketch(250..400);
+        let regs = b.sparse_registers().expect("sparse");
+        assert_eq!(count_registers(regs), b.count());
+        for mut into in [a.clone(), sketch(0..5_000)] {
+            let mut by_sketch = into.clone();
+            by_sketch.merge(&b);
+            into.merge_registers(regs);
+            assert_eq!(into.registers(), by_sketch.registers());
+        }
+        let mut u = Union::default();
+        u.add_registers(regs);
+        assert_eq!(u.count(), b.count());
+        assert!(sketch(0..5_000).sparse_registers().is_none());
     }
 
     #[test]

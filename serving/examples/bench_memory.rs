@@ -107,8 +107,8 @@ fn rss(pid: u32) -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
     let days: i64 = env_or("BENCH_DAYS", 30);
     let pages: usize = env_or("BENCH_PAGES", 700);
     let tally = std::env::var("TALLY_BIN").expect("TALLY_BIN: a release build of `tally`");
@@ -132,7 +132,7 @@ async fn main() {
                 } else {
                     roll_up(&base, level)
                 };
-                let written = write_level(&store, &view, &cells, "memory", level).await;
+                let written = rt.block_on(write_level(&store, &view, &cells, "memory", level));
                 bytes += written.iter().filter_map(|d| d.bytes).sum::<u64>();
                 files.extend(written);
             }
@@ -144,7 +144,15 @@ async fn main() {
             );
         }
         let cut = (first_day + days) * 24;
-        write_manifest(&store, &view, "memory", cut, &view.levels(), files, 0).await;
+        rt.block_on(write_manifest(
+            &store,
+            &view,
+            "memory",
+            cut,
+            &view.levels(),
+            files,
+            0,
+        ));
         std::fs::write(&marker, bytes.to_string()).expect("marker");
     }
     let stored: u64 = std::fs::read_to_string(&marker)

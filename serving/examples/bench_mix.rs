@@ -323,6 +323,7 @@ fn random_query(
 struct Client {
     stream: TcpStream,
     buf: Vec<u8>,
+    body_at: usize,
 }
 
 impl Client {
@@ -332,7 +333,13 @@ impl Client {
         Client {
             stream,
             buf: Vec::new(),
+            body_at: 0,
         }
+    }
+
+    /// The body of the last answer.
+    fn body(&self) -> &[u8] {
+        &self.buf[self.body_at..]
     }
 
     /// GET `path`; returns the status code.
@@ -355,6 +362,7 @@ impl Client {
                 .and_then(|v| v.trim().parse().ok())
                 .expect("content-length");
             if self.buf.len() >= end + 4 + len {
+                self.body_at = end + 4;
                 return head
                     .split_whitespace()
                     .nth(1)
@@ -399,8 +407,8 @@ fn pass(addr: &str, urls: &[String]) -> (Vec<f64>, f64) {
     (ms, started.elapsed().as_secs_f64())
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
     let days: i64 = env_or("BENCH_DAYS", 90);
     let n_queries: usize = env_or("BENCH_QUERIES", 300);
     let rate: f64 = env_or("BENCH_RATE", 20_000.0);
@@ -413,7 +421,7 @@ async fn main() {
     std::fs::create_dir_all(dir.join("store")).expect("dir");
     let store = LocalFileSystem::new_with_prefix(dir.join("store")).expect("store");
     let views: Vec<ViewDef> = TestConfig::new().views(VIEWS).build().views;
-    let manifests = history(&store, &dir, &views, days).await;
+    let manifests = rt.block_on(history(&store, &dir, &views, days));
 
     let broker = Broker::start().expect("broker");
     let redis = Redis::start().expect("redis");
@@ -490,6 +498,14 @@ async fn main() {
     let mut tally_p50 = Vec::new();
     for r in 0..rounds {
         let (ms, wall) = pass(&addr, &urls);
+        if r == 0 {
+            // The slowest queries, to see where the time goes.
+            let mut by: Vec<(f64, &String)> = ms.iter().copied().zip(&urls).collect();
+            by.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for (t, u) in by.iter().take(env_or("BENCH_SLOWEST", 0)) {
+                println!("[mix]   {t:.2} ms {u}");
+            }
+        }
         tally_p50.push(summary(
             &format!("tally round {}, 1 connection", r + 1),
             ms,
@@ -517,6 +533,14 @@ async fn main() {
         started.elapsed().as_secs_f64(),
     );
 
+    let mut c = Client::connect(&addr);
+    c.get("/api/v1/status");
+    let status: serde_json::Value =
+        serde_json::from_slice(c.body()).unwrap_or(serde_json::Value::Null);
+    println!(
+        "[mix] day cache after the passes: {:.0} MiB",
+        status["day_cache_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
+    );
     let script = std::env::var("BENCH_DUCKDB_SCRIPT")
         .unwrap_or_else(|_| "serving/bench/mix_duckdb.py".into());
     let out = Command::new("python3")

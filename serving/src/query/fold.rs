@@ -24,13 +24,13 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tally_core::agg::{Agg, AggKind};
-use tally_core::hll::{Hll, Union};
+use tally_core::hll::{count_registers, Union};
 use tally_core::view::ViewDef;
 
 use super::parse::Query;
 use crate::dto::Final;
 use crate::group::Group;
-use crate::snapshot::day::{Column, DayData};
+use crate::snapshot::day::{Column, DayData, Sketch};
 use crate::speed::slice::SliceData;
 
 /// Why a fold stopped.
@@ -96,7 +96,7 @@ pub struct Day<'a> {
     open: HashMap<(i64, u32), Open>,
     /// (cell number, position in the answer, sketch) of every distinct
     /// input: unioned per cell and measure when the day is done.
-    sketches: Vec<(u32, usize, &'a Hll)>,
+    sketches: Vec<(u32, usize, Sketch<'a>)>,
 }
 
 /// The source-group → output-group map of one source (a day file or a
@@ -217,7 +217,7 @@ impl Fold {
                         continue;
                     };
                     match col {
-                        Column::Distinct(v) => day.sketches.push((cell.id, *pos, &v[r])),
+                        Column::Distinct(v) => day.sketches.push((cell.id, *pos, v.get(r))),
                         col => merge_row(&mut cell.aggs[*pos], col, r),
                     }
                 }
@@ -264,7 +264,9 @@ impl Fold {
                         continue;
                     };
                     match agg {
-                        Agg::Distinct(h) if !h.is_empty() => day.sketches.push((cell.id, *pos, h)),
+                        Agg::Distinct(h) if !h.is_empty() => {
+                            day.sketches.push((cell.id, *pos, Sketch::Dense(h)))
+                        }
                         Agg::Distinct(_) => {}
                         agg if cell.aggs[*pos].kind() == agg.kind() => cell.aggs[*pos].merge(agg),
                         _ => {}
@@ -297,14 +299,33 @@ impl Fold {
             // merge per group, not per cell.
             for part in day.sketches[starts[id]..starts[id + 1]].chunk_by(|a, b| a.1 == b.1) {
                 let pos = part[0].1;
+                let Agg::Distinct(total) = &mut totals[pos] else {
+                    continue;
+                };
+                // One sketch (a row of a coarse level, often dense):
+                // nothing to union.
+                match part {
+                    [(_, _, Sketch::Registers(regs))] => {
+                        finals[pos] = Final::Distinct(count_registers(regs));
+                        total.merge_registers(regs);
+                        continue;
+                    }
+                    [(_, _, Sketch::Dense(h))] => {
+                        finals[pos] = Final::Distinct(h.count());
+                        total.merge(h);
+                        continue;
+                    }
+                    _ => {}
+                }
                 self.union.clear();
-                for (_, _, h) in part {
-                    self.union.add(h);
+                for (_, _, s) in part {
+                    match s {
+                        Sketch::Registers(regs) => self.union.add_registers(regs),
+                        Sketch::Dense(h) => self.union.add(h),
+                    }
                 }
                 finals[pos] = Final::Distinct(self.union.count());
-                if let Agg::Distinct(t) = &mut totals[pos] {
-                    self.union.merge_into(t);
-                }
+                self.union.merge_into(total);
             }
             // A bucket where every requested measure is still its identity
             // (e.g. a `max` over events without the field) has nothing to
@@ -398,8 +419,10 @@ fn merge_row(acc: &mut Agg, col: &Column, r: usize) {
     match (acc, col) {
         (Agg::Count(c), Column::Count(v)) => *c += v[r],
         (Agg::Sum { int, float }, Column::Sum { int: i, float: f }) => {
-            *int += i[r];
-            *float += f[r];
+            *int += i.get(r);
+            if let Some(f) = f {
+                *float += f[r];
+            }
         }
         (Agg::Min(m), Column::Extreme(v)) if !v[r].is_nan() => {
             *m = Some(m.map_or(v[r], |m| m.min(v[r])));

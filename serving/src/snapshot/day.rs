@@ -41,13 +41,103 @@ macro_rules! value {
 #[derive(Debug)]
 pub enum Column {
     Count(Vec<u64>),
+    /// `sum`: the integer part, and the float part unless it is all zero.
     Sum {
-        int: Vec<i128>,
-        float: Vec<f64>,
+        int: Ints,
+        float: Option<Vec<f64>>,
     },
     /// `min` or `max`; NaN where the row had no input (values are finite).
     Extreme(Vec<f64>),
-    Distinct(Vec<Hll>),
+    Distinct(Sketches),
+}
+
+/// Integer sums: 64 bits each while every one fits.
+#[derive(Debug)]
+pub enum Ints {
+    Narrow(Vec<i64>),
+    Wide(Vec<i128>),
+}
+
+impl Ints {
+    pub fn get(&self, r: usize) -> i128 {
+        match self {
+            Ints::Narrow(v) => i128::from(v[r]),
+            Ints::Wide(v) => v[r],
+        }
+    }
+
+    fn of(v: Vec<i128>) -> Ints {
+        match v.iter().map(|&x| i64::try_from(x)).collect() {
+            Ok(narrow) => Ints::Narrow(narrow),
+            Err(_) => Ints::Wide(v),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Ints::Narrow(v) => v.len() * 8,
+            Ints::Wide(v) => v.len() * 16,
+        }
+    }
+}
+
+/// The sketches of a column: the registers of the sparse ones in one buffer
+/// (a few bytes per row instead of an allocation each), the dense ones apart.
+#[derive(Debug, Default)]
+pub struct Sketches {
+    /// Registers as `Hll::sparse_registers` gives them, row after row.
+    regs: Vec<u32>,
+    /// Row `r`'s registers are `regs[ends[r - 1]..ends[r]]` (from 0 for the
+    /// first row); a dense row has an empty range and a place in `dense`.
+    ends: Vec<u32>,
+    /// (row, sketch) of the dense rows, by row.
+    dense: Vec<(u32, Hll)>,
+}
+
+/// One row's sketch.
+#[derive(Debug, Clone, Copy)]
+pub enum Sketch<'a> {
+    /// Registers as `Hll::sparse_registers` gives them (maybe none).
+    Registers(&'a [u32]),
+    Dense(&'a Hll),
+}
+
+impl Sketches {
+    fn of(all: Vec<Hll>) -> Sketches {
+        let mut out = Sketches::default();
+        for (r, h) in all.into_iter().enumerate() {
+            match h.sparse_registers() {
+                Some(regs) => out.regs.extend_from_slice(regs),
+                None => out.dense.push((r as u32, h)),
+            }
+            out.ends.push(out.regs.len() as u32);
+        }
+        out
+    }
+
+    pub fn get(&self, r: usize) -> Sketch<'_> {
+        let start = r.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
+        let end = self.ends[r] as usize;
+        if start == end {
+            if let Ok(i) = self
+                .dense
+                .binary_search_by_key(&(r as u32), |(row, _)| *row)
+            {
+                return Sketch::Dense(&self.dense[i].1);
+            }
+        }
+        Sketch::Registers(&self.regs[start..end])
+    }
+
+    fn bytes(&self) -> usize {
+        self.regs.len() * 4
+            + self.ends.len() * 4
+            + self
+                .dense
+                .iter()
+                .map(|(_, h)| 8 + std::mem::size_of::<Hll>() + h.heap_bytes())
+                .sum::<usize>()
+    }
 }
 
 /// A decoded day file.
@@ -123,12 +213,20 @@ impl DayData {
     }
 }
 
+/// One measure's values while a file is read.
+enum Staged {
+    Count(Vec<u64>),
+    Sum(Vec<i128>, Vec<f64>),
+    Extreme(Vec<f64>),
+    Distinct(Vec<Hll>),
+}
+
 /// The columns being filled, in file order.
 struct Builder {
     buckets: Vec<i64>,
     dict: GroupDict,
     group_of: Vec<u32>,
-    measures: Vec<Column>,
+    measures: Vec<Staged>,
 }
 
 impl Builder {
@@ -141,13 +239,10 @@ impl Builder {
                 .measures
                 .iter()
                 .map(|m| match m.agg {
-                    AggKind::Count => Column::Count(Vec::new()),
-                    AggKind::Sum => Column::Sum {
-                        int: Vec::new(),
-                        float: Vec::new(),
-                    },
-                    AggKind::Min | AggKind::Max => Column::Extreme(Vec::new()),
-                    AggKind::Distinct => Column::Distinct(Vec::new()),
+                    AggKind::Count => Staged::Count(Vec::new()),
+                    AggKind::Sum => Staged::Sum(Vec::new(), Vec::new()),
+                    AggKind::Min | AggKind::Max => Staged::Extreme(Vec::new()),
+                    AggKind::Distinct => Staged::Distinct(Vec::new()),
                 })
                 .collect(),
         }
@@ -189,11 +284,11 @@ impl Builder {
         for (m, col) in view.measures.iter().zip(&mut self.measures) {
             let names = columns::measure(m);
             match col {
-                Column::Count(v) => {
+                Staged::Count(v) => {
                     let c: Option<UInt64Array> = column(batch, &names[0], &DataType::UInt64, path)?;
                     v.extend(keep.iter().map(|&r| value!(c, r).unwrap_or(0)));
                 }
-                Column::Sum { int, float } => {
+                Staged::Sum(int, float) => {
                     // Int64 in snapshots written before exact i128 sums: cast.
                     let i: Option<Decimal128Array> =
                         column(batch, &names[0], &DataType::Decimal128(38, 0), path)?;
@@ -202,12 +297,12 @@ impl Builder {
                     int.extend(keep.iter().map(|&r| value!(i, r).unwrap_or(0)));
                     float.extend(keep.iter().map(|&r| value!(f, r).unwrap_or(0.0)));
                 }
-                Column::Extreme(v) => {
+                Staged::Extreme(v) => {
                     let c: Option<Float64Array> =
                         column(batch, &names[0], &DataType::Float64, path)?;
                     v.extend(keep.iter().map(|&r| value!(c, r).unwrap_or(f64::NAN)));
                 }
-                Column::Distinct(v) => {
+                Staged::Distinct(v) => {
                     let c: Option<BinaryArray> = column(batch, &names[0], &DataType::Binary, path)?;
                     for &r in &keep {
                         v.push(match c.as_ref().filter(|a| !a.is_null(r)) {
@@ -236,13 +331,13 @@ impl Builder {
             self.group_of = permute(&self.group_of, &order);
             for col in &mut self.measures {
                 match col {
-                    Column::Count(v) => *v = permute(v, &order),
-                    Column::Sum { int, float } => {
+                    Staged::Count(v) => *v = permute(v, &order),
+                    Staged::Sum(int, float) => {
                         *int = permute(int, &order);
                         *float = permute(float, &order);
                     }
-                    Column::Extreme(v) => *v = permute(v, &order),
-                    Column::Distinct(v) => *v = permute(v, &order),
+                    Staged::Extreme(v) => *v = permute(v, &order),
+                    Staged::Distinct(v) => *v = permute(v, &order),
                 }
             }
         }
@@ -253,16 +348,28 @@ impl Builder {
             }
         }
         let rows = self.buckets.len();
+        let measures: Vec<Column> = self
+            .measures
+            .into_iter()
+            .map(|m| match m {
+                Staged::Count(v) => Column::Count(v),
+                Staged::Sum(int, float) => Column::Sum {
+                    int: Ints::of(int),
+                    float: float.iter().any(|&f| f != 0.0).then_some(float),
+                },
+                Staged::Extreme(v) => Column::Extreme(v),
+                Staged::Distinct(v) => Column::Distinct(Sketches::of(v)),
+            })
+            .collect();
         let mut bytes = self.dict.heap_bytes() + runs.len() * 16 + rows * 4;
-        for col in &self.measures {
+        for col in &measures {
             bytes += match col {
                 Column::Count(v) => v.len() * 8,
-                Column::Sum { int, float } => int.len() * 16 + float.len() * 8,
+                Column::Sum { int, float } => {
+                    int.bytes() + float.as_ref().map_or(0, |f| f.len() * 8)
+                }
                 Column::Extreme(v) => v.len() * 8,
-                Column::Distinct(v) => v
-                    .iter()
-                    .map(|h| std::mem::size_of::<Hll>() + h.heap_bytes())
-                    .sum(),
+                Column::Distinct(v) => v.bytes(),
             };
         }
         DayData {
@@ -271,7 +378,7 @@ impl Builder {
             runs,
             rows,
             group_of: self.group_of,
-            measures: self.measures,
+            measures,
             bytes,
         }
     }

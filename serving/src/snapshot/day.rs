@@ -103,14 +103,29 @@ pub enum Sketch<'a> {
 }
 
 impl Sketches {
-    fn of(all: Vec<Hll>) -> Sketches {
+    /// Append the next row's sketch.
+    fn push(&mut self, h: Hll) {
+        match h.sparse_registers() {
+            Some(regs) => self.regs.extend_from_slice(regs),
+            None => self.dense.push((self.ends.len() as u32, h)),
+        }
+        self.ends.push(self.regs.len() as u32);
+    }
+
+    /// The rows in the order `order` gives.
+    fn permuted(&self, order: &[u32]) -> Sketches {
         let mut out = Sketches::default();
-        for (r, h) in all.into_iter().enumerate() {
-            match h.sparse_registers() {
-                Some(regs) => out.regs.extend_from_slice(regs),
-                None => out.dense.push((r as u32, h)),
+        for &r in order {
+            match self.get(r as usize) {
+                Sketch::Registers(regs) => {
+                    out.regs.extend_from_slice(regs);
+                    out.ends.push(out.regs.len() as u32);
+                }
+                Sketch::Dense(h) => {
+                    out.dense.push((out.ends.len() as u32, h.clone()));
+                    out.ends.push(out.regs.len() as u32);
+                }
             }
-            out.ends.push(out.regs.len() as u32);
         }
         out
     }
@@ -173,9 +188,11 @@ impl DayData {
         &self,
         rows: std::ops::Range<usize>,
     ) -> impl Iterator<Item = (i64, std::ops::Range<usize>)> + '_ {
+        // The run holding the first row (it may start before it).
         let first = self
             .runs
-            .partition_point(|&(_, r)| (r as usize) < rows.start);
+            .partition_point(|&(_, r)| (r as usize) <= rows.start)
+            .saturating_sub(1);
         self.runs[first..]
             .iter()
             .enumerate()
@@ -185,8 +202,9 @@ impl DayData {
                     .runs
                     .get(first + i + 1)
                     .map_or(self.rows, |&(_, n)| n as usize);
-                (b, r as usize..next.min(rows.end))
+                (b, (r as usize).max(rows.start)..next.min(rows.end))
             })
+            .filter(|(_, rs)| !rs.is_empty())
     }
 
     /// Decode the Parquet file at `path` (its bytes) for `view`.
@@ -218,7 +236,7 @@ enum Staged {
     Count(Vec<u64>),
     Sum(Vec<i128>, Vec<f64>),
     Extreme(Vec<f64>),
-    Distinct(Vec<Hll>),
+    Distinct(Sketches),
 }
 
 /// The columns being filled, in file order.
@@ -242,7 +260,7 @@ impl Builder {
                     AggKind::Count => Staged::Count(Vec::new()),
                     AggKind::Sum => Staged::Sum(Vec::new(), Vec::new()),
                     AggKind::Min | AggKind::Max => Staged::Extreme(Vec::new()),
-                    AggKind::Distinct => Staged::Distinct(Vec::new()),
+                    AggKind::Distinct => Staged::Distinct(Sketches::default()),
                 })
                 .collect(),
         }
@@ -305,16 +323,16 @@ impl Builder {
                 Staged::Distinct(v) => {
                     let c: Option<BinaryArray> = column(batch, &names[0], &DataType::Binary, path)?;
                     for &r in &keep {
-                        v.push(match c.as_ref().filter(|a| !a.is_null(r)) {
-                            None => Hll::new(),
-                            Some(a) => Hll::from_redis_bytes(a.value(r)).map_err(|e| {
+                        match c.as_ref().filter(|a| !a.is_null(r)) {
+                            None => v.push(Hll::new()),
+                            Some(a) => v.push(Hll::from_redis_bytes(a.value(r)).map_err(|e| {
                                 SnapshotError::Column {
                                     path: path.to_owned(),
                                     column: names[0].clone(),
                                     problem: format!("row {r}: {e}"),
                                 }
-                            })?,
-                        });
+                            })?),
+                        }
                     }
                 }
             }
@@ -337,7 +355,7 @@ impl Builder {
                         *float = permute(float, &order);
                     }
                     Staged::Extreme(v) => *v = permute(v, &order),
-                    Staged::Distinct(v) => *v = permute(v, &order),
+                    Staged::Distinct(v) => *v = v.permuted(&order),
                 }
             }
         }
@@ -358,7 +376,7 @@ impl Builder {
                     float: float.iter().any(|&f| f != 0.0).then_some(float),
                 },
                 Staged::Extreme(v) => Column::Extreme(v),
-                Staged::Distinct(v) => Column::Distinct(Sketches::of(v)),
+                Staged::Distinct(v) => Column::Distinct(v),
             })
             .collect();
         let mut bytes = self.dict.heap_bytes() + runs.len() * 16 + rows * 4;
@@ -420,4 +438,86 @@ fn column<T: Array + Clone + 'static>(
         .cloned()
         .map(Some)
         .ok_or_else(|| problem(format!("cannot be read as {to}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{BinaryBuilder, Int64Builder, StringBuilder, UInt64Builder};
+    use arrow_array::ArrayRef;
+
+    use super::*;
+
+    fn view() -> ViewDef {
+        serde_json::from_value(serde_json::json!({
+            "name": "v", "granularity": "1m", "dimensions": ["properties.page"],
+            "measures": [{"name": "n", "agg": "count"}, {"name": "u", "agg": "distinct", "field": "user_id"}]
+        }))
+        .unwrap()
+    }
+
+    fn sketch(users: std::ops::Range<u32>) -> Hll {
+        let mut h = Hll::new();
+        for u in users {
+            h.add(format!("u{u}").as_bytes());
+        }
+        h
+    }
+
+    #[test]
+    fn rows_out_of_order_are_sorted_with_their_values() {
+        // (bucket, page, count, users): the dense one in the middle.
+        let rows = [
+            (120_000i64, "/b", 3u64, sketch(0..3)),
+            (0, "/a", 1, sketch(10..11)),
+            (60_000, "/a", 7, sketch(0..5_000)),
+            (0, "/b", 2, Hll::new()),
+        ];
+        let (mut b, mut p, mut n, mut u) = (
+            Int64Builder::new(),
+            StringBuilder::new(),
+            UInt64Builder::new(),
+            BinaryBuilder::new(),
+        );
+        for (bucket, page, count, users) in &rows {
+            b.append_value(*bucket);
+            p.append_value(page);
+            n.append_value(*count);
+            u.append_value(users.to_redis_bytes());
+        }
+        let cols: Vec<(&str, ArrayRef)> = vec![
+            ("bucket_ms", Arc::new(b.finish())),
+            ("d:properties.page", Arc::new(p.finish())),
+            ("m:n", Arc::new(n.finish())),
+            ("m:u", Arc::new(u.finish())),
+        ];
+        let batch = RecordBatch::try_from_iter(cols).unwrap();
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let d = DayData::decode(&view(), 60_000, "x", Bytes::from(buf)).unwrap();
+        assert_eq!(d.runs, vec![(0, 0), (60_000, 2), (120_000, 3)]);
+        let (Column::Count(counts), Column::Distinct(users)) = (&d.measures[0], &d.measures[1])
+        else {
+            panic!("columns")
+        };
+        for r in 0..d.rows {
+            let (bucket, page, count, want) = rows
+                .iter()
+                .find(|x| {
+                    d.buckets_in(r..r + 1).next().map(|(b, _)| b) == Some(x.0)
+                        && d.groups[d.group_of[r] as usize][0].as_deref() == Some(x.1)
+                })
+                .unwrap();
+            assert_eq!(counts[r], *count, "{bucket} {page}");
+            let got = match users.get(r) {
+                Sketch::Registers(regs) => tally_core::hll::count_registers(regs),
+                Sketch::Dense(h) => h.count(),
+            };
+            assert_eq!(got, want.count(), "{bucket} {page}");
+        }
+        assert_eq!(d.rows_in(60_000, 120_001), 2..4);
+    }
 }

@@ -69,7 +69,11 @@ impl Ints {
     fn of(v: Vec<i128>) -> Ints {
         match v.iter().map(|&x| i64::try_from(x)).collect() {
             Ok(narrow) => Ints::Narrow(narrow),
-            Err(_) => Ints::Wide(v),
+            Err(_) => {
+                let mut v = v;
+                v.shrink_to_fit();
+                Ints::Wide(v)
+            }
         }
     }
 
@@ -110,6 +114,12 @@ impl Sketches {
             None => self.dense.push((self.ends.len() as u32, h)),
         }
         self.ends.push(self.regs.len() as u32);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.regs.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.dense.shrink_to_fit();
     }
 
     /// The rows in the order `order` gives.
@@ -366,17 +376,33 @@ impl Builder {
             }
         }
         let rows = self.buckets.len();
+        // Exact sizes: the cache budget counts lengths, and a day stays
+        // cached long after it was read.
+        self.group_of.shrink_to_fit();
+        runs.shrink_to_fit();
         let measures: Vec<Column> = self
             .measures
             .into_iter()
             .map(|m| match m {
-                Staged::Count(v) => Column::Count(v),
-                Staged::Sum(int, float) => Column::Sum {
+                Staged::Count(mut v) => {
+                    v.shrink_to_fit();
+                    Column::Count(v)
+                }
+                Staged::Sum(int, mut float) => Column::Sum {
                     int: Ints::of(int),
-                    float: float.iter().any(|&f| f != 0.0).then_some(float),
+                    float: float.iter().any(|&f| f != 0.0).then(|| {
+                        float.shrink_to_fit();
+                        float
+                    }),
                 },
-                Staged::Extreme(v) => Column::Extreme(v),
-                Staged::Distinct(v) => Column::Distinct(v),
+                Staged::Extreme(mut v) => {
+                    v.shrink_to_fit();
+                    Column::Extreme(v)
+                }
+                Staged::Distinct(mut v) => {
+                    v.shrink_to_fit();
+                    Column::Distinct(v)
+                }
             })
             .collect();
         let mut bytes = self.dict.heap_bytes() + runs.len() * 16 + rows * 4;

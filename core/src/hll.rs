@@ -151,9 +151,12 @@ impl Hll {
                 }
                 self.maybe_densify();
             }
-            Repr::Dense(_) => {
+            Repr::Dense(dense) => {
                 for &e in regs {
-                    self.set_max((e >> 8) as usize, (e & 0xff) as u8);
+                    let (i, v) = ((e >> 8) as usize, (e & 0xff) as u8);
+                    if let Some(r) = dense.get_mut(i) {
+                        *r = (*r).max(v);
+                    }
                 }
             }
         }
@@ -700,9 +703,23 @@ fn estimate(histo: &[u32; 64]) -> u64 {
         z += histo[j] as f64;
         z *= 0.5;
     }
-    z += m * sigma(histo[0] as f64 / m);
+    z += m * sigma_of(histo[0]);
     const ALPHA_INF: f64 = 0.721_347_520_444_481_7;
     (ALPHA_INF * m * m / z).round() as u64
+}
+
+/// `sigma(zeros / m)` for each possible number of zero registers, computed
+/// once: the serving layer counts a sketch per answer cell, and `sigma`'s
+/// series converges slowly when few registers are set (most of a count).
+/// The values are those `sigma` gives, so every estimate is unchanged.
+fn sigma_of(zeros: u32) -> f64 {
+    static TABLE: std::sync::OnceLock<Box<[f64]>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..=REGISTERS)
+            .map(|z| sigma(z as f64 / REGISTERS as f64))
+            .collect()
+    });
+    table[(zeros as usize).min(REGISTERS)]
 }
 
 fn sigma(mut x: f64) -> f64 {

@@ -265,7 +265,7 @@ impl Fold {
                     };
                     match agg {
                         Agg::Distinct(h) if !h.is_empty() => {
-                            day.sketches.push((cell.id, *pos, Sketch::Dense(h)))
+                            day.sketches.push((cell.id, *pos, Sketch::Dense(h, None)))
                         }
                         Agg::Distinct(_) => {}
                         agg if cell.aggs[*pos].kind() == agg.kind() => cell.aggs[*pos].merge(agg),
@@ -310,8 +310,8 @@ impl Fold {
                         total.merge_registers(regs);
                         continue;
                     }
-                    [(_, _, Sketch::Dense(h))] => {
-                        finals[pos] = Final::Distinct(h.count());
+                    [(_, _, Sketch::Dense(h, count))] => {
+                        finals[pos] = Final::Distinct(count.unwrap_or_else(|| h.count()));
                         total.merge(h);
                         continue;
                     }
@@ -321,7 +321,7 @@ impl Fold {
                 for (_, _, s) in part {
                     match s {
                         Sketch::Registers(regs) => self.union.add_registers(regs),
-                        Sketch::Dense(h) => self.union.add(h),
+                        Sketch::Dense(h, _) => self.union.add(h),
                     }
                 }
                 finals[pos] = Final::Distinct(self.union.count());

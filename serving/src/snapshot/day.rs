@@ -94,8 +94,9 @@ pub struct Sketches {
     /// Row `r`'s registers are `regs[ends[r - 1]..ends[r]]` (from 0 for the
     /// first row); a dense row has an empty range and a place in `dense`.
     ends: Vec<u32>,
-    /// (row, sketch) of the dense rows, by row.
-    dense: Vec<(u32, Hll)>,
+    /// (row, sketch, its estimate) of the dense rows, by row: a dense
+    /// sketch is counted once here, not by every query that shows it.
+    dense: Vec<(u32, Hll, u64)>,
 }
 
 /// One row's sketch.
@@ -103,7 +104,8 @@ pub struct Sketches {
 pub enum Sketch<'a> {
     /// Registers as `Hll::sparse_registers` gives them (maybe none).
     Registers(&'a [u32]),
-    Dense(&'a Hll),
+    /// A dense sketch, and its estimate when known.
+    Dense(&'a Hll, Option<u64>),
 }
 
 impl Sketches {
@@ -111,7 +113,10 @@ impl Sketches {
     fn push(&mut self, h: Hll) {
         match h.sparse_registers() {
             Some(regs) => self.regs.extend_from_slice(regs),
-            None => self.dense.push((self.ends.len() as u32, h)),
+            None => {
+                let count = h.count();
+                self.dense.push((self.ends.len() as u32, h, count));
+            }
         }
         self.ends.push(self.regs.len() as u32);
     }
@@ -131,8 +136,9 @@ impl Sketches {
                     out.regs.extend_from_slice(regs);
                     out.ends.push(out.regs.len() as u32);
                 }
-                Sketch::Dense(h) => {
-                    out.dense.push((out.ends.len() as u32, h.clone()));
+                Sketch::Dense(h, count) => {
+                    let count = count.unwrap_or_else(|| h.count());
+                    out.dense.push((out.ends.len() as u32, h.clone(), count));
                     out.ends.push(out.regs.len() as u32);
                 }
             }
@@ -146,9 +152,10 @@ impl Sketches {
         if start == end {
             if let Ok(i) = self
                 .dense
-                .binary_search_by_key(&(r as u32), |(row, _)| *row)
+                .binary_search_by_key(&(r as u32), |(row, _, _)| *row)
             {
-                return Sketch::Dense(&self.dense[i].1);
+                let (_, h, count) = &self.dense[i];
+                return Sketch::Dense(h, Some(*count));
             }
         }
         Sketch::Registers(&self.regs[start..end])
@@ -160,7 +167,7 @@ impl Sketches {
             + self
                 .dense
                 .iter()
-                .map(|(_, h)| 8 + std::mem::size_of::<Hll>() + h.heap_bytes())
+                .map(|(_, h, _)| 16 + std::mem::size_of::<Hll>() + h.heap_bytes())
                 .sum::<usize>()
     }
 }
@@ -540,7 +547,7 @@ mod tests {
             assert_eq!(counts[r], *count, "{bucket} {page}");
             let got = match users.get(r) {
                 Sketch::Registers(regs) => tally_core::hll::count_registers(regs),
-                Sketch::Dense(h) => h.count(),
+                Sketch::Dense(h, _) => h.count(),
             };
             assert_eq!(got, want.count(), "{bucket} {page}");
         }

@@ -295,6 +295,10 @@ fn empty_or_short_tokens_are_refused_with_the_field_named() {
     );
     let (accepted, text) = check(&ok);
     assert!(accepted, "{text}");
+    assert!(
+        !text.contains("0123456789abcdef0123"),
+        "token printed:\n{text}"
+    );
 }
 
 #[test]

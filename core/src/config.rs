@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Limits;
 use crate::kafka_security::KafkaSecurity;
+use crate::secret::Secret;
 use crate::time::{format_ms, parse_duration_ms, EpochGrid};
 use crate::view::{valid_name, ViewDef, ViewError};
 
@@ -337,17 +338,92 @@ impl Default for BatchConfig {
     }
 }
 
+/// A size in bytes written as text in the config (`256MiB`, `1GiB`, `500MB`)
+/// or as a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "ByteText", into = "String")]
+pub struct ByteSize(pub u64);
+
+/// What a [`ByteSize`] may be written as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ByteText {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<ByteText> for ByteSize {
+    type Error = String;
+    fn try_from(t: ByteText) -> Result<Self, String> {
+        let s = match t {
+            ByteText::Number(n) => return Ok(ByteSize(n)),
+            ByteText::Text(s) => s,
+        };
+        let text = s.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (num, unit) = text.split_at(split);
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" => 1000,
+            "KiB" => 1 << 10,
+            "MB" => 1_000_000,
+            "MiB" => 1 << 20,
+            "GB" => 1_000_000_000,
+            "GiB" => 1 << 30,
+            _ => 0,
+        };
+        num.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .filter(|_| mult > 0)
+            .map(ByteSize)
+            .ok_or_else(|| {
+                format!("`{s}` is not a size: use a number and a unit (B, KiB, MiB, GiB, KB, MB, GB), like 256MiB")
+            })
+    }
+}
+
+impl From<ByteSize> for String {
+    fn from(b: ByteSize) -> String {
+        for (unit, mult) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if b.0 != 0 && b.0.is_multiple_of(mult) {
+                return format!("{}{unit}", b.0 / mult);
+            }
+        }
+        format!("{}B", b.0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
     pub listen: String,
     /// Bearer token for admin calls (recompute). Admin calls are refused without one.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Bearer token for reads; reads are open when empty.
-    pub read_token: Option<String>,
+    pub read_token: Option<Secret>,
+    /// Most output buckets one query may ask for.
     pub max_buckets: usize,
+    /// Most groups an answer lists (the largest by the first measure; the
+    /// totals still cover every group).
     pub max_groups: usize,
+    /// Most (bucket, group) cells one answer may hold: a query over that
+    /// is refused with `too_many_cells` (400), whatever its split between
+    /// buckets and groups.
+    pub max_cells: usize,
+    /// Most `filter` values in one query.
+    pub max_filters: usize,
+    /// Most server-sent-event streams open at once (then 429).
+    pub max_streams: usize,
     pub request_timeout: Millis,
+    /// Memory for snapshot data (decoded day files, read on demand from the
+    /// store): the least recently used are dropped past it.
+    pub cache_bytes: ByteSize,
+    /// How long a whole answer is reused for the same query; `0ms` (the
+    /// default) turns the answer cache off.
+    pub answer_ttl: Millis,
 }
 
 impl Default for ServeConfig {
@@ -358,13 +434,70 @@ impl Default for ServeConfig {
             read_token: None,
             max_buckets: 10_000,
             max_groups: 1_000,
+            max_cells: 500_000,
+            max_filters: 100,
+            max_streams: 256,
             request_timeout: Millis(10_000),
+            cache_bytes: ByteSize(256 << 20),
+            answer_ttl: Millis(0),
         }
     }
 }
 
 /// The shortest bearer token accepted: short ones are guessed.
 pub const MIN_TOKEN_LEN: usize = 16;
+
+impl ServeConfig {
+    /// The `[serve]` rules types alone cannot state; the error names the field.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: &str| {
+            Err(ConfigError::Invalid {
+                field: format!("serve.{field}"),
+                problem: problem.into(),
+            })
+        };
+        if self.cache_bytes.0 < 1 << 20 {
+            return invalid(
+                "cache_bytes",
+                "must be at least 1MiB: snapshot data is read through this cache, e.g. cache_bytes = \"256MiB\"",
+            );
+        }
+        for (field, value) in [
+            ("max_buckets", self.max_buckets),
+            ("max_groups", self.max_groups),
+            ("max_cells", self.max_cells),
+            ("max_filters", self.max_filters),
+            ("max_streams", self.max_streams),
+        ] {
+            if value == 0 {
+                return invalid(field, "must be at least 1");
+            }
+        }
+        let tokens = [
+            ("admin_token", &self.admin_token),
+            ("read_token", &self.read_token),
+        ];
+        for (field, token) in tokens {
+            if token
+                .as_ref()
+                .is_some_and(|t| t.expose().trim().len() < MIN_TOKEN_LEN)
+            {
+                return invalid(
+                    field,
+                    "a token needs at least 16 characters (an empty one would let anyone \
+                     in): generate one with `openssl rand -hex 32`, or remove the key",
+                );
+            }
+        }
+        if self.request_timeout.0 <= 0 {
+            return invalid("request_timeout", "must be more than 0, e.g. 10s");
+        }
+        if self.answer_ttl.0 < 0 {
+            return invalid("answer_ttl", "must be 0ms (off) or more, e.g. 250ms");
+        }
+        Ok(())
+    }
+}
 
 /// The whole `tally.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -524,25 +657,7 @@ impl Config {
                 ),
             );
         }
-        let tokens = [
-            ("serve.admin_token", &self.serve.admin_token),
-            ("serve.read_token", &self.serve.read_token),
-        ];
-        for (field, token) in tokens {
-            if token
-                .as_deref()
-                .is_some_and(|t| t.trim().len() < MIN_TOKEN_LEN)
-            {
-                return invalid(
-                    field,
-                    format!(
-                        "a token needs at least {MIN_TOKEN_LEN} characters (an empty one would \
-                         let anyone in): generate one with `openssl rand -hex 32`, or remove \
-                         the key"
-                    ),
-                );
-            }
-        }
+        self.serve.validate()?;
         if self.views.is_empty() {
             return invalid("view", "declare at least one [[view]]".into());
         }
@@ -586,6 +701,27 @@ fn describe(e: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serve_sizes_read_as_text_or_numbers_and_bad_values_name_the_field() {
+        let views = "[[view]]\nname = \"v\"\ngranularity = \"1m\"\nmeasures = [{ name = \"n\", agg = \"count\" }]\n";
+        let with = |serve: &str| Config::from_toml(&format!("[serve]\n{serve}\n{views}"));
+        assert_eq!(
+            with("cache_bytes = \"64MiB\"").unwrap().serve.cache_bytes,
+            ByteSize(64 << 20)
+        );
+        assert_eq!(
+            with("cache_bytes = 3000000").unwrap().serve.cache_bytes,
+            ByteSize(3_000_000)
+        );
+        assert_eq!(String::from(ByteSize(256 << 20)), "256MiB");
+        let e = with("cache_bytes = \"lots\"").unwrap_err().to_string();
+        assert!(e.contains("cache_bytes") && e.contains("256MiB"), "{e}");
+        let e = with("cache_bytes = \"1KiB\"").unwrap_err().to_string();
+        assert!(e.contains("serve.cache_bytes") && e.contains("1MiB"), "{e}");
+        let e = with("max_cells = 0").unwrap_err().to_string();
+        assert!(e.contains("serve.max_cells"), "{e}");
+    }
 
     #[test]
     fn passwords_are_redacted_from_urls() {

@@ -89,9 +89,9 @@ impl Hll {
     /// Register-wise maximum: the sketch of the union.
     pub fn merge(&mut self, other: &Hll) {
         match &other.repr {
-            Repr::Sparse(entries) => {
-                for &e in entries {
-                    self.set_max((e >> 8) as usize, (e & 0xff) as u8);
+            Repr::Sparse(theirs) => {
+                if !theirs.is_empty() {
+                    self.merge_registers(theirs);
                 }
             }
             Repr::Dense(regs) => {
@@ -113,11 +113,7 @@ impl Hll {
                     histo[(e & 0xff) as usize] += 1;
                 }
             }
-            Repr::Dense(regs) => {
-                for &r in regs.iter() {
-                    histo[r as usize] += 1;
-                }
-            }
+            Repr::Dense(regs) => return dense_count(regs),
         }
         estimate(&histo)
     }
@@ -127,6 +123,50 @@ impl Hll {
         match &self.repr {
             Repr::Sparse(e) => e.is_empty(),
             Repr::Dense(r) => r.iter().all(|&v| v == 0),
+        }
+    }
+
+    /// The registers of a sparse sketch, `(index << 8) | value` sorted by
+    /// index (`None` for a dense one): what [`Hll::merge_registers`],
+    /// [`count_registers`] and [`Union::add_registers`] take, so that many
+    /// small sketches can be kept in one buffer.
+    pub fn sparse_registers(&self) -> Option<&[u32]> {
+        match &self.repr {
+            Repr::Sparse(e) => Some(e),
+            Repr::Dense(_) => None,
+        }
+    }
+
+    /// Merge registers given as [`Hll::sparse_registers`] gives them. Into
+    /// a sparse sketch, in one pass over both sorted lists (inserting one
+    /// register at a time moves the tail of the list each time: quadratic,
+    /// most of a query's time when it unions hundreds of small sketches).
+    pub fn merge_registers(&mut self, regs: &[u32]) {
+        match &mut self.repr {
+            Repr::Sparse(mine) => {
+                if mine.is_empty() {
+                    mine.extend_from_slice(regs);
+                } else {
+                    *mine = merge_sparse(mine, regs);
+                }
+                self.maybe_densify();
+            }
+            Repr::Dense(dense) => {
+                for &e in regs {
+                    let (i, v) = ((e >> 8) as usize, (e & 0xff) as u8);
+                    if let Some(r) = dense.get_mut(i) {
+                        *r = (*r).max(v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes the sketch holds on the heap: what a memory budget counts.
+    pub fn heap_bytes(&self) -> usize {
+        match &self.repr {
+            Repr::Sparse(e) => e.capacity() * std::mem::size_of::<u32>(),
+            Repr::Dense(r) => r.len(),
         }
     }
 
@@ -318,6 +358,195 @@ impl Hll {
     }
 }
 
+/// A union of many sketches at once: a dense scratch of registers and the
+/// list of those set, so that adding a sparse sketch costs its registers and
+/// counting costs the registers set, not 16,384. Once a dense sketch is
+/// added the list is dropped and the union works on all registers (a
+/// register-wise maximum the compiler vectorises). The serving layer unions
+/// the sketches of each answer cell with one `Union`, cleared between cells.
+#[derive(Clone)]
+pub struct Union {
+    regs: Box<[u8]>,
+    set: Vec<u16>,
+    /// Every register may be set: `set` is not kept.
+    all: bool,
+}
+
+impl Default for Union {
+    fn default() -> Self {
+        Union {
+            regs: vec![0u8; REGISTERS].into_boxed_slice(),
+            set: Vec::new(),
+            all: false,
+        }
+    }
+}
+
+impl fmt::Debug for Union {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Union")
+            .field("set", &self.set.len())
+            .field("all", &self.all)
+            .finish()
+    }
+}
+
+impl Union {
+    fn put(&mut self, index: usize, rank: u8) {
+        let r = &mut self.regs[index];
+        if *r == 0 && !self.all {
+            self.set.push(index as u16);
+        }
+        if *r < rank {
+            *r = rank;
+        }
+    }
+
+    /// Add a sketch to the union.
+    pub fn add(&mut self, h: &Hll) {
+        match &h.repr {
+            Repr::Sparse(entries) => self.add_registers(entries),
+            Repr::Dense(regs) => {
+                self.all = true;
+                self.set.clear();
+                for (a, &b) in self.regs.iter_mut().zip(regs.iter()) {
+                    *a = (*a).max(b);
+                }
+            }
+        }
+    }
+
+    /// Add registers given as [`Hll::sparse_registers`] gives them.
+    pub fn add_registers(&mut self, regs: &[u32]) {
+        for &e in regs {
+            self.put((e >> 8) as usize, (e & 0xff) as u8);
+        }
+    }
+
+    /// Whether nothing was added since the last clear.
+    pub fn is_empty(&self) -> bool {
+        if self.all {
+            self.regs.iter().all(|&r| r == 0)
+        } else {
+            self.set.is_empty()
+        }
+    }
+
+    /// The estimate `PFCOUNT` gives for the union.
+    pub fn count(&self) -> u64 {
+        if self.all {
+            return dense_count(&self.regs);
+        }
+        let mut histo = [0u32; 64];
+        histo[0] = (REGISTERS - self.set.len()) as u32;
+        for &i in &self.set {
+            histo[self.regs[i as usize] as usize] += 1;
+        }
+        estimate(&histo)
+    }
+
+    /// Merge the union into `acc`.
+    pub fn merge_into(&mut self, acc: &mut Hll) {
+        if self.all {
+            let regs = acc.make_dense();
+            for (a, &b) in regs.iter_mut().zip(self.regs.iter()) {
+                *a = (*a).max(b);
+            }
+            return;
+        }
+        let small = match &acc.repr {
+            Repr::Sparse(e) => e.len() + self.set.len() <= SPARSE_MAX_REGS,
+            Repr::Dense(_) => false,
+        };
+        if small {
+            self.set.sort_unstable();
+            let entries: Vec<u32> = self
+                .set
+                .iter()
+                .map(|&i| ((i as u32) << 8) | self.regs[i as usize] as u32)
+                .collect();
+            acc.merge(&Hll {
+                repr: Repr::Sparse(entries),
+            });
+        } else {
+            let regs = acc.make_dense();
+            for &i in &self.set {
+                let i = i as usize;
+                regs[i] = regs[i].max(self.regs[i]);
+            }
+        }
+    }
+
+    /// Empty the union (in time proportional to the registers set).
+    pub fn clear(&mut self) {
+        if self.all {
+            self.regs.fill(0);
+            self.all = false;
+        } else {
+            for &i in &self.set {
+                self.regs[i as usize] = 0;
+            }
+        }
+        self.set.clear();
+    }
+}
+
+/// The estimate `PFCOUNT` gives for registers as [`Hll::sparse_registers`]
+/// gives them.
+pub fn count_registers(regs: &[u32]) -> u64 {
+    let mut histo = [0u32; 64];
+    histo[0] = (REGISTERS - regs.len()) as u32;
+    for &e in regs {
+        histo[(e & 63) as usize] += 1;
+    }
+    estimate(&histo)
+}
+
+/// The estimate for dense registers (one byte each).
+fn dense_count(regs: &[u8]) -> u64 {
+    // Four histograms, summed: consecutive registers with the same value
+    // would otherwise wait on each other's increment.
+    let mut four = [[0u32; 64]; 4];
+    for c in regs.chunks_exact(4) {
+        for (h, &r) in four.iter_mut().zip(c) {
+            h[(r & 63) as usize] += 1;
+        }
+    }
+    let mut histo = [0u32; 64];
+    for (i, total) in histo.iter_mut().enumerate() {
+        *total = four.iter().map(|h| h[i]).sum();
+    }
+    estimate(&histo)
+}
+
+/// The union of two sparse register lists (`(index << 8) | value`, sorted by
+/// index): each index once, with the larger value.
+fn merge_sparse(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        match (x >> 8).cmp(&(y >> 8)) {
+            std::cmp::Ordering::Less => {
+                out.push(x);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(y);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(x.max(y));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
 /// The Redis encoding of a sketch given as its non-zero registers
 /// `(index, value)`, sorted by index, each once: byte for byte what
 /// [`Hll::to_redis_bytes`] writes for those registers, in time proportional to
@@ -474,9 +703,23 @@ fn estimate(histo: &[u32; 64]) -> u64 {
         z += histo[j] as f64;
         z *= 0.5;
     }
-    z += m * sigma(histo[0] as f64 / m);
+    z += m * sigma_of(histo[0]);
     const ALPHA_INF: f64 = 0.721_347_520_444_481_7;
     (ALPHA_INF * m * m / z).round() as u64
+}
+
+/// `sigma(zeros / m)` for each possible number of zero registers, computed
+/// once: the serving layer counts a sketch per answer cell, and `sigma`'s
+/// series converges slowly when few registers are set (most of a count).
+/// The values are those `sigma` gives, so every estimate is unchanged.
+fn sigma_of(zeros: u32) -> f64 {
+    static TABLE: std::sync::OnceLock<Box<[f64]>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..=REGISTERS)
+            .map(|z| sigma(z as f64 / REGISTERS as f64))
+            .collect()
+    });
+    table[(zeros as usize).min(REGISTERS)]
 }
 
 fn sigma(mut x: f64) -> f64 {
@@ -523,6 +766,78 @@ mod tests {
             h.add(format!("user_{i}").as_bytes());
         }
         h
+    }
+
+    #[test]
+    fn unions_equal_adding_every_value_whatever_the_representations() {
+        // Sparse with sparse (overlapping, and past the sparse limit when
+        // merged), sparse into dense, dense into sparse, into empty.
+        for (a, b) in [
+            (0..300u64, 200..600u64),
+            (0..10, 5..15),
+            (0..700, 300..1_000),
+            (0..50, 0..5_000),
+            (0..5_000, 4_000..4_050),
+            (0..0, 10..20),
+            (10..20, 0..0),
+        ] {
+            let mut merged = sketch(a.clone());
+            merged.merge(&sketch(b.clone()));
+            let mut truth = sketch(a.clone());
+            for i in b {
+                truth.add(format!("user_{i}").as_bytes());
+            }
+            assert_eq!(merged.registers(), truth.registers());
+            assert_eq!(merged.count(), truth.count());
+        }
+    }
+
+    #[test]
+    fn a_union_counts_and_merges_as_merging_the_sketches_does() {
+        let mut u = Union::default();
+        for parts in [
+            vec![0..40u64, 30..90, 85..100],
+            vec![0..3_000, 10..20],
+            vec![10..20, 0..3_000, 2_000..6_000, 7_000..7_010],
+            vec![0..500, 400..900],
+            vec![],
+        ] {
+            u.clear();
+            let mut merged = Hll::new();
+            for p in &parts {
+                let h = sketch(p.clone());
+                u.add(&h);
+                merged.merge(&h);
+            }
+            assert_eq!(u.count(), merged.count());
+            assert_eq!(u.is_empty(), merged.is_empty());
+            // Into a sparse and into a dense accumulator.
+            for base in [sketch(5_000..5_010), sketch(5_000..9_000)] {
+                let mut a = base.clone();
+                u.merge_into(&mut a);
+                let mut b = base;
+                b.merge(&merged);
+                assert_eq!(a.registers(), b.registers());
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_registers_merge_count_and_union_as_the_sketch_does() {
+        let a = sketch(0..300);
+        let b = sketch(250..400);
+        let regs = b.sparse_registers().expect("sparse");
+        assert_eq!(count_registers(regs), b.count());
+        for mut into in [a.clone(), sketch(0..5_000)] {
+            let mut by_sketch = into.clone();
+            by_sketch.merge(&b);
+            into.merge_registers(regs);
+            assert_eq!(into.registers(), by_sketch.registers());
+        }
+        let mut u = Union::default();
+        u.add_registers(regs);
+        assert_eq!(u.count(), b.count());
+        assert!(sketch(0..5_000).sparse_registers().is_none());
     }
 
     #[test]

@@ -8,12 +8,22 @@
 //! | `P:off` | hash | `topic/partition` → next offset to apply (the fence) |
 //! | `P:c:{view}:{epoch}:{day}` | hash | counter fields, see [`CounterField`] |
 //! | `P:h:{view}:{epoch}:{day}:{bucket}\|{measure}\|{group}` | HLL | a distinct sketch |
-//! | `P:hi:{view}:{epoch}:{day}` | set | the sketch suffixes of that slice |
+//! | `P:v:{view}:{epoch}:{day}` | sorted set | the slice's cells `{bucket}\|{group}` ([`CellMember`]), scored by the version of the last flush that touched them |
 //! | `P:s:{view}` | sorted set | `{epoch}:{day}` slices present, scored by expiry (ms) |
+//! | `P:sv:{view}` | hash | `{epoch}:{day}` → the version of the last flush that touched the slice |
+//! | `P:ver` | hash | `v` → the version of the last applied flush (one per apply-script call), `born` → when `v` was created (ms) |
 //!
 //! A *slice* is one view's counters for one ingest epoch and one event-time day:
 //! the unit the merge rule selects (`epoch >= cut`) and the unit that expires.
 //! Groups are JSON arrays (`["/home",null]`), unambiguous whatever the values hold.
+//!
+//! The versions let a reader keep a copy of the slices up to date without
+//! re-reading them: every flush takes the next version, and marks every slice
+//! and every (bucket, group) cell it wrote with it. A reader that has seen
+//! version `v` of a slice re-reads only the cells scored above `v`
+//! (`ZRANGEBYSCORE`); a `born` it has not seen means Redis lost its data and
+//! the copy starts over. A cell's sketches are found from the cell and the
+//! view's distinct measures ([`SketchField`]).
 
 use crate::time::Epoch;
 
@@ -79,6 +89,11 @@ pub fn split_sum(sum: i128) -> (i64, i64) {
     (lo as i64, hi.clamp(i64::MIN.into(), i64::MAX.into()) as i64)
 }
 
+/// The field of [`Keys::version`] holding the last applied flush's version.
+pub const VERSION_FIELD: &str = "v";
+/// The field of [`Keys::version`] holding when the counter was created (ms).
+pub const BORN_FIELD: &str = "born";
+
 /// A parsed counter field: `{bucket_ms}|{measure}|{part}|{group_json}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterField<'a> {
@@ -131,6 +146,27 @@ impl<'a> SketchField<'a> {
     }
 }
 
+/// A member of a slice's cell set ([`Keys::cells`]): `{bucket_ms}|{group_json}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellMember<'a> {
+    pub bucket_ms: i64,
+    pub group: &'a str,
+}
+
+impl<'a> CellMember<'a> {
+    pub fn encode(bucket_ms: i64, group_json: &str) -> String {
+        format!("{bucket_ms}|{group_json}")
+    }
+
+    pub fn parse(member: &'a str) -> Option<CellMember<'a>> {
+        let (bucket, group) = member.split_once('|')?;
+        Some(CellMember {
+            bucket_ms: bucket.parse().ok()?,
+            group,
+        })
+    }
+}
+
 /// Encode a group (one value per dimension) as its JSON array text.
 pub fn group_json(values: &[Option<String>]) -> String {
     serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
@@ -171,12 +207,23 @@ impl Keys {
         format!("{}:h:{view}:{epoch}:{day}:", self.prefix)
     }
 
-    pub fn sketch_index(&self, view: &str, epoch: Epoch, day: i64) -> String {
-        format!("{}:hi:{view}:{epoch}:{day}", self.prefix)
+    /// The slice's cells, scored by version (see the module documentation).
+    pub fn cells(&self, view: &str, epoch: Epoch, day: i64) -> String {
+        format!("{}:v:{view}:{epoch}:{day}", self.prefix)
     }
 
     pub fn slices(&self, view: &str) -> String {
         format!("{}:s:{view}", self.prefix)
+    }
+
+    /// The version of each slice of `view`, by [`Keys::slice_member`].
+    pub fn slice_versions(&self, view: &str) -> String {
+        format!("{}:sv:{view}", self.prefix)
+    }
+
+    /// The flush version counter (fields [`VERSION_FIELD`] and [`BORN_FIELD`]).
+    pub fn version(&self) -> String {
+        format!("{}:ver", self.prefix)
     }
 
     /// A member of [`Keys::slices`].
@@ -212,6 +259,14 @@ mod tests {
             Keys::parse_slice_member(&Keys::slice_member(473_040, 19_710)),
             Some((473_040, 19_710))
         );
+        let c = CellMember::encode(-60_000, &g);
+        assert_eq!(
+            CellMember::parse(&c),
+            Some(CellMember {
+                bucket_ms: -60_000,
+                group: &g
+            })
+        );
     }
 
     #[test]
@@ -239,5 +294,8 @@ mod tests {
         assert_eq!(k.counters("v", 5, 7), "t1:c:v:5:7");
         assert_eq!(k.sketch_prefix("v", 5, 7), "t1:h:v:5:7:");
         assert_eq!(k.slices("v"), "t1:s:v");
+        assert_eq!(k.cells("v", 5, 7), "t1:v:v:5:7");
+        assert_eq!(k.slice_versions("v"), "t1:sv:v");
+        assert_eq!(k.version(), "t1:ver");
     }
 }

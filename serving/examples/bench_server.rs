@@ -7,8 +7,8 @@
 //! store) and one at or after the cut (so it is a speed-layer delta in a
 //! private Redis): 1,440 x 15 = 21,600 cells in each layer, every one of them
 //! merged by a 24-hour query. Prints `ready` and the query URL on stdout once
-//! serving. `TALLY_BENCH_RESULT_TTL_MS` sets the answer cache's TTL (0: off,
-//! every request merges afresh).
+//! serving. `TALLY_BENCH_RESULT_TTL_MS` sets the answer cache's TTL (default 0:
+//! off, every request merges afresh).
 //!
 //! `cargo build --release --workspace --example bench_server`, then
 //! `$CARGO_TARGET_DIR/release/examples/bench_server 127.0.0.1:8098`
@@ -16,8 +16,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+// As in the `tally` binary (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use object_store::memory::InMemory;
@@ -31,7 +34,7 @@ async fn main() {
     let ttl_ms: u64 = std::env::var("TALLY_BENCH_RESULT_TTL_MS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(250);
+        .unwrap_or(0);
     let cut = T0 / EPOCH_MS + 24;
     let mut evs = Vec::new();
     for minute in 0..1440i64 {
@@ -63,12 +66,10 @@ async fn main() {
     write_speed(&redis.url(), "t", &view(), &evs).await;
     let mut cfg = config(&redis.url(), "t");
     cfg.serve.listen = addr.clone();
-    let opts = tally_serving::ServeOptions {
-        result_ttl: Duration::from_millis(ttl_ms),
-        ..Default::default()
-    };
+    cfg.serve.answer_ttl = tally_core::config::Millis(ttl_ms as i64);
+    let opts = tally_serving::ServeOptions::default();
     println!(
-        "ready http://{addr}/api/v1/views/pv/query?from={T0}&to={}&granularity=1h&group_by=properties.page ({} events, result_ttl {ttl_ms} ms)",
+        "ready http://{addr}/api/v1/views/pv/query?from={T0}&to={}&granularity=1h&group_by=properties.page ({} events, answer_ttl {ttl_ms} ms)",
         T0 + 86_400_000,
         evs.len()
     );

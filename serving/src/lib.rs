@@ -1,32 +1,38 @@
 //! # tally-serving: the merged query API and the live dashboard
 //!
 //! The serving layer answers a query on a view by merging, per (bucket, group),
-//! the batch snapshot (loaded from the object store into memory) with the
-//! speed layer's Redis deltas of every ingest epoch at or after the snapshot's
-//! cut, as `DESIGN.md` states: `value = snapshot ⊕ Σ_{epoch ≥ cut} speed`.
+//! the batch snapshot with the speed layer's deltas of every ingest epoch at
+//! or after the snapshot's cut, as `DESIGN.md` states:
+//! `value = snapshot ⊕ Σ_{epoch ≥ cut} speed`. Its memory follows a budget,
+//! not the history, and the cost of a query follows what it asks for.
 //!
 //! ## Layout
 //!
-//! - [`snapshot`]: manifests and Parquet day files → in-memory cells, by view and day.
-//! - [`state`]: [`AppState`] (config, store, the `ArcSwap`ped snapshots, Redis
-//!   reader) and the manifest poller.
-//! - [`speed`]: pipelined, time-bounded reads of the speed layer's slices.
-//! - [`query`]: parameter parsing and the merge/roll-up/group/filter fold.
-//! - [`cache`]: whole answers reused for a short TTL, single-flight.
-//! - [`api`]: routes, auth, JSON errors, SSE, status, OpenAPI.
-//! - [`dashboard`]: the page at `/`, embedded in the binary.
-//! - [`metrics`]: the Prometheus recorder behind `/metrics`.
-//! - [`error`]: [`ApiError`] (`{code, message}`) and [`ServeError`].
+//! - [`snapshot`]: manifests (indexed, swapped atomically) and the day files
+//!   read on demand per (view, day, level) through a byte-budgeted cache.
+//! - [`speed`]: an in-memory copy of the speed layer's slices at or above the
+//!   cut, with roll-up levels, kept current by reading only what each flush
+//!   changed (versions in Redis).
+//! - [`query`]: parameters, the level plan (the coarsest level that answers
+//!   exactly), the fold on the blocking pool, the ranked answer.
+//! - [`api`]: routes and layers; handlers one file per endpoint family;
+//!   auth; OpenAPI. [`dto`]: the wire types.
+//! - [`answer_cache`]: optional reuse of whole answers for a short TTL.
+//! - [`state`]: [`AppState`] and the background loops (manifest poll, speed sync).
+//! - [`group`]: groups in memory. [`dashboard`]: the page at `/`.
+//!   [`metrics`]: the Prometheus recorder. [`error`]: [`ApiError`] and [`ServeError`].
 //!
 //! ## Entry points
 //!
 //! [`serve`] runs everything until a shutdown future resolves; [`router`]
 //! gives the bare `axum::Router` for tests.
 
+pub mod answer_cache;
 pub mod api;
-pub mod cache;
 pub mod dashboard;
+pub mod dto;
 pub mod error;
+pub mod group;
 pub mod metrics;
 pub mod query;
 pub mod snapshot;
@@ -35,13 +41,19 @@ pub mod state;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::ObjectStore;
 use tally_core::config::Config;
 
-pub use api::{openapi_doc, router, run_query, QueryResponse};
+pub use api::openapi::openapi_doc;
+pub use api::router;
+pub use dto::{QueryResponse, RecomputeRequest};
 pub use error::{ApiError, ServeError};
-pub use state::{AppState, RecomputeHook, RecomputeRequest, ServeOptions};
+pub use state::{AppState, RecomputeHook, ServeOptions};
+
+/// How long the first manifest poll and speed sync may delay the API.
+const FIRST_LOAD: Duration = Duration::from_secs(30);
 
 /// Serve on `cfg.serve.listen` until `shutdown` resolves, with default options.
 pub async fn serve(
@@ -78,20 +90,26 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let state = AppState::new(cfg, store, opts)?;
-    // A first load before answering, bounded: a slow store must not keep the
-    // API down (queries then say "degraded": ["store"]).
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), state.refresh()).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let poller = state.spawn_poller(stop_rx);
+    // A first load before answering, bounded: a slow store or Redis must
+    // not keep the API down (queries then say what is degraded).
+    let _ = tokio::time::timeout(FIRST_LOAD, state.refresh()).await;
+    let _ = tokio::time::timeout(FIRST_LOAD, state.inner.speed.sync()).await;
+    let pollers = state.spawn_pollers();
     if let Ok(a) = listener.local_addr() {
         tracing::info!(addr = %a, "serving");
     }
-    let app = router(state);
+    let app = router(state.clone());
+    let stopping = state.clone();
     let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Streams and pollers end; graceful shutdown then waits for the
+            // requests in flight only.
+            stopping.stop();
+        })
         .await
         .map_err(ServeError::Http);
-    let _ = stop_tx.send(true);
-    let _ = poller.await;
+    state.stop();
+    let _ = pollers.await;
     result
 }

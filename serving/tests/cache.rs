@@ -1,7 +1,7 @@
-//! The answer cache: a repeated query is served from it within the TTL (same
-//! speed-read time, no new merge), a speed-layer write shows right after the
-//! TTL has passed (stale-while-revalidate), and concurrent identical queries
-//! share one merge.
+//! The answer cache (`serve.answer_ttl`, off by default): a repeated query is
+//! served from it within the TTL (same speed-read time, no new merge), a
+//! speed-layer write shows right after the TTL has passed
+//! (stale-while-revalidate), and concurrent identical queries share one merge.
 
 mod common;
 
@@ -22,15 +22,9 @@ async fn answers_are_reused_within_the_ttl_and_speed_writes_show_after_it() {
     publish_snapshot(&store, &view(), &evs, cut, "c1").await;
     write_speed(&redis.url(), "t", &view(), &evs).await;
     let ttl = Duration::from_millis(400);
-    let state = AppState::new(
-        config(&redis.url(), "t"),
-        store,
-        ServeOptions {
-            result_ttl: ttl,
-            ..Default::default()
-        },
-    )
-    .expect("state");
+    let mut cfg = config(&redis.url(), "t");
+    cfg.serve.answer_ttl = tally_core::config::Millis(400);
+    let state = AppState::new(cfg, store, ServeOptions::default()).expect("state");
     state.refresh().await;
     let app = router(state);
     let url = format!(

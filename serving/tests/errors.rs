@@ -396,3 +396,99 @@ async fn views_status_metrics_openapi_and_page_answer() {
         .to_bytes();
     assert!(String::from_utf8_lossy(&page).contains("EventSource"));
 }
+
+#[tokio::test]
+async fn cost_caps_answer_4xx_naming_the_limit() {
+    let store = Arc::new(InMemory::new());
+    let evs = events(24, 2000);
+    publish_snapshot(&store, &view(), &evs, T0 / EPOCH_MS + 48, "caps").await;
+    let mut cfg = config(&dead_redis(), "t");
+    cfg.serve.max_cells = 10;
+    cfg.serve.max_filters = 2;
+    cfg.serve.max_streams = 1;
+    let state = AppState::new(
+        cfg,
+        store,
+        ServeOptions {
+            redis_timeout: std::time::Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .expect("state");
+    state.refresh().await;
+    let app = router(state);
+    let span = format!("from={T0}&to={}", T0 + SPAN_MS);
+    // Buckets x groups: 48 hourly buckets of one group, or 2 daily buckets
+    // of every page and country, both pass alone; 48 x 15 does not.
+    let q = "/api/v1/views/pv/query";
+    let (s, _) = get(&app, &format!("{q}?{span}&granularity=1d&group_by=properties.page,properties.country&measures=views&filter=properties.page:/a")).await;
+    assert_eq!(s, 200);
+    let (s, body) = get(
+        &app,
+        &format!("{q}?{span}&granularity=1h&group_by=properties.page,properties.country"),
+    )
+    .await;
+    assert_eq!(
+        (s.as_u16(), body["code"].as_str()),
+        (400, Some("too_many_cells")),
+        "{body}"
+    );
+    let msg = body["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("10") && msg.contains("serve.max_cells"),
+        "{msg}"
+    );
+
+    let (s, body) = get(
+        &app,
+        &format!("{q}?{span}&granularity=1d&filter=properties.page:/a&filter=properties.page:/b&filter=properties.country:de"),
+    )
+    .await;
+    assert_eq!(
+        (s.as_u16(), body["code"].as_str()),
+        (400, Some("too_many_filters")),
+        "{body}"
+    );
+    assert!(body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("serve.max_filters"));
+
+    let (s, body) = get(&app, &format!("{q}?from=0&to=100000000000")).await;
+    assert_eq!(
+        (s.as_u16(), body["code"].as_str()),
+        (400, Some("too_many_buckets"))
+    );
+    assert!(body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("serve.max_buckets"));
+
+    // One stream at a time: the first holds its permit while its body lives.
+    let stream = format!("/api/v1/views/pv/stream?{span}&granularity=1d");
+    let first = tower::ServiceExt::oneshot(
+        app.clone(),
+        Request::get(&stream).body(Body::empty()).expect("req"),
+    )
+    .await
+    .expect("first stream");
+    assert_eq!(first.status(), 200);
+    let (s, body) = get(&app, &stream).await;
+    assert_eq!(
+        (s.as_u16(), body["code"].as_str()),
+        (429, Some("too_many_streams")),
+        "{body}"
+    );
+    assert!(body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("serve.max_streams"));
+    drop(first);
+    let again = tower::ServiceExt::oneshot(
+        app.clone(),
+        Request::get(&stream).body(Body::empty()).expect("req"),
+    )
+    .await
+    .expect("stream");
+    assert_eq!(again.status(), 200);
+}

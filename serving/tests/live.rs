@@ -115,3 +115,47 @@ async fn serve_on_answers_and_streams_the_same_numbers() {
         .expect("join")
         .expect("serve ok");
 }
+
+#[tokio::test]
+async fn open_streams_end_when_the_server_shuts_down() {
+    let redis = tally_testkit::Redis::start().expect("redis");
+    let evs = events(43, 300);
+    let store = Arc::new(InMemory::new());
+    publish_snapshot(&store, &view(), &evs, T0 / EPOCH_MS + 24, "live").await;
+    let (addr, stop, server) =
+        start_server(config(&redis.url(), "t"), store, ServeOptions::default()).await;
+    // Two clients follow a stream and never hang up.
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET /api/v1/views/pv/stream?from={T0}&to={}&interval=500ms HTTP/1.1\r\nHost: test\r\n\r\n",
+            T0 + SPAN_MS
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; 65536];
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        clients.push(s);
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stops although streams were open")
+        .expect("join")
+        .expect("serve ok");
+    // And the clients see their streams end.
+    for mut s in clients {
+        let mut buf = vec![0u8; 65536];
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream did not end");
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use common::*;
 use object_store::memory::InMemory;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use tally_core::time::Granularity;
 use tally_serving::{router, AppState, ServeOptions};
 
@@ -48,115 +48,6 @@ async fn fixture(seed: u64, cut_hours: i64) -> Fixture {
         state,
         app,
         evs,
-    }
-}
-
-fn random_query(rng: &mut StdRng) -> Q {
-    let grans = ["1m", "5m", "15m", "1h", "6h", "1d"];
-    let gran: Granularity = grans[rng.gen_range(0..grans.len())].parse().expect("gran");
-    // Unaligned bounds too: base buckets starting in [from, to) count.
-    let from = T0 - 3_600_000 + rng.gen_range(0..SPAN_MS);
-    let to = from + rng.gen_range(1..SPAN_MS);
-    let group_by = match rng.gen_range(0..4) {
-        0 => vec![],
-        1 => vec![0],
-        2 => vec![1],
-        _ => vec![1, 0],
-    };
-    let mut filters = Vec::new();
-    for _ in 0..rng.gen_range(0..3) {
-        if rng.gen_bool(0.5) {
-            filters.push((0, PAGES[rng.gen_range(0..PAGES.len())].to_owned()));
-        } else {
-            filters.push((1, COUNTRIES[rng.gen_range(0..COUNTRIES.len())].to_owned()));
-        }
-    }
-    let mut measures: Vec<&'static str> = MEASURES
-        .iter()
-        .copied()
-        .filter(|_| rng.gen_bool(0.6))
-        .collect();
-    if measures.is_empty() {
-        measures.push("views");
-    }
-    Q {
-        from,
-        to,
-        gran,
-        group_by,
-        filters,
-        measures,
-    }
-}
-
-fn group_of(series: &serde_json::Value, q: &Q) -> Vec<Option<String>> {
-    q.group_by
-        .iter()
-        .map(|&d| series["group"][DIMS[d]].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// Compare a response with the truth: every point, every group total, the grand total.
-fn compare(body: &serde_json::Value, q: &Q, evs: &[Ev]) {
-    // A bucket is shown when a requested measure is not its identity.
-    let shown = |e: &Expect| {
-        q.measures.iter().any(|m| match *m {
-            "views" => e.count > 0,
-            "dur" => e.sum_int != 0 || e.sum_float != 0.0,
-            "longest" => e.max.is_some(),
-            "shortest" => e.min.is_some(),
-            _ => !e.users.is_empty(),
-        })
-    };
-    let truth: BTreeMap<_, _> = q.truth(evs).into_iter().filter(|(_, e)| shown(e)).collect();
-    let ctx = q.url();
-    assert_eq!(body["degraded"], serde_json::json!([]), "{ctx}");
-    let mut seen = HashSet::new();
-    let mut group_totals: BTreeMap<Vec<Option<String>>, Expect> = BTreeMap::new();
-    let mut grand = Expect::default();
-    for (k, e) in &truth {
-        group_totals.entry(k.1.clone()).or_default().merge(e);
-        grand.merge(e);
-    }
-    let series = body["series"].as_array().expect("series");
-    assert_eq!(
-        body["groups_total"].as_u64(),
-        Some(group_totals.len() as u64),
-        "{ctx}"
-    );
-    assert_eq!(series.len(), group_totals.len(), "{ctx}");
-    for s in series {
-        let g = group_of(s, q);
-        for p in s["points"].as_array().expect("points") {
-            let t = p["t"].as_i64().expect("t");
-            let want = truth
-                .get(&(t, g.clone()))
-                .unwrap_or_else(|| panic!("{ctx}: unexpected point {t} {g:?}"));
-            assert!(seen.insert((t, g.clone())), "{ctx}: duplicate point");
-            for m in &q.measures {
-                check_value(m, &p["values"][*m], want, &format!("{ctx} t={t} g={g:?}"));
-            }
-        }
-        for m in &q.measures {
-            check_value(
-                m,
-                &s["totals"][*m],
-                &group_totals[&g],
-                &format!("{ctx} totals g={g:?}"),
-            );
-        }
-    }
-    assert_eq!(seen.len(), truth.len(), "{ctx}: missing points");
-    for m in &q.measures {
-        if truth.is_empty() {
-            continue;
-        }
-        check_value(
-            m,
-            &body["totals"][*m],
-            &grand,
-            &format!("{ctx} grand total"),
-        );
     }
 }
 

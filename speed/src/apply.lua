@@ -4,10 +4,10 @@
 --
 -- ARGV: offsets_hash, n_ranges,
 --       then per range: partition_field, start, end, fresh(0|1),
---       then now_ms, tmp_key,
---       then per slice: 'S', counters_key, sketch_index_key, sketch_prefix,
---                       slices_zset, slice_member, expire_at_ms, n_ops,
---                       then n_ops ops:
+--       then now_ms, tmp_key, version_key,
+--       then per slice: 'S', counters_key, cells_key, sketch_prefix,
+--                       slices_zset, slice_member, versions_hash, expire_at_ms,
+--                       n_ops, then n_ops ops:
 --                         'I' field n             add to a count (HINCRBY)
 --                         'S' field carry lo hi   add lo + hi * 2^62 to an exact
 --                                                 integer sum stored as
@@ -17,11 +17,18 @@
 --                         'X' field number        keep the maximum
 --                         'H' suffix bytes        merge a HyperLogLog (Redis encoding)
 --                         'P' suffix n v1..vn     PFADD the n values
+--                       then n_cells, then the n_cells cells ({bucket}|{group})
+--                       the ops write.
 -- A range passes if Redis stores its start, or stores nothing and the range is
 -- a rebuild start (fresh).
 -- Returns {1} applied (every range's end stored);
 --         {0, s1, .., sn} not applied: what Redis stores per range (-1 for nothing);
 --         {2, reason} not applied: Redis holds a value Tally did not write there.
+--
+-- Every applied call takes the next version (field 'v' of version_key) and
+-- marks each slice it writes (versions_hash) and each of its cells (cells_key,
+-- scored by version) with it, so that a reader re-reads only what changed
+-- (tally_core::keys).
 --
 -- Redis keeps the writes of a script that fails half-way, so the script
 -- checks everything that could make a write fail before it writes anything:
@@ -60,7 +67,8 @@ if not ok then return stored end
 local first_slice = 3 + n_ranges * 4
 local now = tonumber(ARGV[first_slice])
 local tmp = ARGV[first_slice + 1]
-first_slice = first_slice + 2
+local version_key = ARGV[first_slice + 2]
+first_slice = first_slice + 3
 
 -- The number of ARGV entries an op starting at i spans.
 local function op_len(i)
@@ -78,19 +86,27 @@ end
 local current = {}
 
 -- Check every slice; write nothing.
+local vt = type_of(version_key)
+if vt ~= 'none' and vt ~= 'hash' then
+  return invalid('key ' .. version_key .. ' is a ' .. vt .. ', not a hash')
+end
+local last_version = redis.call('HGET', version_key, 'v')
+if last_version and not is_int(last_version) then
+  return invalid('field v of ' .. version_key .. ' is not a version')
+end
 local i = first_slice
 local slice = 0
 while i <= #ARGV do
   slice = slice + 1
-  local ckey, idx, prefix, zset = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
-  local n = tonumber(ARGV[i+7])
-  for key, want in pairs({[ckey] = 'hash', [idx] = 'set', [zset] = 'zset'}) do
+  local ckey, cells, prefix, zset, versions = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+6]
+  local n = tonumber(ARGV[i+8])
+  for key, want in pairs({[ckey] = 'hash', [cells] = 'zset', [zset] = 'zset', [versions] = 'hash'}) do
     local t = type_of(key)
     if t ~= 'none' and t ~= want then
       return invalid('key ' .. key .. ' is a ' .. t .. ', not a ' .. want)
     end
   end
-  i = i + 8
+  i = i + 9
   local fields = {}
   local ops_at = i
   for _ = 1, n do
@@ -138,6 +154,7 @@ while i <= #ARGV do
     end
     i = i + op_len(i)
   end
+  i = i + 1 + tonumber(ARGV[i])
 end
 
 -- PFMERGE into a *sparse* key rewrites every register the result holds, each
@@ -178,16 +195,18 @@ local function add_to_sum(ckey, f, carry, lo, hi)
 end
 
 -- Write.
+local version = redis.call('HINCRBY', version_key, 'v', 1)
+if version == 1 then redis.call('HSET', version_key, 'born', now) end
 i = first_slice
 slice = 0
 while i <= #ARGV do
   slice = slice + 1
-  local ckey, idx, prefix, zset, member = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  local exp = ARGV[i+6]
-  local n = tonumber(ARGV[i+7])
+  local ckey, cells, prefix, zset, member = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local versions, exp = ARGV[i+6], ARGV[i+7]
+  local n = tonumber(ARGV[i+8])
   local values = current[slice]
-  i = i + 8
-  local wrote_counter, wrote_sketch = false, false
+  i = i + 9
+  local wrote_counter = false
   for _ = 1, n do
     local op, f, v = ARGV[i], ARGV[i+1], ARGV[i+2]
     local len = op_len(i)
@@ -223,15 +242,33 @@ while i <= #ARGV do
         end
       end
       redis.call('PEXPIREAT', key, exp)
-      redis.call('SADD', idx, f)
-      wrote_sketch = true
     end
     i = i + len
   end
   if wrote_counter then redis.call('PEXPIREAT', ckey, exp) end
-  if wrote_sketch then redis.call('PEXPIREAT', idx, exp) end
+  -- The cells, scored by this version, a few hundred per call (Lua unpacks
+  -- at most a few thousand values at a time).
+  local n_cells = tonumber(ARGV[i])
+  local batch = {}
+  for c = i + 1, i + n_cells do
+    batch[#batch + 1] = version
+    batch[#batch + 1] = ARGV[c]
+    if #batch == 1000 then
+      redis.call('ZADD', cells, unpack(batch))
+      batch = {}
+    end
+  end
+  if #batch > 0 then redis.call('ZADD', cells, unpack(batch)) end
+  if n_cells > 0 then redis.call('PEXPIREAT', cells, exp) end
+  i = i + 1 + n_cells
+  redis.call('HSET', versions, member, version)
   redis.call('ZADD', zset, exp, member)
-  redis.call('ZREMRANGEBYSCORE', zset, '-inf', '(' .. now)
+  -- Expired slices leave the slice set and the versions hash together.
+  local gone = redis.call('ZRANGEBYSCORE', zset, '-inf', '(' .. now, 'LIMIT', 0, 1000)
+  if #gone > 0 then
+    redis.call('ZREM', zset, unpack(gone))
+    redis.call('HDEL', versions, unpack(gone))
+  end
 end
 if dense_empty ~= nil then redis.call('DEL', dense_empty) end
 for r = 0, n_ranges - 1 do

@@ -13,7 +13,7 @@ use redis::{RedisError, Value};
 
 use tally_core::agg::Agg;
 use tally_core::config::Config;
-use tally_core::keys::{split_sum, CounterField, Keys, Part, SketchField};
+use tally_core::keys::{split_sum, CellMember, CounterField, Keys, Part, SketchField};
 use tally_core::time::EpochClock;
 
 use crate::delta::{Chunk, Distinct, Folder, MeasureDelta};
@@ -146,16 +146,18 @@ impl Applier {
         }
         a.push(now_ms.to_string().into_bytes());
         a.push(format!("{}:tmp", self.keys.prefix()).into_bytes());
+        a.push(self.keys.version().into_bytes());
         for (id, delta) in &c.slices {
             let view = folder.view(id.view);
             let name = view.name.as_str();
             let expire_at = self.clock.end(id.epoch) + self.retention_ms;
             a.push(b"S".to_vec());
             a.push(self.keys.counters(name, id.epoch, id.day).into_bytes());
-            a.push(self.keys.sketch_index(name, id.epoch, id.day).into_bytes());
+            a.push(self.keys.cells(name, id.epoch, id.day).into_bytes());
             a.push(self.keys.sketch_prefix(name, id.epoch, id.day).into_bytes());
             a.push(self.keys.slices(name).into_bytes());
             a.push(Keys::slice_member(id.epoch, id.day).into_bytes());
+            a.push(self.keys.slice_versions(name).into_bytes());
             a.push(expire_at.to_string().into_bytes());
             let count_at = a.len();
             a.push(Vec::new());
@@ -223,6 +225,22 @@ impl Applier {
                 }
             }
             a[count_at] = ops.to_string().into_bytes();
+            // The cells written, for readers that follow changes by version.
+            a.push(
+                delta
+                    .values()
+                    .map(|g| g.len())
+                    .sum::<usize>()
+                    .to_string()
+                    .into_bytes(),
+            );
+            for (&bucket, groups) in delta {
+                a.extend(
+                    groups
+                        .keys()
+                        .map(|group| CellMember::encode(bucket, group).into_bytes()),
+                );
+            }
         }
         a
     }

@@ -15,13 +15,15 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_core::agg::{Agg, AggKind, Num};
 use tally_core::config::Config;
 use tally_core::hll::Hll;
-use tally_core::keys::{group_json, CounterField, Keys, Part, SketchField};
+use tally_core::keys::{
+    group_json, CellMember, CounterField, Keys, Part, SketchField, BORN_FIELD, VERSION_FIELD,
+};
 use tally_core::manifest::{columns, DayFile, Manifest, ManifestV2};
 use tally_core::time::{day_of, Granularity};
 use tally_core::view::ViewDef;
@@ -122,12 +124,22 @@ fn fold_cell(view: &ViewDef, evs: &[&Ev]) -> Vec<Agg> {
         .collect()
 }
 
-type CellKey = (i64, Vec<Option<String>>);
+/// (bucket, group).
+pub type CellKey = (i64, Vec<Option<String>>);
 
 fn cells<'a>(view: &ViewDef, evs: impl Iterator<Item = &'a Ev>) -> BTreeMap<CellKey, Vec<Agg>> {
+    cells_at(view, view.granularity, evs)
+}
+
+/// The cells of `evs` at bucket width `level`.
+fn cells_at<'a>(
+    view: &ViewDef,
+    level: Granularity,
+    evs: impl Iterator<Item = &'a Ev>,
+) -> BTreeMap<CellKey, Vec<Agg>> {
     let mut by: BTreeMap<CellKey, Vec<&Ev>> = BTreeMap::new();
     for e in evs {
-        by.entry((view.granularity.bucket(e.t), e.group()))
+        by.entry((level.bucket(e.t), e.group()))
             .or_default()
             .push(e);
     }
@@ -136,7 +148,9 @@ fn cells<'a>(view: &ViewDef, evs: impl Iterator<Item = &'a Ev>) -> BTreeMap<Cell
         .collect()
 }
 
-/// Write the snapshot of the events with epoch < cut, as the batch layer would.
+/// Write the snapshot of the events with epoch < cut, as the batch layer
+/// would: every level of the view (`ViewDef::levels`), per the manifest
+/// contract (`core/src/manifest.rs`).
 pub async fn publish_snapshot(
     store: &InMemory,
     view: &ViewDef,
@@ -144,9 +158,88 @@ pub async fn publish_snapshot(
     cut: i64,
     run_id: &str,
 ) {
-    let snap = cells(view, evs.iter().filter(|e| e.epoch < cut));
+    publish_snapshot_at(store, view, evs, cut, run_id, &view.levels()).await
+}
+
+/// [`publish_snapshot`] at the given levels only (the view's own first).
+pub async fn publish_snapshot_at(
+    store: &InMemory,
+    view: &ViewDef,
+    evs: &[Ev],
+    cut: i64,
+    run_id: &str,
+    levels: &[Granularity],
+) {
+    let mut days = Vec::new();
+    for &level in levels {
+        let snap = cells_at(view, level, evs.iter().filter(|e| e.epoch < cut));
+        days.extend(write_level(store, view, &snap, run_id, level).await);
+    }
+    write_manifest(store, view, run_id, cut, levels, days, evs.len() as u64).await;
+}
+
+/// Publish the manifest of a run whose day files are written.
+pub async fn write_manifest(
+    store: &dyn ObjectStore,
+    view: &ViewDef,
+    run_id: &str,
+    cut: i64,
+    levels: &[Granularity],
+    days: Vec<DayFile>,
+    rows_read: u64,
+) {
+    let m = Manifest::V2(ManifestV2 {
+        view: view.name.clone(),
+        run_id: run_id.into(),
+        cut,
+        definition: view.fingerprint(),
+        created_ms: T0 + SPAN_MS,
+        levels_ms: levels.iter().map(|l| l.as_ms()).collect(),
+        days,
+        inputs: vec![],
+        rows_read,
+    });
+    store
+        .put(
+            &Path::from(tally_core::paths::manifest(&view.name).as_str()),
+            PutPayload::from(serde_json::to_vec(&m).expect("json")),
+        )
+        .await
+        .expect("put manifest");
+}
+
+/// `cells` (at any level) rolled up to buckets of `level`, with the monoid.
+pub fn roll_up(
+    cells: &BTreeMap<CellKey, Vec<Agg>>,
+    level: Granularity,
+) -> BTreeMap<CellKey, Vec<Agg>> {
+    let mut out: BTreeMap<CellKey, Vec<Agg>> = BTreeMap::new();
+    for ((bucket, group), aggs) in cells {
+        match out.entry((level.bucket(*bucket), group.clone())) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(aggs.clone());
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                for (a, b) in e.get_mut().iter_mut().zip(aggs) {
+                    a.merge(b);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The day files of one level: one Parquet file per UTC day of `snap`
+/// (cells at that level), per the manifest contract.
+pub async fn write_level(
+    store: &dyn ObjectStore,
+    view: &ViewDef,
+    snap: &BTreeMap<CellKey, Vec<Agg>>,
+    run_id: &str,
+    level: Granularity,
+) -> Vec<DayFile> {
     let mut by_day: BTreeMap<i64, Vec<(&CellKey, &Vec<Agg>)>> = BTreeMap::new();
-    for (k, v) in &snap {
+    for (k, v) in snap {
         by_day.entry(day_of(k.0)).or_default().push((k, v));
     }
     let mut days = Vec::new();
@@ -217,37 +310,21 @@ pub async fn publish_snapshot(
             parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).expect("writer");
         w.write(&batch).expect("write");
         w.close().expect("close");
-        let path = tally_core::paths::snapshot_file(&view.name, run_id, view.granularity, day);
+        let path = tally_core::paths::snapshot_file(&view.name, run_id, level, day);
+        let bytes = buf.len() as u64;
         store
             .put(&Path::from(path.as_str()), PutPayload::from(buf))
             .await
             .expect("put");
         days.push(DayFile {
             day,
-            level_ms: Some(view.granularity.as_ms()),
+            level_ms: Some(level.as_ms()),
             path,
             rows: rows.len() as u64,
-            bytes: None,
+            bytes: Some(bytes),
         });
     }
-    let m = Manifest::V2(ManifestV2 {
-        view: view.name.clone(),
-        run_id: run_id.into(),
-        cut,
-        definition: view.fingerprint(),
-        created_ms: T0 + SPAN_MS,
-        levels_ms: vec![view.granularity.as_ms()],
-        days,
-        inputs: vec![],
-        rows_read: evs.len() as u64,
-    });
-    store
-        .put(
-            &Path::from(tally_core::paths::manifest(&view.name).as_str()),
-            PutPayload::from(serde_json::to_vec(&m).expect("json")),
-        )
-        .await
-        .expect("put manifest");
+    days
 }
 
 /// Write every event's slice into Redis as the speed layer would (all epochs:
@@ -263,11 +340,25 @@ pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[E
     for e in evs {
         by_slice.entry((e.epoch, day_of(e.t))).or_default().push(e);
     }
+    // One call is one flush: it takes the next version, and marks every
+    // slice and cell it writes with it (published last, as the apply
+    // script's atomic call would make it appear).
+    let last: Option<u64> = redis::cmd("HGET")
+        .arg(keys.version())
+        .arg(VERSION_FIELD)
+        .query_async(&mut conn)
+        .await
+        .expect("version");
+    let version = last.unwrap_or(0) + 1;
     for ((epoch, day), slice) in by_slice {
         let mut p = redis::pipe();
         let ck = keys.counters(&view.name, epoch, day);
         for ((bucket, group), aggs) in cells(view, slice.into_iter()) {
             let gj = group_json(&group);
+            p.cmd("ZADD")
+                .arg(keys.cells(&view.name, epoch, day))
+                .arg(version)
+                .arg(CellMember::encode(bucket, &gj));
             for (m, a) in view.measures.iter().zip(&aggs) {
                 match a {
                     Agg::Count(n) => {
@@ -323,16 +414,29 @@ pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[E
             for u in us {
                 p.arg(u);
             }
-            p.cmd("SADD")
-                .arg(keys.sketch_index(&view.name, epoch, day))
-                .arg(&suffix);
         }
         p.cmd("ZADD")
             .arg(keys.slices(&view.name))
             .arg((epoch + 1) * EPOCH_MS + 86_400_000)
             .arg(Keys::slice_member(epoch, day));
+        p.cmd("HSET")
+            .arg(keys.slice_versions(&view.name))
+            .arg(Keys::slice_member(epoch, day))
+            .arg(version);
         let _: () = p.query_async(&mut conn).await.expect("write slice");
     }
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(keys.version())
+        .arg(VERSION_FIELD)
+        .arg(version)
+        .cmd("HSETNX")
+        .arg(keys.version())
+        .arg(BORN_FIELD)
+        .arg(rand::random::<u32>())
+        .query_async(&mut conn)
+        .await
+        .expect("publish the version");
 }
 
 /// Expected answer for a query, folded from the events directly.
@@ -553,4 +657,113 @@ pub async fn start_server(
         },
     ));
     (addr, stop, server)
+}
+
+pub fn random_query(rng: &mut StdRng) -> Q {
+    let grans = ["1m", "5m", "15m", "1h", "6h", "1d"];
+    let gran: Granularity = grans[rng.gen_range(0..grans.len())].parse().expect("gran");
+    // Unaligned bounds too: base buckets starting in [from, to) count.
+    let from = T0 - 3_600_000 + rng.gen_range(0..SPAN_MS);
+    let to = from + rng.gen_range(1..SPAN_MS);
+    let group_by = match rng.gen_range(0..4) {
+        0 => vec![],
+        1 => vec![0],
+        2 => vec![1],
+        _ => vec![1, 0],
+    };
+    let mut filters = Vec::new();
+    for _ in 0..rng.gen_range(0..3) {
+        if rng.gen_bool(0.5) {
+            filters.push((0, PAGES[rng.gen_range(0..PAGES.len())].to_owned()));
+        } else {
+            filters.push((1, COUNTRIES[rng.gen_range(0..COUNTRIES.len())].to_owned()));
+        }
+    }
+    let mut measures: Vec<&'static str> = MEASURES
+        .iter()
+        .copied()
+        .filter(|_| rng.gen_bool(0.6))
+        .collect();
+    if measures.is_empty() {
+        measures.push("views");
+    }
+    Q {
+        from,
+        to,
+        gran,
+        group_by,
+        filters,
+        measures,
+    }
+}
+
+pub fn group_of(series: &serde_json::Value, q: &Q) -> Vec<Option<String>> {
+    q.group_by
+        .iter()
+        .map(|&d| series["group"][DIMS[d]].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Compare a response with the truth: every point, every group total, the grand total.
+pub fn compare(body: &serde_json::Value, q: &Q, evs: &[Ev]) {
+    // A bucket is shown when a requested measure is not its identity.
+    let shown = |e: &Expect| {
+        q.measures.iter().any(|m| match *m {
+            "views" => e.count > 0,
+            "dur" => e.sum_int != 0 || e.sum_float != 0.0,
+            "longest" => e.max.is_some(),
+            "shortest" => e.min.is_some(),
+            _ => !e.users.is_empty(),
+        })
+    };
+    let truth: BTreeMap<_, _> = q.truth(evs).into_iter().filter(|(_, e)| shown(e)).collect();
+    let ctx = q.url();
+    assert_eq!(body["degraded"], serde_json::json!([]), "{ctx}");
+    let mut seen = HashSet::new();
+    let mut group_totals: BTreeMap<Vec<Option<String>>, Expect> = BTreeMap::new();
+    let mut grand = Expect::default();
+    for (k, e) in &truth {
+        group_totals.entry(k.1.clone()).or_default().merge(e);
+        grand.merge(e);
+    }
+    let series = body["series"].as_array().expect("series");
+    assert_eq!(
+        body["groups_total"].as_u64(),
+        Some(group_totals.len() as u64),
+        "{ctx}"
+    );
+    assert_eq!(series.len(), group_totals.len(), "{ctx}");
+    for s in series {
+        let g = group_of(s, q);
+        for p in s["points"].as_array().expect("points") {
+            let t = p["t"].as_i64().expect("t");
+            let want = truth
+                .get(&(t, g.clone()))
+                .unwrap_or_else(|| panic!("{ctx}: unexpected point {t} {g:?}"));
+            assert!(seen.insert((t, g.clone())), "{ctx}: duplicate point");
+            for m in &q.measures {
+                check_value(m, &p["values"][*m], want, &format!("{ctx} t={t} g={g:?}"));
+            }
+        }
+        for m in &q.measures {
+            check_value(
+                m,
+                &s["totals"][*m],
+                &group_totals[&g],
+                &format!("{ctx} totals g={g:?}"),
+            );
+        }
+    }
+    assert_eq!(seen.len(), truth.len(), "{ctx}: missing points");
+    for m in &q.measures {
+        if truth.is_empty() {
+            continue;
+        }
+        check_value(
+            m,
+            &body["totals"][*m],
+            &grand,
+            &format!("{ctx} grand total"),
+        );
+    }
 }

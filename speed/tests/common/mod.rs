@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 use tally_core::config::{Config, Millis};
 use tally_core::hll::Hll;
-use tally_core::keys::{parse_group, CounterField, Keys, Part, SketchField};
+use tally_core::keys::{parse_group, CellMember, CounterField, Keys, Part, SketchField};
 use tally_testkit::config::TestConfig;
 use tally_testkit::gen::{Generated, Generator, Shape};
 use tally_testkit::kafka::Record;
@@ -111,6 +111,21 @@ pub struct Stored {
     pub sketches: HashMap<String, Hll>,
 }
 
+/// The distinct measures of a standard view.
+fn distinct_measures(view: &str) -> Vec<String> {
+    TestConfig::new()
+        .build()
+        .view(view)
+        .map(|v| {
+            v.measures
+                .iter()
+                .filter(|m| m.agg == tally_core::agg::AggKind::Distinct)
+                .map(|m| m.name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Read a view back from Redis through the documented key layout.
 pub fn read_view(redis_url: &str, prefix: &str, view: &str) -> HashMap<Key, Stored> {
     let mut con = redis::Client::open(redis_url)
@@ -146,18 +161,23 @@ pub fn read_view(redis_url: &str, prefix: &str, view: &str) -> HashMap<Key, Stor
                 }
             }
         }
-        let suffixes: Vec<String> = con.smembers(keys.sketch_index(view, epoch, day)).unwrap();
+        // Sketches: every cell of the slice, each distinct measure of the view.
+        let cells: Vec<String> = con.zrange(keys.cells(view, epoch, day), 0, -1).unwrap();
         let prefix_key = keys.sketch_prefix(view, epoch, day);
-        for suffix in suffixes {
-            let bytes: Vec<u8> = con.get(format!("{prefix_key}{suffix}")).unwrap();
-            let sf = SketchField::parse(&suffix).unwrap();
-            let s = out
-                .entry((sf.bucket_ms, parse_group(sf.group).unwrap()))
-                .or_default();
-            s.sketches
-                .entry(sf.measure.to_string())
-                .or_default()
-                .merge(&Hll::from_redis_bytes(&bytes).unwrap());
+        for cell in cells {
+            let c = CellMember::parse(&cell).unwrap();
+            for measure in distinct_measures(view) {
+                let suffix = SketchField::encode(c.bucket_ms, &measure, c.group);
+                let bytes: Option<Vec<u8>> = con.get(format!("{prefix_key}{suffix}")).unwrap();
+                let Some(bytes) = bytes else { continue };
+                let s = out
+                    .entry((c.bucket_ms, parse_group(c.group).unwrap()))
+                    .or_default();
+                s.sketches
+                    .entry(measure.to_string())
+                    .or_default()
+                    .merge(&Hll::from_redis_bytes(&bytes).unwrap());
+            }
         }
     }
     out

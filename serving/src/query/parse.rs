@@ -1,33 +1,24 @@
-//! A view query: parsing its parameters and merging the two layers.
+//! Query parameters: the raw query string to a checked [`Query`].
 //!
-//! [`Query::parse`] turns the raw query string into a checked plan or a 400
-//! naming the parameter. [`execute`] folds, for every base bucket whose start
-//! lies in `[from, to)`, the snapshot cells and the speed deltas of the slices
-//! at or after the cut into output buckets of the requested granularity and
-//! groups projected on `group_by`, keeping only rows that pass the filters.
-//! Every fold is [`Agg::merge`], so counts, sums, mins and maxes are exact and
-//! distinct counts are HyperLogLog unions (never sums), per bucket and over the
-//! whole range.
-//!
-//! Guarantees: parsing rejects what it cannot honour (unknown view parts,
-//! granularities that do not roll up, ranges over `max_buckets`) with a 4xx;
-//! more than `max_groups` groups are cut to the largest ones by the first
-//! measure and the overflow is reported; totals always cover every group.
+//! Guarantees: parsing rejects what it cannot honour with a 4xx naming the
+//! parameter and the fix: unknown view parts, granularities that do not roll
+//! up, ranges over `max_buckets` buckets, more than `max_filters` filter
+//! values, a parameter given twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use serde::Serialize;
-use tally_core::agg::Agg;
-use tally_core::keys::parse_group;
 use tally_core::time::{Granularity, MS_PER_DAY};
 use tally_core::view::{FieldPath, ViewDef};
-use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::snapshot::ViewSnapshot;
-use crate::speed::Delta;
 
-/// The furthest from 1970 a query may reach (year ~5138): keeps arithmetic safe.
+/// What bounds a query beyond its own parameters (`[serve]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_buckets: usize,
+    pub max_filters: usize,
+}
+
 const MAX_ABS_MS: i64 = 100_000_000_000_000;
 
 /// A checked query on one view.
@@ -108,8 +99,9 @@ impl Query {
         view: &ViewDef,
         raw: Option<&str>,
         now_ms: i64,
-        max_buckets: usize,
+        limits: Limits,
     ) -> Result<Query, ApiError> {
+        let max_buckets = limits.max_buckets;
         let pairs: Vec<(String, String)> = match raw {
             None => Vec::new(),
             Some(r) => serde_urlencoded_pairs(r)?,
@@ -122,6 +114,7 @@ impl Query {
         let mut measures: Option<Vec<usize>> = None;
         let mut interval_ms = None;
         let mut last_ms = None;
+        let mut filter_values = 0usize;
         let mut seen: Vec<&str> = Vec::new();
         for (k, v) in &pairs {
             // An empty value means "not given" (what an HTML form sends for an
@@ -185,7 +178,20 @@ impl Query {
                         )
                     })?;
                     let i = dim_index(view, dim.trim(), "filter")?;
-                    filters.entry(i).or_default().push(value.to_owned());
+                    filter_values += 1;
+                    if filter_values > limits.max_filters {
+                        return Err(ApiError::bad(
+                            "too_many_filters",
+                            format!(
+                                "the query gives more than {} `filter` values, the limit (serve.max_filters): filter on fewer values",
+                                limits.max_filters
+                            ),
+                        ));
+                    }
+                    let list = filters.entry(i).or_default();
+                    if !list.iter().any(|v| v == value) {
+                        list.push(value.to_owned());
+                    }
                 }
                 "measures" => {
                     once(&mut seen, "measures")?;
@@ -276,7 +282,7 @@ impl Query {
             return Err(ApiError::bad(
                 "too_many_buckets",
                 format!(
-                    "the range holds {buckets} buckets of {granularity}, over the limit of {max_buckets}: narrow the range or use a coarser granularity"
+                    "the range holds {buckets} buckets of {granularity}, over the limit of {max_buckets} (serve.max_buckets): narrow the range or use a coarser granularity"
                 ),
             ));
         }
@@ -326,241 +332,4 @@ fn decode_component(s: &str) -> Result<String, ApiError> {
     }
     String::from_utf8(out)
         .map_err(|_| ApiError::bad("bad_parameter", "the query string is not UTF-8"))
-}
-
-/// One point of a series.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Point {
-    /// Bucket start, epoch ms.
-    pub t: i64,
-    /// Measure name → value (null: no input, for min/max).
-    #[schema(value_type = BTreeMap<String, Option<f64>>)]
-    pub values: BTreeMap<String, serde_json::Value>,
-}
-
-/// One group's series.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Series {
-    /// Dimension → value (null: absent) for each `group_by` dimension.
-    #[schema(value_type = BTreeMap<String, Option<String>>)]
-    pub group: BTreeMap<String, Option<String>>,
-    pub points: Vec<Point>,
-    /// This group over the whole range.
-    #[schema(value_type = BTreeMap<String, Option<f64>>)]
-    pub totals: BTreeMap<String, serde_json::Value>,
-}
-
-/// The merged answer, before freshness and degradation are added.
-#[derive(Debug, Clone, Default)]
-pub struct Merged {
-    pub series: Vec<Series>,
-    pub totals: BTreeMap<String, serde_json::Value>,
-    pub groups_total: usize,
-}
-
-/// The JSON value of an aggregate: integers stay integers.
-pub fn json_value(agg: &Agg) -> serde_json::Value {
-    match agg {
-        Agg::Count(c) => serde_json::Value::from(*c),
-        Agg::Sum { int, float } if *float == 0.0 => int_value(*int),
-        Agg::Distinct(h) => serde_json::Value::from(h.count()),
-        other => other
-            .value()
-            .and_then(serde_json::Number::from_f64)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
-    }
-}
-
-/// An exact integer as JSON: an integer while it fits 64 bits, else the
-/// nearest double (what most JSON readers would make of it anyway).
-fn int_value(i: i128) -> serde_json::Value {
-    if let Ok(i) = i64::try_from(i) {
-        serde_json::Value::from(i)
-    } else if let Ok(u) = u64::try_from(i) {
-        serde_json::Value::from(u)
-    } else {
-        serde_json::Number::from_f64(i as f64).map_or(serde_json::Value::Null, Into::into)
-    }
-}
-
-/// One output group while folding: its points and its running totals.
-type GroupAcc = (Vec<(i64, Vec<Agg>)>, Vec<Agg>);
-
-/// Whether `a` is the identity of its monoid (nothing was folded in, or it cancelled out).
-pub fn is_identity(a: &Agg) -> bool {
-    match a {
-        Agg::Count(c) => *c == 0,
-        Agg::Sum { int, float } => *int == 0 && *float == 0.0,
-        Agg::Min(m) | Agg::Max(m) => m.is_none(),
-        Agg::Distinct(h) => h.is_empty(),
-    }
-}
-
-/// Fold the snapshot and the speed deltas into the answer.
-pub fn execute(
-    view: &ViewDef,
-    q: &Query,
-    snap: Option<&ViewSnapshot>,
-    deltas: &[Delta],
-    max_groups: usize,
-) -> Merged {
-    let nm = q.measures.len();
-    // Position of each view measure in the output, if requested.
-    let mut slot = vec![None; view.measures.len()];
-    for (pos, &mi) in q.measures.iter().enumerate() {
-        slot[mi] = Some(pos);
-    }
-    let empty = || -> Vec<Agg> {
-        q.measures
-            .iter()
-            .map(|&mi| Agg::empty(view.measures[mi].agg))
-            .collect()
-    };
-    let passes = |g: &[Option<String>]| {
-        q.filters.iter().all(|(&d, allowed)| match g.get(d) {
-            Some(Some(v)) => allowed.iter().any(|a| a == v),
-            _ => false,
-        })
-    };
-    let project = |g: &[Option<String>]| -> Vec<Option<String>> {
-        q.group_by
-            .iter()
-            .map(|&d| g.get(d).cloned().flatten())
-            .collect()
-    };
-    let mut out_groups: HashMap<Vec<Option<String>>, u32> = HashMap::new();
-    let mut intern = |key: Vec<Option<String>>| -> u32 {
-        let n = out_groups.len() as u32;
-        *out_groups.entry(key).or_insert(n)
-    };
-    let mut acc: HashMap<(i64, u32), Vec<Agg>> = HashMap::new();
-    let g = q.granularity;
-
-    if let Some(snap) = snap {
-        // Per snapshot group: filtered out, or its output group.
-        let mapping: Vec<Option<u32>> = snap
-            .groups
-            .iter()
-            .map(|grp| passes(grp).then(|| intern(project(grp))))
-            .collect();
-        let first_day = tally_core::time::day_of(q.from_ms);
-        let last_day = tally_core::time::day_of(q.to_ms - 1);
-        for (_, cells) in snap.days.range(first_day..=last_day) {
-            let lo = cells.partition_point(|c| c.bucket_ms < q.from_ms);
-            let hi = cells.partition_point(|c| c.bucket_ms < q.to_ms);
-            for c in &cells[lo..hi] {
-                let Some(Some(og)) = mapping.get(c.group as usize) else {
-                    continue;
-                };
-                let entry = acc
-                    .entry((g.bucket(c.bucket_ms), *og))
-                    .or_insert_with(empty);
-                for (mi, agg) in c.aggs.iter().enumerate() {
-                    if let Some(Some(pos)) = slot.get(mi) {
-                        entry[*pos].merge(agg);
-                    }
-                }
-            }
-        }
-    }
-
-    let mut parsed: HashMap<&str, Option<u32>> = HashMap::new();
-    for d in deltas {
-        let og = *parsed.entry(d.group.as_str()).or_insert_with(|| {
-            let grp = parse_group(&d.group)?;
-            // A group of another arity was written under another definition.
-            (grp.len() == view.dimensions.len() && passes(&grp)).then(|| intern(project(&grp)))
-        });
-        let (Some(og), Some(Some(pos))) = (og, slot.get(d.measure)) else {
-            continue;
-        };
-        if d.bucket_ms < q.from_ms || d.bucket_ms >= q.to_ms {
-            continue;
-        }
-        let entry = acc.entry((g.bucket(d.bucket_ms), og)).or_insert_with(empty);
-        if entry[*pos].kind() == d.agg.kind() {
-            entry[*pos].merge(&d.agg);
-        }
-    }
-
-    // Per output group: its points and totals.
-    let mut keys: Vec<Vec<Option<String>>> = vec![Vec::new(); out_groups.len()];
-    for (k, i) in out_groups {
-        keys[i as usize] = k;
-    }
-    let mut per_group: Vec<GroupAcc> = (0..keys.len()).map(|_| (Vec::new(), empty())).collect();
-    let mut grand = empty();
-    for ((bucket, og), aggs) in acc {
-        // A bucket where every requested measure is still its identity (e.g. a
-        // `max` over events without the field) has nothing to show. Dropping it
-        // keeps the answer independent of which layer the events are in: the
-        // snapshot has a row per bucket with events, Redis only non-empty parts.
-        if aggs.iter().all(is_identity) {
-            continue;
-        }
-        let (points, totals) = &mut per_group[og as usize];
-        for (i, a) in aggs.iter().enumerate() {
-            totals[i].merge(a);
-            grand[i].merge(a);
-        }
-        points.push((bucket, aggs));
-    }
-    let names: Vec<&str> = q
-        .measures
-        .iter()
-        .map(|&mi| view.measures[mi].name.as_str())
-        .collect();
-    let to_map = |aggs: &[Agg]| -> BTreeMap<String, serde_json::Value> {
-        names
-            .iter()
-            .zip(aggs)
-            .map(|(n, a)| ((*n).to_owned(), json_value(a)))
-            .collect()
-    };
-    let mut order: Vec<usize> = (0..keys.len())
-        .filter(|&i| !per_group[i].0.is_empty())
-        .collect();
-    let groups_total = order.len();
-    if nm > 0 {
-        let rank = |i: usize| per_group[i].1[0].value().unwrap_or(f64::NEG_INFINITY);
-        order.sort_by(|&a, &b| {
-            rank(b)
-                .partial_cmp(&rank(a))
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then_with(|| keys[a].cmp(&keys[b]))
-        });
-    }
-    order.truncate(max_groups);
-    let dim_names: Vec<String> = q
-        .group_by
-        .iter()
-        .map(|&d| view.dimensions[d].as_string())
-        .collect();
-    let series = order
-        .into_iter()
-        .map(|i| {
-            let (points, totals) = &mut per_group[i];
-            points.sort_by_key(|(t, _)| *t);
-            Series {
-                group: dim_names
-                    .iter()
-                    .cloned()
-                    .zip(keys[i].iter().cloned())
-                    .collect(),
-                points: points
-                    .iter()
-                    .map(|(t, aggs)| Point {
-                        t: *t,
-                        values: to_map(aggs),
-                    })
-                    .collect(),
-                totals: to_map(totals),
-            }
-        })
-        .collect();
-    Merged {
-        series,
-        totals: to_map(&grand),
-        groups_total,
-    }
 }

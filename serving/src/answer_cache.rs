@@ -1,12 +1,11 @@
-//! A short-lived cache of whole query answers, shared by the query endpoint
-//! and every SSE stream.
+//! An optional short-lived cache of whole query answers, shared by the query
+//! endpoint and every SSE stream (`serve.answer_ttl`; off by default: every
+//! target in BENCHMARKS.md is met without it).
 //!
-//! A dashboard wall, many browser tabs and the SSE streams ask the same few
-//! queries again and again; the merge (snapshot cells ⊕ every speed slice of
-//! the range, read from Redis) is the expensive part, and its inputs change
-//! slowly. [`ResultCache`] keeps the serialized answer of each resolved query
-//! ([`QueryKey`]: view, `[from, to)`, granularity, grouping, filters,
-//! measures) for at most `ServeOptions::result_ttl` (default 250 ms).
+//! A dashboard wall, many browser tabs and the SSE streams may ask the same
+//! few queries again and again. [`ResultCache`] keeps the serialized answer
+//! of each resolved query ([`QueryKey`]: view, `[from, to)`, granularity,
+//! grouping, filters, measures) for at most `serve.answer_ttl`.
 //!
 //! Guarantees:
 //! - Freshness: an answer is reused only while it is younger than the TTL
@@ -20,12 +19,11 @@
 //!   flight). A failed computation is not cached.
 //! - Stale while revalidate: once an answer is older than the TTL, requests
 //!   keep getting it (at most `MAX_STALE` old) while one background task
-//!   recomputes it, so a slow merge (a day of minute buckets with HyperLogLog
-//!   sketches takes a good fraction of a second) never sits in the request
-//!   path of a hot query. An answer is then at most TTL + one merge old.
+//!   recomputes it, so a slow merge never sits in the request path of a hot
+//!   query. An answer is then at most TTL + one merge old.
 //! - Bounded: at most `MAX_ENTRIES` keys; when full, stale entries are dropped,
 //!   then everything.
-//! - `result_ttl = 0` disables it: every request merges afresh.
+//! - `answer_ttl = 0ms` disables it: every request merges afresh.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -34,7 +32,6 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use tally_core::time::Granularity;
 
-use crate::api::QueryResponse;
 use crate::error::ApiError;
 use crate::query::Query;
 
@@ -66,26 +63,18 @@ impl QueryKey {
     }
 }
 
-/// One computed answer and its JSON.
-#[derive(Debug)]
-pub struct Answer {
-    pub response: QueryResponse,
-    pub json: Bytes,
-}
-
 #[derive(Debug)]
 struct Entry {
     generation: u64,
     /// The last answer and when it was computed.
-    answer: Option<(Instant, Arc<Answer>)>,
+    answer: Option<(Instant, Bytes)>,
     /// The computation in flight, joined by concurrent callers.
-    flight: Option<Arc<tokio::sync::OnceCell<Arc<Answer>>>>,
+    flight: Option<Arc<tokio::sync::OnceCell<Bytes>>>,
 }
 
 /// Boxed so the cache can run it on a background task.
-pub type Compute = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Arc<Answer>, ApiError>> + Send + 'static>,
->;
+pub type Compute =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, ApiError>> + Send + 'static>>;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -105,6 +94,11 @@ impl ResultCache {
         }
     }
 
+    /// Whether answers are kept at all.
+    pub fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
     /// The answer for `key`: a fresh cached one; else a stale one (younger
     /// than `MAX_STALE`) while one background task recomputes it; else
     /// `compute`'s, shared with concurrent callers of the same key.
@@ -114,7 +108,7 @@ impl ResultCache {
         key: QueryKey,
         generation: u64,
         compute: impl FnOnce() -> Compute,
-    ) -> Result<Arc<Answer>, ApiError> {
+    ) -> Result<Bytes, ApiError> {
         if self.ttl.is_zero() {
             return compute().await;
         }
@@ -185,8 +179,8 @@ fn finish(
     entries: &Mutex<HashMap<QueryKey, Entry>>,
     key: &QueryKey,
     generation: u64,
-    flight: &Arc<tokio::sync::OnceCell<Arc<Answer>>>,
-    answer: Option<Arc<Answer>>,
+    flight: &Arc<tokio::sync::OnceCell<Bytes>>,
+    answer: Option<Bytes>,
 ) {
     let mut map = entries.lock().unwrap_or_else(|p| p.into_inner());
     let Some(e) = map.get_mut(key) else { return };

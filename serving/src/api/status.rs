@@ -1,0 +1,171 @@
+//! `GET /api/v1/status`: cut and last run per view, archive progress, the
+//! speed layer's offsets and lag, the day cache and the speed copy.
+//!
+//! Guarantee: bounded in time whatever is down; a component that does not
+//! answer is listed in `degraded` and its fields are null or empty.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::Json;
+use object_store::path::Path as StorePath;
+use object_store::ObjectStoreExt;
+use tally_core::manifest::{CutFile, ProgressFile};
+use tally_core::paths;
+
+use crate::dto::{PartitionStatus, StatusResponse, ViewStatus};
+use crate::error::ErrorBody;
+use crate::state::{now_ms, AppState};
+
+/// Cut, last run, speed lag, archive progress, freshness.
+#[utoipa::path(get, path = "/api/v1/status", security((), ("bearer" = [])),
+    responses((status = 200, body = StatusResponse), (status = 401, body = ErrorBody)))]
+pub async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
+    let now = now_ms();
+    let mut degraded = Vec::new();
+    let health = state.inner.health.load_full();
+    if !health.errors.is_empty() {
+        degraded.push("store".to_owned());
+    }
+    let store = state.inner.store.clone();
+    let t = state.inner.opts.redis_timeout;
+    // Archive cut and progress, bounded in time.
+    let mut archive_cut = None;
+    let mut partitions = Vec::new();
+    let store_part = async {
+        let mut store_ok = true;
+        match store.get(&StorePath::from(paths::CUT)).await {
+            Ok(r) => {
+                if let Ok(b) = r.bytes().await {
+                    if let Ok(CutFile::V1 { cut, decided_ms }) = serde_json::from_slice(&b) {
+                        archive_cut = Some((cut, decided_ms));
+                    }
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(_) => store_ok = false,
+        }
+        let listed: Result<Vec<_>, _> = {
+            use futures::TryStreamExt;
+            futures::StreamExt::take(
+                store.list(Some(&StorePath::from(paths::ARCHIVE_PROGRESS_ROOT))),
+                1024,
+            )
+            .try_collect()
+            .await
+        };
+        match listed {
+            Ok(objs) => {
+                for o in objs {
+                    if let Ok(r) = store.get(&o.location).await {
+                        if let Ok(b) = r.bytes().await {
+                            if let Ok(p) = serde_json::from_slice::<ProgressFile>(&b) {
+                                partitions.push(p);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(_) => store_ok = false,
+        }
+        store_ok
+    };
+    let store_ok = tokio::time::timeout(t * 2, store_part)
+        .await
+        .unwrap_or(false);
+    if !store_ok && !degraded.iter().any(|d| d == "store") {
+        degraded.push("store".to_owned());
+    }
+    // Speed offsets and slice counts in one pipeline.
+    let keys = state.inner.speed.redis().keys().clone();
+    let mut names: Vec<&String> = state.inner.views.keys().collect();
+    names.sort();
+    let mut p = redis::pipe();
+    p.cmd("HGETALL").arg(keys.offsets());
+    for n in &names {
+        p.cmd("ZCARD").arg(keys.slices(n));
+    }
+    let (offsets, slices): (BTreeMap<String, i64>, Vec<Option<u64>>) = match state
+        .inner
+        .speed
+        .redis()
+        .query::<Vec<redis::Value>>(&p)
+        .await
+    {
+        Ok(vals) => {
+            let mut it = vals.into_iter();
+            let offsets = it
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            (
+                offsets,
+                it.map(|v| redis::from_redis_value(v).ok()).collect(),
+            )
+        }
+        Err(_) => {
+            degraded.push("redis".to_owned());
+            (BTreeMap::new(), vec![None; names.len()])
+        }
+    };
+    let views = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let snap = state.snapshot(n);
+            let m = snap.as_ref().and_then(|s| s.manifest.as_ref());
+            ViewStatus {
+                name: (*n).clone(),
+                cut: m.map(|m| m.cut),
+                last_run_id: m.map(|m| m.run_id.clone()),
+                last_run_created_ms: m.map(|m| m.created_ms),
+                snapshot_age_ms: m.map(|m| now - m.created_ms),
+                snapshot_rows: snap.as_ref().map_or(0, |s| s.rows),
+                snapshot_days: snap.as_ref().map_or(0, |s| s.days),
+                definition_matches: snap.as_ref().is_none_or(|s| s.definition_matches),
+                speed_slices: slices.get(i).copied().flatten(),
+                store_error: health.errors.get(*n).cloned(),
+            }
+        })
+        .collect();
+    let partitions = partitions
+        .into_iter()
+        .map(
+            |ProgressFile::V1 {
+                 topic,
+                 partition,
+                 archived_to,
+                 high_watermark,
+                 observed_ms,
+                 ..
+             }| {
+                let speed_offset = offsets
+                    .get(&tally_core::keys::Keys::offset_field(&topic, partition))
+                    .copied();
+                PartitionStatus {
+                    speed_lag: speed_offset.map(|o| (high_watermark - o).max(0)),
+                    archive_lag: (high_watermark - archived_to).max(0),
+                    topic,
+                    partition,
+                    archived_to,
+                    high_watermark,
+                    observed_ms,
+                    speed_offset,
+                }
+            },
+        )
+        .collect();
+    Json(StatusResponse {
+        now_ms: now,
+        started_ms: state.inner.started_ms,
+        degraded,
+        archive_cut: archive_cut.map(|c| c.0),
+        archive_cut_decided_ms: archive_cut.map(|c| c.1),
+        views,
+        partitions,
+        speed_offsets: offsets,
+        last_manifest_poll_ms: health.last_poll_ms,
+        day_cache_bytes: state.inner.days.bytes(),
+        speed_synced_ms: state.inner.speed.synced_ms(),
+    })
+}

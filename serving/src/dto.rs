@@ -1,0 +1,253 @@
+//! The API's wire types: what the JSON answers hold, documented for
+//! OpenAPI (utoipa). Shared by the handlers, the query executor and the
+//! answer cache, so none of them imports another.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use utoipa::ToSchema;
+
+/// The final value of one measure in an answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Final {
+    Count(u64),
+    /// An exact integer part and a float part.
+    Sum(i128, f64),
+    /// A min or max; `None` without input.
+    Extreme(Option<f64>),
+    /// A distinct estimate.
+    Distinct(u64),
+}
+
+impl Serialize for Final {
+    /// Integers stay integers (an integer sum past 64 bits becomes the
+    /// nearest double); a min or max without input, or a non-finite value,
+    /// is null.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let float = |s: S, f: f64| {
+            if f.is_finite() {
+                s.serialize_f64(f)
+            } else {
+                s.serialize_none()
+            }
+        };
+        match *self {
+            Final::Count(c) | Final::Distinct(c) => s.serialize_u64(c),
+            Final::Sum(int, 0.0) => match (i64::try_from(int), u64::try_from(int)) {
+                (Ok(i), _) => s.serialize_i64(i),
+                (_, Ok(u)) => s.serialize_u64(u),
+                _ => float(s, int as f64),
+            },
+            Final::Sum(int, f) => float(s, int as f64 + f),
+            Final::Extreme(Some(v)) => float(s, v),
+            Final::Extreme(None) => s.serialize_none(),
+        }
+    }
+}
+
+/// Measure name → value, a JSON object in name order.
+#[derive(Debug, Clone, Default)]
+pub struct Values {
+    /// The measure names in name order, each with its position in `values`.
+    pub names: Arc<[(String, usize)]>,
+    pub values: Box<[Final]>,
+}
+
+impl Serialize for Values {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.names.len()))?;
+        for (name, i) in self.names.iter() {
+            if let Some(v) = self.values.get(*i) {
+                map.serialize_entry(name, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// A measure of a view.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MeasureInfo {
+    pub name: String,
+    /// count, sum, min, max or distinct.
+    pub agg: String,
+    pub field: Option<String>,
+}
+
+/// A view as the API describes it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ViewInfo {
+    pub name: String,
+    pub dimensions: Vec<String>,
+    /// The base granularity; queries may use any multiple of it.
+    pub granularity: String,
+    pub measures: Vec<MeasureInfo>,
+    /// The cut of the loaded snapshot (null: no batch run yet).
+    pub cut: Option<i64>,
+    pub snapshot_run_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ViewsResponse {
+    pub views: Vec<ViewInfo>,
+}
+
+/// How fresh the data behind an answer is.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Freshness {
+    /// The snapshot run merged in (null: none).
+    pub snapshot_run_id: Option<String>,
+    /// When that run was published, epoch ms.
+    pub snapshot_created_ms: Option<i64>,
+    /// When the in-memory copy of the speed layer was last synced with
+    /// Redis, epoch ms (null: never).
+    pub speed_read_ms: Option<i64>,
+    /// Speed-layer slices (epoch ≥ cut, day in range) merged in.
+    pub speed_slices: usize,
+    /// Speed-layer fields that did not parse and were skipped.
+    pub speed_skipped: usize,
+}
+
+/// The answer to a view query.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct QueryResponse {
+    pub view: String,
+    /// Base buckets starting in [from_ms, to_ms) are included.
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub granularity: String,
+    pub group_by: Vec<String>,
+    pub measures: Vec<String>,
+    /// Speed slices of epochs ≥ cut are merged with the snapshot (null: no snapshot, all slices).
+    pub cut: Option<i64>,
+    pub freshness: Freshness,
+    /// Components that were down or failed: `redis`, `store`. Empty when complete.
+    pub degraded: Vec<String>,
+    /// Groups with data; `series` holds at most max_groups of them.
+    pub groups_total: usize,
+    pub groups_returned: usize,
+    /// True when groups were cut to max_groups (largest first by the first measure).
+    pub overflow: bool,
+    pub series: Vec<Series>,
+    /// Every group over the whole range (distinct: HyperLogLog union).
+    #[schema(value_type = BTreeMap<String, Option<f64>>)]
+    pub totals: Values,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ViewStatus {
+    pub name: String,
+    pub cut: Option<i64>,
+    pub last_run_id: Option<String>,
+    pub last_run_created_ms: Option<i64>,
+    /// now - last_run_created_ms.
+    pub snapshot_age_ms: Option<i64>,
+    pub snapshot_rows: u64,
+    pub snapshot_days: usize,
+    /// False when the snapshot was computed with another view definition.
+    pub definition_matches: bool,
+    /// Speed-layer slices present in Redis (any epoch).
+    pub speed_slices: Option<u64>,
+    pub store_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// Offsets below this are in the master dataset.
+    pub archived_to: i64,
+    /// The end offset the archiver last saw.
+    pub high_watermark: i64,
+    pub observed_ms: i64,
+    /// Next offset the speed layer applies (from Redis).
+    pub speed_offset: Option<i64>,
+    /// high_watermark - speed_offset: how far the speed layer trails (estimate).
+    pub speed_lag: Option<i64>,
+    pub archive_lag: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StatusResponse {
+    pub now_ms: i64,
+    pub started_ms: i64,
+    pub degraded: Vec<String>,
+    /// The archiver's published cut (archive/cut.json).
+    pub archive_cut: Option<i64>,
+    pub archive_cut_decided_ms: Option<i64>,
+    pub views: Vec<ViewStatus>,
+    pub partitions: Vec<PartitionStatus>,
+    /// Speed-layer offsets per `topic/partition`.
+    pub speed_offsets: BTreeMap<String, i64>,
+    pub last_manifest_poll_ms: Option<i64>,
+    /// Decoded snapshot data held in memory (at most `serve.cache_bytes`).
+    pub day_cache_bytes: usize,
+    /// When the in-memory copy of the speed layer was last synced (epoch ms).
+    pub speed_synced_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RecomputeResponse {
+    pub accepted: bool,
+    pub detail: String,
+}
+
+/// One point of a series.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Point {
+    /// Bucket start, epoch ms.
+    pub t: i64,
+    /// Measure name → value (null: no input, for min/max).
+    #[schema(value_type = BTreeMap<String, Option<f64>>)]
+    pub values: Values,
+}
+
+/// One group's series.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Series {
+    /// Dimension → value (null: absent) for each `group_by` dimension.
+    #[schema(value_type = BTreeMap<String, Option<String>>)]
+    pub group: BTreeMap<String, Option<String>>,
+    pub points: Vec<Point>,
+    /// This group over the whole range.
+    #[schema(value_type = BTreeMap<String, Option<f64>>)]
+    pub totals: Values,
+}
+
+/// A recompute request (`POST /api/v1/recompute`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecomputeRequest {
+    /// The view to recompute; all views when absent.
+    pub view: Option<String>,
+    /// Start of the event-time range: RFC 3339 text or epoch ms (integer).
+    #[schema(schema_with = time_bound_schema)]
+    pub from: Option<serde_json::Value>,
+    /// End of the event-time range: RFC 3339 text or epoch ms (integer).
+    #[schema(schema_with = time_bound_schema)]
+    pub to: Option<serde_json::Value>,
+}
+
+/// `from`/`to` of a recompute: RFC 3339 text, epoch milliseconds, or null/absent.
+fn time_bound_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(
+                    "RFC 3339, e.g. 2024-01-01T00:00:00Z, or epoch ms as text",
+                )),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .description(Some("epoch milliseconds")),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
+}

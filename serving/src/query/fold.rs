@@ -1,0 +1,435 @@
+//! The fold of a query: snapshot rows and speed cells into output cells.
+//!
+//! [`Fold`] takes its inputs one UTC day at a time ([`Day`]): the snapshot's
+//! rows of that day (each piece at its level, [`super::plan`]) and the cells
+//! of the speed slices of that day. Every input row's group is mapped once
+//! per source to its output group (filtered out, or projected on
+//! `group_by`), and its measures are merged into the output cell (output
+//! bucket, group) with the monoid; a distinct measure's sketches are only
+//! noted, and unioned once per cell when the day is done, with one
+//! [`Union`] (its cost follows the registers set, not the cells merged). An
+//! output bucket never spans two days (a granularity divides a day), so when
+//! a day is done ([`Fold::finish_day`]) its cells are final: they are added
+//! to the group totals and the grand total, and kept as plain values.
+//! Memory follows one day's cells, not the range's.
+//!
+//! Guarantees: counts, integer sums, min and max are exact; distinct counts
+//! are HyperLogLog unions (never sums), per cell, per group and overall;
+//! more than `max_cells` output cells stop the fold with
+//! [`FoldError::TooManyCells`]; a set cancel flag stops it within a few
+//! thousand rows ([`FoldError::Cancelled`]).
+
+/// The fold's maps (see Cargo.toml for why foldhash).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tally_core::agg::{Agg, AggKind};
+use tally_core::hll::{count_registers, Union};
+use tally_core::view::ViewDef;
+
+use super::parse::Query;
+use crate::dto::Final;
+use crate::group::Group;
+use crate::snapshot::day::{Column, DayData, Sketch};
+use crate::speed::slice::SliceData;
+
+/// Why a fold stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    #[error("the answer would hold more than {0} (bucket, group) cells")]
+    TooManyCells(usize),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A source group not looked at yet.
+const UNSEEN: u32 = u32::MAX;
+/// A source group the filters drop.
+const DROPPED: u32 = u32::MAX - 1;
+
+/// Rows between two looks at the cancel flag.
+const CHECK_EVERY: usize = 4096;
+
+/// The final value of an aggregate.
+fn final_of(agg: &Agg) -> Final {
+    match agg {
+        Agg::Count(c) => Final::Count(*c),
+        Agg::Sum { int, float } => Final::Sum(*int, *float),
+        Agg::Min(v) | Agg::Max(v) => Final::Extreme(*v),
+        Agg::Distinct(h) => Final::Distinct(h.count()),
+    }
+}
+
+/// The fold state; see the module documentation.
+#[derive(Debug)]
+pub struct Fold {
+    q: Query,
+    /// Per view measure, its position in the output (if asked for).
+    slot: Vec<Option<usize>>,
+    kinds: Vec<AggKind>,
+    out_ids: HashMap<Group, u32>,
+    out_keys: Vec<Group>,
+    /// Per output group: its final points and its running totals.
+    points: Vec<Vec<(i64, Box<[Final]>)>>,
+    totals: Vec<Box<[Agg]>>,
+    grand: Box<[Agg]>,
+    /// Final points so far.
+    done: usize,
+    max_cells: usize,
+    /// Rows and cells folded, for the cancel check.
+    work: usize,
+    union: Union,
+}
+
+/// One output cell of the day in progress: its number in the day and the
+/// measures merged so far (a distinct measure stays empty: its sketches are
+/// noted in [`Day::sketches`]).
+#[derive(Debug)]
+struct Open {
+    id: u32,
+    aggs: Box<[Agg]>,
+}
+
+/// The output cells of one day, borrowing the day's inputs.
+#[derive(Debug, Default)]
+pub struct Day<'a> {
+    open: HashMap<(i64, u32), Open>,
+    /// (cell number, position in the answer, sketch) of every distinct
+    /// input: unioned per cell and measure when the day is done.
+    sketches: Vec<(u32, usize, Sketch<'a>)>,
+}
+
+/// The source-group → output-group map of one source (a day file or a
+/// slice); starts with every group unseen.
+pub type GroupMap = Vec<u32>;
+
+impl Fold {
+    pub fn new(view: &ViewDef, q: Query, max_cells: usize) -> Fold {
+        let mut slot = vec![None; view.measures.len()];
+        for (pos, &mi) in q.measures.iter().enumerate() {
+            slot[mi] = Some(pos);
+        }
+        let kinds: Vec<AggKind> = q.measures.iter().map(|&mi| view.measures[mi].agg).collect();
+        let grand = kinds.iter().map(|&k| Agg::empty(k)).collect();
+        Fold {
+            q,
+            slot,
+            kinds,
+            out_ids: HashMap::default(),
+            out_keys: Vec::new(),
+            points: Vec::new(),
+            totals: Vec::new(),
+            grand,
+            done: 0,
+            max_cells,
+            work: 0,
+            union: Union::default(),
+        }
+    }
+
+    fn empty(&self) -> Box<[Agg]> {
+        self.kinds.iter().map(|&k| Agg::empty(k)).collect()
+    }
+
+    /// The output group of source group `g`, or [`DROPPED`].
+    fn output_group(&mut self, g: &Group) -> u32 {
+        let passes = self.q.filters.iter().all(|(&d, allowed)| match g.get(d) {
+            Some(Some(v)) => allowed.iter().any(|a| **a == **v),
+            _ => false,
+        });
+        if !passes {
+            return DROPPED;
+        }
+        let key: Group = self
+            .q
+            .group_by
+            .iter()
+            .map(|&d| g.get(d).cloned().flatten())
+            .collect();
+        if let Some(&id) = self.out_ids.get(&key) {
+            return id;
+        }
+        let id = self.out_keys.len() as u32;
+        self.out_keys.push(key.clone());
+        self.out_ids.insert(key, id);
+        self.points.push(Vec::new());
+        self.totals.push(self.empty());
+        id
+    }
+
+    fn mapped(&mut self, map: &mut GroupMap, groups: &[Group], g: u32) -> u32 {
+        let i = g as usize;
+        if map.len() < groups.len() {
+            map.resize(groups.len(), UNSEEN);
+        }
+        match map.get(i) {
+            Some(&UNSEEN) => {
+                let og = self.output_group(&groups[i]);
+                map[i] = og;
+                og
+            }
+            Some(&og) => og,
+            None => DROPPED,
+        }
+    }
+
+    fn tick(&mut self, n: usize, cancel: &AtomicBool) -> Result<(), FoldError> {
+        self.work += n;
+        if self.work >= CHECK_EVERY {
+            self.work = 0;
+            if cancel.load(Ordering::Relaxed) {
+                return Err(FoldError::Cancelled);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fold the rows of `data` whose bucket starts in `[from, to)` into `day`.
+    pub fn day_file<'a>(
+        &mut self,
+        day: &mut Day<'a>,
+        data: &'a DayData,
+        from: i64,
+        to: i64,
+        cancel: &AtomicBool,
+    ) -> Result<(), FoldError> {
+        let mut map = GroupMap::new();
+        let g = self.q.granularity;
+        let rows = data.rows_in(from, to);
+        for (bucket, rows) in data.buckets_in(rows) {
+            let ob = g.bucket(bucket);
+            self.tick(rows.len(), cancel)?;
+            for r in rows {
+                let og = self.mapped(&mut map, &data.groups, data.group_of[r]);
+                if og == DROPPED {
+                    continue;
+                }
+                let cell = open_cell(
+                    &mut day.open,
+                    &self.kinds,
+                    self.done,
+                    self.max_cells,
+                    ob,
+                    og,
+                )?;
+                for (mi, col) in data.measures.iter().enumerate() {
+                    let Some(Some(pos)) = self.slot.get(mi) else {
+                        continue;
+                    };
+                    match col {
+                        Column::Distinct(v) => day.sketches.push((cell.id, *pos, v.get(r))),
+                        col => merge_row(&mut cell.aggs[*pos], col, r),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fold the cells of `slice` at level `level_ms` whose bucket starts in
+    /// `[from, to)` into `day`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn slice<'a>(
+        &mut self,
+        day: &mut Day<'a>,
+        slice: &'a SliceData,
+        level_ms: i64,
+        from: i64,
+        to: i64,
+        map: &mut GroupMap,
+        cancel: &AtomicBool,
+    ) -> Result<(), FoldError> {
+        let Some(level) = slice.levels.iter().find(|l| l.ms == level_ms) else {
+            return Ok(());
+        };
+        let g = self.q.granularity;
+        for (&bucket, cells) in level.cells.range(from..to) {
+            let ob = g.bucket(bucket);
+            self.tick(cells.len(), cancel)?;
+            for (&gid, aggs) in cells {
+                let og = self.mapped(map, slice.groups(), gid);
+                if og == DROPPED {
+                    continue;
+                }
+                let cell = open_cell(
+                    &mut day.open,
+                    &self.kinds,
+                    self.done,
+                    self.max_cells,
+                    ob,
+                    og,
+                )?;
+                for (mi, agg) in aggs.iter().enumerate() {
+                    let Some(Some(pos)) = self.slot.get(mi) else {
+                        continue;
+                    };
+                    match agg {
+                        Agg::Distinct(h) if !h.is_empty() => {
+                            day.sketches.push((cell.id, *pos, Sketch::Dense(h, None)))
+                        }
+                        Agg::Distinct(_) => {}
+                        agg if cell.aggs[*pos].kind() == agg.kind() => cell.aggs[*pos].merge(agg),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Close every cell of `day`: the inputs of its day are all folded in.
+    pub fn finish_day(&mut self, mut day: Day<'_>) {
+        // Each cell's sketches, found by its number.
+        day.sketches.sort_unstable_by_key(|&(id, pos, _)| (id, pos));
+        let mut starts = vec![0usize; day.open.len() + 1];
+        for &(id, _, _) in &day.sketches {
+            starts[id as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut cells: Vec<_> = day.open.into_iter().collect();
+        cells.sort_unstable_by_key(|(k, _)| *k);
+        for ((ob, og), cell) in cells {
+            let mut finals: Box<[Final]> = cell.aggs.iter().map(final_of).collect();
+            let totals = &mut self.totals[og as usize];
+            let id = cell.id as usize;
+            // The sketches of each distinct measure, unioned once. The grand
+            // total's sketch is the union of the groups' (at the end): one
+            // merge per group, not per cell.
+            for part in day.sketches[starts[id]..starts[id + 1]].chunk_by(|a, b| a.1 == b.1) {
+                let pos = part[0].1;
+                let Agg::Distinct(total) = &mut totals[pos] else {
+                    continue;
+                };
+                // One sketch (a row of a coarse level, often dense):
+                // nothing to union.
+                match part {
+                    [(_, _, Sketch::Registers(regs))] => {
+                        finals[pos] = Final::Distinct(count_registers(regs));
+                        total.merge_registers(regs);
+                        continue;
+                    }
+                    [(_, _, Sketch::Dense(h, count))] => {
+                        finals[pos] = Final::Distinct(count.unwrap_or_else(|| h.count()));
+                        total.merge(h);
+                        continue;
+                    }
+                    _ => {}
+                }
+                self.union.clear();
+                for (_, _, s) in part {
+                    match s {
+                        Sketch::Registers(regs) => self.union.add_registers(regs),
+                        Sketch::Dense(h, _) => self.union.add(h),
+                    }
+                }
+                finals[pos] = Final::Distinct(self.union.count());
+                self.union.merge_into(total);
+            }
+            // A bucket where every requested measure is still its identity
+            // (e.g. a `max` over events without the field) has nothing to
+            // show. Dropping it keeps the answer independent of which layer
+            // the events are in: the snapshot has a row per bucket with
+            // events, Redis only non-empty parts.
+            if finals.iter().all(is_nothing) {
+                continue;
+            }
+            for (i, a) in cell.aggs.iter().enumerate() {
+                if a.kind() != AggKind::Distinct {
+                    totals[i].merge(a);
+                    self.grand[i].merge(a);
+                }
+            }
+            self.points[og as usize].push((ob, finals));
+            self.done += 1;
+        }
+    }
+
+    /// The folded answer: per output group (projected values), its points
+    /// in time order and its totals; and the grand total.
+    pub fn into_parts(mut self) -> Folded {
+        for (pos, grand) in self.grand.iter_mut().enumerate() {
+            if let Agg::Distinct(g) = grand {
+                for t in &self.totals {
+                    if let Agg::Distinct(h) = &t[pos] {
+                        g.merge(h);
+                    }
+                }
+            }
+        }
+        Folded {
+            keys: self.out_keys,
+            points: self.points,
+            totals: self
+                .totals
+                .iter()
+                .map(|t| t.iter().map(final_of).collect())
+                .collect(),
+            grand: self.grand.iter().map(final_of).collect(),
+        }
+    }
+}
+
+/// What a finished fold holds.
+#[derive(Debug)]
+pub struct Folded {
+    pub keys: Vec<Group>,
+    pub points: Vec<Vec<(i64, Box<[Final]>)>>,
+    pub totals: Vec<Box<[Final]>>,
+    pub grand: Box<[Final]>,
+}
+
+/// The open cell (output bucket `ob`, output group `og`), added if new
+/// while the answer stays within `max` cells (`done` are final already).
+fn open_cell<'d>(
+    open: &'d mut HashMap<(i64, u32), Open>,
+    kinds: &[AggKind],
+    done: usize,
+    max: usize,
+    ob: i64,
+    og: u32,
+) -> Result<&'d mut Open, FoldError> {
+    let len = open.len();
+    match open.entry((ob, og)) {
+        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            if len + done >= max {
+                return Err(FoldError::TooManyCells(max));
+            }
+            Ok(e.insert(Open {
+                id: len as u32,
+                aggs: kinds.iter().map(|&k| Agg::empty(k)).collect(),
+            }))
+        }
+    }
+}
+
+/// Whether a final value is the identity of its measure.
+fn is_nothing(v: &Final) -> bool {
+    match *v {
+        Final::Count(c) | Final::Distinct(c) => c == 0,
+        Final::Sum(int, float) => int == 0 && float == 0.0,
+        Final::Extreme(v) => v.is_none(),
+    }
+}
+
+/// Merge row `r` of `col` into `acc`.
+fn merge_row(acc: &mut Agg, col: &Column, r: usize) {
+    match (acc, col) {
+        (Agg::Count(c), Column::Count(v)) => *c += v[r],
+        (Agg::Sum { int, float }, Column::Sum { int: i, float: f }) => {
+            *int += i.get(r);
+            if let Some(f) = f {
+                *float += f[r];
+            }
+        }
+        (Agg::Min(m), Column::Extreme(v)) if !v[r].is_nan() => {
+            *m = Some(m.map_or(v[r], |m| m.min(v[r])));
+        }
+        (Agg::Max(m), Column::Extreme(v)) if !v[r].is_nan() => {
+            *m = Some(m.map_or(v[r], |m| m.max(v[r])));
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,322 @@
+//! The speed layer, mirrored in memory and kept current by version.
+//!
+//! [`SpeedMirror`] holds, per view, the slices (ingest epoch, event-time day)
+//! at or above the view's floor (the cut of the snapshot in use), each with
+//! its roll-up levels ([`slice::Slice`]). A sync ([`SpeedMirror::sync`])
+//! reads the flush version; when it moved, each view's slice versions, then
+//! only the cells scored above the version this copy has read
+//! ([`read`]), so its cost follows what the speed layer wrote since the last
+//! sync, not what it holds. A background loop syncs every `speed_poll`, and a
+//! query that finds the copy older than `speed_max_age` syncs first
+//! ([`SpeedMirror::ensure_fresh`]), so an answer includes every flush applied
+//! that long before it.
+//!
+//! Guarantees:
+//! - A query takes the slices it merges (`epoch >= cut`) as `Arc`s when it
+//!   starts; a slice that drops below a new cut leaves the mirror only after
+//!   `retire_after` (longer than any query runs), and a cut that moves down
+//!   is loaded before the snapshot that has it is published
+//!   ([`SpeedMirror::set_floor`]).
+//! - Redis losing its data (a new `born`) empties the copy and rebuilds it.
+//! - Redis down: queries answer from the copy as last synced and say
+//!   `"degraded": ["redis"]`; after a failed sync they do not wait for
+//!   another for `RETRY_AFTER`.
+
+pub mod conn;
+pub mod read;
+pub mod slice;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tally_core::time::Epoch;
+use tally_core::view::ViewDef;
+
+pub use conn::{RedisReader, SpeedError};
+use slice::Slice;
+
+/// After a failed sync, queries answer without syncing for this long.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Slices of one view.
+#[derive(Debug, Default)]
+struct ViewSlices {
+    /// Lowest epoch mirrored; `None`: every epoch (no snapshot yet).
+    floor: Option<Epoch>,
+    /// A raise of the floor, due at that instant.
+    raise: Option<(Instant, Option<Epoch>)>,
+    /// Set when the floor moved down: slices below the old floor are read
+    /// at the next sync whatever the flush version says.
+    stale: bool,
+    slices: BTreeMap<(Epoch, i64), Arc<Slice>>,
+}
+
+fn at_or_above(floor: Option<Epoch>, epoch: Epoch) -> bool {
+    floor.is_none_or(|f| epoch >= f)
+}
+
+#[derive(Debug, Default)]
+struct State {
+    born: Option<i64>,
+    /// The flush version the last complete sync read.
+    version: Option<u64>,
+    views: HashMap<String, ViewSlices>,
+    /// When the last successful sync started (monotonic, wall ms).
+    last_ok: Option<(Instant, i64)>,
+    /// The last failed sync: when, and why. Cleared by a success.
+    failed: Option<(Instant, String)>,
+    /// Values that did not parse, over the life of the copy.
+    skipped: usize,
+}
+
+/// What a query merges from the speed layer.
+#[derive(Debug, Clone, Default)]
+pub struct SpeedView {
+    /// Slices with `epoch >= cut` and a day in the query's range.
+    pub slices: Vec<Arc<Slice>>,
+    /// When the copy was last synced with Redis (epoch ms).
+    pub synced_ms: Option<i64>,
+    /// Whether the last sync failed (the copy may be behind).
+    pub degraded: bool,
+    pub skipped: usize,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct SpeedMirror {
+    redis: RedisReader,
+    views: Vec<Arc<ViewDef>>,
+    state: Mutex<State>,
+    /// One sync at a time.
+    syncing: tokio::sync::Mutex<()>,
+    retire_after: Duration,
+}
+
+impl SpeedMirror {
+    pub fn new(redis: RedisReader, views: Vec<Arc<ViewDef>>, retire_after: Duration) -> Self {
+        let state = State {
+            views: views
+                .iter()
+                .map(|v| (v.name.clone(), ViewSlices::default()))
+                .collect(),
+            ..Default::default()
+        };
+        SpeedMirror {
+            redis,
+            views,
+            state: Mutex::new(state),
+            syncing: tokio::sync::Mutex::new(()),
+            retire_after,
+        }
+    }
+
+    pub fn redis(&self) -> &RedisReader {
+        &self.redis
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the copy is younger than `max_age`, or a sync failed lately.
+    fn fresh_enough(&self, max_age: Duration) -> bool {
+        let st = self.lock();
+        st.last_ok.is_some_and(|(t, _)| t.elapsed() <= max_age)
+            || st
+                .failed
+                .as_ref()
+                .is_some_and(|(t, _)| t.elapsed() < RETRY_AFTER)
+    }
+
+    /// Sync unless the copy is younger than `max_age` (or a sync failed
+    /// within `RETRY_AFTER`). Concurrent callers share one sync.
+    pub async fn ensure_fresh(&self, max_age: Duration) {
+        if self.fresh_enough(max_age) {
+            return;
+        }
+        let _one = self.syncing.lock().await;
+        if self.fresh_enough(max_age) {
+            return;
+        }
+        self.sync_locked().await;
+    }
+
+    /// Sync now (waiting for one in progress first).
+    pub async fn sync(&self) {
+        let _one = self.syncing.lock().await;
+        self.sync_locked().await;
+    }
+
+    /// When the copy was last synced with Redis (epoch ms).
+    pub fn synced_ms(&self) -> Option<i64> {
+        self.lock().last_ok.map(|(_, ms)| ms)
+    }
+
+    /// The slices a query over the days `first..=last` merges with a
+    /// snapshot of cut `cut`.
+    pub fn view(&self, view: &str, cut: Option<Epoch>, first: i64, last: i64) -> SpeedView {
+        let st = self.lock();
+        let slices = st
+            .views
+            .get(view)
+            .map(|v| {
+                v.slices
+                    .values()
+                    .filter(|s| at_or_above(cut, s.epoch) && (first..=last).contains(&s.day))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        SpeedView {
+            slices,
+            synced_ms: st.last_ok.map(|(_, ms)| ms),
+            degraded: st.failed.is_some(),
+            skipped: st.skipped,
+        }
+    }
+
+    /// Follow a new cut of `view`: a lower floor is marked to be read at
+    /// the next sync (call [`SpeedMirror::sync`] before publishing the
+    /// snapshot); a higher one retires slices after `retire_after`.
+    /// Returns whether a sync is needed first.
+    pub fn set_floor(&self, view: &str, cut: Option<Epoch>) -> bool {
+        let mut st = self.lock();
+        let Some(v) = st.views.get_mut(view) else {
+            return false;
+        };
+        let lower = match (cut, v.floor) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(c), Some(f)) => c < f,
+        };
+        if lower {
+            v.floor = cut;
+            v.raise = None;
+            v.stale = true;
+        } else if v.slices.is_empty() {
+            // Nothing mirrored yet (startup): no query can hold a slice.
+            v.floor = cut;
+            v.raise = None;
+        } else if cut != v.floor {
+            v.raise = Some((Instant::now() + self.retire_after, cut));
+        }
+        lower
+    }
+
+    /// One sync; the caller holds `syncing`.
+    async fn sync_locked(&self) {
+        let started = Instant::now();
+        let wall = crate::state::now_ms();
+        match self.pull().await {
+            Ok(()) => {
+                let mut st = self.lock();
+                st.last_ok = Some((started, wall));
+                st.failed = None;
+                metrics::histogram!("tally_serving_speed_sync_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "speed layer sync failed; answering from the copy");
+                metrics::counter!("tally_serving_degraded_total", "component" => "redis")
+                    .increment(1);
+                self.lock().failed = Some((Instant::now(), e.to_string()));
+            }
+        }
+    }
+
+    /// Read what changed since the last sync into the copy.
+    async fn pull(&self) -> Result<(), SpeedError> {
+        let (version, born) = read::version(&self.redis).await?;
+        let stale = {
+            let mut st = self.lock();
+            if st.born != born || version < st.version {
+                // A new counter: Redis lost its data, or this is the first sync.
+                st.born = born;
+                st.version = None;
+                for v in st.views.values_mut() {
+                    v.slices.clear();
+                }
+            }
+            let now = Instant::now();
+            for v in st.views.values_mut() {
+                if let Some((due, floor)) = v.raise {
+                    if due <= now {
+                        v.floor = floor;
+                        v.raise = None;
+                        v.slices.retain(|&(e, _), _| at_or_above(floor, e));
+                    }
+                }
+            }
+            st.views.values().any(|v| v.stale)
+        };
+        if version.is_none() || (!stale && self.lock().version == version) {
+            self.lock().version = version;
+            return Ok(());
+        }
+        let names: Vec<&str> = self.views.iter().map(|v| v.name.as_str()).collect();
+        let versions = read::slice_versions(&self.redis, &names).await?;
+        for (view, live) in self.views.iter().zip(versions) {
+            self.pull_view(view, live).await?;
+        }
+        self.lock().version = version;
+        Ok(())
+    }
+
+    /// Bring one view's slices up to the versions in `live`.
+    async fn pull_view(
+        &self,
+        view: &Arc<ViewDef>,
+        live: HashMap<(Epoch, i64), u64>,
+    ) -> Result<(), SpeedError> {
+        // What to read: (epoch, day, read since, up to, the slice).
+        let todo: Vec<(Epoch, i64, u64, u64, Arc<Slice>, bool)> = {
+            let mut st = self.lock();
+            let Some(v) = st.views.get_mut(&view.name) else {
+                return Ok(());
+            };
+            // Expired in Redis: gone here too.
+            v.slices.retain(|k, _| live.contains_key(k));
+            let floor = v.floor;
+            let mut todo: Vec<_> = live
+                .iter()
+                .filter(|((e, _), _)| at_or_above(floor, *e))
+                .filter_map(|(&(e, d), &ver)| match v.slices.get(&(e, d)) {
+                    Some(s) => {
+                        let since = s.read().version;
+                        (ver > since).then(|| (e, d, since, ver, s.clone(), false))
+                    }
+                    None => Some((e, d, 0, ver, Arc::new(Slice::new(view, e, d)), true)),
+                })
+                .collect();
+            todo.sort_by_key(|t| (t.0, t.1));
+            v.stale = false;
+            todo
+        };
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let ranges: Vec<(Epoch, i64, u64)> = todo.iter().map(|t| (t.0, t.1, t.2)).collect();
+        let changed = read::changed_cells(&self.redis, &view.name, &ranges).await?;
+        for ((epoch, day, _, ver, slice, new), cells) in todo.into_iter().zip(changed) {
+            let (values, skipped) = read::read_cells(&self.redis, view, epoch, day, &cells).await?;
+            {
+                let mut data = slice.write();
+                for (bucket, group, aggs) in values {
+                    data.set_cell(view, bucket, &group, aggs);
+                }
+                data.version = ver;
+            }
+            let mut st = self.lock();
+            st.skipped += skipped;
+            if new {
+                if let Some(v) = st.views.get_mut(&view.name) {
+                    if at_or_above(v.floor, epoch) {
+                        v.slices.insert((epoch, day), slice);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

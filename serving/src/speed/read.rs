@@ -1,0 +1,230 @@
+//! The Redis reads behind the speed mirror, per the versioned layout of
+//! [`tally_core::keys`]: the flush version, each slice's version, the cells a
+//! slice changed since a version, and the values of those cells.
+//!
+//! Guarantee: values that do not parse (written by hand, or by another
+//! version) read as the identity of their measure and are counted as
+//! skipped, never fatal.
+
+use std::collections::HashMap;
+
+use tally_core::agg::{Agg, AggKind};
+use tally_core::hll::Hll;
+use tally_core::keys::{
+    CellMember, CounterField, Keys, Part, SketchField, BORN_FIELD, SUM_CARRY_UNIT, VERSION_FIELD,
+};
+use tally_core::time::Epoch;
+use tally_core::view::ViewDef;
+
+use super::conn::{RedisReader, SpeedError};
+
+/// Cells read per command.
+const CELLS_PER_COMMAND: usize = 500;
+
+/// The last applied flush's version and when the counter was born.
+pub async fn version(redis: &RedisReader) -> Result<(Option<u64>, Option<i64>), SpeedError> {
+    let mut p = redis::pipe();
+    p.cmd("HMGET")
+        .arg(redis.keys().version())
+        .arg(VERSION_FIELD)
+        .arg(BORN_FIELD);
+    let ((v, born),): ((Option<u64>, Option<i64>),) = redis.query(&p).await?;
+    Ok((v, born))
+}
+
+/// Each view's slices and their versions.
+pub async fn slice_versions(
+    redis: &RedisReader,
+    views: &[&str],
+) -> Result<Vec<HashMap<(Epoch, i64), u64>>, SpeedError> {
+    let mut p = redis::pipe();
+    for v in views {
+        p.cmd("HGETALL").arg(redis.keys().slice_versions(v));
+    }
+    let all: Vec<HashMap<String, u64>> = redis.query(&p).await?;
+    Ok(all
+        .into_iter()
+        .map(|m| {
+            m.into_iter()
+                .filter_map(|(k, v)| Some((Keys::parse_slice_member(&k)?, v)))
+                .collect()
+        })
+        .collect())
+}
+
+/// For each slice `(epoch, day, since)`: its cells written after version `since`.
+pub async fn changed_cells(
+    redis: &RedisReader,
+    view: &str,
+    slices: &[(Epoch, i64, u64)],
+) -> Result<Vec<Vec<String>>, SpeedError> {
+    let mut p = redis::pipe();
+    for &(e, d, since) in slices {
+        p.cmd("ZRANGEBYSCORE")
+            .arg(redis.keys().cells(view, e, d))
+            .arg(format!("({since}"))
+            .arg("+inf");
+    }
+    redis.query(&p).await
+}
+
+/// One cell as read: (bucket, group JSON text, one aggregate per measure).
+pub type CellValue = (i64, String, Box<[Agg]>);
+
+/// The counter fields of one measure kind, in the order they are read.
+fn parts(kind: AggKind) -> &'static [Part] {
+    match kind {
+        AggKind::Count => &[Part::Count],
+        AggKind::Sum => &[Part::SumInt, Part::SumCarry, Part::SumFloat],
+        AggKind::Min => &[Part::Min],
+        AggKind::Max => &[Part::Max],
+        AggKind::Distinct => &[],
+    }
+}
+
+/// The values of `cells` (members of the slice's cell set) of one slice.
+/// Returns the cells and how many values did not parse.
+pub async fn read_cells(
+    redis: &RedisReader,
+    view: &ViewDef,
+    epoch: Epoch,
+    day: i64,
+    cells: &[String],
+) -> Result<(Vec<CellValue>, usize), SpeedError> {
+    let keys = redis.keys();
+    let counters = keys.counters(&view.name, epoch, day);
+    let sketch_prefix = keys.sketch_prefix(&view.name, epoch, day);
+    let parsed: Vec<CellMember<'_>> = cells.iter().filter_map(|c| CellMember::parse(c)).collect();
+    let mut skipped = cells.len() - parsed.len();
+    let n_fields: usize = view.measures.iter().map(|m| parts(m.agg).len()).sum();
+    let distinct: Vec<&str> = view
+        .measures
+        .iter()
+        .filter(|m| m.agg == AggKind::Distinct)
+        .map(|m| m.name.as_str())
+        .collect();
+    let mut p = redis::pipe();
+    for chunk in parsed.chunks(CELLS_PER_COMMAND) {
+        if n_fields > 0 {
+            let cmd = p.cmd("HMGET").arg(&counters);
+            for c in chunk {
+                for m in &view.measures {
+                    for &part in parts(m.agg) {
+                        cmd.arg(CounterField::encode(c.bucket_ms, &m.name, part, c.group));
+                    }
+                }
+            }
+        }
+        if !distinct.is_empty() {
+            let cmd = p.cmd("MGET");
+            for c in chunk {
+                for m in &distinct {
+                    cmd.arg(format!(
+                        "{sketch_prefix}{}",
+                        SketchField::encode(c.bucket_ms, m, c.group)
+                    ));
+                }
+            }
+        }
+    }
+    if parsed.is_empty() {
+        return Ok((Vec::new(), skipped));
+    }
+    let replies: Vec<redis::Value> = redis.query(&p).await?;
+    let mut replies = replies.into_iter();
+    let mut out = Vec::with_capacity(parsed.len());
+    for chunk in parsed.chunks(CELLS_PER_COMMAND) {
+        let fields: Vec<Option<String>> = if n_fields > 0 {
+            replies
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let sketches: Vec<Option<Vec<u8>>> = if distinct.is_empty() {
+            Vec::new()
+        } else {
+            replies
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default()
+        };
+        let mut f = fields.into_iter();
+        let mut s = sketches.into_iter();
+        for c in chunk {
+            let aggs = view
+                .measures
+                .iter()
+                .map(|m| {
+                    if m.agg == AggKind::Distinct {
+                        return match s.next().flatten() {
+                            None => Agg::empty(m.agg),
+                            Some(bytes) => Hll::from_redis_bytes(&bytes)
+                                .map(Agg::Distinct)
+                                .unwrap_or_else(|_| {
+                                    skipped += 1;
+                                    Agg::empty(m.agg)
+                                }),
+                        };
+                    }
+                    let values: Vec<Option<String>> =
+                        parts(m.agg).iter().map(|_| f.next().flatten()).collect();
+                    decode(m.agg, &values).unwrap_or_else(|| {
+                        skipped += 1;
+                        Agg::empty(m.agg)
+                    })
+                })
+                .collect();
+            out.push((c.bucket_ms, c.group.to_owned(), aggs));
+        }
+    }
+    Ok((out, skipped))
+}
+
+/// The aggregate of one measure from its fields (absent: identity part).
+fn decode(kind: AggKind, values: &[Option<String>]) -> Option<Agg> {
+    let int = |i: usize| -> Option<i64> {
+        values[i]
+            .as_deref()
+            .map_or(Some(0), |v| v.trim().parse().ok())
+    };
+    let float = |i: usize| -> Option<Option<f64>> {
+        match values[i].as_deref() {
+            None => Some(None),
+            Some(v) => v.trim().parse().ok().map(Some),
+        }
+    };
+    Some(match kind {
+        AggKind::Count => Agg::Count(int(0)?.max(0) as u64),
+        AggKind::Sum => Agg::Sum {
+            int: i128::from(int(0)?) + i128::from(int(1)?) * SUM_CARRY_UNIT,
+            float: float(2)?.unwrap_or(0.0),
+        },
+        AggKind::Min => Agg::Min(float(0)?),
+        AggKind::Max => Agg::Max(float(0)?),
+        AggKind::Distinct => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_decode_with_the_carry_and_absent_parts() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(decode(AggKind::Count, &[s("7")]), Some(Agg::Count(7)));
+        assert_eq!(decode(AggKind::Count, &[None]), Some(Agg::Count(0)));
+        assert_eq!(
+            decode(AggKind::Sum, &[s("-5"), s("2"), s("0.5")]),
+            Some(Agg::Sum {
+                int: 2 * SUM_CARRY_UNIT - 5,
+                float: 0.5
+            })
+        );
+        assert_eq!(decode(AggKind::Min, &[None]), Some(Agg::Min(None)));
+        assert_eq!(decode(AggKind::Max, &[s("3.5")]), Some(Agg::Max(Some(3.5))));
+        assert_eq!(decode(AggKind::Count, &[s("x")]), None);
+    }
+}

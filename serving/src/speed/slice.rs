@@ -1,0 +1,207 @@
+//! One speed-layer slice (view, ingest epoch, event-time day) mirrored in
+//! memory, with its roll-up levels.
+//!
+//! The mirror sets a cell (bucket, group) of the view's own level to the
+//! absolute value Redis holds ([`SliceData::set_cell`]); the coarser levels
+//! of [`ViewDef::levels`] (1h, 1d) follow at once: counts and sums by the
+//! difference from the cell's previous value, min, max and distinct by a
+//! merge (Redis only ever lowers a min, raises a max and adds registers to a
+//! sketch). So a query reads a slice at the coarsest level that answers it,
+//! as it reads the snapshot.
+//!
+//! Guarantee: every level holds the roll-up of the cells set so far, exactly
+//! for counts, integer sums, min, max and sketches (float sums up to
+//! rounding).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tally_core::agg::Agg;
+use tally_core::time::Epoch;
+use tally_core::view::ViewDef;
+
+use crate::group::{Group, GroupDict};
+
+/// Cells of one level: bucket → group index → one aggregate per measure.
+pub type Cells = BTreeMap<i64, HashMap<u32, Box<[Agg]>>>;
+
+/// One level of a slice.
+#[derive(Debug)]
+pub struct Level {
+    pub ms: i64,
+    pub cells: Cells,
+}
+
+/// What a slice holds.
+#[derive(Debug)]
+pub struct SliceData {
+    /// The slice's version in Redis that this copy has read up to.
+    pub version: u64,
+    /// The view's levels, finest first.
+    pub levels: Vec<Level>,
+    dict: GroupDict,
+    /// Group JSON text → group index; `None`: not a group of this view.
+    by_text: HashMap<Box<str>, Option<u32>>,
+}
+
+/// A mirrored slice.
+#[derive(Debug)]
+pub struct Slice {
+    pub epoch: Epoch,
+    pub day: i64,
+    data: RwLock<SliceData>,
+}
+
+impl Slice {
+    pub fn new(view: &ViewDef, epoch: Epoch, day: i64) -> Slice {
+        Slice {
+            epoch,
+            day,
+            data: RwLock::new(SliceData {
+                version: 0,
+                levels: view
+                    .levels()
+                    .into_iter()
+                    .map(|g| Level {
+                        ms: g.as_ms(),
+                        cells: Cells::new(),
+                    })
+                    .collect(),
+                dict: GroupDict::default(),
+                by_text: HashMap::new(),
+            }),
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, SliceData> {
+        // A poisoned lock means a panic elsewhere with the data intact.
+        self.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, SliceData> {
+        self.data.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl SliceData {
+    pub fn groups(&self) -> &[Group] {
+        self.dict.groups()
+    }
+
+    /// The index of the group written as `text` (a JSON array), `None` when it
+    /// is not a group of `view` (another arity: another definition wrote it).
+    fn group_id(&mut self, view: &ViewDef, text: &str) -> Option<u32> {
+        if let Some(id) = self.by_text.get(text) {
+            return *id;
+        }
+        let id = tally_core::keys::parse_group(text)
+            .filter(|g| g.len() == view.dimensions.len())
+            .map(|g| self.dict.intern(g.iter().map(|v| v.as_deref())));
+        self.by_text.insert(text.into(), id);
+        id
+    }
+
+    /// Set the cell (`bucket`, group `text`) of the view's own level to
+    /// `aggs` (one per measure of the view) and roll the change up. Returns
+    /// false when the group is not one of `view`'s.
+    pub fn set_cell(&mut self, view: &ViewDef, bucket: i64, text: &str, aggs: Box<[Agg]>) -> bool {
+        let Some(g) = self.group_id(view, text) else {
+            return false;
+        };
+        let Some((base, coarser)) = self.levels.split_first_mut() else {
+            return false;
+        };
+        let cells = base.cells.entry(bucket).or_default();
+        let old = cells.get(&g);
+        for level in coarser.iter_mut() {
+            let b = bucket.div_euclid(level.ms) * level.ms;
+            let cell = level
+                .cells
+                .entry(b)
+                .or_default()
+                .entry(g)
+                .or_insert_with(|| view.measures.iter().map(|m| Agg::empty(m.agg)).collect());
+            for (i, (acc, new)) in cell.iter_mut().zip(aggs.iter()).enumerate() {
+                roll(acc, old.map(|o| &o[i]), new);
+            }
+        }
+        cells.insert(g, aggs);
+        true
+    }
+}
+
+/// Move `acc` (a roll-up) from including `old` to including `new`.
+fn roll(acc: &mut Agg, old: Option<&Agg>, new: &Agg) {
+    match (acc, old, new) {
+        (Agg::Count(a), old, Agg::Count(n)) => {
+            let o = match old {
+                Some(Agg::Count(o)) => *o,
+                _ => 0,
+            };
+            *a = (i128::from(*a) - i128::from(o) + i128::from(*n)).max(0) as u64;
+        }
+        (Agg::Sum { int, float }, old, Agg::Sum { int: ni, float: nf }) => {
+            let (oi, of) = match old {
+                Some(Agg::Sum { int, float }) => (*int, *float),
+                _ => (0, 0.0),
+            };
+            *int += ni - oi;
+            *float += nf - of;
+        }
+        // Redis only lowers a min, raises a max, adds registers to a sketch.
+        (acc, _, new) => acc.merge(new),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_core::agg::Num;
+
+    fn view() -> ViewDef {
+        serde_json::from_value(serde_json::json!({
+            "name": "v", "granularity": "1m", "dimensions": ["properties.page"],
+            "measures": [
+                {"name": "n", "agg": "count"},
+                {"name": "s", "agg": "sum", "field": "properties.x"},
+                {"name": "lo", "agg": "min", "field": "properties.x"},
+                {"name": "u", "agg": "distinct", "field": "user_id"}
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn aggs(n: u64, s: i64, lo: f64, users: &[&str]) -> Box<[Agg]> {
+        let mut sum = Agg::empty(tally_core::agg::AggKind::Sum);
+        sum.add_num(Num::Int(s));
+        let mut u = Agg::empty(tally_core::agg::AggKind::Distinct);
+        for x in users {
+            u.add_key(x.as_bytes());
+        }
+        vec![Agg::Count(n), sum, Agg::Min(Some(lo)), u].into_boxed_slice()
+    }
+
+    #[test]
+    fn coarser_levels_follow_every_change_of_a_cell() {
+        let v = view();
+        let s = Slice::new(&v, 1, 0);
+        let mut d = s.write();
+        let g = r#"["/a"]"#;
+        assert!(d.set_cell(&v, 60_000, g, aggs(2, 10, 5.0, &["x"])));
+        assert!(d.set_cell(&v, 120_000, g, aggs(1, -3, 7.0, &["y"])));
+        // The first cell grows, as Redis values do.
+        assert!(d.set_cell(&v, 60_000, g, aggs(5, 12, 4.0, &["x", "z"])));
+        assert!(!d.set_cell(&v, 60_000, r#"["/a","extra"]"#, aggs(1, 1, 1.0, &[])));
+        let hour = &d.levels[1].cells[&0];
+        let day = &d.levels[2].cells[&0];
+        let gid = 0;
+        for level in [hour, day] {
+            let cell = &level[&gid];
+            assert_eq!(cell[0], Agg::Count(6));
+            assert_eq!(cell[1], Agg::Sum { int: 9, float: 0.0 });
+            assert_eq!(cell[2], Agg::Min(Some(4.0)));
+            assert_eq!(cell[3].value(), Some(3.0));
+        }
+        assert_eq!(d.levels[0].cells.len(), 2);
+    }
+}

@@ -1,0 +1,97 @@
+//! The in-memory copy of the speed layer follows Redis: later flushes show
+//! (only the cells they wrote are read again), a slice that expires leaves,
+//! and a Redis that lost its data is copied afresh.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use object_store::memory::InMemory;
+use tally_core::keys::Keys;
+use tally_core::time::Granularity;
+use tally_serving::{router, AppState, ServeOptions};
+
+fn whole() -> Q {
+    Q {
+        from: T0 - 86_400_000,
+        to: T0 + SPAN_MS + 86_400_000,
+        gran: Granularity::HOUR,
+        group_by: vec![0, 1],
+        filters: vec![],
+        measures: MEASURES.to_vec(),
+    }
+}
+
+async fn redis_cmd(url: &str, cmd: &mut redis::Cmd) {
+    let client = redis::Client::open(url).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: redis::Value = cmd.query_async(&mut conn).await.expect("command");
+}
+
+#[tokio::test]
+async fn the_copy_follows_flushes_expiry_and_a_redis_that_lost_its_data() {
+    let redis = tally_testkit::Redis::start().expect("redis");
+    let all = events(51, 3000);
+    let (first, rest) = all.split_at(1000);
+    let opts = ServeOptions {
+        speed_max_age: Duration::from_millis(1),
+        ..Default::default()
+    };
+    // No snapshot: every slice counts.
+    let state =
+        AppState::new(config(&redis.url(), "t"), Arc::new(InMemory::new()), opts).expect("state");
+    let app = router(state);
+    write_speed(&redis.url(), "t", &view(), first).await;
+    let (_, body) = get(&app, &whole().url()).await;
+    compare(&body, &whole(), first);
+
+    // Later flushes, one per batch of events: each one shows.
+    let mut seen = first.to_vec();
+    for batch in rest.chunks(700) {
+        write_speed(&redis.url(), "t", &view(), batch).await;
+        seen.extend_from_slice(batch);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (_, body) = get(&app, &whole().url()).await;
+        compare(&body, &whole(), &seen);
+    }
+
+    // A slice expires: it leaves the slice versions, and the answer.
+    let gone = (seen[0].epoch, tally_core::time::day_of(seen[0].t));
+    let keys = Keys::new("t");
+    redis_cmd(
+        &redis.url(),
+        redis::cmd("HDEL")
+            .arg(keys.slice_versions("pv"))
+            .arg(Keys::slice_member(gone.0, gone.1)),
+    )
+    .await;
+    // Any later flush makes the copy look again.
+    let extra: Vec<Ev> = events(52, 50)
+        .into_iter()
+        .filter(|e| (e.epoch, tally_core::time::day_of(e.t)) != gone)
+        .take(1)
+        .collect();
+    write_speed(&redis.url(), "t", &view(), &extra).await;
+    let left: Vec<Ev> = seen
+        .iter()
+        .chain(&extra)
+        .filter(|e| (e.epoch, tally_core::time::day_of(e.t)) != gone)
+        .cloned()
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (_, body) = get(&app, &whole().url()).await;
+    compare(&body, &whole(), &left);
+
+    // Redis loses everything and the speed layer starts over.
+    redis_cmd(&redis.url(), &mut redis::cmd("FLUSHALL")).await;
+    let fresh = events(53, 500);
+    write_speed(&redis.url(), "t", &view(), &fresh).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (_, body) = get(&app, &whole().url()).await;
+    compare(&body, &whole(), &fresh);
+}

@@ -62,6 +62,7 @@ impl Platform {
             .tempdir()
             .expect("tempdir");
         let port = tally_testkit::free_port().expect("port");
+        let archive_metrics = tally_testkit::free_port().expect("port");
         let store = format!("file://{}", dir.path().join("store").display());
         let test_cfg = TestConfig::new()
             .brokers(&broker.bootstrap())
@@ -78,6 +79,7 @@ length = "10s"
 grace = "2s"
 [archive]
 roll_interval = "2s"
+metrics_listen = "127.0.0.1:{archive_metrics}"
 [serve]
 listen = "127.0.0.1:{port}"
 "#
@@ -564,6 +566,19 @@ fn the_platform_answers_as_the_fold_through_crashes_late_events_and_batch_runs()
         .filter_map(|v| v["snapshot_rows"].as_u64())
         .sum();
     assert!(rows > 0, "no batch snapshot was ever served: {status}");
+    // The standalone archiver reports on its own metrics listener.
+    let metrics = ureq::get(&format!(
+        "http://{}/metrics",
+        p.cfg.archive.metrics_listen.as_deref().expect("listener")
+    ))
+    .call()
+    .expect("archiver metrics")
+    .into_string()
+    .expect("text");
+    assert!(
+        metrics.contains("tally_role_up{role=\"archive\"} 1"),
+        "{metrics}"
+    );
     p.speed.take().expect("speed").terminate();
     p.archive.take().expect("archive").terminate();
 }

@@ -485,6 +485,8 @@ impl Archiver {
                 archive_file::write_unless_covered(self.store.clone(), &path, rows).await?;
             if outcome == archive_file::Outcome::Written {
                 self.summary.files += 1;
+                metrics::counter!("tally_archive_files_total").increment(1);
+                metrics::counter!("tally_archive_rows_total").increment(rows.len() as u64);
             }
         }
         part.open.clear();

@@ -29,6 +29,7 @@ pub mod archive_file;
 pub mod lock;
 pub mod progress;
 pub mod recompute;
+mod report;
 pub mod schedule;
 pub mod store;
 

@@ -36,6 +36,18 @@ pub async fn run_locked(
     opts: RunOptions,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<RunSummary, BatchError> {
+    let started = std::time::Instant::now();
+    let result = run_under_lock(cfg, store, opts, progress).await;
+    crate::report::run(&result, started.elapsed().as_secs_f64());
+    result
+}
+
+async fn run_under_lock(
+    cfg: &Config,
+    store: Arc<dyn ObjectStore>,
+    opts: RunOptions,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<RunSummary, BatchError> {
     let now = chrono::Utc::now().timestamp_millis();
     let owner = format!("{}-{}", std::process::id(), crate::recompute::new_run_id());
     let held = match lock::acquire(&store, &owner, cfg.batch.lock_ttl.0, now).await? {

@@ -306,6 +306,8 @@ pub struct ArchiveConfig {
     pub roll_bytes: usize,
     /// Roll a file once it is this old.
     pub roll_interval: Millis,
+    /// Prometheus metrics listener of the standalone `tally archive`; none when empty.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ArchiveConfig {
@@ -313,6 +315,7 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             roll_bytes: 128 * 1024 * 1024,
             roll_interval: Millis(60_000),
+            metrics_listen: None,
         }
     }
 }
@@ -326,6 +329,8 @@ pub struct BatchConfig {
     pub gc_grace: Millis,
     /// How long a batch lock is honoured without renewal.
     pub lock_ttl: Millis,
+    /// Prometheus metrics listener of the standalone `tally batch`; none when empty.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for BatchConfig {
@@ -334,6 +339,7 @@ impl Default for BatchConfig {
             schedule: "0 0 2 * * *".into(),
             gc_grace: Millis(3_600_000),
             lock_ttl: Millis(3_600_000),
+            metrics_listen: None,
         }
     }
 }

@@ -29,7 +29,7 @@ pub async fn role(
 /// The archive role alone, restarted with backoff when it fails.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
-    crate::telemetry::install(None)?;
+    crate::telemetry::install(cfg.archive.metrics_listen.as_deref())?;
     let store = crate::cmd::open_store(&cfg)?;
     let cfg = Arc::new(cfg);
     crate::supervise::supervise("archive", Default::default(), shutdown, move |t| {

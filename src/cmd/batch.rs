@@ -42,7 +42,7 @@ pub async fn schedule_role(
 /// The scheduler alone, restarted with backoff when it fails.
 pub async fn schedule(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
-    crate::telemetry::install(None)?;
+    crate::telemetry::install(cfg.batch.metrics_listen.as_deref())?;
     let store = crate::cmd::open_store(&cfg)?;
     let cfg = Arc::new(cfg);
     crate::supervise::supervise("batch scheduler", Default::default(), shutdown, move |t| {

@@ -50,7 +50,7 @@ pub use api::openapi::openapi_doc;
 pub use api::router;
 pub use dto::{QueryResponse, RecomputeRequest};
 pub use error::{ApiError, ServeError};
-pub use state::{AppState, RecomputeHook, ServeOptions};
+pub use state::{AppState, RecomputeHook, RolesProbe, ServeOptions};
 
 /// How long the first manifest poll and speed sync may delay the API.
 const FIRST_LOAD: Duration = Duration::from_secs(30);

@@ -43,6 +43,10 @@ pub type RecomputeHook = Arc<
         + Sync,
 >;
 
+/// What the binary plugs in so that `/readyz` shows its roles: each role's
+/// name and whether it runs now (not waiting for a restart).
+pub type RolesProbe = Arc<dyn Fn() -> Vec<(String, bool)> + Send + Sync>;
+
 /// Tunables that are not in `tally.toml`.
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -58,6 +62,7 @@ pub struct ServeOptions {
     /// Largest request body accepted.
     pub body_limit: usize,
     pub recompute: Option<RecomputeHook>,
+    pub roles: Option<RolesProbe>,
     /// The process's Prometheus handle when the binary installed the recorder;
     /// otherwise serving installs one on first use ([`crate::metrics::handle`]).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -72,6 +77,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("redis_timeout", &self.redis_timeout)
             .field("body_limit", &self.body_limit)
             .field("recompute", &self.recompute.is_some())
+            .field("roles", &self.roles.is_some())
             .finish()
     }
 }
@@ -85,6 +91,7 @@ impl Default for ServeOptions {
             redis_timeout: Duration::from_millis(1500),
             body_limit: 64 * 1024,
             recompute: None,
+            roles: None,
             metrics: None,
         }
     }

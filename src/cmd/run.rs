@@ -46,8 +46,19 @@ pub async fn run_roles(
         batch::schedule_role(c.clone(), s.clone(), t)
     });
     let (c, s) = (cfg.clone(), store.clone());
+    let supervised = roles.clone();
+    let probe: tally_serving::RolesProbe = Arc::new(move || {
+        let roles = supervised.snapshot().into_iter();
+        roles.map(|(name, s)| (name.to_owned(), s.up)).collect()
+    });
     spawn_role(&mut tasks, "serve", &roles, &shutdown, move |t| {
-        serve::role(c.clone(), s.clone(), metrics.clone(), t)
+        serve::role(
+            c.clone(),
+            s.clone(),
+            metrics.clone(),
+            Some(probe.clone()),
+            t,
+        )
     });
 
     // Supervised roles end only at shutdown, each with its last run's result.

@@ -10,7 +10,7 @@ use object_store::ObjectStore;
 use tally_batch::{BatchError, RunOptions};
 use tally_core::config::Config;
 use tally_core::time::parse_instant;
-use tally_serving::{RecomputeHook, RecomputeRequest, ServeOptions};
+use tally_serving::{RecomputeHook, RecomputeRequest, RolesProbe, ServeOptions};
 use tokio_util::sync::CancellationToken;
 
 /// How long the API waits for a triggered run before answering "started": a
@@ -22,12 +22,14 @@ pub async fn role(
     cfg: Arc<Config>,
     store: Arc<dyn ObjectStore>,
     metrics: PrometheusHandle,
+    roles: Option<RolesProbe>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     purge_freed_memory_at_once();
     let opts = ServeOptions {
         recompute: Some(recompute_hook(cfg.clone(), store.clone())),
         metrics: Some(metrics),
+        roles,
         ..ServeOptions::default()
     };
     tally_serving::serve_with((*cfg).clone(), store, opts, shutdown.cancelled_owned())
@@ -39,7 +41,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     let metrics = crate::telemetry::install(None)?;
     let store = crate::cmd::open_store(&cfg)?;
-    role(Arc::new(cfg), store, metrics, shutdown).await
+    role(Arc::new(cfg), store, metrics, None, shutdown).await
 }
 
 /// A locked batch run in the background for each accepted request.

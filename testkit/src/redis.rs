@@ -92,6 +92,11 @@ impl Redis {
         }
     }
 
+    /// Kill the server (until [`Redis::restart_empty`]): Redis down.
+    pub fn stop(&mut self) {
+        self.server.kill();
+    }
+
     /// Kill the server and start an empty one on the same port: what a Redis
     /// that lost its memory looks like to clients.
     pub fn restart_empty(&mut self) -> Result<(), Error> {

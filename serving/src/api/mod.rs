@@ -3,8 +3,9 @@
 //! Routes (see [`router`]): `GET /api/v1/views` ([`views`]),
 //! `GET /api/v1/views/{view}/query` and `…/stream` ([`query`]),
 //! `GET /api/v1/status` ([`status`]), `POST /api/v1/recompute` ([`admin`]),
-//! `GET /metrics` and `GET /` ([`pages`]), `GET /openapi.json` ([`openapi`]);
-//! who may call them is [`auth`].
+//! `GET /metrics` and `GET /` ([`pages`]), `GET /openapi.json` ([`openapi`]),
+//! `GET /healthz` and `GET /readyz` ([`probes`]); who may call them is
+//! [`auth`].
 //!
 //! Guarantees: every non-2xx answer is JSON `{code, message}` (the
 //! [`json_errors`] layer rewrites the bare answers of framework layers: 404,
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod auth;
 pub mod openapi;
 pub mod pages;
+pub mod probes;
 pub mod query;
 pub mod status;
 pub mod views;
@@ -44,6 +46,8 @@ pub fn router(state: AppState) -> Router {
         .merge(reads)
         .route("/api/v1/recompute", post(admin::recompute))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
         .route("/", get(pages::dashboard))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

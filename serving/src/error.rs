@@ -79,6 +79,19 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
     }
 }
 
+/// Why a recompute hook did not run the batch, so that the API answers with
+/// the right status: the request's fault (400), another run's lock (409), or
+/// the run itself failing (500).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecomputeError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -49,7 +49,7 @@ use tally_core::config::Config;
 pub use api::openapi::openapi_doc;
 pub use api::router;
 pub use dto::{QueryResponse, RecomputeRequest};
-pub use error::{ApiError, ServeError};
+pub use error::{ApiError, RecomputeError, ServeError};
 pub use state::{AppState, RecomputeHook, RolesProbe, ServeOptions};
 
 /// How long the first manifest poll and speed sync may delay the API.

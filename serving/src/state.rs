@@ -29,16 +29,16 @@ use tokio::sync::Semaphore;
 
 use crate::answer_cache::ResultCache;
 use crate::dto::RecomputeRequest;
-use crate::error::{ApiError, ServeError};
+use crate::error::{ApiError, RecomputeError, ServeError};
 use crate::query::Limits;
 use crate::snapshot::cache::DayCache;
 use crate::snapshot::{load_view, read_manifest, SnapshotSet, StoreHealth, ViewSnapshot};
 use crate::speed::{RedisReader, SpeedMirror};
 
 /// What the binary plugs in to run a recompute: returns a run description or
-/// an error message. Without one, recompute answers 501 `not_available`.
+/// why not. Without one, recompute answers 501 `not_available`.
 pub type RecomputeHook = Arc<
-    dyn Fn(RecomputeRequest) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>
+    dyn Fn(RecomputeRequest) -> Pin<Box<dyn Future<Output = Result<String, RecomputeError>> + Send>>
         + Send
         + Sync,
 >;

@@ -12,7 +12,9 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use tally_core::time::Granularity;
-use tally_serving::{router, AppState, ServeOptions};
+use tally_serving::{
+    router, AppState, RecomputeError, RecomputeHook, RecomputeRequest, ServeOptions,
+};
 
 /// A Redis URL nothing listens on.
 fn dead_redis() -> String {
@@ -491,4 +493,54 @@ async fn cost_caps_answer_4xx_naming_the_limit() {
     .await
     .expect("stream");
     assert_eq!(again.status(), 200);
+}
+
+#[tokio::test]
+async fn the_recompute_hooks_error_decides_the_status() {
+    let mut cfg = config(&dead_redis(), "t");
+    cfg.serve.admin_token = Some("s3cret-0123456789".into());
+    let cases = [
+        (
+            RecomputeError::BadRequest("from after to".into()),
+            400,
+            "bad_request",
+        ),
+        (
+            RecomputeError::Busy("locked".into()),
+            409,
+            "recompute_refused",
+        ),
+        (
+            RecomputeError::Failed("store gone".into()),
+            500,
+            "recompute_failed",
+        ),
+    ];
+    for (error, status, code) in cases {
+        let hook: RecomputeHook = Arc::new(move |_req: RecomputeRequest| {
+            let e = error.clone();
+            let fut: std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<String, RecomputeError>> + Send>,
+            > = Box::pin(async move { Err(e) });
+            fut
+        });
+        let opts = ServeOptions {
+            redis_timeout: std::time::Duration::from_millis(300),
+            recompute: Some(hook),
+            ..Default::default()
+        };
+        let app =
+            router(AppState::new(cfg.clone(), Arc::new(InMemory::new()), opts).expect("state"));
+        let req = Request::post("/api/v1/recompute")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, "Bearer s3cret-0123456789")
+            .body(Body::from(r#"{"view":"pv"}"#))
+            .expect("req");
+        let (s, body) = send(&app, req).await;
+        assert_eq!(
+            (s.as_u16(), body["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
 }

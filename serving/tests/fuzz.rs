@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use common::*;
 use object_store::memory::InMemory;
-use tally_serving::{RecomputeHook, RecomputeRequest, ServeOptions};
+use tally_serving::{RecomputeError, RecomputeHook, RecomputeRequest, ServeOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
@@ -44,7 +44,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
     cfg.serve.admin_token = Some("fuzz-admin".into());
     let hook: RecomputeHook = Arc::new(|req: RecomputeRequest| {
         let fut: std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<String, String>> + Send>,
+            Box<dyn std::future::Future<Output = Result<String, RecomputeError>> + Send>,
         > = Box::pin(async move { Ok(format!("fuzz: would recompute {:?}", req.view)) });
         fut
     });

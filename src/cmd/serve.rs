@@ -10,7 +10,7 @@ use object_store::ObjectStore;
 use tally_batch::{BatchError, RunOptions};
 use tally_core::config::Config;
 use tally_core::time::parse_instant;
-use tally_serving::{RecomputeHook, RecomputeRequest, RolesProbe, ServeOptions};
+use tally_serving::{RecomputeError, RecomputeHook, RecomputeRequest, RolesProbe, ServeOptions};
 use tokio_util::sync::CancellationToken;
 
 /// How long the API waits for a triggered run before answering "started": a
@@ -53,7 +53,11 @@ fn recompute_hook(cfg: Arc<Config>, store: Arc<dyn ObjectStore>) -> RecomputeHoo
             let range = match (instant(&req.from), instant(&req.to)) {
                 (Some(from), Some(to)) if from < to => Some((from, to)),
                 (None, None) => None,
-                _ => return Err("give both `from` and `to`, with from < to".to_owned()),
+                _ => {
+                    return Err(RecomputeError::BadRequest(
+                        "give both `from` and `to`, with from < to".to_owned(),
+                    ))
+                }
             };
             let opts = RunOptions {
                 full: range.is_none() && req.view.is_some(),
@@ -77,11 +81,11 @@ fn recompute_hook(cfg: Arc<Config>, store: Arc<dyn ObjectStore>) -> RecomputeHoo
                         "{what} started; /api/v1/status shows when it is published"
                     ))
                 }
-                Ok(Err(join)) => Err(format!("{what} failed: {join}")),
-                Ok(Ok(Err(BatchError::Locked { owner, until_ms }))) => Err(format!(
-                    "another batch run holds the lock (owner {owner}, until {until_ms}); try later"
+                Ok(Err(join)) => Err(RecomputeError::Failed(format!("{what} failed: {join}"))),
+                Ok(Ok(Err(BatchError::Locked { owner, until_ms }))) => Err(RecomputeError::Busy(
+                    format!("another batch run holds the lock (owner {owner}, until {until_ms}); try later"),
                 )),
-                Ok(Ok(Err(e))) => Err(format!("{what} failed: {e}")),
+                Ok(Ok(Err(e))) => Err(RecomputeError::Failed(format!("{what} failed: {e}"))),
                 Ok(Ok(Ok(s))) => Ok(format!(
                     "{what} done: run {}, {} files, {} rows in {:.2} s",
                     s.run_id, s.files_read, s.rows_read, s.seconds

@@ -3,7 +3,9 @@
 //!
 //! Guarantees: the admin token is checked first; the body is validated
 //! (known view, RFC 3339 or epoch-ms bounds) before the hook runs; without a
-//! hook the answer is 501 `not_available`, a refused run is 409.
+//! hook the answer is 501 `not_available`; the hook's [`RecomputeError`]
+//! decides the rest: 400 for the request, 409 for another run's lock, 500
+//! for a failed run.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -12,7 +14,7 @@ use axum::Json;
 
 use super::auth::require_admin;
 use crate::dto::{RecomputeRequest, RecomputeResponse};
-use crate::error::{code_for_status, ApiError, ErrorBody};
+use crate::error::{code_for_status, ApiError, ErrorBody, RecomputeError};
 use crate::query::parse_time;
 use crate::state::AppState;
 
@@ -21,7 +23,7 @@ use crate::state::AppState;
 #[utoipa::path(post, path = "/api/v1/recompute", security(("bearer" = [])), request_body = RecomputeRequest,
     responses((status = 202, body = RecomputeResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 501, body = ErrorBody)))]
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 500, body = ErrorBody), (status = 501, body = ErrorBody)))]
 pub async fn recompute(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -74,10 +76,12 @@ pub async fn recompute(
                 detail,
             }),
         )),
-        Err(message) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "recompute_refused",
-            message,
-        )),
+        Err(e) => Err(match e {
+            RecomputeError::BadRequest(m) => ApiError::bad("bad_request", m),
+            RecomputeError::Busy(m) => ApiError::new(StatusCode::CONFLICT, "recompute_refused", m),
+            RecomputeError::Failed(m) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "recompute_failed", m)
+            }
+        }),
     }
 }

@@ -266,12 +266,6 @@ impl EpochConfig {
     pub fn grid(&self) -> EpochGrid {
         EpochGrid::new(self.length.0)
     }
-
-    /// The old name of [`EpochConfig::grid`], for the code being rebuilt
-    /// elsewhere (`speed/src/apply.rs`); remove once nothing calls it.
-    pub fn clock(&self) -> EpochGrid {
-        self.grid()
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

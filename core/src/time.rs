@@ -188,11 +188,6 @@ pub struct EpochGrid {
     pub len_ms: i64,
 }
 
-/// The old name of [`EpochGrid`], for the code being rebuilt elsewhere
-/// (`batch/src/archive_file.rs`, `speed/src/apply.rs`, the batch tests and
-/// benchmark); remove once nothing uses it.
-pub type EpochClock = EpochGrid;
-
 impl EpochGrid {
     pub fn new(len_ms: i64) -> Self {
         EpochGrid { len_ms }

@@ -14,7 +14,7 @@ use redis::{RedisError, Value};
 use tally_core::agg::Agg;
 use tally_core::config::Config;
 use tally_core::keys::{split_sum, CellMember, CounterField, Keys, Part, SketchField};
-use tally_core::time::EpochClock;
+use tally_core::time::EpochGrid;
 
 use crate::delta::{Chunk, Distinct, Folder, MeasureDelta};
 use crate::error::SpeedError;
@@ -56,7 +56,7 @@ pub fn is_transient(e: &SpeedError) -> bool {
 pub struct Applier {
     con: ConnectionManager,
     keys: Keys,
-    clock: EpochClock,
+    grid: EpochGrid,
     retention_ms: i64,
     sha: String,
 }
@@ -80,7 +80,7 @@ impl Applier {
         let mut applier = Applier {
             con,
             keys: Keys::new(&cfg.redis.key_prefix),
-            clock: cfg.epochs.clock(),
+            grid: cfg.epochs.grid(),
             retention_ms: cfg.epochs.retention.0,
             sha: String::new(),
         };
@@ -150,7 +150,7 @@ impl Applier {
         for (id, delta) in &c.slices {
             let view = folder.view(id.view);
             let name = view.name.as_str();
-            let expire_at = self.clock.end(id.epoch) + self.retention_ms;
+            let expire_at = self.grid.end(id.epoch) + self.retention_ms;
             a.push(b"S".to_vec());
             a.push(self.keys.counters(name, id.epoch, id.day).into_bytes());
             a.push(self.keys.cells(name, id.epoch, id.day).into_bytes());

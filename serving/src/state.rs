@@ -142,9 +142,7 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub(crate) use tally_core::time::now_ms;
 
 impl AppState {
     /// Build the state. Connects to nothing yet: Redis lazily, the store at the

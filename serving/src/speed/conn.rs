@@ -1,7 +1,7 @@
 //! The serving layer's Redis connection: lazily connected, reconnecting, and
 //! every round trip bounded in time.
 //!
-//! Guarantee: an unreachable or slow Redis is a [`SpeedError`] within the
+//! Guarantee: an unreachable or slow Redis is a [`RedisReadError`] within the
 //! timeout, never a hang; callers turn it into `"degraded": ["redis"]`.
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tally_core::keys::Keys;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SpeedError {
+pub enum RedisReadError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
@@ -60,11 +60,11 @@ impl RedisReader {
     pub async fn query<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
-    ) -> Result<T, SpeedError> {
+    ) -> Result<T, RedisReadError> {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(SpeedError::Timeout(self.timeout)),
+            Err(_) => Err(RedisReadError::Timeout(self.timeout)),
         }
     }
 }

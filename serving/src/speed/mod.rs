@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
 
-pub use conn::{RedisReader, SpeedError};
+pub use conn::{RedisReadError, RedisReader};
 use slice::Slice;
 
 /// After a failed sync, queries answer without syncing for this long.
@@ -226,7 +226,7 @@ impl SpeedMirror {
     }
 
     /// Read what changed since the last sync into the copy.
-    async fn pull(&self) -> Result<(), SpeedError> {
+    async fn pull(&self) -> Result<(), RedisReadError> {
         let (version, born) = read::version(&self.redis).await?;
         let stale = {
             let mut st = self.lock();
@@ -268,7 +268,7 @@ impl SpeedMirror {
         &self,
         view: &Arc<ViewDef>,
         live: HashMap<(Epoch, i64), u64>,
-    ) -> Result<(), SpeedError> {
+    ) -> Result<(), RedisReadError> {
         // What to read: (epoch, day, read since, up to, the slice).
         let todo: Vec<(Epoch, i64, u64, u64, Arc<Slice>, bool)> = {
             let mut st = self.lock();

@@ -16,13 +16,13 @@ use tally_core::keys::{
 use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
 
-use super::conn::{RedisReader, SpeedError};
+use super::conn::{RedisReadError, RedisReader};
 
 /// Cells read per command.
 const CELLS_PER_COMMAND: usize = 500;
 
 /// The last applied flush's version and when the counter was born.
-pub async fn version(redis: &RedisReader) -> Result<(Option<u64>, Option<i64>), SpeedError> {
+pub async fn version(redis: &RedisReader) -> Result<(Option<u64>, Option<i64>), RedisReadError> {
     let mut p = redis::pipe();
     p.cmd("HMGET")
         .arg(redis.keys().version())
@@ -36,7 +36,7 @@ pub async fn version(redis: &RedisReader) -> Result<(Option<u64>, Option<i64>), 
 pub async fn slice_versions(
     redis: &RedisReader,
     views: &[&str],
-) -> Result<Vec<HashMap<(Epoch, i64), u64>>, SpeedError> {
+) -> Result<Vec<HashMap<(Epoch, i64), u64>>, RedisReadError> {
     let mut p = redis::pipe();
     for v in views {
         p.cmd("HGETALL").arg(redis.keys().slice_versions(v));
@@ -57,7 +57,7 @@ pub async fn changed_cells(
     redis: &RedisReader,
     view: &str,
     slices: &[(Epoch, i64, u64)],
-) -> Result<Vec<Vec<String>>, SpeedError> {
+) -> Result<Vec<Vec<String>>, RedisReadError> {
     let mut p = redis::pipe();
     for &(e, d, since) in slices {
         p.cmd("ZRANGEBYSCORE")
@@ -90,7 +90,7 @@ pub async fn read_cells(
     epoch: Epoch,
     day: i64,
     cells: &[String],
-) -> Result<(Vec<CellValue>, usize), SpeedError> {
+) -> Result<(Vec<CellValue>, usize), RedisReadError> {
     let keys = redis.keys();
     let counters = keys.counters(&view.name, epoch, day);
     let sketch_prefix = keys.sketch_prefix(&view.name, epoch, day);

@@ -2,7 +2,7 @@
 //!
 //! The serving layer answers a query on a view by merging, per (bucket, group),
 //! the batch snapshot with the speed layer's deltas of every ingest epoch at
-//! or after the snapshot's cut, as `DESIGN.md` states:
+//! or after the snapshot's cut, as `docs/ARCHITECTURE.md` states:
 //! `value = snapshot ⊕ Σ_{epoch ≥ cut} speed`. Its memory follows a budget,
 //! not the history, and the cost of a query follows what it asks for.
 //!

@@ -96,6 +96,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // rediss:// needs a process-wide rustls crypto provider (two are built).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use tally_core::kafka_security::{KafkaSecurity, Protocol};
-use tally_testkit::tls::TlsFiles;
+use tally_testkit::tls::{self, TlsFiles};
 use tally_testkit::{kafka, runtime, Broker, Redis};
 
 /// Least privilege for the speed layer: its own keys (`t:`; `test:` is the
@@ -20,6 +20,7 @@ const ACL: &str = "~t:* ~test:* +@all -@dangerous +info +config|get";
 
 #[test]
 fn events_over_tls_kafka_into_tls_redis_as_an_acl_user_are_exact() {
+    tls::install_crypto_provider();
     let tls = TlsFiles::generate().unwrap();
     // Both Redis (rustls) and the test's own clients find the private CA
     // through SSL_CERT_FILE, as an operator's would; Kafka's comes from the
@@ -53,6 +54,7 @@ fn events_over_tls_kafka_into_tls_redis_as_an_acl_user_are_exact() {
 
 #[test]
 fn the_secured_servers_refuse_clients_without_credentials_or_tls() {
+    tls::install_crypto_provider();
     let tls = TlsFiles::generate().unwrap();
     std::env::set_var("SSL_CERT_FILE", &tls.ca);
     let redis = Redis::start_secure(&tls, "tally", "pw-0f3a9", ACL).unwrap();

@@ -12,6 +12,13 @@ use tempfile::TempDir;
 
 use crate::process::Error;
 
+/// Install the process's rustls crypto provider (aws-lc-rs), as the `tally`
+/// binary does at start: needed before the first `rediss://` connection of
+/// a test that runs the layers in-process. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// PEM files; removed when dropped.
 #[derive(Debug)]
 pub struct TlsFiles {

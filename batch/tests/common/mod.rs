@@ -14,7 +14,7 @@ use tally_core::config::{Config, Millis};
 use tally_core::event::Limits;
 use tally_core::manifest::CutFile;
 use tally_core::paths;
-use tally_core::time::EpochClock;
+use tally_core::time::EpochGrid;
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::gen::{Generated, Generator, IntRange, Shape};
 use tally_testkit::truth::Truth;
@@ -102,7 +102,7 @@ pub async fn write_archive(
     topic: &str,
     events: &[Gen],
 ) -> Vec<String> {
-    let clock = EpochClock::new(HOUR);
+    let clock = EpochGrid::new(HOUR);
     let limits = Limits::default();
     let mut files: BTreeMap<(i64, i32), ArchiveRows> = BTreeMap::new();
     let mut sorted: Vec<&Gen> = events.iter().collect();

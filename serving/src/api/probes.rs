@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use object_store::path::Path as StorePath;
+use object_store::ObjectStoreExt;
 use serde::Serialize;
 use tally_core::paths;
 

@@ -34,7 +34,10 @@ async fn main() {
     // A stand-in recompute hook: the real one lives in the binary.
     let hook: tally_serving::RecomputeHook = Arc::new(|req: tally_serving::RecomputeRequest| {
         let fut: std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<String, String>> + Send>,
+            Box<
+                dyn std::future::Future<Output = Result<String, tally_serving::RecomputeError>>
+                    + Send,
+            >,
         > = Box::pin(async move { Ok(format!("demo: would recompute {:?}", req.view)) });
         fut
     });

@@ -44,7 +44,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let t = state.inner.opts.redis_timeout;
     let mut checks = BTreeMap::new();
     let redis = state.inner.speed.redis();
-    let ping = redis.query::<String>(redis::pipe().cmd("PING")).await;
+    let ping = redis.query::<(String,)>(redis::pipe().cmd("PING")).await;
     checks.insert(
         "redis".to_owned(),
         match ping {

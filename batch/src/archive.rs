@@ -79,6 +79,7 @@ use tokio::sync::Notify;
 
 use crate::archive_file::{self, ArchiveRows, FileError};
 use crate::progress::{self, Claim, Fenced, ProgressError, Reached};
+use crate::promote::Promote;
 use crate::store::StoreError;
 
 pub use crate::progress::cut_of;
@@ -248,6 +249,8 @@ struct Archiver {
     topics: Vec<String>,
     clock: EpochClock,
     limits: tally_core::event::Limits,
+    /// The properties every file promotes to columns: those the views use.
+    promote: Promote,
     grace: i64,
     seek_back: i64,
     roll_bytes: usize,
@@ -312,6 +315,7 @@ impl Archiver {
             topics: cfg.kafka.topics.clone(),
             clock: cfg.epochs.clock(),
             limits: cfg.events.limits(),
+            promote: Promote::of(cfg),
             grace: cfg.epochs.grace.0,
             seek_back: cfg.kafka.seek_back,
             roll_bytes: cfg.archive.roll_bytes.max(1),
@@ -510,7 +514,8 @@ impl Archiver {
         for (epoch, rows) in part.open.iter_mut() {
             let path = paths::archive_file(*epoch, &tp.0, tp.1, rows.first_offset);
             let outcome =
-                archive_file::write_unless_covered(self.store.clone(), &path, rows).await?;
+                archive_file::write_unless_covered(self.store.clone(), &path, rows, &self.promote)
+                    .await?;
             if outcome == archive_file::Outcome::Written {
                 self.summary.files += 1;
             }

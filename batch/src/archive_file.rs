@@ -1,4 +1,4 @@
-//! The master-dataset file format: one Parquet file of Kafka records.
+//! The master-dataset file format (v2): one Parquet file of Kafka records.
 //!
 //! Every record is kept, valid or not (the raw bytes are the truth). Columns:
 //!
@@ -9,13 +9,16 @@
 //! | `reject` | Utf8, null when valid | [`tally_core::event::Reject::code`] |
 //! | `event_id`, `event_type`, `user_id` | Utf8, nullable | decoded envelope |
 //! | `time_ms` | Int64, nullable | event time |
-//! | `props` | List<Struct<key, str, int, float, bool>> | properties, typed: no JSON parsing when read |
+//! | `properties.<key>` | Utf8, Int64, Float64 or Boolean, nullable | promoted properties ([`crate::promote`]) |
+//! | `props` | List<Struct<key, str, int, float, bool>> | every property, typed: no JSON parsing when read |
 //! | `raw` | Binary | the record's value as received |
 //!
 //! The file's key-value metadata holds `tally.days`: the UTC days (comma
 //! separated) of the event times of its valid records, so the batch can tell
-//! which days a file touches from the footer alone; and `tally.last_offset`,
-//! the last offset it holds (see [`write_unless_covered`]).
+//! which days a file touches from the footer alone; `tally.last_offset`, the
+//! last offset it holds (see [`write_unless_covered`]); `tally.format` (`2`)
+//! and `tally.promoted`, the promoted keys and their columns. Format v1 files
+//! are the same without promoted columns and without the last two keys.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,7 +27,8 @@ use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder,
     StringBuilder, StructBuilder,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, ListArray, RecordBatch};
+use arrow_array::{Int64Array, StringArray, StructArray};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -32,8 +36,11 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use rustc_hash::FxHashMap;
 use tally_core::event::{decode, Limits, Scalar};
 use tally_core::time::{day_of, EpochClock};
+
+use crate::promote::{self, Promote, PromotedKey, PropType};
 
 /// Key of the footer metadata that lists the days a file touches.
 pub const DAYS_KEY: &str = "tally.days";
@@ -63,10 +70,10 @@ fn prop_fields() -> Fields {
     ])
 }
 
-/// The Arrow schema of an archive file.
-pub fn schema() -> SchemaRef {
+/// The Arrow schema of an archive file with the promoted `columns`.
+pub fn schema(columns: &[(PropType, String)]) -> SchemaRef {
     let prop = Field::new("item", DataType::Struct(prop_fields()), true);
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("topic", DataType::Utf8, false),
         Field::new("partition", DataType::Int32, false),
         Field::new("offset", DataType::Int64, false),
@@ -77,9 +84,23 @@ pub fn schema() -> SchemaRef {
         Field::new("event_type", DataType::Utf8, true),
         Field::new("time_ms", DataType::Int64, true),
         Field::new("user_id", DataType::Utf8, true),
-        Field::new("props", DataType::List(Arc::new(prop)), false),
-        Field::new("raw", DataType::Binary, false),
-    ]))
+    ];
+    for (ty, name) in columns {
+        fields.push(Field::new(name, arrow_type(*ty), true));
+    }
+    fields.push(Field::new("props", DataType::List(Arc::new(prop)), false));
+    fields.push(Field::new("raw", DataType::Binary, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// The Arrow type of a promoted column of `ty`.
+pub fn arrow_type(ty: PropType) -> DataType {
+    match ty {
+        PropType::Str => DataType::Utf8,
+        PropType::Int => DataType::Int64,
+        PropType::Float => DataType::Float64,
+        PropType::Bool => DataType::Boolean,
+    }
 }
 
 /// Records of one archive file being assembled, decoded once on the way in.
@@ -205,25 +226,196 @@ impl ArchiveRows {
         &self.days
     }
 
-    /// Finish into one record batch.
-    pub fn finish(&mut self) -> Result<RecordBatch, FileError> {
-        let cols: Vec<ArrayRef> = vec![
+    /// Finish into one record batch, with the keys `promote` picks as
+    /// columns; returns the promoted keys too.
+    pub fn finish(
+        &mut self,
+        promote: &Promote,
+    ) -> Result<(RecordBatch, Vec<PromotedKey>), FileError> {
+        let reject = self.reject.finish();
+        let props = self.props.finish();
+        let view = PropsView::of(&props)?;
+        let (counts, valid) = view.counts(&reject);
+        let promoted = promote.choose(&counts, valid);
+        let columns: Vec<(PropType, String)> = promoted
+            .iter()
+            .flat_map(|k| k.columns.iter().cloned())
+            .collect();
+        let mut cols: Vec<ArrayRef> = vec![
             Arc::new(self.topic.finish()),
             Arc::new(self.partition.finish()),
             Arc::new(self.offset.finish()),
             Arc::new(self.kafka_ts.finish()),
             Arc::new(self.epoch.finish()),
-            Arc::new(self.reject.finish()),
+            Arc::new(reject),
             Arc::new(self.event_id.finish()),
             Arc::new(self.event_type.finish()),
             Arc::new(self.time_ms.finish()),
             Arc::new(self.user_id.finish()),
-            Arc::new(self.props.finish()),
-            Arc::new(self.raw.finish()),
         ];
-        Ok(RecordBatch::try_new(schema(), cols)?)
+        cols.extend(view.columns(&promoted));
+        drop(view);
+        cols.push(Arc::new(props));
+        cols.push(Arc::new(self.raw.finish()));
+        Ok((RecordBatch::try_new(schema(&columns), cols)?, promoted))
     }
 }
+
+/// The `props` list of a batch, for promoting keys out of it.
+#[derive(Debug)]
+pub struct PropsView<'a> {
+    list: &'a ListArray,
+    key: &'a StringArray,
+    str: &'a StringArray,
+    int: &'a Int64Array,
+    float: &'a Float64Array,
+    bool: &'a BooleanArray,
+}
+
+impl<'a> PropsView<'a> {
+    pub fn of(list: &'a ListArray) -> Result<Self, FileError> {
+        let bad = |c: &str| FileError::Malformed {
+            path: String::new(),
+            problem: format!("column `props.{c}` is missing or mistyped"),
+        };
+        let s = list
+            .values()
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .ok_or_else(|| bad("item"))?;
+        macro_rules! field {
+            ($i:literal, $name:literal, $ty:ty) => {
+                s.column($i)
+                    .as_any()
+                    .downcast_ref::<$ty>()
+                    .ok_or_else(|| bad($name))?
+            };
+        }
+        Ok(PropsView {
+            list,
+            key: field!(0, "key", StringArray),
+            str: field!(1, "str", StringArray),
+            int: field!(2, "int", Int64Array),
+            float: field!(3, "float", Float64Array),
+            bool: field!(4, "bool", BooleanArray),
+        })
+    }
+
+    /// The type of property entry `j`, `None` for a null value.
+    fn type_of(&self, j: usize) -> Option<PropType> {
+        if self.str.is_valid(j) {
+            Some(PropType::Str)
+        } else if self.int.is_valid(j) {
+            Some(PropType::Int)
+        } else if self.float.is_valid(j) {
+            Some(PropType::Float)
+        } else if self.bool.is_valid(j) {
+            Some(PropType::Bool)
+        } else {
+            None
+        }
+    }
+
+    /// Calls `f(row, entry)` for the first entry of each key in each row.
+    fn for_each_first(&self, mut f: impl FnMut(usize, usize, &'a str)) {
+        let offsets = self.list.value_offsets();
+        let mut row_keys: Vec<&str> = Vec::new();
+        for r in 0..self.list.len() {
+            let (s, e) = (offsets[r] as usize, offsets[r + 1] as usize);
+            row_keys.clear();
+            for j in s..e {
+                let k = self.key.value(j);
+                // Rows hold a handful of properties: a scan beats a set.
+                if row_keys.contains(&k) {
+                    continue;
+                }
+                row_keys.push(k);
+                f(r, j, k);
+            }
+        }
+    }
+
+    /// Per key: how many rows valid per `reject` (null) have a value of
+    /// each type (the first occurrence in the row counts).
+    pub fn counts(&self, reject: &StringArray) -> (BTreeMapCounts<'a>, u64) {
+        let mut counts: FxHashMap<&'a str, [u64; 4]> = FxHashMap::default();
+        self.for_each_first(|r, j, k| {
+            if reject.is_null(r) {
+                if let Some(t) = self.type_of(j) {
+                    counts.entry(k).or_default()[t.index()] += 1;
+                }
+            }
+        });
+        (counts.into_iter().collect(), reject.null_count() as u64)
+    }
+
+    /// The promoted columns of `keys`, in their order.
+    pub fn columns(&self, keys: &[PromotedKey]) -> Vec<ArrayRef> {
+        enum B {
+            Str(StringBuilder),
+            Int(Int64Builder),
+            Float(Float64Builder),
+            Bool(BooleanBuilder),
+        }
+        // Per key: its builders by type (index into `builders`).
+        let mut slots: FxHashMap<&str, [Option<usize>; 4]> = FxHashMap::default();
+        let mut builders: Vec<(B, usize)> = Vec::new();
+        for k in keys {
+            let slot = slots.entry(k.key.as_str()).or_default();
+            for (t, _) in &k.columns {
+                slot[t.index()] = Some(builders.len());
+                let b = match t {
+                    PropType::Str => B::Str(StringBuilder::new()),
+                    PropType::Int => B::Int(Int64Builder::new()),
+                    PropType::Float => B::Float(Float64Builder::new()),
+                    PropType::Bool => B::Bool(BooleanBuilder::new()),
+                };
+                builders.push((b, 0));
+            }
+        }
+        fn pad(b: &mut B, n: usize) {
+            match b {
+                B::Str(b) => b.append_nulls(n),
+                B::Int(b) => b.append_nulls(n),
+                B::Float(b) => b.append_nulls(n),
+                B::Bool(b) => b.append_nulls(n),
+            }
+        }
+        if !builders.is_empty() {
+            self.for_each_first(|r, j, k| {
+                let Some(slot) = slots.get(k) else { return };
+                let Some(t) = self.type_of(j) else { return };
+                let Some(i) = slot[t.index()] else { return };
+                let (b, filled) = &mut builders[i];
+                pad(b, r - *filled);
+                *filled = r + 1;
+                match b {
+                    B::Str(b) => b.append_value(self.str.value(j)),
+                    B::Int(b) => b.append_value(self.int.value(j)),
+                    B::Float(b) => b.append_value(self.float.value(j)),
+                    B::Bool(b) => b.append_value(self.bool.value(j)),
+                }
+            });
+        }
+        let n = self.list.len();
+        builders
+            .into_iter()
+            .map(|(mut b, filled)| {
+                pad(&mut b, n - filled);
+                let a: ArrayRef = match b {
+                    B::Str(mut b) => Arc::new(b.finish()),
+                    B::Int(mut b) => Arc::new(b.finish()),
+                    B::Float(mut b) => Arc::new(b.finish()),
+                    B::Bool(mut b) => Arc::new(b.finish()),
+                };
+                a
+            })
+            .collect()
+    }
+}
+
+/// Per key, rows with a value of each type ([`PropType::index`]).
+pub type BTreeMapCounts<'a> = std::collections::BTreeMap<&'a str, [u64; 4]>;
 
 fn field<T: arrow_array::builder::ArrayBuilder>(s: &mut StructBuilder, i: usize) -> &mut T {
     s.field_builder::<T>(i)
@@ -236,6 +428,7 @@ pub async fn write(
     store: Arc<dyn ObjectStore>,
     path: &str,
     rows: &mut ArchiveRows,
+    promote: &Promote,
 ) -> Result<(), FileError> {
     let days = rows
         .days()
@@ -244,17 +437,28 @@ pub async fn write(
         .collect::<Vec<_>>()
         .join(",");
     let last = rows.last_offset.to_string();
-    let batch = rows.finish()?;
+    let (batch, promoted) = rows.finish(promote)?;
+    let mut meta = vec![
+        KeyValue::new(DAYS_KEY.to_owned(), days),
+        KeyValue::new(LAST_OFFSET_KEY.to_owned(), last),
+    ];
+    if !promote.is_legacy_v1() {
+        meta.push(KeyValue::new(
+            promote::FORMAT_KEY.to_owned(),
+            "2".to_owned(),
+        ));
+        meta.push(KeyValue::new(
+            promote::PROMOTED_KEY.to_owned(),
+            serde_json::to_string(&promoted).unwrap_or_default(),
+        ));
+    }
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(128 * 1024))
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(DAYS_KEY.to_owned(), days),
-            KeyValue::new(LAST_OFFSET_KEY.to_owned(), last),
-        ]))
+        .set_key_value_metadata(Some(meta))
         .build();
     let out = object_store::buffered::BufWriter::new(store, Path::from(path));
-    let mut w = AsyncArrowWriter::try_new(out, schema(), Some(props))?;
+    let mut w = AsyncArrowWriter::try_new(out, batch.schema(), Some(props))?;
     w.write(&batch).await?;
     w.close().await?;
     Ok(())
@@ -283,13 +487,14 @@ pub async fn write_unless_covered(
     store: Arc<dyn ObjectStore>,
     path: &str,
     rows: &mut ArchiveRows,
+    promote: &Promote,
 ) -> Result<Outcome, FileError> {
     if let Some(last) = last_offset_of(store.clone(), path).await? {
         if last >= rows.last_offset {
             return Ok(Outcome::Covered);
         }
     }
-    write(store, path, rows).await?;
+    write(store, path, rows, promote).await?;
     Ok(Outcome::Written)
 }
 
@@ -394,7 +599,7 @@ mod tests {
         let write = |r: std::ops::RangeInclusive<i64>| {
             let store = store.clone();
             async move {
-                write_unless_covered(store, PATH, &mut rows(r))
+                write_unless_covered(store, PATH, &mut rows(r), &Promote::default())
                     .await
                     .unwrap()
             }

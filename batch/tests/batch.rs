@@ -14,7 +14,6 @@ use tally_batch::{run_batch, run_locked, BatchError, RunOptions};
 use tally_core::agg::Agg;
 use tally_core::config::Config;
 use tally_core::paths;
-use tally_testkit::truth::Truth;
 
 /// The stores every scenario runs on: `memory://`, `file://` and, when moto
 /// is installed, `s3://` on a private moto server. Each comes with its config

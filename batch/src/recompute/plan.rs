@@ -162,7 +162,11 @@ pub fn plan(
 
     // Bucket, distinct entries, group, aggregate.
     let g = view.granularity.as_ms();
-    let mut with = vec![(col("time_ms").floor_div(lit(g)) * lit(g)).alias("bucket")];
+    // The bucket's start, also for times before 1970: the remainder made
+    // non-negative whichever way `%` rounds.
+    let t = col("time_ms");
+    let rem = ((t.clone() % lit(g)) + lit(g)) % lit(g);
+    let mut with = vec![(t - rem).alias("bucket")];
     let mut aggs: Vec<Expr> = Vec::new();
     for (k, m) in view.measures.iter().enumerate() {
         let cols = m.field.as_ref().map(columns_of);
@@ -317,6 +321,7 @@ fn scan(
     let args = ScanArgsParquet {
         cache: false,
         glob: false,
+        hive_options: polars::io::HiveOptions::new_disabled(),
         ..Default::default()
     };
     let lf = LazyFrame::scan_parquet_sources(ScanSources::Buffers(Arc::from(buffers)), args)?;

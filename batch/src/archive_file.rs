@@ -27,20 +27,18 @@ use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder,
     StringBuilder, StructBuilder,
 };
-use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, ListArray, RecordBatch};
-use arrow_array::{Int64Array, StringArray, StructArray};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::AsyncArrowWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
-use rustc_hash::FxHashMap;
 use tally_core::event::{decode, Limits, Scalar};
 use tally_core::time::{day_of, EpochClock};
 
-use crate::promote::{self, Promote, PromotedKey, PropType};
+use crate::promote::{self, Promote, PromotedKey, PropType, PropsView};
 
 /// Key of the footer metadata that lists the days a file touches.
 pub const DAYS_KEY: &str = "tally.days";
@@ -261,162 +259,6 @@ impl ArchiveRows {
     }
 }
 
-/// The `props` list of a batch, for promoting keys out of it.
-#[derive(Debug)]
-pub struct PropsView<'a> {
-    list: &'a ListArray,
-    key: &'a StringArray,
-    str: &'a StringArray,
-    int: &'a Int64Array,
-    float: &'a Float64Array,
-    bool: &'a BooleanArray,
-}
-
-impl<'a> PropsView<'a> {
-    pub fn of(list: &'a ListArray) -> Result<Self, FileError> {
-        let bad = |c: &str| FileError::Malformed {
-            path: String::new(),
-            problem: format!("column `props.{c}` is missing or mistyped"),
-        };
-        let s = list
-            .values()
-            .as_any()
-            .downcast_ref::<StructArray>()
-            .ok_or_else(|| bad("item"))?;
-        macro_rules! field {
-            ($i:literal, $name:literal, $ty:ty) => {
-                s.column($i)
-                    .as_any()
-                    .downcast_ref::<$ty>()
-                    .ok_or_else(|| bad($name))?
-            };
-        }
-        Ok(PropsView {
-            list,
-            key: field!(0, "key", StringArray),
-            str: field!(1, "str", StringArray),
-            int: field!(2, "int", Int64Array),
-            float: field!(3, "float", Float64Array),
-            bool: field!(4, "bool", BooleanArray),
-        })
-    }
-
-    /// The type of property entry `j`, `None` for a null value.
-    fn type_of(&self, j: usize) -> Option<PropType> {
-        if self.str.is_valid(j) {
-            Some(PropType::Str)
-        } else if self.int.is_valid(j) {
-            Some(PropType::Int)
-        } else if self.float.is_valid(j) {
-            Some(PropType::Float)
-        } else if self.bool.is_valid(j) {
-            Some(PropType::Bool)
-        } else {
-            None
-        }
-    }
-
-    /// Calls `f(row, entry)` for the first entry of each key in each row.
-    fn for_each_first(&self, mut f: impl FnMut(usize, usize, &'a str)) {
-        let offsets = self.list.value_offsets();
-        let mut row_keys: Vec<&str> = Vec::new();
-        for r in 0..self.list.len() {
-            let (s, e) = (offsets[r] as usize, offsets[r + 1] as usize);
-            row_keys.clear();
-            for j in s..e {
-                let k = self.key.value(j);
-                // Rows hold a handful of properties: a scan beats a set.
-                if row_keys.contains(&k) {
-                    continue;
-                }
-                row_keys.push(k);
-                f(r, j, k);
-            }
-        }
-    }
-
-    /// Per key: how many rows valid per `reject` (null) have a value of
-    /// each type (the first occurrence in the row counts).
-    pub fn counts(&self, reject: &StringArray) -> (BTreeMapCounts<'a>, u64) {
-        let mut counts: FxHashMap<&'a str, [u64; 4]> = FxHashMap::default();
-        self.for_each_first(|r, j, k| {
-            if reject.is_null(r) {
-                if let Some(t) = self.type_of(j) {
-                    counts.entry(k).or_default()[t.index()] += 1;
-                }
-            }
-        });
-        (counts.into_iter().collect(), reject.null_count() as u64)
-    }
-
-    /// The promoted columns of `keys`, in their order.
-    pub fn columns(&self, keys: &[PromotedKey]) -> Vec<ArrayRef> {
-        enum B {
-            Str(StringBuilder),
-            Int(Int64Builder),
-            Float(Float64Builder),
-            Bool(BooleanBuilder),
-        }
-        // Per key: its builders by type (index into `builders`).
-        let mut slots: FxHashMap<&str, [Option<usize>; 4]> = FxHashMap::default();
-        let mut builders: Vec<(B, usize)> = Vec::new();
-        for k in keys {
-            let slot = slots.entry(k.key.as_str()).or_default();
-            for (t, _) in &k.columns {
-                slot[t.index()] = Some(builders.len());
-                let b = match t {
-                    PropType::Str => B::Str(StringBuilder::new()),
-                    PropType::Int => B::Int(Int64Builder::new()),
-                    PropType::Float => B::Float(Float64Builder::new()),
-                    PropType::Bool => B::Bool(BooleanBuilder::new()),
-                };
-                builders.push((b, 0));
-            }
-        }
-        fn pad(b: &mut B, n: usize) {
-            match b {
-                B::Str(b) => b.append_nulls(n),
-                B::Int(b) => b.append_nulls(n),
-                B::Float(b) => b.append_nulls(n),
-                B::Bool(b) => b.append_nulls(n),
-            }
-        }
-        if !builders.is_empty() {
-            self.for_each_first(|r, j, k| {
-                let Some(slot) = slots.get(k) else { return };
-                let Some(t) = self.type_of(j) else { return };
-                let Some(i) = slot[t.index()] else { return };
-                let (b, filled) = &mut builders[i];
-                pad(b, r - *filled);
-                *filled = r + 1;
-                match b {
-                    B::Str(b) => b.append_value(self.str.value(j)),
-                    B::Int(b) => b.append_value(self.int.value(j)),
-                    B::Float(b) => b.append_value(self.float.value(j)),
-                    B::Bool(b) => b.append_value(self.bool.value(j)),
-                }
-            });
-        }
-        let n = self.list.len();
-        builders
-            .into_iter()
-            .map(|(mut b, filled)| {
-                pad(&mut b, n - filled);
-                let a: ArrayRef = match b {
-                    B::Str(mut b) => Arc::new(b.finish()),
-                    B::Int(mut b) => Arc::new(b.finish()),
-                    B::Float(mut b) => Arc::new(b.finish()),
-                    B::Bool(mut b) => Arc::new(b.finish()),
-                };
-                a
-            })
-            .collect()
-    }
-}
-
-/// Per key, rows with a value of each type ([`PropType::index`]).
-pub type BTreeMapCounts<'a> = std::collections::BTreeMap<&'a str, [u64; 4]>;
-
 fn field<T: arrow_array::builder::ArrayBuilder>(s: &mut StructBuilder, i: usize) -> &mut T {
     s.field_builder::<T>(i)
         .expect("struct field builder of the declared type")
@@ -452,11 +294,19 @@ pub async fn write(
             serde_json::to_string(&promoted).unwrap_or_default(),
         ));
     }
-    let props = WriterProperties::builder()
+    // Offsets and times rise within a file: delta-encoded they take a few
+    // bits a row, where plain they would be among the largest columns a
+    // recompute reads.
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(128 * 1024))
-        .set_key_value_metadata(Some(meta))
-        .build();
+        .set_key_value_metadata(Some(meta));
+    for c in ["offset", "kafka_ts_ms", "time_ms"] {
+        props = props
+            .set_column_dictionary_enabled(c.into(), false)
+            .set_column_encoding(c.into(), Encoding::DELTA_BINARY_PACKED);
+    }
+    let props = props.build();
     let out = object_store::buffered::BufWriter::new(store, Path::from(path));
     let mut w = AsyncArrowWriter::try_new(out, batch.schema(), Some(props))?;
     w.write(&batch).await?;

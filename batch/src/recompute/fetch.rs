@@ -28,8 +28,8 @@ use polars_buffer::Buffer;
 
 use super::inputs::Input;
 use super::BatchError;
-use crate::archive_file::{self, FileError, PropsView};
-use crate::promote::{Promote, PromotedKey, PropType};
+use crate::archive_file::{self, FileError};
+use crate::promote::{Promote, PromotedKey, PropType, PropsView};
 
 /// Files smaller than this are fetched whole: one request beats several.
 const SPARSE_FROM: u64 = 4 << 20;

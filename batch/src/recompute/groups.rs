@@ -11,6 +11,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use polars::prelude::*;
 use tally_core::agg::{Agg, AggKind};
 use tally_core::view::ViewDef;
@@ -143,7 +145,7 @@ pub fn from_frame(view: &ViewDef, layout: &Layout, df: &DataFrame) -> PolarsResu
     if mixed {
         groups = merge_equal(groups);
     }
-    groups.sort_by(|a, b| (a.bucket, &a.dims).cmp(&(b.bucket, &b.dims)));
+    groups.sort_unstable_by(|a, b| (a.bucket, &a.dims).cmp(&(b.bucket, &b.dims)));
     Ok(groups)
 }
 
@@ -210,23 +212,41 @@ fn merge_equal(groups: Vec<Group>) -> Vec<Group> {
     out
 }
 
-/// `groups` (sorted by bucket and dimensions) rolled up to buckets of
-/// `level_ms`, sorted the same way.
+/// `groups` rolled up to buckets of `level_ms` (a multiple of theirs),
+/// sorted by bucket and dimensions. Each output group's registers are
+/// gathered from all its inputs and reduced once, so a day of minutes
+/// costs a sort, not 1,440 merges into a growing list.
 pub fn rollup(groups: &[Group], level_ms: i64) -> Vec<Group> {
     let mut out: Vec<Group> = Vec::new();
-    let mut at: HashMap<(i64, &[Option<String>]), usize> = HashMap::new();
+    // Per output group and measure: the entries gathered (`index << 8 | rank`).
+    let mut gathered: Vec<Vec<Vec<u32>>> = Vec::new();
+    let mut at: FxHashMap<(i64, &[Option<String>]), usize> = FxHashMap::default();
     for g in groups {
         let bucket = g.bucket.div_euclid(level_ms) * level_ms;
-        match at.get(&(bucket, g.dims.as_slice())) {
-            Some(&i) => out[i].merge(g),
-            None => {
-                at.insert((bucket, g.dims.as_slice()), out.len());
-                let mut c = g.clone();
-                c.bucket = bucket;
-                out.push(c);
+        let i = *at.entry((bucket, g.dims.as_slice())).or_insert_with(|| {
+            out.push(Group {
+                bucket,
+                dims: g.dims.clone(),
+                aggs: g.aggs.iter().map(|a| Agg::empty(a.kind())).collect(),
+                regs: vec![Vec::new(); g.regs.len()],
+            });
+            gathered.push(vec![Vec::new(); g.regs.len()]);
+            out.len() - 1
+        });
+        for (a, b) in out[i].aggs.iter_mut().zip(&g.aggs) {
+            a.merge(b);
+        }
+        for (e, r) in gathered[i].iter_mut().zip(&g.regs) {
+            e.extend(r.iter().map(|&(index, rank)| (index << 8) | rank));
+        }
+    }
+    for (g, entries) in out.iter_mut().zip(gathered) {
+        for (r, mut e) in g.regs.iter_mut().zip(entries) {
+            if !e.is_empty() {
+                *r = distinct::registers(&mut e);
             }
         }
     }
-    out.sort_by(|a, b| (a.bucket, &a.dims).cmp(&(b.bucket, &b.dims)));
+    out.sort_unstable_by(|a, b| (a.bucket, &a.dims).cmp(&(b.bucket, &b.dims)));
     out
 }

@@ -95,14 +95,13 @@ pub async fn run_view(
         if base.is_empty() {
             continue;
         }
+        // Each level from the one before it: fewer groups to merge.
+        let mut finer = base;
         for (n, level) in levels.iter().enumerate() {
-            let rolled;
-            let groups = if n == 0 {
-                &base
-            } else {
-                rolled = groups::rollup(&base, level.as_ms());
-                &rolled
-            };
+            if n > 0 {
+                finer = groups::rollup(&finer, level.as_ms());
+            }
+            let groups = &finer;
             let path = paths::snapshot_file(&view.name, run_id, *level, day);
             let bytes = snapshot::write(store.clone(), &path, view, groups).await?;
             *written_files += 1;
@@ -117,11 +116,12 @@ pub async fn run_view(
                 bytes: Some(bytes),
             });
         }
-        vs.rows_written += base.len() as u64;
+        let base_rows = new_days[new_days.len() - levels.len()].rows;
+        vs.rows_written += base_rows;
         progress(Progress::DayWritten {
             view: view.name.clone(),
             day,
-            rows: base.len() as u64,
+            rows: base_rows,
         });
     }
     vs.days_recomputed = days.len();

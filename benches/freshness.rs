@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tally_core::time::now_ms;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
 use tally_testkit::config::{TestConfig, STANDARD_VIEWS, TOPIC};
 use tally_testkit::{kafka, Broker, Redis};
@@ -32,13 +33,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 struct Killed(Child);

@@ -3,6 +3,7 @@
 
 mod cmd;
 mod shutdown;
+mod supervise;
 mod telemetry;
 
 use std::path::PathBuf;

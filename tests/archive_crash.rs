@@ -3,9 +3,9 @@
 //! the master dataset exactly once, offsets run without a gap, and the raw
 //! bytes archived are exactly the records produced, malformed ones included.
 //! Producer batches of 1,000 records make resumes land mid-batch (see
-//! DESIGN.md on Tansu's mid-batch seeks). Run with `kafka.assignment =
-//! "all"` and as a consumer-group member restarted under the same
-//! `kafka.instance_id`; and with two archivers in one group, one leaving
+//! `kafka/src/resume.rs` on Tansu's mid-batch seeks). Run with
+//! `kafka.assignment = "all"` and as a consumer-group member restarted under
+//! the same `kafka.instance_id`; and with two archivers in one group, one leaving
 //! mid-stream (SIGTERM) and the other SIGKILLed and restarted.
 //!
 //! The archive files are read back with the `parquet` crate directly, not

@@ -256,3 +256,25 @@ fn accepts_the_compose_config() {
     assert!(ok, "{text}");
     assert!(text.contains("s3://tally/data"), "{text}");
 }
+
+#[test]
+fn the_redis_password_is_never_printed() {
+    // Accepted: the summary shows the URL without the password.
+    let toml = broken(
+        r#"url = "redis://127.0.0.1:6379""#,
+        r#"url = "redis://tally:s3cret-pw@127.0.0.1:6379""#,
+    );
+    let (ok, text) = check(&toml);
+    assert!(ok, "{text}");
+    assert!(text.contains("redis://tally:***@127.0.0.1:6379"), "{text}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+    // Rejected: the error names the field, still without the password.
+    let toml = broken(
+        r#"url = "redis://127.0.0.1:6379""#,
+        r#"url = "http://tally:s3cret-pw@127.0.0.1:6379""#,
+    );
+    let (ok, text) = check(&toml);
+    assert!(!ok, "{text}");
+    assert!(text.contains("redis.url"), "{text}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+}

@@ -20,6 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use role::Role;
 use tally_core::config::Config;
+use tally_core::time::now_ms;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::truth::{redis_pfcount, within_hll_error, Cell, Cells, Truth, ViewTruth};
@@ -420,10 +421,6 @@ fn random_query<'a>(rng: &mut StdRng, truth: &'a Truth, start_ms: i64, now_ms: i
         filters,
         measures,
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Wait until the API's all-time event count (the `daily` view, which

@@ -1,7 +1,7 @@
 //! The `tally speed` process killed with SIGKILL, restarted, and run twice in
 //! one group: counters stay exact (nothing lost, nothing counted twice).
 //! Producer batches of 1,000 records make every resume land mid-batch, which
-//! Tansu mishandles unless the speed layer seeks back (see DESIGN.md).
+//! Tansu mishandles unless the speed layer seeks back (see `kafka/src/resume.rs`).
 
 #[path = "../speed/tests/common/mod.rs"]
 mod common;

@@ -62,27 +62,26 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use object_store::ObjectStore;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tally_core::config::{Assignment, Config};
 use tally_core::paths;
-use tally_core::time::{Epoch, EpochClock};
-use tokio::sync::Notify;
+use tally_core::time::{now_ms, Epoch, EpochGrid};
+use tally_kafka::{
+    assign_all, consumer_config, partition_counts, seek_position, Change, Context, Layer,
+    ReadPosition, Tp,
+};
 
 use crate::archive_file::{self, ArchiveRows, FileError};
 use crate::progress::{self, Claim, Fenced, ProgressError, Reached};
 use crate::promote::Promote;
 use crate::store::StoreError;
-
-pub use crate::progress::cut_of;
 
 /// How often a seek is tried while librdkafka is still starting the fetcher
 /// of a newly assigned partition.
@@ -118,106 +117,32 @@ pub struct ArchiveSummary {
     pub lost: u64,
 }
 
-type Tp = (String, i32);
-
-/// A change of assignment, recorded by the rebalance callback.
+/// The archiver's side of the rebalance callback: newly assigned partitions
+/// are taken paused, from the low watermark. Where to really start is known
+/// only after the loop has claimed each partition's progress (a store call,
+/// not for the callback), and it seeks there before resuming. Should that
+/// seek lose a race with librdkafka starting the fetcher, reading from the
+/// low watermark is still correct (what is archived is dropped), only slower.
 #[derive(Debug)]
-enum Change {
-    Assigned(Tp),
-    Revoked(Tp),
-    /// A rebalance error: librdkafka dropped the whole assignment.
-    RevokedAll,
-}
+pub struct Paused;
 
-/// rdkafka context: records assignment changes for the loop.
-#[derive(Debug, Default)]
-pub struct ArchiveContext {
-    changes: Mutex<Vec<Change>>,
-    changed: Arc<Notify>,
-}
+impl Layer for Paused {
+    type Start = ();
+    const PAUSE_ASSIGNED: bool = true;
 
-impl ClientContext for ArchiveContext {}
-
-impl ConsumerContext for ArchiveContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => take_paused(consumer, tpl),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.push(
-                    tpl.elements()
-                        .iter()
-                        .map(|el| Change::Revoked((el.topic().to_owned(), el.partition()))),
-                );
-                if let Err(e) = consumer.unassign() {
-                    tracing::warn!(error = %e, "unassign failed");
-                }
-            }
-            other => {
-                tracing::warn!(error = ?other, "rebalance error");
-                self.push([Change::RevokedAll]);
-                let _ = consumer.unassign();
-            }
-        }
+    fn start(&self, _: &impl Consumer<Context<Self>>, _: &str, _: i32) -> (Offset, ()) {
+        (Offset::Beginning, ())
     }
-}
-
-impl ArchiveContext {
-    fn push(&self, changes: impl IntoIterator<Item = Change>) {
-        self.changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(changes);
-        self.changed.notify_one();
-    }
-
-    fn take(&self) -> Vec<Change> {
-        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// Take `tpl` paused, from the low watermark: where to really start is known
-/// only after the loop has claimed each partition's progress (a store call),
-/// and it seeks there before resuming. Should that seek lose a race with
-/// librdkafka starting the fetcher, reading from the low watermark is still
-/// correct (what is archived is dropped), only slower.
-fn take_paused<C: Consumer<ArchiveContext>>(consumer: &C, tpl: &mut TopicPartitionList) {
-    let tps: Vec<Tp> = tpl
-        .elements()
-        .iter()
-        .map(|el| (el.topic().to_owned(), el.partition()))
-        .collect();
-    for (t, p) in &tps {
-        let _ = tpl.set_partition_offset(t, *p, Offset::Beginning);
-    }
-    if let Err(e) = consumer.assign(tpl) {
-        tracing::warn!(error = %e, "assign failed");
-    }
-    if let Err(e) = consumer.pause(tpl) {
-        tracing::warn!(error = %e, "pausing newly assigned partitions failed");
-    }
-    for (topic, partition) in &tps {
-        tracing::info!(%topic, partition, "partition assigned");
-    }
-    consumer
-        .context()
-        .push(tps.into_iter().map(Change::Assigned));
 }
 
 /// One owned partition.
 #[derive(Debug)]
-struct Part {
+struct OwnedPartition {
     claim: Claim,
     /// Everything below is durable in the master dataset.
     archived_to: i64,
-    /// Next offset expected from the consumer.
-    next: i64,
-    /// Set after the seek until the first record arrives (to detect broker skips).
-    awaiting_first: bool,
+    /// Where reading is: everything below is archived or buffered.
+    read: ReadPosition,
     open: BTreeMap<Epoch, ArchiveRows>,
     opened_at: Option<Instant>,
     bytes: usize,
@@ -227,27 +152,14 @@ struct Part {
     pending: Option<(i64, i64)>,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-/// The consumer settings from `[kafka]`.
-pub fn consumer_config(cfg: &Config, group: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (key, value) in cfg.kafka.consumer_settings(group) {
-        c.set(key, value);
-    }
-    c
-}
-
-type ArchiveConsumer = StreamConsumer<ArchiveContext>;
+type ArchiveConsumer = StreamConsumer<Context<Paused>>;
 
 /// The loop's state.
 struct Archiver {
     store: Arc<dyn ObjectStore>,
     consumer: Arc<ArchiveConsumer>,
     topics: Vec<String>,
-    clock: EpochClock,
+    grid: EpochGrid,
     limits: tally_core::event::Limits,
     /// The properties every file promotes to columns: those the views use.
     promote: Promote,
@@ -255,7 +167,7 @@ struct Archiver {
     seek_back: i64,
     roll_bytes: usize,
     roll_interval: Duration,
-    parts: BTreeMap<Tp, Part>,
+    parts: BTreeMap<Tp, OwnedPartition>,
     summary: ArchiveSummary,
 }
 
@@ -268,7 +180,6 @@ pub async fn run(
 ) -> Result<ArchiveSummary, ArchiveError> {
     let mut a = Archiver::start(cfg, store).await?;
     let consumer = a.consumer.clone();
-    let changed = consumer.context().changed.clone();
     let roll_interval = a.roll_interval;
     let mut tick = tokio::time::interval(Duration::from_millis(
         (roll_interval.as_millis() as u64 / 4).clamp(10, 1000),
@@ -285,7 +196,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            _ = changed.notified() => {}
+            _ = consumer.context().changes().recorded() => {}
             _ = tick.tick() => a.on_tick().await?,
             _ = cut_tick.tick() => a.publish_cut().await?,
             msg = consumer.recv() => a.on_message(msg).await?,
@@ -299,21 +210,19 @@ pub async fn run(
 impl Archiver {
     async fn start(cfg: &Config, store: Arc<dyn ObjectStore>) -> Result<Archiver, ArchiveError> {
         let group = format!("{}-archive", cfg.kafka.group);
-        let mut client = consumer_config(cfg, &group);
-        // As the speed layer: a dead member's partitions move after 10 s.
-        client
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
-        if let Some(id) = &cfg.kafka.instance_id {
-            client.set("group.instance.id", format!("{id}-archive"));
-        }
+        let instance_id = cfg
+            .kafka
+            .instance_id
+            .as_ref()
+            .map(|id| format!("{id}-archive"));
+        let client = consumer_config(&cfg.kafka, &group, instance_id.as_deref());
         let consumer: Arc<ArchiveConsumer> =
-            Arc::new(client.create_with_context(ArchiveContext::default())?);
+            Arc::new(client.create_with_context(Context::new(Paused))?);
         let mut a = Archiver {
             store,
             consumer,
             topics: cfg.kafka.topics.clone(),
-            clock: cfg.epochs.clock(),
+            grid: cfg.epochs.grid(),
             limits: cfg.events.limits(),
             promote: Promote::of(cfg),
             grace: cfg.epochs.grace.0,
@@ -330,32 +239,26 @@ impl Archiver {
                 let topics: Vec<&str> = a.topics.iter().map(String::as_str).collect();
                 a.consumer.subscribe(&topics)?;
             }
-            Assignment::All => {
-                let mut tpl = TopicPartitionList::new();
-                for (topic, n) in &counts {
-                    for p in 0..*n {
-                        tpl.add_partition(topic, p);
-                    }
-                }
-                take_paused(a.consumer.as_ref(), &mut tpl);
-            }
+            Assignment::All => assign_all(a.consumer.as_ref(), &counts),
         }
-        a.summary.cut = progress::current_cut(a.store.as_ref()).await?;
+        a.summary.cut = progress::published_cut(a.store.as_ref()).await?;
         Ok(a)
     }
 
     /// Every topic with its partition count, from the broker's metadata.
     async fn partition_counts(&self) -> Result<Vec<(String, i32)>, ArchiveError> {
-        let mut out = Vec::new();
-        for topic in &self.topics {
-            out.push((topic.clone(), partitions_of(&self.consumer, topic).await?));
+        let (c, topics) = (self.consumer.clone(), self.topics.clone());
+        let counts =
+            tokio::task::spawn_blocking(move || partition_counts(c.as_ref(), &topics)).await??;
+        if let Some((topic, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(ArchiveError::NoTopic(topic.clone()));
         }
-        Ok(out)
+        Ok(counts)
     }
 
     /// Apply what the rebalance callback recorded.
     async fn apply_changes(&mut self) -> Result<(), ArchiveError> {
-        let changes = self.consumer.context().take();
+        let changes = self.consumer.context().changes().take();
         if changes.is_empty() {
             return Ok(());
         }
@@ -364,7 +267,7 @@ impl Archiver {
         let mut assigned: Vec<Tp> = Vec::new();
         for c in changes {
             match c {
-                Change::Assigned(tp) => {
+                Change::Assigned(tp, ()) => {
                     self.drop_part(&tp, "reassigned");
                     assigned.push(tp);
                 }
@@ -401,7 +304,7 @@ impl Archiver {
         let (low, high) = watermarks(&self.consumer, topic, p).await?;
         let claim = progress::claim(self.store.as_ref(), topic, p, low).await?;
         let target = claim.archived_to;
-        let from = low.max(target - self.seek_back);
+        let from = seek_position(low, target, self.seek_back);
         seek(&self.consumer, topic, p, from).await;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, p);
@@ -409,10 +312,9 @@ impl Archiver {
         tracing::info!(topic = %topic, partition = p, archived_to = target, seek = from, "partition claimed");
         self.parts.insert(
             tp,
-            Part {
+            OwnedPartition {
                 archived_to: target,
-                next: target,
-                awaiting_first: true,
+                read: ReadPosition::at(target),
                 open: BTreeMap::new(),
                 opened_at: None,
                 bytes: 0,
@@ -444,34 +346,18 @@ impl Archiver {
         else {
             return Ok(()); // not (or no longer) ours
         };
-        if offset < part.next {
+        if !part.read.admit(topic, partition, offset) {
             return Ok(()); // seek-back replay of what is archived or buffered
         }
-        if part.awaiting_first {
-            part.awaiting_first = false;
-            if offset > part.next {
-                tracing::warn!(topic, partition, expected = part.next, got = offset,
-                    "first record after a seek is past the target: the broker skipped records (raise kafka.seek_back) or the log has a gap");
-            }
-        }
         let ts = msg.timestamp().to_millis().unwrap_or_else(now_ms);
-        let epoch = self.clock.epoch_of(ts);
+        let epoch = self.grid.epoch_of(ts);
         let rows = part
             .open
             .entry(epoch)
             .or_insert_with(|| ArchiveRows::new(offset));
         let value = msg.payload().unwrap_or(&[]);
-        rows.push(
-            topic,
-            partition,
-            offset,
-            ts,
-            self.clock,
-            &self.limits,
-            value,
-        );
+        rows.push(topic, partition, offset, ts, self.grid, &self.limits, value);
         part.bytes += value.len().max(1);
-        part.next = offset + 1;
         part.opened_at.get_or_insert_with(Instant::now);
         self.summary.records += 1;
         if part.bytes >= self.roll_bytes {
@@ -523,7 +409,7 @@ impl Archiver {
         part.open.clear();
         part.opened_at = None;
         part.bytes = 0;
-        part.archived_to = part.next;
+        part.archived_to = part.read.next();
         if let Some((hw, ms)) = part.pending {
             if part.archived_to >= hw {
                 part.reached = Some((hw, ms));
@@ -598,7 +484,8 @@ impl Archiver {
     async fn publish_cut(&mut self) -> Result<(), ArchiveError> {
         let counts = self.partition_counts().await?;
         let store = self.store.as_ref();
-        let Some(cut) = progress::stored_cut(store, &counts, self.clock, self.grace).await? else {
+        let Some(cut) = progress::cut_from_progress(store, &counts, self.grid, self.grace).await?
+        else {
             return Ok(());
         };
         if self.summary.cut.is_some_and(|c| c >= cut) {
@@ -637,23 +524,6 @@ impl Archiver {
         .await?;
         Ok(summary)
     }
-}
-
-async fn partitions_of(consumer: &Arc<ArchiveConsumer>, topic: &str) -> Result<i32, ArchiveError> {
-    let c = consumer.clone();
-    let t = topic.to_owned();
-    let md = tokio::task::spawn_blocking(move || c.fetch_metadata(Some(t.as_str()), KAFKA_TIMEOUT))
-        .await??;
-    let n = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    if n == 0 {
-        return Err(ArchiveError::NoTopic(topic.to_owned()));
-    }
-    Ok(n as i32)
 }
 
 async fn watermarks(

@@ -33,7 +33,7 @@
 //! # The cut
 //!
 //! Each member knows only its own partitions, so the cut is computed from the
-//! progress objects of *every* partition ([`stored_cut`]): a partition without
+//! progress objects of *every* partition ([`cut_from_progress`]): a partition without
 //! a reached observation (never archived, or archived below the end offset it
 //! last observed) holds the cut back. [`publish_cut`] writes it only when it
 //! is larger than the stored one, as a conditional put retried on conflict, so
@@ -46,7 +46,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use tally_core::manifest::{CutFile, ProgressFile};
 use tally_core::paths;
-use tally_core::time::{Epoch, EpochClock};
+use tally_core::time::{Epoch, EpochGrid};
 
 use crate::store::{self, StoreError, Version};
 
@@ -246,14 +246,14 @@ pub fn reached_of(file: &ProgressFile) -> Reached {
 /// `None` when some partition has not reached any observation.
 pub fn cut_of(
     reached: impl IntoIterator<Item = Option<i64>>,
-    clock: EpochClock,
+    grid: EpochGrid,
     grace: i64,
 ) -> Option<Epoch> {
     let mut cut: Option<Epoch> = None;
     for r in reached {
         let ms = r?;
         // Epoch e is complete when end(e) + grace <= ms, i.e. e + 1 <= (ms - grace) / len.
-        let e = (ms - grace).div_euclid(clock.len_ms);
+        let e = (ms - grace).div_euclid(grid.len_ms);
         cut = Some(cut.map_or(e, |c: Epoch| c.min(e)));
     }
     cut
@@ -262,10 +262,10 @@ pub fn cut_of(
 /// The cut that the stored progress of every partition allows: `partitions`
 /// lists each topic with its partition count (from the broker's metadata, not
 /// from what this archiver owns).
-pub async fn stored_cut(
+pub async fn cut_from_progress(
     store: &dyn ObjectStore,
     partitions: &[(String, i32)],
-    clock: EpochClock,
+    grid: EpochGrid,
     grace: i64,
 ) -> Result<Option<Epoch>, ProgressError> {
     let all: Vec<String> = partitions
@@ -283,7 +283,7 @@ pub async fn stored_cut(
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect()
         .await?;
-    Ok(cut_of(reached, clock, grace))
+    Ok(cut_of(reached, grid, grace))
 }
 
 /// Publish `cut` unless the stored cut is already there or past it. Returns
@@ -310,8 +310,8 @@ pub async fn publish_cut(
     Err(ProgressError::Contested(paths::CUT.to_owned()))
 }
 
-/// The stored cut, if any.
-pub async fn current_cut(store: &dyn ObjectStore) -> Result<Option<Epoch>, ProgressError> {
+/// The archive cut as last published, if any.
+pub async fn published_cut(store: &dyn ObjectStore) -> Result<Option<Epoch>, ProgressError> {
     Ok(store::get_json::<CutFile>(store, paths::CUT)
         .await?
         .map(|(CutFile::V1 { cut, .. }, _)| cut))
@@ -324,10 +324,10 @@ mod tests {
 
     #[test]
     fn the_cut_waits_for_the_slowest_partition_and_the_grace() {
-        let clock = EpochClock::new(1000);
-        assert_eq!(cut_of([Some(5_000), Some(3_500)], clock, 0), Some(3));
-        assert_eq!(cut_of([Some(5_000), Some(3_500)], clock, 600), Some(2));
-        assert_eq!(cut_of([Some(5_000), None], clock, 0), None);
+        let grid = EpochGrid::new(1000);
+        assert_eq!(cut_of([Some(5_000), Some(3_500)], grid, 0), Some(3));
+        assert_eq!(cut_of([Some(5_000), Some(3_500)], grid, 600), Some(2));
+        assert_eq!(cut_of([Some(5_000), None], grid, 0), None);
     }
 
     #[tokio::test]
@@ -335,22 +335,31 @@ mod tests {
         let store = InMemory::new();
         assert_eq!(publish_cut(&store, 5, 1).await.unwrap(), 5);
         assert_eq!(publish_cut(&store, 3, 2).await.unwrap(), 5);
-        assert_eq!(current_cut(&store).await.unwrap(), Some(5));
+        assert_eq!(published_cut(&store).await.unwrap(), Some(5));
         assert_eq!(publish_cut(&store, 7, 3).await.unwrap(), 7);
     }
 
     #[tokio::test]
     async fn a_partition_without_progress_holds_the_cut_back() {
         let store = InMemory::new();
-        let clock = EpochClock::new(1000);
+        let grid = EpochGrid::new(1000);
         let parts = vec![("t".to_string(), 2)];
         let mut c = claim(&store, "t", 0, 0).await.unwrap();
         c.advance(&store, 10, Some((10, 9_000))).await.unwrap();
-        assert_eq!(stored_cut(&store, &parts, clock, 0).await.unwrap(), None);
+        assert_eq!(
+            cut_from_progress(&store, &parts, grid, 0).await.unwrap(),
+            None
+        );
         // Claimed but not reached: still held back.
         let mut c1 = claim(&store, "t", 1, 0).await.unwrap();
-        assert_eq!(stored_cut(&store, &parts, clock, 0).await.unwrap(), None);
+        assert_eq!(
+            cut_from_progress(&store, &parts, grid, 0).await.unwrap(),
+            None
+        );
         c1.advance(&store, 0, Some((0, 4_000))).await.unwrap();
-        assert_eq!(stored_cut(&store, &parts, clock, 0).await.unwrap(), Some(4));
+        assert_eq!(
+            cut_from_progress(&store, &parts, grid, 0).await.unwrap(),
+            Some(4)
+        );
     }
 }

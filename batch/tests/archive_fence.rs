@@ -152,7 +152,7 @@ async fn the_newest_claim_wins_and_progress_never_moves_back() {
 async fn the_cut_only_moves_forward_and_waits_for_every_partition() {
     for (url, store, _guard) in stores() {
         let s = store.as_ref();
-        let clock = tally_core::time::EpochClock::new(1000);
+        let grid = tally_core::time::EpochGrid::new(1000);
         let parts = vec![("events".to_string(), 2)];
         assert_eq!(
             progress::publish_cut(s, 5, 1).await.expect("publish"),
@@ -165,7 +165,7 @@ async fn the_cut_only_moves_forward_and_waits_for_every_partition() {
             "{url}"
         );
         assert_eq!(
-            progress::current_cut(s).await.expect("read"),
+            progress::published_cut(s).await.expect("read"),
             Some(5),
             "{url}"
         );
@@ -173,7 +173,7 @@ async fn the_cut_only_moves_forward_and_waits_for_every_partition() {
         let mut c0 = progress::claim(s, "events", 0, 0).await.expect("claim");
         c0.advance(s, 10, Some((10, 9_000))).await.expect("advance");
         assert_eq!(
-            progress::stored_cut(s, &parts, clock, 0)
+            progress::cut_from_progress(s, &parts, grid, 0)
                 .await
                 .expect("cut"),
             None,
@@ -182,7 +182,7 @@ async fn the_cut_only_moves_forward_and_waits_for_every_partition() {
         let mut c1 = progress::claim(s, "events", 1, 0).await.expect("claim");
         c1.advance(s, 3, Some((3, 7_500))).await.expect("advance");
         assert_eq!(
-            progress::stored_cut(s, &parts, clock, 0)
+            progress::cut_from_progress(s, &parts, grid, 0)
                 .await
                 .expect("cut"),
             Some(7),

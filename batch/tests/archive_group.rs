@@ -122,12 +122,7 @@ impl Member {
 async fn produce_paced(bootstrap: &str, records: Vec<Record>, slices: usize, pause: Duration) {
     let bootstrap = bootstrap.to_owned();
     tokio::task::spawn_blocking(move || {
-        let producer = kafka::producer(&bootstrap, 1000).expect("producer");
-        let size = records.len().div_ceil(slices.max(1)).max(1);
-        for slice in records.chunks(size) {
-            kafka::produce(&producer, TOPIC, slice).expect("produce");
-            std::thread::sleep(pause);
-        }
+        kafka::produce_paced(&bootstrap, TOPIC, &records, slices, pause).expect("produce")
     })
     .await
     .expect("producer thread");

@@ -13,7 +13,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Limits;
-use crate::time::{format_ms, parse_duration_ms, EpochClock};
+use crate::time::{format_ms, parse_duration_ms, EpochGrid};
 use crate::view::{valid_name, ViewDef, ViewError};
 
 /// A duration written as text in the config (`100ms`, `5m`, `1d`).
@@ -116,42 +116,43 @@ impl Default for KafkaConfig {
     }
 }
 
-impl KafkaConfig {
-    /// The librdkafka settings every Tally consumer shares: offsets are kept
-    /// by Tally (Redis, the archive), never auto-committed, and fetching is
-    /// tuned by the settings above.
-    pub fn consumer_settings(&self, group: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("bootstrap.servers", self.brokers.clone()),
-            ("group.id", group.to_owned()),
-            ("enable.auto.commit", "false".into()),
-            ("enable.auto.offset.store", "false".into()),
-            ("enable.partition.eof", "false".into()),
-            ("auto.offset.reset", "earliest".into()),
-            ("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string()),
-            ("queued.min.messages", self.queued_min_messages.to_string()),
-            (
-                "queued.max.messages.kbytes",
-                self.queued_max_messages_kbytes.to_string(),
-            ),
-            (
-                "max.partition.fetch.bytes",
-                self.max_partition_fetch_bytes.to_string(),
-            ),
-            (
-                "fetch.queue.backoff.ms",
-                self.fetch_queue_backoff_ms.to_string(),
-            ),
-        ]
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. The
+    /// password never appears in logs or errors: see [`redact_url`].
     pub url: String,
     /// Prefix of every key Tally writes.
     pub key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user info replaced by `***`
+/// (`redis://tally:s3cret@host:6379` -> `redis://tally:***@host:6379`), for
+/// anything that prints a URL: logs, errors, `tally check`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user info ends at the last `@` before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None if scheme.starts_with("redis") => "***".to_owned(), // `redis://:pw@` or a bare password
+        None => rest[..at].to_owned(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
 }
 
 impl Default for RedisConfig {
@@ -236,8 +237,15 @@ impl Default for EpochConfig {
 }
 
 impl EpochConfig {
-    pub fn clock(&self) -> EpochClock {
-        EpochClock::new(self.length.0)
+    /// The epochs these settings cut time into.
+    pub fn grid(&self) -> EpochGrid {
+        EpochGrid::new(self.length.0)
+    }
+
+    /// The old name of [`EpochConfig::grid`], for the code being rebuilt
+    /// elsewhere (`speed/src/apply.rs`); remove once nothing calls it.
+    pub fn clock(&self) -> EpochGrid {
+        self.grid()
     }
 }
 
@@ -245,7 +253,12 @@ impl EpochConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SpeedConfig {
     pub flush_interval: Millis,
-    /// Records buffered between consuming and flushing before consumption pauses.
+    /// Chunks (not records) waiting between the consume thread and the
+    /// flusher before consumption pauses. A chunk is the aggregates of every
+    /// partition since the last one: at most 50,000 (slice, bucket, group)
+    /// cells or 2,000,000 events. A new chunk is cut only once the flusher has
+    /// taken the last, unless it reached that size, so the queue fills only
+    /// while Redis falls behind.
     pub queue_capacity: usize,
     /// Prometheus metrics listener of the standalone `tally speed`; none when empty.
     pub metrics_listen: Option<String>,
@@ -425,7 +438,10 @@ impl Config {
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
             return invalid(
                 "redis.url",
-                format!("`{}` must start with redis:// or rediss://", self.redis.url),
+                format!(
+                    "`{}` must start with redis:// or rediss://",
+                    redact_url(&self.redis.url)
+                ),
             );
         }
         let scheme_ok = ["file://", "s3://", "memory://"]
@@ -512,9 +528,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, want) in [
+            (
+                "redis://tally:s3cret@h:6379/0",
+                "redis://tally:***@h:6379/0",
+            ),
+            ("rediss://:s3cret@h:6380", "rediss://:***@h:6380"),
+            ("redis://s3cret@h", "redis://***@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("redis://u:p@ss:w@rd@h/x@y", "redis://u:***@h/x@y"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        let cfg = RedisConfig {
+            url: "redis://tally:s3cret@h:6379".into(),
+            ..RedisConfig::default()
+        };
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
     fn defaults_are_sane() {
         let c = Config::default();
-        assert_eq!(c.epochs.clock().len_ms, 3_600_000);
+        assert_eq!(c.epochs.grid().len_ms, 3_600_000);
         assert_eq!(c.speed.flush_interval, Millis(100));
         assert_eq!(String::from(Millis(100)), "100ms");
     }

@@ -13,6 +13,7 @@
 //! - [`time`]: granularities (bucketing and roll-up) and ingest epochs.
 //! - [`agg`]: aggregates as commutative monoids (count, sum, min, max, distinct).
 //! - [`hll`]: a HyperLogLog that reads, writes and estimates exactly as Redis does.
+//! - [`quantile`]: a mergeable quantile sketch (logarithmic buckets, 1 % relative error).
 //! - [`keys`]: every Redis key; [`paths`]: every object-store path.
 //! - [`manifest`]: the cut, archive progress and snapshot manifests (JSON, versioned).
 
@@ -23,5 +24,6 @@ pub mod hll;
 pub mod keys;
 pub mod manifest;
 pub mod paths;
+pub mod quantile;
 pub mod time;
 pub mod view;

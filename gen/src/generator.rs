@@ -19,8 +19,8 @@ use crate::shape::{Shape, ShapeError, Weighted};
 pub struct Generated {
     /// The record key: the user id, or the event id for anonymous events.
     pub key: Vec<u8>,
-    /// The record value: an event as DESIGN.md's event format says, or a
-    /// malformed record.
+    /// The record value: an event in the event format
+    /// (docs/ARCHITECTURE.md), or a malformed record.
     pub payload: Vec<u8>,
     /// The Kafka timestamp (CreateTime) to send the record with.
     pub kafka_ts_ms: i64,
@@ -58,7 +58,7 @@ fn cumulative(list: &[Weighted]) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn pick<'a>(list: &'a [(String, f64)], u: f64) -> &'a str {
+fn pick(list: &[(String, f64)], u: f64) -> &str {
     list.iter()
         .find(|(_, c)| u < *c)
         .or(list.last())

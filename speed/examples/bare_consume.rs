@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -24,11 +23,9 @@ fn main() {
         brokers: bootstrap.clone(),
         ..KafkaConfig::default()
     };
-    let mut client = ClientConfig::new();
-    for (key, value) in k.consumer_settings("bare-consume") {
-        client.set(key, value);
-    }
-    let c: BaseConsumer = client.create().expect("consumer");
+    let c: BaseConsumer = tally_kafka::consumer_config(&k, "bare-consume", None)
+        .create()
+        .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)

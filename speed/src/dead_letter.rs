@@ -1,16 +1,31 @@
-//! Rejected records go to the dead-letter topic, never lost, never blocking.
+//! Rejected records go to the dead-letter topic, best effort.
 //!
 //! The record keeps its key and payload; headers say why and where it came
 //! from: `tally.reason` (a stable code from `tally_core::event::Reject::code`),
 //! `tally.error` (the human message), `tally.source.topic`,
-//! `tally.source.partition`, `tally.source.offset`. Delivery is at-least-once:
-//! a record replayed after a crash may be dead-lettered twice.
+//! `tally.source.partition`, `tally.source.offset`.
+//!
+//! What is guaranteed, and what is not:
+//!
+//! - Sending blocks while the producer's local queue is full: consumption
+//!   pauses until the broker takes dead letters again (backpressure, as for
+//!   Redis). It does not block on delivery.
+//! - A rejected record's offset is covered by the next chunk whatever becomes
+//!   of its dead letter, so a failed dead letter is not retried. One that
+//!   the producer refuses outright (not a full queue), cannot deliver within
+//!   `message.timeout.ms` (5 minutes), or still holds 10 s into shutdown is
+//!   lost: the first two are logged and counted
+//!   (`tally_speed_dead_letter_failures_total`), the last is logged.
+//! - A record replayed after a crash may be dead-lettered twice.
+//! - `tally_speed_dead_letters_total` counts rejected records by reason,
+//!   delivered or not.
 
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
 use tracing::warn;
 
 use tally_core::event::Reject;
@@ -19,8 +34,24 @@ use crate::error::SpeedError;
 
 /// Producer for the dead-letter topic.
 pub struct DeadLetters {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<Deliveries>,
     topic: String,
+}
+
+/// Hears of dead letters that could not be delivered.
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, msg)) = result {
+            warn!(error = %e, partition = msg.partition(), "a dead letter was not delivered");
+            metrics::counter!("tally_speed_dead_letter_failures_total").increment(1);
+        }
+    }
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -41,11 +72,11 @@ pub struct Source<'a> {
 
 impl DeadLetters {
     pub fn new(brokers: &str, topic: &str) -> Result<Self, SpeedError> {
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("linger.ms", "20")
             .set("message.timeout.ms", "300000")
-            .create()?;
+            .create_with_context(Deliveries)?;
         Ok(DeadLetters {
             producer,
             topic: topic.to_owned(),
@@ -98,6 +129,7 @@ impl DeadLetters {
                         record = r;
                     } else {
                         warn!(error = %e, "dead-letter produce failed");
+                        metrics::counter!("tally_speed_dead_letter_failures_total").increment(1);
                         break;
                     }
                 }

@@ -1,6 +1,6 @@
 //! Counter deltas, folded in memory between flushes.
 //!
-//! One [`Delta`] collects the aggregates of every assigned partition since the
+//! One [`Unflushed`] collects the aggregates of every assigned partition since the
 //! last flush; the consume loop tracks, per partition, the offset range
 //! `[start, end)` it covers (every record in it was folded in here or
 //! rejected). At each flush the delta is cut into a [`Chunk`]: the aggregates
@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use tally_core::agg::{Agg, AggKind};
 use tally_core::event::Event;
 use tally_core::hll::Hll;
-use tally_core::time::{day_of, Epoch, EpochClock};
+use tally_core::time::{day_of, Epoch, EpochGrid};
 use tally_core::view::{FieldPath, Input, ScalarRef, ViewDef};
 
 /// The maps of the hot path (see Cargo.toml for why foldhash).
@@ -121,7 +121,7 @@ impl MeasureDelta {
 
 /// The aggregates folded since the last flush, over every partition.
 #[derive(Debug, Default)]
-pub struct Delta {
+pub struct Unflushed {
     pub slices: Map<SliceId, SliceDelta>,
     /// Valid events folded in.
     pub events: u64,
@@ -153,7 +153,7 @@ pub struct Chunk {
     pub events: u64,
 }
 
-impl Delta {
+impl Unflushed {
     /// Take the aggregates, leaving the delta empty.
     pub fn take(&mut self) -> (Vec<(SliceId, SliceDelta)>, u64) {
         self.cells = 0;
@@ -176,16 +176,16 @@ impl Delta {
 #[derive(Debug)]
 pub struct Folder {
     views: Vec<PreparedView>,
-    clock: EpochClock,
+    grid: EpochGrid,
     group: String,
     text: String,
 }
 
 impl Folder {
-    pub fn new(views: Vec<ViewDef>, clock: EpochClock) -> Self {
+    pub fn new(views: Vec<ViewDef>, grid: EpochGrid) -> Self {
         Folder {
             views: views.into_iter().map(PreparedView::new).collect(),
-            clock,
+            grid,
             group: String::with_capacity(64),
             text: String::with_capacity(64),
         }
@@ -200,8 +200,14 @@ impl Folder {
     }
 
     /// Fold one valid event from `topic`, stamped `kafka_ts_ms`, into `delta`.
-    pub fn fold(&mut self, delta: &mut Delta, topic: &str, kafka_ts_ms: i64, event: &Event<'_>) {
-        let epoch = self.clock.epoch_of(kafka_ts_ms);
+    pub fn fold(
+        &mut self,
+        delta: &mut Unflushed,
+        topic: &str,
+        kafka_ts_ms: i64,
+        event: &Event<'_>,
+    ) {
+        let epoch = self.grid.epoch_of(kafka_ts_ms);
         let day = day_of(event.time_ms);
         delta.events += 1;
         for (vi, view) in self.views.iter().enumerate() {

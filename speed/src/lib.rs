@@ -9,17 +9,19 @@
 //!
 //! ## Layout
 //!
-//! - [`delta`]: deltas folded from decoded events, cut into
-//!   [`delta::Chunk`]s (aggregates plus one offset range per partition).
+//! - [`delta`]: deltas folded from decoded events into the
+//!   [`delta::Unflushed`] aggregates, cut into [`delta::Chunk`]s (aggregates
+//!   plus one offset range per partition).
 //! - [`apply`]: the fencing Lua script and the Redis side: apply chunks,
 //!   report applied / fenced / reset.
-//! - [`resume`]: where a partition resumes: the fenced offset in Redis, or the
-//!   first record of the batch cut when Redis has none.
+//! - [`resume`]: where a partition is rebuilt from when Redis has no offset
+//!   for it: the first record of the snapshot cut.
 //! - [`dead_letter`]: rejected records to the dead-letter topic, with reasons.
-//! - [`fetch_queue`]: assigned partitions' records, read from librdkafka a
-//!   batch at a time (the small unsafe layer rdkafka-rs lacks).
-//! - [`consumer`]: the rdkafka consume loop that ties these together, with a
-//!   bounded queue to the flusher (backpressure) and shutdown.
+//! - [`consumer`]: the run time that ties these together: the consume
+//!   thread, the flusher behind a bounded queue (backpressure), where
+//!   assigned partitions start, and shutdown. The Kafka plumbing it shares
+//!   with the archiver (settings, rebalances, seek-back, batched reads) is
+//!   `tally-kafka`.
 //! - [`error`]: the crate's error type.
 
 pub mod apply;
@@ -27,8 +29,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod delta;
 pub mod error;
-pub mod fetch_queue;
 pub mod resume;
 
-pub use consumer::run;
+pub use consumer::{run, SpeedSummary};
 pub use error::SpeedError;

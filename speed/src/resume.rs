@@ -8,30 +8,30 @@
 //! costs a little work and covers producers whose timestamps run slightly out
 //! of order; epochs below the cut are ignored by the serving layer anyway.
 //!
-//! Every seek goes `seek_back` records before its target and the records below
-//! the target are dropped, because Tansu skips the rest of a record batch that
-//! holds the requested offset.
+//! The seek itself goes `kafka.seek_back` records early and drops what lies
+//! below the target (see [`tally_kafka::resume`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::{ObjectStore, ObjectStoreExt};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use tally_core::manifest::Manifest;
 use tally_core::paths;
-use tally_core::time::{Epoch, EpochClock};
+use tally_core::time::{Epoch, EpochGrid};
 use tally_core::view::ViewDef;
 
 use crate::error::SpeedError;
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The cut the speed layer must cover from: the smallest cut over all views'
-/// published manifests, or `None` while any view has none (rebuild from the
-/// earliest retained record).
-pub async fn current_cut(
+/// The snapshot cut: the smallest cut over all views' published manifests,
+/// which the speed layer must cover from; `None` while any view has none
+/// (rebuild from the earliest retained record). (Not the archiver's cut,
+/// which is ahead of it until the next batch run.)
+pub async fn snapshot_cut(
     store: &Arc<dyn ObjectStore>,
     views: &[ViewDef],
 ) -> Result<Option<Epoch>, SpeedError> {
@@ -55,16 +55,16 @@ pub async fn current_cut(
 }
 
 /// The offset to rebuild a partition from, given the cut.
-pub fn rebuild_offset<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
+pub fn rebuild_offset<C: ConsumerContext + 'static>(
+    consumer: &impl Consumer<C>,
     topic: &str,
     partition: i32,
     cut: Option<Epoch>,
-    clock: EpochClock,
+    grid: EpochGrid,
 ) -> Result<i64, SpeedError> {
     let (low, high) = consumer.fetch_watermarks(topic, partition, BROKER_TIMEOUT)?;
     let Some(cut) = cut else { return Ok(low) };
-    let since = clock.start(cut - 1);
+    let since = grid.start(cut - 1);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(since))?;
     let found = consumer.offsets_for_times(tpl, BROKER_TIMEOUT)?;
@@ -79,23 +79,4 @@ pub fn rebuild_offset<C: ConsumerContext>(
         // No record at or after that time: start at the end.
         _ => high,
     })
-}
-
-/// Where to seek so that `target` is delivered even by a broker that skips
-/// the rest of a record batch: `seek_back` records earlier, not below `low`.
-pub fn seek_position(low: i64, target: i64, seek_back: i64) -> i64 {
-    target.saturating_sub(seek_back).max(low).min(target)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seeks_back_but_not_below_the_log_start() {
-        assert_eq!(seek_position(0, 1_234, 10_000), 0);
-        assert_eq!(seek_position(0, 50_000, 10_000), 40_000);
-        assert_eq!(seek_position(45_000, 50_000, 10_000), 45_000);
-        assert_eq!(seek_position(0, 5, 0), 5);
-    }
 }

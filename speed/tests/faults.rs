@@ -110,9 +110,9 @@ fn a_foreign_value_in_redis_stops_the_layer_with_nothing_applied() {
 
     // The `daily` slice these events fold into, made a string by someone else.
     let cfg = config(&broker.bootstrap(), &redis.url(), "faults2");
-    let clock = cfg.epochs.clock();
+    let grid = cfg.epochs.grid();
     let keys = Keys::new("t");
-    let daily = keys.counters("daily", clock.epoch_of(t0), tally_core::time::day_of(t0));
+    let daily = keys.counters("daily", grid.epoch_of(t0), tally_core::time::day_of(t0));
     let mut con = redis::Client::open(redis.url())
         .unwrap()
         .get_connection()
@@ -148,13 +148,13 @@ fn a_foreign_value_in_redis_stops_the_layer_with_nothing_applied() {
 fn a_sum_field_about_to_overflow_carries_instead() {
     use tally_core::event::{decode, Limits};
     use tally_speed::apply::{Applier, Outcome};
-    use tally_speed::delta::{Chunk, Delta, Folder, Range};
+    use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
 
     let redis = Redis::start().unwrap();
     let rt = runtime();
     let cfg = config("127.0.0.1:9", &redis.url(), "faults3");
     let mut applier = rt.block_on(Applier::connect(&cfg)).unwrap();
-    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.clock());
+    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.grid());
     let t0 = base_ms();
     let mut all = Vec::new();
     for (i, amount) in [
@@ -167,7 +167,7 @@ fn a_sum_field_about_to_overflow_carries_instead() {
     .enumerate()
     {
         let e = amount_event(&format!("c{i}"), "x", amount, t0 + i as i64);
-        let mut delta = Delta::default();
+        let mut delta = Unflushed::default();
         let event = decode(&e.g.payload, e.g.kafka_ts_ms, &Limits::default()).unwrap();
         folder.fold(&mut delta, TOPIC, e.g.kafka_ts_ms, &event);
         let (slices, events) = delta.take();

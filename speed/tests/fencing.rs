@@ -7,13 +7,13 @@ mod common;
 use common::*;
 use tally_core::event::decode;
 use tally_speed::apply::{Applier, Outcome};
-use tally_speed::delta::{Chunk, Delta, Folder, Range};
+use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
 use tally_testkit::{runtime, Redis};
 
 /// The events of `evs` folded into one chunk over partitions 0 and 1, whose
 /// ranges start at `starts` and cover the events of each partition.
 fn chunk(folder: &mut Folder, evs: &[Ev], starts: [i64; 2], fresh: bool) -> Chunk {
-    let mut delta = Delta::default();
+    let mut delta = Unflushed::default();
     let limits = tally_core::event::Limits::default();
     let mut counts = [0i64; 2];
     for e in evs {
@@ -49,7 +49,7 @@ fn a_chunk_over_two_partitions_applies_all_or_nothing() {
     let rt = runtime();
     let cfg = config("127.0.0.1:9", &redis.url(), "g");
     let mut applier = rt.block_on(Applier::connect(&cfg)).unwrap();
-    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.clock());
+    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.grid());
     let evs = events(7, 3_000, 2, base_ms(), 10.0);
     let (first, second) = evs.split_at(1_000);
     let apply = |applier: &mut Applier, folder: &Folder, c: &Chunk| {

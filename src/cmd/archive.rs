@@ -26,9 +26,14 @@ pub async fn role(
     Ok(())
 }
 
+/// The archive role alone, restarted with backoff when it fails.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     crate::telemetry::install(None)?;
     let store = crate::cmd::open_store(&cfg)?;
-    role(Arc::new(cfg), store, shutdown).await
+    let cfg = Arc::new(cfg);
+    crate::supervise::supervise("archive", Default::default(), shutdown, move |t| {
+        role(cfg.clone(), store.clone(), t)
+    })
+    .await
 }

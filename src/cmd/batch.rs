@@ -39,8 +39,14 @@ pub async fn schedule_role(
         .context("batch scheduler")
 }
 
+/// The scheduler alone, restarted with backoff when it fails.
 pub async fn schedule(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown::on_signal();
     crate::telemetry::install(None)?;
     let store = crate::cmd::open_store(&cfg)?;
-    schedule_role(Arc::new(cfg), store, crate::shutdown::on_signal()).await
+    let cfg = Arc::new(cfg);
+    crate::supervise::supervise("batch scheduler", Default::default(), shutdown, move |t| {
+        schedule_role(cfg.clone(), store.clone(), t)
+    })
+    .await
 }

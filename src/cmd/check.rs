@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tally_core::config::Config;
+use tally_core::config::{redact_url, Config};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg =
@@ -12,7 +12,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     println!("{}: ok", path.display());
     println!(
         "  kafka {} topics {:?}, redis {}, store {}",
-        cfg.kafka.brokers, cfg.kafka.topics, cfg.redis.url, cfg.store.url
+        cfg.kafka.brokers,
+        cfg.kafka.topics,
+        redact_url(&cfg.redis.url),
+        redact_url(&cfg.store.url)
     );
     for v in &cfg.views {
         let measures: Vec<String> = v

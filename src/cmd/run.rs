@@ -1,10 +1,12 @@
 //! `tally run`: every role in one process (speed, archive, the batch
-//! scheduler and serving) under one config. One SIGTERM stops them all: each
-//! role gets a child of the process's cancellation token and flushes what it
-//! holds. If a role fails, the others are stopped too and the error is
-//! returned, so a supervisor restarts the whole process rather than running
-//! it half-alive.
+//! scheduler and serving) under one config. Each role is supervised on its
+//! own ([`crate::supervise`]): one that fails is restarted with backoff while
+//! the others go on, so the API keeps answering (saying what is degraded)
+//! when Redis, the broker or the store is away. One SIGTERM stops them all:
+//! each role gets a child of the process's cancellation token and flushes
+//! what it holds.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::anyhow;
@@ -13,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::{archive, batch, serve, speed};
+use crate::supervise::{supervise, Roles};
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
@@ -21,41 +24,39 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     run_roles(Arc::new(cfg), store, metrics, shutdown).await
 }
 
-/// Run the four roles until `shutdown` (or until one fails).
+/// Run the four roles, each restarted when it fails, until `shutdown`.
 pub async fn run_roles(
     cfg: Arc<Config>,
     store: Arc<dyn object_store::ObjectStore>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut roles: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-    let (c, s, t) = (cfg.clone(), store.clone(), shutdown.child_token());
-    roles.spawn(async move { ("speed", speed::role(c, s, t).await) });
-    let (c, s, t) = (cfg.clone(), store.clone(), shutdown.child_token());
-    roles.spawn(async move { ("archive", archive::role(c, s, t).await) });
-    let (c, s, t) = (cfg.clone(), store.clone(), shutdown.child_token());
-    roles.spawn(async move { ("batch scheduler", batch::schedule_role(c, s, t).await) });
-    let (c, s, t) = (cfg.clone(), store.clone(), shutdown.child_token());
-    roles.spawn(async move { ("serve", serve::role(c, s, metrics, t).await) });
+    let roles = Roles::default();
+    let mut tasks = JoinSet::new();
+    let (c, s) = (cfg.clone(), store.clone());
+    spawn_role(&mut tasks, "speed", &roles, &shutdown, move |t| {
+        speed::role(c.clone(), s.clone(), t)
+    });
+    let (c, s) = (cfg.clone(), store.clone());
+    spawn_role(&mut tasks, "archive", &roles, &shutdown, move |t| {
+        archive::role(c.clone(), s.clone(), t)
+    });
+    let (c, s) = (cfg.clone(), store.clone());
+    spawn_role(&mut tasks, "batch scheduler", &roles, &shutdown, move |t| {
+        batch::schedule_role(c.clone(), s.clone(), t)
+    });
+    let (c, s) = (cfg.clone(), store.clone());
+    spawn_role(&mut tasks, "serve", &roles, &shutdown, move |t| {
+        serve::role(c.clone(), s.clone(), metrics.clone(), t)
+    });
 
+    // Supervised roles end only at shutdown, each with its last run's result.
     let mut failures = Vec::new();
-    while let Some(done) = roles.join_next().await {
+    while let Some(done) = tasks.join_next().await {
         let (name, result) = done.unwrap_or_else(|e| ("a role", Err(anyhow!("panicked: {e}"))));
         match result {
-            Ok(()) if shutdown.is_cancelled() => tracing::info!(role = name, "stopped"),
-            Ok(()) => {
-                failures.push(format!("{name}: stopped on its own"));
-                shutdown.cancel();
-            }
-            Err(e) => {
-                tracing::error!(
-                    role = name,
-                    error = format!("{e:#}"),
-                    "role failed; stopping the others"
-                );
-                failures.push(format!("{name}: {e:#}"));
-                shutdown.cancel();
-            }
+            Ok(()) => tracing::info!(role = name, "stopped"),
+            Err(e) => failures.push(format!("{name}: {e:#}")),
         }
     }
     if failures.is_empty() {
@@ -63,4 +64,21 @@ pub async fn run_roles(
     } else {
         Err(anyhow!("{}", failures.join("; ")))
     }
+}
+
+type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// Start one supervised role on `tasks`.
+fn spawn_role<F, Fut>(
+    tasks: &mut Tasks,
+    name: &'static str,
+    roles: &Roles,
+    shutdown: &CancellationToken,
+    start: F,
+) where
+    F: FnMut(CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (roles, shutdown) = (roles.clone(), shutdown.clone());
+    tasks.spawn(async move { (name, supervise(name, roles, shutdown, start).await) });
 }

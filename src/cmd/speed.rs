@@ -13,14 +13,26 @@ pub async fn role(
     store: Arc<dyn ObjectStore>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    tally_speed::run(cfg, store, shutdown)
+    let summary = tally_speed::run(cfg, store, shutdown)
         .await
-        .context("speed layer")
+        .context("speed layer")?;
+    tracing::info!(
+        events = summary.events,
+        chunks = summary.chunks,
+        fenced = summary.fenced,
+        "speed layer summary"
+    );
+    Ok(())
 }
 
+/// The speed role alone, restarted with backoff when it fails.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     crate::telemetry::install(cfg.speed.metrics_listen.as_deref())?;
     let store = crate::cmd::open_store(&cfg)?;
-    role(Arc::new(cfg), store, shutdown).await
+    let cfg = Arc::new(cfg);
+    crate::supervise::supervise("speed", Default::default(), shutdown, move |t| {
+        role(cfg.clone(), store.clone(), t)
+    })
+    .await
 }

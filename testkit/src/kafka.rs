@@ -100,6 +100,25 @@ pub fn produce(producer: &BaseProducer, topic: &str, records: &[Record]) -> Resu
     producer.flush(Duration::from_secs(120)).map_err(kafka_err)
 }
 
+/// Produce `records` in `slices` with `pause` after each, from a producer
+/// with batches of 1,000 records (so that resumes land mid-batch): traffic
+/// that keeps arriving through a group's rebalances. Blocking.
+pub fn produce_paced(
+    bootstrap: &str,
+    topic: &str,
+    records: &[Record],
+    slices: usize,
+    pause: Duration,
+) -> Result<(), Error> {
+    let producer = producer(bootstrap, 1000)?;
+    let size = records.len().div_ceil(slices.max(1)).max(1);
+    for slice in records.chunks(size) {
+        produce(&producer, topic, slice)?;
+        std::thread::sleep(pause);
+    }
+    Ok(())
+}
+
 /// The end offset of every partition of `topic`.
 pub fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<i64>, Error> {
     let c: BaseConsumer = ClientConfig::new()

@@ -227,7 +227,7 @@ impl ViewTruth {
         }
         let passes = self.filter.iter().all(|(path, allowed)| {
             e.get(path)
-                .and_then(|v| text(v))
+                .and_then(text)
                 .is_some_and(|t| allowed.contains(&t))
         });
         if !passes {
@@ -495,7 +495,7 @@ impl Parsed {
     }
 }
 
-/// The truth's own validation, from DESIGN.md's event format and the limits.
+/// The truth's own validation, from the event format (docs/ARCHITECTURE.md, "Events") and the limits.
 fn parse(payload: &[u8], kafka_ts_ms: i64, limits: &Limits) -> Option<Parsed> {
     if payload.is_empty() || payload.len() > limits.max_bytes {
         return None;

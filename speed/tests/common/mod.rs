@@ -264,7 +264,7 @@ pub fn wait_caught_up(redis_url: &str, ends: &[i64], timeout: Duration) {
 /// A running in-process speed layer.
 pub struct Running {
     pub token: tokio_util::sync::CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), tally_speed::SpeedError>>,
+    pub task: tokio::task::JoinHandle<Result<tally_speed::SpeedSummary, tally_speed::SpeedError>>,
 }
 
 pub fn start(rt: &tokio::runtime::Runtime, cfg: &Config) -> Running {
@@ -279,10 +279,14 @@ pub fn start(rt: &tokio::runtime::Runtime, cfg: &Config) -> Running {
 }
 
 impl Running {
-    pub fn stop(self, rt: &tokio::runtime::Runtime) {
+    /// SIGTERM's path: flush, leave the group, return what it did. Panics
+    /// if that takes more than a minute (a test must fail, not hang).
+    pub fn stop(self, rt: &tokio::runtime::Runtime) -> tally_speed::SpeedSummary {
         self.token.cancel();
-        rt.block_on(self.task)
+        let task = self.task;
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), task).await })
+            .expect("the speed layer stops within 60 s")
             .expect("join")
-            .expect("speed layer result");
+            .expect("speed layer result")
     }
 }

@@ -1,0 +1,41 @@
+//! # tally-kafka: the Kafka plumbing the speed layer and the archiver share
+//!
+//! Both consume the same topics with librdkafka (through rdkafka), and both
+//! keep their own offsets (Redis, the archive's progress objects): Kafka's
+//! committed offsets are advisory. What that takes is written once, here. It
+//! is not a layer: it knows nothing of counters, files or views (the crate
+//! depends on `tally-core` only for the `[kafka]` config section), and the
+//! layers plug their decisions into it through [`Layer`].
+//!
+//! ## Layout
+//!
+//! - [`settings`]: one librdkafka configuration for every Tally consumer
+//!   (the prefetch settings from `[kafka]`, the group session timings).
+//! - [`rebalance`]: the consumer context. Its rebalance callback asks the
+//!   layer where each newly assigned partition starts, assigns, and records
+//!   the change for the layer's loop; `kafka.assignment = "all"` runs the same
+//!   code over every partition ([`assign_all`]).
+//! - [`partitions`]: which partitions a topic has (the broker's metadata).
+//! - [`resume`]: seek-back resume: seeking `kafka.seek_back` records early
+//!   (Tansu skips the rest of a record batch on a mid-batch seek) and
+//!   dropping what lies below the target.
+//! - [`reader`]: a consumer that reads its partitions' records a batch at a
+//!   time through a queue of its own; the unsafe layer under it is private,
+//!   and the types enforce its contract (the queue never outlives the
+//!   consumer, records never outlive their batch).
+
+mod fetch_queue;
+pub mod partitions;
+pub mod reader;
+pub mod rebalance;
+pub mod resume;
+pub mod settings;
+
+pub use partitions::partition_counts;
+pub use reader::{Reader, Record, Records};
+pub use rebalance::{assign_all, Change, Context, Layer, Recorder};
+pub use resume::{seek_position, ReadPosition};
+pub use settings::consumer_config;
+
+/// A topic partition: (topic, partition).
+pub type Tp = (String, i32);

@@ -1,0 +1,203 @@
+//! What the consume thread mutates per record: each assigned partition's
+//! offsets, and the aggregates of every partition not yet flushed.
+//!
+//! A partition's records since its last chunk are the offsets
+//! `[start, end)`: every one of them was folded into the shared
+//! [`Unflushed`] aggregates or rejected. Cutting a chunk takes the aggregates
+//! and every partition's range together, so each chunk is exactly the
+//! records of its ranges.
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc as tmpsc;
+
+use tally_core::event::{decode, Limits};
+use tally_core::time::now_ms;
+use tally_kafka::{Change, ReadPosition, Recorder, Tp};
+
+use super::starts::Start;
+use crate::dead_letter::{DeadLetters, Source};
+use crate::delta::{Chunk, Folder, Range, Unflushed};
+
+/// One assigned partition.
+#[derive(Debug)]
+pub(super) struct PartitionState {
+    /// First offset not yet in a chunk.
+    pub(super) start: i64,
+    /// Where reading is: one past the last offset folded (or rejected).
+    pub(super) read: ReadPosition,
+    /// Whether `start` is a rebuild point (no stored offset in Redis).
+    pub(super) fresh: bool,
+    /// Offsets applied (Redis) and committed (Kafka, advisory) so far.
+    pub(super) applied_to: i64,
+    pub(super) committed_to: i64,
+}
+
+impl PartitionState {
+    pub(super) fn new(target: i64, fresh: bool) -> Self {
+        PartitionState {
+            start: target,
+            read: ReadPosition::at(target),
+            fresh,
+            committed_to: target,
+            applied_to: target,
+        }
+    }
+
+    /// One past the last offset folded.
+    pub(super) fn end(&self) -> i64 {
+        self.read.next()
+    }
+
+    /// Whether records were folded since the last chunk.
+    fn moved(&self) -> bool {
+        self.end() > self.start
+    }
+}
+
+/// What the hot path mutates, apart from the consumer it reads.
+#[derive(Debug)]
+pub(super) struct State {
+    pub(super) folder: Folder,
+    pub(super) limits: Limits,
+    pub(super) dead: DeadLetters,
+    pub(super) parts: HashMap<Tp, PartitionState>,
+    pub(super) unflushed: Unflushed,
+    pub(super) generation: u64,
+}
+
+/// One record, from either queue (the reader's or the consumer's).
+#[derive(Debug)]
+pub(super) struct Rec<'a> {
+    pub(super) topic: &'a str,
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) timestamp_ms: Option<i64>,
+    pub(super) key: Option<&'a [u8]>,
+    pub(super) payload: &'a [u8],
+}
+
+impl State {
+    pub(super) fn new(folder: Folder, limits: Limits, dead: DeadLetters) -> Self {
+        State {
+            folder,
+            limits,
+            dead,
+            parts: HashMap::new(),
+            unflushed: Unflushed::default(),
+            generation: 1,
+        }
+    }
+
+    pub(super) fn on_record(&mut self, msg: &Rec<'_>) {
+        let (topic, partition, offset) = (msg.topic, msg.partition, msg.offset);
+        // Avoid allocating the key for the lookup on the hot path.
+        let Some(part) = self
+            .parts
+            .iter_mut()
+            .find(|((t, p), _)| *p == partition && t == topic)
+            .map(|(_, part)| part)
+        else {
+            return; // not (or no longer) ours
+        };
+        if !part.read.admit(topic, partition, offset) {
+            return; // below the target of a seek, or already folded
+        }
+        let kafka_ts = msg.timestamp_ms.unwrap_or_else(now_ms);
+        let payload = msg.payload;
+        match decode(payload, kafka_ts, &self.limits) {
+            Ok(event) => self
+                .folder
+                .fold(&mut self.unflushed, topic, kafka_ts, &event),
+            Err(reject) => self.dead.send(
+                msg.key,
+                payload,
+                &reject,
+                Source {
+                    topic,
+                    partition,
+                    offset,
+                },
+            ),
+        }
+    }
+
+    /// Apply the assignment changes the rebalance callback recorded. Records
+    /// of a revoked partition are flushed first: they share the aggregates
+    /// with the others (the next owner's fencing sorts out who wins).
+    /// Returns false if the flusher is gone.
+    pub(super) fn take_assignment_changes(
+        &mut self,
+        changes: &Recorder<Start>,
+        tx: &tmpsc::Sender<Chunk>,
+    ) -> bool {
+        for c in changes.take() {
+            match c {
+                Change::Assigned(tp, start) => {
+                    self.parts
+                        .insert(tp, PartitionState::new(start.target, start.fresh));
+                }
+                Change::Revoked(tp) => {
+                    if self.parts.get(&tp).is_some_and(PartitionState::moved) && !self.flush(tx) {
+                        return false;
+                    }
+                    self.parts.remove(&tp);
+                }
+                Change::RevokedAll => {
+                    if self.parts.values().any(PartitionState::moved) && !self.flush(tx) {
+                        return false;
+                    }
+                    self.parts.clear();
+                }
+            }
+        }
+        true
+    }
+
+    /// Cut the aggregates into a chunk and queue it. Blocks while the queue
+    /// is full (backpressure). Returns false if the flusher is gone.
+    pub(super) fn flush(&mut self, tx: &tmpsc::Sender<Chunk>) -> bool {
+        match self.take_chunk() {
+            None => true,
+            Some(chunk) => tx.blocking_send(chunk).is_ok(),
+        }
+    }
+
+    /// Start a new generation: answers about chunks cut before are stale.
+    pub(super) fn bump(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    /// The aggregates and every moved partition's range as a chunk, or
+    /// `None` if no partition moved.
+    fn take_chunk(&mut self) -> Option<Chunk> {
+        let ranges: Vec<Range> = self
+            .parts
+            .iter_mut()
+            .filter(|(_, p)| p.moved())
+            .map(|((topic, partition), p)| {
+                let r = Range {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    start: p.start,
+                    end: p.end(),
+                    fresh: p.fresh,
+                };
+                p.start = p.end();
+                p.fresh = false;
+                r
+            })
+            .collect();
+        if ranges.is_empty() {
+            return None;
+        }
+        let (slices, events) = self.unflushed.take();
+        Some(Chunk {
+            generation: self.generation,
+            ranges,
+            slices,
+            events,
+        })
+    }
+}

@@ -37,7 +37,7 @@ use tally_core::config::{Config, Millis, StoreConfig};
 use tally_core::event::Limits;
 use tally_core::manifest::CutFile;
 use tally_core::paths;
-use tally_core::time::EpochClock;
+use tally_core::time::EpochGrid;
 use tally_gen::{Generator, Shape};
 
 const VIEW: &str = "minute_type_page";
@@ -307,7 +307,7 @@ fn ensure_dataset(dir: &Path, n: u64, days: u64) {
             ..StoreConfig::default()
         })
         .expect("store");
-        let clock = EpochClock::new(3_600_000);
+        let clock = EpochGrid::new(3_600_000);
         let limits = Limits::default();
         let promote = Promote::of(&config(dir));
         // The default traffic shape (5 event types, 200 pages with a skew,

@@ -19,7 +19,7 @@ use tally_batch::archive_file::{self, ArchiveRows};
 use tally_batch::promote::Promote;
 use tally_core::manifest::CutFile;
 use tally_core::paths;
-use tally_core::time::EpochClock;
+use tally_core::time::EpochGrid;
 use tally_gen::{Generator, Shape};
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::truth::{within_hll_error, Truth};
@@ -68,7 +68,7 @@ fn a_duckdb_query_over_the_store_equals_the_api_and_the_truth() {
     .with_limits(cfg.events.limits());
     let mut gen = Generator::new(shape, 17).expect("shape");
     let mut truth = Truth::new(&cfg);
-    let clock = EpochClock::new(HOUR);
+    let clock = EpochGrid::new(HOUR);
     let promote = Promote::of(&cfg);
     let rt = tally_testkit::runtime();
     let store = tally_batch::store::open(&cfg.store).expect("store");

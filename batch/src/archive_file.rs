@@ -36,7 +36,7 @@ use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use tally_core::event::{decode, Limits, Scalar};
-use tally_core::time::{day_of, EpochClock};
+use tally_core::time::{day_of, EpochGrid};
 
 use crate::promote::{self, Promote, PromotedKey, PropType, PropsView};
 
@@ -169,7 +169,7 @@ impl ArchiveRows {
         partition: i32,
         offset: i64,
         kafka_ts_ms: i64,
-        clock: EpochClock,
+        clock: EpochGrid,
         limits: &Limits,
         value: &[u8],
     ) {
@@ -427,7 +427,7 @@ mod tests {
 
     /// Rows of partition 0 at `offsets`, all in one epoch.
     fn rows(offsets: std::ops::RangeInclusive<i64>) -> ArchiveRows {
-        let clock = EpochClock::new(3_600_000);
+        let clock = EpochGrid::new(3_600_000);
         let mut r = ArchiveRows::new(*offsets.start());
         for o in offsets {
             r.push("t", 0, o, 1_000, clock, &Limits::default(), b"{}");

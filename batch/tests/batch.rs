@@ -140,7 +140,7 @@ async fn write_file(
     start: i64,
     records: &[&Gen],
 ) {
-    let clock = tally_core::time::EpochClock::new(HOUR);
+    let clock = tally_core::time::EpochGrid::new(HOUR);
     let mut rows = tally_batch::archive_file::ArchiveRows::new(start);
     for g in records {
         rows.push(

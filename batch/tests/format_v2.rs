@@ -16,7 +16,7 @@ use tally_batch::{run_batch, RunOptions};
 use tally_core::config::Config;
 use tally_core::event::Limits;
 use tally_core::paths;
-use tally_core::time::EpochClock;
+use tally_core::time::EpochGrid;
 use tally_testkit::config::TestConfig;
 use tally_testkit::gen::Generated;
 
@@ -119,7 +119,7 @@ fn records(n: usize, n_keys: usize) -> Vec<Generated> {
 
 async fn written(records: &[Generated], promote: &Promote) -> Vec<RecordBatch> {
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let clock = EpochClock::new(HOUR);
+    let clock = EpochGrid::new(HOUR);
     let mut rows = ArchiveRows::new(0);
     for (o, r) in records.iter().enumerate() {
         rows.push(

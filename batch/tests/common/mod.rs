@@ -18,7 +18,7 @@ use tally_core::event::Limits;
 use tally_core::manifest::CutFile;
 use tally_core::manifest::Manifest;
 use tally_core::paths;
-use tally_core::time::EpochClock;
+use tally_core::time::EpochGrid;
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::gen::{Generated, Generator, IntRange, Shape};
 use tally_testkit::truth::{Cells, Measure, Truth};
@@ -123,7 +123,7 @@ pub async fn write_archive_with(
     events: &[Gen],
     promote: &Promote,
 ) -> Vec<String> {
-    let clock = EpochClock::new(HOUR);
+    let clock = EpochGrid::new(HOUR);
     let limits = Limits::default();
     let mut files: BTreeMap<(i64, i32), ArchiveRows> = BTreeMap::new();
     let mut sorted: Vec<&Gen> = events.iter().collect();

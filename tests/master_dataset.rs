@@ -82,9 +82,12 @@ fn a_duckdb_query_over_the_store_equals_the_api_and_the_truth() {
             truth.add_generated(TOPIC, &g);
             let p = (i % PARTITIONS as i64) as usize;
             let limits = cfg.events.limits();
-            files[p].push(TOPIC, p as i32, offsets[p], ts, clock, &limits, &g.payload);
+            // The record's own Kafka time: the generator's malformed kinds
+            // include impossible ones, which the archive must mark rejected.
+            let kts = g.kafka_ts_ms;
+            files[p].push(TOPIC, p as i32, offsets[p], kts, clock, &limits, &g.payload);
             if p == 0 {
-                copy.push(TOPIC, 0, offsets[p], ts, clock, &limits, &g.payload);
+                copy.push(TOPIC, 0, offsets[p], kts, clock, &limits, &g.payload);
             }
             offsets[p] += 1;
         }

@@ -3,19 +3,21 @@
 //! running the same aggregation over the same Parquet archive files, in the
 //! same run, alternating.
 //!
-//! `cargo bench --bench batch_recompute` (env BENCH_EVENTS, default
-//! 20,000,000; BENCH_ROUNDS, default 3; BENCH_DIR, default
-//! `$CARGO_TARGET_DIR/bench-batch`). DuckDB comes from PyPI (`infra/install`
-//! installs the pinned version; the script says how if it is missing).
+//! `cargo bench --workspace --bench batch_recompute` (env BENCH_EVENTS,
+//! events per day, default 20,000,000; BENCH_DAYS, default 1; BENCH_ROUNDS,
+//! default 3; BENCH_DIR, default `$CARGO_TARGET_DIR/bench-batch`). DuckDB
+//! comes from PyPI (`infra/install` installs the pinned version; the script
+//! says how if it is missing).
 //!
-//! 1. Writes the day once (kept in BENCH_DIR for later runs): `tally-gen`
+//! 1. Writes the days once (kept in BENCH_DIR for later runs): `tally-gen`
 //!    events, 4 partitions, hourly ingest epochs, each (epoch, partition) one
-//!    archive file written by the batch crate's own archive writer, and the
-//!    cut past the last epoch.
+//!    archive file (format v2) written by the batch crate's own archive
+//!    writer, and the cut past the last epoch.
 //! 2. Each round runs, each in its own process so that memory is its own:
 //!    `tally_batch::run_batch` with `full` for the view (this binary with
 //!    `--tally-child`), DuckDB with the same de-duplication on
-//!    (topic, partition, offset), and DuckDB without it (its lower bound).
+//!    (topic, partition, offset) (row by row only where files' offset ranges
+//!    overlap), and DuckDB de-duplicating every row.
 //!    Both write their result as Parquet. Wall time is measured by this
 //!    process; peak RSS is the child's VmHWM, polled from /proc.
 //! 3. Prints the medians, the ratio, and the group counts (a check that both
@@ -29,6 +31,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tally_batch::archive_file::{self, ArchiveRows};
+use tally_batch::promote::Promote;
 use tally_batch::{store, RunOptions};
 use tally_core::config::{Config, Millis, StoreConfig};
 use tally_core::event::Limits;
@@ -78,6 +81,7 @@ fn main() {
         return;
     }
     let n: u64 = env_or("BENCH_EVENTS", 20_000_000);
+    let days: u64 = env_or("BENCH_DAYS", 1);
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let dir = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
@@ -87,8 +91,12 @@ fn main() {
                 .unwrap_or_else(|| PathBuf::from("target"));
             target.join("bench-batch")
         })
-        .join(format!("day-{n}"));
-    ensure_dataset(&dir, n);
+        .join(if days == 1 {
+            format!("day-v2-{n}")
+        } else {
+            format!("days-v2-{days}x{n}")
+        });
+    ensure_dataset(&dir, n, days);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/batch_recompute_duckdb.py");
     let me = std::env::current_exe().expect("own path");
     // Optionally another build of this benchmark (say, before an
@@ -97,7 +105,7 @@ fn main() {
     let mut rows: Vec<(&str, Vec<Run>)> = vec![
         ("tally batch, full recompute", Vec::new()),
         ("DuckDB, same de-duplication", Vec::new()),
-        ("DuckDB, no de-duplication", Vec::new()),
+        ("DuckDB, row-level de-duplication", Vec::new()),
     ];
     if baseline.is_some() {
         rows.push((
@@ -113,7 +121,7 @@ fn main() {
                 Command::new("python3")
                     .arg(&script)
                     .arg(&dir)
-                    .arg("nodedup"),
+                    .arg("rowdedup"),
             ),
         ];
         if let Some(b) = &baseline {
@@ -127,7 +135,10 @@ fn main() {
             list.push(run);
         }
     }
-    println!("\n{n} events, {} files, {rounds} rounds", count_files(&dir));
+    println!(
+        "\n{n} events per day, {days} day(s), {} files, {rounds} rounds",
+        count_files(&dir)
+    );
     println!("| process | wall s (median) | CPU s (median) | peak RSS MiB (median) | groups |");
     println!("|---|---|---|---|---|");
     let mut medians = Vec::new();
@@ -280,7 +291,7 @@ fn tally_child(dir: &Path) {
 }
 
 /// Write the day's archive files unless a complete set is already there.
-fn ensure_dataset(dir: &Path, n: u64) {
+fn ensure_dataset(dir: &Path, n: u64, days: u64) {
     let done = dir.join("_complete");
     if done.exists() {
         eprintln!("dataset: reusing {}", dir.display());
@@ -298,6 +309,7 @@ fn ensure_dataset(dir: &Path, n: u64) {
         .expect("store");
         let clock = EpochGrid::new(3_600_000);
         let limits = Limits::default();
+        let promote = Promote::of(&config(dir));
         // The default traffic shape (5 event types, 200 pages with a skew,
         // 100,000 users, half RFC 3339 timestamps, a few malformed records),
         // without late events so that the day is one day.
@@ -307,13 +319,13 @@ fn ensure_dataset(dir: &Path, n: u64) {
             ..Shape::default()
         };
         let mut gen = Generator::new(shape, 7).expect("shape");
-        let hours = 24u64;
-        let per_hour = n / hours;
+        let hours = 24 * days;
+        let per_hour = n * days / hours;
         let mut next_offset = vec![0i64; PARTITIONS as usize];
         let mut last_epoch = 0;
         for h in 0..hours {
             let count = if h == hours - 1 {
-                n - per_hour * (hours - 1)
+                n * days - per_hour * (hours - 1)
             } else {
                 per_hour
             };
@@ -340,7 +352,7 @@ fn ensure_dataset(dir: &Path, n: u64) {
             last_epoch = epoch;
             for (p, mut rows) in files.into_iter().enumerate() {
                 let path = paths::archive_file(epoch, TOPIC, p as i32, rows.first_offset);
-                archive_file::write(store.clone(), &path, &mut rows)
+                archive_file::write(store.clone(), &path, &mut rows, &promote)
                     .await
                     .expect("write archive file");
             }
@@ -354,7 +366,7 @@ fn ensure_dataset(dir: &Path, n: u64) {
             paths::CUT,
             &CutFile::V1 {
                 cut: last_epoch + 1,
-                decided_ms: DAY_START_MS + 86_400_000,
+                decided_ms: DAY_START_MS + days as i64 * 86_400_000,
             },
         )
         .await

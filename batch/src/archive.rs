@@ -86,6 +86,7 @@ use tally_kafka::{
 
 use crate::archive_file::{self, ArchiveRows, FileError};
 use crate::progress::{self, Claim, Fenced, ProgressError, Reached};
+use crate::promote::Promote;
 use crate::store::StoreError;
 
 /// How often a seek is tried while librdkafka is still starting the fetcher
@@ -171,6 +172,8 @@ struct Archiver {
     topics: Vec<String>,
     grid: EpochGrid,
     limits: tally_core::event::Limits,
+    /// The properties every file promotes to columns: those the views use.
+    promote: Promote,
     grace: i64,
     seek_back: i64,
     roll_bytes: usize,
@@ -232,6 +235,7 @@ impl Archiver {
             topics: cfg.kafka.topics.clone(),
             grid: cfg.epochs.grid(),
             limits: cfg.events.limits(),
+            promote: Promote::of(cfg),
             grace: cfg.epochs.grace.0,
             seek_back: cfg.kafka.seek_back,
             roll_bytes: cfg.archive.roll_bytes.max(1),
@@ -482,7 +486,8 @@ impl Archiver {
         for (epoch, rows) in part.open.iter_mut() {
             let path = paths::archive_file(*epoch, &tp.0, tp.1, rows.first_offset);
             let outcome =
-                archive_file::write_unless_covered(self.store.clone(), &path, rows).await?;
+                archive_file::write_unless_covered(self.store.clone(), &path, rows, &self.promote)
+                    .await?;
             if outcome == archive_file::Outcome::Written {
                 self.summary.files += 1;
                 metrics::counter!("tally_archive_files_total").increment(1);

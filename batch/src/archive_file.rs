@@ -1,4 +1,4 @@
-//! The master-dataset file format: one Parquet file of Kafka records.
+//! The master-dataset file format (v2): one Parquet file of Kafka records.
 //!
 //! Every record is kept, valid or not (the raw bytes are the truth). Columns:
 //!
@@ -9,13 +9,16 @@
 //! | `reject` | Utf8, null when valid | [`tally_core::event::Reject::code`] |
 //! | `event_id`, `event_type`, `user_id` | Utf8, nullable | decoded envelope |
 //! | `time_ms` | Int64, nullable | event time |
-//! | `props` | List<Struct<key, str, int, float, bool>> | properties, typed: no JSON parsing when read |
+//! | `properties.<key>` | Utf8, Int64, Float64 or Boolean, nullable | promoted properties ([`crate::promote`]) |
+//! | `props` | List<Struct<key, str, int, float, bool>> | every property, typed: no JSON parsing when read |
 //! | `raw` | Binary | the record's value as received |
 //!
 //! The file's key-value metadata holds `tally.days`: the UTC days (comma
 //! separated) of the event times of its valid records, so the batch can tell
-//! which days a file touches from the footer alone; and `tally.last_offset`,
-//! the last offset it holds (see [`write_unless_covered`]).
+//! which days a file touches from the footer alone; `tally.last_offset`, the
+//! last offset it holds (see [`write_unless_covered`]); `tally.format` (`2`)
+//! and `tally.promoted`, the promoted keys and their columns. Format v1 files
+//! are the same without promoted columns and without the last two keys.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -29,11 +32,13 @@ use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::AsyncArrowWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use tally_core::event::{decode, Limits, Scalar};
 use tally_core::time::{day_of, EpochGrid};
+
+use crate::promote::{self, Promote, PromotedKey, PropType, PropsView};
 
 /// Key of the footer metadata that lists the days a file touches.
 pub const DAYS_KEY: &str = "tally.days";
@@ -63,10 +68,10 @@ fn prop_fields() -> Fields {
     ])
 }
 
-/// The Arrow schema of an archive file.
-pub fn schema() -> SchemaRef {
+/// The Arrow schema of an archive file with the promoted `columns`.
+pub fn schema(columns: &[(PropType, String)]) -> SchemaRef {
     let prop = Field::new("item", DataType::Struct(prop_fields()), true);
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("topic", DataType::Utf8, false),
         Field::new("partition", DataType::Int32, false),
         Field::new("offset", DataType::Int64, false),
@@ -77,9 +82,23 @@ pub fn schema() -> SchemaRef {
         Field::new("event_type", DataType::Utf8, true),
         Field::new("time_ms", DataType::Int64, true),
         Field::new("user_id", DataType::Utf8, true),
-        Field::new("props", DataType::List(Arc::new(prop)), false),
-        Field::new("raw", DataType::Binary, false),
-    ]))
+    ];
+    for (ty, name) in columns {
+        fields.push(Field::new(name, arrow_type(*ty), true));
+    }
+    fields.push(Field::new("props", DataType::List(Arc::new(prop)), false));
+    fields.push(Field::new("raw", DataType::Binary, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// The Arrow type of a promoted column of `ty`.
+pub fn arrow_type(ty: PropType) -> DataType {
+    match ty {
+        PropType::Str => DataType::Utf8,
+        PropType::Int => DataType::Int64,
+        PropType::Float => DataType::Float64,
+        PropType::Bool => DataType::Boolean,
+    }
 }
 
 /// Records of one archive file being assembled, decoded once on the way in.
@@ -205,23 +224,38 @@ impl ArchiveRows {
         &self.days
     }
 
-    /// Finish into one record batch.
-    pub fn finish(&mut self) -> Result<RecordBatch, FileError> {
-        let cols: Vec<ArrayRef> = vec![
+    /// Finish into one record batch, with the keys `promote` picks as
+    /// columns; returns the promoted keys too.
+    pub fn finish(
+        &mut self,
+        promote: &Promote,
+    ) -> Result<(RecordBatch, Vec<PromotedKey>), FileError> {
+        let reject = self.reject.finish();
+        let props = self.props.finish();
+        let view = PropsView::of(&props)?;
+        let (counts, valid) = view.counts(&reject);
+        let promoted = promote.choose(&counts, valid);
+        let columns: Vec<(PropType, String)> = promoted
+            .iter()
+            .flat_map(|k| k.columns.iter().cloned())
+            .collect();
+        let mut cols: Vec<ArrayRef> = vec![
             Arc::new(self.topic.finish()),
             Arc::new(self.partition.finish()),
             Arc::new(self.offset.finish()),
             Arc::new(self.kafka_ts.finish()),
             Arc::new(self.epoch.finish()),
-            Arc::new(self.reject.finish()),
+            Arc::new(reject),
             Arc::new(self.event_id.finish()),
             Arc::new(self.event_type.finish()),
             Arc::new(self.time_ms.finish()),
             Arc::new(self.user_id.finish()),
-            Arc::new(self.props.finish()),
-            Arc::new(self.raw.finish()),
         ];
-        Ok(RecordBatch::try_new(schema(), cols)?)
+        cols.extend(view.columns(&promoted));
+        drop(view);
+        cols.push(Arc::new(props));
+        cols.push(Arc::new(self.raw.finish()));
+        Ok((RecordBatch::try_new(schema(&columns), cols)?, promoted))
     }
 }
 
@@ -236,6 +270,7 @@ pub async fn write(
     store: Arc<dyn ObjectStore>,
     path: &str,
     rows: &mut ArchiveRows,
+    promote: &Promote,
 ) -> Result<(), FileError> {
     let days = rows
         .days()
@@ -244,17 +279,36 @@ pub async fn write(
         .collect::<Vec<_>>()
         .join(",");
     let last = rows.last_offset.to_string();
-    let batch = rows.finish()?;
-    let props = WriterProperties::builder()
+    let (batch, promoted) = rows.finish(promote)?;
+    let mut meta = vec![
+        KeyValue::new(DAYS_KEY.to_owned(), days),
+        KeyValue::new(LAST_OFFSET_KEY.to_owned(), last),
+    ];
+    if !promote.is_legacy_v1() {
+        meta.push(KeyValue::new(
+            promote::FORMAT_KEY.to_owned(),
+            "2".to_owned(),
+        ));
+        meta.push(KeyValue::new(
+            promote::PROMOTED_KEY.to_owned(),
+            serde_json::to_string(&promoted).unwrap_or_default(),
+        ));
+    }
+    // Offsets and times rise within a file: delta-encoded they take a few
+    // bits a row, where plain they would be among the largest columns a
+    // recompute reads.
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(128 * 1024))
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(DAYS_KEY.to_owned(), days),
-            KeyValue::new(LAST_OFFSET_KEY.to_owned(), last),
-        ]))
-        .build();
+        .set_key_value_metadata(Some(meta));
+    for c in ["offset", "kafka_ts_ms", "time_ms"] {
+        props = props
+            .set_column_dictionary_enabled(c.into(), false)
+            .set_column_encoding(c.into(), Encoding::DELTA_BINARY_PACKED);
+    }
+    let props = props.build();
     let out = object_store::buffered::BufWriter::new(store, Path::from(path));
-    let mut w = AsyncArrowWriter::try_new(out, schema(), Some(props))?;
+    let mut w = AsyncArrowWriter::try_new(out, batch.schema(), Some(props))?;
     w.write(&batch).await?;
     w.close().await?;
     Ok(())
@@ -283,13 +337,14 @@ pub async fn write_unless_covered(
     store: Arc<dyn ObjectStore>,
     path: &str,
     rows: &mut ArchiveRows,
+    promote: &Promote,
 ) -> Result<Outcome, FileError> {
     if let Some(last) = last_offset_of(store.clone(), path).await? {
         if last >= rows.last_offset {
             return Ok(Outcome::Covered);
         }
     }
-    write(store, path, rows).await?;
+    write(store, path, rows, promote).await?;
     Ok(Outcome::Written)
 }
 
@@ -394,7 +449,7 @@ mod tests {
         let write = |r: std::ops::RangeInclusive<i64>| {
             let store = store.clone();
             async move {
-                write_unless_covered(store, PATH, &mut rows(r))
+                write_unless_covered(store, PATH, &mut rows(r), &Promote::default())
                     .await
                     .unwrap()
             }

@@ -1,23 +1,28 @@
 //! # tally-batch: the master dataset and the accurate views
 //!
 //! The batch layer keeps every Kafka record in an immutable master dataset
-//! (Parquet files in an object store) and recomputes the views from it with a
-//! streaming fold over those files, publishing each view's snapshot
-//! atomically through a manifest.
+//! (Parquet files in an object store, the views' properties as plain
+//! columns) and recomputes the views from it with Polars lazy plans on the
+//! streaming engine, publishing each view's snapshot, at every roll-up
+//! level, atomically through a manifest.
 //!
 //! ## Layout
 //!
 //! - [`store`]: opening `file://`, `memory://` or `s3://` stores; JSON objects
 //!   and conditional puts.
-//! - [`archive_file`]: the archive file format (typed envelope, typed
-//!   properties, raw bytes) and its writer and reader.
+//! - [`archive_file`]: the archive file format (typed envelope, promoted
+//!   property columns, typed properties, raw bytes) and its writer.
+//! - [`promote`]: which properties a file promotes to columns, and how the
+//!   footer lists them.
 //! - [`archive`]: the archiver, a consumer-group member: Kafka to archive
 //!   files, exactly once by coordinates.
 //! - [`progress`]: the archiver's shared objects: each partition's progress,
 //!   fenced by a claim, and the cut, computed over every partition and
 //!   published only forward.
-//! - [`recompute`]: a batch run (incremental by files, or full), snapshots,
-//!   manifests and garbage collection; `recompute` for an ad-hoc range.
+//! - [`recompute`]: a batch run (incremental by files, or full): inputs and
+//!   their overlaps, fetching, the Polars plan, `distinct` sketches, groups
+//!   and roll-ups, snapshots, publishing and garbage collection;
+//!   `recompute` for an ad-hoc range.
 //! - [`lock`]: the lock object that keeps runs from overlapping.
 //! - [`schedule`]: locked runs, and the cron schedule.
 //!
@@ -28,6 +33,7 @@ pub mod archive;
 pub mod archive_file;
 pub mod lock;
 pub mod progress;
+pub mod promote;
 pub mod recompute;
 mod report;
 pub mod schedule;

@@ -4,108 +4,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::*;
 use object_store::ObjectStore;
 use tally_batch::lock::{self, Acquired};
-use tally_batch::recompute::read_snapshot;
+use tally_batch::promote::Promote;
 use tally_batch::{run_batch, run_locked, BatchError, RunOptions};
 use tally_core::agg::Agg;
 use tally_core::config::Config;
-use tally_core::manifest::Manifest;
 use tally_core::paths;
-use tally_testkit::truth::Truth;
-
-async fn manifest(store: &Arc<dyn ObjectStore>, view: &str) -> Option<Manifest> {
-    tally_batch::store::get_json::<Manifest>(store.as_ref(), &paths::manifest(view))
-        .await
-        .unwrap()
-        .map(|(m, _)| m)
-}
-
-type Snapshot = BTreeMap<(i64, Vec<Option<String>>), Vec<Agg>>;
-
-async fn snapshot(store: &Arc<dyn ObjectStore>, cfg: &Config, view: &str) -> Snapshot {
-    let m = manifest(store, view).await.expect("a published manifest");
-    let def = cfg.view(view).unwrap();
-    let mut out = BTreeMap::new();
-    // The view's own level; the roll-up levels are checked against it elsewhere.
-    for d in m
-        .days()
-        .iter()
-        .filter(|d| d.level_ms.is_none_or(|l| l == def.granularity.as_ms()))
-    {
-        let rows = read_snapshot(store.clone(), &d.path, def).await.unwrap();
-        assert_eq!(rows.len() as u64, d.rows);
-        for (b, dims, aggs) in rows {
-            assert_eq!(b.div_euclid(86_400_000), d.day, "bucket in its day's file");
-            assert!(out.insert((b, dims), aggs).is_none(), "one row per group");
-        }
-    }
-    out
-}
-
-/// A distinct sketch is right when it has exactly the registers of a sketch
-/// of the true set (Redis's PFADD of each value), and its estimate is within
-/// 2 % (3 for tiny sets, where register collisions dominate) of the true count.
-fn distinct_ok(agg: &Agg, users: &std::collections::HashSet<String>) -> bool {
-    let Agg::Distinct(h) = agg else { return false };
-    let mut reference = tally_core::hll::Hll::new();
-    for u in users {
-        reference.add(u.as_bytes());
-    }
-    h.registers() == reference.registers()
-        && tally_testkit::truth::within_hll_error(h.count(), users.len())
-}
-
-/// Compare a view's snapshot with the truth, measure by measure.
-async fn check(store: &Arc<dyn ObjectStore>, cfg: &Config, view: &str, events: &[Gen], cut: i64) {
-    check_with(store, cfg, view, &truth(cfg, events, cut)).await;
-}
-
-async fn check_with(store: &Arc<dyn ObjectStore>, cfg: &Config, view: &str, truth: &Truth) {
-    let snap = snapshot(store, cfg, view).await;
-    let truth = truth.view(view);
-    assert_eq!(
-        snap.keys().collect::<Vec<_>>(),
-        truth.cells.map.keys().collect::<Vec<_>>(),
-        "{view}: groups"
-    );
-    for (k, cells) in &truth.cells.map {
-        let aggs = &snap[k];
-        for ((m, t), a) in truth.measures.iter().zip(cells).zip(aggs) {
-            let what = format!("{view}.{} {k:?}", m.name);
-            match m.agg.as_str() {
-                "count" => assert_eq!(a, &Agg::Count(t.count), "{what}"),
-                "sum" => assert_eq!(
-                    a,
-                    &Agg::Sum {
-                        int: t.sum_int,
-                        float: t.sum_float
-                    },
-                    "{what}"
-                ),
-                "min" => assert_eq!(a, &Agg::Min(t.min), "{what}"),
-                "max" => assert_eq!(a, &Agg::Max(t.max), "{what}"),
-                "distinct" => assert!(
-                    distinct_ok(a, &t.distinct),
-                    "{what}: {a:?} vs {}",
-                    t.distinct.len()
-                ),
-                other => panic!("unknown agg {other}"),
-            }
-        }
-    }
-}
-
-async fn check_all(store: &Arc<dyn ObjectStore>, cfg: &Config, events: &[Gen], cut: i64) {
-    let truth = truth(cfg, events, cut);
-    for v in VIEWS {
-        check_with(store, cfg, v, &truth).await;
-    }
-}
 
 /// The stores every scenario runs on: `memory://`, `file://` and, when moto
 /// is installed, `s3://` on a private moto server. Each comes with its config
@@ -246,18 +154,18 @@ async fn write_file(
         );
     }
     let path = paths::archive_file(epoch, "events", partition, start);
-    tally_batch::archive_file::write(store.clone(), &path, &mut rows)
+    let promote = tally_batch::promote::Promote::of(&config("memory://"));
+    tally_batch::archive_file::write(store.clone(), &path, &mut rows, &promote)
         .await
         .unwrap();
 }
 
-/// The fold split into shards by partition equals the truth for any number
-/// of shards, with duplicates that cross shards: a file named after one
+/// Duplicates across files equal the truth: a file named after one
 /// partition holding copies of every partition's records, a rewrite that
 /// overlaps another file's offsets, and a file named after the wrong
 /// partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sharded_folds_equal_the_truth_with_duplicates_across_shards() {
+async fn duplicates_across_files_equal_the_truth() {
     let cfg = config("memory://");
     let store = tally_batch::store::open(&cfg.store).unwrap();
     let epoch0 = T0 / HOUR;
@@ -293,23 +201,20 @@ async fn sharded_folds_equal_the_truth_with_duplicates_across_shards() {
         .count();
     let files_rows = (archived + mixed.len() + (p2.len() - from) + p1.len() / 2) as u64;
     set_cut(&store, epoch0 + 4).await;
-    for shards in [1, 2, 3, 4, 8] {
-        let s = run_batch(
-            &cfg,
-            store.clone(),
-            RunOptions {
-                full: true,
-                fold_shards: Some(shards),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        for v in &s.views {
-            assert_eq!(v.rows_read, files_rows, "{shards} shards: {v:?}");
-        }
-        check_all(&store, &cfg, &events, epoch0 + 4).await;
+    let s = run_batch(
+        &cfg,
+        store.clone(),
+        RunOptions {
+            full: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for v in &s.views {
+        assert_eq!(v.rows_read, files_rows, "{v:?}");
     }
+    check_all(&store, &cfg, &events, epoch0 + 4).await;
 }
 
 /// A run that dies after writing some snapshot files leaves the previous
@@ -496,4 +401,153 @@ async fn the_schedule_runs_the_batch() {
     // Wait for an in-flight run to finish before checking.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     check(&store, &cfg, "daily", &events, T0 / HOUR + 1).await;
+}
+
+/// Records laid out as an archiver writes them (per partition, runs of
+/// consecutive offsets in Kafka-time order, one file per epoch), so that
+/// only a rewrite's files overlap; a file rewritten longer under a new name
+/// (a replay that read further) overlaps two others. Only the overlapping
+/// files need row-level de-duplication, and the result is the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archiver_layout_with_an_overlapping_rewrite_equals_the_truth() {
+    for (cfg, _guard) in stores() {
+        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let epoch0 = T0 / HOUR;
+        let mut offsets = Vec::new();
+        let mut events = generate(51, 12_000, 3, &mut offsets, T0, 4 * HOUR);
+        // Kafka time rising with the offset, per partition.
+        for p in 0..3 {
+            let mut ts: Vec<i64> = events
+                .iter()
+                .filter(|g| g.partition == p)
+                .map(|g| g.g.kafka_ts_ms)
+                .collect();
+            ts.sort_unstable();
+            let mut it = ts.into_iter();
+            for g in events.iter_mut().filter(|g| g.partition == p) {
+                g.g.kafka_ts_ms = it.next().unwrap();
+            }
+        }
+        // Rebuild each record's payload timestamp budget: the generator's
+        // event times were relative to the old Kafka time; keep them valid by
+        // recomputing the truth's verdict instead of the generator's.
+        for g in events.iter_mut() {
+            g.g.valid =
+                tally_testkit::truth::accepts(&g.g.payload, g.g.kafka_ts_ms, &cfg.events.limits());
+        }
+        write_archive(&store, "events", &events).await;
+        // Partition 1's records from the middle of epoch 1 into epoch 2,
+        // rewritten as one file named after its first offset.
+        let mut p1: Vec<&Gen> = events
+            .iter()
+            .filter(|g| g.partition == 1 && (g.epoch() == epoch0 + 1 || g.epoch() == epoch0 + 2))
+            .collect();
+        p1.sort_by_key(|g| g.offset);
+        let from = p1.len() / 2;
+        write_file(&store, epoch0 + 1, 1, p1[from].offset, &p1[from..]).await;
+        set_cut(&store, epoch0 + 4).await;
+        run_batch(&cfg, store.clone(), RunOptions::default())
+            .await
+            .unwrap();
+        check_all(&store, &cfg, &events, epoch0 + 4).await;
+    }
+}
+
+/// Integer sums past `i64` are exact: two values of 6e18 and three of -9e18
+/// in one group, and their sum (-1.5e19) in another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_sums_past_i64_are_exact() {
+    let cfg = config("memory://");
+    let store = tally_batch::store::open(&cfg.store).unwrap();
+    let big = |i: i64, country: &str, amount: i64| {
+        record(
+            0,
+            i,
+            T0 + i,
+            format!(
+                r#"{{"event_id":"b{i}","event_type":"purchase","timestamp":{},"user_id":"u{i}","properties":{{"country":"{country}","amount":{amount},"page":"/p"}}}}"#,
+                T0 + i
+            ),
+        )
+    };
+    let events = vec![
+        big(0, "up", 6_000_000_000_000_000_000),
+        big(1, "up", 6_000_000_000_000_000_000),
+        big(2, "down", -9_000_000_000_000_000_000),
+        big(3, "down", -9_000_000_000_000_000_000),
+        big(4, "down", -9_000_000_000_000_000_000),
+        big(5, "both", 6_000_000_000_000_000_000),
+        big(6, "both", 6_000_000_000_000_000_000),
+        big(7, "both", -9_000_000_000_000_000_000),
+        big(8, "both", -9_000_000_000_000_000_000),
+        big(9, "both", -9_000_000_000_000_000_000),
+    ];
+    write_archive(&store, "events", &events).await;
+    set_cut(&store, T0 / HOUR + 1).await;
+    run_batch(&cfg, store.clone(), RunOptions::default())
+        .await
+        .unwrap();
+    check_all(&store, &cfg, &events, T0 / HOUR + 1).await;
+    let snap = snapshot(&store, &cfg, "by_type").await;
+    let sum_of = |country: &str| {
+        snap[&(
+            T0,
+            vec![Some("purchase".to_owned()), Some(country.to_owned())],
+        )][1]
+            .clone()
+    };
+    assert_eq!(
+        sum_of("up"),
+        Agg::Sum {
+            int: 12_000_000_000_000_000_000,
+            float: 0.0
+        }
+    );
+    assert_eq!(
+        sum_of("down"),
+        Agg::Sum {
+            int: -27_000_000_000_000_000_000,
+            float: 0.0
+        }
+    );
+    assert_eq!(
+        sum_of("both"),
+        Agg::Sum {
+            int: -15_000_000_000_000_000_000,
+            float: 0.0
+        }
+    );
+}
+
+/// A store of v1 files (written before promoted columns), v2 files, and v2
+/// files that promoted none of the views' keys recomputes to the truth,
+/// fully and incrementally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_of_v1_and_v2_files_equal_the_truth() {
+    for (cfg, _guard) in stores() {
+        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let epoch0 = T0 / HOUR;
+        let mut offsets = Vec::new();
+        let old = generate(61, 8_000, 2, &mut offsets, T0, 2 * HOUR);
+        write_archive_with(&store, "events", &old, &Promote::legacy_v1()).await;
+        let bare = generate(62, 4_000, 2, &mut offsets, T0 + 2 * HOUR, HOUR);
+        write_archive_with(&store, "events", &bare, &Promote::default()).await;
+        set_cut(&store, epoch0 + 3).await;
+        run_batch(&cfg, store.clone(), RunOptions::default())
+            .await
+            .unwrap();
+        let mut events = old;
+        events.extend(bare);
+        check_all(&store, &cfg, &events, epoch0 + 3).await;
+        // New v2 files, some stragglers among them, then an incremental run.
+        let newer = generate(63, 6_000, 2, &mut offsets, T0 + 3 * HOUR, 2 * HOUR);
+        write_archive(&store, "events", &newer).await;
+        events.extend(newer);
+        set_cut(&store, epoch0 + 5).await;
+        let s = run_batch(&cfg, store.clone(), RunOptions::default())
+            .await
+            .unwrap();
+        assert!(s.views.iter().all(|v| !v.full));
+        check_all(&store, &cfg, &events, epoch0 + 5).await;
+    }
 }

@@ -658,8 +658,9 @@ fn dense_set(body: &mut [u8], reg: usize, val: u8) {
     }
 }
 
-/// Register index and value for one element, as Redis's `hllPatLen`.
-fn pattern(value: &[u8]) -> (usize, u8) {
+/// Register index and value for one element, as Redis's `hllPatLen` (the
+/// batch layer computes these per row, and keeps the maximum per register).
+pub fn pattern(value: &[u8]) -> (usize, u8) {
     let hash = murmurhash64a(value, HASH_SEED);
     let index = (hash & (REGISTERS as u64 - 1)) as usize;
     let rest = (hash >> P) | (1u64 << Q);

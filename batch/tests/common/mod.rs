@@ -10,14 +10,18 @@ use object_store::ObjectStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_batch::archive_file::{self, ArchiveRows};
+use tally_batch::promote::Promote;
+use tally_batch::recompute::read_snapshot;
+use tally_core::agg::Agg;
 use tally_core::config::{Config, Millis};
 use tally_core::event::Limits;
 use tally_core::manifest::CutFile;
+use tally_core::manifest::Manifest;
 use tally_core::paths;
 use tally_core::time::EpochGrid;
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::gen::{Generated, Generator, IntRange, Shape};
-use tally_testkit::truth::Truth;
+use tally_testkit::truth::{Cells, Measure, Truth};
 
 pub const T0: i64 = 1_704_067_200_000; // 2024-01-01T00:00:00Z
 pub const HOUR: i64 = 3_600_000;
@@ -95,12 +99,29 @@ pub fn generate(
         .collect()
 }
 
-/// Write `events` as archive files, one per (epoch, partition), each named by
-/// its first offset (plus `suffix_offset` to make distinct names when asked).
+/// Write `events` as archive files (format v2, promoting the standard
+/// views' properties), one per (epoch, partition), each named by its first
+/// offset.
 pub async fn write_archive(
     store: &Arc<dyn ObjectStore>,
     topic: &str,
     events: &[Gen],
+) -> Vec<String> {
+    write_archive_with(
+        store,
+        topic,
+        events,
+        &Promote::of(&TestConfig::new().build()),
+    )
+    .await
+}
+
+/// [`write_archive`] promoting what `promote` says (or writing format v1).
+pub async fn write_archive_with(
+    store: &Arc<dyn ObjectStore>,
+    topic: &str,
+    events: &[Gen],
+    promote: &Promote,
 ) -> Vec<String> {
     let clock = EpochGrid::new(HOUR);
     let limits = Limits::default();
@@ -124,7 +145,7 @@ pub async fn write_archive(
     let mut paths_out = Vec::new();
     for ((epoch, p), mut rows) in files {
         let path = paths::archive_file(epoch, topic, p, rows.first_offset);
-        archive_file::write(store.clone(), &path, &mut rows)
+        archive_file::write(store.clone(), &path, &mut rows, promote)
             .await
             .unwrap();
         paths_out.push(path);
@@ -262,4 +283,145 @@ pub fn archive_config(
     .expect("test config");
     cfg.epochs.grace = Millis(0);
     cfg
+}
+
+/// A view's published manifest.
+pub async fn manifest(store: &Arc<dyn ObjectStore>, view: &str) -> Option<Manifest> {
+    tally_batch::store::get_json::<Manifest>(store.as_ref(), &paths::manifest(view))
+        .await
+        .unwrap()
+        .map(|(m, _)| m)
+}
+
+/// A snapshot as (bucket, group) to one state per measure.
+pub type Snapshot = BTreeMap<(i64, Vec<Option<String>>), Vec<Agg>>;
+
+/// The view's snapshot at its own granularity.
+pub async fn snapshot(store: &Arc<dyn ObjectStore>, cfg: &Config, view: &str) -> Snapshot {
+    snapshot_at(store, cfg, view, None).await
+}
+
+/// The view's snapshot at `level_ms` (`None`: its own granularity).
+pub async fn snapshot_at(
+    store: &Arc<dyn ObjectStore>,
+    cfg: &Config,
+    view: &str,
+    level_ms: Option<i64>,
+) -> Snapshot {
+    let m = manifest(store, view).await.expect("a published manifest");
+    let def = cfg.view(view).unwrap();
+    let level = level_ms.unwrap_or(def.granularity.as_ms());
+    let mut out = BTreeMap::new();
+    for d in m
+        .days()
+        .iter()
+        .filter(|d| d.level_ms.unwrap_or(def.granularity.as_ms()) == level)
+    {
+        let rows = read_snapshot(store.clone(), &d.path, def).await.unwrap();
+        assert_eq!(rows.len() as u64, d.rows);
+        for (b, dims, aggs) in rows {
+            assert_eq!(b.div_euclid(86_400_000), d.day, "bucket in its day's file");
+            assert_eq!(b.rem_euclid(level), 0, "bucket at its level");
+            assert!(out.insert((b, dims), aggs).is_none(), "one row per group");
+        }
+    }
+    out
+}
+
+/// A distinct sketch is right when it has exactly the registers of a sketch
+/// of the true set (Redis's PFADD of each value), and its estimate is within
+/// 2 % (3 for tiny sets, where register collisions dominate) of the true count.
+pub fn distinct_ok(agg: &Agg, users: &HashSet<String>) -> bool {
+    let Agg::Distinct(h) = agg else { return false };
+    let mut reference = tally_core::hll::Hll::new();
+    for u in users {
+        reference.add(u.as_bytes());
+    }
+    h.registers() == reference.registers()
+        && tally_testkit::truth::within_hll_error(h.count(), users.len())
+}
+
+/// Compare a view's snapshot with the truth, measure by measure.
+pub async fn check(
+    store: &Arc<dyn ObjectStore>,
+    cfg: &Config,
+    view: &str,
+    events: &[Gen],
+    cut: i64,
+) {
+    check_with(store, cfg, view, &truth(cfg, events, cut)).await;
+}
+
+/// Compare a view's snapshot with `truth` at every level the manifest lists
+/// (the view's granularity and each roll-up), each against the truth rolled up.
+pub async fn check_with(store: &Arc<dyn ObjectStore>, cfg: &Config, view: &str, truth: &Truth) {
+    let m = manifest(store, view).await.expect("a published manifest");
+    let def = cfg.view(view).unwrap();
+    let levels: Vec<i64> = def.levels().iter().map(|g| g.as_ms()).collect();
+    if let Manifest::V2(v2) = &m {
+        assert_eq!(v2.levels_ms, levels, "{view}: levels");
+    }
+    let t = truth.view(view);
+    for level in levels {
+        let snap = snapshot_at(store, cfg, view, Some(level)).await;
+        let cells = t.cells.rollup(level);
+        compare(&format!("{view} at {level} ms"), &t.measures, &cells, &snap);
+    }
+}
+
+/// `snap` against the truth's `cells`, group by group and measure by measure.
+pub fn compare(what: &str, measures: &[Measure], cells: &Cells, snap: &Snapshot) {
+    assert_eq!(
+        snap.keys().collect::<Vec<_>>(),
+        cells.map.keys().collect::<Vec<_>>(),
+        "{what}: groups"
+    );
+    for (k, cells) in &cells.map {
+        let aggs = &snap[k];
+        for ((m, t), a) in measures.iter().zip(cells).zip(aggs) {
+            let what = format!("{what}: {} {k:?}", m.name);
+            match m.agg.as_str() {
+                "count" => assert_eq!(a, &Agg::Count(t.count), "{what}"),
+                "sum" => assert_eq!(
+                    a,
+                    &Agg::Sum {
+                        int: t.sum_int,
+                        float: t.sum_float
+                    },
+                    "{what}"
+                ),
+                "min" => assert_eq!(a, &Agg::Min(t.min), "{what}"),
+                "max" => assert_eq!(a, &Agg::Max(t.max), "{what}"),
+                "distinct" => assert!(
+                    distinct_ok(a, &t.distinct),
+                    "{what}: {a:?} vs {}",
+                    t.distinct.len()
+                ),
+                other => panic!("unknown agg {other}"),
+            }
+        }
+    }
+}
+
+/// Compare every standard view with the truth of `events` below `cut`.
+pub async fn check_all(store: &Arc<dyn ObjectStore>, cfg: &Config, events: &[Gen], cut: i64) {
+    let truth = truth(cfg, events, cut);
+    for v in VIEWS {
+        check_with(store, cfg, v, &truth).await;
+    }
+}
+
+/// A valid record at `(partition, offset)`, with Kafka time `kafka_ts_ms`.
+pub fn record(partition: i32, offset: i64, kafka_ts_ms: i64, json: String) -> Gen {
+    Gen {
+        partition,
+        offset,
+        g: Generated {
+            key: Vec::new(),
+            payload: json.into_bytes(),
+            kafka_ts_ms,
+            valid: true,
+            kind: None,
+        },
+    }
 }

@@ -1,0 +1,129 @@
+//! One view's days, computed one after another: each day's files fetched
+//! (kept while a later day still needs them), planned, run on Polars'
+//! streaming engine off the async workers, and read out as groups.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use polars::prelude::Engine as PolarsEngine;
+use tally_core::view::ViewDef;
+
+use super::fetch::{self, Source};
+use super::groups::{self, Group};
+use super::inputs::{self, Input};
+use super::plan::{self, Needs};
+use super::{BatchError, Progress};
+
+/// Files fetched at once.
+const FETCH_AHEAD: usize = 8;
+
+/// The recompute of one view over some of its days.
+pub struct Engine<'a> {
+    store: Arc<dyn ObjectStore>,
+    view: Arc<ViewDef>,
+    needs: Needs,
+    inputs: Vec<&'a Input>,
+    /// The days to compute.
+    days: BTreeSet<i64>,
+    /// Fetched files a later day still reads, by path, with that last day.
+    fetched: HashMap<String, (Arc<Source>, i64)>,
+    progress: &'a (dyn Fn(Progress) + Send + Sync),
+}
+
+impl std::fmt::Debug for Engine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("view", &self.view.name)
+            .field("inputs", &self.inputs.len())
+            .finish()
+    }
+}
+
+impl<'a> Engine<'a> {
+    /// An engine over `inputs`, the files that touch `days`, the days to
+    /// compute.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        view: &ViewDef,
+        inputs: Vec<&'a Input>,
+        days: BTreeSet<i64>,
+        progress: &'a (dyn Fn(Progress) + Send + Sync),
+    ) -> Self {
+        Engine {
+            days,
+            store,
+            needs: Needs::of(view),
+            view: Arc::new(view.clone()),
+            inputs,
+            fetched: HashMap::new(),
+            progress,
+        }
+    }
+
+    /// The groups of `day`, at the view's granularity, sorted. Days must
+    /// come in ascending order.
+    pub async fn day(&mut self, day: i64) -> Result<Vec<Group>, BatchError> {
+        let todays: Vec<&Input> = self
+            .inputs
+            .iter()
+            .copied()
+            .filter(|i| i.days.contains(&day) && i.rows() > 0)
+            .collect();
+        let missing: Vec<&Input> = todays
+            .iter()
+            .copied()
+            .filter(|i| !self.fetched.contains_key(&i.path))
+            .collect();
+        // Owned futures: no borrow of the engine crosses an await.
+        let fetches: Vec<_> = missing
+            .iter()
+            .map(|&i| {
+                let (store, input, needs) = (self.store.clone(), i.clone(), self.needs.clone());
+                async move {
+                    let s = fetch::source(&store, &input, &needs.envelope, &needs.keys).await?;
+                    Ok::<_, BatchError>((s, input.rows()))
+                }
+            })
+            .collect();
+        let got: Vec<(Source, u64)> = futures::stream::iter(fetches)
+            .buffered(FETCH_AHEAD)
+            .try_collect()
+            .await?;
+        for ((s, rows), i) in got.into_iter().zip(&missing) {
+            (self.progress)(Progress::FileRead {
+                view: self.view.name.clone(),
+                rows,
+            });
+            let last = i
+                .days
+                .iter()
+                .copied()
+                .filter(|d| self.days.contains(d))
+                .max();
+            self.fetched
+                .insert(s.path.clone(), (Arc::new(s), last.unwrap_or(day)));
+        }
+        let sources: Vec<Arc<Source>> = todays
+            .iter()
+            .filter_map(|i| self.fetched.get(&i.path).map(|(s, _)| s.clone()))
+            .collect();
+        let overlapping = inputs::overlapping(&todays);
+        // Files no later day reads are let go.
+        self.fetched.retain(|_, (_, last)| *last > day);
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (view, needs) = (self.view.clone(), self.needs.clone());
+        tokio::task::spawn_blocking(move || {
+            let (lf, layout) = plan::plan(&view, &needs, day, &sources, &overlapping)?;
+            let df = lf
+                .collect_with_engine(PolarsEngine::Streaming)?
+                .unwrap_single();
+            Ok::<_, BatchError>(groups::from_frame(&view, &layout, &df)?)
+        })
+        .await
+        .map_err(|e| BatchError::Task(e.to_string()))?
+    }
+}

@@ -1,0 +1,171 @@
+//! One view's run: which days to recompute, their snapshot files at every
+//! level, and the manifest that publishes them in one conditional put.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use tally_core::manifest::{DayFile, InputFile, Manifest, ManifestV2};
+use tally_core::paths;
+use tally_core::time::{day_of, Epoch};
+use tally_core::view::ViewDef;
+
+use super::engine::Engine;
+use super::groups;
+use super::inputs::Input;
+use super::{snapshot, BatchError, Progress, RunOptions, ViewSummary};
+use crate::store::{self, StoreError};
+
+/// Recompute and publish `view` (see the module docs of [`super`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_view(
+    store: &Arc<dyn ObjectStore>,
+    view: &ViewDef,
+    cut: Epoch,
+    all_inputs: &[Input],
+    opts: &RunOptions,
+    run_id: &str,
+    planned_ms: i64,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+    written_files: &mut usize,
+) -> Result<ViewSummary, BatchError> {
+    let mpath = paths::manifest(&view.name);
+    let prev = store::get_json::<Manifest>(store.as_ref(), &mpath).await?;
+    let fingerprint = view.fingerprint();
+    let inputs: Vec<&Input> = all_inputs
+        .iter()
+        .filter(|i| view.topics.is_empty() || view.topics.contains(&i.topic))
+        .collect();
+    let prev_m = prev
+        .as_ref()
+        .map(|(m, _)| m.clone().into_current(view.granularity.as_ms()));
+    let levels = view.levels();
+    let levels_ms: Vec<i64> = levels.iter().map(|g| g.as_ms()).collect();
+    let full = opts.full
+        || prev_m
+            .as_ref()
+            .is_none_or(|p| p.definition != fingerprint || p.levels_ms != levels_ms);
+    let mut days: BTreeSet<i64> = BTreeSet::new();
+    if full {
+        for i in &inputs {
+            days.extend(i.days.iter().copied());
+        }
+    } else if let Some(p) = &prev_m {
+        // An input is new, or was rewritten under the same name, unless the
+        // manifest recorded it exactly as it is now (size, e-tag, last offset:
+        // modification times are too coarse on S3 to tell).
+        let covered: HashMap<&str, &InputFile> =
+            p.inputs.iter().map(|i| (i.path.as_str(), i)).collect();
+        for i in &inputs {
+            if covered.get(i.path.as_str()) != Some(&&i.record()) {
+                days.extend(i.days.iter().copied());
+            }
+        }
+    }
+    if let Some((from, to)) = opts.range_ms {
+        if to > from {
+            let (a, b) = (day_of(from), day_of(to - 1));
+            for i in &inputs {
+                days.extend(i.days.iter().copied().filter(|d| (a..=b).contains(d)));
+            }
+        }
+    }
+    let to_read: Vec<&Input> = inputs
+        .iter()
+        .copied()
+        .filter(|i| i.days.iter().any(|d| days.contains(d)))
+        .collect();
+    progress(Progress::Planned {
+        view: view.name.clone(),
+        files: to_read.len(),
+        days: days.len(),
+    });
+    let mut vs = ViewSummary {
+        view: view.name.clone(),
+        full,
+        files_read: to_read.len(),
+        rows_read: to_read.iter().map(|i| i.rows()).sum(),
+        ..ViewSummary::default()
+    };
+
+    let mut engine = Engine::new(store.clone(), view, to_read, days.clone(), progress);
+    let mut new_days: Vec<DayFile> = Vec::new();
+    for &day in &days {
+        let base = engine.day(day).await?;
+        if base.is_empty() {
+            continue;
+        }
+        // Each level from the one before it: fewer groups to merge.
+        let mut finer = base;
+        for (n, level) in levels.iter().enumerate() {
+            if n > 0 {
+                finer = groups::rollup(&finer, level.as_ms());
+            }
+            let groups = &finer;
+            let path = paths::snapshot_file(&view.name, run_id, *level, day);
+            let bytes = snapshot::write(store.clone(), &path, view, groups).await?;
+            *written_files += 1;
+            if opts.crash_after_files.is_some_and(|n| *written_files >= n) {
+                return Err(BatchError::Crashed);
+            }
+            new_days.push(DayFile {
+                day,
+                level_ms: Some(level.as_ms()),
+                path,
+                rows: groups.len() as u64,
+                bytes: Some(bytes),
+            });
+        }
+        let base_rows = new_days[new_days.len() - levels.len()].rows;
+        vs.rows_written += base_rows;
+        progress(Progress::DayWritten {
+            view: view.name.clone(),
+            day,
+            rows: base_rows,
+        });
+    }
+    vs.days_recomputed = days.len();
+    // Carry the other days forward.
+    let mut all_days = new_days;
+    if !full {
+        if let Some(p) = &prev_m {
+            let mut carried = BTreeSet::new();
+            for d in &p.days {
+                if !days.contains(&d.day) {
+                    all_days.push(d.clone());
+                    carried.insert(d.day);
+                }
+            }
+            vs.days_carried = carried.len();
+        }
+    }
+    all_days.sort_by_key(|d| (d.day, d.level_ms));
+    let manifest = Manifest::V2(ManifestV2 {
+        view: view.name.clone(),
+        run_id: run_id.to_owned(),
+        cut,
+        definition: fingerprint,
+        created_ms: planned_ms,
+        levels_ms,
+        days: all_days,
+        inputs: inputs.iter().map(|i| i.record()).collect(),
+        rows_read: vs.rows_read,
+    });
+    match store::put_json_if(
+        store.as_ref(),
+        &mpath,
+        &manifest,
+        prev.as_ref().map(|(_, v)| v),
+    )
+    .await
+    {
+        Err(StoreError::Conflict(_)) => return Err(BatchError::Conflict(view.name.clone())),
+        other => {
+            other?;
+        }
+    }
+    progress(Progress::Published {
+        view: view.name.clone(),
+    });
+    Ok(vs)
+}

@@ -269,6 +269,16 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// The index after the run of ASCII digits at `i`, or `None` when there is
+/// none (JSON wants at least one after `.` and after an exponent).
+fn one_or_more_digits(b: &[u8], mut i: usize) -> Option<usize> {
+    let start = i;
+    while let Some(b'0'..=b'9') = b.get(i) {
+        i += 1;
+    }
+    (i > start).then_some(i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{string_len, STOP};
@@ -323,14 +333,4 @@ mod tests {
             assert_eq!(string_len(&input), byte_by_byte(&input), "{input:?}");
         }
     }
-}
-
-/// The index after the run of ASCII digits at `i`, or `None` when there is
-/// none (JSON wants at least one after `.` and after an exponent).
-fn one_or_more_digits(b: &[u8], mut i: usize) -> Option<usize> {
-    let start = i;
-    while let Some(b'0'..=b'9') = b.get(i) {
-        i += 1;
-    }
-    (i > start).then_some(i)
 }

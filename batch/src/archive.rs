@@ -155,6 +155,11 @@ struct OwnedPartition {
     /// cached from before is older than that.
     high_at_claim: i64,
     open: BTreeMap<Epoch, ArchiveRows>,
+    /// Per epoch, the last offset of a file found already holding a roll's
+    /// rows (a crash replay). That file holds every record of the epoch up
+    /// to there, so those records are not buffered again: a later roll would
+    /// write them under another name (its first offset), twice.
+    covered: BTreeMap<Epoch, i64>,
     opened_at: Option<Instant>,
     bytes: usize,
     /// The latest observation that `archived_to` has reached.
@@ -336,6 +341,7 @@ impl Archiver {
                 read: ReadPosition::sought(target, from, w.low),
                 high_at_claim: w.high,
                 open: BTreeMap::new(),
+                covered: BTreeMap::new(),
                 opened_at: None,
                 bytes: 0,
                 reached: claim.reached,
@@ -387,6 +393,14 @@ impl Archiver {
         }
         let ts = kafka_time(msg.timestamp().to_millis());
         let epoch = self.grid.epoch_of(ts);
+        if part.covered.get(&epoch).is_some_and(|&last| offset <= last) {
+            // Durable in a file a previous run wrote (see `covered`): with
+            // nothing buffered, the durable position moves past it.
+            if part.open.is_empty() {
+                part.archived_to = part.read.next();
+            }
+            return Ok(());
+        }
         let rows = part
             .open
             .entry(epoch)
@@ -488,6 +502,9 @@ impl Archiver {
             let outcome =
                 archive_file::write_unless_covered(self.store.clone(), &path, rows, &self.promote)
                     .await?;
+            if let archive_file::Outcome::Covered { last } = outcome {
+                part.covered.insert(*epoch, last);
+            }
             if outcome == archive_file::Outcome::Written {
                 self.summary.files += 1;
                 metrics::counter!("tally_archive_files_total").increment(1);

@@ -318,8 +318,11 @@ pub async fn write(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Written,
-    /// The object there already holds every record of these rows.
-    Covered,
+    /// The object there already holds every record of these rows, and the
+    /// epoch's records up to `last` (its last offset).
+    Covered {
+        last: i64,
+    },
 }
 
 /// [`write`], unless the object at `path` already holds every record of
@@ -341,7 +344,7 @@ pub async fn write_unless_covered(
 ) -> Result<Outcome, FileError> {
     if let Some(last) = last_offset_of(store.clone(), path).await? {
         if last >= rows.last_offset {
-            return Ok(Outcome::Covered);
+            return Ok(Outcome::Covered { last });
         }
     }
     write(store, path, rows, promote).await?;
@@ -460,13 +463,13 @@ mod tests {
             (100..=199).collect::<Vec<_>>()
         );
         // A stalled archiver's shorter roll of the same records: kept out.
-        assert_eq!(write(100..=149).await, Outcome::Covered);
+        assert_eq!(write(100..=149).await, Outcome::Covered { last: 199 });
         assert_eq!(
             offsets_stored(&store).await,
             (100..=199).collect::<Vec<_>>()
         );
         // The same file again (a crash replay): nothing to do.
-        assert_eq!(write(100..=199).await, Outcome::Covered);
+        assert_eq!(write(100..=199).await, Outcome::Covered { last: 199 });
         // A longer one replaces it, as a crash replay that read further must.
         assert_eq!(write(100..=249).await, Outcome::Written);
         assert_eq!(

@@ -170,14 +170,7 @@ impl<'a> Scanner<'a> {
         let mut float = false;
         if b.get(i) == Some(&b'.') {
             float = true;
-            i += 1;
-            let digits = i;
-            while let Some(b'0'..=b'9') = b.get(i) {
-                i += 1;
-            }
-            if i == digits {
-                return None;
-            }
+            i = one_or_more_digits(b, i + 1)?;
         }
         if let Some(b'e' | b'E') = b.get(i) {
             float = true;
@@ -185,13 +178,7 @@ impl<'a> Scanner<'a> {
             if let Some(b'+' | b'-') = b.get(i) {
                 i += 1;
             }
-            let digits = i;
-            while let Some(b'0'..=b'9') = b.get(i) {
-                i += 1;
-            }
-            if i == digits {
-                return None;
-            }
+            i = one_or_more_digits(b, i)?;
         }
         self.pos = i;
         if float {
@@ -280,6 +267,16 @@ impl<'a> Scanner<'a> {
             }
         }
     }
+}
+
+/// The index after the run of ASCII digits at `i`, or `None` when there is
+/// none (JSON wants at least one after `.` and after an exponent).
+fn one_or_more_digits(b: &[u8], mut i: usize) -> Option<usize> {
+    let start = i;
+    while let Some(b'0'..=b'9') = b.get(i) {
+        i += 1;
+    }
+    (i > start).then_some(i)
 }
 
 #[cfg(test)]

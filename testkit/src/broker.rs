@@ -94,6 +94,11 @@ impl Broker {
         &self.server.log
     }
 
+    /// Kill the server (until [`Broker::restart`]): the broker is down.
+    pub fn stop(&mut self) {
+        self.server.kill();
+    }
+
     /// Stop and start again on the same port (records survive with [`Storage::Sqlite`]).
     pub fn restart(&mut self) -> Result<(), Error> {
         self.server.kill();

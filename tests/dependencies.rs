@@ -1,13 +1,14 @@
 //! `tally run` outlives its dependencies.
 //!
 //! One `tally run` process (speed, archive, the batch scheduler and serve)
-//! works against real Tansu (SQLite storage, so records survive a broker
-//! restart), real Redis and a `file://` store on a small tmpfs of its own.
+//! works against real Tansu (behind a TCP proxy, so that it can vanish for
+//! the clients and come back with its records), real Redis and a `file://`
+//! store on a small tmpfs of its own.
 //! While events flow, each dependency fails in turn:
 //!
 //! | fault | how |
 //! |---|---|
-//! | broker down | Tansu killed for longer than the archiver's broker timeout, then started again |
+//! | broker down | every connection to Tansu cut and refused for longer than the archiver's broker timeout, then allowed again |
 //! | Redis down | redis-server killed, then started empty (a Redis without persistence) |
 //! | store read-only | the store's tmpfs remounted read-only, then read-write |
 //! | store full | the store's tmpfs filled to the last byte, then the filler removed |
@@ -41,7 +42,7 @@ use tally_core::time::now_ms;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::truth::Truth;
-use tally_testkit::{kafka, Broker, Redis, Storage};
+use tally_testkit::{kafka, Broker, Redis};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
@@ -154,7 +155,7 @@ impl Run {
             .tempdir()
             .expect("tempdir");
         let store = Tmpfs::mount(&dir.path().join("store"), 256);
-        let broker = Broker::start_with(Storage::Sqlite).expect("broker");
+        let broker = Broker::start_behind_proxy().expect("broker");
         let redis = Redis::start().expect("redis");
         kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
         kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
@@ -340,22 +341,25 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
 
     run.produce();
     let t = run.recovers("the start", Some(0));
-    figures.push(format!("start: settled in {t:?}"));
+    note(&mut figures, format!("start: settled in {t:?}"));
 
     // The broker away for longer than the archiver waits for it.
     let restarts = run.restarts("archive");
-    run.broker.stop();
+    run.broker.cut_off();
     std::thread::sleep(FAULT);
     run.alive();
     run.queries_are_exact("broker down");
-    run.broker.restart().expect("broker back");
+    run.broker.reconnect().expect("broker back");
     let lifted = now_ms();
     run.produce();
     let t = run.recovers("the broker's absence", Some(lifted));
-    figures.push(format!(
-        "broker down {FAULT:?}: archive restarts {}, recovered in {t:?}",
-        run.restarts("archive") - restarts
-    ));
+    note(
+        &mut figures,
+        format!(
+            "broker down {FAULT:?}: archive restarts {}, recovered in {t:?}",
+            run.restarts("archive") - restarts
+        ),
+    );
 
     // Redis away: answers say so; back empty, the speed layer rebuilds.
     let restarts = run.restarts("speed");
@@ -363,7 +367,8 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
     run.produce();
     run.alive();
     let (code, body) = run.get(&format!(
-        "/api/v1/views/daily/query?from=0&to={}&granularity=1d&measures=events",
+        "/api/v1/views/daily/query?from={}&to={}&granularity=1d&measures=events",
+        now_ms() - 3 * 86_400_000,
         now_ms() + 3_600_000
     ));
     assert_eq!(code, 200, "a query with Redis down: {body}");
@@ -375,10 +380,13 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
     assert_eq!(code, 503, "readyz with Redis down: {body}");
     run.redis.restart_empty().expect("redis back");
     let t = run.recovers("Redis's absence", None);
-    figures.push(format!(
-        "Redis down, back empty: speed restarts {}, recovered in {t:?}",
-        run.restarts("speed") - restarts
-    ));
+    note(
+        &mut figures,
+        format!(
+            "Redis down, back empty: speed restarts {}, recovered in {t:?}",
+            run.restarts("speed") - restarts
+        ),
+    );
 
     // The store read-only, then full: the archiver and the batch fail and
     // retry; answers stay exact from what is already there.
@@ -402,10 +410,13 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
         }
         let lifted = now_ms();
         let t = run.recovers(&format!("the store {fault}"), Some(lifted));
-        figures.push(format!(
-            "store {fault}: archive restarts {}, recovered in {t:?}",
-            run.restarts("archive") - restarts
-        ));
+        note(
+            &mut figures,
+            format!(
+                "store {fault}: archive restarts {}, recovered in {t:?}",
+                run.restarts("archive") - restarts
+            ),
+        );
     }
 
     // SIGTERM with dashboards streaming.
@@ -414,11 +425,20 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
     run.tally.take().expect("tally run").terminate();
     let took = started.elapsed();
     assert!(took < SHUTDOWN, "SIGTERM took {took:?} with SSE clients");
-    figures.push(format!(
-        "SIGTERM with {} SSE clients: exited in {took:?}",
-        streams.len()
-    ));
+    note(
+        &mut figures,
+        format!(
+            "SIGTERM with {} SSE clients: exited in {took:?}",
+            streams.len()
+        ),
+    );
     eprintln!("{}", figures.join("\n"));
+}
+
+/// A figure for the closing summary, printed as it comes too.
+fn note(figures: &mut Vec<String>, line: String) {
+    eprintln!("{line}");
+    figures.push(line);
 }
 
 impl Run {
@@ -428,10 +448,10 @@ impl Run {
         let mut s = TcpStream::connect(addr).expect("connect for SSE");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("read timeout");
-        let to = now_ms() + 3_600_000;
+        let (from, to) = (now_ms() - 3 * 86_400_000, now_ms() + 3_600_000);
         write!(
             s,
-            "GET /api/v1/views/daily/stream?from=0&to={to}&granularity=1d&measures=events&interval=1s HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+            "GET /api/v1/views/daily/stream?from={from}&to={to}&granularity=1d&measures=events&interval=1s HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
         )
         .expect("send the SSE request");
         let mut seen = Vec::new();

@@ -80,8 +80,8 @@ use tally_core::config::{Assignment, Config};
 use tally_core::paths;
 use tally_core::time::{kafka_time, now_ms, Epoch, EpochGrid};
 use tally_kafka::{
-    assign_all, consumer_config, fetched_end, partition_counts, seek_position, Admit, Change,
-    Context, Layer, ReadPosition, Tp, Watermarks,
+    assign, chosen_partitions, consumer_config, fetched_end, partition_counts, seek_position,
+    Admit, Change, Context, Layer, ReadPosition, Tp, Watermarks,
 };
 
 use crate::archive_file::{self, ArchiveRows, FileError};
@@ -102,6 +102,8 @@ pub enum ArchiveError {
     Kafka(#[from] KafkaError),
     #[error("topic `{0}` does not exist on the broker")]
     NoTopic(String),
+    #[error(transparent)]
+    NoSuchPartition(#[from] tally_kafka::NoSuchPartition),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -255,7 +257,10 @@ impl Archiver {
                 let topics: Vec<&str> = a.topics.iter().map(String::as_str).collect();
                 a.consumer.subscribe(&topics)?;
             }
-            Assignment::All => assign_all(a.consumer.as_ref(), &counts),
+            Assignment::All | Assignment::Partitions => {
+                let chosen = chosen_partitions(&counts, cfg.kafka.listed_partitions())?;
+                assign(a.consumer.as_ref(), &chosen)
+            }
         }
         a.summary.cut = progress::published_cut(a.store.as_ref()).await?;
         Ok(a)

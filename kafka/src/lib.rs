@@ -13,8 +13,9 @@
 //!   (the prefetch settings from `[kafka]`, the group session timings).
 //! - [`rebalance`]: the consumer context. Its rebalance callback asks the
 //!   layer where each newly assigned partition starts, assigns, and records
-//!   the change for the layer's loop; `kafka.assignment = "all"` runs the same
-//!   code over every partition ([`assign_all`]).
+//!   the change for the layer's loop; `kafka.assignment = "all"` or
+//!   `"partitions"` runs the same code over every or the listed partitions
+//!   ([`assign`], [`chosen_partitions`]).
 //! - [`partitions`]: what the broker says about partitions: how many a
 //!   topic has, where each one's log starts and ends.
 //! - [`resume`]: seek-back resume: seeking `kafka.seek_back` records early
@@ -35,9 +36,11 @@ pub mod rebalance;
 pub mod resume;
 pub mod settings;
 
-pub use partitions::{fetched_end, partition_counts, watermarks, Watermarks};
+pub use partitions::{
+    chosen_partitions, fetched_end, partition_counts, watermarks, NoSuchPartition, Watermarks,
+};
 pub use reader::{Reader, Record, Records};
-pub use rebalance::{assign_all, Change, Context, Layer, Recorder};
+pub use rebalance::{assign, Change, Context, Layer, Recorder};
 pub use resume::{plan_seek, seek_position, Admit, Gap, PastEnd, ReadPosition};
 pub use settings::{client_config, consumer_config};
 

@@ -14,6 +14,8 @@ use rdkafka::bindings as rd;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 
+use crate::Tp;
+
 /// How long one metadata or watermark request may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -32,6 +34,49 @@ pub fn partition_counts<C: ConsumerContext + 'static>(
             .find(|t| t.name() == topic)
             .map_or(0, |t| t.partitions().len());
         out.push((topic.clone(), n as i32));
+    }
+    Ok(out)
+}
+
+/// A listed partition the broker does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`kafka.partitions` lists partition {partition}, but topic {topic} has {count} \
+     (0 to {last}): list only partitions every topic has"
+)]
+pub struct NoSuchPartition {
+    pub topic: String,
+    pub partition: i32,
+    pub count: i32,
+    last: i32,
+}
+
+/// The partitions a process reads without a group: every partition of each
+/// topic in `counts` (topic, partition count) when `only` is `None`
+/// (`assignment = "all"`), else the partitions `only` lists, of every topic
+/// (`assignment = "partitions"`).
+pub fn chosen_partitions(
+    counts: &[(String, i32)],
+    only: Option<&[i32]>,
+) -> Result<Vec<Tp>, NoSuchPartition> {
+    let mut out = Vec::new();
+    for (topic, count) in counts {
+        match only {
+            None => out.extend((0..*count).map(|p| (topic.clone(), p))),
+            Some(list) => {
+                for &partition in list {
+                    if partition >= *count {
+                        return Err(NoSuchPartition {
+                            topic: topic.clone(),
+                            partition,
+                            count: *count,
+                            last: count - 1,
+                        });
+                    }
+                    out.push((topic.clone(), partition));
+                }
+            }
+        }
     }
     Ok(out)
 }
@@ -88,4 +133,26 @@ pub fn fetched_end<C: ConsumerContext + 'static>(
     };
     // librdkafka answers RD_KAFKA_OFFSET_INVALID (-1001) until it knows.
     (err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_or_the_listed_partitions_of_every_topic() {
+        let counts = [("a".to_owned(), 3), ("b".to_owned(), 2)];
+        let tp = |t: &str, p| (t.to_owned(), p);
+        assert_eq!(
+            chosen_partitions(&counts, None).unwrap(),
+            vec![tp("a", 0), tp("a", 1), tp("a", 2), tp("b", 0), tp("b", 1)]
+        );
+        assert_eq!(
+            chosen_partitions(&counts, Some(&[1, 0])).unwrap(),
+            vec![tp("a", 1), tp("a", 0), tp("b", 1), tp("b", 0)]
+        );
+        let e = chosen_partitions(&counts, Some(&[2])).unwrap_err();
+        assert_eq!((e.topic.as_str(), e.partition, e.count), ("b", 2, 2));
+        assert!(e.to_string().contains("kafka.partitions"), "{e}");
+    }
 }

@@ -13,7 +13,7 @@
 //! partition is never written again by this process.
 //!
 //! With `kafka.assignment = "all"` a process takes every partition itself,
-//! through the same code ([`assign_all`]): both modes start a partition the
+//! through the same code ([`assign`]): both modes start a partition the
 //! same way.
 
 use std::fmt;
@@ -220,14 +220,12 @@ impl<L: Layer> ConsumerContext for Context<L> {
     }
 }
 
-/// Take every partition of `partitions` (each topic with its partition
-/// count), starting each where a group assignment would: the callback's code.
-pub fn assign_all<L: Layer>(consumer: &impl Consumer<Context<L>>, partitions: &[(String, i32)]) {
+/// Take `partitions` without a group ([`crate::chosen_partitions`]),
+/// starting each where a group assignment would: the callback's code.
+pub fn assign<L: Layer>(consumer: &impl Consumer<Context<L>>, partitions: &[Tp]) {
     let mut tpl = TopicPartitionList::new();
-    for (topic, n) in partitions {
-        for p in 0..*n {
-            tpl.add_partition(topic, p);
-        }
+    for (topic, p) in partitions {
+        tpl.add_partition(topic, *p);
     }
     consumer.context().assigned(consumer, &mut tpl);
 }

@@ -6,6 +6,8 @@ use rdkafka::error::KafkaError;
 pub enum SpeedError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    NoSuchPartition(#[from] tally_kafka::NoSuchPartition),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("object store: {0}")]

@@ -110,6 +110,31 @@ impl Config {
                 "set the bootstrap servers, e.g. \"127.0.0.1:9092\"".into(),
             );
         }
+        match (self.kafka.assignment, self.kafka.partitions.as_slice()) {
+            (Assignment::Partitions, []) => {
+                return invalid(
+                    "kafka.partitions",
+                    "list the partitions this process reads, e.g. partitions = [0, 1] (assignment = \"partitions\")".into(),
+                );
+            }
+            (Assignment::Partitions, ps) => {
+                let mut seen = std::collections::BTreeSet::new();
+                if let Some(p) = ps.iter().find(|&&p| p < 0 || !seen.insert(p)) {
+                    return invalid(
+                        "kafka.partitions",
+                        format!("partition {p} is negative or listed twice: list each partition number once"),
+                    );
+                }
+            }
+            (_, []) => {}
+            (_, _) => {
+                return invalid(
+                    "kafka.partitions",
+                    "is read only with assignment = \"partitions\": set that, or remove the list"
+                        .into(),
+                );
+            }
+        }
         if self.kafka.seek_back < 0 {
             return invalid("kafka.seek_back", "must be 0 or more (records)".into());
         }
@@ -288,6 +313,24 @@ mod tests {
             );
         }
         assert_eq!(Config::default().redis.accept_maxmemory_policy, None);
+    }
+
+    #[test]
+    fn listed_partitions_need_their_mode_and_each_number_once() {
+        let views = "[[view]]\nname = \"v\"\ngranularity = \"1m\"\nmeasures = [{ name = \"n\", agg = \"count\" }]\n";
+        let with = |kafka: &str| Config::from_toml(&format!("[kafka]\n{kafka}\n{views}"));
+        let ok = with("assignment = \"partitions\"\npartitions = [0, 2, 4]").unwrap();
+        assert_eq!(ok.kafka.assignment, Assignment::Partitions);
+        assert_eq!(ok.kafka.partitions, vec![0, 2, 4]);
+        for bad in [
+            "assignment = \"partitions\"",
+            "assignment = \"partitions\"\npartitions = [1, 1]",
+            "assignment = \"partitions\"\npartitions = [-1]",
+            "assignment = \"all\"\npartitions = [0]",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("kafka.partitions"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::time::EpochGrid;
 pub enum Assignment {
     Group,
     All,
+    Partitions,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,7 +41,16 @@ pub struct KafkaConfig {
     /// archiving it). Tansu 0.6 does not hand a SIGKILLed member's partitions
     /// back to the group, so on Tansu a single process with `all` survives
     /// crashes.
+    /// `partitions`: this process reads the partitions listed in
+    /// `partitions`, of every topic, and no others, with no group
+    /// coordination: N speed processes and N archivers split a topic by
+    /// their lists, on any broker (as Flink's and Spark's Kafka sources can).
+    /// Lists may overlap: the offset fence and the archive's claims keep
+    /// that exact.
     pub assignment: Assignment,
+    /// The partition numbers read with `assignment = "partitions"`, e.g.
+    /// `[0, 1, 2, 3]`.
+    pub partitions: Vec<i32>,
     /// Where records that fail validation go, with the reason in headers.
     pub dead_letter_topic: String,
     /// How far before a stored offset to seek on resume (Tansu skips the rest of
@@ -67,6 +77,13 @@ pub struct KafkaConfig {
     pub security: KafkaSecurity,
 }
 
+impl KafkaConfig {
+    /// The partitions `assignment = "partitions"` lists; `None` otherwise.
+    pub fn listed_partitions(&self) -> Option<&[i32]> {
+        (self.assignment == Assignment::Partitions).then_some(self.partitions.as_slice())
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
@@ -75,6 +92,7 @@ impl Default for KafkaConfig {
             group: "tally".into(),
             instance_id: None,
             assignment: Assignment::Group,
+            partitions: Vec::new(),
             dead_letter_topic: "tally-dead-letters".into(),
             seek_back: 10_000,
             fetch_wait_max_ms: 5,

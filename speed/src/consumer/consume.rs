@@ -28,7 +28,9 @@ use tracing::{debug, error, info, warn};
 use tally_core::config::{self, Config};
 use tally_core::keys::Keys;
 use tally_core::time::Epoch;
-use tally_kafka::{assign_all, consumer_config, partition_counts, plan_seek, Reader, Tp};
+use tally_kafka::{
+    assign, chosen_partitions, consumer_config, partition_counts, plan_seek, Reader, Tp,
+};
 
 use super::starts::{SpeedConsumer, Starts};
 use super::state::{PartitionState, Rec, State};
@@ -102,8 +104,12 @@ impl ConsumeLoop {
                 let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topics)?;
             }
-            config::Assignment::All => {
-                assign_all(consumer, &partition_counts(consumer, &k.topics)?)
+            config::Assignment::All | config::Assignment::Partitions => {
+                let counts = partition_counts(consumer, &k.topics)?;
+                assign(
+                    consumer,
+                    &chosen_partitions(&counts, k.listed_partitions())?,
+                )
             }
         }
         Ok(ConsumeLoop {

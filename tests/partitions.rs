@@ -1,0 +1,236 @@
+//! Scale-out without a group coordinator: `kafka.assignment = "partitions"`.
+//!
+//! An 8-partition topic on real Tansu is split by explicit partition lists
+//! between two `tally speed` processes and two `tally archive` processes,
+//! plus a third speed process whose list overlaps both halves (offset
+//! fencing must keep the counters exact). Mid-stream one speed process and
+//! one archiver are SIGKILLed and started again. After `tally batch run`,
+//! the API (`tally serve`) must count every accepted event and answer random
+//! queries as the plain fold over what was produced, with the snapshot built
+//! from the two archivers' files answering the older epochs.
+
+mod answers;
+mod role;
+
+use std::path::Path;
+use std::time::Duration;
+
+use answers::{random_query, settle, PfCount};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use role::Role;
+use tally_core::time::now_ms;
+use tally_gen::{produce, Generator, ProduceOptions, Shape};
+use tally_testkit::config::{TestConfig, TOPIC};
+use tally_testkit::truth::Truth;
+use tally_testkit::{kafka, Broker, Redis};
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 8;
+const EVENTS: u64 = 40_000;
+const RATE: f64 = 10_000.0;
+const MAX_LATE_MS: i64 = 6 * 3_600_000;
+const QUERIES: usize = 30;
+
+/// The partition lists, as `TALLY_KAFKA__…` overrides of one config.
+fn listed(partitions: &str) -> [(&'static str, String); 2] {
+    [
+        ("TALLY_KAFKA__ASSIGNMENT", "partitions".to_owned()),
+        ("TALLY_KAFKA__PARTITIONS", partitions.to_owned()),
+    ]
+}
+
+fn start(name: &str, role: &str, partitions: &str, config: &Path, dir: &Path) -> Role {
+    let env = listed(partitions);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Role::start(&[role], config, &dir.join(format!("{name}.log")), &env)
+}
+
+#[test]
+fn two_speed_processes_and_two_archivers_split_a_topic_by_listed_partitions_exactly() {
+    let broker = Broker::start().expect("broker");
+    let redis = Redis::start().expect("redis");
+    kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
+    kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
+    let dir = tempfile::Builder::new()
+        .prefix("partitions-")
+        .tempdir()
+        .expect("tempdir");
+    let port = tally_testkit::free_port().expect("port");
+    let store = format!("file://{}", dir.path().join("store").display());
+    let test_cfg = TestConfig::new()
+        .brokers(&broker.bootstrap())
+        .redis(&redis.url())
+        .store(&store)
+        .group("partitions")
+        .extra(&format!(
+            r#"
+[events]
+max_past = "2d"
+max_future = "1h"
+[epochs]
+length = "10s"
+grace = "2s"
+[archive]
+roll_interval = "2s"
+[serve]
+listen = "127.0.0.1:{port}"
+"#
+        ));
+    let config = dir.path().join("tally.toml");
+    std::fs::write(&config, test_cfg.toml()).expect("write config");
+    let cfg = test_cfg.build();
+    let api = format!("http://127.0.0.1:{port}");
+    eprintln!("logs in {}", dir.path().display());
+
+    let d = dir.path();
+    let mut speed_a = start("speed-a", "speed", "[0, 1, 2, 3]", &config, d);
+    let mut speed_b = Some(start("speed-b", "speed", "[4, 5, 6, 7]", &config, d));
+    let mut speed_c = start("speed-c", "speed", "[3, 4]", &config, d);
+    let mut archive_a = Some(start("archive-a", "archive", "[0, 1, 2, 3]", &config, d));
+    let mut archive_b = start("archive-b", "archive", "[4, 5, 6, 7]", &config, d);
+    let mut serve = Role::start(&["serve"], &config, &d.join("serve.log"), &[]);
+
+    let mut shape = Shape::default().with_limits(cfg.events.limits());
+    shape.late_share = 0.05;
+    shape.max_late = tally_core::config::Millis(MAX_LATE_MS);
+    shape.out_of_order_share = 0.2;
+    shape.malformed_share = 0.01;
+    shape.check().expect("shape");
+    let mut generator = Generator::new(shape, 16).expect("generator");
+    let mut truth = Truth::new(&cfg);
+    let started_ms = now_ms();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for half in 0..2 {
+        let mut options = ProduceOptions::new(TOPIC, RATE);
+        options.count = Some(EVENTS / 2);
+        let mut fold = |g: &tally_gen::Generated| {
+            truth.add_generated(TOPIC, g);
+        };
+        let report = rt
+            .block_on(produce(
+                &cfg.kafka,
+                &mut generator,
+                &options,
+                Some(&mut fold),
+                &CancellationToken::new(),
+            ))
+            .expect("produce");
+        assert_eq!(report.failed, 0, "{report:?}");
+        if half == 0 {
+            // One speed process and one archiver die mid-stream and come back.
+            speed_b.take().expect("speed-b").kill9();
+            archive_a.take().expect("archive-a").kill9();
+            speed_b = Some(start("speed-b", "speed", "[4, 5, 6, 7]", &config, d));
+            archive_a = Some(start("archive-a", "archive", "[0, 1, 2, 3]", &config, d));
+        }
+    }
+
+    if let Err(last) = settle(&api, &truth, Duration::from_secs(120)) {
+        panic!("the speed processes did not count every event: {last}");
+    }
+    // Batch runs until the archivers' cut covers data and serving adopts a
+    // snapshot of it: the older epochs are then answered from their files.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["batch", "run", "--config"])
+            .arg(&config)
+            .output()
+            .expect("tally batch run");
+        assert!(
+            out.status.success(),
+            "tally batch run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let (_, status) = answers::get(&api, "/api/v1/status");
+        let rows: u64 = status["views"]
+            .as_array()
+            .expect("views")
+            .iter()
+            .filter_map(|v| v["snapshot_rows"].as_u64())
+            .sum();
+        if rows > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot was served: {status}"
+        );
+    }
+    if let Err(last) = settle(&api, &truth, Duration::from_secs(60)) {
+        panic!("after the batch run the API does not count every event: {last}");
+    }
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut pf = PfCount::connect(&redis.url());
+    let now = now_ms();
+    for _ in 0..QUERIES {
+        let q = random_query(&mut rng, &truth, started_ms, now, MAX_LATE_MS);
+        let (code, body) = answers::get(&api, &q.url());
+        assert_eq!(code, 200, "{}: {body}", q.url());
+        q.compare(&body, &mut pf);
+    }
+    // Together the archivers wrote every partition; each process took only
+    // the partitions it lists.
+    let archived = archived_partitions(&dir.path().join("store"));
+    assert_eq!(archived, (0..PARTITIONS).collect::<Vec<_>>());
+    for (name, want) in [
+        ("speed-a", vec![0, 1, 2, 3]),
+        ("speed-b", vec![4, 5, 6, 7]),
+        ("speed-c", vec![3, 4]),
+        ("archive-a", vec![0, 1, 2, 3]),
+        ("archive-b", vec![4, 5, 6, 7]),
+    ] {
+        assert_eq!(assigned(&d.join(format!("{name}.log"))), want, "{name}");
+    }
+
+    for r in [&mut speed_a, &mut speed_c, &mut archive_b, &mut serve] {
+        r.assert_running();
+    }
+    speed_b.as_mut().expect("speed-b").assert_running();
+    archive_a.as_mut().expect("archive-a").assert_running();
+    eprintln!(
+        "{} accepted, {} rejected; {QUERIES} queries exact with 3 speed processes and 2 archivers on listed partitions",
+        truth.accepted, truth.rejected
+    );
+}
+
+/// The partitions that have archive files (`…/p=NNNN/…` in the store).
+fn archived_partitions(store: &Path) -> Vec<i32> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut stack = vec![store.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(p) = name.strip_prefix("p=").and_then(|p| p.parse().ok()) {
+                found.insert(p);
+            }
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// The partitions a role's log says it was assigned.
+fn assigned(log: &Path) -> Vec<i32> {
+    let text = std::fs::read_to_string(log).expect("read the role's log");
+    let mut found = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| l.contains("partition assigned")) {
+        // Without the colour codes: `... partition assigned topic=events partition=3 ...`.
+        let plain: String = line
+            .split('\u{1b}')
+            .map(|p| p.split_once('m').map_or(p, |(_, r)| r))
+            .collect();
+        if let Some(p) = plain
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("partition="))
+            .and_then(|p| p.parse().ok())
+        {
+            found.insert(p);
+        }
+    }
+    found.into_iter().collect()
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use object_store::memory::InMemory;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use tally_core::config::Millis;
 use tally_core::manifest::{Manifest, ManifestV2};
 use tally_testkit::{kafka, runtime, Broker, Redis};

@@ -12,7 +12,6 @@ use tally_batch::lock::{self, Acquired};
 use tally_batch::promote::Promote;
 use tally_batch::{run_batch, run_locked, BatchError, RunOptions};
 use tally_core::agg::Agg;
-use tally_core::config::Config;
 use tally_core::paths;
 
 /// Full, then incremental with new files, stragglers and duplicates; the

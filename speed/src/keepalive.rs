@@ -19,7 +19,6 @@ use object_store::ObjectStore;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use tally_core::agg::AggKind;
 use tally_core::config::Config;
 use tally_core::keys::{CellMember, Keys, SketchField};
 use tally_core::time::{now_ms, Epoch};
@@ -100,12 +99,7 @@ pub async fn renew(
             .arg(format!("({soon}"))
             .query_async(con)
             .await?;
-        let distinct: Vec<&str> = view
-            .measures
-            .iter()
-            .filter(|m| m.agg == AggKind::Distinct)
-            .map(|m| m.name.as_str())
-            .collect();
+        let distinct = view.distinct_measures();
         for member in members {
             let Some((epoch, day)) = Keys::parse_slice_member(&member) else {
                 continue;

@@ -17,16 +17,6 @@ use tally_core::keys::Keys;
 use tally_speed::SpeedError;
 use tally_testkit::{kafka, runtime, Broker, Redis};
 
-/// Wait for a speed layer to stop by itself; its result.
-fn stopped_by_itself(
-    rt: &tokio::runtime::Runtime,
-    speed: Running,
-) -> Result<tally_speed::SpeedSummary, SpeedError> {
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), speed.task).await })
-        .expect("the speed layer stops by itself")
-        .expect("join")
-}
-
 #[test]
 fn offsets_lost_while_the_counters_stay_are_reported_not_rebuilt_over() {
     let broker = Broker::start().unwrap();
@@ -50,7 +40,9 @@ fn offsets_lost_while_the_counters_stay_are_reported_not_rebuilt_over() {
         .unwrap();
     let keys = Keys::new("t");
     let _: () = con.del(keys.offsets()).unwrap();
-    let err = stopped_by_itself(&rt, start(&rt, &cfg)).expect_err("a partial loss stops the layer");
+    let err = start(&rt, &cfg)
+        .wait(&rt)
+        .expect_err("a partial loss stops the layer");
     assert!(matches!(err, SpeedError::PartialLoss(_)), "{err}");
     assert!(err.to_string().contains("t:seen"), "{err}");
     // Nothing rebuilt over the counters: still the fold, once.
@@ -96,7 +88,9 @@ fn a_slice_lost_before_its_time_is_reported_not_written_over() {
     // More events into the same slice.
     let more = events(63, 500, 1, t0 + 1, 10.0);
     kafka::produce(&producer, TOPIC, &records(&more, 0)).unwrap();
-    let err = stopped_by_itself(&rt, start(&rt, &cfg)).expect_err("a partial loss stops the layer");
+    let err = start(&rt, &cfg)
+        .wait(&rt)
+        .expect_err("a partial loss stops the layer");
     assert!(matches!(err, SpeedError::PartialLoss(_)), "{err}");
     // Nothing of the new events was applied.
     let after: HashMap<String, i64> = con.hgetall(keys.offsets()).unwrap();

@@ -113,12 +113,7 @@ pub async fn read_cells(
     let parsed: Vec<CellMember<'_>> = cells.iter().filter_map(|c| CellMember::parse(c)).collect();
     let mut skipped = cells.len() - parsed.len();
     let n_fields: usize = view.measures.iter().map(|m| parts(m.agg).len()).sum();
-    let distinct: Vec<&str> = view
-        .measures
-        .iter()
-        .filter(|m| m.agg == AggKind::Distinct)
-        .map(|m| m.name.as_str())
-        .collect();
+    let distinct = view.distinct_measures();
     let mut p = redis::pipe();
     for chunk in parsed.chunks(CELLS_PER_COMMAND) {
         if n_fields > 0 {

@@ -318,6 +318,17 @@ pub fn start_with(
 }
 
 impl Running {
+    /// Wait for the layer to stop by itself (an error); its result. Panics
+    /// if that takes more than a minute.
+    pub fn wait(
+        self,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<tally_speed::SpeedSummary, tally_speed::SpeedError> {
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), self.task).await })
+            .expect("the speed layer stops by itself")
+            .expect("join")
+    }
+
     /// SIGTERM's path: flush, leave the group, return what it did. Panics
     /// if that takes more than a minute (a test must fail, not hang).
     pub fn stop(self, rt: &tokio::runtime::Runtime) -> tally_speed::SpeedSummary {

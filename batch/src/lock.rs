@@ -160,11 +160,6 @@ impl BatchLock {
         self.renew(tally_core::time::now_ms()).await
     }
 
-    /// Whether a renewal found the lock taken over.
-    pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
-    }
-
     /// Renew every third of the TTL until the returned task is aborted or the
     /// lock is lost. A renewal that fails on the store is retried at the
     /// next beat; the lock expires if none succeeds within the TTL.

@@ -5,7 +5,9 @@
 //! runs, release. [`schedule`] runs it on the configured cron expression (UTC,
 //! with seconds; nightly at 02:00 by default) with tokio-cron-scheduler until
 //! shutdown. Runs never overlap: a trigger that finds the lock held is skipped
-//! and logged.
+//! and logged, and a run renews the lock while it works; one that finds it
+//! taken over (it stalled past `batch.lock_ttl`) publishes nothing more and
+//! fails with [`BatchError::LockLost`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use tally_core::config::Config;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::lock::{self, Acquired};
-use crate::recompute::{gc_view, run_batch_with, BatchError, Progress, RunOptions, RunSummary};
+use crate::recompute::{gc_view, run_leased, BatchError, Progress, RunOptions, RunSummary};
 
 /// Errors of the scheduler itself (a failed run is logged, not returned).
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,7 @@ async fn run_under_lock(
     let now = chrono::Utc::now().timestamp_millis();
     let owner = format!("{}-{}", std::process::id(), crate::recompute::new_run_id());
     let held = match lock::acquire(&store, &owner, cfg.batch.lock_ttl.0, now).await? {
-        Acquired::Held(l) => l,
+        Acquired::Held(l) => Arc::new(l),
         Acquired::Busy(f) => {
             return Err(BatchError::Locked {
                 owner: f.owner,
@@ -59,8 +61,22 @@ async fn run_under_lock(
             })
         }
     };
-    let result = run_batch_with(cfg, store.clone(), opts, progress).await;
-    if result.is_ok() {
+    let heartbeat = held.heartbeat();
+    let result = run_leased(cfg, store.clone(), opts, progress, Some(&held)).await;
+    heartbeat.abort();
+    // Collect garbage only while still holding the lock: a run that lost it
+    // must not delete files the new holder's manifests may refer to.
+    let collect = match &result {
+        Ok(_) => match held.confirm().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "published, but lost the batch lock before garbage collection; skipped");
+                false
+            }
+        },
+        Err(_) => false,
+    };
+    if collect {
         let now = chrono::Utc::now().timestamp_millis();
         for v in &cfg.views {
             if let Err(e) = gc_view(&store, &v.name, cfg.batch.gc_grace.0, now).await {

@@ -12,30 +12,7 @@ use tally_batch::lock::{self, Acquired};
 use tally_batch::promote::Promote;
 use tally_batch::{run_batch, run_locked, BatchError, RunOptions};
 use tally_core::agg::Agg;
-use tally_core::config::Config;
 use tally_core::paths;
-
-/// The stores every scenario runs on: `memory://`, `file://` and, when moto
-/// is installed, `s3://` on a private moto server. Each comes with its config
-/// and a guard that keeps its backing alive.
-fn stores() -> Vec<(Config, Box<dyn std::any::Any>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut out: Vec<(Config, Box<dyn std::any::Any>)> = vec![
-        (config("memory://"), Box::new(())),
-        (
-            config(&format!("file://{}", dir.path().display())),
-            Box::new(dir),
-        ),
-    ];
-    match S3Server::start("tally") {
-        Some(s3) => out.push((
-            config_at("s3://tally/prefix", Some(&s3.endpoint)),
-            Box::new(s3),
-        )),
-        None => eprintln!("moto_server not found: skipping s3://"),
-    }
-    out
-}
 
 /// Full, then incremental with new files, stragglers and duplicates; the
 /// incremental snapshot equals a full recompute and the truth.

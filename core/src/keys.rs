@@ -6,11 +6,13 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:off` | hash | `topic/partition` → next offset to apply (the fence) |
+//! | `P:seen` | hash | `topic/partition` → `1` once an offset of it was stored: an offset missing from `P:off` while this says it was stored means Redis lost it, not a fresh start |
 //! | `P:c:{view}:{epoch}:{day}` | hash | counter fields, see [`CounterField`] |
 //! | `P:h:{view}:{epoch}:{day}:{bucket}\|{measure}\|{group}` | HLL | a distinct sketch |
 //! | `P:v:{view}:{epoch}:{day}` | sorted set | the slice's cells `{bucket}\|{group}` ([`CellMember`]), scored by the version of the last flush that touched them |
 //! | `P:s:{view}` | sorted set | `{epoch}:{day}` slices present, scored by expiry (ms) |
 //! | `P:sv:{view}` | hash | `{epoch}:{day}` → the version of the last flush that touched the slice |
+//! | `P:defs` | hash | view name → the fingerprint of the definition its slices were computed with ([`crate::view::ViewDef::fingerprint`]) |
 //! | `P:ver` | hash | `v` → the version of the last applied flush (one per apply-script call), `born` → when `v` was created (ms) |
 //!
 //! A *slice* is one view's counters for one ingest epoch and one event-time day:
@@ -191,6 +193,19 @@ impl Keys {
     /// The hash of fenced offsets.
     pub fn offsets(&self) -> String {
         format!("{}:off", self.prefix)
+    }
+
+    /// The partitions whose offset was ever stored (same fields as
+    /// [`Keys::offsets`]), written by the same script call: the marker that
+    /// tells a lost offset from a partition never applied.
+    pub fn seen(&self) -> String {
+        format!("{}:seen", self.prefix)
+    }
+
+    /// Each view's definition fingerprint, as the speed layer wrote it: a
+    /// reader with another definition must not merge the view's slices.
+    pub fn definitions(&self) -> String {
+        format!("{}:defs", self.prefix)
     }
 
     /// The field of one partition in [`Keys::offsets`].

@@ -89,6 +89,20 @@ pub struct InputFile {
     pub last_offset: Option<i64>,
 }
 
+/// An archive file a run could not read (no Parquet footer, or none of
+/// Tally's footer metadata) and left out, as it was when tried. The file is
+/// left in place; each run tries it again, and once it reads (replaced by a
+/// good copy) it counts as a new input and its days are recomputed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedFile {
+    pub path: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+    /// Why it was left out.
+    pub reason: String,
+}
+
 /// `views/<view>/_manifest.json`: the published snapshot of one view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "version")]
@@ -134,6 +148,10 @@ pub struct ManifestV2 {
     pub days: Vec<DayFile>,
     pub inputs: Vec<InputFile>,
     pub rows_read: u64,
+    /// Archive files of the view's topics the run could not read and left
+    /// out: the snapshot lacks their records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedFile>,
 }
 
 impl ManifestV2 {
@@ -196,6 +214,7 @@ impl Manifest {
                     })
                     .collect(),
                 rows_read: m.rows_read,
+                skipped: Vec::new(),
             },
         }
     }

@@ -97,6 +97,10 @@ pub fn snapshot_file(view: &str, run_id: &str, level: Granularity, day: i64) -> 
 /// The lock that keeps batch runs from overlapping.
 pub const BATCH_LOCK: &str = "batch/_lock.json";
 
+/// Where objects a run could not read are copied before they are replaced
+/// (`quarantine/<original path>.<run id>`); nothing reads or deletes them.
+pub const QUARANTINE_ROOT: &str = "quarantine";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,6 +233,16 @@ impl ViewDef {
         format!("{:016x}", murmurhash64a(&json, 0x7a11))
     }
 
+    /// The names of the view's `distinct` measures, in order: each has a
+    /// sketch per cell (`keys::SketchField`).
+    pub fn distinct_measures(&self) -> Vec<&str> {
+        self.measures
+            .iter()
+            .filter(|m| m.agg == crate::agg::AggKind::Distinct)
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+
     /// The roll-up levels a snapshot of this view is written at: its own
     /// granularity, then 1h and 1d where it divides them and is finer. The
     /// monoid makes each level exact; a query reads the coarsest one that

@@ -151,6 +151,17 @@ pub struct ViewStatus {
     /// Speed-layer slices present in Redis (any epoch).
     pub speed_slices: Option<u64>,
     pub store_error: Option<String>,
+    /// Archive files the last batch run could not read and left out: the
+    /// snapshot lacks their records.
+    pub skipped_files: Vec<SkippedFile>,
+}
+
+/// An archive file a batch run left out.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SkippedFile {
+    pub path: String,
+    pub size: u64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

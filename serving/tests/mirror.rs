@@ -95,3 +95,50 @@ async fn the_copy_follows_flushes_expiry_and_a_redis_that_lost_its_data() {
     let (_, body) = get(&app, &whole().url()).await;
     compare(&body, &whole(), &fresh);
 }
+
+/// Slices Redis records under another definition of the view (the speed
+/// layer runs another config) are not merged: the answer has no speed part
+/// and says `"degraded": ["speed_definition"]`. Once Redis records this
+/// definition (the speed layer rebuilt the view), they are merged again.
+#[tokio::test]
+async fn slices_of_another_view_definition_are_not_merged() {
+    let redis = tally_testkit::Redis::start().expect("redis");
+    let evs = events(54, 1000);
+    let opts = ServeOptions {
+        speed_max_age: Duration::from_millis(1),
+        ..Default::default()
+    };
+    let state =
+        AppState::new(config(&redis.url(), "t"), Arc::new(InMemory::new()), opts).expect("state");
+    let app = router(state);
+    write_speed(&redis.url(), "t", &view(), &evs).await;
+    let defs = Keys::new("t").definitions();
+    redis_cmd(
+        &redis.url(),
+        redis::cmd("HSET")
+            .arg(&defs)
+            .arg("pv")
+            .arg("another-definition"),
+    )
+    .await;
+    let (_, body) = get(&app, &whole().url()).await;
+    assert_eq!(
+        body["degraded"],
+        serde_json::json!(["speed_definition"]),
+        "{body}"
+    );
+    assert_eq!(body["groups_total"], 0, "{body}");
+    assert_eq!(body["freshness"]["speed_slices"], 0, "{body}");
+
+    redis_cmd(
+        &redis.url(),
+        redis::cmd("HSET")
+            .arg(&defs)
+            .arg("pv")
+            .arg(view().fingerprint()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (_, body) = get(&app, &whole().url()).await;
+    compare(&body, &whole(), &evs);
+}

@@ -4,7 +4,8 @@
 --
 -- ARGV: offsets_hash, n_ranges,
 --       then per range: partition_field, start, end, fresh(0|1),
---       then now_ms, tmp_key, version_key,
+--       then now_ms, tmp_key, version_key, seen_hash,
+--       then defs_hash, n_defs, then per view: name, definition fingerprint,
 --       then per slice: 'S', counters_key, cells_key, sketch_prefix,
 --                       slices_zset, slice_member, versions_hash, expire_at_ms,
 --                       n_ops, then n_ops ops:
@@ -23,7 +24,22 @@
 -- a rebuild start (fresh).
 -- Returns {1} applied (every range's end stored);
 --         {0, s1, .., sn} not applied: what Redis stores per range (-1 for nothing);
---         {2, reason} not applied: Redis holds a value Tally did not write there.
+--         {2, reason} not applied: Redis holds a value Tally did not write there;
+--         {3, reason} not applied: Redis lost part of what Tally wrote;
+--         {4, reason} not applied: a view's slices in Redis were computed with
+--                     another definition (defs_hash): this writer's config
+--                     is not the one the speed layer runs with.
+--
+-- Partial loss. Offsets and counters must live and vanish together; a Redis
+-- that evicts keys (or an operator's DEL) can break that, and rebuilding over
+-- what is left would count records twice or miss them silently. So:
+-- - seen_hash records every partition whose offset was stored, in the same
+--   call: an offset missing while seen_hash has its field was lost while the
+--   counters it covers stayed (rebuilding would count them twice);
+-- - a slice this call writes again, whose versions entry and slice-set
+--   score say it is still due to live, must still have its cell set: if not,
+--   its keys were lost before their time (silently missing counts).
+-- Either is reported instead of written over.
 --
 -- Every applied call takes the next version (field 'v' of version_key) and
 -- marks each slice it writes (versions_hash) and each of its cells (cells_key,
@@ -47,8 +63,25 @@ local function type_of(key)
   return redis.call('TYPE', key)['ok']
 end
 
-if not ({none = true, hash = true})[type_of(offsets)] then
-  return invalid('key ' .. offsets .. ' is a ' .. type_of(offsets) .. ', not the offsets hash')
+local function lost(reason)
+  return {3, reason}
+end
+
+local head = 3 + n_ranges * 4
+local seen, defs = ARGV[head + 3], ARGV[head + 4]
+local n_defs = tonumber(ARGV[head + 5])
+for _, key in ipairs({offsets, seen, defs}) do
+  if not ({none = true, hash = true})[type_of(key)] then
+    return invalid('key ' .. key .. ' is a ' .. type_of(key) .. ', not a hash')
+  end
+end
+-- Every view as this writer defines it, as the speed layer last wrote it.
+for d = 0, n_defs - 1 do
+  local name, fp = ARGV[head + 6 + 2 * d], ARGV[head + 7 + 2 * d]
+  local stored_fp = redis.call('HGET', defs, name)
+  if stored_fp and stored_fp ~= fp then
+    return {4, 'view ' .. name .. ' is defined as ' .. fp .. ' here but its slices in Redis were computed as ' .. stored_fp}
+  end
 end
 local ok = true
 local stored = {0}
@@ -56,6 +89,9 @@ for r = 0, n_ranges - 1 do
   local b = 3 + r * 4
   local s = redis.call('HGET', offsets, ARGV[b])
   if s == false then
+    if redis.call('HEXISTS', seen, ARGV[b]) == 1 then
+      return lost('the offset of ' .. ARGV[b] .. ' is gone from ' .. offsets .. ' but ' .. seen .. ' says it was stored: the counters it covers are still there')
+    end
     stored[#stored + 1] = -1
     if ARGV[b + 3] ~= '1' then ok = false end
   else
@@ -64,11 +100,13 @@ for r = 0, n_ranges - 1 do
   end
 end
 if not ok then return stored end
-local first_slice = 3 + n_ranges * 4
-local now = tonumber(ARGV[first_slice])
-local tmp = ARGV[first_slice + 1]
-local version_key = ARGV[first_slice + 2]
-first_slice = first_slice + 3
+local now = tonumber(ARGV[head])
+local tmp = ARGV[head + 1]
+local version_key = ARGV[head + 2]
+local first_slice = head + 6 + 2 * n_defs
+-- Redis's own clock: the one its expiries follow.
+local clock = redis.call('TIME')
+local redis_now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 -- The number of ARGV entries an op starting at i spans.
 local function op_len(i)
@@ -98,12 +136,18 @@ local i = first_slice
 local slice = 0
 while i <= #ARGV do
   slice = slice + 1
-  local ckey, cells, prefix, zset, versions = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+6]
+  local ckey, cells, prefix, zset, member, versions = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
   local n = tonumber(ARGV[i+8])
   for key, want in pairs({[ckey] = 'hash', [cells] = 'zset', [zset] = 'zset', [versions] = 'hash'}) do
     local t = type_of(key)
     if t ~= 'none' and t ~= want then
       return invalid('key ' .. key .. ' is a ' .. t .. ', not a ' .. want)
+    end
+  end
+  if redis.call('HEXISTS', versions, member) == 1 then
+    local due = redis.call('ZSCORE', zset, member)
+    if due and tonumber(due) > redis_now + 1000 and redis.call('EXISTS', cells) == 0 then
+      return lost('slice ' .. member .. ' of ' .. zset .. ' lost its keys before they were due to expire')
     end
   end
   i = i + 9
@@ -195,6 +239,9 @@ local function add_to_sum(ckey, f, carry, lo, hi)
 end
 
 -- Write.
+for d = 0, n_defs - 1 do
+  redis.call('HSET', defs, ARGV[head + 6 + 2 * d], ARGV[head + 7 + 2 * d])
+end
 local version = redis.call('HINCRBY', version_key, 'v', 1)
 if version == 1 then redis.call('HSET', version_key, 'born', now) end
 i = first_slice
@@ -274,5 +321,6 @@ if dense_empty ~= nil then redis.call('DEL', dense_empty) end
 for r = 0, n_ranges - 1 do
   local b = 3 + r * 4
   redis.call('HSET', offsets, ARGV[b], ARGV[b + 2])
+  redis.call('HSET', seen, ARGV[b], 1)
 end
 return {1}

@@ -6,7 +6,10 @@
 //! after a crash, or a zombie member after a rebalance, therefore writes
 //! nothing; nor does a Redis that lost its memory, which is noticed instead of
 //! being silently continued from the middle. [`Outcome::Failed`] says what
-//! Redis stores for each range, which is where the consume loop resumes.
+//! Redis stores for each range, which is where the consume loop resumes. A
+//! Redis that lost only part of the state (an offset but not its counters,
+//! or a slice before its time) is reported ([`SpeedError::PartialLoss`]),
+//! never rebuilt over (see the script's header).
 
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
@@ -58,6 +61,8 @@ pub struct Applier {
     keys: Keys,
     grid: EpochGrid,
     retention_ms: i64,
+    /// Each view's name and definition fingerprint.
+    definitions: Vec<(String, String)>,
     sha: String,
 }
 
@@ -82,6 +87,11 @@ impl Applier {
             keys: Keys::new(&cfg.redis.key_prefix),
             grid: cfg.epochs.grid(),
             retention_ms: cfg.epochs.retention.0,
+            definitions: cfg
+                .views
+                .iter()
+                .map(|v| (v.name.clone(), v.fingerprint()))
+                .collect(),
             sha: String::new(),
         };
         applier.load_script().await?;
@@ -147,10 +157,23 @@ impl Applier {
         a.push(now_ms.to_string().into_bytes());
         a.push(format!("{}:tmp", self.keys.prefix()).into_bytes());
         a.push(self.keys.version().into_bytes());
+        a.push(self.keys.seen().into_bytes());
+        a.push(self.keys.definitions().into_bytes());
+        a.push(self.definitions.len().to_string().into_bytes());
+        for (name, fp) in &self.definitions {
+            a.push(name.clone().into_bytes());
+            a.push(fp.clone().into_bytes());
+        }
         for (id, delta) in &c.slices {
             let view = folder.view(id.view);
             let name = view.name.as_str();
-            let expire_at = self.grid.end(id.epoch) + self.retention_ms;
+            // A full retention from the last write, however late the record:
+            // until the batch covers the slice, [`crate::keepalive`] renews it.
+            let expire_at = self
+                .grid
+                .end(id.epoch)
+                .max(now_ms)
+                .saturating_add(self.retention_ms);
             a.push(b"S".to_vec());
             a.push(self.keys.counters(name, id.epoch, id.day).into_bytes());
             a.push(self.keys.cells(name, id.epoch, id.day).into_bytes());
@@ -245,6 +268,11 @@ impl Applier {
         a
     }
 
+    /// Another handle on the applier's Redis connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
     /// The stored offset of a partition, if any.
     pub async fn stored_offset(
         &mut self,
@@ -275,12 +303,17 @@ fn parse_reply(v: &Value, ranges: usize) -> Result<Outcome, SpeedError> {
     };
     match items.first().map(num).transpose()? {
         Some(1) => Ok(Outcome::Applied),
-        Some(2) => match items.get(1) {
-            Some(Value::BulkString(reason)) => Err(SpeedError::ForeignValue(
-                String::from_utf8_lossy(reason).into_owned(),
-            )),
-            _ => Err(bad()),
-        },
+        Some(code @ 2..=4) => {
+            let Some(Value::BulkString(reason)) = items.get(1) else {
+                return Err(bad());
+            };
+            let reason = String::from_utf8_lossy(reason).into_owned();
+            Err(match code {
+                2 => SpeedError::ForeignValue(reason),
+                3 => SpeedError::PartialLoss(reason),
+                _ => SpeedError::OtherDefinition(reason),
+            })
+        }
         Some(0) if items.len() == ranges + 1 => Ok(Outcome::Failed {
             stored: items[1..]
                 .iter()

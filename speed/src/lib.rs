@@ -17,6 +17,10 @@
 //! - [`resume`]: where a partition is rebuilt from when Redis has no offset
 //!   for it: the first record of the snapshot cut.
 //! - [`eviction`]: the start-up check that Redis does not evict keys.
+//! - [`definitions`]: a view whose definition changed is rebuilt from the
+//!   snapshot cut (its slices never mix two definitions).
+//! - [`keepalive`]: slices at or above the snapshot cut are renewed, so none
+//!   expires before the batch covers it.
 //! - [`dead_letter`]: rejected records to the dead-letter topic, with reasons.
 //! - [`consumer`]: the run time that ties these together: the consume
 //!   thread, the flusher behind a bounded queue (backpressure), where
@@ -28,9 +32,11 @@
 pub mod apply;
 pub mod consumer;
 pub mod dead_letter;
+pub mod definitions;
 pub mod delta;
 pub mod error;
 pub mod eviction;
+pub mod keepalive;
 pub mod resume;
 
 pub use consumer::{run, SpeedSummary};

@@ -31,6 +31,12 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// which the speed layer must cover from; `None` while any view has none
 /// (rebuild from the earliest retained record). (Not the archiver's cut,
 /// which is ahead of it until the next batch run.)
+///
+/// A manifest that is not valid JSON counts as none: its view's cut is
+/// unknown, so a rebuild starts from the earliest retained record, which
+/// covers any cut (more work, nothing missed). It is logged and counted
+/// (`tally_speed_unreadable_manifests_total{view}`) rather than stopping the
+/// layer; the next batch run replaces it.
 pub async fn snapshot_cut(
     store: &Arc<dyn ObjectStore>,
     views: &[ViewDef],
@@ -46,8 +52,15 @@ pub async fn snapshot_cut(
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|source| SpeedError::Manifest { path, source })?;
+        let m: Manifest = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(view = %v.name, %path, error = %e, "manifest is not valid; taking the snapshot cut as unknown (a rebuild reads from the earliest retained record)");
+                metrics::counter!("tally_speed_unreadable_manifests_total", "view" => v.name.clone())
+                    .increment(1);
+                return Ok(None);
+            }
+        };
         let c = m.cut();
         cut = Some(cut.map_or(c, |x: Epoch| x.min(c)));
     }

@@ -121,11 +121,10 @@ fn a_foreign_value_in_redis_stops_the_layer_with_nothing_applied() {
 
     let rt = runtime();
     let speed = start(&rt, &cfg);
-    let result = rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(60), speed.task).await })
-        .expect("the speed layer stops by itself")
-        .expect("join");
-    let err = result.expect_err("a foreign value is an error").to_string();
+    let err = speed
+        .wait(&rt)
+        .expect_err("a foreign value is an error")
+        .to_string();
     assert!(err.contains(&daily), "the error names the key: {err}");
     // Nothing was applied: no offsets, and no counters of the other views.
     let offsets: std::collections::HashMap<String, String> = con.hgetall(keys.offsets()).unwrap();

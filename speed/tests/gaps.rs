@@ -133,13 +133,15 @@ fn a_stored_offset_beyond_the_end_of_the_log_stops_the_partition() {
     assert_eq!(offsets(&redis.url()), stored, "stored offsets untouched");
     assert_exact(&redis.url(), &old);
 
-    // The operator's fix: forget the offsets; the partitions are rebuilt
-    // from the start of the new logs.
+    // The operator's fix: forget the offsets, and that they were stored (the
+    // stopped partitions' message says so); the partitions are rebuilt from
+    // the start of the new logs.
     let mut con = redis::Client::open(redis.url())
         .unwrap()
         .get_connection()
         .unwrap();
-    let _: () = con.del(Keys::new("t").offsets()).unwrap();
+    let keys = Keys::new("t");
+    let _: () = con.del(&[keys.offsets(), keys.seen()]).unwrap();
     let speed = start(&rt, &cfg);
     wait_caught_up(
         &redis.url(),

@@ -71,5 +71,17 @@ pub fn print_summary(s: &RunSummary) {
             v.rows_read,
             v.rows_written
         );
+        if let Some(copy) = &v.corrupt_manifest {
+            println!("    its manifest was unreadable: recomputed in full; the old one is kept at {copy}");
+        }
+    }
+    if !s.skipped.is_empty() {
+        println!(
+            "{} archive files could not be read and were left out (their records are missing from the snapshots):",
+            s.skipped.len()
+        );
+        for f in &s.skipped {
+            println!("  {} ({} bytes): {}", f.path, f.size, f.reason);
+        }
     }
 }

@@ -7,6 +7,14 @@
 //! overlap. [`overlapping`] finds those from the footers' statistics alone:
 //! only they need row-level de-duplication. A file whose statistics are
 //! missing is taken to overlap every other file.
+//!
+//! A file whose footer cannot be read (truncated, not Parquet) or lacks
+//! Tally's footer metadata is left out and returned as skipped, so that one
+//! bad object does not stop every run: the runs go on with the rest and
+//! record it (run summary, manifest, metric). The file itself is left in
+//! place: the master dataset is never deleted from. A store that does not
+//! answer still fails the run: a file is skipped for what it holds, never for
+//! a network error.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,9 +24,10 @@ use object_store::{ObjectMeta, ObjectStore};
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::errors::ParquetError;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
-use tally_core::manifest::InputFile;
+use tally_core::manifest::{InputFile, SkippedFile};
 use tally_core::paths;
 use tally_core::time::Epoch;
 
@@ -81,8 +90,18 @@ impl Input {
     }
 }
 
-/// Archive files of epochs `< cut`, with their footers, sorted by path.
-pub async fn list(store: &Arc<dyn ObjectStore>, cut: Epoch) -> Result<Vec<Input>, BatchError> {
+/// What reading a file's footer gave.
+enum Listed {
+    Read(Box<Input>),
+    Skipped(SkippedFile),
+}
+
+/// Archive files of epochs `< cut`, with their footers, sorted by path, and
+/// the files left out because their footer is unreadable.
+pub async fn list(
+    store: &Arc<dyn ObjectStore>,
+    cut: Epoch,
+) -> Result<(Vec<Input>, Vec<SkippedFile>), BatchError> {
     let metas = store::list(store.as_ref(), paths::EVENTS_ROOT).await?;
     let candidates: Vec<(ObjectMeta, paths::ArchiveFile)> = metas
         .into_iter()
@@ -91,18 +110,33 @@ pub async fn list(store: &Arc<dyn ObjectStore>, cut: Epoch) -> Result<Vec<Input>
             (f.epoch < cut).then_some((m, f))
         })
         .collect();
-    let mut out: Vec<Input> = futures::stream::iter(candidates.into_iter().map(|(meta, f)| {
+    let listed: Vec<Listed> = futures::stream::iter(candidates.into_iter().map(|(meta, f)| {
         let store = store.clone();
         async move {
             let path = meta.location.to_string();
             #[allow(deprecated)]
             let reader =
                 ParquetObjectReader::new(store, meta.location.clone()).with_file_size(meta.size);
-            let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+            let skipped = |reason: String| {
+                tracing::error!(file = %path, %reason, "archive file left out of the batch run");
+                Ok(Listed::Skipped(SkippedFile {
+                    path: path.clone(),
+                    size: meta.size,
+                    e_tag: meta.e_tag.clone(),
+                    reason,
+                }))
+            };
+            let builder = match ParquetRecordBatchStreamBuilder::new(reader).await {
+                Ok(b) => b,
+                // The store did not answer: not the file's fault.
+                Err(e @ ParquetError::External(_)) => return Err(e.into()),
+                Err(e) => return skipped(format!("unreadable Parquet footer: {e}")),
+            };
             let footer = builder.metadata().clone();
-            let days =
-                archive_file::days_of(&footer).ok_or_else(|| BatchError::NoDays(path.clone()))?;
-            Ok::<_, BatchError>(Input {
+            let Some(days) = archive_file::days_of(&footer) else {
+                return skipped("no `tally.days` footer metadata".into());
+            };
+            Ok::<_, BatchError>(Listed::Read(Box::new(Input {
                 path,
                 topic: f.topic,
                 last_offset: archive_file::last_offset_in(&footer),
@@ -111,14 +145,22 @@ pub async fn list(store: &Arc<dyn ObjectStore>, cut: Epoch) -> Result<Vec<Input>
                 days,
                 meta,
                 footer,
-            })
+            })))
         }
     }))
     .buffer_unordered(16)
     .try_collect()
     .await?;
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    for l in listed {
+        match l {
+            Listed::Read(i) => out.push(*i),
+            Listed::Skipped(s) => skipped.push(s),
+        }
+    }
     out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((out, skipped))
 }
 
 /// The coordinates a file holds, from its column statistics.

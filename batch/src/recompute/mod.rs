@@ -8,7 +8,9 @@
 //! previous snapshot did not cover, or that were rewritten since it was
 //! planned (size, e-tag or last offset changed), plus any days asked for.
 //! Those days are recomputed from *all* files touching them; the other days
-//! are carried forward by reference to the previous run's files.
+//! are carried forward by reference to the previous run's files. An archive
+//! file whose footer cannot be read is left out and reported
+//! ([`inputs`], [`RunSummary::skipped`]) instead of failing the run.
 //!
 //! A day is recomputed by a Polars lazy plan on the streaming engine
 //! ([`plan`]) over the day's files, fetched through the object store
@@ -40,12 +42,13 @@ use std::time::Instant;
 
 use object_store::ObjectStore;
 use tally_core::config::Config;
-use tally_core::manifest::CutFile;
+use tally_core::manifest::{CutFile, SkippedFile};
 use tally_core::paths;
 use tally_core::time::{day_of, Epoch};
 use tally_core::view::ViewDef;
 
 use crate::archive_file::FileError;
+use crate::lock::{BatchLock, LockError};
 use crate::store::{self, StoreError};
 
 pub use gc::gc_view;
@@ -71,18 +74,32 @@ pub enum BatchError {
         path: String,
         source: std::io::Error,
     },
-    #[error("archive file `{0}` has no `tally.days` footer metadata")]
-    NoDays(String),
+    #[error("snapshot file `{0}` was deleted during the run; the next run recomputes its day")]
+    MissingFile(String),
     #[error("view `{0}` is not configured")]
     UnknownView(String),
     #[error("view `{0}`: another run published first")]
     Conflict(String),
     #[error("another batch run holds the lock (owner {owner}, until {until_ms})")]
     Locked { owner: String, until_ms: i64 },
+    /// The run's lock was taken over while it worked (it stalled past
+    /// `batch.lock_ttl`, or the lock object was overwritten): it published
+    /// nothing more, since the new holder may have deleted its files.
+    #[error("this run lost the batch lock to {} and published nothing more; the next run recomputes what it would have", .holder.as_deref().unwrap_or("nobody"))]
+    LockLost { holder: Option<String> },
     #[error("background task: {0}")]
     Task(String),
     #[error("simulated crash (test hook)")]
     Crashed,
+}
+
+impl From<LockError> for BatchError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Lost { holder } => BatchError::LockLost { holder },
+            LockError::Store(e) => BatchError::Store(e),
+        }
+    }
 }
 
 /// What to recompute.
@@ -108,6 +125,9 @@ pub struct ViewSummary {
     pub files_read: usize,
     pub rows_read: u64,
     pub rows_written: u64,
+    /// The view's manifest was not valid JSON: where it was copied before
+    /// this run recomputed the view in full over it.
+    pub corrupt_manifest: Option<String>,
 }
 
 /// What a run did.
@@ -120,6 +140,9 @@ pub struct RunSummary {
     pub files_read: usize,
     pub rows_read: u64,
     pub seconds: f64,
+    /// Archive files left out because they could not be read (each view's
+    /// manifest lists those of its topics).
+    pub skipped: Vec<SkippedFile>,
 }
 
 impl RunSummary {
@@ -198,6 +221,18 @@ pub async fn run_batch_with(
     opts: RunOptions,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<RunSummary, BatchError> {
+    run_leased(cfg, store, opts, progress, None).await
+}
+
+/// [`run_batch_with`] under `lock`, when given: each manifest is published
+/// only after the lock is confirmed still held ([`BatchLock::confirm`]).
+pub(crate) async fn run_leased(
+    cfg: &Config,
+    store: Arc<dyn ObjectStore>,
+    opts: RunOptions,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+    lock: Option<&BatchLock>,
+) -> Result<RunSummary, BatchError> {
     let started = Instant::now();
     let planned_ms = chrono::Utc::now().timestamp_millis();
     let run_id = new_run_id();
@@ -211,7 +246,7 @@ pub async fn run_batch_with(
         return Ok(summary);
     };
     summary.cut = Some(cut);
-    let inputs = inputs::list(&store, cut).await?;
+    let (inputs, skipped) = inputs::list(&store, cut).await?;
     let views: Vec<&ViewDef> = match &opts.views {
         None => cfg.views.iter().collect(),
         Some(names) => names
@@ -229,11 +264,13 @@ pub async fn run_batch_with(
             view,
             cut,
             &inputs,
+            &skipped,
             &opts,
             &run_id,
             planned_ms,
             progress,
             &mut written_files,
+            lock,
         )
         .await?;
         summary.files_read += vs.files_read;
@@ -241,6 +278,7 @@ pub async fn run_batch_with(
         summary.views.push(vs);
     }
     summary.seconds = started.elapsed().as_secs_f64();
+    summary.skipped = skipped;
     Ok(summary)
 }
 

@@ -1,11 +1,18 @@
 //! One view's run: which days to recompute, their snapshot files at every
 //! level, and the manifest that publishes them in one conditional put.
+//!
+//! A day is carried forward only if all its files are still in the store
+//! (checked when planning: a missing one makes the day recomputed; and again
+//! before publishing: a file deleted meanwhile fails the run). Under the
+//! batch lock, the lock is confirmed right before the manifest is put, so a
+//! run that lost it publishes nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use object_store::ObjectStore;
-use tally_core::manifest::{DayFile, InputFile, Manifest, ManifestV2};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tally_core::manifest::{DayFile, InputFile, Manifest, ManifestV2, SkippedFile};
 use tally_core::paths;
 use tally_core::time::{day_of, Epoch};
 use tally_core::view::ViewDef;
@@ -14,7 +21,8 @@ use super::engine::Engine;
 use super::groups;
 use super::inputs::Input;
 use super::{snapshot, BatchError, Progress, RunOptions, ViewSummary};
-use crate::store::{self, StoreError};
+use crate::lock::BatchLock;
+use crate::store::{self, StoreError, Version};
 
 /// Recompute and publish `view` (see the module docs of [`super`]).
 #[allow(clippy::too_many_arguments)]
@@ -23,22 +31,42 @@ pub async fn run_view(
     view: &ViewDef,
     cut: Epoch,
     all_inputs: &[Input],
+    all_skipped: &[SkippedFile],
     opts: &RunOptions,
     run_id: &str,
     planned_ms: i64,
     progress: &(dyn Fn(Progress) + Send + Sync),
     written_files: &mut usize,
+    lock: Option<&BatchLock>,
 ) -> Result<ViewSummary, BatchError> {
     let mpath = paths::manifest(&view.name);
-    let prev = store::get_json::<Manifest>(store.as_ref(), &mpath).await?;
+    let mut corrupt_manifest = None;
+    let (prev_m, prev_version) = match store::get_json::<Manifest>(store.as_ref(), &mpath).await {
+        Ok(Some((m, v))) => (Some(m.into_current(view.granularity.as_ms())), Some(v)),
+        Ok(None) => (None, None),
+        // Unreadable: kept aside, and the view recomputed in full over it.
+        Err(StoreError::Json { source, .. }) => {
+            let (kept, version) = keep_aside(store, &mpath, run_id).await?;
+            tracing::error!(view = %view.name, error = %source, copy = %kept, "the view's manifest is not valid JSON; recomputing the view in full");
+            corrupt_manifest = Some(kept);
+            (None, Some(version))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let fingerprint = view.fingerprint();
     let inputs: Vec<&Input> = all_inputs
         .iter()
         .filter(|i| view.topics.is_empty() || view.topics.contains(&i.topic))
         .collect();
-    let prev_m = prev
-        .as_ref()
-        .map(|(m, _)| m.clone().into_current(view.granularity.as_ms()));
+    let skipped: Vec<SkippedFile> = all_skipped
+        .iter()
+        .filter(|s| {
+            view.topics.is_empty()
+                || paths::parse_archive_file(&s.path)
+                    .is_some_and(|f| view.topics.contains(&f.topic))
+        })
+        .cloned()
+        .collect();
     let levels = view.levels();
     let levels_ms: Vec<i64> = levels.iter().map(|g| g.as_ms()).collect();
     let full = opts.full
@@ -59,6 +87,17 @@ pub async fn run_view(
         for i in &inputs {
             if covered.get(i.path.as_str()) != Some(&&i.record()) {
                 days.extend(i.days.iter().copied());
+            }
+        }
+    }
+    // Days whose files are gone (deleted by hand, or by another run's garbage
+    // collection) cannot be carried: recompute them.
+    if let Some(p) = prev_m.as_ref().filter(|_| !full) {
+        let present = present(store, &view.name).await?;
+        for d in &p.days {
+            if !present.contains(&d.path) {
+                tracing::warn!(view = %view.name, file = %d.path, "snapshot file missing; recomputing its day");
+                days.insert(d.day);
             }
         }
     }
@@ -85,6 +124,7 @@ pub async fn run_view(
         full,
         files_read: to_read.len(),
         rows_read: to_read.iter().map(|i| i.rows()).sum(),
+        corrupt_manifest,
         ..ViewSummary::default()
     };
 
@@ -140,6 +180,16 @@ pub async fn run_view(
         }
     }
     all_days.sort_by_key(|d| (d.day, d.level_ms));
+    // The lock first: a run that lost it may find its own files collected.
+    if let Some(lock) = lock {
+        lock.confirm().await?;
+    }
+    if vs.days_carried > 0 {
+        let present = present(store, &view.name).await?;
+        if let Some(gone) = all_days.iter().find(|d| !present.contains(&d.path)) {
+            return Err(BatchError::MissingFile(gone.path.clone()));
+        }
+    }
     let manifest = Manifest::V2(ManifestV2 {
         view: view.name.clone(),
         run_id: run_id.to_owned(),
@@ -150,15 +200,9 @@ pub async fn run_view(
         days: all_days,
         inputs: inputs.iter().map(|i| i.record()).collect(),
         rows_read: vs.rows_read,
+        skipped,
     });
-    match store::put_json_if(
-        store.as_ref(),
-        &mpath,
-        &manifest,
-        prev.as_ref().map(|(_, v)| v),
-    )
-    .await
-    {
+    match store::put_json_if(store.as_ref(), &mpath, &manifest, prev_version.as_ref()).await {
         Err(StoreError::Conflict(_)) => return Err(BatchError::Conflict(view.name.clone())),
         other => {
             other?;
@@ -168,4 +212,33 @@ pub async fn run_view(
         view: view.name.clone(),
     });
     Ok(vs)
+}
+
+/// The paths of the objects under the view's folder.
+async fn present(store: &Arc<dyn ObjectStore>, view: &str) -> Result<HashSet<String>, BatchError> {
+    Ok(store::list(store.as_ref(), &paths::view_dir(view))
+        .await?
+        .into_iter()
+        .map(|o| o.location.to_string())
+        .collect())
+}
+
+/// Copy the object at `path` to `quarantine/<path>.<run_id>` and return
+/// that path and the object's version (to publish over it conditionally).
+async fn keep_aside(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+    run_id: &str,
+) -> Result<(String, Version), BatchError> {
+    let from = Path::from(path);
+    let meta = store.head(&from).await?;
+    let to = format!("{}/{path}.{run_id}", paths::QUARANTINE_ROOT);
+    store.copy(&from, &Path::from(to.as_str())).await?;
+    Ok((
+        to,
+        Version {
+            e_tag: meta.e_tag,
+            version: meta.version,
+        },
+    ))
 }

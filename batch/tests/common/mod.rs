@@ -252,6 +252,28 @@ impl S3Server {
     }
 }
 
+/// The stores every scenario runs on: `memory://`, `file://` and, when moto
+/// is installed, `s3://` on a private moto server. Each comes with its config
+/// and a guard that keeps its backing alive.
+pub fn stores() -> Vec<(Config, Box<dyn std::any::Any>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut out: Vec<(Config, Box<dyn std::any::Any>)> = vec![
+        (config("memory://"), Box::new(())),
+        (
+            config(&format!("file://{}", dir.path().display())),
+            Box::new(dir),
+        ),
+    ];
+    match S3Server::start("tally") {
+        Some(s3) => out.push((
+            config_at("s3://tally/prefix", Some(&s3.endpoint)),
+            Box::new(s3),
+        )),
+        None => eprintln!("moto_server not found: skipping s3://"),
+    }
+    out
+}
+
 /// The config of the archiver tests: small, quick rolls, one count view, and
 /// no grace (an epoch is complete as soon as it ends).
 pub fn archive_config(

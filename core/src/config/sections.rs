@@ -231,7 +231,9 @@ pub struct EpochConfig {
     pub length: Millis,
     /// How long after an epoch ends the archiver waits before declaring it complete.
     pub grace: Millis,
-    /// How long after its epoch ends a speed-layer key lives.
+    /// How long a speed-layer slice lives after its last write (and after its
+    /// epoch ends). Slices at or above the snapshot cut are renewed, so only
+    /// slices the batch covers expire (`tally_speed::keepalive`).
     pub retention: Millis,
 }
 

@@ -11,7 +11,7 @@ use utoipa::OpenApi;
 use super::{admin, pages, query, status, views};
 use crate::dto::{
     Freshness, MeasureInfo, PartitionStatus, Point, QueryResponse, RecomputeRequest,
-    RecomputeResponse, Series, StatusResponse, ViewInfo, ViewStatus, ViewsResponse,
+    RecomputeResponse, Series, SkippedFile, StatusResponse, ViewInfo, ViewStatus, ViewsResponse,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
@@ -20,7 +20,7 @@ use crate::state::AppState;
 #[openapi(
     info(title = "Tally serving API", description = "Batch snapshot ⊕ speed-layer deltas, per query."),
     paths(views::list_views, query::query_view, query::stream_view, status::status, admin::recompute, pages::metrics_text),
-    components(schemas(ErrorBody, ViewsResponse, ViewInfo, MeasureInfo, QueryResponse, Freshness, Series, Point, StatusResponse, ViewStatus, PartitionStatus, RecomputeRequest, RecomputeResponse)),
+    components(schemas(ErrorBody, ViewsResponse, ViewInfo, MeasureInfo, QueryResponse, Freshness, Series, Point, StatusResponse, ViewStatus, SkippedFile, PartitionStatus, RecomputeRequest, RecomputeResponse)),
     modifiers(&Security)
 )]
 struct ApiDoc;

@@ -13,7 +13,7 @@ use object_store::ObjectStoreExt;
 use tally_core::manifest::{CutFile, ProgressFile};
 use tally_core::paths;
 
-use crate::dto::{PartitionStatus, StatusResponse, ViewStatus};
+use crate::dto::{PartitionStatus, SkippedFile, StatusResponse, ViewStatus};
 use crate::error::ErrorBody;
 use crate::state::{now_ms, AppState};
 
@@ -125,6 +125,18 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
                 definition_matches: snap.as_ref().is_none_or(|s| s.definition_matches),
                 speed_slices: slices.get(i).copied().flatten(),
                 store_error: health.errors.get(*n).cloned(),
+                skipped_files: m
+                    .map(|m| {
+                        m.skipped
+                            .iter()
+                            .map(|f| SkippedFile {
+                                path: f.path.clone(),
+                                size: f.size,
+                                reason: f.reason.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect();

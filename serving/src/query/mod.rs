@@ -19,7 +19,9 @@
 //!   thousand rows: the work stops with the request; no fold in place is
 //!   longer than `INLINE_WORK` rows.
 //! - A day file that cannot be read leaves its rows out and the answer says
-//!   `"degraded": ["store"]`; a failed speed sync, `"degraded": ["redis"]`.
+//!   `"degraded": ["store"]`; a failed speed sync, `"degraded": ["redis"]`;
+//!   speed slices of another view definition (not merged),
+//!   `"degraded": ["speed_definition"]`.
 
 pub mod answer;
 pub mod fold;
@@ -79,6 +81,9 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
     let speed = inner.speed.view(&view.name, cut, first_day, last_day);
     if speed.degraded {
         degraded.insert("redis");
+    }
+    if speed.other_definition {
+        degraded.insert("speed_definition");
     }
     let mut days: BTreeSet<i64> = if from < to {
         snap.days_in(first_day, last_day).collect()

@@ -18,6 +18,11 @@
 //!   is loaded before the snapshot that has it is published
 //!   ([`SpeedMirror::set_floor`]).
 //! - Redis losing its data (a new `born`) empties the copy and rebuilds it.
+//! - A view whose slices Redis records under another definition fingerprint
+//!   (`P:defs`: the speed layer runs another config) is not mirrored and not
+//!   merged: its answers are the snapshot's alone and say
+//!   `"degraded": ["speed_definition"]`, until the speed layer runs the same
+//!   definition (it then rebuilds the view from the cut).
 //! - Redis down: queries answer from the copy as last synced and say
 //!   `"degraded": ["redis"]`; after a failed sync they do not wait for
 //!   another for `RETRY_AFTER`.
@@ -49,6 +54,9 @@ struct ViewSlices {
     /// Set when the floor moved down: slices below the old floor are read
     /// at the next sync whatever the flush version says.
     stale: bool,
+    /// Redis holds this view's slices under another definition: none are
+    /// mirrored.
+    other_definition: bool,
     slices: BTreeMap<(Epoch, i64), Arc<Slice>>,
 }
 
@@ -79,6 +87,9 @@ pub struct SpeedView {
     pub synced_ms: Option<i64>,
     /// Whether the last sync failed (the copy may be behind).
     pub degraded: bool,
+    /// Redis holds the view's slices under another definition: none are
+    /// given, the answer lacks the speed layer's part.
+    pub other_definition: bool,
     pub skipped: usize,
 }
 
@@ -157,9 +168,11 @@ impl SpeedMirror {
     /// snapshot of cut `cut`.
     pub fn view(&self, view: &str, cut: Option<Epoch>, first: i64, last: i64) -> SpeedView {
         let st = self.lock();
+        let other_definition = st.views.get(view).is_some_and(|v| v.other_definition);
         let slices = st
             .views
             .get(view)
+            .filter(|v| !v.other_definition)
             .map(|v| {
                 v.slices
                     .values()
@@ -172,6 +185,7 @@ impl SpeedMirror {
             slices,
             synced_ms: st.last_ok.map(|(_, ms)| ms),
             degraded: st.failed.is_some(),
+            other_definition,
             skipped: st.skipped,
         }
     }
@@ -227,9 +241,26 @@ impl SpeedMirror {
 
     /// Read what changed since the last sync into the copy.
     async fn pull(&self) -> Result<(), RedisReadError> {
-        let (version, born) = read::version(&self.redis).await?;
+        let read::Head {
+            version,
+            born,
+            definitions,
+        } = read::head(&self.redis).await?;
         let stale = {
             let mut st = self.lock();
+            for view in &self.views {
+                let other = definitions
+                    .get(&view.name)
+                    .is_some_and(|fp| *fp != view.fingerprint());
+                if let Some(v) = st.views.get_mut(&view.name) {
+                    if other != v.other_definition {
+                        // Read again from scratch either way.
+                        v.slices.clear();
+                        v.stale = true;
+                    }
+                    v.other_definition = other;
+                }
+            }
             if st.born != born || version < st.version {
                 // A new counter: Redis lost its data, or this is the first sync.
                 st.born = born;
@@ -275,6 +306,10 @@ impl SpeedMirror {
             let Some(v) = st.views.get_mut(&view.name) else {
                 return Ok(());
             };
+            if v.other_definition {
+                v.stale = false;
+                return Ok(());
+            }
             // Expired in Redis: gone here too.
             v.slices.retain(|k, _| live.contains_key(k));
             let floor = v.floor;

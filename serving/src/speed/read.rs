@@ -21,15 +21,31 @@ use super::conn::{RedisReadError, RedisReader};
 /// Cells read per command.
 const CELLS_PER_COMMAND: usize = 500;
 
-/// The last applied flush's version and when the counter was born.
-pub async fn version(redis: &RedisReader) -> Result<(Option<u64>, Option<i64>), RedisReadError> {
+/// What a sync reads first: the last applied flush's version, when the
+/// counter was born, and each view's definition fingerprint as the speed
+/// layer wrote it.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    pub version: Option<u64>,
+    pub born: Option<i64>,
+    pub definitions: HashMap<String, String>,
+}
+
+/// Read the [`Head`].
+pub async fn head(redis: &RedisReader) -> Result<Head, RedisReadError> {
     let mut p = redis::pipe();
     p.cmd("HMGET")
         .arg(redis.keys().version())
         .arg(VERSION_FIELD)
         .arg(BORN_FIELD);
-    let ((v, born),): ((Option<u64>, Option<i64>),) = redis.query(&p).await?;
-    Ok((v, born))
+    p.cmd("HGETALL").arg(redis.keys().definitions());
+    let ((version, born), definitions): ((Option<u64>, Option<i64>), HashMap<String, String>) =
+        redis.query(&p).await?;
+    Ok(Head {
+        version,
+        born,
+        definitions,
+    })
 }
 
 /// Each view's slices and their versions.
@@ -97,12 +113,7 @@ pub async fn read_cells(
     let parsed: Vec<CellMember<'_>> = cells.iter().filter_map(|c| CellMember::parse(c)).collect();
     let mut skipped = cells.len() - parsed.len();
     let n_fields: usize = view.measures.iter().map(|m| parts(m.agg).len()).sum();
-    let distinct: Vec<&str> = view
-        .measures
-        .iter()
-        .filter(|m| m.agg == AggKind::Distinct)
-        .map(|m| m.name.as_str())
-        .collect();
+    let distinct = view.distinct_measures();
     let mut p = redis::pipe();
     for chunk in parsed.chunks(CELLS_PER_COMMAND) {
         if n_fields > 0 {

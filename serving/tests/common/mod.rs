@@ -198,6 +198,7 @@ pub async fn write_manifest(
         days,
         inputs: vec![],
         rows_read,
+        skipped: vec![],
     });
     store
         .put(

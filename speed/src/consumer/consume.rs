@@ -307,9 +307,9 @@ impl ConsumeLoop {
     /// Pause the partitions whose log ends below their stored offset: their
     /// records are not taken, and the operator decides (see the error).
     fn stop_past_end(&mut self) {
-        let offsets = self.starts().keys.offsets();
+        let (offsets, seen) = (self.starts().keys.offsets(), self.starts().keys.seen());
         for ((topic, partition), e) in std::mem::take(&mut self.st.past_end) {
-            error!(%topic, partition, "{e}. Once the log is what it should be, delete field `{topic}/{partition}` of Redis hash `{offsets}` (the partition is then rebuilt from the snapshot cut) and restart the speed layer");
+            error!(%topic, partition, "{e}. Once the log is what it should be, delete field `{topic}/{partition}` of Redis hashes `{offsets}` and `{seen}` (the partition is then rebuilt from the snapshot cut) and restart the speed layer");
             metrics::gauge!("tally_speed_partition_stopped",
                 "topic" => topic.clone(), "partition" => partition.to_string())
             .set(1.0);

@@ -87,7 +87,14 @@ pub async fn run(
     info!(topics = ?cfg.kafka.topics, group = %cfg.kafka.group, "speed layer starting");
     crate::eviction::check(&cfg.redis).await?;
     let applier = Applier::connect(&cfg).await?;
+    crate::definitions::reconcile(
+        &mut applier.connection(),
+        &tally_core::keys::Keys::new(&cfg.redis.key_prefix),
+        &cfg.views,
+    )
+    .await?;
     let cut = snapshot_cut(&store, &cfg.views).await?;
+    let (keepalive_store, applier_con) = (store.clone(), applier.connection());
     let (chunk_tx, chunk_rx) = tmpsc::channel::<Chunk>(cfg.speed.queue_capacity);
     let (feedback_tx, feedback_rx) = mpsc::channel::<Feedback>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -113,6 +120,13 @@ pub async fn run(
             .map_err(|e| SpeedError::Thread(e.to_string()))?
     };
 
+    let keepalive = tokio::spawn(crate::keepalive::run(
+        cfg.clone(),
+        keepalive_store,
+        applier_con,
+        shutdown.child_token(),
+    ));
+
     // Stop the consume thread when asked; it flushes and closes the queue.
     let stopper = {
         let stop = stop.clone();
@@ -126,6 +140,7 @@ pub async fn run(
     let folder = Folder::new(cfg.views.clone(), cfg.epochs.grid());
     let flushed = flusher::run(applier, &folder, chunk_rx, &feedback_tx, &shutdown).await;
     stopper.abort();
+    keepalive.abort();
     if flushed.is_err() {
         // The queue is closed (a blocked send returns); stop the thread too.
         stop.store(true, Ordering::SeqCst);

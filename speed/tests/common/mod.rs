@@ -93,7 +93,12 @@ pub fn records(evs: &[Ev], _offset: usize) -> Vec<Record> {
 
 /// The truth of the standard views over `evs`, folded without any Tally code.
 pub fn fold(evs: &[Ev]) -> Truth {
-    let mut truth = Truth::new(&TestConfig::new().build());
+    fold_with(&TestConfig::new().build(), evs)
+}
+
+/// The truth of `cfg`'s views over `evs`.
+pub fn fold_with(cfg: &Config, evs: &[Ev]) -> Truth {
+    let mut truth = Truth::new(cfg);
     for e in evs {
         truth.add_generated(TOPIC, &e.g);
     }
@@ -188,7 +193,13 @@ pub use tally_testkit::truth::redis_pfcount as pfcount;
 /// Compare every standard view in Redis with the fold; panics with the
 /// first difference.
 pub fn assert_exact(redis_url: &str, evs: &[Ev]) {
-    let truth = fold(evs);
+    assert_exact_with(redis_url, &TestConfig::new().build(), evs)
+}
+
+/// [`assert_exact`] for `cfg`'s views (with the standard views' distinct
+/// measures).
+pub fn assert_exact_with(redis_url: &str, cfg: &Config, evs: &[Ev]) {
+    let truth = fold_with(cfg, evs);
     let mut con = redis::Client::open(redis_url)
         .and_then(|c| c.get_connection())
         .expect("redis");
@@ -288,8 +299,16 @@ pub struct Running {
 }
 
 pub fn start(rt: &tokio::runtime::Runtime, cfg: &Config) -> Running {
+    start_with(rt, cfg, Arc::new(object_store::memory::InMemory::new()))
+}
+
+/// [`start`] with the batch layer's store (manifests) at `store`.
+pub fn start_with(
+    rt: &tokio::runtime::Runtime,
+    cfg: &Config,
+    store: Arc<dyn object_store::ObjectStore>,
+) -> Running {
     let token = tokio_util::sync::CancellationToken::new();
-    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let task = rt.spawn(tally_speed::run(
         Arc::new(cfg.clone()),
         store,
@@ -299,6 +318,17 @@ pub fn start(rt: &tokio::runtime::Runtime, cfg: &Config) -> Running {
 }
 
 impl Running {
+    /// Wait for the layer to stop by itself (an error); its result. Panics
+    /// if that takes more than a minute.
+    pub fn wait(
+        self,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<tally_speed::SpeedSummary, tally_speed::SpeedError> {
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), self.task).await })
+            .expect("the speed layer stops by itself")
+            .expect("join")
+    }
+
     /// SIGTERM's path: flush, leave the group, return what it did. Panics
     /// if that takes more than a minute (a test must fail, not hang).
     pub fn stop(self, rt: &tokio::runtime::Runtime) -> tally_speed::SpeedSummary {

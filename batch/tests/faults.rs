@@ -1,0 +1,347 @@
+//! Faults injected into the store under a batch run: a lock taken over
+//! mid-run, snapshot files deleted behind a manifest, unreadable archive
+//! files, a corrupt manifest. Each scenario compares the published snapshots
+//! with the truth (the testkit's plain fold over the generated records).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tally_batch::lock::LockFile;
+use tally_batch::{run_locked, BatchError, Progress, RunOptions};
+use tally_core::manifest::Manifest;
+use tally_core::paths;
+
+/// Every object under the view's folder but its manifest, sorted.
+async fn listed(store: &Arc<dyn ObjectStore>, view: &str) -> Vec<String> {
+    let mut v: Vec<String> = tally_batch::store::list(store.as_ref(), &paths::view_dir(view))
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.location.to_string())
+        .filter(|p| *p != paths::manifest(view))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every file the view's manifest refers to exists.
+async fn assert_files_exist(store: &Arc<dyn ObjectStore>, view: &str) {
+    let m = manifest(store, view).await.expect("a manifest");
+    let present = listed(store, view).await;
+    for d in m.days() {
+        assert!(present.contains(&d.path), "{view}: {} is gone", d.path);
+    }
+}
+
+/// Run A stalls past its lock's TTL (simulated by rewriting its lock object
+/// as expired after A wrote its first snapshot file); run B takes the lock
+/// over, publishes and collects garbage (grace 0: A's files go). A then
+/// finds its lock lost and publishes nothing: every manifest stays B's, the
+/// files they list exist, and the snapshots equal the truth. The next run
+/// collects A's leftovers and still equals the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lock_is_taken_over_publishes_nothing() {
+    for (cfg, _guard) in stores() {
+        let url = cfg.store.url.clone();
+        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let epoch0 = T0 / HOUR;
+        let mut offsets = Vec::new();
+        let mut events = generate(71, 6_000, 2, &mut offsets, T0, 2 * HOUR);
+        write_archive(&store, "events", &events).await;
+        set_cut(&store, epoch0 + 2).await;
+        run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
+            .await
+            .unwrap();
+        let more = generate(72, 6_000, 2, &mut offsets, T0 + 2 * HOUR, 2 * HOUR);
+        write_archive(&store, "events", &more).await;
+        events.extend(more);
+        set_cut(&store, epoch0 + 4).await;
+
+        let handle = tokio::runtime::Handle::current();
+        let taken = AtomicBool::new(false);
+        let b_manifests = std::sync::Mutex::new(Vec::new());
+        let takeover = |p: Progress| {
+            if !matches!(p, Progress::DayWritten { .. }) || taken.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::block_in_place(|| {
+                handle.block_on(async {
+                    let (lock, _) =
+                        tally_batch::store::get_json::<LockFile>(store.as_ref(), paths::BATCH_LOCK)
+                            .await
+                            .unwrap()
+                            .expect("run A holds the lock");
+                    // A stalled: its lock expired.
+                    tally_batch::store::put_json(
+                        store.as_ref(),
+                        paths::BATCH_LOCK,
+                        &LockFile {
+                            until_ms: 0,
+                            ..lock
+                        },
+                    )
+                    .await
+                    .unwrap();
+                    run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
+                        .await
+                        .expect("run B takes the expired lock over");
+                    let mut ms = Vec::new();
+                    for v in VIEWS {
+                        ms.push(manifest(&store, v).await.unwrap());
+                    }
+                    *b_manifests.lock().unwrap() = ms;
+                })
+            });
+        };
+        let err = run_locked(&cfg, store.clone(), RunOptions::default(), &takeover)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, BatchError::LockLost { .. }),
+            "{url}: run A must fail with LockLost, got {err:?}"
+        );
+        assert!(taken.load(Ordering::SeqCst), "{url}: the takeover ran");
+        let b_manifests = b_manifests.into_inner().unwrap();
+        for (v, b) in VIEWS.iter().zip(&b_manifests) {
+            assert_eq!(&manifest(&store, v).await.unwrap(), b, "{url} {v}");
+            assert_files_exist(&store, v).await;
+        }
+        check_all(&store, &cfg, &events, epoch0 + 4).await;
+
+        // The next run publishes over B's manifests and collects A's files.
+        run_locked(
+            &cfg,
+            store.clone(),
+            RunOptions {
+                full: true,
+                ..Default::default()
+            },
+            &|_| {},
+        )
+        .await
+        .unwrap();
+        for v in VIEWS {
+            let m = manifest(&store, v).await.unwrap();
+            let mut referenced: Vec<String> = m.days().iter().map(|d| d.path.clone()).collect();
+            referenced.sort();
+            assert_eq!(listed(&store, v).await, referenced, "{url} {v}");
+        }
+        check_all(&store, &cfg, &events, epoch0 + 4).await;
+    }
+}
+
+/// A snapshot file deleted behind the manifest (by hand, or by a run that
+/// should not have collected it) is not carried into the next manifest:
+/// its day is recomputed (the only one, in a run with no new files), and
+/// the snapshot equals the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_snapshot_file_is_recomputed_not_carried() {
+    for (cfg, _guard) in stores() {
+        let url = cfg.store.url.clone();
+        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let epoch0 = T0 / HOUR;
+        let mut offsets = Vec::new();
+        let events = generate(81, 6_000, 2, &mut offsets, T0, 3 * HOUR);
+        write_archive(&store, "events", &events).await;
+        set_cut(&store, epoch0 + 3).await;
+        run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
+            .await
+            .unwrap();
+        // Delete the earliest day file of each view.
+        for v in VIEWS {
+            let m = manifest(&store, v).await.unwrap();
+            let first = &m.days()[0];
+            tally_batch::store::delete(store.as_ref(), vec![Path::from(first.path.as_str())])
+                .await
+                .unwrap();
+        }
+        // A run with nothing new would carry every day.
+        set_cut(&store, epoch0 + 4).await;
+        let s = run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
+            .await
+            .unwrap();
+        for v in &s.views {
+            assert!(!v.full, "{url} {v:?}");
+            assert_eq!(v.days_recomputed, 1, "{url} {v:?}");
+        }
+        for v in VIEWS {
+            assert_files_exist(&store, v).await;
+        }
+        check_all(&store, &cfg, &events, epoch0 + 4).await;
+    }
+}
+
+/// Overwrite an object with `bytes`.
+async fn overwrite(store: &Arc<dyn ObjectStore>, path: &str, bytes: &[u8]) {
+    store
+        .put(&Path::from(path), PutPayload::from(bytes.to_vec()))
+        .await
+        .unwrap();
+}
+
+/// One archive file truncated (no Parquet footer) and one whose footer lacks
+/// Tally's metadata, among many: the run goes on, each view's snapshot equals
+/// the fold over the records of the other files, and the run summary and
+/// each manifest name the two files. Once the files are good again, the next
+/// run reads them and equals the truth of every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_archive_files_are_skipped_and_reported() {
+    for (cfg, _guard) in stores() {
+        let url = cfg.store.url.clone();
+        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let epoch0 = T0 / HOUR;
+        let mut offsets = Vec::new();
+        let events = generate(91, 12_000, 3, &mut offsets, T0, 4 * HOUR);
+        let files = write_archive(&store, "events", &events).await;
+        assert!(files.len() >= 10, "{files:?}");
+        let (truncated, bare) = (files[2].clone(), files[7].clone());
+        let good_bytes = |p: &str| {
+            let store = store.clone();
+            let p = p.to_owned();
+            async move {
+                store
+                    .get(&Path::from(p.as_str()))
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+            }
+        };
+        let (truncated_good, bare_good) = (good_bytes(&truncated).await, good_bytes(&bare).await);
+        overwrite(
+            &store,
+            &truncated,
+            &truncated_good[..truncated_good.len() / 2],
+        )
+        .await;
+        overwrite(&store, &bare, &plain_parquet()).await;
+        set_cut(&store, epoch0 + 4).await;
+
+        let s = run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
+            .await
+            .unwrap();
+        let skipped: Vec<&str> = s.skipped.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(skipped, vec![truncated.as_str(), bare.as_str()], "{url}");
+        assert!(
+            s.skipped[1].reason.contains("tally.days"),
+            "{:?}",
+            s.skipped
+        );
+        // The truth without the records of the two bad files.
+        let in_file = |g: &Gen, path: &str| {
+            let f = paths::parse_archive_file(path).unwrap();
+            g.epoch() == f.epoch && g.partition == f.partition
+        };
+        let rest: Vec<Gen> = events
+            .iter()
+            .filter(|g| !in_file(g, &truncated) && !in_file(g, &bare))
+            .cloned()
+            .collect();
+        assert!(rest.len() < events.len());
+        check_all(&store, &cfg, &rest, epoch0 + 4).await;
+        for v in VIEWS {
+            let Some(Manifest::V2(m)) = manifest(&store, v).await else {
+                panic!("a v2 manifest")
+            };
+            let listed: Vec<&str> = m.skipped.iter().map(|f| f.path.as_str()).collect();
+            assert_eq!(listed, skipped, "{url} {v}");
+            assert!(m.inputs.iter().all(|i| !skipped.contains(&i.path.as_str())));
+        }
+        // The files are left in place, untouched.
+        assert_eq!(
+            good_bytes(&truncated).await.len(),
+            truncated_good.len() / 2,
+            "{url}"
+        );
+
+        // Good copies restored: an incremental run reads them.
+        overwrite(&store, &truncated, &truncated_good).await;
+        overwrite(&store, &bare, &bare_good).await;
+        let s = run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
+            .await
+            .unwrap();
+        assert!(s.skipped.is_empty(), "{url} {s:?}");
+        assert!(s.views.iter().all(|v| !v.full), "{url} {s:?}");
+        check_all(&store, &cfg, &events, epoch0 + 4).await;
+        for v in VIEWS {
+            let Some(Manifest::V2(m)) = manifest(&store, v).await else {
+                panic!("a v2 manifest")
+            };
+            assert!(m.skipped.is_empty());
+        }
+    }
+}
+
+/// A valid Parquet file with none of Tally's footer metadata.
+fn plain_parquet() -> Vec<u8> {
+    use arrow_array::{Int64Array, RecordBatch};
+    let batch = RecordBatch::try_from_iter([(
+        "offset",
+        Arc::new(Int64Array::from(vec![1_i64, 2, 3])) as arrow_array::ArrayRef,
+    )])
+    .unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(Vec::new(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.into_inner().unwrap()
+}
+
+/// A manifest that is not valid JSON does not block the batch: a plain run
+/// and a `--full` run both recompute the view in full over it, keep the bad
+/// object aside under `quarantine/`, and equal the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_manifest_is_kept_aside_and_recomputed_over() {
+    for (cfg, _guard) in stores() {
+        let url = cfg.store.url.clone();
+        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let epoch0 = T0 / HOUR;
+        let mut offsets = Vec::new();
+        let events = generate(95, 6_000, 2, &mut offsets, T0, 2 * HOUR);
+        write_archive(&store, "events", &events).await;
+        set_cut(&store, epoch0 + 2).await;
+        run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
+            .await
+            .unwrap();
+        for full in [false, true] {
+            overwrite(
+                &store,
+                &paths::manifest("by_type"),
+                b"{\"version\":\"2\",\"vi",
+            )
+            .await;
+            let s = run_locked(
+                &cfg,
+                store.clone(),
+                RunOptions {
+                    full,
+                    ..Default::default()
+                },
+                &|_| {},
+            )
+            .await
+            .unwrap();
+            let by_type = s.views.iter().find(|v| v.view == "by_type").unwrap();
+            assert!(by_type.full, "{url}");
+            let copy = by_type.corrupt_manifest.as_deref().expect("kept aside");
+            let kept = store
+                .get(&Path::from(copy))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(&kept[..], b"{\"version\":\"2\",\"vi", "{url}");
+            assert!(s
+                .views
+                .iter()
+                .filter(|v| v.view != "by_type")
+                .all(|v| v.corrupt_manifest.is_none()));
+            check_all(&store, &cfg, &events, epoch0 + 2).await;
+        }
+    }
+}

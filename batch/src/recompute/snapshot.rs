@@ -13,6 +13,8 @@ use arrow_schema::{DataType, Field, Schema};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use parquet::arrow::ArrowWriter;
+use parquet::file::properties::EnabledStatistics;
+use parquet::schema::types::ColumnPath;
 use polars::prelude::{Column, DataFrame};
 use tally_core::agg::{Agg, AggKind};
 use tally_core::hll::Hll;
@@ -59,9 +61,17 @@ pub async fn write(
     frame: &DataFrame,
 ) -> Result<u64, BatchError> {
     let batch = batch_of(view, frame)?;
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .build();
+    let mut props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY);
+    // A sketch is unique to its group: a dictionary never pays, and min/max
+    // statistics of sketch bytes help no reader.
+    for m in view.measures.iter().filter(|m| m.agg == AggKind::Distinct) {
+        let c = ColumnPath::from(columns::measure(m)[0].as_str());
+        props = props
+            .set_column_dictionary_enabled(c.clone(), false)
+            .set_column_statistics_enabled(c, EnabledStatistics::None);
+    }
+    let props = props.build();
     let mut bytes = Vec::new();
     let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props))?;
     w.write(&batch)?;

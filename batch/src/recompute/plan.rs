@@ -14,7 +14,14 @@
 //! columns aggregates every measure: count as a length or a count of
 //! non-null values, sum as an `Int128` sum of the integers (exact) beside a
 //! float sum, min and max per type, distinct as entries imploded per group
-//! ([`super::distinct`]). No per-group closure: every step streams.
+//! and reduced to the sketch's registers ([`super::distinct`]). No
+//! per-group closure: every step streams.
+//!
+//! The result is the snapshot's frame, sorted by bucket and dimensions:
+//! `bucket`, `d<i>` (each dimension's text), and per measure `m<k>` (count
+//! `UInt64`, min/max `Float64`, distinct registers `List<UInt32>`) or
+//! `m<k>:int` (`Int128`) and `m<k>:float` (sum). [`rollup`] makes the
+//! coarser levels from it with one more `group_by`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

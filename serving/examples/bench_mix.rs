@@ -288,7 +288,9 @@ fn random_query(
     );
     // The level plan Tally reads: per day, the coarsest level per span.
     let (a, b) = plan::base_range(base, from, to);
-    let mut by_level: BTreeMap<i64, (Vec<String>, Vec<(i64, i64)>)> = BTreeMap::new();
+    // Per level: the day files to read and the spans they answer.
+    type Reads = (Vec<String>, Vec<(i64, i64)>);
+    let mut by_level: BTreeMap<i64, Reads> = BTreeMap::new();
     let levels: Vec<i64> = manifest.levels_ms.clone();
     for day in a.div_euclid(MS_PER_DAY)..=(b - 1).div_euclid(MS_PER_DAY) {
         let (da, db) = (a.max(day * MS_PER_DAY), b.min((day + 1) * MS_PER_DAY));

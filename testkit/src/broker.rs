@@ -1,5 +1,5 @@
-//! A private Tansu broker (Kafka protocol) on a free port; optionally
-//! reached over TLS.
+//! A private Tansu broker (Kafka protocol, records in memory) on a free
+//! port; optionally reached over TLS, or through a proxy a test can cut.
 //!
 //! Tansu 0.6 has no TLS listener of its own (its `--cert` flag is accepted
 //! but the Kafka port stays plain), so a TLS broker here is Tansu behind
@@ -16,77 +16,100 @@ use tempfile::TempDir;
 use crate::process::{cache_dir, free_port, Error, Server};
 use crate::tls::TlsFiles;
 
-/// How the broker keeps its records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Storage {
-    /// Fast; lost when the broker stops.
-    Memory,
-    /// SQLite file in the broker's folder; survives a broker restart.
-    Sqlite,
-}
-
 /// A running private broker. Dropping it stops the server.
 #[derive(Debug)]
 pub struct Broker {
     port: u16,
-    storage: Storage,
     dir: TempDir,
-    /// The TLS port clients use and its proxy, for a TLS broker.
-    tls: Option<(u16, Server)>,
+    /// The port clients use and the `socat` in front of Tansu, for a TLS
+    /// broker or one that can be cut off.
+    front: Option<Front>,
     server: Server,
 }
 
-impl Broker {
-    /// A broker with memory storage.
-    pub fn start() -> Result<Broker, Error> {
-        Self::start_with(Storage::Memory)
-    }
+/// `socat` between the clients and Tansu.
+#[derive(Debug)]
+struct Front {
+    port: u16,
+    /// The server certificate and key, for a TLS listener.
+    tls: Option<(PathBuf, PathBuf)>,
+    /// `None` while cut off.
+    proxy: Option<Server>,
+}
 
-    pub fn start_with(storage: Storage) -> Result<Broker, Error> {
-        let dir = tempfile::Builder::new().prefix("tally-broker-").tempdir()?;
-        let port = free_port()?;
-        let server = spawn(&dir, port, port, storage)?;
-        Ok(Broker {
-            port,
-            storage,
-            dir,
-            tls: None,
-            server,
+impl Front {
+    fn new(tls: Option<(PathBuf, PathBuf)>) -> Result<Front, Error> {
+        Ok(Front {
+            port: free_port()?,
+            tls,
+            proxy: None,
         })
     }
 
-    /// A broker (memory storage) that clients reach over TLS with the
+    fn start(&mut self, dir: &TempDir, to: u16) -> Result<(), Error> {
+        let listen = match &self.tls {
+            Some((cert, key)) => format!(
+                "OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                self.port,
+                cert.display(),
+                key.display()
+            ),
+            None => format!("TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork", self.port),
+        };
+        let mut cmd = Command::new("socat");
+        cmd.arg(listen).arg(format!("TCP:127.0.0.1:{to}"));
+        let log = dir.path().join(format!("socat-{}.log", self.port));
+        let mut proxy = Server::spawn("socat", cmd, log)?;
+        proxy.wait_ready("socat", self.port, Duration::from_secs(10))?;
+        self.proxy = Some(proxy);
+        Ok(())
+    }
+}
+
+impl Broker {
+    /// A broker on a free port.
+    pub fn start() -> Result<Broker, Error> {
+        Self::launch(None)
+    }
+
+    /// A broker that clients reach over TLS with the
     /// server certificate of `tls`: [`Broker::bootstrap`] is the TLS port.
     pub fn start_tls(tls: &TlsFiles) -> Result<Broker, Error> {
+        let front = Front::new(Some((tls.cert.clone(), tls.key.clone())))?;
+        Self::launch(Some(front))
+    }
+
+    /// A broker behind a TCP proxy, so that a test can cut
+    /// the clients off and let them back ([`Broker::cut_off`],
+    /// [`Broker::reconnect`]) while the broker keeps its records: to a
+    /// client, a broker that is down and comes back. (Tansu keeps records in
+    /// memory here: its SQLite storage, which would survive a restart, drops
+    /// connections under a steady fetch load.)
+    pub fn start_behind_proxy() -> Result<Broker, Error> {
+        Self::launch(Some(Front::new(None)?))
+    }
+
+    fn launch(mut front: Option<Front>) -> Result<Broker, Error> {
         let dir = tempfile::Builder::new().prefix("tally-broker-").tempdir()?;
         let port = free_port()?;
-        let tls_port = free_port()?;
-        let server = spawn(&dir, port, tls_port, Storage::Memory)?;
-        let mut cmd = Command::new("socat");
-        cmd.arg(format!(
-            "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
-            tls.cert.display(),
-            tls.key.display()
-        ))
-        .arg(format!("TCP:127.0.0.1:{port}"));
-        let log = dir.path().join(format!("socat-{tls_port}.log"));
-        let mut proxy = Server::spawn("socat", cmd, log)?;
-        proxy.wait_ready("socat", tls_port, Duration::from_secs(10))?;
+        // Tansu tells clients the port they reach it on.
+        let advertised = front.as_ref().map_or(port, |f| f.port);
+        let server = spawn(&dir, port, advertised)?;
+        if let Some(f) = front.as_mut() {
+            f.start(&dir, port)?;
+        }
         Ok(Broker {
             port,
-            storage: Storage::Memory,
             dir,
-            tls: Some((tls_port, proxy)),
+            front,
             server,
         })
     }
 
-    /// `host:port` for `bootstrap.servers` (the TLS port of a TLS broker).
+    /// `host:port` for `bootstrap.servers` (the proxy's port when there is one).
     pub fn bootstrap(&self) -> String {
-        match &self.tls {
-            Some((tls_port, _)) => format!("127.0.0.1:{tls_port}"),
-            None => format!("127.0.0.1:{}", self.port),
-        }
+        let port = self.front.as_ref().map_or(self.port, |f| f.port);
+        format!("127.0.0.1:{port}")
     }
 
     /// The broker's log file.
@@ -94,12 +117,29 @@ impl Broker {
         &self.server.log
     }
 
-    /// Stop and start again on the same port (records survive with [`Storage::Sqlite`]).
+    /// Stop and start again on the same port, empty: a broker whose storage
+    /// was wiped.
     pub fn restart(&mut self) -> Result<(), Error> {
         self.server.kill();
-        let advertised = self.tls.as_ref().map_or(self.port, |(p, _)| *p);
-        self.server = spawn(&self.dir, self.port, advertised, self.storage)?;
+        let advertised = self.front.as_ref().map_or(self.port, |f| f.port);
+        self.server = spawn(&self.dir, self.port, advertised)?;
         Ok(())
+    }
+
+    /// Cut every client off (a broker from [`Broker::start_behind_proxy`]):
+    /// connections drop and new ones are refused until [`Broker::reconnect`].
+    pub fn cut_off(&mut self) {
+        if let Some(f) = self.front.as_mut() {
+            f.proxy = None;
+        }
+    }
+
+    /// Let clients reach the broker again after [`Broker::cut_off`].
+    pub fn reconnect(&mut self) -> Result<(), Error> {
+        match self.front.as_mut() {
+            Some(f) => f.start(&self.dir, self.port),
+            None => Ok(()),
+        }
     }
 }
 
@@ -117,12 +157,7 @@ pub fn tansu_bin() -> PathBuf {
 }
 
 /// Tansu on `port`, telling clients to connect to `advertised`.
-fn spawn(dir: &TempDir, port: u16, advertised: u16, storage: Storage) -> Result<Server, Error> {
-    let engine = match storage {
-        Storage::Memory => "memory://tansu/".to_string(),
-        // Tansu resolves the path against its working directory.
-        Storage::Sqlite => "sqlite://tansu.db".to_string(),
-    };
+fn spawn(dir: &TempDir, port: u16, advertised: u16) -> Result<Server, Error> {
     let mut cmd = Command::new(tansu_bin());
     cmd.arg("broker")
         .arg("--kafka-listener-url")
@@ -130,7 +165,7 @@ fn spawn(dir: &TempDir, port: u16, advertised: u16, storage: Storage) -> Result<
         .arg("--kafka-advertised-listener-url")
         .arg(format!("tcp://127.0.0.1:{advertised}"))
         .arg("--storage-engine")
-        .arg(engine)
+        .arg("memory://tansu/")
         .current_dir(dir.path())
         .env(
             "RUST_LOG",

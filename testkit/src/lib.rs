@@ -21,7 +21,7 @@ mod redis;
 pub mod tls;
 pub mod truth;
 
-pub use broker::{tansu_bin, Broker, Storage};
+pub use broker::{tansu_bin, Broker};
 pub use process::{free_port, Error};
 pub use redis::Redis;
 /// The generator, for test crates that reach it through the testkit.

@@ -164,7 +164,7 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
         }
         .map_err(fold_error)?;
         match step {
-            Step::Fold(f) => fold = f,
+            Step::Fold(f) => fold = *f,
             Step::Answer(json) => return json,
         }
     }
@@ -178,7 +178,7 @@ const INLINE_WORK: usize = 2_000;
 
 /// What a day's task hands back: the fold so far, or (the last day) the answer.
 enum Step {
-    Fold(Fold),
+    Fold(Box<Fold>),
     Answer(Result<Bytes, ApiError>),
 }
 
@@ -241,7 +241,7 @@ impl DayTask {
         fold.finish_day(day);
         Ok(match answer {
             Some((response, max_groups)) => Step::Answer(encode(fold, response, max_groups)),
-            None => Step::Fold(fold),
+            None => Step::Fold(Box::new(fold)),
         })
     }
 }

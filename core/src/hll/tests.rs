@@ -1,0 +1,214 @@
+//! The sketch against Redis's own bytes and estimates.
+
+use super::*;
+
+fn sketch(range: std::ops::Range<u64>) -> Hll {
+    let mut h = Hll::new();
+    for i in range {
+        h.add(format!("user_{i}").as_bytes());
+    }
+    h
+}
+
+#[test]
+fn unions_equal_adding_every_value_whatever_the_representations() {
+    // Sparse with sparse (overlapping, and past the sparse limit when
+    // merged), sparse into dense, dense into sparse, into empty.
+    for (a, b) in [
+        (0..300u64, 200..600u64),
+        (0..10, 5..15),
+        (0..700, 300..1_000),
+        (0..50, 0..5_000),
+        (0..5_000, 4_000..4_050),
+        (0..0, 10..20),
+        (10..20, 0..0),
+    ] {
+        let mut merged = sketch(a.clone());
+        merged.merge(&sketch(b.clone()));
+        let mut truth = sketch(a.clone());
+        for i in b {
+            truth.add(format!("user_{i}").as_bytes());
+        }
+        assert_eq!(merged.registers(), truth.registers());
+        assert_eq!(merged.count(), truth.count());
+    }
+}
+
+#[test]
+fn a_union_counts_and_merges_as_merging_the_sketches_does() {
+    let mut u = Union::default();
+    for parts in [
+        vec![0..40u64, 30..90, 85..100],
+        vec![0..3_000, 10..20],
+        vec![10..20, 0..3_000, 2_000..6_000, 7_000..7_010],
+        vec![0..500, 400..900],
+        vec![],
+    ] {
+        u.clear();
+        let mut merged = Hll::new();
+        for p in &parts {
+            let h = sketch(p.clone());
+            u.add(&h);
+            merged.merge(&h);
+        }
+        assert_eq!(u.count(), merged.count());
+        assert_eq!(u.is_empty(), merged.is_empty());
+        // Into a sparse and into a dense accumulator.
+        for base in [sketch(5_000..5_010), sketch(5_000..9_000)] {
+            let mut a = base.clone();
+            u.merge_into(&mut a);
+            let mut b = base;
+            b.merge(&merged);
+            assert_eq!(a.registers(), b.registers());
+        }
+    }
+}
+
+#[test]
+fn sparse_registers_merge_count_and_union_as_the_sketch_does() {
+    let a = sketch(0..300);
+    let b = sketch(250..400);
+    let regs = b.sparse_registers().expect("sparse");
+    assert_eq!(count_registers(regs), b.count());
+    for mut into in [a.clone(), sketch(0..5_000)] {
+        let mut by_sketch = into.clone();
+        by_sketch.merge(&b);
+        into.merge_registers(regs);
+        assert_eq!(into.registers(), by_sketch.registers());
+    }
+    let mut u = Union::default();
+    u.add_registers(regs);
+    assert_eq!(u.count(), b.count());
+    assert!(sketch(0..5_000).sparse_registers().is_none());
+}
+
+#[test]
+fn empty_counts_zero() {
+    assert_eq!(Hll::new().count(), 0);
+    assert!(Hll::new().is_empty());
+}
+
+#[test]
+fn estimates_within_two_percent_from_1e3_to_1e6() {
+    let mut h = Hll::new();
+    let mut n = 0u64;
+    for target in [1_000u64, 10_000, 100_000, 1_000_000] {
+        while n < target {
+            h.add(format!("v{n}").as_bytes());
+            n += 1;
+        }
+        let est = h.count() as f64;
+        let err = (est - n as f64).abs() / n as f64;
+        assert!(err < 0.02, "n={n} estimate={est} error={err}");
+    }
+}
+
+#[test]
+fn sparse_and_dense_round_trip_through_redis_encodings() {
+    for n in [0u64, 1, 50, 2_000, 50_000] {
+        let h = sketch(0..n);
+        let dense = Hll::from_redis_bytes(&h.to_redis_dense()).unwrap();
+        assert_eq!(dense.registers(), h.registers(), "dense n={n}");
+        if let Some(sparse) = h.to_redis_sparse() {
+            let back = Hll::from_redis_bytes(&sparse).unwrap();
+            assert_eq!(back.registers(), h.registers(), "sparse n={n}");
+        }
+        assert_eq!(
+            Hll::from_redis_bytes(&h.to_redis_bytes()).unwrap().count(),
+            h.count()
+        );
+    }
+}
+
+#[test]
+fn sparse_and_dense_sketches_encode_alike() {
+    // The O(registers set) encoder of a sparse sketch against the walk over
+    // all registers, on sketches with runs of equal neighbours and gaps.
+    for (n, step) in [(0u64, 1u64), (1, 1), (40, 1), (300, 7), (700, 13)] {
+        let mut h = Hll::new();
+        for i in 0..n {
+            h.add(&(i * step).to_le_bytes());
+        }
+        // Neighbouring registers of one value: a VAL run longer than 4.
+        for r in 100..111u32 {
+            h.set_max(r as usize, 3);
+        }
+        assert!(matches!(h.repr, Repr::Sparse(_)));
+        let dense = Hll {
+            repr: Repr::Dense(h.registers().into_boxed_slice()),
+        };
+        assert_eq!(h.to_redis_sparse(), dense.to_redis_sparse(), "n = {n}");
+        let back = Hll::from_redis_bytes(&h.to_redis_bytes()).unwrap();
+        assert_eq!(back.registers(), h.registers());
+    }
+    let mut big = Hll::new();
+    big.set_max(5, 40); // over the sparse encoding's 32
+    assert_eq!(big.to_redis_sparse(), None);
+}
+
+#[test]
+fn registers_encode_to_what_redis_decodes_back() {
+    // Runs longer than a VAL opcode, gaps of every ZERO/XZERO size, values
+    // over the sparse limit, and sketches too big for the sparse encoding.
+    let mut cases: Vec<Vec<(u32, u32)>> = vec![
+        Vec::new(),
+        vec![(0, 1)],
+        vec![(16_383, 32)],
+        vec![(5, 33)],
+        vec![
+            (0, 1),
+            (1, 1),
+            (2, 1),
+            (3, 1),
+            (4, 1),
+            (5, 2),
+            (70, 3),
+            (16_383, 1),
+        ],
+    ];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for n in [10, 100, 700, 1500, 3000, 20_000] {
+        let mut regs = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            regs.insert((x % REGISTERS as u64) as u32, 1 + ((x >> 20) % 34) as u32);
+        }
+        cases.push(regs.into_iter().collect());
+    }
+    for pairs in cases {
+        let bytes = redis_bytes_of(&pairs);
+        let mut truth = vec![0u8; REGISTERS];
+        for &(i, v) in &pairs {
+            truth[i as usize] = v as u8;
+        }
+        let sparse = pairs.iter().all(|&(_, v)| v <= 32) && bytes.len() <= SPARSE_MAX_BYTES;
+        assert_eq!(
+            bytes[4],
+            if sparse { 1 } else { 0 },
+            "{} registers",
+            pairs.len()
+        );
+        let back = Hll::from_redis_bytes(&bytes).unwrap();
+        assert_eq!(back.registers(), truth, "{} registers", pairs.len());
+        assert_eq!(back.to_redis_bytes(), bytes, "{} registers", pairs.len());
+    }
+}
+
+#[test]
+fn rejects_what_is_not_a_sketch() {
+    assert_eq!(Hll::from_redis_bytes(b"hello"), Err(HllError::BadMagic));
+    let mut d = Hll::new().to_redis_dense();
+    d.pop();
+    assert_eq!(
+        Hll::from_redis_bytes(&d),
+        Err(HllError::BadDenseLength(DENSE_LEN - 1))
+    );
+    let mut s = Hll::new().to_redis_sparse().unwrap();
+    s.pop();
+    assert_eq!(Hll::from_redis_bytes(&s), Err(HllError::BadSparse));
+    let mut e = Hll::new().to_redis_dense();
+    e[4] = 7;
+    assert_eq!(Hll::from_redis_bytes(&e), Err(HllError::BadEncoding(7)));
+}

@@ -1,0 +1,140 @@
+//! [`Union`]: many sketches unioned at once, the way the serving layer
+//! merges the sketches of an answer cell.
+
+use std::fmt;
+
+use super::estimate::{dense_count, estimate};
+use super::{Hll, Repr, REGISTERS, SPARSE_MAX_REGS};
+
+/// A union of many sketches at once: a dense scratch of registers and the
+/// list of those set, so that adding a sparse sketch costs its registers and
+/// counting costs the registers set, not 16,384. Once a dense sketch is
+/// added the list is dropped and the union works on all registers (a
+/// register-wise maximum the compiler vectorises). The serving layer unions
+/// the sketches of each answer cell with one `Union`, cleared between cells.
+#[derive(Clone)]
+pub struct Union {
+    regs: Box<[u8]>,
+    set: Vec<u16>,
+    /// Every register may be set: `set` is not kept.
+    all: bool,
+}
+
+impl Default for Union {
+    fn default() -> Self {
+        Union {
+            regs: vec![0u8; REGISTERS].into_boxed_slice(),
+            set: Vec::new(),
+            all: false,
+        }
+    }
+}
+
+impl fmt::Debug for Union {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Union")
+            .field("set", &self.set.len())
+            .field("all", &self.all)
+            .finish()
+    }
+}
+
+impl Union {
+    fn put(&mut self, index: usize, rank: u8) {
+        let r = &mut self.regs[index];
+        if *r == 0 && !self.all {
+            self.set.push(index as u16);
+        }
+        if *r < rank {
+            *r = rank;
+        }
+    }
+
+    /// Add a sketch to the union.
+    pub fn add(&mut self, h: &Hll) {
+        match &h.repr {
+            Repr::Sparse(entries) => self.add_registers(entries),
+            Repr::Dense(regs) => {
+                self.all = true;
+                self.set.clear();
+                for (a, &b) in self.regs.iter_mut().zip(regs.iter()) {
+                    *a = (*a).max(b);
+                }
+            }
+        }
+    }
+
+    /// Add registers given as [`Hll::sparse_registers`] gives them.
+    pub fn add_registers(&mut self, regs: &[u32]) {
+        for &e in regs {
+            self.put((e >> 8) as usize, (e & 0xff) as u8);
+        }
+    }
+
+    /// Whether nothing was added since the last clear.
+    pub fn is_empty(&self) -> bool {
+        if self.all {
+            self.regs.iter().all(|&r| r == 0)
+        } else {
+            self.set.is_empty()
+        }
+    }
+
+    /// The estimate `PFCOUNT` gives for the union.
+    pub fn count(&self) -> u64 {
+        if self.all {
+            return dense_count(&self.regs);
+        }
+        let mut histo = [0u32; 64];
+        histo[0] = (REGISTERS - self.set.len()) as u32;
+        for &i in &self.set {
+            histo[self.regs[i as usize] as usize] += 1;
+        }
+        estimate(&histo)
+    }
+
+    /// Merge the union into `acc`.
+    pub fn merge_into(&mut self, acc: &mut Hll) {
+        if self.all {
+            let regs = acc.make_dense();
+            for (a, &b) in regs.iter_mut().zip(self.regs.iter()) {
+                *a = (*a).max(b);
+            }
+            return;
+        }
+        let small = match &acc.repr {
+            Repr::Sparse(e) => e.len() + self.set.len() <= SPARSE_MAX_REGS,
+            Repr::Dense(_) => false,
+        };
+        if small {
+            self.set.sort_unstable();
+            let entries: Vec<u32> = self
+                .set
+                .iter()
+                .map(|&i| ((i as u32) << 8) | self.regs[i as usize] as u32)
+                .collect();
+            acc.merge(&Hll {
+                repr: Repr::Sparse(entries),
+            });
+        } else {
+            let regs = acc.make_dense();
+            for &i in &self.set {
+                let i = i as usize;
+                regs[i] = regs[i].max(self.regs[i]);
+            }
+        }
+    }
+
+    /// Empty the union (in time proportional to the registers set).
+    pub fn clear(&mut self) {
+        if self.all {
+            self.regs.fill(0);
+            self.all = false;
+        } else {
+            for &i in &self.set {
+                self.regs[i as usize] = 0;
+            }
+        }
+        self.set.clear();
+    }
+}

@@ -40,6 +40,11 @@ use tally_core::paths;
 use tally_core::time::EpochGrid;
 use tally_gen::{Generator, Shape};
 
+/// The allocator the `tally` binary runs with (see `src/main.rs`), so that
+/// the child measures what `tally batch` does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const VIEW: &str = "minute_type_page";
 const PARTITIONS: i32 = 4;
 const TOPIC: &str = "events";

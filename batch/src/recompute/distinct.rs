@@ -12,7 +12,7 @@
 //! byte for byte as Redis stores the sketch of the same values.
 
 use polars::prelude::*;
-use tally_core::hll::pattern;
+use tally_core::hll::{pattern, redis_bytes_of};
 
 use crate::promote::PropType;
 
@@ -105,52 +105,94 @@ fn format_int(buf: &mut [u8; 20], v: i64) -> &[u8] {
     &buf[i..]
 }
 
-/// The registers of a group's entries, as sorted `(index, rank)` pairs with
-/// the highest rank per index. Sorts `entries` in place.
-pub fn registers(entries: &mut [u32]) -> Vec<(u32, u32)> {
-    entries.sort_unstable();
-    let mut out: Vec<(u32, u32)> = Vec::with_capacity(entries.len());
-    for &e in entries.iter() {
-        let (i, r) = (e >> 8, e & 0xff);
-        match out.last_mut() {
-            // Sorted ascending: a later entry of the same index has a higher rank.
-            Some(last) if last.0 == i => last.1 = r,
-            _ => out.push((i, r)),
-        }
-    }
-    out
+/// Each list of entries reduced to its sketch's registers: sorted entries,
+/// one per register index, with the highest rank. Element-wise over the
+/// lists (one pass over a chunk's offsets, no Series per group), so it runs
+/// per morsel inside the plan; a null list (or null entries) counts as none.
+pub fn registers(list: Expr) -> Expr {
+    list.map(
+        |c: Column| reduce_lists(&c).map(Column::from),
+        |_, f| {
+            Ok(Field::new(
+                f.name().clone(),
+                DataType::List(Box::new(DataType::UInt32)),
+            ))
+        },
+    )
 }
 
-/// The register-wise maximum of two sorted register lists.
-pub fn merge(a: &[(u32, u32)], b: &[(u32, u32)]) -> Vec<(u32, u32)> {
-    let mut out = Vec::with_capacity(a.len().max(b.len()));
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].0.cmp(&b[j].0) {
-            std::cmp::Ordering::Less => {
-                out.push(a[i]);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push(b[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                out.push((a[i].0, a[i].1.max(b[j].1)));
-                i += 1;
-                j += 1;
-            }
+fn reduce_lists(c: &Column) -> PolarsResult<Series> {
+    let lists = c.list()?;
+    let mut out = ListPrimitiveChunkedBuilder::<UInt32Type>::new(
+        lists.name().clone(),
+        lists.len(),
+        lists.get_inner().len() / 2,
+        DataType::UInt32,
+    );
+    let mut scratch: Vec<u32> = Vec::new();
+    for_each_list(lists, |entries| {
+        scratch.clear();
+        scratch.extend(entries.iter().filter(|&&e| e != NO_ENTRY));
+        reduce(&mut scratch);
+        out.append_slice(&scratch);
+    })?;
+    Ok(out.finish().into_series())
+}
+
+/// Stands for a null entry (a row without a value): no entry is this high.
+const NO_ENTRY: u32 = u32::MAX;
+
+/// Calls `f` with each list of `lists` (of `u32`) in order, nulls in them
+/// as [`NO_ENTRY`], one pass over the offsets.
+fn for_each_list(lists: &ListChunked, mut f: impl FnMut(&[u32])) -> PolarsResult<()> {
+    let lists = lists.rechunk();
+    let inner = lists.get_inner();
+    let inner = inner.u32()?.fill_null_with_values(NO_ENTRY)?;
+    let inner = inner.rechunk();
+    let values: &[u32] = inner.cont_slice()?;
+    for arr in lists.downcast_iter() {
+        for w in arr.offsets().as_slice().windows(2) {
+            f(&values[w[0] as usize..w[1] as usize]);
         }
     }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    out
+    Ok(())
+}
+
+/// Sort `entries` and keep, per register index, the highest rank.
+pub fn reduce(entries: &mut Vec<u32>) {
+    entries.sort_unstable();
+    // Sorted ascending: a later entry of the same index has a higher rank.
+    let mut n = 0;
+    for i in 0..entries.len() {
+        let e = entries[i];
+        if n > 0 && entries[n - 1] >> 8 == e >> 8 {
+            entries[n - 1] = e;
+        } else {
+            entries[n] = e;
+            n += 1;
+        }
+    }
+    entries.truncate(n);
+}
+
+/// Each list of registers (as [`registers`] makes them) as the sketch's
+/// bytes, byte for byte what Redis stores for the same values
+/// ([`redis_bytes_of`]): the snapshot's column, in one pass over the lists.
+pub fn sketches(lists: &ListChunked) -> PolarsResult<arrow_array::BinaryArray> {
+    let mut out = arrow_array::builder::BinaryBuilder::with_capacity(lists.len(), 0);
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    for_each_list(lists, |registers| {
+        pairs.clear();
+        pairs.extend(registers.iter().map(|&e| (e >> 8, e & 0xff)));
+        out.append_value(redis_bytes_of(&pairs));
+    })?;
+    Ok(out.finish())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_core::hll::{redis_bytes_of, Hll};
+    use tally_core::hll::Hll;
 
     #[test]
     fn integers_print_as_display_does() {
@@ -170,9 +212,14 @@ mod tests {
                 direct.add(v.as_bytes());
                 entries.push(entry(v.as_bytes()));
             }
-            // Split in two and merged: the same registers as whole.
-            let (a, b) = entries.split_at_mut(n / 3);
-            let regs = merge(&registers(a), &registers(b));
+            // Reduced in two parts, then together (as a roll-up does): the
+            // same registers as all at once.
+            let mut b = entries.split_off(n / 3);
+            reduce(&mut entries);
+            reduce(&mut b);
+            entries.extend(b);
+            reduce(&mut entries);
+            let regs: Vec<(u32, u32)> = entries.iter().map(|&e| (e >> 8, e & 0xff)).collect();
             assert_eq!(redis_bytes_of(&regs), direct.to_redis_bytes(), "{n}");
         }
     }

@@ -1,17 +1,16 @@
 //! One view's days, computed one after another: each day's files fetched
 //! (kept while a later day still needs them), planned, run on Polars'
-//! streaming engine off the async workers, and read out as groups.
+//! streaming engine off the async workers: a frame of the day's groups.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
-use polars::prelude::Engine as PolarsEngine;
+use polars::prelude::{DataFrame, Engine as PolarsEngine};
 use tally_core::view::ViewDef;
 
 use super::fetch::{self, Source};
-use super::groups::{self, Group};
 use super::inputs::{self, Input};
 use super::plan::{self, Needs};
 use super::{BatchError, Progress};
@@ -62,9 +61,10 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The groups of `day`, at the view's granularity, sorted. Days must
-    /// come in ascending order.
-    pub async fn day(&mut self, day: i64) -> Result<Vec<Group>, BatchError> {
+    /// The groups of `day` at the view's granularity, sorted, as
+    /// [`plan::plan`] lays them out; `None` when no file has rows of it.
+    /// Days must come in ascending order.
+    pub async fn day(&mut self, day: i64) -> Result<Option<DataFrame>, BatchError> {
         let todays: Vec<&Input> = self
             .inputs
             .iter()
@@ -113,15 +113,15 @@ impl<'a> Engine<'a> {
         // Files no later day reads are let go.
         self.fetched.retain(|_, (_, last)| *last > day);
         if sources.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let (view, needs) = (self.view.clone(), self.needs.clone());
         tokio::task::spawn_blocking(move || {
-            let (lf, layout) = plan::plan(&view, &needs, day, &sources, &overlapping)?;
+            let lf = plan::plan(&view, &needs, day, &sources, &overlapping)?;
             let df = lf
                 .collect_with_engine(PolarsEngine::Streaming)?
                 .unwrap_single();
-            Ok::<_, BatchError>(groups::from_frame(&view, &layout, &df)?)
+            Ok::<_, BatchError>((df.height() > 0).then_some(df))
         })
         .await
         .map_err(|e| BatchError::Task(e.to_string()))?

@@ -15,10 +15,12 @@
 //! A day is recomputed by a Polars lazy plan on the streaming engine
 //! ([`plan`]) over the day's files, fetched through the object store
 //! ([`fetch`]: only the columns the view reads), de-duplicated on
-//! (topic, partition, offset) where files overlap ([`inputs`]). Its groups
-//! ([`groups`]) are written at the view's granularity and rolled up to each
-//! coarser level of [`ViewDef::levels`] from those groups, not from the rows
-//! ([`snapshot`]). Days run one after another, so memory follows a day's
+//! (topic, partition, offset) where files overlap ([`inputs`]). The plan's
+//! result, a frame of the day's groups with each distinct measure's sketch
+//! registers as a list column ([`distinct`]), is written as the snapshot at
+//! the view's granularity ([`snapshot`]), and rolled up to each coarser
+//! level of [`ViewDef::levels`] by one more `group_by` over those groups
+//! ([`plan::rollup`]), not over the rows. Days run one after another, so memory follows a day's
 //! groups, not the history.
 //!
 //! Publishing ([`publish`]): the snapshot files are written first under a
@@ -31,7 +33,6 @@ mod distinct;
 mod engine;
 mod fetch;
 mod gc;
-mod groups;
 mod inputs;
 mod plan;
 mod publish;

@@ -14,7 +14,14 @@
 //! columns aggregates every measure: count as a length or a count of
 //! non-null values, sum as an `Int128` sum of the integers (exact) beside a
 //! float sum, min and max per type, distinct as entries imploded per group
-//! ([`super::distinct`]). No per-group closure: every step streams.
+//! and reduced to the sketch's registers ([`super::distinct`]). No
+//! per-group closure: every step streams.
+//!
+//! The result is the snapshot's frame, sorted by bucket and dimensions:
+//! `bucket`, `d<i>` (each dimension's text), and per measure `m<k>` (count
+//! `UInt64`, min/max `Float64`, distinct registers `List<UInt32>`) or
+//! `m<k>:int` (`Int128`) and `m<k>:float` (sum). [`rollup`] makes the
+//! coarser levels from it with one more `group_by`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -70,17 +77,8 @@ impl Needs {
     }
 }
 
-/// The columns of the plan's output that hold a field's values, by type.
-pub type Columns = Vec<(PropType, String)>;
-
-/// How the plan's output is laid out: `bucket`, each dimension's columns,
-/// then per measure `m<k>` (count, or distinct entries as a list),
-/// `m<k>:int` and `m<k>:float` (sum, min, max), each present only when
-/// some input has values of that type.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub dims: Vec<Columns>,
-}
+/// The columns of the rows that hold a field's values, by type.
+type Columns = Vec<(PropType, String)>;
 
 /// The plan of one view over one day of `sources`; `overlapping` lists
 /// groups of source indexes that may share records.
@@ -90,7 +88,7 @@ pub fn plan(
     day: i64,
     sources: &[Arc<Source>],
     overlapping: &[Vec<usize>],
-) -> PolarsResult<(LazyFrame, Layout)> {
+) -> PolarsResult<LazyFrame> {
     // Each key's types over the day's files.
     let mut types: Vec<BTreeSet<PropType>> = vec![BTreeSet::new(); needs.keys.len()];
     for s in sources {
@@ -160,14 +158,40 @@ pub fn plan(
         concat(frames, union_args())?
     };
 
-    // Bucket, distinct entries, group, aggregate.
+    // Bucket, dimension texts, distinct entries, group, aggregate.
     let g = view.granularity.as_ms();
     // The bucket's start, also for times before 1970: the remainder made
     // non-negative whichever way `%` rounds.
     let t = col("time_ms");
     let rem = ((t.clone() % lit(g)) + lit(g)) % lit(g);
     let mut with = vec![(t - rem).alias("bucket")];
+    // A dimension is known by its text. One with values of one type is
+    // grouped by its typed column and turned into text per group (one text
+    // per value); one with several types is turned into text per row, so
+    // that `30` and `"30"` are one group.
+    let mut keys = vec![col("bucket")];
+    let mut dims: Vec<Expr> = Vec::new();
+    for (i, f) in view.dimensions.iter().enumerate() {
+        let name = format!("d{i}");
+        match columns_of(f).as_slice() {
+            [] => dims.push(lit(NULL).cast(DataType::String).alias(name.as_str())),
+            [(t, c)] => {
+                keys.push(col(c.as_str()));
+                dims.push(text(col(c.as_str()), *t).alias(name.as_str()));
+            }
+            cols => {
+                let texts: Vec<Expr> = cols
+                    .iter()
+                    .map(|(t, c)| text(col(c.as_str()), *t))
+                    .collect();
+                with.push(coalesce(&texts).alias(name.as_str()));
+                keys.push(col(name.as_str()));
+                dims.push(col(name.as_str()));
+            }
+        }
+    }
     let mut aggs: Vec<Expr> = Vec::new();
+    let mut measures: Vec<Expr> = Vec::new();
     for (k, m) in view.measures.iter().enumerate() {
         let cols = m.field.as_ref().map(columns_of);
         let of = |t: PropType| {
@@ -176,51 +200,142 @@ pub fn plan(
                 .find(|(ct, _)| *ct == t)
                 .map(|(_, c)| col(c.as_str()))
         };
-        match (m.agg, &cols) {
-            (AggKind::Count, None) => aggs.push(len().alias(format!("m{k}"))),
-            (AggKind::Count, Some(cols)) if !cols.is_empty() => aggs.push(
-                any_of(cols.iter().map(|(_, c)| col(c.as_str()).is_not_null()))
-                    .cast(DataType::UInt64)
-                    .sum()
-                    .alias(format!("m{k}")),
-            ),
-            (AggKind::Sum, _) => {
-                if let Some(c) = of(PropType::Int) {
-                    aggs.push(c.cast(DataType::Int128).sum().alias(format!("m{k}:int")));
-                }
-                if let Some(c) = of(PropType::Float) {
-                    aggs.push(c.sum().alias(format!("m{k}:float")));
-                }
+        let (name, int, float) = (format!("m{k}"), format!("m{k}:int"), format!("m{k}:float"));
+        match m.agg {
+            AggKind::Count => {
+                let present = cols
+                    .as_ref()
+                    .map(|cs| any_of(cs.iter().map(|(_, c)| col(c.as_str()).is_not_null())));
+                aggs.push(match present {
+                    None => len().alias(name.as_str()),
+                    Some(p) => p.cast(DataType::UInt64).sum().alias(name.as_str()),
+                });
+                measures.push(col(name.as_str()).cast(DataType::UInt64));
             }
-            (AggKind::Min | AggKind::Max, _) => {
-                for (t, suffix) in [(PropType::Int, "int"), (PropType::Float, "float")] {
-                    if let Some(c) = of(t) {
-                        let a = if m.agg == AggKind::Min {
-                            c.min()
-                        } else {
-                            c.max()
-                        };
-                        aggs.push(a.alias(format!("m{k}:{suffix}")));
+            AggKind::Sum => {
+                let i =
+                    of(PropType::Int).map(|c| c.cast(DataType::Int128).sum().alias(int.as_str()));
+                let f = of(PropType::Float).map(|c| c.sum().alias(float.as_str()));
+                measures.push(match i {
+                    Some(i) => {
+                        aggs.push(i);
+                        col(int.as_str()).fill_null(lit(0).cast(DataType::Int128))
+                    }
+                    None => lit(0).cast(DataType::Int128).alias(int.as_str()),
+                });
+                measures.push(match f {
+                    Some(f) => {
+                        aggs.push(f);
+                        col(float.as_str()).fill_null(lit(0.0))
+                    }
+                    None => lit(0.0).alias(float.as_str()),
+                });
+            }
+            AggKind::Min | AggKind::Max => {
+                let min = m.agg == AggKind::Min;
+                // The integers' extreme as f64: the conversion is monotonic.
+                let mut parts: Vec<Expr> = Vec::new();
+                for (t, c) in [(PropType::Int, &int), (PropType::Float, &float)] {
+                    if let Some(v) = of(t) {
+                        aggs.push(if min { v.min() } else { v.max() }.alias(c.as_str()));
+                        parts.push(col(c.as_str()).cast(DataType::Float64));
                     }
                 }
+                measures.push(
+                    match parts.len() {
+                        0 => lit(NULL).cast(DataType::Float64),
+                        1 => parts.remove(0),
+                        _ if min => polars::lazy::dsl::min_horizontal(parts)?,
+                        _ => polars::lazy::dsl::max_horizontal(parts)?,
+                    }
+                    .alias(name.as_str()),
+                );
             }
-            (AggKind::Distinct, Some(cols)) if !cols.is_empty() => {
-                let name = format!("h{k}");
-                with.push(distinct::entries(cols, &name));
-                aggs.push(col(name.as_str()).implode(false).alias(format!("m{k}")));
+            AggKind::Distinct => {
+                let cols = cols.unwrap_or_default();
+                let entries = if cols.is_empty() {
+                    lit(NULL).cast(DataType::UInt32).alias(name.as_str())
+                } else {
+                    distinct::entries(&cols, &name)
+                };
+                with.push(entries);
+                aggs.push(col(name.as_str()).implode(false));
+                measures.push(distinct::registers(col(name.as_str())).alias(name.as_str()));
             }
-            // No input has a value for the field: the measure stays empty.
-            _ => {}
         }
     }
-    let dims: Vec<Columns> = view.dimensions.iter().map(columns_of).collect();
-    let mut keys = vec![col("bucket")];
-    keys.extend(dims.iter().flatten().map(|(_, c)| col(c.as_str())));
     if aggs.is_empty() {
         aggs.push(len().alias("_rows"));
     }
-    let lf = rows.with_columns(with).group_by(keys).agg(aggs);
-    Ok((lf, Layout { dims }))
+    let mut out = vec![col("bucket")];
+    out.extend(dims);
+    out.extend(measures);
+    let lf = rows.with_columns(with).group_by(keys).agg(aggs).select(out);
+    Ok(sorted(lf, view))
+}
+
+/// `base` (a day's groups, as [`plan`] lays them out) rolled up to buckets
+/// of `level_ms`, a multiple of the base's: one more `group_by` over the
+/// groups, never the rows again. Counts and sums add up, extremes take
+/// theirs, and a distinct measure's registers are gathered per group and
+/// reduced again (the register-wise maximum).
+pub fn rollup(base: LazyFrame, view: &ViewDef, level_ms: i64) -> LazyFrame {
+    let b = col("bucket");
+    let bucket = b.clone() - (((b % lit(level_ms)) + lit(level_ms)) % lit(level_ms));
+    let mut keys = vec![col("bucket")];
+    keys.extend((0..view.dimensions.len()).map(|i| col(format!("d{i}").as_str())));
+    let mut aggs: Vec<Expr> = Vec::new();
+    let mut measures: Vec<Expr> = Vec::new();
+    for (k, m) in view.measures.iter().enumerate() {
+        let (name, int, float) = (format!("m{k}"), format!("m{k}:int"), format!("m{k}:float"));
+        match m.agg {
+            AggKind::Count => aggs.push(col(name.as_str()).sum()),
+            AggKind::Sum => {
+                aggs.push(col(int.as_str()).sum());
+                aggs.push(col(float.as_str()).sum());
+            }
+            AggKind::Min => aggs.push(col(name.as_str()).min()),
+            AggKind::Max => aggs.push(col(name.as_str()).max()),
+            AggKind::Distinct => {
+                aggs.push(col(name.as_str()).explode(ExplodeOptions {
+                    empty_as_null: false,
+                    keep_nulls: false,
+                }));
+                measures.push(distinct::registers(col(name.as_str())).alias(name.as_str()));
+            }
+        }
+    }
+    let lf = base
+        .with_column(bucket.alias("bucket"))
+        .group_by(keys)
+        .agg(aggs)
+        .with_columns(measures);
+    sorted(lf, view)
+}
+
+/// Snapshot rows are sorted by bucket, then dimensions.
+fn sorted(lf: LazyFrame, view: &ViewDef) -> LazyFrame {
+    let mut by = vec![col("bucket")];
+    by.extend((0..view.dimensions.len()).map(|i| col(format!("d{i}").as_str())));
+    lf.sort_by_exprs(by, SortMultipleOptions::default())
+}
+
+/// The text of a value of type `t` (as [`tally_core::view::ScalarRef::write_text`]
+/// writes it): a string as it is, an integer or boolean as Polars casts it
+/// (decimal digits, `true`/`false`), a float as Rust's `Display` prints it.
+fn text(c: Expr, t: PropType) -> Expr {
+    match t {
+        PropType::Str => c,
+        PropType::Int | PropType::Bool => c.cast(DataType::String),
+        PropType::Float => c.map(
+            |c: Column| {
+                let out: StringChunked =
+                    c.f64()?.iter().map(|v| v.map(|v| v.to_string())).collect();
+                Ok(out.with_name(c.name().clone()).into_column())
+            },
+            |_, f| Ok(Field::new(f.name().clone(), DataType::String)),
+        ),
+    }
 }
 
 /// The plan's name for the values of key `i` of type `t`.

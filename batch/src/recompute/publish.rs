@@ -12,14 +12,15 @@ use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use polars::prelude::IntoLazy;
 use tally_core::manifest::{DayFile, InputFile, Manifest, ManifestV2, SkippedFile};
 use tally_core::paths;
 use tally_core::time::{day_of, Epoch};
 use tally_core::view::ViewDef;
 
 use super::engine::Engine;
-use super::groups;
 use super::inputs::Input;
+use super::plan;
 use super::{snapshot, BatchError, Progress, RunOptions, ViewSummary};
 use crate::lock::BatchLock;
 use crate::store::{self, StoreError, Version};
@@ -131,19 +132,21 @@ pub async fn run_view(
     let mut engine = Engine::new(store.clone(), view, to_read, days.clone(), progress);
     let mut new_days: Vec<DayFile> = Vec::new();
     for &day in &days {
-        let base = engine.day(day).await?;
-        if base.is_empty() {
+        let Some(mut frame) = engine.day(day).await? else {
             continue;
-        }
+        };
         // Each level from the one before it: fewer groups to merge.
-        let mut finer = base;
         for (n, level) in levels.iter().enumerate() {
             if n > 0 {
-                finer = groups::rollup(&finer, level.as_ms());
+                let (finer, def, level_ms) = (frame, view.clone(), level.as_ms());
+                frame = tokio::task::spawn_blocking(move || {
+                    plan::rollup(finer.lazy(), &def, level_ms).collect()
+                })
+                .await
+                .map_err(|e| BatchError::Task(e.to_string()))??;
             }
-            let groups = &finer;
             let path = paths::snapshot_file(&view.name, run_id, *level, day);
-            let bytes = snapshot::write(store.clone(), &path, view, groups).await?;
+            let bytes = snapshot::write(store.clone(), &path, view, &frame).await?;
             *written_files += 1;
             if opts.crash_after_files.is_some_and(|n| *written_files >= n) {
                 return Err(BatchError::Crashed);
@@ -152,7 +155,7 @@ pub async fn run_view(
                 day,
                 level_ms: Some(level.as_ms()),
                 path,
-                rows: groups.len() as u64,
+                rows: frame.height() as u64,
                 bytes: Some(bytes),
             });
         }

@@ -1,27 +1,28 @@
 //! Snapshot files: one Parquet file per (view, day, level), written from the
-//! day's groups, and read back (for tests and tools; serving has its own
+//! day's frame of groups (the plan's result, no per-group structs between),
+//! and read back (for tests and tools; serving has its own
 //! reader). The layout is [`tally_core::manifest`]'s.
 
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    BinaryBuilder, Decimal128Builder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder,
-};
 use arrow_array::{
     Array, ArrayRef, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray,
+    UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use parquet::arrow::ArrowWriter;
+use parquet::file::properties::EnabledStatistics;
+use parquet::schema::types::ColumnPath;
+use polars::prelude::{Column, DataFrame};
 use tally_core::agg::{Agg, AggKind};
-use tally_core::hll::{redis_bytes_of, Hll};
+use tally_core::hll::Hll;
 use tally_core::manifest::columns;
 use tally_core::view::ViewDef;
 use tokio::io::AsyncWriteExt;
 
-use super::groups::Group;
-use super::BatchError;
+use super::{distinct, BatchError};
 use crate::archive_file::{self, FileError};
 
 /// The Arrow schema of a view's snapshot file (see [`tally_core::manifest`]).
@@ -50,17 +51,27 @@ pub fn snapshot_schema(view: &ViewDef) -> Arc<Schema> {
     Arc::new(Schema::new(fields))
 }
 
-/// Write `groups` (one day at one level) to `path`; returns the file's size.
+/// Write `frame`, one day's groups at one level as [`super::plan`] lays
+/// them out, to `path`; returns the file's size. The frame's columns are
+/// copied column by column into the snapshot's Arrow types.
 pub async fn write(
     store: Arc<dyn ObjectStore>,
     path: &str,
     view: &ViewDef,
-    groups: &[Group],
+    frame: &DataFrame,
 ) -> Result<u64, BatchError> {
-    let batch = batch_of(view, groups)?;
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .build();
+    let batch = batch_of(view, frame)?;
+    let mut props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY);
+    // A sketch is unique to its group: a dictionary never pays, and min/max
+    // statistics of sketch bytes help no reader.
+    for m in view.measures.iter().filter(|m| m.agg == AggKind::Distinct) {
+        let c = ColumnPath::from(columns::measure(m)[0].as_str());
+        props = props
+            .set_column_dictionary_enabled(c.clone(), false)
+            .set_column_statistics_enabled(c, EnabledStatistics::None);
+    }
+    let props = props.build();
     let mut bytes = Vec::new();
     let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props))?;
     w.write(&batch)?;
@@ -76,63 +87,39 @@ pub async fn write(
     Ok(size)
 }
 
-fn batch_of(view: &ViewDef, groups: &[Group]) -> Result<RecordBatch, BatchError> {
+fn batch_of(view: &ViewDef, frame: &DataFrame) -> Result<RecordBatch, BatchError> {
     let schema = snapshot_schema(view);
+    let column = |name: &str| frame.column(name).map(Column::as_materialized_series);
     let mut cols: Vec<ArrayRef> = Vec::new();
-    let mut b = Int64Builder::new();
-    for g in groups {
-        b.append_value(g.bucket);
-    }
-    cols.push(Arc::new(b.finish()));
+    cols.push(Arc::new(Int64Array::from_iter_values(
+        column("bucket")?.i64()?.iter().map(|v| v.unwrap_or(0)),
+    )));
     for d in 0..view.dimensions.len() {
-        let mut s = StringBuilder::new();
-        for g in groups {
-            s.append_option(g.dims[d].as_deref());
-        }
-        cols.push(Arc::new(s.finish()));
+        let s = column(&format!("d{d}"))?.str()?;
+        cols.push(Arc::new(s.iter().collect::<StringArray>()));
     }
     for (k, m) in view.measures.iter().enumerate() {
+        let name = format!("m{k}");
         match m.agg {
-            AggKind::Count => {
-                let mut c = UInt64Builder::new();
-                for g in groups {
-                    c.append_value(match g.aggs[k] {
-                        Agg::Count(n) => n,
-                        _ => 0,
-                    });
-                }
-                cols.push(Arc::new(c.finish()));
-            }
+            AggKind::Count => cols.push(Arc::new(UInt64Array::from_iter_values(
+                column(&name)?.u64()?.iter().map(|v| v.unwrap_or(0)),
+            ))),
             AggKind::Sum => {
-                let mut i = Decimal128Builder::new().with_data_type(SUM_INT_TYPE);
-                let mut f = Float64Builder::new();
-                for g in groups {
-                    let (a, b) = match g.aggs[k] {
-                        Agg::Sum { int, float } => (int, float),
-                        _ => (0, 0.0),
-                    };
-                    i.append_value(a);
-                    f.append_value(b);
-                }
-                cols.push(Arc::new(i.finish()));
-                cols.push(Arc::new(f.finish()));
+                let ints = column(&format!("{name}:int"))?.i128()?;
+                let ints = Decimal128Array::from_iter_values(ints.iter().map(|v| v.unwrap_or(0)))
+                    .with_data_type(SUM_INT_TYPE);
+                let floats = column(&format!("{name}:float"))?.f64()?;
+                cols.push(Arc::new(ints));
+                cols.push(Arc::new(Float64Array::from_iter_values(
+                    floats.iter().map(|v| v.unwrap_or(0.0)),
+                )));
             }
-            AggKind::Min | AggKind::Max => {
-                let mut f = Float64Builder::new();
-                for g in groups {
-                    f.append_option(match g.aggs[k] {
-                        Agg::Min(v) | Agg::Max(v) => v,
-                        _ => None,
-                    });
-                }
-                cols.push(Arc::new(f.finish()));
-            }
+            AggKind::Min | AggKind::Max => cols.push(Arc::new(
+                column(&name)?.f64()?.iter().collect::<Float64Array>(),
+            )),
             AggKind::Distinct => {
-                let mut h = BinaryBuilder::new();
-                for g in groups {
-                    h.append_value(redis_bytes_of(&g.regs[k]));
-                }
-                cols.push(Arc::new(h.finish()));
+                let sketches = distinct::sketches(column(&name)?.list()?)?;
+                cols.push(Arc::new(sketches));
             }
         }
     }

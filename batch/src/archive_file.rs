@@ -252,7 +252,6 @@ impl ArchiveRows {
             Arc::new(self.user_id.finish()),
         ];
         cols.extend(view.columns(&promoted));
-        drop(view);
         cols.push(Arc::new(props));
         cols.push(Arc::new(self.raw.finish()));
         Ok((RecordBatch::try_new(schema(&columns), cols)?, promoted))

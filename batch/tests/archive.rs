@@ -24,7 +24,7 @@ const HOUR: i64 = 3_600_000;
 const PARTITIONS: i32 = 4;
 
 fn record(i: usize, ts: i64) -> Vec<u8> {
-    if i % 97 == 0 {
+    if i.is_multiple_of(97) {
         return format!("not json {i}").into_bytes();
     }
     format!(

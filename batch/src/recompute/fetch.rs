@@ -94,7 +94,9 @@ async fn sparse(
         .collect();
     let tail = store.get_range(&path, size - 8..size).await?;
     let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    let mut ranges: Vec<Range<u64>> = vec![size.saturating_sub(8 + footer_len)..size];
+    // The footer first, then every wanted column chunk.
+    let mut ranges: Vec<Range<u64>> = Vec::new();
+    ranges.push(size.saturating_sub(8 + footer_len)..size);
     for rg in input.footer.row_groups() {
         for &c in &wanted {
             let (start, len) = rg.column(c).byte_range();

@@ -228,7 +228,9 @@ pub fn overlapping(inputs: &[&Input]) -> Vec<Vec<usize>> {
         }
     };
     // Single-partition files: a sweep per (topic, partition) by first offset.
-    let mut runs: BTreeMap<(&str, i32), Vec<(i64, i64, usize)>> = BTreeMap::new();
+    // Per (topic, partition): (first offset, last offset, input index).
+    type Runs<'a> = BTreeMap<(&'a str, i32), Vec<(i64, i64, usize)>>;
+    let mut runs: Runs = BTreeMap::new();
     let mut wide: Vec<usize> = Vec::new();
     for (i, f) in inputs.iter().enumerate() {
         match &f.span {

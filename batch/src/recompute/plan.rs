@@ -145,7 +145,7 @@ pub fn plan(
             .iter()
             .map(|g| scan(needs, &types, sources, g))
             .collect::<PolarsResult<_>>()?;
-        let coords = ["topic", "partition", "offset"].map(|c| col(c));
+        let coords = ["topic", "partition", "offset"].map(col);
         frames.push(
             concat(parts, union_args())?
                 .filter(keep.clone())

@@ -323,7 +323,7 @@ mod tests {
             let input: Vec<u8> = (0..len)
                 .map(|i| {
                     let r = x.rotate_left(i as u32 * 5);
-                    if r % 11 == 0 {
+                    if r.is_multiple_of(11) {
                         probes[(r >> 8) as usize % probes.len()]
                     } else {
                         (r >> 16) as u8 | 0x20

@@ -13,6 +13,8 @@
 //! | store read-only | the store's tmpfs remounted read-only, then read-write |
 //! | store full | the store's tmpfs filled to the last byte, then the filler removed |
 //!
+//! The process is also started with the broker cut off and the store
+//! read-only, and must come up and serve, then catch up once they are back.
 //! During each fault the process stays up and serving answers: exactly as
 //! the fold where it still can (broker or store away), and saying `degraded`
 //! where it cannot (Redis away). After each fault, without restarting the
@@ -149,13 +151,15 @@ struct Run {
 }
 
 impl Run {
-    fn start() -> Run {
+    /// The services, then `tally run` once `prepare` has had its way with
+    /// the broker and the store (a test may break them first).
+    fn start(prepare: impl FnOnce(&mut Broker, &Tmpfs)) -> Run {
         let dir = tempfile::Builder::new()
             .prefix("dependencies-")
             .tempdir()
             .expect("tempdir");
         let store = Tmpfs::mount(&dir.path().join("store"), 256);
-        let broker = Broker::start_behind_proxy().expect("broker");
+        let mut broker = Broker::start_behind_proxy().expect("broker");
         let redis = Redis::start().expect("redis");
         kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
         kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
@@ -185,6 +189,7 @@ listen = "127.0.0.1:{port}"
         std::fs::write(&config, test_cfg.toml()).expect("write config");
         let cfg = test_cfg.build();
         eprintln!("logs in {}", dir.path().display());
+        prepare(&mut broker, &store);
         let tally = Role::start(&["run"], &config, &dir.path().join("tally.log"), ENV);
         let mut shape = Shape::default().with_limits(cfg.events.limits());
         shape.late_share = 0.05;
@@ -214,6 +219,15 @@ listen = "127.0.0.1:{port}"
 
     fn get(&self, path_and_query: &str) -> (u16, serde_json::Value) {
         get(&self.api, path_and_query)
+    }
+
+    /// The `daily` view's event count over every day an event can be in.
+    fn daily(&self) -> (u16, serde_json::Value) {
+        self.get(&format!(
+            "/api/v1/views/daily/query?from={}&to={}&granularity=1d&measures=events",
+            now_ms() - 3 * 86_400_000,
+            now_ms() + 3_600_000
+        ))
     }
 
     /// Produce a phase's events into the broker and the fold.
@@ -336,12 +350,29 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
         eprintln!("skipped: remounting the store's tmpfs needs root");
         return;
     }
-    let mut run = Run::start();
+    // Started with the broker cut off and the store read-only: the process
+    // comes up and serves; the roles that need them wait.
+    let mut run = Run::start(|broker, store| {
+        broker.cut_off();
+        store.remount("ro");
+    });
     let mut figures: Vec<String> = Vec::new();
-
+    std::thread::sleep(FAULT);
+    run.alive();
+    let (code, body) = run.daily();
+    assert_eq!(
+        code, 200,
+        "a query while the broker and the store are away: {body}"
+    );
+    let restarts = run.restarts("speed") + run.restarts("archive");
+    run.broker.reconnect().expect("broker back");
+    run.store.remount("rw");
     run.produce();
-    let t = run.recovers("the start", Some(0));
-    note(&mut figures, format!("start: settled in {t:?}"));
+    let t = run.recovers("a start without broker and store", Some(0));
+    note(
+        &mut figures,
+        format!("started without broker and writable store ({FAULT:?}): speed and archive restarts meanwhile {restarts}, recovered in {t:?}"),
+    );
 
     // The broker away for longer than the archiver waits for it.
     let restarts = run.restarts("archive");
@@ -366,11 +397,7 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
     run.redis.stop();
     run.produce();
     run.alive();
-    let (code, body) = run.get(&format!(
-        "/api/v1/views/daily/query?from={}&to={}&granularity=1d&measures=events",
-        now_ms() - 3 * 86_400_000,
-        now_ms() + 3_600_000
-    ));
+    let (code, body) = run.daily();
     assert_eq!(code, 200, "a query with Redis down: {body}");
     assert!(
         body["degraded"].as_array().is_some_and(|d| !d.is_empty()),

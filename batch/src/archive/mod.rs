@@ -5,9 +5,9 @@
 //!
 //! The archiver is a member of the consumer group `<kafka.group>-archive`:
 //! several processes split the partitions and Kafka moves them at rebalances.
-//! With `kafka.assignment = "all"` one process takes every partition itself
-//! (manual assignment, no group), as on brokers whose groups cannot be
-//! trusted with crashes (Tansu 0.6, see the README).
+//! With `kafka.assignment = "all"` (or `"partitions"`) one process takes
+//! every partition (or those listed) itself, with no group, as on brokers
+//! whose groups cannot be trusted with crashes (Tansu 0.6).
 //!
 //! The rebalance callback only records what changed and pauses newly assigned
 //! partitions (it runs inside the consumer's poll: no store calls there). The
@@ -65,6 +65,17 @@
 //! of every partition of the topics (the partition count comes from the
 //! broker's metadata), so it waits for partitions owned by other members and
 //! for partitions nobody has archived yet; it is published only forward.
+//!
+//! # Layout
+//!
+//! This file holds the loop, the partitions' hand-overs and shutdown;
+//! [`consume`] takes records into rolls, [`durable`] makes them durable and
+//! publishes progress and the cut.
+
+mod consume;
+mod durable;
+
+use consume::{seek, watermarks};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -357,229 +368,6 @@ impl Archiver {
         Ok(())
     }
 
-    async fn on_message(
-        &mut self,
-        msg: KafkaResult<BorrowedMessage<'_>>,
-    ) -> Result<(), ArchiveError> {
-        let msg = match msg {
-            Ok(m) => m,
-            Err(KafkaError::PartitionEOF(p)) => {
-                self.on_end(p);
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "archiver consume error");
-                return Ok(());
-            }
-        };
-        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-        // Few partitions per process: a scan, no key allocated per record.
-        let Some((tp, part)) = self
-            .parts
-            .iter_mut()
-            .find(|((t, p), _)| *p == partition && t == topic)
-        else {
-            return Ok(()); // not (or no longer) ours
-        };
-        match part.read.admit(topic, partition, offset) {
-            Admit::Take => {}
-            // The seek-back's replay of what is archived or buffered.
-            Admit::Drop => return Ok(()),
-            Admit::SeekBack => {
-                let tp = tp.clone();
-                self.seek_pending(&tp).await;
-                return Ok(());
-            }
-            Admit::Gap(gap) => {
-                metrics::counter!("tally_archive_missing_offsets_total",
-                    "topic" => topic.to_owned(), "partition" => partition.to_string())
-                .increment((gap.to - gap.from) as u64);
-            }
-        }
-        let ts = kafka_time(msg.timestamp().to_millis());
-        let epoch = self.grid.epoch_of(ts);
-        if part.covered.get(&epoch).is_some_and(|&last| offset <= last) {
-            // Durable in a file a previous run wrote (see `covered`): with
-            // nothing buffered, the durable position moves past it.
-            if part.open.is_empty() {
-                part.archived_to = part.read.next();
-            }
-            return Ok(());
-        }
-        let rows = part
-            .open
-            .entry(epoch)
-            .or_insert_with(|| ArchiveRows::new(offset));
-        let value = msg.payload().unwrap_or(&[]);
-        rows.push(topic, partition, offset, ts, self.grid, &self.limits, value);
-        part.bytes += value.len().max(1);
-        part.opened_at.get_or_insert_with(Instant::now);
-        self.summary.records += 1;
-        if part.bytes >= self.roll_bytes {
-            let tp = tp.clone();
-            self.roll(&tp).await?;
-        }
-        Ok(())
-    }
-
-    /// The fetch of some topic's partition `p` reached the end of its log
-    /// (librdkafka does not say which topic): each owned partition `p` is
-    /// checked against the end its last fetch reported.
-    fn on_end(&mut self, p: i32) {
-        let mut stop = Vec::new();
-        for ((topic, partition), part) in self.parts.iter_mut() {
-            if *partition != p {
-                continue;
-            }
-            let Some(end) = fetched_end(self.consumer.as_ref(), topic, p) else {
-                continue;
-            };
-            // Not an end cached before the claim (Tansu's reported high can
-            // be a batch short, never more than the end).
-            if end < part.high_at_claim {
-                continue;
-            }
-            if let Err(e) = part.read.at_end(end) {
-                stop.push(((topic.clone(), p), e));
-            }
-        }
-        for ((topic, p), e) in stop {
-            let progress = paths::archive_progress(&topic, p);
-            tracing::error!(%topic, partition = p, "{e}. To archive the new log, move this partition's files of the old one out of {}/ (the batch de-duplicates on topic, partition and offset), delete `{progress}`, and restart the archiver", paths::EVENTS_ROOT);
-            metrics::gauge!("tally_archive_partition_stopped",
-                "topic" => topic.clone(), "partition" => p.to_string())
-            .set(1.0);
-            self.summary.stopped += 1;
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&topic, p);
-            if let Err(e) = self.consumer.pause(&tpl) {
-                tracing::debug!(error = %e, "pausing a stopped partition failed");
-            }
-        }
-    }
-
-    /// Do the partition's pending seek; should it fail, the next tick
-    /// tries again, and nothing is taken meanwhile.
-    async fn seek_pending(&mut self, tp: &Tp) {
-        let Some(from) = self.parts.get(tp).and_then(|p| p.read.pending_seek()) else {
-            return;
-        };
-        if seek(&self.consumer, &tp.0, tp.1, from).await {
-            if let Some(part) = self.parts.get_mut(tp) {
-                part.read.seek_done();
-            }
-        }
-    }
-
-    async fn on_tick(&mut self) -> Result<(), ArchiveError> {
-        let owned: Vec<Tp> = self.parts.keys().cloned().collect();
-        for tp in owned {
-            self.seek_pending(&tp).await;
-            let due = self
-                .parts
-                .get(&tp)
-                .and_then(|p| p.opened_at)
-                .is_some_and(|t| t.elapsed() >= self.roll_interval);
-            if due {
-                self.roll(&tp).await?;
-            }
-            self.observe(&tp).await?;
-        }
-        Ok(())
-    }
-
-    /// Write every open file of the partition, then advance its progress.
-    async fn roll(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
-        let Some(part) = self.parts.get_mut(tp) else {
-            return Ok(());
-        };
-        if part.open.is_empty() {
-            return Ok(());
-        }
-        // Narrow the zombie window: a member that lost the partition without
-        // hearing of it must not overwrite the new owner's files.
-        if !part.claim.still_ours(self.store.as_ref()).await? {
-            self.lose(tp);
-            return Ok(());
-        }
-        for (epoch, rows) in part.open.iter_mut() {
-            let path = paths::archive_file(*epoch, &tp.0, tp.1, rows.first_offset);
-            let outcome =
-                archive_file::write_unless_covered(self.store.clone(), &path, rows, &self.promote)
-                    .await?;
-            if let archive_file::Outcome::Covered { last } = outcome {
-                part.covered.insert(*epoch, last);
-            }
-            if outcome == archive_file::Outcome::Written {
-                self.summary.files += 1;
-                metrics::counter!("tally_archive_files_total").increment(1);
-                metrics::counter!("tally_archive_rows_total").increment(rows.len() as u64);
-            }
-        }
-        part.open.clear();
-        part.opened_at = None;
-        part.bytes = 0;
-        part.archived_to = part.read.next();
-        if let Some((hw, ms)) = part.pending {
-            if part.archived_to >= hw {
-                part.reached = Some((hw, ms));
-            }
-        }
-        self.advance(tp).await
-    }
-
-    /// Advance the partition's observation when the previous one was reached.
-    async fn observe(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
-        let Some(part) = self.parts.get_mut(tp) else {
-            return Ok(());
-        };
-        let Some((hw, ms)) = part.pending else {
-            return Ok(());
-        };
-        // An end offset says nothing of a position not known to be in the
-        // log (a stopped partition, or one not read since its seek).
-        if !part.read.is_reading() {
-            return Ok(());
-        }
-        // Nothing buffered and nothing consumed past the durable point: the
-        // pending observation is reached once everything below it is durable.
-        if part.open.is_empty() && part.archived_to >= hw {
-            part.reached = Some((hw, ms));
-            let observed = now_ms();
-            let high = watermarks(&self.consumer, &tp.0, tp.1).await?.high;
-            part.pending = Some((high, observed));
-            if part.archived_to >= high {
-                part.reached = Some((high, observed));
-            }
-            if part.claim.reached != part.reached || part.claim.archived_to != part.archived_to {
-                return self.advance(tp).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Publish the partition's position (fenced), then commit it to Kafka
-    /// (advisory, for lag tooling).
-    async fn advance(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
-        let Some(part) = self.parts.get_mut(tp) else {
-            return Ok(());
-        };
-        let fenced = part
-            .claim
-            .advance(self.store.as_ref(), part.archived_to, part.reached)
-            .await?;
-        if fenced == Fenced::Lost {
-            self.lose(tp);
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(part.archived_to))?;
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!(error = %e, "advisory offset commit failed");
-        }
-        Ok(())
-    }
-
     /// Another archiver claimed the partition: drop it and stop fetching it
     /// (the group revokes it from us anyway, or has already).
     fn lose(&mut self, tp: &Tp) {
@@ -592,28 +380,6 @@ impl Archiver {
         if let Err(e) = self.consumer.pause(&tpl) {
             tracing::debug!(error = %e, "pausing a lost partition failed");
         }
-    }
-
-    /// Compute the cut from every partition's stored progress and publish it
-    /// if it moved forward.
-    async fn publish_cut(&mut self) -> Result<(), ArchiveError> {
-        let counts = self.partition_counts().await?;
-        let store = self.store.as_ref();
-        let Some(cut) = progress::cut_from_progress(store, &counts, self.grid, self.grace).await?
-        else {
-            return Ok(());
-        };
-        if self.summary.cut.is_some_and(|c| c >= cut) {
-            return Ok(());
-        }
-        match progress::publish_cut(store, cut, now_ms()).await {
-            Ok(stored) => self.summary.cut = Some(stored),
-            Err(ProgressError::Contested(path)) => {
-                tracing::warn!(%path, "the cut kept changing under us; trying again later");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Ok(())
     }
 
     /// Roll everything owned, publish progress and cut, leave the group.
@@ -639,42 +405,4 @@ impl Archiver {
         .await?;
         Ok(summary)
     }
-}
-
-async fn watermarks(
-    consumer: &Arc<ArchiveConsumer>,
-    topic: &str,
-    p: i32,
-) -> Result<Watermarks, ArchiveError> {
-    let c = consumer.clone();
-    let t = topic.to_owned();
-    Ok(tokio::task::spawn_blocking(move || tally_kafka::watermarks(c.as_ref(), &t, p)).await??)
-}
-
-/// Seek a partition; whether it worked. librdkafka refuses a seek until it
-/// has started the partition's fetcher, so retry for a while.
-async fn seek(consumer: &Arc<ArchiveConsumer>, topic: &str, p: i32, offset: i64) -> bool {
-    for attempt in 0..SEEK_ATTEMPTS {
-        let c = consumer.clone();
-        let t = topic.to_owned();
-        let r = tokio::task::spawn_blocking(move || {
-            c.seek(&t, p, Offset::Offset(offset), KAFKA_TIMEOUT)
-        })
-        .await;
-        match r {
-            Ok(Ok(())) => return true,
-            Ok(Err(e)) if attempt + 1 < SEEK_ATTEMPTS => {
-                tracing::debug!(error = %e, topic, partition = p, "seek not possible yet");
-                tokio::time::sleep(SEEK_RETRY).await;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, topic, partition = p, offset, "cannot seek");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "seek task failed");
-                return false;
-            }
-        }
-    }
-    false
 }

@@ -1,0 +1,137 @@
+//! Making rows durable: rolls into archive files, then the fenced progress
+//! write, the observations that complete epochs, and the cut.
+
+use super::*;
+
+impl Archiver {
+    pub(super) async fn on_tick(&mut self) -> Result<(), ArchiveError> {
+        let owned: Vec<Tp> = self.parts.keys().cloned().collect();
+        for tp in owned {
+            self.seek_pending(&tp).await;
+            let due = self
+                .parts
+                .get(&tp)
+                .and_then(|p| p.opened_at)
+                .is_some_and(|t| t.elapsed() >= self.roll_interval);
+            if due {
+                self.roll(&tp).await?;
+            }
+            self.observe(&tp).await?;
+        }
+        Ok(())
+    }
+
+    /// Write every open file of the partition, then advance its progress.
+    pub(super) async fn roll(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
+        let Some(part) = self.parts.get_mut(tp) else {
+            return Ok(());
+        };
+        if part.open.is_empty() {
+            return Ok(());
+        }
+        // Narrow the zombie window: a member that lost the partition without
+        // hearing of it must not overwrite the new owner's files.
+        if !part.claim.still_ours(self.store.as_ref()).await? {
+            self.lose(tp);
+            return Ok(());
+        }
+        for (epoch, rows) in part.open.iter_mut() {
+            let path = paths::archive_file(*epoch, &tp.0, tp.1, rows.first_offset);
+            let outcome =
+                archive_file::write_unless_covered(self.store.clone(), &path, rows, &self.promote)
+                    .await?;
+            if let archive_file::Outcome::Covered { last } = outcome {
+                part.covered.insert(*epoch, last);
+            }
+            if outcome == archive_file::Outcome::Written {
+                self.summary.files += 1;
+                metrics::counter!("tally_archive_files_total").increment(1);
+                metrics::counter!("tally_archive_rows_total").increment(rows.len() as u64);
+            }
+        }
+        part.open.clear();
+        part.opened_at = None;
+        part.bytes = 0;
+        part.archived_to = part.read.next();
+        if let Some((hw, ms)) = part.pending {
+            if part.archived_to >= hw {
+                part.reached = Some((hw, ms));
+            }
+        }
+        self.advance(tp).await
+    }
+
+    /// Advance the partition's observation when the previous one was reached.
+    pub(super) async fn observe(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
+        let Some(part) = self.parts.get_mut(tp) else {
+            return Ok(());
+        };
+        let Some((hw, ms)) = part.pending else {
+            return Ok(());
+        };
+        // An end offset says nothing of a position not known to be in the
+        // log (a stopped partition, or one not read since its seek).
+        if !part.read.is_reading() {
+            return Ok(());
+        }
+        // Nothing buffered and nothing consumed past the durable point: the
+        // pending observation is reached once everything below it is durable.
+        if part.open.is_empty() && part.archived_to >= hw {
+            part.reached = Some((hw, ms));
+            let observed = now_ms();
+            let high = watermarks(&self.consumer, &tp.0, tp.1).await?.high;
+            part.pending = Some((high, observed));
+            if part.archived_to >= high {
+                part.reached = Some((high, observed));
+            }
+            if part.claim.reached != part.reached || part.claim.archived_to != part.archived_to {
+                return self.advance(tp).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publish the partition's position (fenced), then commit it to Kafka
+    /// (advisory, for lag tooling).
+    pub(super) async fn advance(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
+        let Some(part) = self.parts.get_mut(tp) else {
+            return Ok(());
+        };
+        let fenced = part
+            .claim
+            .advance(self.store.as_ref(), part.archived_to, part.reached)
+            .await?;
+        if fenced == Fenced::Lost {
+            self.lose(tp);
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(part.archived_to))?;
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "advisory offset commit failed");
+        }
+        Ok(())
+    }
+
+    /// Compute the cut from every partition's stored progress and publish it
+    /// if it moved forward.
+    pub(super) async fn publish_cut(&mut self) -> Result<(), ArchiveError> {
+        let counts = self.partition_counts().await?;
+        let store = self.store.as_ref();
+        let Some(cut) = progress::cut_from_progress(store, &counts, self.grid, self.grace).await?
+        else {
+            return Ok(());
+        };
+        if self.summary.cut.is_some_and(|c| c >= cut) {
+            return Ok(());
+        }
+        match progress::publish_cut(store, cut, now_ms()).await {
+            Ok(stored) => self.summary.cut = Some(stored),
+            Err(ProgressError::Contested(path)) => {
+                tracing::warn!(%path, "the cut kept changing under us; trying again later");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+}

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -189,6 +190,19 @@ impl<L: Layer> Context<L> {
 impl<L: Layer> ClientContext for Context<L> {
     fn stats(&self, stats: Statistics) {
         self.layer.stats(stats);
+    }
+
+    /// librdkafka reports reaching the end of a partition as a global error
+    /// (`enable.partition.eof`, which the loops need to see where a log
+    /// ends). That is news, not an error: logged at debug, so that an idle
+    /// topic does not fill the log with errors. Everything else stays an
+    /// error, as rdkafka's default logs it.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            debug!(%error, reason, "librdkafka: end of partition");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
     }
 }
 

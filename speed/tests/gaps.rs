@@ -1,12 +1,14 @@
 //! Gaps never taken as progress, against the real broker and Redis: a seek
-//! that lands past its target, and a stored offset beyond the end of the log
-//! (the broker lost its records and the topic was created again). Compared
-//! with the plain fold of exactly the records that must be counted.
+//! that lands past its target, a stored offset beyond the end of the log
+//! (the broker lost its records and the topic was created again), and a
+//! seek that fails during a resync. Compared with the plain fold of exactly
+//! the records that must be counted.
 
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::config::ClientConfig;
@@ -14,7 +16,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use redis::Commands;
+use tally_core::config::{Assignment, Config};
+use tally_core::event::decode;
 use tally_core::keys::Keys;
+use tally_speed::apply::{Applier, Outcome};
+use tally_speed::consumer::fault::fail_seeks_at_next_resync;
+use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
 use tally_testkit::{kafka, runtime, Broker, Redis};
 
 /// The first record a fetch at `offset` of partition 0 returns.
@@ -152,4 +159,98 @@ fn a_stored_offset_beyond_the_end_of_the_log_stops_the_partition() {
     assert_eq!(summary.stopped, 0, "{summary:?}");
     let all: Vec<Ev> = old.iter().chain(&new).cloned().collect();
     assert_exact(&redis.url(), &all);
+}
+
+/// The events of `evs` on partition 0 as one chunk starting at `start`: what
+/// another member (a replay, a zombie) applies.
+fn chunk_of(cfg: &Config, evs: &[Ev], start: i64) -> (Chunk, Folder) {
+    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.grid());
+    let mut delta = Unflushed::default();
+    let limits = cfg.events.limits();
+    let mut n = 0;
+    for e in evs.iter().filter(|e| e.partition == 0) {
+        n += 1;
+        if let Ok(event) = decode(&e.g.payload, e.g.kafka_ts_ms, &limits) {
+            folder.fold(&mut delta, TOPIC, e.g.kafka_ts_ms, &event);
+        }
+    }
+    let (slices, events) = delta.take();
+    let chunk = Chunk {
+        generation: 1,
+        ranges: vec![Range {
+            topic: TOPIC.into(),
+            partition: 0,
+            start,
+            end: start + n,
+            fresh: false,
+        }],
+        slices,
+        events,
+    };
+    (chunk, folder)
+}
+
+/// A seek that librdkafka refuses during a resync. Another member applies
+/// partition 0's next records first, so the layer's own chunk of them is
+/// fenced and it re-reads every partition, partition 0 from what Redis now
+/// stores; right then partition 0 is unassigned in librdkafka (the one way
+/// a seek really fails there: "Local: Erroneous state"), and it comes back
+/// only after ten failed tries, assigned at the end of its log, past records
+/// produced meanwhile. Before, a failed seek still reset the position, so
+/// reading went on from the end and the next chunk (starting at the stored
+/// offset) skipped those records with the fence's blessing. Now the seek is
+/// retried (logged, `tally_speed_seek_failures_total`), nothing of the
+/// partition is taken until it succeeds, and Redis equals the fold of every
+/// record, each once.
+#[test]
+fn a_seek_that_fails_during_a_resync_is_retried_and_skips_nothing() {
+    let broker = Broker::start().unwrap();
+    let redis = Redis::start().unwrap();
+    kafka::create_topic(&broker.bootstrap(), TOPIC, 2).unwrap();
+    let evs = events(51, 8_000, 2, base_ms(), 2.0);
+    let (before, rest) = evs.split_at(3_000);
+    let (other, rest) = rest.split_at(1_000);
+    let (meanwhile, after) = rest.split_at(2_000);
+    let producer = kafka::producer(&broker.bootstrap(), 1000).unwrap();
+    kafka::produce(&producer, TOPIC, &records(before, 0)).unwrap();
+
+    let rt = runtime();
+    let mut cfg = config(&broker.bootstrap(), &redis.url(), "gaps3");
+    cfg.kafka.assignment = Assignment::All;
+    let speed = start(&rt, &cfg);
+    let caught_up = ends(&records(before, 0), 2);
+    wait_caught_up(&redis.url(), &caught_up, Duration::from_secs(60));
+
+    // Another member applies partition 0's part of `other` before the layer
+    // reads it; the layer's chunk of it is then fenced.
+    let failed = fail_seeks_at_next_resync(TOPIC, 0, 10);
+    let (chunk, folder) = chunk_of(&cfg, other, caught_up[0]);
+    let mut applier = rt.block_on(Applier::connect(&cfg)).unwrap();
+    let applied = rt.block_on(applier.apply(&chunk, &folder, base_ms()));
+    assert_eq!(applied.unwrap(), Outcome::Applied);
+    kafka::produce(&producer, TOPIC, &records(other, 0)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while failed.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no resync seek failed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Produced while the seek fails: past the end a consumer that took the
+    // failed seek as done would read on from.
+    kafka::produce(&producer, TOPIC, &records(meanwhile, 0)).unwrap();
+    while failed.load(Ordering::SeqCst) < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the seek failed only {failed:?} times"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kafka::produce(&producer, TOPIC, &records(after, 0)).unwrap();
+    wait_caught_up(
+        &redis.url(),
+        &ends(&records(&evs, 0), 2),
+        Duration::from_secs(60),
+    );
+    let summary = speed.stop(&rt);
+    assert!(summary.fenced >= 1, "{summary:?}");
+    assert_exact(&redis.url(), &evs);
 }

@@ -7,6 +7,7 @@
 //! byte a client exchanges with "the broker" then goes over TLS, as with a
 //! TLS listener on Apache Kafka.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -58,11 +59,33 @@ impl Front {
         };
         let mut cmd = Command::new("socat");
         cmd.arg(listen).arg(format!("TCP:127.0.0.1:{to}"));
+        // A group of its own: each connection is a forked child, which
+        // killing the listener alone would leave open (see `Front::stop`).
+        cmd.process_group(0);
         let log = dir.path().join(format!("socat-{}.log", self.port));
         let mut proxy = Server::spawn("socat", cmd, log)?;
         proxy.wait_ready("socat", self.port, Duration::from_secs(10))?;
         self.proxy = Some(proxy);
         Ok(())
+    }
+
+    /// Stop the proxy and every connection it forwards.
+    fn stop(&mut self) {
+        if let Some(mut proxy) = self.proxy.take() {
+            // The group's id is the listener's pid (`process_group(0)`).
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg("--")
+                .arg(format!("-{}", proxy.child.id()))
+                .status();
+            proxy.kill();
+        }
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -130,7 +153,7 @@ impl Broker {
     /// connections drop and new ones are refused until [`Broker::reconnect`].
     pub fn cut_off(&mut self) {
         if let Some(f) = self.front.as_mut() {
-            f.proxy = None;
+            f.stop();
         }
     }
 

@@ -276,6 +276,7 @@ impl ConsumeLoop {
                 p.applied_to = applied_to;
             }
         }
+        super::fault::before_resync_seeks(self.consumer());
         self.st.seeks_pending = true;
         self.seek_pending();
         Ok(())
@@ -297,6 +298,7 @@ impl ConsumeLoop {
                         "seek failed: nothing of this partition is taken until a retry succeeds");
                     metrics::counter!("tally_speed_seek_failures_total").increment(1);
                     failed = true;
+                    super::fault::seek_failed(consumer, topic, *partition);
                 }
             }
         }

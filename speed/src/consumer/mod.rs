@@ -31,6 +31,8 @@
 //! of its ranges.
 
 mod consume;
+#[doc(hidden)]
+pub mod fault;
 mod flusher;
 mod starts;
 mod state;

@@ -1,7 +1,9 @@
-//! Gaps never taken as progress by the archiver, against the real broker: a
-//! seek that lands past the claimed position, and a progress object beyond
-//! the end of the log (the broker lost its records and the topic was created
-//! again). Checked against the coordinates the test produced.
+//! Gaps never taken as progress by the archiver, and replays never archived
+//! twice, against the real broker: a seek that lands past the claimed
+//! position, a progress object beyond the end of the log (the broker lost
+//! its records and the topic was created again), and a crash replay whose
+//! rolls overlap files already durable. Checked against the coordinates the
+//! test produced.
 
 mod common;
 
@@ -255,4 +257,112 @@ async fn a_progress_beyond_the_end_of_the_log_stops_the_partition() {
     {
         assert!(cut <= (T0 + HOUR) / HOUR, "cut {cut}");
     }
+}
+
+/// Each archive file's (epoch, first offset), in name order.
+async fn files(store: &Arc<dyn ObjectStore>) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = store::list(store.as_ref(), paths::EVENTS_ROOT)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|f| paths::parse_archive_file(f.location.as_ref()))
+        .map(|f| (f.epoch, f.start_offset))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// An archiver on partition 0 that rolls at `roll_bytes`, run until the
+/// progress reaches `end`.
+async fn archive_to(
+    cfg: &tally_core::config::Config,
+    store: &Arc<dyn ObjectStore>,
+    roll_bytes: usize,
+    end: i64,
+) {
+    let mut cfg = cfg.clone();
+    cfg.archive.roll_bytes = roll_bytes;
+    let (stop, task) = start(&cfg, store);
+    wait_archived_to(store, 0, end).await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// A crash between a roll's file writes and its progress write, replayed
+/// with other roll boundaries, step by step: the files are durable, the
+/// progress still says the roll's first offset. The replay's first roll of
+/// each epoch gets the name of the file already there (epoch, partition,
+/// first offset). Shorter than that file, it is covered by it, and the
+/// records up to the file's last offset are not buffered again: before,
+/// they were written again by the next roll, under a new name, twice
+/// (`tests/archive_crash.rs` saw that in one run of five). Longer, it
+/// replaces the file. Either way every produced (partition, offset) is in
+/// the master dataset exactly once, across two epochs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_roll_covered_by_a_durable_file_is_archived_once() {
+    let broker = Broker::start().unwrap();
+    let bootstrap = broker.bootstrap();
+    let b = bootstrap.clone();
+    // One second apart from 00:00: offsets 0..3,600 in the first epoch.
+    let producer = tokio::task::spawn_blocking(move || {
+        kafka::create_topic(&b, TOPIC, 1).unwrap();
+        let producer = kafka::producer(&b, 1000).unwrap();
+        kafka::produce(&producer, TOPIC, &records(0, 0, 4_000)).unwrap();
+        producer
+    })
+    .await
+    .unwrap();
+    let group = format!("replay-{}", rand::random::<u32>());
+    let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
+    cfg.archive.roll_interval = tally_core::config::Millis(3_000);
+    let store = store::open(&cfg.store).unwrap();
+    let e0 = T0 / HOUR;
+
+    // One roll of everything: one file per epoch.
+    archive_to(&cfg, &store, 100_000_000, 4_000).await;
+    assert_eq!(files(&store).await, [(e0, 0), (e0 + 1, 3_600)]);
+    // The crash: the files stay, the progress does not move past them.
+    let put_back = |to: i64| {
+        let store = store.clone();
+        async move {
+            store::put_json(
+                store.as_ref(),
+                &paths::archive_progress(TOPIC, 0),
+                &progress_file(0, to, T0),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    put_back(0).await;
+
+    // Replayed in rolls of a few dozen records: the first of each epoch is
+    // covered by the file; what follows comes in new files.
+    let producer = tokio::task::spawn_blocking(move || {
+        kafka::produce(&producer, TOPIC, &records(0, 4_000, 1_000)).unwrap();
+        producer
+    })
+    .await
+    .unwrap();
+    archive_to(&cfg, &store, 3_000, 5_000).await;
+    assert_exactly(&archived(&store).await, (0..5_000).map(|o| (0, o)));
+    let after_short = files(&store).await;
+    assert_eq!(after_short[..2], [(e0, 0), (e0 + 1, 3_600)]);
+    assert!(
+        after_short.len() > 3,
+        "rolls of a few dozen records: {after_short:?}"
+    );
+
+    // The last of those rolls replayed as one longer roll (more records
+    // arrived since): it replaces the file of the same name.
+    let &(_, last_roll) = after_short.last().unwrap();
+    put_back(last_roll).await;
+    tokio::task::spawn_blocking(move || {
+        kafka::produce(&producer, TOPIC, &records(0, 5_000, 500)).unwrap();
+    })
+    .await
+    .unwrap();
+    archive_to(&cfg, &store, 100_000_000, 5_500).await;
+    assert_exactly(&archived(&store).await, (0..5_500).map(|o| (0, o)));
+    assert_eq!(files(&store).await, after_short);
 }

@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tally_batch::{archive, archive_file, store};
 use tally_core::manifest::{CutFile, ProgressFile};
 use tally_core::paths;
+use tally_kafka::fault::fail_seeks_from_next_reseek;
 use tally_testkit::kafka::{self, Record};
 use tally_testkit::Broker;
 
@@ -365,4 +367,71 @@ async fn a_replayed_roll_covered_by_a_durable_file_is_archived_once() {
     archive_to(&cfg, &store, 100_000_000, 5_500).await;
     assert_exactly(&archived(&store).await, (0..5_500).map(|o| (0, o)));
     assert_eq!(files(&store).await, after_short);
+}
+
+/// The archiver's seek further back, refused by librdkafka: the partition is
+/// unassigned in librdkafka right before that seek (the one way a seek
+/// really fails there, "Local: Erroneous state") and comes back only after
+/// sixty failed tries (more than one seek call's fifty, so the seek is left
+/// pending for the next tick), assigned at the end of its log, past records
+/// produced meanwhile. The seek stays pending and is tried again, nothing
+/// of the partition is taken until it succeeds, and every record from the
+/// claimed position on is archived exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_back_that_fails_is_retried_and_skips_nothing() {
+    let broker = Broker::start().unwrap();
+    let bootstrap = broker.bootstrap();
+    let b = bootstrap.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        kafka::create_topic(&b, TOPIC, 1).unwrap();
+        let producer = kafka::producer(&b, 1000).unwrap();
+        kafka::produce(&producer, TOPIC, &records(0, 0, 3_000)).unwrap();
+        producer
+    })
+    .await
+    .unwrap();
+    let group = format!("gaps-{}", rand::random::<u32>());
+    let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
+    // Resuming mid-batch with no seek-back: the first record is past the
+    // target, so the partition seeks further back.
+    cfg.kafka.seek_back = 0;
+    let store = store::open(&cfg.store).unwrap();
+    let target = 1_234;
+    store::put_json(
+        store.as_ref(),
+        &paths::archive_progress(TOPIC, 0),
+        &progress_file(0, target, T0),
+    )
+    .await
+    .unwrap();
+    let failed = fail_seeks_from_next_reseek(TOPIC, 0, 60);
+    let (stop, task) = start(&cfg, &store);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while failed.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no seek failed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Past the end a consumer that took the failed seek as done reads on from.
+    let producer = tokio::task::spawn_blocking(move || {
+        kafka::produce(&producer, TOPIC, &records(0, 3_000, 1_000)).unwrap();
+        producer
+    })
+    .await
+    .unwrap();
+    while failed.load(Ordering::SeqCst) < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the seek failed only {failed:?} times"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::spawn_blocking(move || {
+        kafka::produce(&producer, TOPIC, &records(0, 4_000, 1_000)).unwrap();
+    })
+    .await
+    .unwrap();
+    wait_archived_to(&store, 0, 5_000).await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    assert_exactly(&archived(&store).await, (target..5_000).map(|o| (0, o)));
 }

@@ -28,7 +28,10 @@
 //!   time through a queue of its own; the unsafe layer under it is private,
 //!   and the types enforce its contract (the queue never outlives the
 //!   consumer, records never outlive their batch).
+//! - `fault` (hidden): test support, a seek that librdkafka really refuses.
 
+#[doc(hidden)]
+pub mod fault;
 mod fetch_queue;
 pub mod partitions;
 pub mod reader;

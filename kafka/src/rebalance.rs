@@ -155,16 +155,6 @@ impl<L: Layer> Context<L> {
         &self.changes
     }
 
-    /// Route `topic`/`partition`'s records to the reader's queue, as an
-    /// assignment by the callback does, for a partition assigned outside it
-    /// (by a test's fault injection): librdkafka clears the forward when it
-    /// stops a partition, and without it a partition assigned again keeps its
-    /// records to itself. Call before assigning.
-    #[doc(hidden)]
-    pub fn route(&self, consumer: &impl Consumer<Self>, topic: &str, partition: i32) -> bool {
-        self.router.route(consumer, topic, partition)
-    }
-
     /// Start, route, assign and record the partitions of `tpl`.
     fn assigned(&self, consumer: &impl Consumer<Self>, tpl: &mut TopicPartitionList) {
         let tps: Vec<Tp> = tpl

@@ -19,8 +19,8 @@ use redis::Commands;
 use tally_core::config::{Assignment, Config};
 use tally_core::event::decode;
 use tally_core::keys::Keys;
+use tally_kafka::fault::fail_seeks_from_next_reseek;
 use tally_speed::apply::{Applier, Outcome};
-use tally_speed::consumer::fault::fail_seeks_at_next_resync;
 use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
 use tally_testkit::{kafka, runtime, Broker, Redis};
 
@@ -223,7 +223,7 @@ fn a_seek_that_fails_during_a_resync_is_retried_and_skips_nothing() {
 
     // Another member applies partition 0's part of `other` before the layer
     // reads it; the layer's chunk of it is then fenced.
-    let failed = fail_seeks_at_next_resync(TOPIC, 0, 10);
+    let failed = fail_seeks_from_next_reseek(TOPIC, 0, 10);
     let (chunk, folder) = chunk_of(&cfg, other, caught_up[0]);
     let mut applier = rt.block_on(Applier::connect(&cfg)).unwrap();
     let applied = rt.block_on(applier.apply(&chunk, &folder, base_ms()));

@@ -35,6 +35,7 @@ impl Archiver {
             Admit::Drop => return Ok(()),
             Admit::SeekBack => {
                 let tp = tp.clone();
+                tally_kafka::fault::reseeking(self.consumer.as_ref());
                 self.seek_pending(&tp).await;
                 return Ok(());
             }
@@ -145,6 +146,9 @@ pub(super) async fn seek(
             c.seek(&t, p, Offset::Offset(offset), KAFKA_TIMEOUT)
         })
         .await;
+        if let Ok(Err(_)) = r {
+            tally_kafka::fault::seek_failed(consumer.as_ref(), topic, p);
+        }
         match r {
             Ok(Ok(())) => return true,
             Ok(Err(e)) if attempt + 1 < SEEK_ATTEMPTS => {

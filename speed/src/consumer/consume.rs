@@ -276,7 +276,7 @@ impl ConsumeLoop {
                 p.applied_to = applied_to;
             }
         }
-        super::fault::before_resync_seeks(self.consumer());
+        tally_kafka::fault::reseeking(self.consumer());
         self.st.seeks_pending = true;
         self.seek_pending();
         Ok(())
@@ -298,7 +298,7 @@ impl ConsumeLoop {
                         "seek failed: nothing of this partition is taken until a retry succeeds");
                     metrics::counter!("tally_speed_seek_failures_total").increment(1);
                     failed = true;
-                    super::fault::seek_failed(consumer, topic, *partition);
+                    tally_kafka::fault::seek_failed(consumer, topic, *partition);
                 }
             }
         }

@@ -31,8 +31,6 @@
 //! of its ranges.
 
 mod consume;
-#[doc(hidden)]
-pub mod fault;
 mod flusher;
 mod starts;
 mod state;

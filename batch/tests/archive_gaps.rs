@@ -16,6 +16,7 @@ use object_store::ObjectStore;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::BaseProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_batch::{archive, archive_file, store};
 use tally_core::manifest::{CutFile, ProgressFile};
@@ -143,14 +144,7 @@ fn progress_file(partition: i32, archived_to: i64, observed_ms: i64) -> Progress
 async fn a_seek_that_lands_past_the_claimed_position_seeks_further_back() {
     let broker = Broker::start().unwrap();
     let bootstrap = broker.bootstrap();
-    let b = bootstrap.clone();
-    tokio::task::spawn_blocking(move || {
-        kafka::create_topic(&b, TOPIC, 1).unwrap();
-        let producer = kafka::producer(&b, 1000).unwrap();
-        kafka::produce(&producer, TOPIC, &records(0, 0, 3_000)).unwrap();
-    })
-    .await
-    .unwrap();
+    topic_with(&bootstrap, 3_000).await;
     let target = 1_234;
     let b = bootstrap.clone();
     let first = tokio::task::spawn_blocking(move || {
@@ -261,6 +255,29 @@ async fn a_progress_beyond_the_end_of_the_log_stops_the_partition() {
     }
 }
 
+/// A producer to a topic of one partition, which gets `records(0, 0, n)`.
+async fn topic_with(bootstrap: &str, n: usize) -> BaseProducer {
+    let b = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || {
+        kafka::create_topic(&b, TOPIC, 1).unwrap();
+        let producer = kafka::producer(&b, 1000).unwrap();
+        kafka::produce(&producer, TOPIC, &records(0, 0, n)).unwrap();
+        producer
+    })
+    .await
+    .unwrap()
+}
+
+/// Produce `records(0, first, n)`; the producer back.
+async fn produce(producer: BaseProducer, first: usize, n: usize) -> BaseProducer {
+    tokio::task::spawn_blocking(move || {
+        kafka::produce(&producer, TOPIC, &records(0, first, n)).unwrap();
+        producer
+    })
+    .await
+    .unwrap()
+}
+
 /// Each archive file's (epoch, first offset), in name order.
 async fn files(store: &Arc<dyn ObjectStore>) -> Vec<(i64, i64)> {
     let mut out: Vec<(i64, i64)> = store::list(store.as_ref(), paths::EVENTS_ROOT)
@@ -304,16 +321,8 @@ async fn archive_to(
 async fn a_replayed_roll_covered_by_a_durable_file_is_archived_once() {
     let broker = Broker::start().unwrap();
     let bootstrap = broker.bootstrap();
-    let b = bootstrap.clone();
     // One second apart from 00:00: offsets 0..3,600 in the first epoch.
-    let producer = tokio::task::spawn_blocking(move || {
-        kafka::create_topic(&b, TOPIC, 1).unwrap();
-        let producer = kafka::producer(&b, 1000).unwrap();
-        kafka::produce(&producer, TOPIC, &records(0, 0, 4_000)).unwrap();
-        producer
-    })
-    .await
-    .unwrap();
+    let producer = topic_with(&bootstrap, 4_000).await;
     let group = format!("replay-{}", rand::random::<u32>());
     let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
     cfg.archive.roll_interval = tally_core::config::Millis(3_000);
@@ -340,12 +349,7 @@ async fn a_replayed_roll_covered_by_a_durable_file_is_archived_once() {
 
     // Replayed in rolls of a few dozen records: the first of each epoch is
     // covered by the file; what follows comes in new files.
-    let producer = tokio::task::spawn_blocking(move || {
-        kafka::produce(&producer, TOPIC, &records(0, 4_000, 1_000)).unwrap();
-        producer
-    })
-    .await
-    .unwrap();
+    let producer = produce(producer, 4_000, 1_000).await;
     archive_to(&cfg, &store, 3_000, 5_000).await;
     assert_exactly(&archived(&store).await, (0..5_000).map(|o| (0, o)));
     let after_short = files(&store).await;
@@ -359,11 +363,7 @@ async fn a_replayed_roll_covered_by_a_durable_file_is_archived_once() {
     // arrived since): it replaces the file of the same name.
     let &(_, last_roll) = after_short.last().unwrap();
     put_back(last_roll).await;
-    tokio::task::spawn_blocking(move || {
-        kafka::produce(&producer, TOPIC, &records(0, 5_000, 500)).unwrap();
-    })
-    .await
-    .unwrap();
+    produce(producer, 5_000, 500).await;
     archive_to(&cfg, &store, 100_000_000, 5_500).await;
     assert_exactly(&archived(&store).await, (0..5_500).map(|o| (0, o)));
     assert_eq!(files(&store).await, after_short);
@@ -381,15 +381,7 @@ async fn a_replayed_roll_covered_by_a_durable_file_is_archived_once() {
 async fn a_seek_back_that_fails_is_retried_and_skips_nothing() {
     let broker = Broker::start().unwrap();
     let bootstrap = broker.bootstrap();
-    let b = bootstrap.clone();
-    let producer = tokio::task::spawn_blocking(move || {
-        kafka::create_topic(&b, TOPIC, 1).unwrap();
-        let producer = kafka::producer(&b, 1000).unwrap();
-        kafka::produce(&producer, TOPIC, &records(0, 0, 3_000)).unwrap();
-        producer
-    })
-    .await
-    .unwrap();
+    let producer = topic_with(&bootstrap, 3_000).await;
     let group = format!("gaps-{}", rand::random::<u32>());
     let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
     // Resuming mid-batch with no seek-back: the first record is past the
@@ -412,12 +404,7 @@ async fn a_seek_back_that_fails_is_retried_and_skips_nothing() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Past the end a consumer that took the failed seek as done reads on from.
-    let producer = tokio::task::spawn_blocking(move || {
-        kafka::produce(&producer, TOPIC, &records(0, 3_000, 1_000)).unwrap();
-        producer
-    })
-    .await
-    .unwrap();
+    let producer = produce(producer, 3_000, 1_000).await;
     while failed.load(Ordering::SeqCst) < 10 {
         assert!(
             Instant::now() < deadline,
@@ -425,11 +412,7 @@ async fn a_seek_back_that_fails_is_retried_and_skips_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::task::spawn_blocking(move || {
-        kafka::produce(&producer, TOPIC, &records(0, 4_000, 1_000)).unwrap();
-    })
-    .await
-    .unwrap();
+    produce(producer, 4_000, 1_000).await;
     wait_archived_to(&store, 0, 5_000).await;
     let _ = stop.send(());
     task.await.unwrap().unwrap();

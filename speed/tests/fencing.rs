@@ -5,39 +5,9 @@
 mod common;
 
 use common::*;
-use tally_core::event::decode;
 use tally_speed::apply::{Applier, Outcome};
-use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
+use tally_speed::delta::{Chunk, Folder};
 use tally_testkit::{runtime, Redis};
-
-/// The events of `evs` folded into one chunk over partitions 0 and 1, whose
-/// ranges start at `starts` and cover the events of each partition.
-fn chunk(folder: &mut Folder, evs: &[Ev], starts: [i64; 2], fresh: bool) -> Chunk {
-    let mut delta = Unflushed::default();
-    let limits = tally_core::event::Limits::default();
-    let mut counts = [0i64; 2];
-    for e in evs {
-        counts[e.partition as usize] += 1;
-        if let Ok(event) = decode(&e.g.payload, e.g.kafka_ts_ms, &limits) {
-            folder.fold(&mut delta, TOPIC, e.g.kafka_ts_ms, &event);
-        }
-    }
-    let (slices, events) = delta.take();
-    Chunk {
-        generation: 1,
-        ranges: (0..2)
-            .map(|p| Range {
-                topic: TOPIC.into(),
-                partition: p,
-                start: starts[p as usize],
-                end: starts[p as usize] + counts[p as usize],
-                fresh,
-            })
-            .collect(),
-        slices,
-        events,
-    }
-}
 
 fn ends_of(c: &Chunk) -> [i64; 2] {
     [c.ranges[0].end, c.ranges[1].end]

@@ -16,12 +16,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use redis::Commands;
-use tally_core::config::{Assignment, Config};
-use tally_core::event::decode;
+use tally_core::config::Assignment;
 use tally_core::keys::Keys;
 use tally_kafka::fault::fail_seeks_from_next_reseek;
 use tally_speed::apply::{Applier, Outcome};
-use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
+use tally_speed::delta::Folder;
 use tally_testkit::{kafka, runtime, Broker, Redis};
 
 /// The first record a fetch at `offset` of partition 0 returns.
@@ -161,35 +160,6 @@ fn a_stored_offset_beyond_the_end_of_the_log_stops_the_partition() {
     assert_exact(&redis.url(), &all);
 }
 
-/// The events of `evs` on partition 0 as one chunk starting at `start`: what
-/// another member (a replay, a zombie) applies.
-fn chunk_of(cfg: &Config, evs: &[Ev], start: i64) -> (Chunk, Folder) {
-    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.grid());
-    let mut delta = Unflushed::default();
-    let limits = cfg.events.limits();
-    let mut n = 0;
-    for e in evs.iter().filter(|e| e.partition == 0) {
-        n += 1;
-        if let Ok(event) = decode(&e.g.payload, e.g.kafka_ts_ms, &limits) {
-            folder.fold(&mut delta, TOPIC, e.g.kafka_ts_ms, &event);
-        }
-    }
-    let (slices, events) = delta.take();
-    let chunk = Chunk {
-        generation: 1,
-        ranges: vec![Range {
-            topic: TOPIC.into(),
-            partition: 0,
-            start,
-            end: start + n,
-            fresh: false,
-        }],
-        slices,
-        events,
-    };
-    (chunk, folder)
-}
-
 /// A seek that librdkafka refuses during a resync. Another member applies
 /// partition 0's next records first, so the layer's own chunk of them is
 /// fenced and it re-reads every partition, partition 0 from what Redis now
@@ -224,7 +194,9 @@ fn a_seek_that_fails_during_a_resync_is_retried_and_skips_nothing() {
     // Another member applies partition 0's part of `other` before the layer
     // reads it; the layer's chunk of it is then fenced.
     let failed = fail_seeks_from_next_reseek(TOPIC, 0, 10);
-    let (chunk, folder) = chunk_of(&cfg, other, caught_up[0]);
+    let mut folder = Folder::new(cfg.views.clone(), cfg.epochs.grid());
+    let other_0: Vec<Ev> = other.iter().filter(|e| e.partition == 0).cloned().collect();
+    let chunk = chunk(&mut folder, &other_0, [caught_up[0], caught_up[1]], false);
     let mut applier = rt.block_on(Applier::connect(&cfg)).unwrap();
     let applied = rt.block_on(applier.apply(&chunk, &folder, base_ms()));
     assert_eq!(applied.unwrap(), Outcome::Applied);

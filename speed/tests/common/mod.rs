@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 use tally_core::config::{Config, Millis};
+use tally_core::event::decode;
 use tally_core::hll::Hll;
 use tally_core::keys::{parse_group, CellMember, CounterField, Keys, Part, SketchField};
+use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
 use tally_testkit::config::TestConfig;
 use tally_testkit::gen::{Generated, Generator, Shape};
 use tally_testkit::kafka::Record;
@@ -338,5 +340,35 @@ impl Running {
             .expect("the speed layer stops within 60 s")
             .expect("join")
             .expect("speed layer result")
+    }
+}
+
+/// The events of `evs` folded into one chunk over partitions 0 and 1, whose
+/// ranges start at `starts` and cover the events of each partition: what a
+/// member applies (a test's own, or another one: a replay, a zombie).
+pub fn chunk(folder: &mut Folder, evs: &[Ev], starts: [i64; 2], fresh: bool) -> Chunk {
+    let mut delta = Unflushed::default();
+    let limits = tally_core::event::Limits::default();
+    let mut counts = [0i64; 2];
+    for e in evs {
+        counts[e.partition as usize] += 1;
+        if let Ok(event) = decode(&e.g.payload, e.g.kafka_ts_ms, &limits) {
+            folder.fold(&mut delta, TOPIC, e.g.kafka_ts_ms, &event);
+        }
+    }
+    let (slices, events) = delta.take();
+    Chunk {
+        generation: 1,
+        ranges: (0..2)
+            .map(|p| Range {
+                topic: TOPIC.into(),
+                partition: p,
+                start: starts[p as usize],
+                end: starts[p as usize] + counts[p as usize],
+                fresh,
+            })
+            .collect(),
+        slices,
+        events,
     }
 }

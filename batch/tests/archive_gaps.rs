@@ -418,3 +418,50 @@ async fn a_seek_back_that_fails_is_retried_and_skips_nothing() {
     task.await.unwrap().unwrap();
     assert_exactly(&archived(&store).await, (target..5_000).map(|o| (0, o)));
 }
+
+/// The seek at a claim, refused by librdkafka for a whole call (fifty
+/// tries; the partition is unassigned in librdkafka right before it), after
+/// which the partition comes back at the end of its log, past records
+/// produced meanwhile. Before, the archiver then read on from where the
+/// partition was assigned, taking that for the log's start: the first
+/// record to arrive (at the end) was taken as a gap, and everything from the
+/// claimed position to there was never archived. Now the seek stays
+/// pending and is tried again at the next tick, nothing is taken until it
+/// works, and every record from the claimed position on is archived once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_seek_that_fails_is_retried_and_skips_nothing() {
+    let broker = Broker::start().unwrap();
+    let bootstrap = broker.bootstrap();
+    let producer = topic_with(&bootstrap, 3_000).await;
+    let group = format!("gaps-{}", rand::random::<u32>());
+    let cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
+    let store = store::open(&cfg.store).unwrap();
+    let target = 1_234;
+    store::put_json(
+        store.as_ref(),
+        &paths::archive_progress(TOPIC, 0),
+        &progress_file(0, target, T0),
+    )
+    .await
+    .unwrap();
+    let failed = fail_seeks_from_next_reseek(TOPIC, 0, 50);
+    let (stop, task) = start(&cfg, &store);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while failed.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no seek failed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let producer = produce(producer, 3_000, 1_000).await;
+    while failed.load(Ordering::SeqCst) < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "the seek failed only {failed:?} times"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    produce(producer, 4_000, 1_000).await;
+    wait_archived_to(&store, 0, 5_000).await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    assert_exactly(&archived(&store).await, (target..5_000).map(|o| (0, o)));
+}

@@ -99,7 +99,13 @@ pub fn seek_failed<L: Layer>(consumer: &impl Consumer<Context<L>>, topic: &str, 
     // application's forward when it stops a partition, and a partition
     // assigned again without it keeps its records to itself.
     consumer.context().router.route(consumer, topic, partition);
-    match consumer.incremental_assign(&one(topic, partition, Offset::End)) {
+    // At the end as it is now: an explicit offset, not `Offset::End`, whose
+    // lookup could still be answered after the layer's next seek.
+    let end = match crate::partitions::watermarks(consumer, topic, partition) {
+        Ok(w) => Offset::Offset(w.high),
+        Err(_) => Offset::End,
+    };
+    match consumer.incremental_assign(&one(topic, partition, end)) {
         Ok(()) => warn!(
             topic,
             partition, "fault injection: partition assigned back at the end of its log"

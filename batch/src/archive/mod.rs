@@ -142,8 +142,8 @@ pub struct ArchiveSummary {
 /// are taken paused, from the low watermark. Where to really start is known
 /// only after the loop has claimed each partition's progress (a store call,
 /// not for the callback), and it seeks there before resuming. Should that
-/// seek lose a race with librdkafka starting the fetcher, reading from the
-/// low watermark is still correct (what is archived is dropped), only slower.
+/// seek lose a race with librdkafka starting the fetcher, it is tried again
+/// at the next tick, and nothing of the partition is taken until it works.
 #[derive(Debug)]
 pub struct Paused;
 
@@ -337,12 +337,15 @@ impl Archiver {
         let claim = progress::claim(self.store.as_ref(), topic, p, w.low).await?;
         let target = claim.archived_to;
         let from = seek_position(w, target, self.seek_back);
-        // Assigned at the log's start: where reading begins if no seek works.
-        let from = if seek(&self.consumer, topic, p, from).await {
-            from
-        } else {
-            w.low
-        };
+        tally_kafka::fault::reseeking(self.consumer.as_ref());
+        // A seek that fails stays pending (the next tick tries again) and
+        // nothing is taken meanwhile: reading on from the log's start, where
+        // the partition was assigned, would be taken for a read from `from`
+        // should the failed seek take effect after all.
+        let mut read = ReadPosition::seek(target, from, w.low);
+        if seek(&self.consumer, topic, p, from).await {
+            read.seek_done();
+        }
         metrics::gauge!("tally_archive_partition_stopped",
             "topic" => topic.clone(), "partition" => p.to_string())
         .set(0.0);
@@ -354,7 +357,7 @@ impl Archiver {
             tp,
             OwnedPartition {
                 archived_to: target,
-                read: ReadPosition::sought(target, from, w.low),
+                read,
                 high_at_claim: w.high,
                 open: BTreeMap::new(),
                 covered: BTreeMap::new(),

@@ -379,44 +379,9 @@ async fn a_replayed_roll_covered_by_a_durable_file_is_archived_once() {
 /// claimed position on is archived exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seek_back_that_fails_is_retried_and_skips_nothing() {
-    let broker = Broker::start().unwrap();
-    let bootstrap = broker.bootstrap();
-    let producer = topic_with(&bootstrap, 3_000).await;
-    let group = format!("gaps-{}", rand::random::<u32>());
-    let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
     // Resuming mid-batch with no seek-back: the first record is past the
     // target, so the partition seeks further back.
-    cfg.kafka.seek_back = 0;
-    let store = store::open(&cfg.store).unwrap();
-    let target = 1_234;
-    store::put_json(
-        store.as_ref(),
-        &paths::archive_progress(TOPIC, 0),
-        &progress_file(0, target, T0),
-    )
-    .await
-    .unwrap();
-    let failed = fail_seeks_from_next_reseek(TOPIC, 0, 60);
-    let (stop, task) = start(&cfg, &store);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while failed.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "no seek failed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Past the end a consumer that took the failed seek as done reads on from.
-    let producer = produce(producer, 3_000, 1_000).await;
-    while failed.load(Ordering::SeqCst) < 10 {
-        assert!(
-            Instant::now() < deadline,
-            "the seek failed only {failed:?} times"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    produce(producer, 4_000, 1_000).await;
-    wait_archived_to(&store, 0, 5_000).await;
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
-    assert_exactly(&archived(&store).await, (target..5_000).map(|o| (0, o)));
+    seek_fails_then_comes_back(0, 60).await;
 }
 
 /// The seek at a claim, refused by librdkafka for a whole call (fifty
@@ -430,11 +395,20 @@ async fn a_seek_back_that_fails_is_retried_and_skips_nothing() {
 /// works, and every record from the claimed position on is archived once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_seek_that_fails_is_retried_and_skips_nothing() {
+    seek_fails_then_comes_back(10_000, 50).await;
+}
+
+/// Partition 0 archived to 1,234 of 3,000 records; the archiver's next
+/// re-seek (at its claim, or further back) fails `failures` times, and the
+/// partition comes back at the end of its log once 1,000 more records are
+/// there. Another 1,000 follow; every record from 1,234 on is archived once.
+async fn seek_fails_then_comes_back(seek_back: i64, failures: u32) {
     let broker = Broker::start().unwrap();
     let bootstrap = broker.bootstrap();
     let producer = topic_with(&bootstrap, 3_000).await;
     let group = format!("gaps-{}", rand::random::<u32>());
-    let cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
+    let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
+    cfg.kafka.seek_back = seek_back;
     let store = store::open(&cfg.store).unwrap();
     let target = 1_234;
     store::put_json(
@@ -444,15 +418,16 @@ async fn a_claim_seek_that_fails_is_retried_and_skips_nothing() {
     )
     .await
     .unwrap();
-    let failed = fail_seeks_from_next_reseek(TOPIC, 0, 50);
+    let failed = fail_seeks_from_next_reseek(TOPIC, 0, failures);
     let (stop, task) = start(&cfg, &store);
     let deadline = Instant::now() + Duration::from_secs(30);
     while failed.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "no seek failed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Past the end a consumer that took the failed seek as done reads on from.
     let producer = produce(producer, 3_000, 1_000).await;
-    while failed.load(Ordering::SeqCst) < 50 {
+    while failed.load(Ordering::SeqCst) < failures {
         assert!(
             Instant::now() < deadline,
             "the seek failed only {failed:?} times"

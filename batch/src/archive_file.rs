@@ -350,6 +350,40 @@ pub async fn write_unless_covered(
     Ok(Outcome::Written)
 }
 
+/// The last offset of the durable file of `topic`/`partition` in `epoch`
+/// that holds `offset`, if one does: the file with the greatest first offset
+/// at or below `offset`, when its last offset is at least `offset`.
+///
+/// A file names only its first offset, so after a restart from inside a
+/// file (a crash replay moved the progress past that file's first offset)
+/// only this lookup knows that the records from there on are durable; a new
+/// roll would write them again under another name.
+pub async fn file_holding(
+    store: Arc<dyn ObjectStore>,
+    epoch: tally_core::time::Epoch,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<i64>, FileError> {
+    use futures::TryStreamExt;
+    let dir = Path::from(tally_core::paths::archive_partition_dir(
+        epoch, topic, partition,
+    ));
+    let listed: Vec<_> = store.list(Some(&dir)).try_collect().await?;
+    let holder = listed
+        .iter()
+        .filter_map(|m| tally_core::paths::parse_archive_file(m.location.as_ref()))
+        .filter(|f| f.start_offset <= offset)
+        .max_by_key(|f| f.start_offset);
+    let Some(holder) = holder else {
+        return Ok(None);
+    };
+    let path = tally_core::paths::archive_file(epoch, topic, partition, holder.start_offset);
+    Ok(last_offset_of(store, &path)
+        .await?
+        .filter(|&last| last >= offset))
+}
+
 /// The last offset an existing archive file holds, from its footer; `None`
 /// when there is no such object (or it predates the footer key).
 async fn last_offset_of(store: Arc<dyn ObjectStore>, path: &str) -> Result<Option<i64>, FileError> {

@@ -23,11 +23,17 @@ pub fn epoch_dir(epoch: Epoch) -> String {
     format!("{EVENTS_ROOT}/epoch={epoch:010}")
 }
 
+/// The folder of one partition's archive files in one epoch (with the
+/// trailing slash, so that it lists exactly that folder).
+pub fn archive_partition_dir(epoch: Epoch, topic: &str, partition: i32) -> String {
+    format!("{}/t={topic}/p={partition:04}/", epoch_dir(epoch))
+}
+
 /// An archive file: records of `topic`/`partition` in `epoch` from `start_offset`.
 pub fn archive_file(epoch: Epoch, topic: &str, partition: i32, start_offset: i64) -> String {
     format!(
-        "{}/t={topic}/p={partition:04}/o={start_offset:020}.parquet",
-        epoch_dir(epoch)
+        "{}o={start_offset:020}.parquet",
+        archive_partition_dir(epoch, topic, partition)
     )
 }
 

@@ -47,7 +47,17 @@ impl Archiver {
         }
         let ts = kafka_time(msg.timestamp().to_millis());
         let epoch = self.grid.epoch_of(ts);
-        if part.covered.get(&epoch).is_some_and(|&last| offset <= last) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = part.covered.entry(epoch) {
+            let store = self.store.clone();
+            slot.insert(archive_file::file_holding(store, epoch, topic, partition, offset).await?);
+        }
+        if part
+            .covered
+            .get(&epoch)
+            .copied()
+            .flatten()
+            .is_some_and(|last| offset <= last)
+        {
             // Durable in a file a previous run wrote (see `covered`): with
             // nothing buffered, the durable position moves past it.
             if part.open.is_empty() {

@@ -41,7 +41,7 @@ impl Archiver {
                 archive_file::write_unless_covered(self.store.clone(), &path, rows, &self.promote)
                     .await?;
             if let archive_file::Outcome::Covered { last } = outcome {
-                part.covered.insert(*epoch, last);
+                part.covered.insert(*epoch, Some(last));
             }
             if outcome == archive_file::Outcome::Written {
                 self.summary.files += 1;
@@ -50,6 +50,12 @@ impl Archiver {
             }
         }
         part.open.clear();
+        // Bounded: an epoch this far behind the newest is looked up again if
+        // a record of it still comes (a late producer timestamp).
+        if let Some(&newest) = part.covered.keys().next_back() {
+            part.covered
+                .retain(|&e, _| e + COVERED_EPOCHS_KEPT >= newest);
+        }
         part.opened_at = None;
         part.bytes = 0;
         part.archived_to = part.read.next();

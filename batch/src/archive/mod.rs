@@ -52,6 +52,9 @@
 //!   is at least the new one's already holds every record of it), so a
 //!   zombie cannot drop records the new owner made durable, unless both
 //!   check the same name at the same moment and the shorter write lands last.
+//!   A replay that starts inside a durable file (a crash after a replay had
+//!   moved the progress past the file's first offset) finds that file in the
+//!   store ([`archive_file::file_holding`]) and buffers nothing it holds.
 //! - On `file://` the fence is check-then-write (see [`crate::progress`]).
 //!
 //! # The cut
@@ -105,6 +108,8 @@ use crate::store::StoreError;
 const SEEK_ATTEMPTS: usize = 50;
 const SEEK_RETRY: Duration = Duration::from_millis(100);
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Epochs of `OwnedPartition::covered` kept behind the newest one.
+const COVERED_EPOCHS_KEPT: Epoch = 64;
 
 /// Why the archiver stopped.
 #[derive(Debug, thiserror::Error)]
@@ -168,11 +173,14 @@ struct OwnedPartition {
     /// cached from before is older than that.
     high_at_claim: i64,
     open: BTreeMap<Epoch, ArchiveRows>,
-    /// Per epoch, the last offset of a file found already holding a roll's
-    /// rows (a crash replay). That file holds every record of the epoch up
-    /// to there, so those records are not buffered again: a later roll would
-    /// write them under another name (its first offset), twice.
-    covered: BTreeMap<Epoch, i64>,
+    /// Per epoch seen since the claim, the last offset of a durable file
+    /// that holds the epoch's records from the read position on (a crash
+    /// replay), or `None` when no file does. Those records are not buffered
+    /// again: a later roll would write them under another name (its first
+    /// offset), twice. Filled from the store the first time an epoch is seen
+    /// ([`archive_file::file_holding`]: the progress may point inside a
+    /// file) and when a roll finds its file already written.
+    covered: BTreeMap<Epoch, Option<i64>>,
     opened_at: Option<Instant>,
     bytes: usize,
     /// The latest observation that `archived_to` has reached.

@@ -3,7 +3,8 @@
 //! every partition's stored progress reaches the topic's end.
 //!
 //! `cargo bench --workspace --bench archive_drain` (env BENCH_EVENTS, default
-//! 5,000,000; BENCH_ROUNDS, default 3). The topic is filled as
+//! 5,000,000; BENCH_ROUNDS, default 3; BENCH_BASELINE_BIN, another `tally`
+//! build measured in the same rounds, alternating). The topic is filled as
 //! `benches/speed_drain.rs` fills it (the same generator shape, 4
 //! partitions, a private Tansu with memory storage), and the archiver runs
 //! with the same two views, so the same properties are promoted. Rolls:
@@ -95,25 +96,50 @@ fn main() {
             .collect();
         kafka::produce(&p, TOPIC, &recs).expect("produce");
     }
-    let mut runs = Vec::new();
-    for round in 0..rounds {
-        let run = run_archive(&broker, &ends, n, &format!("bench-{round}"));
-        eprintln!("round {round}: {run:?}");
-        runs.push(run);
+    // Optionally a second `tally` build (say, the commit before an
+    // optimisation) measured in the same rounds: before/after on equal terms.
+    let mut bins = vec![(
+        "tally archive (decode, v2 Parquet, file://)",
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_tally")),
+        Vec::new(),
+    )];
+    if let Some(b) = std::env::var_os("BENCH_BASELINE_BIN") {
+        bins.push((
+            "tally archive, baseline build (BENCH_BASELINE_BIN)",
+            b.into(),
+            Vec::new(),
+        ));
     }
-    let med = |f: &dyn Fn(&Run) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
+    for round in 0..rounds {
+        for (i, (name, bin, runs)) in bins.iter_mut().enumerate() {
+            let run = run_archive(bin, &broker, &ends, n, &format!("bench-{round}-{i}"));
+            eprintln!("round {round}: {name}: {run:?}");
+            runs.push(run);
+        }
+    }
     println!("| process | events/s (median of {rounds}) | CPU-s per 1M events | peak RSS MiB |");
     println!("|---|---|---|---|");
-    println!(
-        "| tally archive (decode, v2 Parquet, file://) | {:.0} | {:.2} | {:.0} |",
-        med(&|r| r.eps),
-        med(&|r| r.cpu / (n as f64 / 1e6)),
-        med(&|r| r.rss)
-    );
+    let mut eps = Vec::new();
+    for (name, _, runs) in &bins {
+        let med = |f: &dyn Fn(&Run) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        eps.push(med(&|r| r.eps));
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.0} |",
+            med(&|r| r.eps),
+            med(&|r| r.cpu / (n as f64 / 1e6)),
+            med(&|r| r.rss)
+        );
+    }
+    if eps.len() > 1 {
+        println!(
+            "\nratio this build / baseline build = {:.2}",
+            eps[0] / eps[1]
+        );
+    }
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!("load average at the end: {}", load.trim());
     }
@@ -126,9 +152,9 @@ struct Run {
     rss: f64,
 }
 
-/// `tally archive` into a fresh store, timed until every partition's
-/// progress object says it is archived to the end.
-fn run_archive(broker: &Broker, ends: &[i64], n: usize, group: &str) -> Run {
+/// `tally archive` (binary `bin`) into a fresh store, timed until every
+/// partition's progress object says it is archived to the end.
+fn run_archive(bin: &std::path::Path, broker: &Broker, ends: &[i64], n: usize, group: &str) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tally.toml");
     let store = dir.path().join("store");
@@ -141,7 +167,7 @@ fn run_archive(broker: &Broker, ends: &[i64], n: usize, group: &str) -> Run {
         .toml();
     std::fs::write(&cfg, toml).unwrap();
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+    let mut child = Command::new(bin)
         .args(["archive", "--config"])
         .arg(&cfg)
         .env("TALLY_KAFKA__ASSIGNMENT", "all")

@@ -215,19 +215,25 @@ struct Run {
     redis_cpu: f64,
 }
 
-/// The peer's binary, built on first use (same profile as this benchmark).
+/// The peer's binary, built on first use (same profile as this benchmark:
+/// `bench` under `cargo bench`, `dev` when the benchmark was built with
+/// `cargo build --bench`).
 fn bare_consumer() -> std::path::PathBuf {
-    let bin =
-        std::path::Path::new(env!("CARGO_BIN_EXE_tally")).with_file_name("examples/bare_consume");
+    let tally = std::path::Path::new(env!("CARGO_BIN_EXE_tally"));
+    let bin = tally.with_file_name("examples/bare_consume");
+    let dev = tally.parent().and_then(|d| d.file_name()) == Some("debug".as_ref());
+    let profile = if dev { "dev" } else { "bench" };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building the peer: cargo build --profile bench --workspace --example bare_consume");
+    eprintln!(
+        "building the peer: cargo build --profile {profile} --workspace --example bare_consume"
+    );
     let status = Command::new(cargo)
         // The profile and the workspace-wide features of `cargo bench
         // --workspace`, so that it reuses that build instead of starting another.
         .args([
             "build",
             "--profile",
-            "bench",
+            profile,
             "--workspace",
             "--example",
             "bare_consume",
@@ -235,7 +241,7 @@ fn bare_consumer() -> std::path::PathBuf {
         .status();
     if !matches!(status, Ok(s) if s.success()) || !bin.exists() {
         panic!(
-            "could not build {} (run: cargo build --profile bench --workspace --example bare_consume)",
+            "could not build {} (run: cargo build --profile {profile} --workspace --example bare_consume)",
             bin.display()
         );
     }

@@ -162,6 +162,7 @@ fn main() {
             cpu: last.0,
             rss: last.1,
             redis_cpu: 0.0,
+            redis_mib: 0.0,
         };
         eprintln!("round {round}: {BARE}: {bare:?}");
         rows[0].1.push(bare);
@@ -177,9 +178,9 @@ fn main() {
         }
     }
     println!(
-        "| process | events/s (median of {rounds}) | CPU-s per 1M events | Redis CPU-s per 1M events | peak RSS MiB |"
+        "| process | events/s (median of {rounds}) | CPU-s per 1M events | Redis CPU-s per 1M events | peak RSS MiB | Redis used memory MiB |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     let per_m = n as f64 / 1e6;
     let mut med = Vec::new();
     for (name, r) in &rows {
@@ -187,8 +188,9 @@ fn main() {
         let cpu = median(r.iter().map(|x| x.cpu / per_m).collect());
         let rcpu = median(r.iter().map(|x| x.redis_cpu / per_m).collect());
         let rss = median(r.iter().map(|x| x.rss).collect());
+        let rmem = median(r.iter().map(|x| x.redis_mib).collect());
         med.push(eps);
-        println!("| {name} | {eps:.0} | {cpu:.2} | {rcpu:.2} | {rss:.0} |");
+        println!("| {name} | {eps:.0} | {cpu:.2} | {rcpu:.2} | {rss:.0} | {rmem:.0} |");
     }
     println!("\nratio speed / bare = {:.2}", med[1] / med[0]);
     if med.len() > 2 {
@@ -213,6 +215,9 @@ struct Run {
     rss: f64,
     /// CPU seconds Redis spent (the apply script runs there).
     redis_cpu: f64,
+    /// Redis's `used_memory` once the drain is done, MiB: the speed layer's
+    /// whole state for these events (the capacity plan's memory figure).
+    redis_mib: f64,
 }
 
 /// The peer's binary, built on first use (same profile as this benchmark:
@@ -294,6 +299,7 @@ fn run_speed(bin: &std::path::Path, broker: &Broker, ends: &[i64], n: usize, gro
     }
     let secs = start.elapsed().as_secs_f64();
     let redis_cpu = redis_cpu(&mut con) - redis_cpu_before;
+    let redis_mib = info_field(&mut con, "memory", "used_memory") / (1024.0 * 1024.0);
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())
@@ -304,18 +310,24 @@ fn run_speed(bin: &std::path::Path, broker: &Broker, ends: &[i64], n: usize, gro
         cpu: last.0,
         rss: last.1,
         redis_cpu,
+        redis_mib,
     }
 }
 
 /// CPU seconds Redis has used (user + system), from `INFO cpu`.
 fn redis_cpu(con: &mut redis::Connection) -> f64 {
-    let info: String = redis::cmd("INFO").arg("cpu").query(con).unwrap_or_default();
+    info_field(con, "cpu", "used_cpu_user") + info_field(con, "cpu", "used_cpu_sys")
+}
+
+/// One numeric field of a Redis `INFO` section (0 when absent).
+fn info_field(con: &mut redis::Connection, section: &str, field: &str) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query(con)
+        .unwrap_or_default();
     info.lines()
-        .filter_map(|l| {
-            let (k, v) = l.trim().split_once(':')?;
-            matches!(k, "used_cpu_user" | "used_cpu_sys")
-                .then(|| v.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
+        .filter_map(|l| l.trim().split_once(':'))
+        .find(|(k, _)| *k == field)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
 }

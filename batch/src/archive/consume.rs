@@ -2,6 +2,8 @@
 //! position and never past a gap (the shared [`ReadPosition`] decides), and
 //! the seeks that put a partition there.
 
+use std::collections::btree_map::Entry;
+
 use super::*;
 
 impl Archiver {
@@ -47,17 +49,15 @@ impl Archiver {
         }
         let ts = kafka_time(msg.timestamp().to_millis());
         let epoch = self.grid.epoch_of(ts);
-        if let std::collections::btree_map::Entry::Vacant(slot) = part.covered.entry(epoch) {
-            let store = self.store.clone();
-            slot.insert(archive_file::file_holding(store, epoch, topic, partition, offset).await?);
-        }
-        if part
-            .covered
-            .get(&epoch)
-            .copied()
-            .flatten()
-            .is_some_and(|last| offset <= last)
-        {
+        let held_to = match part.covered.entry(epoch) {
+            Entry::Occupied(known) => *known.get(),
+            Entry::Vacant(slot) => {
+                let store = self.store.clone();
+                let holder = archive_file::file_holding(store, epoch, topic, partition, offset);
+                *slot.insert(holder.await?)
+            }
+        };
+        if held_to.is_some_and(|last| offset <= last) {
             // Durable in a file a previous run wrote (see `covered`): with
             // nothing buffered, the durable position moves past it.
             if part.open.is_empty() {

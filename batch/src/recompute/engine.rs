@@ -116,14 +116,38 @@ impl<'a> Engine<'a> {
             return Ok(None);
         }
         let (view, needs) = (self.view.clone(), self.needs.clone());
-        tokio::task::spawn_blocking(move || {
-            let lf = plan::plan(&view, &needs, day, &sources, &overlapping)?;
+        let planned = sources.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let lf = plan::plan(&view, &needs, day, &planned, &overlapping)?;
             let df = lf
                 .collect_with_engine(PolarsEngine::Streaming)?
                 .unwrap_single();
             Ok::<_, BatchError>((df.height() > 0).then_some(df))
         })
         .await
-        .map_err(|e| BatchError::Task(e.to_string()))?
+        .map_err(|e| BatchError::Task(e.to_string()))
+        .and_then(|r| r);
+        match result {
+            // The plan does not say which file failed it: a file whose footer
+            // read well can still hold a page that does not. Each of the
+            // day's files is decoded alone to find it.
+            Err(e @ (BatchError::Polars(_) | BatchError::Task(_))) => {
+                let envelope = self.needs.envelope.clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    sources.iter().find_map(|s| {
+                        fetch::check(s, &envelope)
+                            .err()
+                            .map(|reason| (s.path.clone(), reason))
+                    })
+                })
+                .await
+                .map_err(|j| BatchError::Task(j.to_string()))?;
+                match found {
+                    Some((path, reason)) => Err(BatchError::CorruptFile { path, reason }),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 }

@@ -240,3 +240,23 @@ fn props_of(b: &RecordBatch) -> Option<&ListArray> {
         .as_any()
         .downcast_ref::<ListArray>()
 }
+
+/// Decode the columns of `source` a plan reads (`envelope` and the
+/// promoted columns of its keys) with the parquet crate, alone: the reason
+/// when a page of them is unreadable. Only run when a day's plan failed.
+pub fn check(source: &Source, envelope: &[&str]) -> Result<(), String> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let bytes = bytes::Bytes::copy_from_slice(&source.bytes);
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| e.to_string())?;
+    let mut names: Vec<&str> = envelope.to_vec();
+    names.extend(source.keys.values().flatten().map(|(_, c)| c.as_str()));
+    let mask = ProjectionMask::columns(builder.parquet_schema(), names);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| e.to_string())?;
+    for batch in reader {
+        batch.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

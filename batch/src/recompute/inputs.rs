@@ -119,12 +119,7 @@ pub async fn list(
                 ParquetObjectReader::new(store, meta.location.clone()).with_file_size(meta.size);
             let skipped = |reason: String| {
                 tracing::error!(file = %path, %reason, "archive file left out of the batch run");
-                Ok(Listed::Skipped(SkippedFile {
-                    path: path.clone(),
-                    size: meta.size,
-                    e_tag: meta.e_tag.clone(),
-                    reason,
-                }))
+                Ok(Listed::Skipped(skipped_file(&meta, reason)))
             };
             let builder = match ParquetRecordBatchStreamBuilder::new(reader).await {
                 Ok(b) => b,
@@ -271,4 +266,14 @@ pub fn overlapping(inputs: &[&Input]) -> Vec<Vec<usize>> {
         groups.entry(r).or_default().push(i);
     }
     groups.into_values().filter(|g| g.len() > 1).collect()
+}
+
+/// The report of a file left out of a run, and why.
+pub fn skipped_file(meta: &ObjectMeta, reason: String) -> SkippedFile {
+    SkippedFile {
+        path: meta.location.to_string(),
+        size: meta.size,
+        e_tag: meta.e_tag.clone(),
+        reason,
+    }
 }

@@ -90,6 +90,11 @@ pub enum BatchError {
     LockLost { holder: Option<String> },
     #[error("background task: {0}")]
     Task(String),
+    /// An archive file whose footer reads but whose pages do not: found when
+    /// a day's plan fails. The run leaves it out and reports it, as it does
+    /// a file with an unreadable footer ([`inputs`]).
+    #[error("archive file `{path}` is unreadable: {reason}")]
+    CorruptFile { path: String, reason: String },
     #[error("simulated crash (test hook)")]
     Crashed,
 }
@@ -247,7 +252,7 @@ pub(crate) async fn run_leased(
         return Ok(summary);
     };
     summary.cut = Some(cut);
-    let (inputs, skipped) = inputs::list(&store, cut).await?;
+    let (mut inputs, mut skipped) = inputs::list(&store, cut).await?;
     let views: Vec<&ViewDef> = match &opts.views {
         None => cfg.views.iter().collect(),
         Some(names) => names
@@ -260,20 +265,37 @@ pub(crate) async fn run_leased(
     };
     let mut written_files = 0usize;
     for view in views {
-        let vs = publish::run_view(
-            &store,
-            view,
-            cut,
-            &inputs,
-            &skipped,
-            &opts,
-            &run_id,
-            planned_ms,
-            progress,
-            &mut written_files,
-            lock,
-        )
-        .await?;
+        let vs = loop {
+            let attempt = publish::run_view(
+                &store,
+                view,
+                cut,
+                &inputs,
+                &skipped,
+                &opts,
+                &run_id,
+                planned_ms,
+                progress,
+                &mut written_files,
+                lock,
+            )
+            .await;
+            // A file found corrupt inside the plan is left out like one
+            // found unreadable when listed, and the view computed again
+            // without it (views already done read their columns of it).
+            match attempt {
+                Err(BatchError::CorruptFile { path, reason }) => {
+                    let Some(at) = inputs.iter().position(|i| i.path == path) else {
+                        return Err(BatchError::CorruptFile { path, reason });
+                    };
+                    let bad = inputs.remove(at);
+                    tracing::error!(%path, %reason, "archive file unreadable; left out of this run, tried again next run");
+                    skipped.push(inputs::skipped_file(&bad.meta, reason));
+                    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+                }
+                other => break other?,
+            }
+        };
         summary.files_read += vs.files_read;
         summary.rows_read += vs.rows_read;
         summary.views.push(vs);

@@ -34,6 +34,8 @@ const PHASE_EVENTS: u64 = 60_000;
 const RATE: f64 = 15_000.0;
 const QUERIES_PER_SETTLE: usize = 40;
 const MAX_LATE_MS: i64 = 86_400_000;
+/// The `[epochs] length` of the config below.
+const EPOCH_MS: i64 = 10_000;
 
 /// Every role of one platform under test.
 struct Platform {
@@ -222,8 +224,20 @@ fn the_platform_answers_as_the_fold_through_crashes_late_events_and_batch_runs()
             producer.join().expect("producer thread");
         });
         if phase + 1 == PHASES {
-            // The last settle point follows a batch run over (nearly) everything.
-            std::thread::sleep(Duration::from_secs(5));
+            // The last settle point follows a batch run over (nearly)
+            // everything: once the archive cut has passed the first epoch
+            // that holds events (on a loaded machine the archiver, killed
+            // several times, may need longer than the phases took).
+            let first_full_epoch = start_ms / EPOCH_MS + 1;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, status) = p.get("/api/v1/status");
+                let cut = status["archive_cut"].as_i64().unwrap_or(i64::MIN);
+                if cut > first_full_epoch || std::time::Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
             p.batch_run();
             batch_runs += 1;
         }

@@ -274,13 +274,22 @@ fn the_platform_answers_as_the_fold_through_crashes_late_events_and_batch_runs()
     );
     assert!(truth.rejected > 0, "no malformed records were produced");
     assert!(kills.0 >= 2 && kills.1 >= 2, "too few kills: {kills:?}");
-    let (_, status) = p.get("/api/v1/status");
-    let rows: u64 = status["views"]
-        .as_array()
-        .expect("views")
-        .iter()
-        .filter_map(|v| v["snapshot_rows"].as_u64())
-        .sum();
+    // Serving adopts a new manifest when it next polls the store, so the
+    // last batch run's snapshot may be a poll interval away.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (rows, status) = loop {
+        let (_, status) = p.get("/api/v1/status");
+        let rows: u64 = status["views"]
+            .as_array()
+            .expect("views")
+            .iter()
+            .filter_map(|v| v["snapshot_rows"].as_u64())
+            .sum();
+        if rows > 0 || std::time::Instant::now() > deadline {
+            break (rows, status);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     assert!(rows > 0, "no batch snapshot was ever served: {status}");
     // The standalone archiver reports on its own metrics listener.
     let metrics = ureq::get(&format!(

@@ -172,13 +172,7 @@ async fn a_seek_that_lands_past_the_claimed_position_seeks_further_back() {
     cfg.kafka.seek_back = 0;
     let store = store::open(&cfg.store).unwrap();
     // An earlier run archived everything below 1,234.
-    store::put_json(
-        store.as_ref(),
-        &paths::archive_progress(TOPIC, 0),
-        &progress_file(0, target, T0),
-    )
-    .await
-    .unwrap();
+    put_progress(&store, target).await;
     let (stop, task) = start(&cfg, &store);
     wait_archived_to(&store, 0, 3_000).await;
     let _ = stop.send(());
@@ -307,6 +301,41 @@ async fn archive_to(
     task.await.unwrap().unwrap();
 }
 
+/// Partition 0's stored progress set to `archived_to`: where a crash left
+/// it, or a position made by hand.
+async fn put_progress(store: &Arc<dyn ObjectStore>, archived_to: i64) {
+    store::put_json(
+        store.as_ref(),
+        &paths::archive_progress(TOPIC, 0),
+        &progress_file(0, archived_to, T0),
+    )
+    .await
+    .unwrap();
+}
+
+/// A fresh broker with 4,000 records one second apart from 00:00 (offsets
+/// 0..3,600 in the first epoch), archived in one roll: one file per epoch.
+async fn two_epochs_in_one_roll(
+    group: &str,
+) -> (
+    Broker,
+    BaseProducer,
+    tally_core::config::Config,
+    Arc<dyn ObjectStore>,
+) {
+    let broker = Broker::start().unwrap();
+    let bootstrap = broker.bootstrap();
+    let producer = topic_with(&bootstrap, 4_000).await;
+    let group = format!("{group}-{}", rand::random::<u32>());
+    let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
+    cfg.archive.roll_interval = tally_core::config::Millis(3_000);
+    let store = store::open(&cfg.store).unwrap();
+    archive_to(&cfg, &store, 100_000_000, 4_000).await;
+    let e0 = T0 / HOUR;
+    assert_eq!(files(&store).await, [(e0, 0), (e0 + 1, 3_600)]);
+    (broker, producer, cfg, store)
+}
+
 /// A crash between a roll's file writes and its progress write, replayed
 /// with other roll boundaries, step by step: the files are durable, the
 /// progress still says the roll's first offset. The replay's first roll of
@@ -319,33 +348,10 @@ async fn archive_to(
 /// epochs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_roll_covered_by_a_durable_file_is_archived_once() {
-    let broker = Broker::start().unwrap();
-    let bootstrap = broker.bootstrap();
-    // One second apart from 00:00: offsets 0..3,600 in the first epoch.
-    let producer = topic_with(&bootstrap, 4_000).await;
-    let group = format!("replay-{}", rand::random::<u32>());
-    let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
-    cfg.archive.roll_interval = tally_core::config::Millis(3_000);
-    let store = store::open(&cfg.store).unwrap();
+    let (_broker, producer, cfg, store) = two_epochs_in_one_roll("replay").await;
     let e0 = T0 / HOUR;
-
-    // One roll of everything: one file per epoch.
-    archive_to(&cfg, &store, 100_000_000, 4_000).await;
-    assert_eq!(files(&store).await, [(e0, 0), (e0 + 1, 3_600)]);
     // The crash: the files stay, the progress does not move past them.
-    let put_back = |to: i64| {
-        let store = store.clone();
-        async move {
-            store::put_json(
-                store.as_ref(),
-                &paths::archive_progress(TOPIC, 0),
-                &progress_file(0, to, T0),
-            )
-            .await
-            .unwrap();
-        }
-    };
-    put_back(0).await;
+    put_progress(&store, 0).await;
 
     // Replayed in rolls of a few dozen records: the first of each epoch is
     // covered by the file; what follows comes in new files.
@@ -363,7 +369,7 @@ async fn a_replayed_roll_covered_by_a_durable_file_is_archived_once() {
     // what its file holds is skipped, the new records go into a file of
     // their own.
     let &(_, last_roll) = after_short.last().unwrap();
-    put_back(last_roll).await;
+    put_progress(&store, last_roll).await;
     produce(producer, 5_000, 500).await;
     archive_to(&cfg, &store, 100_000_000, 5_500).await;
     assert_exactly(&archived(&store).await, (0..5_500).map(|o| (0, o)));
@@ -380,26 +386,11 @@ async fn a_replayed_roll_covered_by_a_durable_file_is_archived_once() {
 /// first record of each epoch after the claim looks up the file holding it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_from_inside_a_durable_file_archives_nothing_twice() {
-    let broker = Broker::start().unwrap();
-    let bootstrap = broker.bootstrap();
-    // One second apart from 00:00: offsets 0..3,600 in the first epoch.
-    let producer = topic_with(&bootstrap, 4_000).await;
-    let group = format!("inside-{}", rand::random::<u32>());
-    let cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
-    let store = store::open(&cfg.store).unwrap();
+    let (_broker, producer, cfg, store) = two_epochs_in_one_roll("inside").await;
     let e0 = T0 / HOUR;
-    archive_to(&cfg, &store, 100_000_000, 4_000).await;
-    assert_eq!(files(&store).await, [(e0, 0), (e0 + 1, 3_600)]);
-
     // Inside the first epoch's file, and inside the second's.
     for inside in [100, 3_700] {
-        store::put_json(
-            store.as_ref(),
-            &paths::archive_progress(TOPIC, 0),
-            &progress_file(0, inside, T0),
-        )
-        .await
-        .unwrap();
+        put_progress(&store, inside).await;
         archive_to(&cfg, &store, 100_000_000, 4_000).await;
         assert_exactly(&archived(&store).await, (0..4_000).map(|o| (0, o)));
     }
@@ -455,13 +446,7 @@ async fn seek_fails_then_comes_back(seek_back: i64, failures: u32) {
     cfg.kafka.seek_back = seek_back;
     let store = store::open(&cfg.store).unwrap();
     let target = 1_234;
-    store::put_json(
-        store.as_ref(),
-        &paths::archive_progress(TOPIC, 0),
-        &progress_file(0, target, T0),
-    )
-    .await
-    .unwrap();
+    put_progress(&store, target).await;
     let failed = fail_seeks_from_next_reseek(TOPIC, 0, failures);
     let (stop, task) = start(&cfg, &store);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -17,8 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tally_core::config::Millis;
-use tally_core::manifest::ProgressFile;
 use tally_gen::{Generator, Shape, Weighted};
+use tally_store::progress::ProgressFile;
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::{kafka, Broker};
 
@@ -181,7 +181,7 @@ fn run_archive(bin: &std::path::Path, broker: &Broker, ends: &[i64], n: usize, g
     let mut last = (0.0f64, 0.0f64);
     loop {
         let done = (0..PARTITIONS).all(|p| {
-            let path = store.join(tally_core::paths::archive_progress(TOPIC, p));
+            let path = store.join(tally_store::paths::archive_progress(TOPIC, p));
             std::fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<ProgressFile>(&b).ok())

@@ -32,13 +32,14 @@ use std::time::{Duration, Instant};
 
 use tally_batch::archive_file::{self, ArchiveRows};
 use tally_batch::promote::Promote;
-use tally_batch::{store, RunOptions};
+use tally_batch::RunOptions;
 use tally_core::config::{Config, Millis, StoreConfig};
 use tally_core::event::Limits;
-use tally_core::manifest::CutFile;
-use tally_core::paths;
 use tally_core::time::EpochGrid;
 use tally_gen::{Generator, Shape};
+use tally_store::cut::CutFile;
+use tally_store::object as store;
+use tally_store::paths;
 
 /// The allocator the `tally` binary runs with (see `src/main.rs`), so that
 /// the child measures what `tally batch` does.
@@ -270,7 +271,7 @@ fn tally_child(dir: &Path) {
     let cfg = config(dir);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let summary = rt.block_on(async {
-        let store = store::open(&StoreConfig {
+        let store = tally_store::open(&StoreConfig {
             url: format!("file://{}", dir.display()),
             ..StoreConfig::default()
         })
@@ -307,7 +308,7 @@ fn ensure_dataset(dir: &Path, n: u64, days: u64) {
     let started = Instant::now();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let store = store::open(&StoreConfig {
+        let store = tally_store::open(&StoreConfig {
             url: format!("file://{}", dir.display()),
             ..StoreConfig::default()
         })

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use arrow_array::{Array, Int64Array, StringArray};
 use common::*;
-use tally_batch::{archive, archive_file, store};
-use tally_core::manifest::ProgressFile;
-use tally_core::paths;
+use tally_batch::{archive, archive_file};
+use tally_store::object as store;
+use tally_store::paths;
+use tally_store::progress::ProgressFile;
 use tally_testkit::gen::Generated;
 use tally_testkit::kafka::Record;
 use tally_testkit::{kafka, runtime, Broker, Redis};
@@ -147,7 +148,7 @@ fn both_layers_take_kafka_times_by_one_rule_at_the_extremes() {
     cfg.store.url = "memory://".into();
     // Files rolled at once, not after the default minute.
     cfg.archive.roll_interval = tally_core::config::Millis(300);
-    let store = store::open(&cfg.store).unwrap();
+    let store = tally_store::open(&cfg.store).unwrap();
     let kept = rt.block_on(async {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (c, s) = (cfg.clone(), store.clone());

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use role::Role;
 use tally_batch::archive_file::{self, ArchiveRows};
 use tally_batch::promote::Promote;
-use tally_core::manifest::CutFile;
-use tally_core::paths;
 use tally_core::time::EpochGrid;
 use tally_gen::{Generator, Shape};
+use tally_store::cut::CutFile;
+use tally_store::paths;
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::truth::{within_hll_error, Truth};
 use tally_testkit::Redis;
@@ -71,7 +71,7 @@ fn a_duckdb_query_over_the_store_equals_the_api_and_the_truth() {
     let clock = EpochGrid::new(HOUR);
     let promote = Promote::of(&cfg);
     let rt = tally_testkit::runtime();
-    let store = tally_batch::store::open(&cfg.store).expect("store");
+    let store = tally_store::open(&cfg.store).expect("store");
     let mut offsets = [0i64; PARTITIONS as usize];
     for h in 0..6i64 {
         let mut files: Vec<ArchiveRows> = offsets.iter().map(|&o| ArchiveRows::new(o)).collect();
@@ -111,7 +111,7 @@ fn a_duckdb_query_over_the_store_equals_the_api_and_the_truth() {
             .expect("archive file");
         }
     }
-    rt.block_on(tally_batch::store::put_json(
+    rt.block_on(tally_store::object::put_json(
         store.as_ref(),
         paths::CUT,
         &CutFile::V1 {

@@ -366,19 +366,19 @@ pub async fn file_holding(
     offset: i64,
 ) -> Result<Option<i64>, FileError> {
     use futures::TryStreamExt;
-    let dir = Path::from(tally_core::paths::archive_partition_dir(
+    let dir = Path::from(tally_store::paths::archive_partition_dir(
         epoch, topic, partition,
     ));
     let listed: Vec<_> = store.list(Some(&dir)).try_collect().await?;
     let holder = listed
         .iter()
-        .filter_map(|m| tally_core::paths::parse_archive_file(m.location.as_ref()))
+        .filter_map(|m| tally_store::paths::parse_archive_file(m.location.as_ref()))
         .filter(|f| f.start_offset <= offset)
         .max_by_key(|f| f.start_offset);
     let Some(holder) = holder else {
         return Ok(None);
     };
-    let path = tally_core::paths::archive_file(epoch, topic, partition, holder.start_offset);
+    let path = tally_store::paths::archive_file(epoch, topic, partition, holder.start_offset);
     Ok(last_offset_of(store, &path)
         .await?
         .filter(|&last| last >= offset))

@@ -8,8 +8,6 @@
 //!
 //! ## Layout
 //!
-//! - [`store`]: opening `file://`, `memory://` or `s3://` stores; JSON objects
-//!   and conditional puts.
 //! - [`archive_file`]: the archive file format (typed envelope, promoted
 //!   property columns, typed properties, raw bytes) and its writer.
 //! - [`promote`]: which properties a file promotes to columns, and how the
@@ -27,7 +25,9 @@
 //! - [`schedule`]: locked runs, and the cron schedule.
 //!
 //! Entry points for the `tally` binary: [`archive::run`], [`run_batch`],
-//! [`run_locked`], [`recompute()`], [`schedule()`] and [`store::open`].
+//! [`run_locked`], [`recompute()`] and [`schedule()`]. What is stored (paths, manifests,
+//! the cut and progress objects, snapshot files) and opening the store are
+//! `tally-store`'s; this crate holds the protocols over them.
 
 pub mod archive;
 pub mod archive_file;
@@ -37,7 +37,6 @@ pub mod promote;
 pub mod recompute;
 mod report;
 pub mod schedule;
-pub mod store;
 
 pub use recompute::{
     recompute, run_batch, run_batch_with, BatchError, Progress, RunOptions, RunSummary, ViewSummary,

@@ -24,9 +24,9 @@ use std::time::Duration;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
-use tally_core::paths;
+use tally_store::paths;
 
-use crate::store::{self, StoreError};
+use tally_store::object::{self as store, StoreError};
 
 /// The lock object's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

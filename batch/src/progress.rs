@@ -44,11 +44,10 @@
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
-use tally_core::manifest::{CutFile, ProgressFile};
-use tally_core::paths;
 use tally_core::time::{Epoch, EpochGrid};
-
-use crate::store::{self, StoreError, Version};
+use tally_store::cut::{self, CutFile};
+use tally_store::progress::{self as stored, ProgressFile};
+use tally_store::{paths, StoreError, Version};
 
 /// How often a claim or a cut is retried against concurrent writers before
 /// giving up for now.
@@ -90,7 +89,6 @@ pub struct Claim {
     pub archived_to: i64,
     /// The observation reached, as last written.
     pub reached: Reached,
-    path: String,
     owner: String,
     /// Version of the object as this claim last wrote it.
     version: Version,
@@ -110,8 +108,7 @@ pub async fn claim(
     let path = paths::archive_progress(topic, partition);
     let owner = format!("{:016x}", rand::random::<u64>());
     for _ in 0..ATTEMPTS {
-        let stored = store::get_json::<ProgressFile>(store, &path).await?;
-        let (archived_to, reached, expected) = match stored {
+        let (archived_to, reached, expected) = match stored::get(store, topic, partition).await? {
             Some((file, version)) => (archived_to_of(&file), reached_of(&file), Some(version)),
             None => (0, None, None),
         };
@@ -129,7 +126,6 @@ pub async fn claim(
             partition,
             archived_to: archived_to.max(low),
             reached,
-            path: path.clone(),
             owner: owner.clone(),
             version: Version {
                 e_tag: None,
@@ -137,7 +133,7 @@ pub async fn claim(
             },
             conditional: false,
         };
-        match store::put_json_if(store, &path, &claim.file(), expected.as_ref()).await {
+        match stored::put_if(store, &claim.file(), expected.as_ref()).await {
             Ok(w) => {
                 claim.version = w.version;
                 // A create says nothing about compare-and-swap (file:// has
@@ -176,7 +172,7 @@ impl Claim {
     /// position not ahead of ours. One read; not atomic with what follows.
     pub async fn still_ours(&self, store: &dyn ObjectStore) -> Result<bool, ProgressError> {
         Ok(
-            match store::get_json::<ProgressFile>(store, &self.path).await? {
+            match stored::get(store, &self.topic, self.partition).await? {
                 Some((file, _)) => {
                     let ProgressFile::V1 { owner, .. } = &file;
                     owner.as_deref() == Some(self.owner.as_str())
@@ -208,7 +204,7 @@ impl Claim {
         let (old_to, old_reached) = (self.archived_to, self.reached);
         self.archived_to = archived_to;
         self.reached = reached;
-        match store::put_json_if(store, &self.path, &self.file(), Some(&self.version)).await {
+        match stored::put_if(store, &self.file(), Some(&self.version)).await {
             Ok(w) => {
                 self.version = w.version;
                 self.conditional = w.conditional;
@@ -268,16 +264,16 @@ pub async fn cut_from_progress(
     grid: EpochGrid,
     grace: i64,
 ) -> Result<Option<Epoch>, ProgressError> {
-    let all: Vec<String> = partitions
+    let all: Vec<(String, i32)> = partitions
         .iter()
-        .flat_map(|(t, n)| (0..*n).map(move |p| paths::archive_progress(t, p)))
+        .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
         .collect();
     if all.is_empty() {
         return Ok(None);
     }
     let reached: Vec<Option<i64>> = futures::stream::iter(all)
-        .map(|path| async move {
-            let file = store::get_json::<ProgressFile>(store, &path).await?;
+        .map(|(topic, partition)| async move {
+            let file = stored::get(store, &topic, partition).await?;
             Ok::<_, StoreError>(file.and_then(|(f, _)| reached_of(&f)).map(|(_, ms)| ms))
         })
         .buffer_unordered(READ_CONCURRENCY)
@@ -294,14 +290,13 @@ pub async fn publish_cut(
     decided_ms: i64,
 ) -> Result<Epoch, ProgressError> {
     for _ in 0..ATTEMPTS {
-        let stored = store::get_json::<CutFile>(store, paths::CUT).await?;
-        let expected = match stored {
+        let expected = match cut::get(store).await? {
             Some((CutFile::V1 { cut: current, .. }, _)) if current >= cut => return Ok(current),
             Some((_, version)) => Some(version),
             None => None,
         };
         let file = CutFile::V1 { cut, decided_ms };
-        match store::put_json_if(store, paths::CUT, &file, expected.as_ref()).await {
+        match cut::put_if(store, &file, expected.as_ref()).await {
             Ok(_) => return Ok(cut),
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
@@ -312,9 +307,7 @@ pub async fn publish_cut(
 
 /// The archive cut as last published, if any.
 pub async fn published_cut(store: &dyn ObjectStore) -> Result<Option<Epoch>, ProgressError> {
-    Ok(store::get_json::<CutFile>(store, paths::CUT)
-        .await?
-        .map(|(CutFile::V1 { cut, .. }, _)| cut))
+    Ok(cut::get(store).await?.map(|(file, _)| file.cut()))
 }
 
 #[cfg(test)]

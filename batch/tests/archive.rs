@@ -16,8 +16,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tally_batch::archive;
 use tally_batch::archive_file;
-use tally_core::manifest::{CutFile, ProgressFile};
-use tally_core::paths;
+use tally_store::cut::CutFile;
+use tally_store::paths;
+use tally_store::progress::ProgressFile;
 
 const T0: i64 = 1_704_067_200_000;
 const HOUR: i64 = 3_600_000;
@@ -123,7 +124,7 @@ async fn every_record_is_archived_exactly_once_across_crashes() {
     let store_url = format!("file://{}", dir.path().display());
     let group = format!("archive-test-{}", rand::random::<u32>());
     let cfg = common::archive_config(&bootstrap, "events", &group, "all", &store_url);
-    let store = tally_batch::store::open(&cfg.store).unwrap();
+    let store = tally_store::open(&cfg.store).unwrap();
 
     // Kill the archiver at random points, several times.
     let started = Instant::now();
@@ -153,7 +154,7 @@ async fn every_record_is_archived_exactly_once_across_crashes() {
     loop {
         let mut done = true;
         for p in 0..PARTITIONS {
-            let prog = tally_batch::store::get_json::<ProgressFile>(
+            let prog = tally_store::object::get_json::<ProgressFile>(
                 store.as_ref(),
                 &paths::archive_progress("events", p),
             )
@@ -173,7 +174,7 @@ async fn every_record_is_archived_exactly_once_across_crashes() {
     eprintln!("archived in {:?}: {summary:?}", started.elapsed());
 
     // Exactly once by coordinates, with the raw bytes.
-    let files = tally_batch::store::list(store.as_ref(), paths::EVENTS_ROOT)
+    let files = tally_store::object::list(store.as_ref(), paths::EVENTS_ROOT)
         .await
         .unwrap();
     let mut seen: HashMap<(i32, i64), usize> = HashMap::new();
@@ -249,7 +250,7 @@ async fn every_record_is_archived_exactly_once_across_crashes() {
 
     // The cut moved past every epoch (wall clock is far beyond 2024 + grace).
     let (CutFile::V1 { cut, .. }, _) =
-        tally_batch::store::get_json::<CutFile>(store.as_ref(), paths::CUT)
+        tally_store::object::get_json::<CutFile>(store.as_ref(), paths::CUT)
             .await
             .unwrap()
             .expect("a published cut");

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use common::{config, config_at, S3Server};
 use object_store::ObjectStore;
 use tally_batch::progress::{self, Fenced};
-use tally_batch::store::{self, StoreError};
-use tally_core::manifest::ProgressFile;
-use tally_core::paths;
+use tally_store::object::{self as store, StoreError};
+use tally_store::paths;
+use tally_store::progress::ProgressFile;
 
 /// A store under test: its url, the store, and a guard keeping its backing alive.
 type Under = (String, Arc<dyn ObjectStore>, Box<dyn std::any::Any>);
@@ -26,14 +26,14 @@ fn stores() -> Vec<Under> {
         config("memory://"),
         config(&format!("file://{}", dir.path().display())),
     ] {
-        let s = store::open(&cfg.store).expect("open store");
+        let s = tally_store::open(&cfg.store).expect("open store");
         out.push((cfg.store.url.clone(), s, Box::new(())));
     }
     out[1].2 = Box::new(dir);
     match S3Server::start("tally") {
         Some(s3) => {
             let cfg = config_at("s3://tally/fence", Some(&s3.endpoint));
-            let s = store::open(&cfg.store).expect("open s3 store");
+            let s = tally_store::open(&cfg.store).expect("open s3 store");
             out.push((cfg.store.url.clone(), s, Box::new(s3)));
         }
         None => eprintln!("moto_server not found: skipping s3://"),

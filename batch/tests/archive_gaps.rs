@@ -18,10 +18,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::BaseProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use tally_batch::{archive, archive_file, store};
-use tally_core::manifest::{CutFile, ProgressFile};
-use tally_core::paths;
+use tally_batch::{archive, archive_file};
 use tally_kafka::fault::fail_seeks_from_next_reseek;
+use tally_store::cut::CutFile;
+use tally_store::object as store;
+use tally_store::paths;
+use tally_store::progress::ProgressFile;
 use tally_testkit::kafka::{self, Record};
 use tally_testkit::Broker;
 
@@ -170,7 +172,7 @@ async fn a_seek_that_lands_past_the_claimed_position_seeks_further_back() {
     let group = format!("gaps-{}", rand::random::<u32>());
     let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
     cfg.kafka.seek_back = 0;
-    let store = store::open(&cfg.store).unwrap();
+    let store = tally_store::open(&cfg.store).unwrap();
     // An earlier run archived everything below 1,234.
     put_progress(&store, target).await;
     let (stop, task) = start(&cfg, &store);
@@ -206,7 +208,7 @@ async fn a_progress_beyond_the_end_of_the_log_stops_the_partition() {
 
     let group = format!("gaps-{}", rand::random::<u32>());
     let cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
-    let store = store::open(&cfg.store).unwrap();
+    let store = tally_store::open(&cfg.store).unwrap();
     // The old log was archived to 5,000, and seen whole at 01:00.
     let mut old = progress_file(0, 5_000, T0 + HOUR);
     store::put_json(store.as_ref(), &paths::archive_progress(TOPIC, 0), &old)
@@ -329,7 +331,7 @@ async fn two_epochs_in_one_roll(
     let group = format!("{group}-{}", rand::random::<u32>());
     let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
     cfg.archive.roll_interval = tally_core::config::Millis(3_000);
-    let store = store::open(&cfg.store).unwrap();
+    let store = tally_store::open(&cfg.store).unwrap();
     archive_to(&cfg, &store, 100_000_000, 4_000).await;
     let e0 = T0 / HOUR;
     assert_eq!(files(&store).await, [(e0, 0), (e0 + 1, 3_600)]);
@@ -444,7 +446,7 @@ async fn seek_fails_then_comes_back(seek_back: i64, failures: u32) {
     let group = format!("gaps-{}", rand::random::<u32>());
     let mut cfg = common::archive_config(&bootstrap, TOPIC, &group, "all", "memory://");
     cfg.kafka.seek_back = seek_back;
-    let store = store::open(&cfg.store).unwrap();
+    let store = tally_store::open(&cfg.store).unwrap();
     let target = 1_234;
     put_progress(&store, target).await;
     let failed = fail_seeks_from_next_reseek(TOPIC, 0, failures);

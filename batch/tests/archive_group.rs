@@ -18,8 +18,9 @@ use rand::{Rng, SeedableRng};
 use tally_batch::archive::{self, ArchiveSummary};
 use tally_batch::archive_file;
 use tally_core::config::Config;
-use tally_core::manifest::{CutFile, ProgressFile};
-use tally_core::paths;
+use tally_store::cut::CutFile;
+use tally_store::paths;
+use tally_store::progress::ProgressFile;
 use tally_testkit::kafka::{self, Record};
 use tally_testkit::Broker;
 use tokio::sync::oneshot;
@@ -134,7 +135,7 @@ async fn wait_archived(store: &Arc<dyn ObjectStore>, ends: &[i64], limit: Durati
     loop {
         let mut behind = Vec::new();
         for (p, end) in ends.iter().enumerate() {
-            let to = tally_batch::store::get_json::<ProgressFile>(
+            let to = tally_store::object::get_json::<ProgressFile>(
                 store.as_ref(),
                 &paths::archive_progress(TOPIC, p as i32),
             )
@@ -160,7 +161,7 @@ async fn wait_archived(store: &Arc<dyn ObjectStore>, ends: &[i64], limit: Durati
 /// missing, none twice, before any de-duplication), on the partition it was
 /// produced to, with its raw bytes.
 async fn assert_exactly_once(store: &Arc<dyn ObjectStore>, produced: &[Record]) {
-    let files = tally_batch::store::list(store.as_ref(), paths::EVENTS_ROOT)
+    let files = tally_store::object::list(store.as_ref(), paths::EVENTS_ROOT)
         .await
         .expect("list archive");
     let mut seen: HashMap<(i32, i64), usize> = HashMap::new();
@@ -221,7 +222,7 @@ async fn assert_exactly_once(store: &Arc<dyn ObjectStore>, produced: &[Record]) 
 
 async fn assert_cut_published(store: &Arc<dyn ObjectStore>) {
     let (CutFile::V1 { cut, .. }, _) =
-        tally_batch::store::get_json::<CutFile>(store.as_ref(), paths::CUT)
+        tally_store::object::get_json::<CutFile>(store.as_ref(), paths::CUT)
             .await
             .expect("read cut")
             .expect("a published cut");

@@ -12,7 +12,7 @@ use tally_batch::lock::{self, Acquired};
 use tally_batch::promote::Promote;
 use tally_batch::{run_batch, run_locked, BatchError, RunOptions};
 use tally_core::agg::Agg;
-use tally_core::paths;
+use tally_store::paths;
 
 /// Full, then incremental with new files, stragglers and duplicates; the
 /// incremental snapshot equals a full recompute and the truth.
@@ -20,7 +20,7 @@ use tally_core::paths;
 async fn incremental_runs_equal_the_truth_and_a_full_run() {
     for (cfg, _guard) in stores() {
         let url = cfg.store.url.clone();
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         // Epochs 0..6 of the test window.
@@ -144,7 +144,7 @@ async fn write_file(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_across_files_equal_the_truth() {
     let cfg = config("memory://");
-    let store = tally_batch::store::open(&cfg.store).unwrap();
+    let store = tally_store::open(&cfg.store).unwrap();
     let epoch0 = T0 / HOUR;
     let mut offsets = Vec::new();
     let events = generate(31, 20_000, 4, &mut offsets, T0, 4 * HOUR);
@@ -200,7 +200,7 @@ async fn duplicates_across_files_equal_the_truth() {
 async fn a_crashed_run_keeps_the_previous_snapshot() {
     for (cfg, _guard) in stores() {
         let url = cfg.store.url.clone();
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         let mut events = generate(11, 8_000, 2, &mut offsets, T0, 3 * HOUR);
@@ -243,7 +243,7 @@ async fn a_crashed_run_keeps_the_previous_snapshot() {
 async fn lock_and_garbage_collection() {
     for (cfg, _guard) in stores() {
         let url = cfg.store.url.clone();
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         let mut events = generate(21, 5_000, 2, &mut offsets, T0, 3 * HOUR);
@@ -285,7 +285,7 @@ async fn lock_and_garbage_collection() {
             .unwrap();
         for v in VIEWS {
             let m = manifest(&store, v).await.unwrap();
-            let files = tally_batch::store::list(store.as_ref(), &paths::view_dir(v))
+            let files = tally_store::object::list(store.as_ref(), &paths::view_dir(v))
                 .await
                 .unwrap();
             let mut listed: Vec<String> = files
@@ -300,7 +300,7 @@ async fn lock_and_garbage_collection() {
         }
         check_all(&store, &cfg, &events, epoch0 + 4).await;
         assert!(
-            tally_batch::store::get_json::<lock::LockFile>(store.as_ref(), paths::BATCH_LOCK)
+            tally_store::object::get_json::<lock::LockFile>(store.as_ref(), paths::BATCH_LOCK)
                 .await
                 .unwrap()
                 .is_none()
@@ -312,7 +312,7 @@ async fn lock_and_garbage_collection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recompute_a_range_with_progress() {
     let cfg = config("memory://");
-    let store = tally_batch::store::open(&cfg.store).unwrap();
+    let store = tally_store::open(&cfg.store).unwrap();
     let epoch0 = T0 / HOUR;
     let mut offsets = Vec::new();
     let events = generate(31, 5_000, 2, &mut offsets, T0, 2 * HOUR);
@@ -356,7 +356,7 @@ async fn recompute_a_range_with_progress() {
 async fn the_schedule_runs_the_batch() {
     let mut cfg = config("memory://");
     cfg.batch.schedule = "*/1 * * * * *".into();
-    let store = tally_batch::store::open(&cfg.store).unwrap();
+    let store = tally_store::open(&cfg.store).unwrap();
     let mut offsets = Vec::new();
     let events = generate(41, 1_000, 1, &mut offsets, T0, HOUR);
     write_archive(&store, "events", &events).await;
@@ -388,7 +388,7 @@ async fn the_schedule_runs_the_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archiver_layout_with_an_overlapping_rewrite_equals_the_truth() {
     for (cfg, _guard) in stores() {
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         let mut events = generate(51, 12_000, 3, &mut offsets, T0, 4 * HOUR);
@@ -435,7 +435,7 @@ async fn archiver_layout_with_an_overlapping_rewrite_equals_the_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integer_sums_past_i64_are_exact() {
     let cfg = config("memory://");
-    let store = tally_batch::store::open(&cfg.store).unwrap();
+    let store = tally_store::open(&cfg.store).unwrap();
     let big = |i: i64, country: &str, amount: i64| {
         record(
             0,
@@ -502,7 +502,7 @@ async fn integer_sums_past_i64_are_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_of_v1_and_v2_files_equal_the_truth() {
     for (cfg, _guard) in stores() {
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         let old = generate(61, 8_000, 2, &mut offsets, T0, 2 * HOUR);

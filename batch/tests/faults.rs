@@ -15,12 +15,12 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tally_batch::lock::LockFile;
 use tally_batch::{run_locked, BatchError, Progress, RunOptions};
-use tally_core::manifest::Manifest;
-use tally_core::paths;
+use tally_store::manifest::Manifest;
+use tally_store::paths;
 
 /// Every object under the view's folder but its manifest, sorted.
 async fn listed(store: &Arc<dyn ObjectStore>, view: &str) -> Vec<String> {
-    let mut v: Vec<String> = tally_batch::store::list(store.as_ref(), &paths::view_dir(view))
+    let mut v: Vec<String> = tally_store::object::list(store.as_ref(), &paths::view_dir(view))
         .await
         .unwrap()
         .iter()
@@ -50,7 +50,7 @@ async fn assert_files_exist(store: &Arc<dyn ObjectStore>, view: &str) {
 async fn a_run_whose_lock_is_taken_over_publishes_nothing() {
     for (cfg, _guard) in stores() {
         let url = cfg.store.url.clone();
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         let mut events = generate(71, 6_000, 2, &mut offsets, T0, 2 * HOUR);
@@ -73,13 +73,15 @@ async fn a_run_whose_lock_is_taken_over_publishes_nothing() {
             }
             tokio::task::block_in_place(|| {
                 handle.block_on(async {
-                    let (lock, _) =
-                        tally_batch::store::get_json::<LockFile>(store.as_ref(), paths::BATCH_LOCK)
-                            .await
-                            .unwrap()
-                            .expect("run A holds the lock");
+                    let (lock, _) = tally_store::object::get_json::<LockFile>(
+                        store.as_ref(),
+                        paths::BATCH_LOCK,
+                    )
+                    .await
+                    .unwrap()
+                    .expect("run A holds the lock");
                     // A stalled: its lock expired.
-                    tally_batch::store::put_json(
+                    tally_store::object::put_json(
                         store.as_ref(),
                         paths::BATCH_LOCK,
                         &LockFile {
@@ -145,7 +147,7 @@ async fn a_run_whose_lock_is_taken_over_publishes_nothing() {
 async fn a_missing_snapshot_file_is_recomputed_not_carried() {
     for (cfg, _guard) in stores() {
         let url = cfg.store.url.clone();
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         let events = generate(81, 6_000, 2, &mut offsets, T0, 3 * HOUR);
@@ -158,7 +160,7 @@ async fn a_missing_snapshot_file_is_recomputed_not_carried() {
         for v in VIEWS {
             let m = manifest(&store, v).await.unwrap();
             let first = &m.days()[0];
-            tally_batch::store::delete(store.as_ref(), vec![Path::from(first.path.as_str())])
+            tally_store::object::delete(store.as_ref(), vec![Path::from(first.path.as_str())])
                 .await
                 .unwrap();
         }
@@ -195,7 +197,7 @@ async fn overwrite(store: &Arc<dyn ObjectStore>, path: &str, bytes: &[u8]) {
 async fn unreadable_archive_files_are_skipped_and_reported() {
     for (cfg, _guard) in stores() {
         let url = cfg.store.url.clone();
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         let events = generate(91, 12_000, 3, &mut offsets, T0, 4 * HOUR);
@@ -312,7 +314,7 @@ fn with_corrupt_page(good: &[u8], column: &str) -> Vec<u8> {
 async fn a_corrupt_page_behind_a_good_footer_is_skipped_and_reported() {
     for (cfg, _guard) in stores() {
         let url = cfg.store.url.clone();
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         let events = generate(93, 12_000, 3, &mut offsets, T0, 4 * HOUR);
@@ -381,7 +383,7 @@ fn plain_parquet() -> Vec<u8> {
 async fn a_corrupt_manifest_is_kept_aside_and_recomputed_over() {
     for (cfg, _guard) in stores() {
         let url = cfg.store.url.clone();
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         let events = generate(95, 6_000, 2, &mut offsets, T0, 2 * HOUR);
@@ -440,7 +442,7 @@ async fn a_corrupt_manifest_is_kept_aside_and_recomputed_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_rewritten_under_the_same_name_is_read_again() {
     for (cfg, _guard) in stores() {
-        let store = tally_batch::store::open(&cfg.store).unwrap();
+        let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
         let mut offsets = Vec::new();
         let mut events = generate(81, 4_000, 2, &mut offsets, T0, HOUR);

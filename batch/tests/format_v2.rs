@@ -15,8 +15,8 @@ use tally_batch::promote::{Promote, PropType, MAX_COLUMNS};
 use tally_batch::{run_batch, RunOptions};
 use tally_core::config::Config;
 use tally_core::event::Limits;
-use tally_core::paths;
 use tally_core::time::EpochGrid;
+use tally_store::paths;
 use tally_testkit::config::TestConfig;
 use tally_testkit::gen::Generated;
 
@@ -261,7 +261,7 @@ measures = [{ name = "n", agg = "count" }]
         .views(views)
         .extra("[batch]\ngc_grace = \"0ms\"")
         .build();
-    let store = tally_batch::store::open(&cfg2.store).unwrap();
+    let store = tally_store::open(&cfg2.store).unwrap();
     let gens: Vec<Gen> = recs
         .into_iter()
         .enumerate()

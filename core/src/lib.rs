@@ -15,8 +15,11 @@
 //! - [`agg`]: aggregates as commutative monoids (count, sum, min, max, distinct).
 //! - [`hll`]: a HyperLogLog that reads, writes and estimates exactly as Redis does.
 //! - [`quantile`]: a mergeable quantile sketch (logarithmic buckets, 1 % relative error).
-//! - [`keys`]: every Redis key; [`paths`]: every object-store path.
-//! - [`manifest`]: the cut, archive progress and snapshot manifests (JSON, versioned).
+//! - [`keys`]: every Redis key.
+//!
+//! What is stored in the object store (paths, manifests, the cut, archive
+//! progress, snapshot files) is `tally-store`'s: storage formats with their
+//! readers and writers, kept out of this crate, which does no I/O.
 
 pub mod agg;
 pub mod config;
@@ -24,8 +27,6 @@ pub mod event;
 pub mod hll;
 pub mod kafka_security;
 pub mod keys;
-pub mod manifest;
-pub mod paths;
 pub mod quantile;
 pub mod secret;
 pub mod time;

@@ -38,10 +38,11 @@ use object_store::ObjectStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_core::agg::{Agg, AggKind, Num};
-use tally_core::manifest::{columns, Manifest};
 use tally_core::time::{Granularity, MS_PER_DAY};
 use tally_core::view::ViewDef;
 use tally_serving::query::plan;
+use tally_store::manifest::Manifest;
+use tally_store::snapshot::columns;
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::gen::{produce, Generator, ProduceOptions, Shape};
 use tally_testkit::{kafka, Broker, Redis};
@@ -203,8 +204,11 @@ async fn history(
     }
     let mut out = Vec::new();
     for v in views {
-        let text = std::fs::read(dir.join("store").join(tally_core::paths::manifest(&v.name)))
-            .expect("manifest");
+        let text = std::fs::read(
+            dir.join("store")
+                .join(tally_store::paths::manifest(&v.name)),
+        )
+        .expect("manifest");
         out.push(serde_json::from_slice(&text).expect("manifest json"));
     }
     out

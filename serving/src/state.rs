@@ -32,7 +32,7 @@ use crate::dto::RecomputeRequest;
 use crate::error::{ApiError, RecomputeError, ServeError};
 use crate::query::Limits;
 use crate::snapshot::cache::DayCache;
-use crate::snapshot::{load_view, read_manifest, SnapshotSet, StoreHealth, ViewSnapshot};
+use crate::snapshot::{load_view, SnapshotSet, StoreHealth, ViewSnapshot};
 use crate::speed::{RedisReader, SpeedMirror};
 
 /// What the binary plugs in to run a recompute: returns a run description or
@@ -265,7 +265,8 @@ impl AppState {
         views.sort_by(|a, b| a.name.cmp(&b.name));
         for view in views {
             let name = &view.name;
-            let manifest = match read_manifest(self.inner.store.as_ref(), &view).await {
+            let manifest = match tally_store::manifest::read(self.inner.store.as_ref(), &view).await
+            {
                 Ok(m) => m,
                 Err(e) => {
                     health.errors.insert(name.clone(), e.to_string());

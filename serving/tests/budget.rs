@@ -13,9 +13,9 @@ use object_store::ObjectStoreExt;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tally_core::config::ByteSize;
-use tally_core::manifest::Manifest;
 use tally_serving::snapshot::day::DayData;
 use tally_serving::{router, AppState, ServeOptions};
+use tally_store::manifest::Manifest;
 
 const BUDGET: u64 = 20_000;
 

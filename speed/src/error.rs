@@ -10,8 +10,8 @@ pub enum SpeedError {
     NoSuchPartition(#[from] tally_kafka::NoSuchPartition),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("object store: {0}")]
-    Store(#[from] object_store::Error),
+    #[error(transparent)]
+    Store(#[from] tally_store::StoreError),
     #[error("Redis holds a value Tally did not write ({0}), so nothing was applied: remove what wrote it and restore or delete that key (or flush the key prefix to rebuild from the cut), then restart")]
     ForeignValue(String),
     #[error("Redis lost part of the speed layer's state ({0}), so nothing was applied: rebuilding over what is left would count records twice or miss them. Make Redis keep its keys (maxmemory-policy noeviction, no manual DEL), then delete every key of the prefix (the speed layer rebuilds from the snapshot cut) and restart")]

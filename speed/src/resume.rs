@@ -14,14 +14,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use tally_core::manifest::Manifest;
-use tally_core::paths;
 use tally_core::time::{Epoch, EpochGrid};
 use tally_core::view::ViewDef;
+use tally_store::{manifest, StoreError};
 
 use crate::error::SpeedError;
 
@@ -43,23 +42,16 @@ pub async fn snapshot_cut(
 ) -> Result<Option<Epoch>, SpeedError> {
     let mut cut: Option<Epoch> = None;
     for v in views {
-        let path = paths::manifest(&v.name);
-        let bytes = match store
-            .get(&object_store::path::Path::from(path.as_str()))
-            .await
-        {
-            Ok(r) => r.bytes().await?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let m: Manifest = match serde_json::from_slice(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(view = %v.name, %path, error = %e, "manifest is not valid; taking the snapshot cut as unknown (a rebuild reads from the earliest retained record)");
+        let m = match manifest::get(store.as_ref(), &v.name).await {
+            Ok(Some((m, _))) => m,
+            Ok(None) => return Ok(None),
+            Err(StoreError::Json { path, source }) => {
+                tracing::error!(view = %v.name, %path, error = %source, "manifest is not valid; taking the snapshot cut as unknown (a rebuild reads from the earliest retained record)");
                 metrics::counter!("tally_speed_unreadable_manifests_total", "view" => v.name.clone())
                     .increment(1);
                 return Ok(None);
             }
+            Err(e) => return Err(e.into()),
         };
         let c = m.cut();
         cut = Some(cut.map_or(c, |x: Epoch| x.min(c)));

@@ -13,7 +13,7 @@ use common::*;
 use object_store::memory::InMemory;
 use object_store::{ObjectStoreExt, PutPayload};
 use tally_core::config::Millis;
-use tally_core::manifest::{Manifest, ManifestV2};
+use tally_store::manifest::{Manifest, ManifestV2};
 use tally_testkit::{kafka, runtime, Broker, Redis};
 
 /// Publish a manifest with cut `cut` for every view of `cfg` (no files: the
@@ -34,7 +34,7 @@ async fn publish_cut(store: &InMemory, cfg: &tally_core::config::Config, cut: i6
         });
         store
             .put(
-                &object_store::path::Path::from(tally_core::paths::manifest(&v.name)),
+                &object_store::path::Path::from(tally_store::paths::manifest(&v.name)),
                 PutPayload::from(serde_json::to_vec(&m).unwrap()),
             )
             .await
@@ -118,7 +118,7 @@ fn a_corrupt_manifest_does_not_stop_the_start() {
     rt.block_on(async {
         store
             .put(
-                &object_store::path::Path::from(tally_core::paths::manifest(&cfg.views[1].name)),
+                &object_store::path::Path::from(tally_store::paths::manifest(&cfg.views[1].name)),
                 PutPayload::from(b"{\"version\":\"2\",\"cu".to_vec()),
             )
             .await

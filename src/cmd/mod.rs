@@ -20,6 +20,6 @@ use tally_core::config::Config;
 
 /// The configured object store (`[store] url`).
 pub fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    tally_batch::store::open(&cfg.store)
+    tally_store::open(&cfg.store)
         .with_context(|| format!("open the object store `{}`", cfg.store.url))
 }

@@ -91,17 +91,17 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_core::config::{Assignment, Config};
-use tally_core::paths;
 use tally_core::time::{kafka_time, now_ms, Epoch, EpochGrid};
 use tally_kafka::{
     assign, chosen_partitions, consumer_config, fetched_end, partition_counts, seek_position,
     Admit, Change, Context, Layer, ReadPosition, Tp, Watermarks,
 };
+use tally_store::paths;
 
 use crate::archive_file::{self, ArchiveRows, FileError};
 use crate::progress::{self, Claim, Fenced, ProgressError, Reached};
 use crate::promote::Promote;
-use crate::store::StoreError;
+use tally_store::StoreError;
 
 /// How often a seek is tried while librdkafka is still starting the fetcher
 /// of a newly assigned partition.

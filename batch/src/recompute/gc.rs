@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::ObjectStore;
-use tally_core::manifest::Manifest;
-use tally_core::paths;
+use tally_store::object as store;
+use tally_store::{manifest, paths};
 
 use super::BatchError;
-use crate::store;
 
 /// Delete snapshot files of `view` that its manifest does not refer to and
 /// that are older than `grace_ms`. Returns how many objects were deleted.
@@ -19,8 +18,7 @@ pub async fn gc_view(
     grace_ms: i64,
     now_ms: i64,
 ) -> Result<usize, BatchError> {
-    let Some((m, _)) = store::get_json::<Manifest>(store.as_ref(), &paths::manifest(view)).await?
-    else {
+    let Some((m, _)) = manifest::get(store.as_ref(), view).await? else {
         return Ok(0);
     };
     let keep: BTreeSet<&str> = m.days().iter().map(|d| d.path.as_str()).collect();

@@ -27,14 +27,14 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
-use tally_core::manifest::{InputFile, SkippedFile};
-use tally_core::paths;
 use tally_core::time::Epoch;
+use tally_store::manifest::{InputFile, SkippedFile};
+use tally_store::paths;
 
 use super::BatchError;
 use crate::archive_file;
 use crate::promote::{self, PromotedKey};
-use crate::store;
+use tally_store::object as store;
 
 /// An archive file of an epoch below the cut.
 #[derive(Debug, Clone)]

@@ -43,17 +43,15 @@ use std::time::Instant;
 
 use object_store::ObjectStore;
 use tally_core::config::Config;
-use tally_core::manifest::{CutFile, SkippedFile};
-use tally_core::paths;
 use tally_core::time::{day_of, Epoch};
 use tally_core::view::ViewDef;
+use tally_store::manifest::SkippedFile;
 
 use crate::archive_file::FileError;
 use crate::lock::{BatchLock, LockError};
-use crate::store::{self, StoreError};
+use tally_store::StoreError;
 
 pub use gc::gc_view;
-pub use snapshot::{read_snapshot, snapshot_schema};
 
 /// Why a batch run failed. Nothing is published by a failed run.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +68,8 @@ pub enum BatchError {
     Polars(#[from] polars::error::PolarsError),
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(transparent)]
+    Snapshot(#[from] tally_store::snapshot::SnapshotError),
     #[error("writing `{path}`: {source}")]
     Write {
         path: String,
@@ -246,11 +246,10 @@ pub(crate) async fn run_leased(
         run_id: run_id.clone(),
         ..RunSummary::default()
     };
-    let Some((CutFile::V1 { cut, .. }, _)) =
-        store::get_json::<CutFile>(store.as_ref(), paths::CUT).await?
-    else {
+    let Some((stored_cut, _)) = tally_store::cut::get(store.as_ref()).await? else {
         return Ok(summary);
     };
+    let cut = stored_cut.cut();
     summary.cut = Some(cut);
     let (mut inputs, mut skipped) = inputs::list(&store, cut).await?;
     let views: Vec<&ViewDef> = match &opts.views {

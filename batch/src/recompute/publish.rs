@@ -13,8 +13,6 @@ use std::sync::Arc;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use polars::prelude::IntoLazy;
-use tally_core::manifest::{DayFile, InputFile, Manifest, ManifestV2, SkippedFile};
-use tally_core::paths;
 use tally_core::time::{day_of, Epoch};
 use tally_core::view::ViewDef;
 
@@ -23,7 +21,9 @@ use super::inputs::Input;
 use super::plan;
 use super::{snapshot, BatchError, Progress, RunOptions, ViewSummary};
 use crate::lock::BatchLock;
-use crate::store::{self, StoreError, Version};
+use tally_store::manifest::{self, DayFile, InputFile, ManifestV2, SkippedFile};
+use tally_store::object::{self as store, StoreError, Version};
+use tally_store::paths;
 
 /// Recompute and publish `view` (see the module docs of [`super`]).
 #[allow(clippy::too_many_arguments)]
@@ -42,7 +42,7 @@ pub async fn run_view(
 ) -> Result<ViewSummary, BatchError> {
     let mpath = paths::manifest(&view.name);
     let mut corrupt_manifest = None;
-    let (prev_m, prev_version) = match store::get_json::<Manifest>(store.as_ref(), &mpath).await {
+    let (prev_m, prev_version) = match manifest::get(store.as_ref(), &view.name).await {
         Ok(Some((m, v))) => (Some(m.into_current(view.granularity.as_ms())), Some(v)),
         Ok(None) => (None, None),
         // Unreadable: kept aside, and the view recomputed in full over it.
@@ -193,7 +193,7 @@ pub async fn run_view(
             return Err(BatchError::MissingFile(gone.path.clone()));
         }
     }
-    let manifest = Manifest::V2(ManifestV2 {
+    let published = ManifestV2 {
         view: view.name.clone(),
         run_id: run_id.to_owned(),
         cut,
@@ -204,8 +204,8 @@ pub async fn run_view(
         inputs: inputs.iter().map(|i| i.record()).collect(),
         rows_read: vs.rows_read,
         skipped,
-    });
-    match store::put_json_if(store.as_ref(), &mpath, &manifest, prev_version.as_ref()).await {
+    };
+    match manifest::put_if(store.as_ref(), published, prev_version.as_ref()).await {
         Err(StoreError::Conflict(_)) => return Err(BatchError::Conflict(view.name.clone())),
         other => {
             other?;

@@ -11,14 +11,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_batch::archive_file::{self, ArchiveRows};
 use tally_batch::promote::Promote;
-use tally_batch::recompute::read_snapshot;
 use tally_core::agg::Agg;
 use tally_core::config::{Config, Millis};
 use tally_core::event::Limits;
-use tally_core::manifest::CutFile;
-use tally_core::manifest::Manifest;
-use tally_core::paths;
 use tally_core::time::EpochGrid;
+use tally_store::cut::CutFile;
+use tally_store::manifest::Manifest;
+use tally_store::paths;
+use tally_store::snapshot::read_rows;
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::gen::{Generated, Generator, IntRange, Shape};
 use tally_testkit::truth::{Cells, Measure, Truth};
@@ -154,7 +154,7 @@ pub async fn write_archive_with(
 }
 
 pub async fn set_cut(store: &Arc<dyn ObjectStore>, cut: i64) {
-    tally_batch::store::put_json(
+    tally_store::object::put_json(
         store.as_ref(),
         paths::CUT,
         &CutFile::V1 { cut, decided_ms: 0 },
@@ -309,7 +309,7 @@ pub fn archive_config(
 
 /// A view's published manifest.
 pub async fn manifest(store: &Arc<dyn ObjectStore>, view: &str) -> Option<Manifest> {
-    tally_batch::store::get_json::<Manifest>(store.as_ref(), &paths::manifest(view))
+    tally_store::object::get_json::<Manifest>(store.as_ref(), &paths::manifest(view))
         .await
         .unwrap()
         .map(|(m, _)| m)
@@ -339,7 +339,7 @@ pub async fn snapshot_at(
         .iter()
         .filter(|d| d.level_ms.unwrap_or(def.granularity.as_ms()) == level)
     {
-        let rows = read_snapshot(store.clone(), &d.path, def).await.unwrap();
+        let rows = read_rows(store.as_ref(), &d.path, def).await.unwrap();
         assert_eq!(rows.len() as u64, d.rows);
         for (b, dims, aggs) in rows {
             assert_eq!(b.div_euclid(86_400_000), d.day, "bucket in its day's file");

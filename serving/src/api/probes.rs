@@ -18,7 +18,7 @@ use axum::Json;
 use object_store::path::Path as StorePath;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
-use tally_core::paths;
+use tally_store::paths;
 
 use crate::state::AppState;
 

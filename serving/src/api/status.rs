@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::Json;
-use object_store::path::Path as StorePath;
-use object_store::ObjectStoreExt;
-use tally_core::manifest::{CutFile, ProgressFile};
-use tally_core::paths;
+use tally_store::cut::CutFile;
+use tally_store::progress::ProgressFile;
+use tally_store::StoreError;
 
 use crate::dto::{PartitionStatus, SkippedFile, StatusResponse, ViewStatus};
 use crate::error::ErrorBody;
@@ -34,38 +33,14 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
     let mut partitions = Vec::new();
     let store_part = async {
         let mut store_ok = true;
-        match store.get(&StorePath::from(paths::CUT)).await {
-            Ok(r) => {
-                if let Ok(b) = r.bytes().await {
-                    if let Ok(CutFile::V1 { cut, decided_ms }) = serde_json::from_slice(&b) {
-                        archive_cut = Some((cut, decided_ms));
-                    }
-                }
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
+        match tally_store::cut::get(store.as_ref()).await {
+            Ok(Some((CutFile::V1 { cut, decided_ms }, _))) => archive_cut = Some((cut, decided_ms)),
+            // No cut yet, or one this version cannot read: no cut to show.
+            Ok(None) | Err(StoreError::Json { .. }) => {}
             Err(_) => store_ok = false,
         }
-        let listed: Result<Vec<_>, _> = {
-            use futures::TryStreamExt;
-            futures::StreamExt::take(
-                store.list(Some(&StorePath::from(paths::ARCHIVE_PROGRESS_ROOT))),
-                1024,
-            )
-            .try_collect()
-            .await
-        };
-        match listed {
-            Ok(objs) => {
-                for o in objs {
-                    if let Ok(r) = store.get(&o.location).await {
-                        if let Ok(b) = r.bytes().await {
-                            if let Ok(p) = serde_json::from_slice::<ProgressFile>(&b) {
-                                partitions.push(p);
-                            }
-                        }
-                    }
-                }
-            }
+        match tally_store::progress::all(store.as_ref(), 1024).await {
+            Ok(all) => partitions = all,
             Err(_) => store_ok = false,
         }
         store_ok

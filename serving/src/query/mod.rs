@@ -41,7 +41,7 @@ use tally_core::view::ViewDef;
 use crate::dto::{Freshness, QueryResponse};
 use crate::error::ApiError;
 use crate::snapshot::day::DayData;
-use crate::snapshot::{fetch_day, ViewSnapshot};
+use crate::snapshot::ViewSnapshot;
 use crate::speed::slice::Slice;
 use crate::state::AppState;
 use fold::{Day, Fold, FoldError, GroupMap};
@@ -334,12 +334,12 @@ async fn day_inputs(
 async fn load(
     state: &AppState,
     view: &Arc<ViewDef>,
-    file: &tally_core::manifest::DayFile,
+    file: &tally_store::manifest::DayFile,
     level: i64,
 ) -> Result<Arc<DayData>, String> {
     let inner = &state.inner;
     let fetch = async {
-        let bytes = fetch_day(inner.store.as_ref(), file)
+        let bytes = tally_store::snapshot::fetch(inner.store.as_ref(), file)
             .await
             .map_err(|e| e.to_string())?;
         let (view, path) = (view.clone(), file.path.clone());

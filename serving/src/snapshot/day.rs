@@ -1,176 +1,26 @@
 //! One snapshot file (one UTC day at one roll-up level) decoded for queries.
 //!
-//! [`DayData::decode`] reads the Parquet bytes of a day file (the column
-//! contract of [`tally_core::manifest`]) into columns: the rows sorted by
-//! bucket and indexed by bucket runs, each row's group as an index into the
-//! file's own group dictionary, and one column per measure. A query folds the
-//! rows of a bucket range straight from these columns.
+//! [`DayData::decode`] takes the rows of a day file as the store's reader
+//! gives them ([`tally_store::snapshot::decode`], which owns the schema and
+//! its tolerance) and lays them out for queries: the rows sorted by bucket
+//! and indexed by bucket runs, each row's group as an index into the file's
+//! own group dictionary, and one column per measure ([`measure`]). A query
+//! folds the rows of a bucket range straight from these columns.
 //!
-//! Guarantees: a file that does not follow the contract (a missing bucket
-//! column, a column of the wrong type, a sketch that is not a Redis
-//! HyperLogLog) is a [`SnapshotError`] naming the file and the column, never
-//! a panic; a dimension or measure column the file lacks reads as absent for
-//! every row (the identity of its measure). [`DayData::bytes`] is what the
-//! day cache counts against its budget.
+//! Guarantees: a file the reader refuses, or a sketch that is not a Redis
+//! HyperLogLog, is a [`SnapshotError`] naming the file and the column, never
+//! a panic. [`DayData::bytes`] is what the day cache counts against its
+//! budget.
 
-use arrow_array::{
-    Array, ArrayRef, BinaryArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
-    StringArray, UInt64Array,
-};
-use arrow_schema::DataType;
+use arrow_array::Array;
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tally_core::agg::AggKind;
-use tally_core::hll::Hll;
-use tally_core::manifest::columns;
 use tally_core::view::ViewDef;
+use tally_store::snapshot::{self, columns, DayBatch, MeasureArray};
 
+pub use super::measure::{Column, Ints, Sketch, Sketches};
 use super::SnapshotError;
 use crate::group::{Group, GroupDict};
-
-/// Row `r` of an optional column, `None` when absent or null.
-macro_rules! value {
-    ($col:expr, $r:expr) => {
-        $col.as_ref()
-            .filter(|a| !a.is_null($r))
-            .map(|a| a.value($r))
-    };
-}
-
-/// One measure's values, one per row.
-#[derive(Debug)]
-pub enum Column {
-    Count(Vec<u64>),
-    /// `sum`: the integer part, and the float part unless it is all zero.
-    Sum {
-        int: Ints,
-        float: Option<Vec<f64>>,
-    },
-    /// `min` or `max`; NaN where the row had no input (values are finite).
-    Extreme(Vec<f64>),
-    Distinct(Sketches),
-}
-
-/// Integer sums: 64 bits each while every one fits.
-#[derive(Debug)]
-pub enum Ints {
-    Narrow(Vec<i64>),
-    Wide(Vec<i128>),
-}
-
-impl Ints {
-    pub fn get(&self, r: usize) -> i128 {
-        match self {
-            Ints::Narrow(v) => i128::from(v[r]),
-            Ints::Wide(v) => v[r],
-        }
-    }
-
-    fn of(v: Vec<i128>) -> Ints {
-        match v.iter().map(|&x| i64::try_from(x)).collect() {
-            Ok(narrow) => Ints::Narrow(narrow),
-            Err(_) => {
-                let mut v = v;
-                v.shrink_to_fit();
-                Ints::Wide(v)
-            }
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Ints::Narrow(v) => v.len() * 8,
-            Ints::Wide(v) => v.len() * 16,
-        }
-    }
-}
-
-/// The sketches of a column: the registers of the sparse ones in one buffer
-/// (a few bytes per row instead of an allocation each), the dense ones apart.
-#[derive(Debug, Default)]
-pub struct Sketches {
-    /// Registers as `Hll::sparse_registers` gives them, row after row.
-    regs: Vec<u32>,
-    /// Row `r`'s registers are `regs[ends[r - 1]..ends[r]]` (from 0 for the
-    /// first row); a dense row has an empty range and a place in `dense`.
-    ends: Vec<u32>,
-    /// (row, sketch, its estimate) of the dense rows, by row: a dense
-    /// sketch is counted once here, not by every query that shows it.
-    dense: Vec<(u32, Hll, u64)>,
-}
-
-/// One row's sketch.
-#[derive(Debug, Clone, Copy)]
-pub enum Sketch<'a> {
-    /// Registers as `Hll::sparse_registers` gives them (maybe none).
-    Registers(&'a [u32]),
-    /// A dense sketch, and its estimate when known.
-    Dense(&'a Hll, Option<u64>),
-}
-
-impl Sketches {
-    /// Append the next row's sketch.
-    fn push(&mut self, h: Hll) {
-        match h.sparse_registers() {
-            Some(regs) => self.regs.extend_from_slice(regs),
-            None => {
-                let count = h.count();
-                self.dense.push((self.ends.len() as u32, h, count));
-            }
-        }
-        self.ends.push(self.regs.len() as u32);
-    }
-
-    fn shrink_to_fit(&mut self) {
-        self.regs.shrink_to_fit();
-        self.ends.shrink_to_fit();
-        self.dense.shrink_to_fit();
-    }
-
-    /// The rows in the order `order` gives.
-    fn permuted(&self, order: &[u32]) -> Sketches {
-        let mut out = Sketches::default();
-        for &r in order {
-            match self.get(r as usize) {
-                Sketch::Registers(regs) => {
-                    out.regs.extend_from_slice(regs);
-                    out.ends.push(out.regs.len() as u32);
-                }
-                Sketch::Dense(h, count) => {
-                    let count = count.unwrap_or_else(|| h.count());
-                    out.dense.push((out.ends.len() as u32, h.clone(), count));
-                    out.ends.push(out.regs.len() as u32);
-                }
-            }
-        }
-        out
-    }
-
-    pub fn get(&self, r: usize) -> Sketch<'_> {
-        let start = r.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
-        let end = self.ends[r] as usize;
-        if start == end {
-            if let Ok(i) = self
-                .dense
-                .binary_search_by_key(&(r as u32), |(row, _, _)| *row)
-            {
-                let (_, h, count) = &self.dense[i];
-                return Sketch::Dense(h, Some(*count));
-            }
-        }
-        Sketch::Registers(&self.regs[start..end])
-    }
-
-    fn bytes(&self) -> usize {
-        self.regs.len() * 4
-            + self.ends.len() * 4
-            + self
-                .dense
-                .iter()
-                .map(|(_, h, _)| 16 + std::mem::size_of::<Hll>() + h.heap_bytes())
-                .sum::<usize>()
-    }
-}
 
 /// A decoded day file.
 #[derive(Debug)]
@@ -231,18 +81,9 @@ impl DayData {
         path: &str,
         bytes: Bytes,
     ) -> Result<DayData, SnapshotError> {
-        let err = |source| SnapshotError::Parquet {
-            path: path.to_owned(),
-            source,
-        };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .map_err(err)?
-            .with_batch_size(65_536)
-            .build()
-            .map_err(err)?;
         let mut out = Builder::new(view);
-        for batch in reader {
-            out.batch(view, &batch.map_err(|e| err(e.into()))?, path)?;
+        for batch in snapshot::decode(view, path, bytes)? {
+            out.batch(view, &batch?, path)?;
         }
         Ok(out.finish(level_ms))
     }
@@ -283,74 +124,48 @@ impl Builder {
         }
     }
 
-    fn batch(
-        &mut self,
-        view: &ViewDef,
-        batch: &RecordBatch,
-        path: &str,
-    ) -> Result<(), SnapshotError> {
-        let bucket: Int64Array = column(batch, columns::BUCKET, &DataType::Int64, path)?
-            .ok_or_else(|| SnapshotError::Column {
-                path: path.to_owned(),
-                column: columns::BUCKET.to_owned(),
-                problem: "is missing".into(),
-            })?;
-        let mut dims = Vec::with_capacity(view.dimensions.len());
-        for d in &view.dimensions {
-            dims.push(column::<StringArray>(
-                batch,
-                &columns::dimension(d),
-                &DataType::Utf8,
-                path,
-            )?);
-        }
-        // Rows without a bucket are not rows of the contract: skipped.
-        let keep: Vec<usize> = (0..batch.num_rows())
-            .filter(|&r| !bucket.is_null(r))
-            .collect();
-        for &row in &keep {
-            self.buckets.push(bucket.value(row));
-            let values = dims
+    fn batch(&mut self, view: &ViewDef, b: &DayBatch, path: &str) -> Result<(), SnapshotError> {
+        for r in 0..b.rows() {
+            self.buckets.push(b.bucket.value(r));
+            let values = b
+                .dimensions
                 .iter()
-                .map(|d| d.as_ref().filter(|a| !a.is_null(row)).map(|a| a.value(row)));
+                .map(|d| d.is_valid(r).then(|| d.value(r)));
             let g = self.dict.intern(values);
             self.group_of.push(g);
         }
-        for (m, col) in view.measures.iter().zip(&mut self.measures) {
-            let names = columns::measure(m);
-            match col {
-                Staged::Count(v) => {
-                    let c: Option<UInt64Array> = column(batch, &names[0], &DataType::UInt64, path)?;
-                    v.extend(keep.iter().map(|&r| value!(c, r).unwrap_or(0)));
+        for ((m, values), col) in view
+            .measures
+            .iter()
+            .zip(&b.measures)
+            .zip(&mut self.measures)
+        {
+            // The reader gives counts and sums without nulls, extremes with
+            // a null where there was no input.
+            match (col, values) {
+                (Staged::Count(v), MeasureArray::Count(c)) => v.extend(c.values().iter()),
+                (Staged::Sum(int, float), MeasureArray::Sum { int: i, float: f }) => {
+                    int.extend(i.values().iter());
+                    float.extend(f.values().iter());
                 }
-                Staged::Sum(int, float) => {
-                    // Int64 in snapshots written before exact i128 sums: cast.
-                    let i: Option<Decimal128Array> =
-                        column(batch, &names[0], &DataType::Decimal128(38, 0), path)?;
-                    let f: Option<Float64Array> =
-                        column(batch, &names[1], &DataType::Float64, path)?;
-                    int.extend(keep.iter().map(|&r| value!(i, r).unwrap_or(0)));
-                    float.extend(keep.iter().map(|&r| value!(f, r).unwrap_or(0.0)));
+                (Staged::Extreme(v), MeasureArray::Extreme(c)) => {
+                    v.extend(c.iter().map(|x| x.unwrap_or(f64::NAN)))
                 }
-                Staged::Extreme(v) => {
-                    let c: Option<Float64Array> =
-                        column(batch, &names[0], &DataType::Float64, path)?;
-                    v.extend(keep.iter().map(|&r| value!(c, r).unwrap_or(f64::NAN)));
-                }
-                Staged::Distinct(v) => {
-                    let c: Option<BinaryArray> = column(batch, &names[0], &DataType::Binary, path)?;
-                    for &r in &keep {
-                        match c.as_ref().filter(|a| !a.is_null(r)) {
-                            None => v.push(Hll::new()),
-                            Some(a) => v.push(Hll::from_redis_bytes(a.value(r)).map_err(|e| {
-                                SnapshotError::Column {
-                                    path: path.to_owned(),
-                                    column: names[0].clone(),
-                                    problem: format!("row {r}: {e}"),
-                                }
-                            })?),
-                        }
+                (Staged::Distinct(v), MeasureArray::Distinct(c)) => {
+                    for r in 0..c.len() {
+                        v.push(snapshot::sketch(c, r).map_err(|e| SnapshotError::Column {
+                            path: path.to_owned(),
+                            column: columns::measure(m)[0].clone(),
+                            problem: format!("row {r}: {e}"),
+                        })?);
                     }
+                }
+                _ => {
+                    return Err(SnapshotError::Column {
+                        path: path.to_owned(),
+                        column: columns::measure(m)[0].clone(),
+                        problem: "was read as another kind of measure".into(),
+                    })
                 }
             }
         }
@@ -439,46 +254,13 @@ fn permute<T: Clone>(v: &[T], order: &[u32]) -> Vec<T> {
     order.iter().map(|&i| v[i as usize].clone()).collect()
 }
 
-/// The column `name` as a `T` (cast from a compatible encoding), `None` when absent.
-fn column<T: Array + Clone + 'static>(
-    batch: &RecordBatch,
-    name: &str,
-    to: &DataType,
-    path: &str,
-) -> Result<Option<T>, SnapshotError> {
-    let Some(col) = batch.column_by_name(name) else {
-        return Ok(None);
-    };
-    let problem = |problem: String| SnapshotError::Column {
-        path: path.to_owned(),
-        column: name.to_owned(),
-        problem,
-    };
-    let col: ArrayRef = if col.data_type() == to {
-        col.clone()
-    } else {
-        // The few encodings a writer may choose (large or view strings,
-        // signed counts, Int64 sums) read as the canonical type.
-        arrow_cast::cast::cast(col.as_ref(), to).map_err(|e| {
-            problem(format!(
-                "has type {} and cannot be read as {to}: {e}",
-                col.data_type()
-            ))
-        })?
-    };
-    col.as_any()
-        .downcast_ref::<T>()
-        .cloned()
-        .map(Some)
-        .ok_or_else(|| problem(format!("cannot be read as {to}")))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use arrow_array::builder::{BinaryBuilder, Int64Builder, StringBuilder, UInt64Builder};
-    use arrow_array::ArrayRef;
+    use arrow_array::{ArrayRef, RecordBatch};
+    use tally_core::hll::Hll;
 
     use super::*;
 

@@ -2,7 +2,8 @@
 //!
 //! A [`ViewSnapshot`] is one published manifest of a view, indexed by (day,
 //! level): it holds no data. Queries read the day files they need through
-//! the [`cache::DayCache`] (decoded by [`day::DayData`]), so memory follows
+//! the [`cache::DayCache`] (read by `tally_store::snapshot`, laid out for
+//! queries by [`day::DayData`]), so memory follows
 //! the cache budget, not the history. [`SnapshotSet`] (every view's
 //! snapshot) is swapped whole through an `ArcSwap`: a query that took a
 //! snapshot reads only that manifest's files, so an answer never mixes two
@@ -17,22 +18,18 @@
 
 pub mod cache;
 pub mod day;
+pub mod measure;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
-// `ParquetObjectReader` is deprecated upstream in favour of hand-written
-// `AsyncFileReader`s; it is still the crate's reader over `object_store` and
-// does ranged reads, which is all a footer check needs.
-#[allow(deprecated)]
-use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
-use tally_core::manifest::{columns, DayFile, Manifest, ManifestV2};
-use tally_core::paths;
+use object_store::ObjectStore;
 use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
+use tally_store::manifest::{DayFile, ManifestV2};
+use tally_store::snapshot;
+pub use tally_store::snapshot::SnapshotError;
 
 /// Footers read at once when a manifest adds files.
 const CHECK_CONCURRENCY: usize = 16;
@@ -99,47 +96,6 @@ pub struct StoreHealth {
     pub last_poll_ms: Option<i64>,
 }
 
-/// Why a snapshot or one of its files could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("object store: {0}")]
-    Store(#[from] object_store::Error),
-    #[error("manifest {path} is not a valid manifest: {source}")]
-    Manifest {
-        path: String,
-        source: serde_json::Error,
-    },
-    #[error("snapshot file {path}: {source}")]
-    Parquet {
-        path: String,
-        source: parquet::errors::ParquetError,
-    },
-    #[error("snapshot file {path}: column `{column}` {problem}")]
-    Column {
-        path: String,
-        column: String,
-        problem: String,
-    },
-}
-
-/// Read the manifest of `view`; `Ok(None)` when none was published yet.
-pub async fn read_manifest(
-    store: &dyn ObjectStore,
-    view: &ViewDef,
-) -> Result<Option<ManifestV2>, SnapshotError> {
-    let path = paths::manifest(&view.name);
-    let bytes = match store.get(&Path::from(path.as_str())).await {
-        Ok(r) => r.bytes().await?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Manifest {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(Some(m.into_current(view.granularity.as_ms())))
-}
-
 /// Index `manifest` for queries, after checking the files it adds to
 /// `previous` (see the module documentation).
 pub async fn load_view(
@@ -168,7 +124,10 @@ pub async fn load_view(
         .cloned()
         .collect();
     futures::stream::iter(new)
-        .map(|d| check_footer(store.clone(), d))
+        .map(|d| {
+            let store = store.clone();
+            async move { snapshot::check_footer(store, &d).await }
+        })
         .buffer_unordered(CHECK_CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;
@@ -183,42 +142,4 @@ pub async fn load_view(
     snap.definition_matches = m.definition == view.fingerprint();
     snap.manifest = Some(m);
     Ok(snap)
-}
-
-/// Read the footer of a day file and check it has the bucket column.
-async fn check_footer(store: Arc<dyn ObjectStore>, file: DayFile) -> Result<(), SnapshotError> {
-    #[allow(deprecated)]
-    let mut reader = ParquetObjectReader::new(store, Path::from(file.path.as_str()));
-    if let Some(size) = file.bytes {
-        #[allow(deprecated)]
-        {
-            reader = reader.with_file_size(size);
-        }
-    }
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(|source| SnapshotError::Parquet {
-            path: file.path.clone(),
-            source,
-        })?;
-    if builder.schema().field_with_name(columns::BUCKET).is_err() {
-        return Err(SnapshotError::Column {
-            path: file.path.clone(),
-            column: columns::BUCKET.to_owned(),
-            problem: "is missing".into(),
-        });
-    }
-    Ok(())
-}
-
-/// The bytes of one day file.
-pub async fn fetch_day(
-    store: &dyn ObjectStore,
-    file: &DayFile,
-) -> Result<bytes::Bytes, SnapshotError> {
-    Ok(store
-        .get(&Path::from(file.path.as_str()))
-        .await?
-        .bytes()
-        .await?)
 }

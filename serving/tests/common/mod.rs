@@ -24,9 +24,10 @@ use tally_core::hll::Hll;
 use tally_core::keys::{
     group_json, CellMember, CounterField, Keys, Part, SketchField, BORN_FIELD, VERSION_FIELD,
 };
-use tally_core::manifest::{columns, DayFile, Manifest, ManifestV2};
 use tally_core::time::{day_of, Granularity};
 use tally_core::view::ViewDef;
+use tally_store::manifest::{DayFile, Manifest, ManifestV2};
+use tally_store::snapshot::columns;
 use tower::ServiceExt;
 
 pub const EPOCH_MS: i64 = 3_600_000;
@@ -150,7 +151,7 @@ fn cells_at<'a>(
 
 /// Write the snapshot of the events with epoch < cut, as the batch layer
 /// would: every level of the view (`ViewDef::levels`), per the manifest
-/// contract (`core/src/manifest.rs`).
+/// contract (`store/src/snapshot/mod.rs`).
 pub async fn publish_snapshot(
     store: &InMemory,
     view: &ViewDef,
@@ -202,7 +203,7 @@ pub async fn write_manifest(
     });
     store
         .put(
-            &Path::from(tally_core::paths::manifest(&view.name).as_str()),
+            &Path::from(tally_store::paths::manifest(&view.name).as_str()),
             PutPayload::from(serde_json::to_vec(&m).expect("json")),
         )
         .await
@@ -311,7 +312,7 @@ pub async fn write_level(
             parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).expect("writer");
         w.write(&batch).expect("write");
         w.close().expect("close");
-        let path = tally_core::paths::snapshot_file(&view.name, run_id, level, day);
+        let path = tally_store::paths::snapshot_file(&view.name, run_id, level, day);
         let bytes = buf.len() as u64;
         store
             .put(&Path::from(path.as_str()), PutPayload::from(buf))

@@ -1,64 +1,20 @@
-//! What the batch layer publishes and the other layers read: the cut, the
-//! archiver's progress, and a view's snapshot manifest with its file schema.
+//! `views/<view>/_manifest.json`: the published snapshot of one view, and
+//! its one reader and writer.
 //!
-//! All are JSON objects tagged with a `version`, so a reader can refuse a
-//! format it does not know instead of misreading it.
-//!
-//! A snapshot file (`views/<view>/run=<id>/g=<level>/day=<d>.parquet`) has
-//! one row per (bucket, group) of one UTC day at one roll-up level, sorted by
-//! bucket, and these columns:
-//!
-//! | column | type | holds |
-//! |---|---|---|
-//! | `bucket_ms` | Int64 | bucket start, epoch ms, at the view's granularity |
-//! | `d:<path>` | Utf8, nullable | one per dimension, e.g. `d:properties.page` |
-//! | `m:<name>` | UInt64 | `count` |
-//! | `m:<name>:int`, `m:<name>:float` | Decimal128(38, 0), Float64 | `sum`, integer and float parts (readers also accept an Int64 integer part, as older snapshots wrote) |
-//! | `m:<name>` | Float64, nullable | `min`, `max` |
-//! | `m:<name>` | Binary | `distinct`: Redis HyperLogLog bytes ([`crate::hll`]) |
+//! The manifest is a JSON object tagged with a `version`, so a reader refuses
+//! a format it does not know instead of misreading it. Guarantees: every
+//! version ever written still reads ([`Manifest::V1`], before roll-up levels,
+//! reads as one level through [`Manifest::into_current`]); one put publishes
+//! a whole snapshot ([`put_if`], conditional on the version read); the files
+//! it lists follow [`crate::snapshot`]'s schema.
 
+use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
+use tally_core::time::Epoch;
+use tally_core::view::ViewDef;
 
-use crate::agg::AggKind;
-use crate::time::Epoch;
-use crate::view::{FieldPath, MeasureDef};
-
-/// `archive/cut.json`: the first ingest epoch not yet complete.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "version")]
-pub enum CutFile {
-    #[serde(rename = "1")]
-    V1 {
-        cut: Epoch,
-        /// Wall-clock time of the decision, epoch ms.
-        decided_ms: i64,
-    },
-}
-
-/// `archive/progress/<topic>/<partition>.json`: how far the archiver got.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "version")]
-pub enum ProgressFile {
-    #[serde(rename = "1")]
-    V1 {
-        topic: String,
-        partition: i32,
-        /// Every offset below this one is durable in the master dataset.
-        archived_to: i64,
-        /// The partition's end offset when it was last looked at.
-        high_watermark: i64,
-        /// Wall-clock time of `high_watermark`, epoch ms.
-        observed_ms: i64,
-        /// The archiver that claimed the partition last (a fresh token per
-        /// assignment). A claim always changes the object, so a previous
-        /// owner's conditional put fails even on stores whose version is a
-        /// content hash (S3 ETags); where there are no conditional puts, the
-        /// archivers compare it before writing. Absent in files written before
-        /// group membership (read as "nobody").
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        owner: Option<String>,
-    },
-}
+use crate::object::{self, StoreError, Version, Written};
+use crate::paths;
 
 /// One file of a snapshot: one UTC day at one roll-up level.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +76,7 @@ pub struct ManifestV1 {
     pub run_id: String,
     /// The snapshot holds exactly the records with ingest epoch `< cut`.
     pub cut: Epoch,
-    /// [`crate::view::ViewDef::fingerprint`] of the definition it was computed with.
+    /// [`ViewDef::fingerprint`] of the definition it was computed with.
     pub definition: String,
     pub created_ms: i64,
     pub days: Vec<DayFile>,
@@ -130,7 +86,7 @@ pub struct ManifestV1 {
 }
 
 /// The current manifest: every day at every roll-up level of the view
-/// ([`crate::view::ViewDef::levels`]), and the inputs with what identifies
+/// ([`ViewDef::levels`]), and the inputs with what identifies
 /// their content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestV2 {
@@ -138,7 +94,7 @@ pub struct ManifestV2 {
     pub run_id: String,
     /// The snapshot holds exactly the records with ingest epoch `< cut`.
     pub cut: Epoch,
-    /// [`crate::view::ViewDef::fingerprint`] of the definition it was computed with.
+    /// [`ViewDef::fingerprint`] of the definition it was computed with.
     pub definition: String,
     pub created_ms: i64,
     /// The levels every day is written at, finest (the view's granularity)
@@ -220,40 +176,43 @@ impl Manifest {
     }
 }
 
-/// Column names of a snapshot file.
-pub mod columns {
-    use super::*;
+/// The manifest of the view named `view` as stored, with its version for a
+/// conditional [`put_if`]; `None` when none was published yet. A manifest
+/// that is not valid JSON of a known version is [`StoreError::Json`]: the
+/// caller decides what an unreadable one means.
+pub async fn get(
+    store: &dyn ObjectStore,
+    view: &str,
+) -> Result<Option<(Manifest, Version)>, StoreError> {
+    object::get_json(store, &paths::manifest(view)).await
+}
 
-    pub const BUCKET: &str = "bucket_ms";
+/// The manifest of `view` in the current shape ([`Manifest::into_current`]);
+/// `None` when none was published yet.
+pub async fn read(
+    store: &dyn ObjectStore,
+    view: &ViewDef,
+) -> Result<Option<ManifestV2>, StoreError> {
+    Ok(get(store, &view.name)
+        .await?
+        .map(|(m, _)| m.into_current(view.granularity.as_ms())))
+}
 
-    pub fn dimension(path: &FieldPath) -> String {
-        format!("d:{}", path.as_string())
-    }
-
-    /// The columns of one measure, in order.
-    pub fn measure(m: &MeasureDef) -> Vec<String> {
-        match m.agg {
-            AggKind::Sum => vec![format!("m:{}:int", m.name), format!("m:{}:float", m.name)],
-            _ => vec![format!("m:{}", m.name)],
-        }
-    }
+/// Publish `manifest` (always written in the current version) as its view's snapshot, only over the version read
+/// (`None`: only if there is none yet). [`StoreError::Conflict`] when another
+/// run published first.
+pub async fn put_if(
+    store: &dyn ObjectStore,
+    manifest: ManifestV2,
+    expected: Option<&Version>,
+) -> Result<Written, StoreError> {
+    let path = paths::manifest(&manifest.view);
+    object::put_json_if(store, &path, &Manifest::V2(manifest), expected).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn files_are_tagged_with_their_version() {
-        let c = CutFile::V1 {
-            cut: 7,
-            decided_ms: 1,
-        };
-        let text = serde_json::to_string(&c).unwrap();
-        assert_eq!(text, r#"{"version":"1","cut":7,"decided_ms":1}"#);
-        assert_eq!(serde_json::from_str::<CutFile>(&text).unwrap(), c);
-        assert!(serde_json::from_str::<CutFile>(r#"{"version":"9","cut":7}"#).is_err());
-    }
 
     #[test]
     fn a_version_1_manifest_reads_as_one_level_with_inputs_to_recheck() {
@@ -271,28 +230,5 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&Manifest::V2(m.clone())).unwrap())
                 .unwrap();
         assert_eq!(again.into_current(1), m);
-    }
-
-    #[test]
-    fn progress_without_an_owner_still_reads() {
-        // Written before the archiver joined a consumer group.
-        let old = r#"{"version":"1","topic":"events","partition":0,"archived_to":90,"high_watermark":100,"observed_ms":5}"#;
-        let ProgressFile::V1 {
-            owner, archived_to, ..
-        } = serde_json::from_str(old).unwrap();
-        assert_eq!((owner, archived_to), (None, 90));
-        let claimed = ProgressFile::V1 {
-            topic: "events".into(),
-            partition: 0,
-            archived_to: 90,
-            high_watermark: 100,
-            observed_ms: 5,
-            owner: Some("a1".into()),
-        };
-        let text = serde_json::to_string(&claimed).unwrap();
-        assert_eq!(
-            serde_json::from_str::<ProgressFile>(&text).unwrap(),
-            claimed
-        );
     }
 }

@@ -13,7 +13,7 @@
 //! offset. An archive file is named by its first offset, so a rewrite after a
 //! crash overwrites the same object instead of adding a duplicate.
 
-use crate::time::{Epoch, Granularity};
+use tally_core::time::{Epoch, Granularity};
 
 /// The root of the master dataset.
 pub const EVENTS_ROOT: &str = "events";

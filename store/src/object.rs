@@ -1,26 +1,21 @@
-//! The object store: opening one from config, and the few typed operations the
-//! batch layer needs on top of it (JSON objects, conditional puts, listing).
+//! JSON objects in the store, conditional puts, listing and deletion: the
+//! few typed operations every stored object is read and written with.
 //!
-//! Everything above this module takes an `Arc<dyn ObjectStore>`, so tests run on
-//! `memory://` and users on `file://` or `s3://` with the same code. Guarantees:
-//! a put is atomic (readers see the old or the new object, never a mix); a
-//! conditional put ([`put_json_if`]) publishes only over the version it read,
-//! on stores that support it, and falls back to an atomic overwrite on stores
-//! that do not (the local file system), where the batch lock keeps runs apart.
-
-use std::sync::Arc;
+//! Guarantees: a put is atomic (readers see the old or the new object, never
+//! a mix); a conditional put ([`put_json_if`]) publishes only over the
+//! version it read, on stores that support it, and falls back to an atomic
+//! overwrite on stores that do not (the local file system), saying so in
+//! [`Written::conditional`]; a missing object reads as `None`, never as an
+//! error; an object that is not the JSON expected is [`StoreError::Json`],
+//! naming the path.
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
     GetOptions, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tally_core::config::StoreConfig;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,62 +44,6 @@ pub enum StoreError {
     /// A conditional put lost: someone else wrote the object first.
     #[error("object `{0}` was changed concurrently")]
     Conflict(String),
-}
-
-/// Open the store named by `cfg.url`.
-///
-/// - `file://PATH` (absolute or relative; the folder is created),
-/// - `memory://` (a fresh in-memory store; for tests),
-/// - `s3://BUCKET[/PREFIX]` with `s3_endpoint` / `s3_region` from config and
-///   credentials from the usual `AWS_*` environment variables. A plain-HTTP
-///   endpoint (MinIO, moto, s3s-fs) is allowed.
-pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    let url = cfg.url.as_str();
-    if let Some(path) = url.strip_prefix("file://") {
-        let path = if path.is_empty() { "." } else { path };
-        std::fs::create_dir_all(path).map_err(|source| StoreError::Folder {
-            path: path.to_owned(),
-            source,
-        })?;
-        let fs = LocalFileSystem::new_with_prefix(path).map_err(|source| StoreError::Open {
-            url: url.to_owned(),
-            source,
-        })?;
-        return Ok(Arc::new(fs));
-    }
-    if url == "memory://" || url.starts_with("memory://") {
-        return Ok(Arc::new(InMemory::new()));
-    }
-    if let Some(rest) = url.strip_prefix("s3://") {
-        let (bucket, prefix) = match rest.split_once('/') {
-            Some((b, p)) => (b, p.trim_matches('/')),
-            None => (rest, ""),
-        };
-        if bucket.is_empty() {
-            return Err(StoreError::BadUrl(url.to_owned()));
-        }
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        if let Some(region) = &cfg.s3_region {
-            b = b.with_region(region);
-        }
-        if let Some(endpoint) = &cfg.s3_endpoint {
-            b = b
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
-        }
-        let s3 = b.build().map_err(|source| StoreError::Open {
-            url: url.to_owned(),
-            source,
-        })?;
-        let store: Arc<dyn ObjectStore> = Arc::new(s3);
-        if prefix.is_empty() {
-            return Ok(store);
-        }
-        return Ok(Arc::new(object_store::prefix::PrefixStore::new(
-            store, prefix,
-        )));
-    }
-    Err(StoreError::BadUrl(url.to_owned()))
 }
 
 /// The version of an object as read, for a later conditional put.

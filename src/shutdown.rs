@@ -9,7 +9,7 @@ use tracing::info;
 /// A token cancelled on the first SIGTERM or SIGINT. The handlers are
 /// registered before this returns, not when a task first runs: a signal that
 /// arrives while a role is still starting stops it cleanly too.
-pub fn on_signal() -> CancellationToken {
+pub(crate) fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     #[cfg(unix)]

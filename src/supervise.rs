@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long to wait before a restart.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     /// The first wait; it doubles up to `max`.
     pub first: Duration,
     pub max: Duration,
@@ -42,7 +42,7 @@ impl Default for Backoff {
 
 /// What is known of one role.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RoleState {
+pub(crate) struct RoleState {
     /// Running now (not waiting to be restarted).
     pub up: bool,
     /// Failures so far.
@@ -53,11 +53,11 @@ pub struct RoleState {
 
 /// The states of a process's roles, shared with whoever reports them.
 #[derive(Debug, Clone, Default)]
-pub struct Roles(Arc<Mutex<BTreeMap<&'static str, RoleState>>>);
+pub(crate) struct Roles(Arc<Mutex<BTreeMap<&'static str, RoleState>>>);
 
 impl Roles {
     /// A copy of every role's state, by name.
-    pub fn snapshot(&self) -> BTreeMap<&'static str, RoleState> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<&'static str, RoleState> {
         self.lock().clone()
     }
 
@@ -76,7 +76,7 @@ impl Roles {
 /// Run the role `start` makes until `shutdown`, restarting it with backoff
 /// whenever it fails or stops on its own. Each run gets a child token of
 /// `shutdown`. Returns the last run's result once `shutdown` is cancelled.
-pub async fn supervise<F, Fut>(
+pub(crate) async fn supervise<F, Fut>(
     name: &'static str,
     roles: Roles,
     shutdown: CancellationToken,
@@ -90,7 +90,7 @@ where
 }
 
 /// [`supervise`] with its own [`Backoff`].
-pub async fn supervise_with<F, Fut>(
+pub(crate) async fn supervise_with<F, Fut>(
     waits: Backoff,
     name: &'static str,
     roles: Roles,

@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Install the recorder. With `listen`, also serve `/metrics` there; an
 /// address that cannot be bound is an error, not a silent absence of metrics.
-pub fn install(listen: Option<&str>) -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn install(listen: Option<&str>) -> anyhow::Result<PrometheusHandle> {
     let listener = match listen {
         Some(addr) => {
             let addr: SocketAddr = addr.parse().with_context(|| {

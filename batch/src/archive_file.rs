@@ -41,9 +41,9 @@ use tally_core::time::{day_of, EpochGrid};
 use crate::promote::{self, Promote, PromotedKey, PropType, PropsView};
 
 /// Key of the footer metadata that lists the days a file touches.
-pub const DAYS_KEY: &str = "tally.days";
+pub(crate) const DAYS_KEY: &str = "tally.days";
 /// Key of the footer metadata that holds the file's last offset.
-pub const LAST_OFFSET_KEY: &str = "tally.last_offset";
+pub(crate) const LAST_OFFSET_KEY: &str = "tally.last_offset";
 
 /// Errors writing or reading an archive file.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +92,7 @@ pub fn schema(columns: &[(PropType, String)]) -> SchemaRef {
 }
 
 /// The Arrow type of a promoted column of `ty`.
-pub fn arrow_type(ty: PropType) -> DataType {
+pub(crate) fn arrow_type(ty: PropType) -> DataType {
     match ty {
         PropType::Str => DataType::Utf8,
         PropType::Int => DataType::Int64,
@@ -118,7 +118,6 @@ pub struct ArchiveRows {
     raw: BinaryBuilder,
     days: BTreeSet<i64>,
     rows: usize,
-    bytes: usize,
     /// First offset in this file (it names the file).
     pub first_offset: i64,
     /// Last offset added.
@@ -142,7 +141,6 @@ impl ArchiveRows {
             raw: BinaryBuilder::new(),
             days: BTreeSet::new(),
             rows: 0,
-            bytes: 0,
             first_offset,
             last_offset: first_offset,
         }
@@ -154,11 +152,6 @@ impl ArchiveRows {
 
     pub fn is_empty(&self) -> bool {
         self.rows == 0
-    }
-
-    /// Raw bytes added so far (the roll-by-size measure).
-    pub fn raw_bytes(&self) -> usize {
-        self.bytes
     }
 
     /// Decode and add one record (valid or not).
@@ -181,7 +174,6 @@ impl ArchiveRows {
         self.epoch.append_value(clock.epoch_of(kafka_ts_ms));
         self.raw.append_value(value);
         self.rows += 1;
-        self.bytes += value.len();
         match decode(value, kafka_ts_ms, limits) {
             Ok(e) => {
                 self.reject.append_null();
@@ -335,7 +327,7 @@ pub enum Outcome {
 /// is left is two writers checking at the same moment and the shorter one
 /// landing last. A longer file still replaces a shorter one, as a crash
 /// replay must.
-pub async fn write_unless_covered(
+pub(crate) async fn write_unless_covered(
     store: Arc<dyn ObjectStore>,
     path: &str,
     rows: &mut ArchiveRows,
@@ -358,7 +350,7 @@ pub async fn write_unless_covered(
 /// file (a crash replay moved the progress past that file's first offset)
 /// only this lookup knows that the records from there on are durable; a new
 /// roll would write them again under another name.
-pub async fn file_holding(
+pub(crate) async fn file_holding(
     store: Arc<dyn ObjectStore>,
     epoch: tally_core::time::Epoch,
     topic: &str,
@@ -399,7 +391,7 @@ async fn last_offset_of(store: Arc<dyn ObjectStore>, path: &str) -> Result<Optio
 }
 
 /// The last offset listed in a file's footer metadata.
-pub fn last_offset_in(meta: &parquet::file::metadata::ParquetMetaData) -> Option<i64> {
+pub(crate) fn last_offset_in(meta: &parquet::file::metadata::ParquetMetaData) -> Option<i64> {
     let kv = meta.file_metadata().key_value_metadata()?;
     kv.iter()
         .find(|k| k.key == LAST_OFFSET_KEY)?
@@ -410,7 +402,7 @@ pub fn last_offset_in(meta: &parquet::file::metadata::ParquetMetaData) -> Option
 }
 
 /// The days listed in a file's footer metadata.
-pub fn days_of(meta: &parquet::file::metadata::ParquetMetaData) -> Option<Vec<i64>> {
+pub(crate) fn days_of(meta: &parquet::file::metadata::ParquetMetaData) -> Option<Vec<i64>> {
     let kv = meta.file_metadata().key_value_metadata()?;
     let v = kv.iter().find(|k| k.key == DAYS_KEY)?.value.as_deref()?;
     if v.is_empty() {

@@ -17,12 +17,12 @@
 //! - [`progress`]: the archiver's shared objects: each partition's progress,
 //!   fenced by a claim, and the cut, computed over every partition and
 //!   published only forward.
-//! - [`recompute`]: a batch run (incremental by files, or full): inputs and
+//! - `recompute`: a batch run (incremental by files, or full): inputs and
 //!   their overlaps, fetching, the Polars plan, `distinct` sketches, groups
 //!   and roll-ups, snapshots, publishing and garbage collection;
 //!   `recompute` for an ad-hoc range.
 //! - [`lock`]: the lock object that keeps runs from overlapping.
-//! - [`schedule`]: locked runs, and the cron schedule.
+//! - `schedule`: locked runs, and the cron schedule.
 //!
 //! Entry points for the `tally` binary: [`archive::run`], [`run_batch`],
 //! [`run_locked`], [`recompute()`] and [`schedule()`]. What is stored (paths, manifests,
@@ -34,9 +34,9 @@ pub mod archive_file;
 pub mod lock;
 pub mod progress;
 pub mod promote;
-pub mod recompute;
+mod recompute;
 mod report;
-pub mod schedule;
+mod schedule;
 
 pub use recompute::{
     recompute, run_batch, run_batch_with, BatchError, Progress, RunOptions, RunSummary, ViewSummary,

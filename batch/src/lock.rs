@@ -156,7 +156,7 @@ impl BatchLock {
 
     /// Renew now: `Ok` means the lock is this holder's for another TTL, so
     /// what it publishes next cannot race another run.
-    pub async fn confirm(&self) -> Result<(), LockError> {
+    pub(crate) async fn confirm(&self) -> Result<(), LockError> {
         self.renew(tally_core::time::now_ms()).await
     }
 

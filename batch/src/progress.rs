@@ -68,7 +68,7 @@ pub enum ProgressError {
 /// The latest observation `(end offset, wall-clock ms)` that a partition's
 /// durable position has reached: every record below the end offset seen at
 /// that time is archived.
-pub type Reached = Option<(i64, i64)>;
+pub(crate) type Reached = Option<(i64, i64)>;
 
 /// Whether a fenced write went through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,7 +228,7 @@ fn archived_to_of(file: &ProgressFile) -> i64 {
 }
 
 /// The observation a progress object records as reached, if any.
-pub fn reached_of(file: &ProgressFile) -> Reached {
+pub(crate) fn reached_of(file: &ProgressFile) -> Reached {
     let ProgressFile::V1 {
         archived_to,
         high_watermark,
@@ -240,7 +240,7 @@ pub fn reached_of(file: &ProgressFile) -> Reached {
 
 /// The cut the observations allow: the first epoch not complete everywhere.
 /// `None` when some partition has not reached any observation.
-pub fn cut_of(
+pub(crate) fn cut_of(
     reached: impl IntoIterator<Item = Option<i64>>,
     grid: EpochGrid,
     grace: i64,

@@ -33,12 +33,12 @@ use tally_core::view::FieldPath;
 use crate::archive_file::FileError;
 
 /// Key of the footer metadata that lists the promoted keys (JSON).
-pub const PROMOTED_KEY: &str = "tally.promoted";
+pub(crate) const PROMOTED_KEY: &str = "tally.promoted";
 /// Key of the footer metadata that holds the format version (`2`).
-pub const FORMAT_KEY: &str = "tally.format";
+pub(crate) const FORMAT_KEY: &str = "tally.format";
 /// Keys with a value in at least this share of a file's valid rows are
 /// promoted even if no view uses them.
-pub const FREQUENT_SHARE: f64 = 0.10;
+pub(crate) const FREQUENT_SHARE: f64 = 0.10;
 /// Frequent keys are promoted while a file has at most this many promoted
 /// columns (the views' own keys are promoted regardless).
 pub const MAX_COLUMNS: usize = 128;
@@ -86,7 +86,7 @@ pub struct PromotedKey {
 
 /// The column name of `key` holding values of `ty`, when the key has
 /// `types` types in the file.
-pub fn column_name(key: &str, ty: PropType, types: usize) -> String {
+pub(crate) fn column_name(key: &str, ty: PropType, types: usize) -> String {
     if types > 1 {
         format!("properties.{key}:{}", ty.name())
     } else {
@@ -137,7 +137,7 @@ impl Promote {
         }
     }
 
-    pub fn is_legacy_v1(&self) -> bool {
+    pub(crate) fn is_legacy_v1(&self) -> bool {
         self.legacy_v1
     }
 
@@ -202,7 +202,9 @@ impl Promote {
 
 /// The promoted keys listed in a file's footer metadata; `None` for a file
 /// without the list (format v1).
-pub fn promoted_in(meta: &parquet::file::metadata::ParquetMetaData) -> Option<Vec<PromotedKey>> {
+pub(crate) fn promoted_in(
+    meta: &parquet::file::metadata::ParquetMetaData,
+) -> Option<Vec<PromotedKey>> {
     let kv = meta.file_metadata().key_value_metadata()?;
     let v = kv
         .iter()
@@ -214,7 +216,7 @@ pub fn promoted_in(meta: &parquet::file::metadata::ParquetMetaData) -> Option<Ve
 
 /// The `props` list of a batch, for promoting keys out of it.
 #[derive(Debug)]
-pub struct PropsView<'a> {
+pub(crate) struct PropsView<'a> {
     list: &'a ListArray,
     key: &'a StringArray,
     str: &'a StringArray,
@@ -224,7 +226,7 @@ pub struct PropsView<'a> {
 }
 
 impl<'a> PropsView<'a> {
-    pub fn of(list: &'a ListArray) -> Result<Self, FileError> {
+    pub(crate) fn of(list: &'a ListArray) -> Result<Self, FileError> {
         let bad = |c: &str| FileError::Malformed {
             path: String::new(),
             problem: format!("column `props.{c}` is missing or mistyped"),
@@ -288,7 +290,7 @@ impl<'a> PropsView<'a> {
 
     /// Per key: how many rows valid per `reject` (null) have a value of
     /// each type (the first occurrence in the row counts).
-    pub fn counts(&self, reject: &StringArray) -> (BTreeMapCounts<'a>, u64) {
+    pub(crate) fn counts(&self, reject: &StringArray) -> (BTreeMapCounts<'a>, u64) {
         let mut counts: FxHashMap<&'a str, [u64; 4]> = FxHashMap::default();
         self.for_each_first(|r, j, k| {
             if reject.is_null(r) {
@@ -301,7 +303,7 @@ impl<'a> PropsView<'a> {
     }
 
     /// The promoted columns of `keys`, in their order.
-    pub fn columns(&self, keys: &[PromotedKey]) -> Vec<ArrayRef> {
+    pub(crate) fn columns(&self, keys: &[PromotedKey]) -> Vec<ArrayRef> {
         enum B {
             Str(StringBuilder),
             Int(Int64Builder),
@@ -366,7 +368,7 @@ impl<'a> PropsView<'a> {
 }
 
 /// Per key, rows with a value of each type ([`PropType::index`]).
-pub type BTreeMapCounts<'a> = std::collections::BTreeMap<&'a str, [u64; 4]>;
+pub(crate) type BTreeMapCounts<'a> = std::collections::BTreeMap<&'a str, [u64; 4]>;
 
 #[cfg(test)]
 mod tests {

@@ -14,10 +14,10 @@ use tally_core::kafka_security::KafkaSecurity;
 
 /// How long a group member may go silent before the group hands its
 /// partitions to the others.
-pub const SESSION_TIMEOUT_MS: u32 = 10_000;
+pub(crate) const SESSION_TIMEOUT_MS: u32 = 10_000;
 
 /// How often a member tells the group it is alive: well inside the session.
-pub const HEARTBEAT_INTERVAL_MS: u32 = 1_000;
+pub(crate) const HEARTBEAT_INTERVAL_MS: u32 = 1_000;
 
 /// The brokers and how to reach them (TLS, SASL): the base of every client.
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {

@@ -39,7 +39,7 @@ const MAX_ENTRIES: usize = 1024;
 
 /// A resolved query: equal keys give equal answers from equal inputs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct QueryKey {
+pub(crate) struct QueryKey {
     pub view: String,
     pub from_ms: i64,
     pub to_ms: i64,
@@ -50,7 +50,7 @@ pub struct QueryKey {
 }
 
 impl QueryKey {
-    pub fn new(view: &str, q: &Query) -> QueryKey {
+    pub(crate) fn new(view: &str, q: &Query) -> QueryKey {
         QueryKey {
             view: view.to_owned(),
             from_ms: q.from_ms,
@@ -73,12 +73,12 @@ struct Entry {
 }
 
 /// Boxed so the cache can run it on a background task.
-pub type Compute =
+pub(crate) type Compute =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, ApiError>> + Send + 'static>>;
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct ResultCache {
+pub(crate) struct ResultCache {
     ttl: Duration,
     entries: Arc<Mutex<HashMap<QueryKey, Entry>>>,
 }
@@ -87,7 +87,7 @@ pub struct ResultCache {
 const MAX_STALE: Duration = Duration::from_secs(10);
 
 impl ResultCache {
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         ResultCache {
             ttl,
             entries: Arc::new(Mutex::new(HashMap::new())),
@@ -95,7 +95,7 @@ impl ResultCache {
     }
 
     /// Whether answers are kept at all.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.ttl.is_zero()
     }
 
@@ -103,7 +103,7 @@ impl ResultCache {
     /// than `MAX_STALE`) while one background task recomputes it; else
     /// `compute`'s, shared with concurrent callers of the same key.
     /// `generation` must be read before `compute` loads the snapshot.
-    pub async fn get_or_compute(
+    pub(crate) async fn get_or_compute(
         &self,
         key: QueryKey,
         generation: u64,

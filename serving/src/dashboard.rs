@@ -13,4 +13,4 @@
 //! browser test (`tests/browser.rs`) compares them exactly.
 
 /// The page.
-pub const PAGE: &str = include_str!("../static/dashboard.html");
+pub(crate) const PAGE: &str = include_str!("../static/dashboard.html");

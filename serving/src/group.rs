@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// One value per dimension of the view.
-pub type Group = Box<[Option<Arc<str>>]>;
+pub(crate) type Group = Box<[Option<Arc<str>>]>;
 
 /// Interns dimension values and groups: equal values share one `Arc<str>`,
 /// equal groups one index.
 #[derive(Debug, Default)]
-pub struct GroupDict {
+pub(crate) struct GroupDict {
     values: HashMap<Arc<str>, u32>,
     texts: Vec<Arc<str>>,
     ids: HashMap<Box<[u32]>, u32>,
@@ -27,7 +27,7 @@ const ABSENT: u32 = u32::MAX;
 
 impl GroupDict {
     /// The index of the group of `values` (one per dimension), added if new.
-    pub fn intern<'a>(&mut self, values: impl IntoIterator<Item = Option<&'a str>>) -> u32 {
+    pub(crate) fn intern<'a>(&mut self, values: impl IntoIterator<Item = Option<&'a str>>) -> u32 {
         self.key.clear();
         for v in values {
             let id = match v {
@@ -59,17 +59,17 @@ impl GroupDict {
         g
     }
 
-    pub fn groups(&self) -> &[Group] {
+    pub(crate) fn groups(&self) -> &[Group] {
         &self.groups
     }
 
     /// The groups, giving up the lookup tables.
-    pub fn into_groups(self) -> Vec<Group> {
+    pub(crate) fn into_groups(self) -> Vec<Group> {
         self.groups
     }
 
     /// Heap bytes held (roughly): what a memory budget counts.
-    pub fn heap_bytes(&self) -> usize {
+    pub(crate) fn heap_bytes(&self) -> usize {
         let texts: usize = self.texts.iter().map(|t| t.len() + 48).sum();
         let per_group = self.key.capacity().max(1) * 12 + 64;
         texts + self.groups.len() * per_group

@@ -10,33 +10,33 @@
 //!
 //! - [`snapshot`]: manifests (indexed, swapped atomically) and the day files
 //!   read on demand per (view, day, level) through a byte-budgeted cache.
-//! - [`speed`]: an in-memory copy of the speed layer's slices at or above the
+//! - `speed`: an in-memory copy of the speed layer's slices at or above the
 //!   cut, with roll-up levels, kept current by reading only what each flush
 //!   changed (versions in Redis).
 //! - [`query`]: parameters, the level plan (the coarsest level that answers
 //!   exactly), the fold on the blocking pool, the ranked answer.
 //! - [`api`]: routes and layers; handlers one file per endpoint family;
 //!   auth; OpenAPI. [`dto`]: the wire types.
-//! - [`answer_cache`]: optional reuse of whole answers for a short TTL.
+//! - `answer_cache`: optional reuse of whole answers for a short TTL.
 //! - [`state`]: [`AppState`] and the background loops (manifest poll, speed sync).
-//! - [`group`]: groups in memory. [`dashboard`]: the page at `/`.
-//!   [`metrics`]: the Prometheus recorder. [`error`]: [`ApiError`] and [`ServeError`].
+//! - `group`: groups in memory. `dashboard`: the page at `/`.
+//!   `metrics`: the Prometheus recorder. [`error`]: [`ApiError`] and [`ServeError`].
 //!
 //! ## Entry points
 //!
 //! [`serve`] runs everything until a shutdown future resolves; [`router`]
 //! gives the bare `axum::Router` for tests.
 
-pub mod answer_cache;
+mod answer_cache;
 pub mod api;
-pub mod dashboard;
+mod dashboard;
 pub mod dto;
 pub mod error;
-pub mod group;
-pub mod metrics;
+mod group;
+mod metrics;
 pub mod query;
 pub mod snapshot;
-pub mod speed;
+mod speed;
 pub mod state;
 
 use std::future::Future;

@@ -109,9 +109,9 @@ struct Browser {
 
 mod tempdir {
     /// A fresh folder removed on drop (Chromium's `--user-data-dir`).
-    pub struct Dir(pub std::path::PathBuf);
+    pub(crate) struct Dir(pub std::path::PathBuf);
     impl Dir {
-        pub fn new(tag: &str) -> Dir {
+        pub(crate) fn new(tag: &str) -> Dir {
             let p = std::env::temp_dir().join(format!(
                 "tally-{tag}-{}-{}",
                 std::process::id(),

@@ -39,7 +39,7 @@ pub enum Outcome {
 /// memory. Anything else (a script error, a refused command) would fail the
 /// same way every time. Either way nothing was applied: the script checks
 /// everything before it writes.
-pub fn is_transient(e: &SpeedError) -> bool {
+pub(crate) fn is_transient(e: &SpeedError) -> bool {
     match e {
         SpeedError::Redis(e) => {
             e.is_io_error()

@@ -33,7 +33,7 @@ use tally_core::event::Reject;
 use crate::error::SpeedError;
 
 /// Producer for the dead-letter topic.
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     producer: ThreadedProducer<Deliveries>,
     topic: String,
 }
@@ -64,14 +64,14 @@ impl std::fmt::Debug for DeadLetters {
 
 /// Where a rejected record came from.
 #[derive(Debug, Clone, Copy)]
-pub struct Source<'a> {
+pub(crate) struct Source<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
 }
 
 impl DeadLetters {
-    pub fn new(kafka: &KafkaConfig) -> Result<Self, SpeedError> {
+    pub(crate) fn new(kafka: &KafkaConfig) -> Result<Self, SpeedError> {
         let producer: ThreadedProducer<Deliveries> = tally_kafka::client_config(kafka)
             .set("linger.ms", "20")
             .set("message.timeout.ms", "300000")
@@ -83,7 +83,13 @@ impl DeadLetters {
     }
 
     /// Queue one rejected record. Waits (polling) while the local queue is full.
-    pub fn send(&self, key: Option<&[u8]>, payload: &[u8], reject: &Reject, src: Source<'_>) {
+    pub(crate) fn send(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reject: &Reject,
+        src: Source<'_>,
+    ) {
         let message = reject.to_string();
         let partition = src.partition.to_string();
         let offset = src.offset.to_string();
@@ -138,7 +144,7 @@ impl DeadLetters {
     }
 
     /// Wait for queued dead letters to be delivered.
-    pub fn flush(&self, timeout: Duration) {
+    pub(crate) fn flush(&self, timeout: Duration) {
         if let Err(e) = self.producer.flush(timeout) {
             warn!(error = %e, "dead letters not all delivered before shutdown");
         }

@@ -27,7 +27,7 @@ const DELETE_BATCH: usize = 500;
 /// Compare `views` with the definitions Redis records; on a change, delete
 /// every key under the prefix. Returns the views whose definition changed
 /// or that are new (empty: nothing was deleted).
-pub async fn reconcile(
+pub(crate) async fn reconcile(
     con: &mut ConnectionManager,
     keys: &Keys,
     views: &[ViewDef],

@@ -24,20 +24,20 @@ use tally_core::time::{day_of, Epoch, EpochGrid};
 use tally_core::view::{FieldPath, Input, ScalarRef, ViewDef};
 
 /// The maps of the hot path (see Cargo.toml for why foldhash).
-pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Past this many distinct values a group's distinct delta becomes a sketch.
-pub const DISTINCT_VALUES_MAX: usize = 32;
+pub(crate) const DISTINCT_VALUES_MAX: usize = 32;
 
 /// One view, prepared for the hot path.
 #[derive(Debug)]
-pub struct PreparedView {
+pub(crate) struct PreparedView {
     pub def: ViewDef,
     filter: Vec<(FieldPath, Vec<String>)>,
 }
 
 impl PreparedView {
-    pub fn new(def: ViewDef) -> Self {
+    pub(crate) fn new(def: ViewDef) -> Self {
         let filter = def.parsed_filter();
         PreparedView { def, filter }
     }
@@ -52,7 +52,7 @@ pub struct SliceId {
 }
 
 /// Aggregates of one slice: bucket start -> group JSON -> one delta per measure.
-pub type SliceDelta = Map<i64, Map<String, Vec<MeasureDelta>>>;
+pub(crate) type SliceDelta = Map<i64, Map<String, Vec<MeasureDelta>>>;
 
 /// One measure's delta for one bucket and group.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,9 +94,13 @@ impl Distinct {
             Distinct::Sketch(h) => h.add(value),
         }
     }
+}
 
-    /// The sketch of these values.
-    pub fn to_hll(&self) -> Hll {
+impl Distinct {
+    /// The sketch of these values (tests compare it with a sketch built
+    /// directly; the flusher sends the values themselves).
+    #[cfg(test)]
+    fn to_hll(&self) -> Hll {
         match self {
             Distinct::Values(vs) => {
                 let mut h = Hll::new();

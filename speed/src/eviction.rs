@@ -16,7 +16,7 @@ use tally_core::config::RedisConfig;
 use crate::error::SpeedError;
 
 /// Check the server's `maxmemory-policy` against the config.
-pub async fn check(cfg: &RedisConfig) -> Result<(), SpeedError> {
+pub(crate) async fn check(cfg: &RedisConfig) -> Result<(), SpeedError> {
     let accepted = cfg.accept_maxmemory_policy.as_deref();
     if accepted == Some("any") {
         return Ok(());

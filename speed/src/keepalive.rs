@@ -28,12 +28,12 @@ use crate::error::SpeedError;
 use crate::resume::snapshot_cut;
 
 /// How often [`run`] renews, for a retention of `retention_ms`.
-pub fn period(retention_ms: i64) -> Duration {
+pub(crate) fn period(retention_ms: i64) -> Duration {
     Duration::from_millis((retention_ms / 4).clamp(50, 60_000) as u64)
 }
 
 /// Renew slices at or above the snapshot cut until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     cfg: Arc<Config>,
     store: Arc<dyn ObjectStore>,
     mut con: ConnectionManager,
@@ -79,7 +79,7 @@ pub async fn run(
 /// entry alone would make a lost slice look alive (the apply script reports a
 /// slice whose keys vanished before their time). Expiries only move later
 /// (`GT`), never under a flush that just wrote a later one.
-pub async fn renew(
+pub(crate) async fn renew(
     con: &mut ConnectionManager,
     keys: &Keys,
     views: &[ViewDef],

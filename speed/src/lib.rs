@@ -14,30 +14,30 @@
 //!   plus one offset range per partition).
 //! - [`apply`]: the fencing Lua script and the Redis side: apply chunks,
 //!   report applied / fenced / reset.
-//! - [`resume`]: where a partition is rebuilt from when Redis has no offset
+//! - `resume`: where a partition is rebuilt from when Redis has no offset
 //!   for it: the first record of the snapshot cut.
-//! - [`eviction`]: the start-up check that Redis does not evict keys.
-//! - [`definitions`]: a view whose definition changed is rebuilt from the
+//! - `eviction`: the start-up check that Redis does not evict keys.
+//! - `definitions`: a view whose definition changed is rebuilt from the
 //!   snapshot cut (its slices never mix two definitions).
-//! - [`keepalive`]: slices at or above the snapshot cut are renewed, so none
+//! - `keepalive`: slices at or above the snapshot cut are renewed, so none
 //!   expires before the batch covers it.
-//! - [`dead_letter`]: rejected records to the dead-letter topic, with reasons.
-//! - [`consumer`]: the run time that ties these together: the consume
+//! - `dead_letter`: rejected records to the dead-letter topic, with reasons.
+//! - `consumer`: the run time that ties these together: the consume
 //!   thread, the flusher behind a bounded queue (backpressure), where
 //!   assigned partitions start, and shutdown. The Kafka plumbing it shares
 //!   with the archiver (settings, rebalances, seek-back, batched reads) is
 //!   `tally-kafka`.
-//! - [`error`]: the crate's error type.
+//! - `error`: the crate's error type.
 
 pub mod apply;
-pub mod consumer;
-pub mod dead_letter;
-pub mod definitions;
+mod consumer;
+mod dead_letter;
+mod definitions;
 pub mod delta;
-pub mod error;
-pub mod eviction;
-pub mod keepalive;
-pub mod resume;
+mod error;
+mod eviction;
+mod keepalive;
+mod resume;
 
 pub use consumer::{run, SpeedSummary};
 pub use error::SpeedError;

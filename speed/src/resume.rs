@@ -36,7 +36,7 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// covers any cut (more work, nothing missed). It is logged and counted
 /// (`tally_speed_unreadable_manifests_total{view}`) rather than stopping the
 /// layer; the next batch run replaces it.
-pub async fn snapshot_cut(
+pub(crate) async fn snapshot_cut(
     store: &Arc<dyn ObjectStore>,
     views: &[ViewDef],
 ) -> Result<Option<Epoch>, SpeedError> {
@@ -60,7 +60,7 @@ pub async fn snapshot_cut(
 }
 
 /// The offset to rebuild a partition from, given the cut.
-pub fn rebuild_offset<C: ConsumerContext + 'static>(
+pub(crate) fn rebuild_offset<C: ConsumerContext + 'static>(
     consumer: &impl Consumer<C>,
     topic: &str,
     partition: i32,

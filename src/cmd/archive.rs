@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The archive role: Kafka to the master dataset until `shutdown`; then the
 /// buffered records are rolled and progress and cut published.
-pub async fn role(
+pub(crate) async fn role(
     cfg: Arc<Config>,
     store: Arc<dyn ObjectStore>,
     shutdown: CancellationToken,
@@ -27,7 +27,7 @@ pub async fn role(
 }
 
 /// The archive role alone, restarted with backoff when it fails.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     crate::telemetry::install(cfg.archive.metrics_listen.as_deref())?;
     let store = crate::cmd::open_store(&cfg)?;

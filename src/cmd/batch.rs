@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cmd::progress::Bar;
 
 /// One locked batch run now, up to the cut, with a progress bar and a summary.
-pub async fn run_once(cfg: Config, full: bool) -> anyhow::Result<()> {
+pub(crate) async fn run_once(cfg: Config, full: bool) -> anyhow::Result<()> {
     let store = crate::cmd::open_store(&cfg)?;
     let opts = RunOptions {
         full,
@@ -28,7 +28,7 @@ pub async fn run_once(cfg: Config, full: bool) -> anyhow::Result<()> {
 }
 
 /// The scheduler role: runs on `batch.schedule` until `shutdown`.
-pub async fn schedule_role(
+pub(crate) async fn schedule_role(
     cfg: Arc<Config>,
     store: Arc<dyn ObjectStore>,
     shutdown: CancellationToken,
@@ -40,7 +40,7 @@ pub async fn schedule_role(
 }
 
 /// The scheduler alone, restarted with backoff when it fails.
-pub async fn schedule(cfg: Config) -> anyhow::Result<()> {
+pub(crate) async fn schedule(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     crate::telemetry::install(cfg.batch.metrics_listen.as_deref())?;
     let store = crate::cmd::open_store(&cfg)?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tally_core::config::{redact_url, Config};
 
-pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg =
         Config::load(path).with_context(|| format!("{} is not a valid config", path.display()))?;
     println!("{}: ok", path.display());

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Options of `tally demo`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Events per second of synthetic traffic.
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
@@ -56,7 +56,7 @@ fn parse_span(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` is not a duration: use e.g. 24h, 90m or 0s"))
 }
 
-pub async fn run(cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     let metrics = crate::telemetry::install(None)?;
     let store = crate::cmd::open_store(&cfg)?;

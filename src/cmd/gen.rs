@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Options of `tally gen`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct GenArgs {
+pub(crate) struct GenArgs {
     /// Target events per second (0: as fast as possible).
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
@@ -75,7 +75,11 @@ fn shape(cfg: &Config, args: &GenArgs) -> anyhow::Result<Shape> {
     Ok(shape)
 }
 
-pub async fn run(cfg: Config, args: GenArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    cfg: Config,
+    args: GenArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let shape = shape(&cfg, &args)?;
     let topic = match &args.topic {
         Some(t) => t.clone(),

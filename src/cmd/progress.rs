@@ -9,12 +9,12 @@ use tally_batch::{Progress, RunSummary};
 
 /// A bar over the archive files every planned view will read.
 #[derive(Debug)]
-pub struct Bar {
+pub(crate) struct Bar {
     bar: ProgressBar,
 }
 
 impl Bar {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(
@@ -27,7 +27,7 @@ impl Bar {
     }
 
     /// Account for one progress event.
-    pub fn on(&self, p: Progress) {
+    pub(crate) fn on(&self, p: Progress) {
         match p {
             Progress::Planned { view, files, days } => {
                 self.bar.set_prefix(view);
@@ -40,13 +40,13 @@ impl Bar {
         }
     }
 
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.bar.finish_and_clear();
     }
 }
 
 /// Print what a run did: files, rows read, seconds, rows/s, and per view.
-pub fn print_summary(s: &RunSummary) {
+pub(crate) fn print_summary(s: &RunSummary) {
     let Some(cut) = s.cut else {
         println!("nothing to do: no cut published yet (is `tally archive` running?)");
         return;

@@ -9,7 +9,13 @@ use tally_core::time::parse_instant;
 
 use crate::cmd::progress::{print_summary, Bar};
 
-pub async fn run(cfg: Config, view: &str, from: &str, to: &str, full: bool) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    cfg: Config,
+    view: &str,
+    from: &str,
+    to: &str,
+    full: bool,
+) -> anyhow::Result<()> {
     if cfg.view(view).is_none() {
         let names: Vec<&str> = cfg.views.iter().map(|v| v.name.as_str()).collect();
         bail!("--view `{view}` is not configured; the views are {names:?}");

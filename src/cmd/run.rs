@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cmd::{archive, batch, serve, speed};
 use crate::supervise::{supervise, Roles};
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     let metrics = crate::telemetry::install(None)?;
     let store = crate::cmd::open_store(&cfg)?;
@@ -25,7 +25,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Run the four roles, each restarted when it fails, until `shutdown`.
-pub async fn run_roles(
+pub(crate) async fn run_roles(
     cfg: Arc<Config>,
     store: Arc<dyn object_store::ObjectStore>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 const TRIGGER_WAIT: Duration = Duration::from_secs(2);
 
 /// The serving role, until `shutdown`.
-pub async fn role(
+pub(crate) async fn role(
     cfg: Arc<Config>,
     store: Arc<dyn ObjectStore>,
     metrics: PrometheusHandle,
@@ -37,7 +37,7 @@ pub async fn role(
         .context("serving layer")
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     let metrics = crate::telemetry::install(None)?;
     let store = crate::cmd::open_store(&cfg)?;

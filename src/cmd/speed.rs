@@ -8,7 +8,7 @@ use tally_core::config::Config;
 use tokio_util::sync::CancellationToken;
 
 /// The speed role: Kafka to Redis counters until `shutdown`, then flush.
-pub async fn role(
+pub(crate) async fn role(
     cfg: Arc<Config>,
     store: Arc<dyn ObjectStore>,
     shutdown: CancellationToken,
@@ -26,7 +26,7 @@ pub async fn role(
 }
 
 /// The speed role alone, restarted with backoff when it fails.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     crate::telemetry::install(cfg.speed.metrics_listen.as_deref())?;
     let store = crate::cmd::open_store(&cfg)?;

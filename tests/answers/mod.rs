@@ -6,7 +6,8 @@
 //! answer: counts, sums, minima and maxima equal, distincts equal to what
 //! Redis's own `PFCOUNT` says for the exact set.
 
-#![allow(dead_code)]
+// Shared by several test binaries: `pub` is the module's surface to them.
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};

@@ -2,7 +2,9 @@
 //! log file, stopped with SIGTERM (which must exit cleanly) or SIGKILL (which
 //! must lose nothing). Used by the crash and end-to-end tests.
 
-#![allow(dead_code)]
+// Shared by several test binaries, each using a part: `pub` is the
+// module's surface to them, not the crate's.
+#![allow(dead_code, unreachable_pub)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

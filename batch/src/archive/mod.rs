@@ -150,7 +150,7 @@ pub struct ArchiveSummary {
 /// seek lose a race with librdkafka starting the fetcher, it is tried again
 /// at the next tick, and nothing of the partition is taken until it works.
 #[derive(Debug)]
-pub struct Paused;
+pub(crate) struct Paused;
 
 impl Layer for Paused {
     type Start = ();

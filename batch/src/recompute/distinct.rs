@@ -17,14 +17,14 @@ use tally_core::hll::{pattern, redis_bytes_of};
 use crate::promote::PropType;
 
 /// The entry of one value's text.
-pub fn entry(text: &[u8]) -> u32 {
+pub(super) fn entry(text: &[u8]) -> u32 {
     let (index, rank) = pattern(text);
     ((index as u32) << 8) | u32::from(rank)
 }
 
 /// An entry per row from the value in `columns` (typed columns of one
 /// field, at most one of them set per row); null where none is.
-pub fn entries(columns: &[(PropType, String)], name: &str) -> Expr {
+pub(super) fn entries(columns: &[(PropType, String)], name: &str) -> Expr {
     let types: Vec<PropType> = columns.iter().map(|(t, _)| *t).collect();
     let first = col(columns[0].1.as_str());
     let rest: Vec<Expr> = columns[1..].iter().map(|(_, c)| col(c.as_str())).collect();
@@ -109,7 +109,7 @@ fn format_int(buf: &mut [u8; 20], v: i64) -> &[u8] {
 /// one per register index, with the highest rank. Element-wise over the
 /// lists (one pass over a chunk's offsets, no Series per group), so it runs
 /// per morsel inside the plan; a null list (or null entries) counts as none.
-pub fn registers(list: Expr) -> Expr {
+pub(super) fn registers(list: Expr) -> Expr {
     list.map(
         |c: Column| reduce_lists(&c).map(Column::from),
         |_, f| {
@@ -159,7 +159,7 @@ fn for_each_list(lists: &ListChunked, mut f: impl FnMut(&[u32])) -> PolarsResult
 }
 
 /// Sort `entries` and keep, per register index, the highest rank.
-pub fn reduce(entries: &mut Vec<u32>) {
+pub(super) fn reduce(entries: &mut Vec<u32>) {
     entries.sort_unstable();
     // Sorted ascending: a later entry of the same index has a higher rank.
     let mut n = 0;
@@ -178,7 +178,7 @@ pub fn reduce(entries: &mut Vec<u32>) {
 /// Each list of registers (as [`registers`] makes them) as the sketch's
 /// bytes, byte for byte what Redis stores for the same values
 /// ([`redis_bytes_of`]): the snapshot's column, in one pass over the lists.
-pub fn sketches(lists: &ListChunked) -> PolarsResult<arrow_array::BinaryArray> {
+pub(super) fn sketches(lists: &ListChunked) -> PolarsResult<arrow_array::BinaryArray> {
     let mut out = arrow_array::builder::BinaryBuilder::with_capacity(lists.len(), 0);
     let mut pairs: Vec<(u32, u32)> = Vec::new();
     for_each_list(lists, |registers| {

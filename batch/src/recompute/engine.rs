@@ -19,7 +19,7 @@ use super::{BatchError, Progress};
 const FETCH_AHEAD: usize = 8;
 
 /// The recompute of one view over some of its days.
-pub struct Engine<'a> {
+pub(super) struct Engine<'a> {
     store: Arc<dyn ObjectStore>,
     view: Arc<ViewDef>,
     needs: Needs,
@@ -43,7 +43,7 @@ impl std::fmt::Debug for Engine<'_> {
 impl<'a> Engine<'a> {
     /// An engine over `inputs`, the files that touch `days`, the days to
     /// compute.
-    pub fn new(
+    pub(super) fn new(
         store: Arc<dyn ObjectStore>,
         view: &ViewDef,
         inputs: Vec<&'a Input>,
@@ -64,7 +64,7 @@ impl<'a> Engine<'a> {
     /// The groups of `day` at the view's granularity, sorted, as
     /// [`plan::plan`] lays them out; `None` when no file has rows of it.
     /// Days must come in ascending order.
-    pub async fn day(&mut self, day: i64) -> Result<Option<DataFrame>, BatchError> {
+    pub(super) async fn day(&mut self, day: i64) -> Result<Option<DataFrame>, BatchError> {
         let todays: Vec<&Input> = self
             .inputs
             .iter()

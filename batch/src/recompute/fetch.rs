@@ -36,7 +36,7 @@ const SPARSE_FROM: u64 = 4 << 20;
 
 /// One archive file ready to scan: its bytes and where the view's fields are.
 #[derive(Debug)]
-pub struct Source {
+pub(super) struct Source {
     pub path: String,
     pub bytes: Buffer<u8>,
     /// Per needed key, its columns in `bytes`, by type.
@@ -45,7 +45,7 @@ pub struct Source {
 
 /// Fetch `input` with the envelope columns `envelope` and the promoted
 /// columns of `keys`.
-pub async fn source(
+pub(super) async fn source(
     store: &Arc<dyn ObjectStore>,
     input: &Input,
     envelope: &[&str],
@@ -244,7 +244,7 @@ fn props_of(b: &RecordBatch) -> Option<&ListArray> {
 /// Decode the columns of `source` a plan reads (`envelope` and the
 /// promoted columns of its keys) with the parquet crate, alone: the reason
 /// when a page of them is unreadable. Only run when a day's plan failed.
-pub fn check(source: &Source, envelope: &[&str]) -> Result<(), String> {
+pub(super) fn check(source: &Source, envelope: &[&str]) -> Result<(), String> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let bytes = bytes::Bytes::copy_from_slice(&source.bytes);
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| e.to_string())?;

@@ -12,7 +12,7 @@ use super::BatchError;
 
 /// Delete snapshot files of `view` that its manifest does not refer to and
 /// that are older than `grace_ms`. Returns how many objects were deleted.
-pub async fn gc_view(
+pub(crate) async fn gc_view(
     store: &Arc<dyn ObjectStore>,
     view: &str,
     grace_ms: i64,

@@ -38,7 +38,7 @@ use tally_store::object as store;
 
 /// An archive file of an epoch below the cut.
 #[derive(Debug, Clone)]
-pub struct Input {
+pub(super) struct Input {
     pub path: String,
     pub topic: String,
     pub meta: ObjectMeta,
@@ -54,7 +54,7 @@ pub struct Input {
 
 /// The range of coordinates a file holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Span {
+pub(super) struct Span {
     pub topic: String,
     pub partitions: (i32, i32),
     pub offsets: (i64, i64),
@@ -62,7 +62,7 @@ pub struct Span {
 
 impl Input {
     /// What the manifest records of this input.
-    pub fn record(&self) -> InputFile {
+    pub(super) fn record(&self) -> InputFile {
         InputFile {
             path: self.path.clone(),
             size: self.meta.size,
@@ -72,7 +72,7 @@ impl Input {
     }
 
     /// Records in the file.
-    pub fn rows(&self) -> u64 {
+    pub(super) fn rows(&self) -> u64 {
         self.footer.file_metadata().num_rows().max(0) as u64
     }
 
@@ -98,7 +98,7 @@ enum Listed {
 
 /// Archive files of epochs `< cut`, with their footers, sorted by path, and
 /// the files left out because their footer is unreadable.
-pub async fn list(
+pub(super) async fn list(
     store: &Arc<dyn ObjectStore>,
     cut: Epoch,
 ) -> Result<(Vec<Input>, Vec<SkippedFile>), BatchError> {
@@ -206,7 +206,7 @@ fn span_of(meta: &ParquetMetaData) -> Option<Span> {
 
 /// The files of `inputs` that may share records, as groups of indexes
 /// (each group closed under overlap); files in no group share nothing.
-pub fn overlapping(inputs: &[&Input]) -> Vec<Vec<usize>> {
+pub(super) fn overlapping(inputs: &[&Input]) -> Vec<Vec<usize>> {
     let n = inputs.len();
     let mut parent: Vec<usize> = (0..n).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
@@ -269,7 +269,7 @@ pub fn overlapping(inputs: &[&Input]) -> Vec<Vec<usize>> {
 }
 
 /// The report of a file left out of a run, and why.
-pub fn skipped_file(meta: &ObjectMeta, reason: String) -> SkippedFile {
+pub(super) fn skipped_file(meta: &ObjectMeta, reason: String) -> SkippedFile {
     SkippedFile {
         path: meta.location.to_string(),
         size: meta.size,

@@ -43,7 +43,7 @@ use std::time::Instant;
 
 use object_store::ObjectStore;
 use tally_core::config::Config;
-use tally_core::time::{day_of, Epoch};
+use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
 use tally_store::manifest::SkippedFile;
 
@@ -51,7 +51,7 @@ use crate::archive_file::FileError;
 use crate::lock::{BatchLock, LockError};
 use tally_store::StoreError;
 
-pub use gc::gc_view;
+pub(crate) use gc::gc_view;
 
 /// Why a batch run failed. Nothing is published by a failed run.
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +211,7 @@ pub async fn recompute(
 }
 
 /// A new run id: UTC time and a random suffix; sorts by time.
-pub fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     let now = chrono::Utc::now();
     format!(
         "{}-{:04x}",
@@ -302,9 +302,4 @@ pub(crate) async fn run_leased(
     summary.seconds = started.elapsed().as_secs_f64();
     summary.skipped = skipped;
     Ok(summary)
-}
-
-/// The days of `[from_ms, to_ms)` as UTC day numbers.
-pub fn days_between(from_ms: i64, to_ms: i64) -> std::ops::RangeInclusive<i64> {
-    day_of(from_ms)..=day_of((to_ms - 1).max(from_ms))
 }

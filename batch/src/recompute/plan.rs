@@ -38,7 +38,7 @@ const DAY_MS: i64 = 86_400_000;
 
 /// What a view reads from archive files.
 #[derive(Debug, Clone)]
-pub struct Needs {
+pub(super) struct Needs {
     /// Envelope columns, always with the coordinates, `time_ms` and `reject`.
     pub envelope: Vec<&'static str>,
     /// Property keys, in a fixed order (a key's index names its columns).
@@ -46,7 +46,7 @@ pub struct Needs {
 }
 
 impl Needs {
-    pub fn of(view: &ViewDef) -> Needs {
+    pub(super) fn of(view: &ViewDef) -> Needs {
         let mut fields: Vec<FieldPath> = view.dimensions.clone();
         fields.extend(view.measures.iter().filter_map(|m| m.field.clone()));
         fields.extend(view.parsed_filter().into_iter().map(|(p, _)| p));
@@ -82,7 +82,7 @@ type Columns = Vec<(PropType, String)>;
 
 /// The plan of one view over one day of `sources`; `overlapping` lists
 /// groups of source indexes that may share records.
-pub fn plan(
+pub(super) fn plan(
     view: &ViewDef,
     needs: &Needs,
     day: i64,
@@ -279,7 +279,7 @@ pub fn plan(
 /// groups, never the rows again. Counts and sums add up, extremes take
 /// theirs, and a distinct measure's registers are gathered per group and
 /// reduced again (the register-wise maximum).
-pub fn rollup(base: LazyFrame, view: &ViewDef, level_ms: i64) -> LazyFrame {
+pub(super) fn rollup(base: LazyFrame, view: &ViewDef, level_ms: i64) -> LazyFrame {
     let b = col("bucket");
     let bucket = b.clone() - (((b % lit(level_ms)) + lit(level_ms)) % lit(level_ms));
     let mut keys = vec![col("bucket")];

@@ -27,7 +27,7 @@ use tally_store::paths;
 
 /// Recompute and publish `view` (see the module docs of [`super`]).
 #[allow(clippy::too_many_arguments)]
-pub async fn run_view(
+pub(super) async fn run_view(
     store: &Arc<dyn ObjectStore>,
     view: &ViewDef,
     cut: Epoch,

@@ -1,7 +1,9 @@
 //! Shared test support: generated records (`tally-gen`) laid out over
 //! partitions and offsets, archive files written directly, the standard test
 //! config, and the truth as the testkit's plain fold over the records.
-#![allow(dead_code)]
+// Shared by several test binaries, each using a part: `pub` is the
+// module's surface to them, not the crate's.
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

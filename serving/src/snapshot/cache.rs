@@ -39,20 +39,20 @@ struct Inner {
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct DayCache {
+pub(crate) struct DayCache {
     budget: usize,
     inner: Mutex<Inner>,
 }
 
 /// Whether [`DayCache::get_or_load`] found the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     Hit,
     Miss,
 }
 
 impl DayCache {
-    pub fn new(budget: usize) -> DayCache {
+    pub(crate) fn new(budget: usize) -> DayCache {
         DayCache {
             budget,
             inner: Mutex::new(Inner::default()),
@@ -65,13 +65,13 @@ impl DayCache {
     }
 
     /// Bytes of decoded data held now.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.lock().bytes
     }
 
     /// The file at `path`: from the cache, or from `load` (once for all
     /// concurrent callers).
-    pub async fn get_or_load<F>(
+    pub(crate) async fn get_or_load<F>(
         &self,
         path: &str,
         load: F,
@@ -139,7 +139,7 @@ impl DayCache {
 
     /// Drop every cached file whose path is not in `keep` (the paths the
     /// current manifests refer to).
-    pub fn retain(&self, keep: &HashSet<&str>) {
+    pub(crate) fn retain(&self, keep: &HashSet<&str>) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let gone: Vec<(Arc<str>, u64, usize)> = inner

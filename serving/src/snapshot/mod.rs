@@ -16,9 +16,9 @@
 //! the failure is recorded in [`StoreHealth`] (reported as degraded). A
 //! missing manifest means "no batch run yet": cut = minus infinity.
 
-pub mod cache;
+pub(crate) mod cache;
 pub mod day;
-pub mod measure;
+mod measure;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

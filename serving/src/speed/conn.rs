@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tally_core::keys::Keys;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RedisReadError {
+pub(crate) enum RedisReadError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
@@ -19,7 +19,7 @@ pub enum RedisReadError {
 
 /// A lazily connected, auto-reconnecting Redis client.
 #[derive(Clone)]
-pub struct RedisReader {
+pub(crate) struct RedisReader {
     conn: ConnectionManager,
     keys: Keys,
     timeout: Duration,
@@ -37,7 +37,11 @@ impl std::fmt::Debug for RedisReader {
 impl RedisReader {
     /// Does not connect: the first command does, and a lost connection is
     /// re-established in the background.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
+    pub(crate) fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -52,12 +56,12 @@ impl RedisReader {
         })
     }
 
-    pub fn keys(&self) -> &Keys {
+    pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }
 
     /// Run one pipeline, bounded by the timeout.
-    pub async fn query<T: redis::FromRedisValue>(
+    pub(crate) async fn query<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisReadError> {

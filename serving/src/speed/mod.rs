@@ -27,9 +27,9 @@
 //!   `"degraded": ["redis"]`; after a failed sync they do not wait for
 //!   another for `RETRY_AFTER`.
 
-pub mod conn;
-pub mod read;
-pub mod slice;
+pub(crate) mod conn;
+pub(crate) mod read;
+pub(crate) mod slice;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
 
-pub use conn::{RedisReadError, RedisReader};
+pub(crate) use conn::{RedisReadError, RedisReader};
 use slice::Slice;
 
 /// After a failed sync, queries answer without syncing for this long.
@@ -80,7 +80,7 @@ struct State {
 
 /// What a query merges from the speed layer.
 #[derive(Debug, Clone, Default)]
-pub struct SpeedView {
+pub(crate) struct SpeedView {
     /// Slices with `epoch >= cut` and a day in the query's range.
     pub slices: Vec<Arc<Slice>>,
     /// When the copy was last synced with Redis (epoch ms).
@@ -95,7 +95,7 @@ pub struct SpeedView {
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct SpeedMirror {
+pub(crate) struct SpeedMirror {
     redis: RedisReader,
     views: Vec<Arc<ViewDef>>,
     state: Mutex<State>,
@@ -105,7 +105,11 @@ pub struct SpeedMirror {
 }
 
 impl SpeedMirror {
-    pub fn new(redis: RedisReader, views: Vec<Arc<ViewDef>>, retire_after: Duration) -> Self {
+    pub(crate) fn new(
+        redis: RedisReader,
+        views: Vec<Arc<ViewDef>>,
+        retire_after: Duration,
+    ) -> Self {
         let state = State {
             views: views
                 .iter()
@@ -122,7 +126,7 @@ impl SpeedMirror {
         }
     }
 
-    pub fn redis(&self) -> &RedisReader {
+    pub(crate) fn redis(&self) -> &RedisReader {
         &self.redis
     }
 
@@ -142,7 +146,7 @@ impl SpeedMirror {
 
     /// Sync unless the copy is younger than `max_age` (or a sync failed
     /// within `RETRY_AFTER`). Concurrent callers share one sync.
-    pub async fn ensure_fresh(&self, max_age: Duration) {
+    pub(crate) async fn ensure_fresh(&self, max_age: Duration) {
         if self.fresh_enough(max_age) {
             return;
         }
@@ -154,19 +158,19 @@ impl SpeedMirror {
     }
 
     /// Sync now (waiting for one in progress first).
-    pub async fn sync(&self) {
+    pub(crate) async fn sync(&self) {
         let _one = self.syncing.lock().await;
         self.sync_locked().await;
     }
 
     /// When the copy was last synced with Redis (epoch ms).
-    pub fn synced_ms(&self) -> Option<i64> {
+    pub(crate) fn synced_ms(&self) -> Option<i64> {
         self.lock().last_ok.map(|(_, ms)| ms)
     }
 
     /// The slices a query over the days `first..=last` merges with a
     /// snapshot of cut `cut`.
-    pub fn view(&self, view: &str, cut: Option<Epoch>, first: i64, last: i64) -> SpeedView {
+    pub(crate) fn view(&self, view: &str, cut: Option<Epoch>, first: i64, last: i64) -> SpeedView {
         let st = self.lock();
         let other_definition = st.views.get(view).is_some_and(|v| v.other_definition);
         let slices = st
@@ -194,7 +198,7 @@ impl SpeedMirror {
     /// the next sync (call [`SpeedMirror::sync`] before publishing the
     /// snapshot); a higher one retires slices after `retire_after`.
     /// Returns whether a sync is needed first.
-    pub fn set_floor(&self, view: &str, cut: Option<Epoch>) -> bool {
+    pub(crate) fn set_floor(&self, view: &str, cut: Option<Epoch>) -> bool {
         let mut st = self.lock();
         let Some(v) = st.views.get_mut(view) else {
             return false;

@@ -25,14 +25,14 @@ const CELLS_PER_COMMAND: usize = 500;
 /// counter was born, and each view's definition fingerprint as the speed
 /// layer wrote it.
 #[derive(Debug, Clone, Default)]
-pub struct Head {
+pub(crate) struct Head {
     pub version: Option<u64>,
     pub born: Option<i64>,
     pub definitions: HashMap<String, String>,
 }
 
 /// Read the [`Head`].
-pub async fn head(redis: &RedisReader) -> Result<Head, RedisReadError> {
+pub(crate) async fn head(redis: &RedisReader) -> Result<Head, RedisReadError> {
     let mut p = redis::pipe();
     p.cmd("HMGET")
         .arg(redis.keys().version())
@@ -49,7 +49,7 @@ pub async fn head(redis: &RedisReader) -> Result<Head, RedisReadError> {
 }
 
 /// Each view's slices and their versions.
-pub async fn slice_versions(
+pub(crate) async fn slice_versions(
     redis: &RedisReader,
     views: &[&str],
 ) -> Result<Vec<HashMap<(Epoch, i64), u64>>, RedisReadError> {
@@ -69,7 +69,7 @@ pub async fn slice_versions(
 }
 
 /// For each slice `(epoch, day, since)`: its cells written after version `since`.
-pub async fn changed_cells(
+pub(crate) async fn changed_cells(
     redis: &RedisReader,
     view: &str,
     slices: &[(Epoch, i64, u64)],
@@ -85,7 +85,7 @@ pub async fn changed_cells(
 }
 
 /// One cell as read: (bucket, group JSON text, one aggregate per measure).
-pub type CellValue = (i64, String, Box<[Agg]>);
+pub(crate) type CellValue = (i64, String, Box<[Agg]>);
 
 /// The counter fields of one measure kind, in the order they are read.
 fn parts(kind: AggKind) -> &'static [Part] {
@@ -100,7 +100,7 @@ fn parts(kind: AggKind) -> &'static [Part] {
 
 /// The values of `cells` (members of the slice's cell set) of one slice.
 /// Returns the cells and how many values did not parse.
-pub async fn read_cells(
+pub(crate) async fn read_cells(
     redis: &RedisReader,
     view: &ViewDef,
     epoch: Epoch,

@@ -23,7 +23,7 @@ use tally_core::view::ViewDef;
 use crate::group::{Group, GroupDict};
 
 /// Cells of one level: bucket → group index → one aggregate per measure.
-pub type Cells = BTreeMap<i64, HashMap<u32, Box<[Agg]>>>;
+pub(crate) type Cells = BTreeMap<i64, HashMap<u32, Box<[Agg]>>>;
 
 /// One level of a slice.
 #[derive(Debug)]
@@ -46,14 +46,14 @@ pub struct SliceData {
 
 /// A mirrored slice.
 #[derive(Debug)]
-pub struct Slice {
+pub(crate) struct Slice {
     pub epoch: Epoch,
     pub day: i64,
     data: RwLock<SliceData>,
 }
 
 impl Slice {
-    pub fn new(view: &ViewDef, epoch: Epoch, day: i64) -> Slice {
+    pub(crate) fn new(view: &ViewDef, epoch: Epoch, day: i64) -> Slice {
         Slice {
             epoch,
             day,
@@ -73,12 +73,12 @@ impl Slice {
         }
     }
 
-    pub fn read(&self) -> RwLockReadGuard<'_, SliceData> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, SliceData> {
         // A poisoned lock means a panic elsewhere with the data intact.
         self.data.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn write(&self) -> RwLockWriteGuard<'_, SliceData> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, SliceData> {
         self.data.write().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -1,7 +1,9 @@
 //! Test fixture: random events, their plain-Rust truth, and the two layers
 //! written exactly as the batch and speed layers would (snapshot Parquet +
 //! manifest in an in-memory object store; Redis keys per `tally_core::keys`).
-#![allow(dead_code)]
+// Shared by several test binaries, each using a part: `pub` is the
+// module's surface to them, not the crate's.
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -2,7 +2,9 @@
 //! the plain fold that is the truth (`tally_testkit::truth`), and a reader of
 //! the Redis layout. Also used by the root package's `tests/speed_crash.rs`.
 
-#![allow(dead_code)]
+// Shared by several test binaries, each using a part: `pub` is the
+// module's surface to them, not the crate's.
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::config::Config;
 use tally_core::view::FieldPath;
 
-use crate::archive_file::FileError;
+use crate::archive_file::error::FileError;
 
 /// Key of the footer metadata that lists the promoted keys (JSON).
 pub(crate) const PROMOTED_KEY: &str = "tally.promoted";

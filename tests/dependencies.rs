@@ -28,6 +28,7 @@
 
 mod answers;
 mod role;
+mod stack;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -39,12 +40,12 @@ use answers::{get, random_query, settle, PfCount};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use role::Role;
-use tally_core::config::Config;
+use stack::{Setup, Stack};
 use tally_core::time::now_ms;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
-use tally_testkit::config::{TestConfig, TOPIC};
+use tally_testkit::config::TOPIC;
 use tally_testkit::truth::Truth;
-use tally_testkit::{kafka, Broker, Redis};
+use tally_testkit::Broker;
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
@@ -136,12 +137,8 @@ fn is_root() -> bool {
 
 /// The platform under test and what it has been sent.
 struct Run {
-    dir: tempfile::TempDir,
+    stack: Stack,
     store: Tmpfs,
-    broker: Broker,
-    redis: Redis,
-    cfg: Config,
-    api: String,
     tally: Option<Role>,
     truth: Truth,
     generator: Generator,
@@ -154,43 +151,18 @@ impl Run {
     /// The services, then `tally run` once `prepare` has had its way with
     /// the broker and the store (a test may break them first).
     fn start(prepare: impl FnOnce(&mut Broker, &Tmpfs)) -> Run {
-        let dir = tempfile::Builder::new()
-            .prefix("dependencies-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = stack::dir("dependencies");
         let store = Tmpfs::mount(&dir.path().join("store"), 256);
-        let mut broker = Broker::start_behind_proxy().expect("broker");
-        let redis = Redis::start().expect("redis");
-        kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
-        kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
-        let port = tally_testkit::free_port().expect("port");
-        let test_cfg = TestConfig::new()
-            .brokers(&broker.bootstrap())
-            .redis(&redis.url())
-            .store(&format!("file://{}", store.path.display()))
-            .group("dependencies")
-            .extra(&format!(
-                r#"
-[events]
-max_past = "2d"
-max_future = "1h"
-[epochs]
-length = "10s"
-grace = "2s"
-[archive]
-roll_interval = "2s"
-[batch]
-schedule = "*/5 * * * * *"
-[serve]
-listen = "127.0.0.1:{port}"
-"#
-            ));
-        let config = dir.path().join("tally.toml");
-        std::fs::write(&config, test_cfg.toml()).expect("write config");
-        let cfg = test_cfg.build();
-        eprintln!("logs in {}", dir.path().display());
-        prepare(&mut broker, &store);
-        let tally = Role::start(&["run"], &config, &dir.path().join("tally.log"), ENV);
+        let setup = Setup {
+            behind_proxy: true,
+            store: Some(format!("file://{}", store.path.display())),
+            extra: "[batch]\nschedule = \"*/5 * * * * *\"".into(),
+            ..Setup::default()
+        };
+        let mut stack = Stack::start("dependencies", dir, PARTITIONS, setup);
+        let cfg = stack.cfg.clone();
+        prepare(&mut stack.broker, &store);
+        let tally = Role::start(&["run"], &stack.config, &stack.log("tally"), ENV);
         let mut shape = Shape::default().with_limits(cfg.events.limits());
         shape.late_share = 0.05;
         shape.max_late = tally_core::config::Millis(MAX_LATE_MS);
@@ -203,22 +175,20 @@ listen = "127.0.0.1:{port}"
             rt: tokio::runtime::Runtime::new().expect("runtime"),
             rng: StdRng::seed_from_u64(15),
             started_ms: now_ms(),
-            api: format!("http://127.0.0.1:{port}"),
             tally: Some(tally),
-            dir,
+            stack,
             store,
-            broker,
-            redis,
-            cfg,
         };
         run.wait_for(Duration::from_secs(60), "the API", || {
-            ureq::get(&format!("{}/healthz", run.api)).call().is_ok()
+            ureq::get(&format!("{}/healthz", run.stack.api))
+                .call()
+                .is_ok()
         });
         run
     }
 
     fn get(&self, path_and_query: &str) -> (u16, serde_json::Value) {
-        get(&self.api, path_and_query)
+        get(&self.stack.api, path_and_query)
     }
 
     /// The `daily` view's event count over every day an event can be in.
@@ -241,7 +211,7 @@ listen = "127.0.0.1:{port}"
         let report = self
             .rt
             .block_on(produce(
-                &self.cfg.kafka,
+                &self.stack.cfg.kafka,
                 &mut self.generator,
                 &options,
                 Some(&mut fold),
@@ -253,7 +223,7 @@ listen = "127.0.0.1:{port}"
 
     /// Random queries, each equal to the fold (and nothing degraded).
     fn queries_are_exact(&mut self, context: &str) {
-        let mut pf = PfCount::connect(&self.redis.url());
+        let mut pf = PfCount::connect(&self.stack.redis.url());
         let now = now_ms();
         for _ in 0..QUERIES {
             let q = random_query(
@@ -263,7 +233,7 @@ listen = "127.0.0.1:{port}"
                 now,
                 MAX_LATE_MS,
             );
-            let (code, body) = get(&self.api, &q.url());
+            let (code, body) = get(&self.stack.api, &q.url());
             assert_eq!(code, 200, "{context}: {}: {body}", q.url());
             q.compare(&body, &mut pf);
         }
@@ -276,7 +246,7 @@ listen = "127.0.0.1:{port}"
 
     /// `tally_role_restarts_total{role=...}` from the process's metrics.
     fn restarts(&self, role: &str) -> u64 {
-        let text = ureq::get(&format!("{}/metrics", self.api))
+        let text = ureq::get(&format!("{}/metrics", self.stack.api))
             .call()
             .ok()
             .and_then(|r| r.into_string().ok())
@@ -294,7 +264,7 @@ listen = "127.0.0.1:{port}"
             assert!(
                 started.elapsed() < timeout,
                 "{what}: not within {timeout:?}; logs in {}",
-                self.dir.path().display()
+                self.stack.dir.path().display()
             );
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -307,10 +277,10 @@ listen = "127.0.0.1:{port}"
     /// fold. How long until all of that.
     fn recovers(&mut self, fault: &str, since_ms: Option<i64>) -> Duration {
         let started = Instant::now();
-        if let Err(last) = settle(&self.api, &self.truth, RECOVERY) {
+        if let Err(last) = settle(&self.stack.api, &self.truth, RECOVERY) {
             panic!(
                 "after {fault}: the API did not count every event again: {last}; logs in {}",
-                self.dir.path().display()
+                self.stack.dir.path().display()
             );
         }
         let Some(since_ms) = since_ms else {
@@ -323,7 +293,7 @@ listen = "127.0.0.1:{port}"
             RECOVERY,
             &format!("after {fault}: a new cut and batch run"),
             || {
-                let (_, s) = get(&self.api, "/api/v1/status");
+                let (_, s) = get(&self.stack.api, "/api/v1/status");
                 let cut_ok = s["archive_cut_decided_ms"]
                     .as_i64()
                     .is_some_and(|t| t > since_ms);
@@ -365,7 +335,7 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
         "a query while the broker and the store are away: {body}"
     );
     let restarts = run.restarts("speed") + run.restarts("archive");
-    run.broker.reconnect().expect("broker back");
+    run.stack.broker.reconnect().expect("broker back");
     run.store.remount("rw");
     run.produce();
     let t = run.recovers("a start without broker and store", Some(0));
@@ -376,11 +346,11 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
 
     // The broker away for longer than the archiver waits for it.
     let restarts = run.restarts("archive");
-    run.broker.cut_off();
+    run.stack.broker.cut_off();
     std::thread::sleep(FAULT);
     run.alive();
     run.queries_are_exact("broker down");
-    run.broker.reconnect().expect("broker back");
+    run.stack.broker.reconnect().expect("broker back");
     let lifted = now_ms();
     run.produce();
     let t = run.recovers("the broker's absence", Some(lifted));
@@ -394,7 +364,7 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
 
     // Redis away: answers say so; back empty, the speed layer rebuilds.
     let restarts = run.restarts("speed");
-    run.redis.stop();
+    run.stack.redis.stop();
     run.produce();
     run.alive();
     let (code, body) = run.daily();
@@ -405,7 +375,7 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
     );
     let (code, body) = run.get("/readyz");
     assert_eq!(code, 503, "readyz with Redis down: {body}");
-    run.redis.restart_empty().expect("redis back");
+    run.stack.redis.restart_empty().expect("redis back");
     let t = run.recovers("Redis's absence", None);
     note(
         &mut figures,
@@ -431,7 +401,7 @@ fn tally_run_outlives_broker_redis_and_store_faults_and_answers_as_the_fold() {
         );
         run.alive();
         // What the speed layer holds is enough to answer everything.
-        if let Err(last) = settle(&run.api, &run.truth, RECOVERY) {
+        if let Err(last) = settle(&run.stack.api, &run.truth, RECOVERY) {
             panic!("store {fault}: the API does not count every event: {last}");
         }
         run.queries_are_exact(&format!("store {fault}"));
@@ -475,7 +445,7 @@ fn note(figures: &mut Vec<String>, line: String) {
 impl Run {
     /// An SSE client of the `daily` view that has received its first event.
     fn open_stream(&self) -> TcpStream {
-        let addr = self.api.trim_start_matches("http://");
+        let addr = self.stack.api.trim_start_matches("http://");
         let mut s = TcpStream::connect(addr).expect("connect for SSE");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("read timeout");

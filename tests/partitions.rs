@@ -11,6 +11,7 @@
 
 mod answers;
 mod role;
+mod stack;
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,11 +20,11 @@ use answers::{random_query, settle, PfCount};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use role::Role;
+use stack::{Setup, Stack};
 use tally_core::time::now_ms;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
-use tally_testkit::config::{TestConfig, TOPIC};
+use tally_testkit::config::TOPIC;
 use tally_testkit::truth::Truth;
-use tally_testkit::{kafka, Broker, Redis};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 8;
@@ -48,42 +49,14 @@ fn start(name: &str, role: &str, partitions: &str, config: &Path, dir: &Path) ->
 
 #[test]
 fn two_speed_processes_and_two_archivers_split_a_topic_by_listed_partitions_exactly() {
-    let broker = Broker::start().expect("broker");
-    let redis = Redis::start().expect("redis");
-    kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
-    kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
-    let dir = tempfile::Builder::new()
-        .prefix("partitions-")
-        .tempdir()
-        .expect("tempdir");
-    let port = tally_testkit::free_port().expect("port");
-    let store = format!("file://{}", dir.path().join("store").display());
-    let test_cfg = TestConfig::new()
-        .brokers(&broker.bootstrap())
-        .redis(&redis.url())
-        .store(&store)
-        .group("partitions")
-        .extra(&format!(
-            r#"
-[events]
-max_past = "2d"
-max_future = "1h"
-[epochs]
-length = "10s"
-grace = "2s"
-[archive]
-roll_interval = "2s"
-[serve]
-listen = "127.0.0.1:{port}"
-"#
-        ));
-    let config = dir.path().join("tally.toml");
-    std::fs::write(&config, test_cfg.toml()).expect("write config");
-    let cfg = test_cfg.build();
-    let api = format!("http://127.0.0.1:{port}");
-    eprintln!("logs in {}", dir.path().display());
-
-    let d = dir.path();
+    let stack = Stack::start(
+        "partitions",
+        stack::dir("partitions"),
+        PARTITIONS,
+        Setup::default(),
+    );
+    let (config, cfg, api) = (stack.config.clone(), stack.cfg.clone(), stack.api.clone());
+    let d = stack.dir.path();
     let mut speed_a = start("speed-a", "speed", "[0, 1, 2, 3]", &config, d);
     let mut speed_b = Some(start("speed-b", "speed", "[4, 5, 6, 7]", &config, d));
     let mut speed_c = start("speed-c", "speed", "[3, 4]", &config, d);
@@ -133,16 +106,7 @@ listen = "127.0.0.1:{port}"
     // snapshot of it: the older epochs are then answered from their files.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(["batch", "run", "--config"])
-            .arg(&config)
-            .output()
-            .expect("tally batch run");
-        assert!(
-            out.status.success(),
-            "tally batch run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        stack.batch_run();
         std::thread::sleep(Duration::from_secs(3));
         let (_, status) = answers::get(&api, "/api/v1/status");
         let rows: u64 = status["views"]
@@ -163,7 +127,7 @@ listen = "127.0.0.1:{port}"
         panic!("after the batch run the API does not count every event: {last}");
     }
     let mut rng = StdRng::seed_from_u64(8);
-    let mut pf = PfCount::connect(&redis.url());
+    let mut pf = PfCount::connect(&stack.redis.url());
     let now = now_ms();
     for _ in 0..QUERIES {
         let q = random_query(&mut rng, &truth, started_ms, now, MAX_LATE_MS);
@@ -173,7 +137,7 @@ listen = "127.0.0.1:{port}"
     }
     // Together the archivers wrote every partition; each process took only
     // the partitions it lists.
-    let archived = archived_partitions(&dir.path().join("store"));
+    let archived = archived_partitions(&stack.store_dir());
     assert_eq!(archived, (0..PARTITIONS).collect::<Vec<_>>());
     for (name, want) in [
         ("speed-a", vec![0, 1, 2, 3]),

@@ -12,20 +12,19 @@
 
 mod answers;
 mod role;
+mod stack;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use answers::{random_query, PfCount};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use role::Role;
-use tally_core::config::Config;
+use stack::{Setup, Stack};
 use tally_core::time::now_ms;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
-use tally_testkit::config::{TestConfig, TOPIC};
+use tally_testkit::config::TOPIC;
 use tally_testkit::truth::Truth;
-use tally_testkit::{kafka, Broker, Redis};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
@@ -39,12 +38,7 @@ const EPOCH_MS: i64 = 10_000;
 
 /// Every role of one platform under test.
 struct Platform {
-    _broker: Broker,
-    redis: Redis,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    cfg: Config,
-    api: String,
+    stack: Stack,
     speed: Option<Role>,
     archive: Option<Role>,
     serve: Role,
@@ -56,52 +50,18 @@ const ENV: &[(&str, &str)] = &[("TALLY_KAFKA__ASSIGNMENT", "all")];
 
 impl Platform {
     fn start() -> Platform {
-        let broker = Broker::start().expect("broker");
-        let redis = Redis::start().expect("redis");
-        kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
-        kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
-        let dir = tempfile::Builder::new()
-            .prefix("platform-")
-            .tempdir()
-            .expect("tempdir");
-        let port = tally_testkit::free_port().expect("port");
         let archive_metrics = tally_testkit::free_port().expect("port");
-        let store = format!("file://{}", dir.path().join("store").display());
-        let test_cfg = TestConfig::new()
-            .brokers(&broker.bootstrap())
-            .redis(&redis.url())
-            .store(&store)
-            .group("platform")
-            .extra(&format!(
-                r#"
-[events]
-max_past = "2d"
-max_future = "1h"
-[epochs]
-length = "10s"
-grace = "2s"
-[archive]
-roll_interval = "2s"
-metrics_listen = "127.0.0.1:{archive_metrics}"
-[serve]
-listen = "127.0.0.1:{port}"
-"#
-            ));
-        let config = dir.path().join("tally.toml");
-        std::fs::write(&config, test_cfg.toml()).expect("write config");
-        let cfg = test_cfg.build();
-        eprintln!("platform logs in {}", dir.path().display());
-        let serve = Role::start(&["serve"], &config, &dir.path().join("serve.log"), ENV);
+        let setup = Setup {
+            archive: format!("metrics_listen = \"127.0.0.1:{archive_metrics}\""),
+            ..Setup::default()
+        };
+        let stack = Stack::start("platform", stack::dir("platform"), PARTITIONS, setup);
+        let serve = Role::start(&["serve"], &stack.config, &stack.log("serve"), ENV);
         let mut p = Platform {
-            _broker: broker,
-            redis,
-            config,
-            cfg,
-            api: format!("http://127.0.0.1:{port}"),
+            stack,
             speed: None,
             archive: None,
             serve,
-            dir,
         };
         p.speed = Some(p.role("speed"));
         p.archive = Some(p.role("archive"));
@@ -109,11 +69,7 @@ listen = "127.0.0.1:{port}"
     }
 
     fn role(&self, name: &str) -> Role {
-        Role::start(&[name], &self.config, &self.log(name), ENV)
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
+        Role::start(&[name], &self.stack.config, &self.stack.log(name), ENV)
     }
 
     fn kill_and_restart(&mut self, name: &str) {
@@ -131,32 +87,21 @@ listen = "127.0.0.1:{port}"
         }
     }
 
-    /// `tally batch run`, to completion (a run that finds the lock held is
-    /// a refusal, not a failure).
     fn batch_run(&self) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(["batch", "run", "--config"])
-            .arg(&self.config)
-            .output()
-            .expect("run tally batch run");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() || stderr.contains("holds the lock"),
-            "tally batch run failed: {stderr}"
-        );
+        self.stack.batch_run()
     }
 
     fn get(&self, path_and_query: &str) -> (u16, serde_json::Value) {
-        answers::get(&self.api, path_and_query)
+        answers::get(&self.stack.api, path_and_query)
     }
 }
 
 /// Wait until the API counts every accepted event (see [`answers::settle`]).
 fn settle(p: &Platform, truth: &Truth, timeout: Duration) {
-    if let Err(last) = answers::settle(&p.api, truth, timeout) {
+    if let Err(last) = answers::settle(&p.stack.api, truth, timeout) {
         panic!(
             "the platform did not settle within {timeout:?}: {last}; logs in {}",
-            p.dir.path().display()
+            p.stack.dir.path().display()
         );
     }
 }
@@ -166,20 +111,20 @@ fn the_platform_answers_as_the_fold_through_crashes_late_events_and_batch_runs()
     let mut p = Platform::start();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut rng = StdRng::seed_from_u64(2026);
-    let mut shape = Shape::default().with_limits(p.cfg.events.limits());
+    let mut shape = Shape::default().with_limits(p.stack.cfg.events.limits());
     shape.late_share = 0.05;
     shape.max_late = tally_core::config::Millis(MAX_LATE_MS);
     shape.out_of_order_share = 0.2;
     shape.malformed_share = 0.01;
     shape.check().expect("shape");
     let mut generator = Generator::new(shape, 99).expect("generator");
-    let mut truth = Truth::new(&p.cfg);
+    let mut truth = Truth::new(&p.stack.cfg);
     let start_ms = now_ms();
     let (mut kills, mut batch_runs) = ((0, 0), 0);
     let mut step = rng.gen_range(0..3usize);
 
-    let kafka_cfg = p.cfg.kafka.clone();
-    let mut pf = PfCount::connect(&p.redis.url());
+    let kafka_cfg = p.stack.cfg.kafka.clone();
+    let mut pf = PfCount::connect(&p.stack.redis.url());
     for phase in 0..PHASES {
         let mut options = ProduceOptions::new(TOPIC, RATE);
         options.count = Some(PHASE_EVENTS);
@@ -294,7 +239,12 @@ fn the_platform_answers_as_the_fold_through_crashes_late_events_and_batch_runs()
     // The standalone archiver reports on its own metrics listener.
     let metrics = ureq::get(&format!(
         "http://{}/metrics",
-        p.cfg.archive.metrics_listen.as_deref().expect("listener")
+        p.stack
+            .cfg
+            .archive
+            .metrics_listen
+            .as_deref()
+            .expect("listener")
     ))
     .call()
     .expect("archiver metrics")

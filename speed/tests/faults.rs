@@ -9,7 +9,7 @@ use common::*;
 use redis::Commands;
 use tally_core::keys::{CounterField, Keys, Part};
 use tally_testkit::gen::Generated;
-use tally_testkit::{kafka, runtime, Broker, Redis};
+use tally_testkit::{kafka, runtime, Redis};
 
 /// A valid event of type `t` with `properties.amount = amount` (the standard
 /// `by_type` view sums it, `daily` keeps its maximum).
@@ -36,9 +36,7 @@ fn amount_event(id: &str, country: &str, amount: &str, kafka_ts_ms: i64) -> Ev {
 /// now exact past 2^63 (a carry field), and the script never fails half-way.
 #[test]
 fn sums_past_i64_are_exact_and_nothing_wedges() {
-    let broker = Broker::start().unwrap();
-    let redis = Redis::start().unwrap();
-    kafka::create_topic(&broker.bootstrap(), TOPIC, 2).unwrap();
+    let (broker, redis) = services(2);
     let t0 = base_ms();
     let mut evs = vec![
         amount_event("big1", "up", "6000000000000000000", t0),
@@ -60,10 +58,7 @@ fn sums_past_i64_are_exact_and_nothing_wedges() {
 
     let rt = runtime();
     let cfg = config(&broker.bootstrap(), &redis.url(), "faults1");
-    let speed = start(&rt, &cfg);
-    wait_caught_up(&redis.url(), &ends(&recs, 2), Duration::from_secs(120));
-    speed.stop(&rt);
-    assert_exact(&redis.url(), &evs);
+    run_until_counted(&rt, &cfg, &recs, 2, &evs, Duration::from_secs(120));
 
     // The carry path was taken, in both directions.
     let mut con = redis::Client::open(redis.url())
@@ -97,9 +92,7 @@ fn sums_past_i64_are_exact_and_nothing_wedges() {
 /// key, instead of retrying forever.
 #[test]
 fn a_foreign_value_in_redis_stops_the_layer_with_nothing_applied() {
-    let broker = Broker::start().unwrap();
-    let redis = Redis::start().unwrap();
-    kafka::create_topic(&broker.bootstrap(), TOPIC, 1).unwrap();
+    let (broker, redis) = services(1);
     let t0 = base_ms();
     let evs: Vec<Ev> = (0..50)
         .map(|i| amount_event(&format!("e{i}"), "x", "7", t0 + i))
@@ -134,10 +127,7 @@ fn a_foreign_value_in_redis_stops_the_layer_with_nothing_applied() {
 
     // Once the key is gone, a restart counts everything exactly once.
     let _: () = con.del(&daily).unwrap();
-    let speed = start(&rt, &cfg);
-    wait_caught_up(&redis.url(), &ends(&recs, 1), Duration::from_secs(60));
-    speed.stop(&rt);
-    assert_exact(&redis.url(), &evs);
+    run_until_counted(&rt, &cfg, &recs, 1, &evs, Duration::from_secs(60));
 }
 
 /// The carry itself, one chunk at a time: three chunks of 9e18 each into one

@@ -15,23 +15,18 @@ use common::*;
 use redis::Commands;
 use tally_core::keys::Keys;
 use tally_speed::SpeedError;
-use tally_testkit::{kafka, runtime, Broker, Redis};
+use tally_testkit::{kafka, runtime};
 
 #[test]
 fn offsets_lost_while_the_counters_stay_are_reported_not_rebuilt_over() {
-    let broker = Broker::start().unwrap();
-    let redis = Redis::start().unwrap();
-    kafka::create_topic(&broker.bootstrap(), TOPIC, 2).unwrap();
+    let (broker, redis) = services(2);
     let evs = events(61, 2_000, 2, base_ms(), 10.0);
     let recs = records(&evs, 0);
     let producer = kafka::producer(&broker.bootstrap(), 100).unwrap();
     kafka::produce(&producer, TOPIC, &recs).unwrap();
     let rt = runtime();
     let cfg = config(&broker.bootstrap(), &redis.url(), "loss1");
-    let speed = start(&rt, &cfg);
-    wait_caught_up(&redis.url(), &ends(&recs, 2), Duration::from_secs(60));
-    speed.stop(&rt);
-    assert_exact(&redis.url(), &evs);
+    run_until_counted(&rt, &cfg, &recs, 2, &evs, Duration::from_secs(60));
 
     // The offsets vanish; the counters stay.
     let mut con = redis::Client::open(redis.url())
@@ -53,9 +48,7 @@ fn offsets_lost_while_the_counters_stay_are_reported_not_rebuilt_over() {
 
 #[test]
 fn a_slice_lost_before_its_time_is_reported_not_written_over() {
-    let broker = Broker::start().unwrap();
-    let redis = Redis::start().unwrap();
-    kafka::create_topic(&broker.bootstrap(), TOPIC, 1).unwrap();
+    let (broker, redis) = services(1);
     let t0 = base_ms();
     let first = events(62, 1_000, 1, t0, 10.0);
     let recs = records(&first, 0);
@@ -63,10 +56,7 @@ fn a_slice_lost_before_its_time_is_reported_not_written_over() {
     kafka::produce(&producer, TOPIC, &recs).unwrap();
     let rt = runtime();
     let cfg = config(&broker.bootstrap(), &redis.url(), "loss2");
-    let speed = start(&rt, &cfg);
-    wait_caught_up(&redis.url(), &ends(&recs, 1), Duration::from_secs(60));
-    speed.stop(&rt);
-    assert_exact(&redis.url(), &first);
+    run_until_counted(&rt, &cfg, &recs, 1, &first, Duration::from_secs(60));
 
     // The `page_views` slice of the first events' epoch and day loses its
     // keys, long before they are due to expire.

@@ -225,7 +225,7 @@ impl SpeedMirror {
     /// One sync; the caller holds `syncing`.
     async fn sync_locked(&self) {
         let started = Instant::now();
-        let wall = crate::state::now_ms();
+        let wall = tally_core::time::now_ms();
         match self.pull().await {
             Ok(()) => {
                 let mut st = self.lock();

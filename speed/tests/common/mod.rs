@@ -20,6 +20,7 @@ use tally_testkit::config::TestConfig;
 use tally_testkit::gen::{Generated, Generator, Shape};
 use tally_testkit::kafka::Record;
 use tally_testkit::truth::{within_hll_error, Truth};
+use tally_testkit::{kafka, Broker, Redis};
 
 pub use tally_testkit::config::TOPIC;
 
@@ -259,6 +260,32 @@ pub fn assert_exact_with(redis_url: &str, cfg: &Config, evs: &[Ev]) {
             }
         }
     }
+}
+
+/// A private broker whose topic has `partitions` partitions, and a private
+/// Redis.
+pub fn services(partitions: i32) -> (Broker, Redis) {
+    let broker = Broker::start().unwrap();
+    let redis = Redis::start().unwrap();
+    kafka::create_topic(&broker.bootstrap(), TOPIC, partitions).unwrap();
+    (broker, redis)
+}
+
+/// Run the speed layer with `cfg` until Redis's offsets cover every record
+/// of `recs` (spread over `partitions`), stop it, and check Redis against
+/// the fold of `evs` (the events it must hold by then).
+pub fn run_until_counted(
+    rt: &tokio::runtime::Runtime,
+    cfg: &Config,
+    recs: &[Record],
+    partitions: i32,
+    evs: &[Ev],
+    timeout: Duration,
+) {
+    let speed = start(rt, cfg);
+    wait_caught_up(&cfg.redis.url, &ends(recs, partitions), timeout);
+    speed.stop(rt);
+    assert_exact(&cfg.redis.url, evs);
 }
 
 /// The end offset of each partition after producing `recs` to a new topic.

@@ -49,20 +49,18 @@ async fn assert_files_exist(store: &Arc<dyn ObjectStore>, view: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_lock_is_taken_over_publishes_nothing() {
     for (cfg, _guard) in stores() {
-        let url = cfg.store.url.clone();
-        let store = tally_store::open(&cfg.store).unwrap();
-        let epoch0 = T0 / HOUR;
-        let mut offsets = Vec::new();
-        let mut events = generate(71, 6_000, 2, &mut offsets, T0, 2 * HOUR);
-        write_archive(&store, "events", &events).await;
-        set_cut(&store, epoch0 + 2).await;
-        run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
-            .await
-            .unwrap();
-        let more = generate(72, 6_000, 2, &mut offsets, T0 + 2 * HOUR, 2 * HOUR);
-        write_archive(&store, "events", &more).await;
-        events.extend(more);
-        set_cut(&store, epoch0 + 4).await;
+        let mut s = Scenario::archived(cfg, 71, 6_000, 2, 2).await;
+        s.run().await;
+        s.more(72, 6_000, T0 + 2 * HOUR, 2).await;
+        s.cut_at(4).await;
+        let Scenario {
+            cfg,
+            url,
+            store,
+            epoch0,
+            events,
+            ..
+        } = s;
 
         let handle = tokio::runtime::Handle::current();
         let taken = AtomicBool::new(false);
@@ -146,16 +144,16 @@ async fn a_run_whose_lock_is_taken_over_publishes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_snapshot_file_is_recomputed_not_carried() {
     for (cfg, _guard) in stores() {
-        let url = cfg.store.url.clone();
-        let store = tally_store::open(&cfg.store).unwrap();
-        let epoch0 = T0 / HOUR;
-        let mut offsets = Vec::new();
-        let events = generate(81, 6_000, 2, &mut offsets, T0, 3 * HOUR);
-        write_archive(&store, "events", &events).await;
-        set_cut(&store, epoch0 + 3).await;
-        run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
-            .await
-            .unwrap();
+        let s = Scenario::archived(cfg, 81, 6_000, 2, 3).await;
+        s.run().await;
+        let Scenario {
+            cfg,
+            url,
+            store,
+            epoch0,
+            events,
+            ..
+        } = s;
         // Delete the earliest day file of each view.
         for v in VIEWS {
             let m = manifest(&store, v).await.unwrap();
@@ -196,12 +194,16 @@ async fn overwrite(store: &Arc<dyn ObjectStore>, path: &str, bytes: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_archive_files_are_skipped_and_reported() {
     for (cfg, _guard) in stores() {
-        let url = cfg.store.url.clone();
-        let store = tally_store::open(&cfg.store).unwrap();
-        let epoch0 = T0 / HOUR;
-        let mut offsets = Vec::new();
-        let events = generate(91, 12_000, 3, &mut offsets, T0, 4 * HOUR);
-        let files = write_archive(&store, "events", &events).await;
+        let s = Scenario::archived(cfg, 91, 12_000, 3, 4).await;
+        let Scenario {
+            cfg,
+            url,
+            store,
+            epoch0,
+            events,
+            files,
+            ..
+        } = s;
         assert!(files.len() >= 10, "{files:?}");
         let (truncated, bare) = (files[2].clone(), files[7].clone());
         let good_bytes = |p: &str| {
@@ -225,7 +227,6 @@ async fn unreadable_archive_files_are_skipped_and_reported() {
         )
         .await;
         overwrite(&store, &bare, &plain_parquet()).await;
-        set_cut(&store, epoch0 + 4).await;
 
         let s = run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
             .await
@@ -313,12 +314,16 @@ fn with_corrupt_page(good: &[u8], column: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_page_behind_a_good_footer_is_skipped_and_reported() {
     for (cfg, _guard) in stores() {
-        let url = cfg.store.url.clone();
-        let store = tally_store::open(&cfg.store).unwrap();
-        let epoch0 = T0 / HOUR;
-        let mut offsets = Vec::new();
-        let events = generate(93, 12_000, 3, &mut offsets, T0, 4 * HOUR);
-        let files = write_archive(&store, "events", &events).await;
+        let s = Scenario::archived(cfg, 93, 12_000, 3, 4).await;
+        let Scenario {
+            cfg,
+            url,
+            store,
+            epoch0,
+            events,
+            files,
+            ..
+        } = s;
         let bad = files
             .iter()
             .find(|p| paths::parse_archive_file(p).is_some_and(|f| f.epoch == epoch0 + 1))
@@ -332,7 +337,6 @@ async fn a_corrupt_page_behind_a_good_footer_is_skipped_and_reported() {
             .await
             .unwrap();
         overwrite(&store, &bad, &with_corrupt_page(&good, "time_ms")).await;
-        set_cut(&store, epoch0 + 4).await;
 
         let s = run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
             .await
@@ -382,16 +386,16 @@ fn plain_parquet() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_manifest_is_kept_aside_and_recomputed_over() {
     for (cfg, _guard) in stores() {
-        let url = cfg.store.url.clone();
-        let store = tally_store::open(&cfg.store).unwrap();
-        let epoch0 = T0 / HOUR;
-        let mut offsets = Vec::new();
-        let events = generate(95, 6_000, 2, &mut offsets, T0, 2 * HOUR);
-        write_archive(&store, "events", &events).await;
-        set_cut(&store, epoch0 + 2).await;
-        run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
-            .await
-            .unwrap();
+        let s = Scenario::archived(cfg, 95, 6_000, 2, 2).await;
+        s.run().await;
+        let Scenario {
+            cfg,
+            url,
+            store,
+            epoch0,
+            events,
+            ..
+        } = s;
         for full in [false, true] {
             overwrite(
                 &store,
@@ -442,15 +446,17 @@ async fn a_corrupt_manifest_is_kept_aside_and_recomputed_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_rewritten_under_the_same_name_is_read_again() {
     for (cfg, _guard) in stores() {
-        let store = tally_store::open(&cfg.store).unwrap();
-        let epoch0 = T0 / HOUR;
-        let mut offsets = Vec::new();
-        let mut events = generate(81, 4_000, 2, &mut offsets, T0, HOUR);
-        let names = write_archive(&store, "events", &events).await;
-        set_cut(&store, epoch0 + 1).await;
-        run_locked(&cfg, store.clone(), RunOptions::default(), &|_| {})
-            .await
-            .unwrap();
+        let s = Scenario::archived(cfg, 81, 4_000, 2, 1).await;
+        s.run().await;
+        let Scenario {
+            cfg,
+            store,
+            epoch0,
+            mut offsets,
+            mut events,
+            files: names,
+            ..
+        } = s;
         check_all(&store, &cfg, &events, epoch0 + 1).await;
 
         // The same epoch read further: the same names, longer files.

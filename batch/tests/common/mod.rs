@@ -165,6 +165,81 @@ pub async fn set_cut(store: &Arc<dyn ObjectStore>, cut: i64) {
     .unwrap();
 }
 
+/// A batch test's usual start on one store: `hours` hours of generated
+/// events from [`T0`] archived, the cut at their end. A test then runs
+/// ([`Scenario::run`]), damages, adds ([`Scenario::more`]) and compares.
+pub struct Scenario {
+    pub cfg: Config,
+    pub url: String,
+    pub store: Arc<dyn ObjectStore>,
+    /// The epoch of [`T0`].
+    pub epoch0: i64,
+    /// The next offset of each partition.
+    pub offsets: Vec<i64>,
+    /// Every event archived so far.
+    pub events: Vec<Gen>,
+    /// The archive files of the first events, by path.
+    pub files: Vec<String>,
+}
+
+impl Scenario {
+    /// `n` events (generator `seed`) over `partitions` partitions with Kafka
+    /// times in the `hours` hours from [`T0`], archived in `cfg`'s store; the
+    /// cut at the end of those hours.
+    pub async fn archived(cfg: Config, seed: u64, n: usize, partitions: i32, hours: i64) -> Self {
+        let store = tally_store::open(&cfg.store).unwrap();
+        let mut offsets = Vec::new();
+        let events = generate(seed, n, partitions, &mut offsets, T0, hours * HOUR);
+        let files = write_archive(&store, "events", &events).await;
+        let epoch0 = T0 / HOUR;
+        set_cut(&store, epoch0 + hours).await;
+        Scenario {
+            url: cfg.store.url.clone(),
+            cfg,
+            store,
+            epoch0,
+            offsets,
+            events,
+            files,
+        }
+    }
+
+    /// `n` more events (generator `seed`) with Kafka times in the `hours`
+    /// hours from `from_ms`, archived; the cut is left where it is.
+    pub async fn more(&mut self, seed: u64, n: usize, from_ms: i64, hours: i64) -> Vec<Gen> {
+        let partitions = self.offsets.len() as i32;
+        let more = generate(
+            seed,
+            n,
+            partitions,
+            &mut self.offsets,
+            from_ms,
+            hours * HOUR,
+        );
+        write_archive(&self.store, "events", &more).await;
+        self.events.extend(more.iter().cloned());
+        more
+    }
+
+    /// Publish the cut `hours` epochs after [`T0`]'s.
+    pub async fn cut_at(&self, hours: i64) {
+        set_cut(&self.store, self.epoch0 + hours).await;
+    }
+
+    /// One locked run with the default options, which must succeed.
+    pub async fn run(&self) -> tally_batch::RunSummary {
+        tally_batch::run_locked(&self.cfg, self.store.clone(), Default::default(), &|_| {})
+            .await
+            .unwrap()
+    }
+
+    /// Every view's snapshot equals the fold of every event below `cut`
+    /// hours after [`T0`].
+    pub async fn check(&self, hours: i64) {
+        check_all(&self.store, &self.cfg, &self.events, self.epoch0 + hours).await;
+    }
+}
+
 pub fn config(store_url: &str) -> Config {
     config_at(store_url, None)
 }

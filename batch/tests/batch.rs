@@ -199,21 +199,22 @@ async fn duplicates_across_files_equal_the_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_run_keeps_the_previous_snapshot() {
     for (cfg, _guard) in stores() {
-        let url = cfg.store.url.clone();
-        let store = tally_store::open(&cfg.store).unwrap();
-        let epoch0 = T0 / HOUR;
-        let mut offsets = Vec::new();
-        let mut events = generate(11, 8_000, 2, &mut offsets, T0, 3 * HOUR);
-        write_archive(&store, "events", &events).await;
-        set_cut(&store, epoch0 + 2).await;
-        run_batch(&cfg, store.clone(), RunOptions::default())
+        let mut s = Scenario::archived(cfg, 11, 8_000, 2, 3).await;
+        s.cut_at(2).await;
+        run_batch(&s.cfg, s.store.clone(), RunOptions::default())
             .await
             .unwrap();
-        let before = manifest(&store, "page_views").await.unwrap();
-        let more = generate(12, 4_000, 2, &mut offsets, T0 + 2 * HOUR, 2 * HOUR);
-        write_archive(&store, "events", &more).await;
-        events.extend(more);
-        set_cut(&store, epoch0 + 4).await;
+        let before = manifest(&s.store, "page_views").await.unwrap();
+        s.more(12, 4_000, T0 + 2 * HOUR, 2).await;
+        s.cut_at(4).await;
+        let Scenario {
+            cfg,
+            url,
+            store,
+            epoch0,
+            events,
+            ..
+        } = s;
         let err = run_batch(
             &cfg,
             store.clone(),
@@ -242,13 +243,16 @@ async fn a_crashed_run_keeps_the_previous_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_and_garbage_collection() {
     for (cfg, _guard) in stores() {
-        let url = cfg.store.url.clone();
-        let store = tally_store::open(&cfg.store).unwrap();
-        let epoch0 = T0 / HOUR;
-        let mut offsets = Vec::new();
-        let mut events = generate(21, 5_000, 2, &mut offsets, T0, 3 * HOUR);
-        write_archive(&store, "events", &events).await;
-        set_cut(&store, epoch0 + 3).await;
+        let s = Scenario::archived(cfg, 21, 5_000, 2, 3).await;
+        let Scenario {
+            cfg,
+            url,
+            store,
+            epoch0,
+            mut offsets,
+            mut events,
+            ..
+        } = s;
 
         let now = chrono::Utc::now().timestamp_millis();
         let Acquired::Held(held) = lock::acquire(&store, "a", 60_000, now).await.unwrap() else {

@@ -28,6 +28,12 @@
 //! [`run_locked`], [`recompute()`] and [`schedule()`]. What is stored (paths, manifests,
 //! the cut and progress objects, snapshot files) and opening the store are
 //! `tally-store`'s; this crate holds the protocols over them.
+//!
+//! Public beyond the entry points, for the archive and fence tests that
+//! drive them directly: [`archive_file`] (write and read archive files),
+//! [`promote`], [`progress`] (claims, the fence, the cut) and [`lock`].
+//! The batch run itself is private and tested through [`run_batch`],
+//! [`run_locked`] and [`recompute()`].
 
 pub mod archive;
 pub mod archive_file;

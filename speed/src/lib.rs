@@ -28,6 +28,13 @@
 //!   with the archiver (settings, rebalances, seek-back, batched reads) is
 //!   `tally-kafka`.
 //! - `error`: the crate's error type.
+//!
+//! ## What is public
+//!
+//! [`run`] (with [`SpeedSummary`] and [`SpeedError`]) for the binary, and
+//! the chunk protocol the fencing tests drive directly: [`delta`] (fold
+//! events into a [`delta::Chunk`]) and [`apply`] (apply it, see it fenced).
+//! Everything else is private to the crate and tested through [`run`].
 
 pub mod apply;
 mod consumer;

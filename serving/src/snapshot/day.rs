@@ -4,7 +4,7 @@
 //! gives them ([`tally_store::snapshot::decode`], which owns the schema and
 //! its tolerance) and lays them out for queries: the rows sorted by bucket
 //! and indexed by bucket runs, each row's group as an index into the file's
-//! own group dictionary, and one column per measure ([`measure`]). A query
+//! own group dictionary, and one column per measure (`measure.rs`). A query
 //! folds the rows of a bucket range straight from these columns.
 //!
 //! Guarantees: a file the reader refuses, or a sketch that is not a Redis

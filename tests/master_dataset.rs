@@ -120,16 +120,7 @@ fn a_duckdb_query_over_the_store_equals_the_api_and_the_truth() {
         },
     ))
     .expect("cut");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["batch", "run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("tally batch run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    role::batch_run(&config);
 
     let duck = duckdb(&store_dir);
     let api = api(&config, &dir.path().join("serve.log"), port);

@@ -1,6 +1,7 @@
 //! A `tally` role as a child process of a test: started with a config and a
 //! log file, stopped with SIGTERM (which must exit cleanly) or SIGKILL (which
-//! must lose nothing). Used by the crash and end-to-end tests.
+//! must lose nothing); and one `tally batch run` to completion. Used by the
+//! crash and end-to-end tests.
 
 // Shared by several test binaries, each using a part: `pub` is the
 // module's surface to them, not the crate's.
@@ -81,4 +82,19 @@ impl Drop for Role {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `tally batch run --config <config>`, to completion (a run that finds the
+/// lock held is a refusal, not a failure).
+pub fn batch_run(config: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["batch", "run", "--config"])
+        .arg(config)
+        .output()
+        .expect("run tally batch run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.contains("holds the lock"),
+        "tally batch run failed: {stderr}"
+    );
 }

@@ -114,18 +114,8 @@ listen = "127.0.0.1:{port}"
         self.dir.path().join("store")
     }
 
-    /// `tally batch run`, to completion (a run that finds the lock held is
-    /// a refusal, not a failure).
+    /// `tally batch run` on this config ([`crate::role::batch_run`]).
     pub fn batch_run(&self) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(["batch", "run", "--config"])
-            .arg(&self.config)
-            .output()
-            .expect("run tally batch run");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() || stderr.contains("holds the lock"),
-            "tally batch run failed: {stderr}"
-        );
+        crate::role::batch_run(&self.config)
     }
 }

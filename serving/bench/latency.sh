@@ -9,6 +9,11 @@
 #
 #   bash serving/bench/latency.sh            # BENCH_ROUNDS=3 BENCH_SECONDS=15 BENCH_THREADS=2
 #
+# BENCH_QUERY picks the query variant (issue 18): `plain` (the default),
+# `window` (the same with window=3h: each hourly point merges three hours),
+# `lookup` (grouped by properties.page@section, a CSV table), or `all`
+# (the three in turn, for side-by-side figures).
+#
 # wrk and the server share this machine's cores: the figures include that.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -29,14 +34,22 @@ cd "$ROOT"
 # target directory's release dependencies are reused, not rebuilt.
 cargo build --release --workspace --example bench_server
 BIN="$CARGO_TARGET_DIR/release/examples/bench_server"
-URL="http://127.0.0.1:$PORT/api/v1/views/pv/query?from=1704067200000&to=1704153600000&granularity=1h&group_by=properties.page"
+BASE="http://127.0.0.1:$PORT/api/v1/views/pv/query?from=1704067200000&to=1704153600000&granularity=1h"
+url_of() {
+  case "$1" in
+    plain) echo "$BASE&group_by=properties.page" ;;
+    window) echo "$BASE&group_by=properties.page&window=3h" ;;
+    lookup) echo "$BASE&group_by=properties.page%40section" ;;
+    *) echo "BENCH_QUERY must be plain, window, lookup or all" >&2; exit 2 ;;
+  esac
+}
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # wrk prints latencies as 850.00us / 1.23ms / 1.01s: to milliseconds.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f\n", v}'; }
 
 run_mode() {
-  local label=$1 ttl=$2 log server p50s="" p99s="" rpss=""
+  local label=$1 ttl=$2 URL=$3 log server p50s="" p99s="" rpss=""
   log=$(mktemp)
   TALLY_BENCH_RESULT_TTL_MS=$ttl "$BIN" "127.0.0.1:$PORT" >"$log" 2>&1 &
   server=$!
@@ -63,6 +76,11 @@ run_mode() {
 }
 
 echo "[bench] $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); wrk -t$THREADS -c$CONNS -d${SECONDS_PER_ROUND}s, $ROUNDS rounds"
-echo "[bench] query: $URL"
-run_mode "cache off (merge per request)" 0
-if [ "${BENCH_CACHE:-0}" = 1 ]; then run_mode "cache on (ttl 250 ms)" 250; fi
+VARIANTS="${BENCH_QUERY:-plain}"
+[ "$VARIANTS" = all ] && VARIANTS="plain window lookup"
+for v in $VARIANTS; do
+  URL=$(url_of "$v")
+  echo "[bench] query ($v): $URL"
+  run_mode "$v, cache off (merge per request)" 0 "$URL"
+  if [ "${BENCH_CACHE:-0}" = 1 ]; then run_mode "$v, cache on (ttl 250 ms)" 250 "$URL"; fi
+done

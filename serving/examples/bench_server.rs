@@ -8,7 +8,8 @@
 //! private Redis): 1,440 x 15 = 21,600 cells in each layer, every one of them
 //! merged by a 24-hour query. Prints `ready` and the query URL on stdout once
 //! serving. `TALLY_BENCH_RESULT_TTL_MS` sets the answer cache's TTL (default 0:
-//! off, every request merges afresh).
+//! off, every request merges afresh). A lookup table `section` (page →
+//! section, CSV in the store) serves the lookup variant of the query.
 //!
 //! `cargo build --release --workspace --example bench_server`, then
 //! `$CARGO_TARGET_DIR/release/examples/bench_server 127.0.0.1:8098`
@@ -64,7 +65,25 @@ async fn main() {
     let store = Arc::new(InMemory::new());
     publish_snapshot(&store, &view(), &evs, cut, "bench").await;
     write_speed(&redis.url(), "t", &view(), &evs).await;
+    let sections: String = PAGES
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("\"{p}\",s{}\n", i % 2))
+        .collect();
+    let table = object_store::path::Path::from("lookups/sections.csv");
+    let payload = object_store::PutPayload::from(format!("page,section\n{sections}").into_bytes());
+    if let Err(e) = object_store::ObjectStoreExt::put(store.as_ref(), &table, payload).await {
+        eprintln!("cannot write the lookup table: {e}");
+        std::process::exit(1);
+    }
     let mut cfg = config(&redis.url(), "t");
+    cfg.lookups = vec![tally_core::config::LookupConfig {
+        name: "section".into(),
+        path: table.to_string(),
+        key: "page".into(),
+        value: "section".into(),
+        missing: None,
+    }];
     cfg.serve.listen = addr.clone();
     cfg.serve.answer_ttl = tally_core::config::Millis(ttl_ms as i64);
     let opts = tally_serving::ServeOptions::default();

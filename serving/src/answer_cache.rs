@@ -33,7 +33,7 @@ use axum::body::Bytes;
 use tally_core::time::Granularity;
 
 use crate::error::ApiError;
-use crate::query::Query;
+use crate::query::{Col, Query};
 
 const MAX_ENTRIES: usize = 1024;
 
@@ -44,9 +44,10 @@ pub(crate) struct QueryKey {
     pub from_ms: i64,
     pub to_ms: i64,
     pub granularity: Granularity,
-    pub group_by: Vec<usize>,
-    pub filters: BTreeMap<usize, Vec<String>>,
+    pub group_by: Vec<Col>,
+    pub filters: BTreeMap<Col, Vec<String>>,
     pub measures: Vec<usize>,
+    pub window_ms: Option<i64>,
 }
 
 impl QueryKey {
@@ -59,6 +60,7 @@ impl QueryKey {
             group_by: q.group_by.clone(),
             filters: q.filters.clone(),
             measures: q.measures.clone(),
+            window_ms: q.window_ms,
         }
     }
 }

@@ -118,12 +118,24 @@ pub struct QueryResponse {
     pub from_ms: i64,
     pub to_ms: i64,
     pub granularity: String,
+    /// The rolling window (`window`), when asked for: each point then
+    /// aggregates the base buckets starting in `[t + granularity - window,
+    /// t + granularity)` (and before `to_ms`), read before `from_ms` where
+    /// the window reaches back; totals then cover every base bucket the
+    /// points read, `[read_from_ms, to_ms)`, each once.
+    pub window: Option<String>,
+    /// With a window: where the read starts (the first point's window).
+    pub read_from_ms: Option<i64>,
     pub group_by: Vec<String>,
+    /// The version (content hash) of each lookup table the query uses
+    /// (`dimension@lookup`); null: the table was never loaded (every value
+    /// then maps to the table's `missing`, and `degraded` says `lookup`).
+    pub lookups: BTreeMap<String, Option<String>>,
     pub measures: Vec<String>,
     /// Speed slices of epochs ≥ cut are merged with the snapshot (null: no snapshot, all slices).
     pub cut: Option<i64>,
     pub freshness: Freshness,
-    /// Components that were down or failed: `redis`, `store`. Empty when complete.
+    /// Components that were down or failed: `redis`, `store`, `lookup`. Empty when complete.
     pub degraded: Vec<String>,
     /// Groups with data; `series` holds at most max_groups of them.
     pub groups_total: usize,
@@ -197,6 +209,22 @@ pub struct StatusResponse {
     pub day_cache_bytes: usize,
     /// When the in-memory copy of the speed layer was last synced (epoch ms).
     pub speed_synced_ms: Option<i64>,
+    /// The lookup tables (`[[lookup]]`).
+    pub lookups: Vec<LookupStatus>,
+}
+
+/// A lookup table as the serving role holds it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LookupStatus {
+    pub name: String,
+    pub path: String,
+    /// The content hash of the version in use (null: never loaded).
+    pub version: Option<String>,
+    pub keys: usize,
+    /// When that version was read, epoch ms.
+    pub loaded_ms: Option<i64>,
+    /// Why the last read failed (the previous version, if any, still serves).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -17,7 +17,11 @@
 //!   exactly), the fold on the blocking pool, the ranked answer.
 //! - [`api`]: routes and layers; handlers one file per endpoint family;
 //!   auth; OpenAPI. [`dto`]: the wire types.
+//! - [`alert`]: threshold rules (`[[alert]]`) evaluated through the query
+//!   path, and their webhooks (bounded queue, retries with backoff).
 //! - `answer_cache`: optional reuse of whole answers for a short TTL.
+//! - [`lookup`]: lookup tables (`[[lookup]]`) read from the object store
+//!   and applied at query time (`group_by=properties.page@section`).
 //! - [`state`]: [`AppState`] and the background loops (manifest poll, speed sync).
 //! - `group`: groups in memory. `dashboard`: the page at `/`.
 //!   `metrics`: the Prometheus recorder. [`error`]: [`ApiError`] and [`ServeError`].
@@ -27,12 +31,14 @@
 //! [`serve`] runs everything until a shutdown future resolves; [`router`]
 //! gives the bare `axum::Router` for tests.
 
+pub mod alert;
 mod answer_cache;
 pub mod api;
 mod dashboard;
 pub mod dto;
 pub mod error;
 mod group;
+pub mod lookup;
 mod metrics;
 pub mod query;
 pub mod snapshot;

@@ -3,9 +3,11 @@
 //! [`AppState`] holds the configuration, the object store, the current
 //! [`SnapshotSet`] (an `ArcSwap`: readers never block, a reload swaps the
 //! whole set at once), the day cache, the speed mirror, the merge pool's
-//! permits and the metrics handle. [`AppState::refresh`] polls every view's
-//! manifest and adopts a new one; [`AppState::spawn_pollers`] runs it every
-//! `poll_interval`, and the speed sync every `speed_poll`, until shutdown.
+//! permits, the lookup tables, the alert rules and the metrics handle.
+//! [`AppState::refresh`] polls every view's manifest (and the lookup tables)
+//! and adopts a new one; [`AppState::spawn_pollers`] runs it every
+//! `poll_interval`, the speed sync every `speed_poll` and the alert rules
+//! every `alerting.interval`, until shutdown.
 //!
 //! Guarantees: a failed poll keeps the snapshot in use and records why in
 //! [`StoreHealth`], which queries report as `"degraded": ["store"]`; a
@@ -27,9 +29,11 @@ use tally_core::config::Config;
 use tally_core::view::ViewDef;
 use tokio::sync::Semaphore;
 
+use crate::alert::Alerts;
 use crate::answer_cache::ResultCache;
 use crate::dto::RecomputeRequest;
 use crate::error::{ApiError, RecomputeError, ServeError};
+use crate::lookup::Lookups;
 use crate::query::Limits;
 use crate::snapshot::cache::DayCache;
 use crate::snapshot::{load_view, SnapshotSet, StoreHealth, ViewSnapshot};
@@ -116,6 +120,10 @@ pub(crate) struct Inner {
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub(crate) started_ms: i64,
     pub(crate) answers: ResultCache,
+    /// The lookup tables in use, refreshed with the manifests.
+    pub(crate) lookups: Lookups,
+    /// The threshold rules, their states and webhook queue.
+    pub(crate) alerts: Alerts,
     /// Bumped after every poll stored a snapshot set or store health: cached
     /// answers of an older generation are not reused.
     generation: AtomicU64,
@@ -184,6 +192,8 @@ impl AppState {
                 metrics,
                 started_ms: now_ms(),
                 answers: ResultCache::new(cfg.serve.answer_ttl.as_duration()),
+                lookups: Lookups::default(),
+                alerts: Alerts::new(&cfg),
                 generation: AtomicU64::new(0),
                 opts,
                 cfg,
@@ -250,9 +260,15 @@ impl AppState {
         }
     }
 
-    /// Poll every view's manifest once and adopt the new ones. Returns the
-    /// number of views whose snapshot changed.
+    /// Poll every view's manifest once and adopt the new ones, and read the
+    /// lookup tables that changed. Returns the number of views whose
+    /// snapshot changed.
     pub async fn refresh(&self) -> usize {
+        let tables_changed = self
+            .inner
+            .lookups
+            .refresh(self.inner.store.as_ref(), &self.inner.cfg.lookups, now_ms())
+            .await;
         let current = self.inner.snapshots.load_full();
         let mut next = (*current).clone();
         let mut health = StoreHealth {
@@ -320,7 +336,7 @@ impl AppState {
         let health_changed = self.inner.health.load().errors != health.errors;
         self.inner.health.store(Arc::new(health));
         // After the stores: a query that reads the new generation sees them.
-        if changed > 0 || health_changed {
+        if changed > 0 || health_changed || tables_changed {
             self.inner.generation.fetch_add(1, Ordering::SeqCst);
         }
         changed
@@ -353,8 +369,46 @@ impl AppState {
                 }
             }
         });
+        let alerts = self.spawn_alerts();
         tokio::spawn(async move {
-            let _ = tokio::join!(manifests, speed);
+            let _ = tokio::join!(manifests, speed, alerts);
+        })
+    }
+
+    /// Evaluate every alert rule at `now_ms` (what the alert loop does
+    /// every `alerting.interval`; tests call it at chosen instants).
+    pub async fn evaluate_alerts(&self, now_ms: i64) {
+        crate::alert::evaluate(self, now_ms).await;
+    }
+
+    /// The alert loop (first evaluation one interval after start) and the
+    /// webhook delivery task, until [`AppState::stop`]; nothing without rules.
+    fn spawn_alerts(&self) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let alerts = &state.inner.alerts;
+            let Some(inbox) = alerts.take_inbox().filter(|_| !alerts.rules().is_empty()) else {
+                return;
+            };
+            let cfg = state.inner.cfg.alerting.clone();
+            let period = cfg.interval.as_duration();
+            let delivery = tokio::spawn(crate::alert::deliver::run(
+                inbox,
+                cfg,
+                alerts.stats(),
+                state.until_stopped(),
+            ));
+            let stop = state.until_stopped();
+            tokio::pin!(stop);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => state.evaluate_alerts(now_ms()).await,
+                    _ = &mut stop => break,
+                }
+            }
+            let _ = delivery.await;
         })
     }
 }

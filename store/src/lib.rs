@@ -14,11 +14,14 @@
 //! - [`manifest`]: a view's published snapshot (versioned JSON).
 //! - [`cut`] and [`progress`]: the archiver's cut and per-partition progress.
 //! - [`snapshot`]: the snapshot file schema, its writer and its reader.
+//! - [`lookup`]: a lookup table's file (CSV or Parquet, two columns), read
+//!   for the serving layer's query-time lookups.
 //!
 //! The master dataset's archive files are the batch layer's alone (written
 //! by its archiver, read by its runs): their format lives there.
 
 pub mod cut;
+pub mod lookup;
 pub mod manifest;
 pub mod object;
 mod open;

@@ -14,8 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::view::{valid_name, ViewDef, ViewError};
 
+mod alert;
+mod lookup;
 mod sections;
 mod units;
+
+pub use alert::{AlertRule, AlertingConfig, Comparison};
+pub use lookup::{LookupConfig, LookupFormat};
 
 pub use sections::{
     redact_url, ArchiveConfig, Assignment, BatchConfig, EpochConfig, EventsConfig, KafkaConfig,
@@ -38,6 +43,13 @@ pub struct Config {
     pub serve: ServeConfig,
     #[serde(rename = "view")]
     pub views: Vec<ViewDef>,
+    /// `[[lookup]]`: tables queries may map a dimension through.
+    #[serde(rename = "lookup")]
+    pub lookups: Vec<LookupConfig>,
+    /// `[[alert]]`: threshold rules the serving role evaluates.
+    #[serde(rename = "alert")]
+    pub alerts: Vec<AlertRule>,
+    pub alerting: AlertingConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +219,7 @@ impl Config {
             );
         }
         self.serve.validate()?;
+        lookup::validate_all(&self.lookups)?;
         if self.views.is_empty() {
             return invalid("view", "declare at least one [[view]]".into());
         }
@@ -223,11 +236,23 @@ impl Config {
             names.push(&v.name);
             v.validate(&self.kafka.topics)?;
         }
+        let lookups: Vec<String> = self.lookups.iter().map(|l| l.name.clone()).collect();
+        alert::validate_all(
+            &self.alerting,
+            &self.alerts,
+            &self.views,
+            &lookups,
+            self.serve.max_buckets,
+        )?;
         Ok(())
     }
 
     pub fn view(&self, name: &str) -> Option<&ViewDef> {
         self.views.iter().find(|v| v.name == name)
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<&LookupConfig> {
+        self.lookups.iter().find(|l| l.name == name)
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Routes (see [`router`]): `GET /api/v1/views` ([`views`]),
 //! `GET /api/v1/views/{view}/query` and `…/stream` ([`query`]),
-//! `GET /api/v1/status` ([`status`]), `POST /api/v1/recompute` ([`admin`]),
+//! `GET /api/v1/status` ([`status`]), `GET /api/v1/alerts` ([`alerts`]), `POST /api/v1/recompute` ([`admin`]),
 //! `GET /metrics` and `GET /` ([`pages`]), `GET /openapi.json` ([`openapi`]),
 //! `GET /healthz` and `GET /readyz` ([`probes`]); who may call them is
 //! [`auth`].
@@ -12,6 +12,7 @@
 //! 405, 413, rejections); a panic is caught and answered as 500 JSON.
 
 pub mod admin;
+pub mod alerts;
 pub mod auth;
 pub mod openapi;
 pub mod pages;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/views/{view}/query", get(query::query_view))
         .route("/api/v1/views/{view}/stream", get(query::stream_view))
         .route("/api/v1/status", get(status::status))
+        .route("/api/v1/alerts", get(alerts::alerts))
         .route("/metrics", get(pages::metrics_text))
         .route_layer(from_fn_with_state(state.clone(), auth::require_read));
     Router::new()

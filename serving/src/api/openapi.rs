@@ -8,9 +8,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{admin, pages, query, status, views};
+use super::{admin, alerts, pages, query, status, views};
+use crate::alert::{AlertStatus, AlertsResponse, Phase};
 use crate::dto::{
-    Freshness, MeasureInfo, PartitionStatus, Point, QueryResponse, RecomputeRequest,
+    Freshness, LookupStatus, MeasureInfo, PartitionStatus, Point, QueryResponse, RecomputeRequest,
     RecomputeResponse, Series, SkippedFile, StatusResponse, ViewInfo, ViewStatus, ViewsResponse,
 };
 use crate::error::{ApiError, ErrorBody};
@@ -19,8 +20,8 @@ use crate::state::AppState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tally serving API", description = "Batch snapshot ⊕ speed-layer deltas, per query."),
-    paths(views::list_views, query::query_view, query::stream_view, status::status, admin::recompute, pages::metrics_text),
-    components(schemas(ErrorBody, ViewsResponse, ViewInfo, MeasureInfo, QueryResponse, Freshness, Series, Point, StatusResponse, ViewStatus, SkippedFile, PartitionStatus, RecomputeRequest, RecomputeResponse)),
+    paths(views::list_views, query::query_view, query::stream_view, status::status, alerts::alerts, admin::recompute, pages::metrics_text),
+    components(schemas(ErrorBody, ViewsResponse, ViewInfo, MeasureInfo, QueryResponse, Freshness, Series, Point, StatusResponse, ViewStatus, SkippedFile, PartitionStatus, LookupStatus, RecomputeRequest, RecomputeResponse, AlertsResponse, AlertStatus, Phase)),
     modifiers(&Security)
 )]
 struct ApiDoc;

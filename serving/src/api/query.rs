@@ -61,7 +61,13 @@ async fn answer_in_time(
     view: &Arc<ViewDef>,
     raw: Option<&str>,
 ) -> Result<Bytes, ApiError> {
-    let q = Query::parse(view, raw, now_ms(), state.limits())?;
+    let q = Query::parse(
+        view,
+        raw,
+        now_ms(),
+        state.limits(),
+        &state.inner.cfg.lookups,
+    )?;
     let t = timeout(state);
     tokio::time::timeout(t, answer(state, view, q))
         .await
@@ -82,9 +88,10 @@ async fn answer_in_time(
         ("last" = Option<String>, Query, description = "instead of from: the range length before `to`, e.g. 1h (default 24h)"),
         ("to" = Option<String>, Query, description = "end (exclusive), RFC 3339 or epoch ms (default: end of the current bucket)"),
         ("granularity" = Option<String>, Query, description = "a multiple of the view's granularity, e.g. 1h"),
-        ("group_by" = Option<String>, Query, description = "comma list of the view's dimensions"),
-        ("filter" = Option<Vec<String>>, Query, description = "dimension:value, repeatable (OR per dimension, AND across)"),
+        ("group_by" = Option<String>, Query, description = "comma list of the view's dimensions, each optionally through a lookup table: `properties.page@section`"),
+        ("filter" = Option<Vec<String>>, Query, description = "dimension:value or dimension@lookup:value, repeatable (OR per column, AND across)"),
         ("measures" = Option<String>, Query, description = "comma list of measures (default: all)"),
+        ("window" = Option<String>, Query, description = "rolling window, a multiple of the granularity and at most 1440 of its buckets, e.g. 15m: each point aggregates the trailing window ending at the end of its bucket (read before `from` where needed); totals then cover every base bucket read, once"),
     ),
     responses((status = 200, body = QueryResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 408, body = ErrorBody)))]
@@ -120,7 +127,13 @@ pub async fn stream_view(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let view = lookup_view(&state, &view)?;
     // Validate once up front so a bad query is a 4xx, not an event.
-    let q = Query::parse(&view, raw.as_deref(), now_ms(), state.limits())?;
+    let q = Query::parse(
+        &view,
+        raw.as_deref(),
+        now_ms(),
+        state.limits(),
+        &state.inner.cfg.lookups,
+    )?;
     let permit = state
         .inner
         .streams

@@ -12,7 +12,7 @@ use tally_store::cut::CutFile;
 use tally_store::progress::ProgressFile;
 use tally_store::StoreError;
 
-use crate::dto::{PartitionStatus, SkippedFile, StatusResponse, ViewStatus};
+use crate::dto::{LookupStatus, PartitionStatus, SkippedFile, StatusResponse, ViewStatus};
 use crate::error::ErrorBody;
 use crate::state::{now_ms, AppState};
 
@@ -154,5 +154,28 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
         last_manifest_poll_ms: health.last_poll_ms,
         day_cache_bytes: state.inner.days.bytes(),
         speed_synced_ms: state.inner.speed.synced_ms(),
+        lookups: lookup_status(&state),
     })
+}
+
+/// Each `[[lookup]]`: the version in use and the last error.
+fn lookup_status(state: &AppState) -> Vec<LookupStatus> {
+    let set = state.inner.lookups.load();
+    state
+        .inner
+        .cfg
+        .lookups
+        .iter()
+        .map(|c| {
+            let loaded = set.tables.get(&c.name);
+            LookupStatus {
+                name: c.name.clone(),
+                path: c.path.clone(),
+                version: loaded.map(|l| l.table.version.clone()),
+                keys: loaded.map_or(0, |l| l.table.map.len()),
+                loaded_ms: loaded.map(|l| l.loaded_ms),
+                error: set.errors.get(&c.name).cloned(),
+            }
+        })
+        .collect()
 }

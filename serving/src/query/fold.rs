@@ -13,6 +13,11 @@
 //! to the group totals and the grand total, and kept as plain values.
 //! Memory follows one day's cells, not the range's.
 //!
+//! With a rolling window ([`super::window`]) a closed cell also keeps its
+//! aggregates (a distinct measure as the cell's union sketch), and the
+//! points are made from them when the fold is done: each point merges the
+//! cells of its window.
+//!
 //! Guarantees: counts, integer sums, min and max are exact; distinct counts
 //! are HyperLogLog unions (never sums), per cell, per group and overall;
 //! more than `max_cells` output cells stop the fold with
@@ -22,14 +27,17 @@
 /// The fold's maps (see Cargo.toml for why foldhash).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tally_core::agg::{Agg, AggKind};
 use tally_core::hll::{count_registers, Union};
 use tally_core::view::ViewDef;
 
-use super::parse::Query;
+use super::parse::{Col, Query};
+use super::window::Window;
 use crate::dto::Final;
 use crate::group::Group;
+use crate::lookup::Table;
 use crate::snapshot::day::{Column, DayData, Sketch};
 use crate::speed::slice::SliceData;
 
@@ -51,7 +59,7 @@ const DROPPED: u32 = u32::MAX - 1;
 const CHECK_EVERY: usize = 4096;
 
 /// The final value of an aggregate.
-fn final_of(agg: &Agg) -> Final {
+pub(super) fn final_of(agg: &Agg) -> Final {
     match agg {
         Agg::Count(c) => Final::Count(*c),
         Agg::Sum { int, float } => Final::Sum(*int, *float),
@@ -79,6 +87,12 @@ pub struct Fold {
     /// Rows and cells folded, for the cancel check.
     work: usize,
     union: Union,
+    /// With a rolling window: which points to make, and per output group
+    /// its closed cells' aggregates in time order.
+    window: Option<Window>,
+    cells: Vec<Vec<(i64, Box<[Agg]>)>>,
+    /// Per `[[lookup]]`, the table version this answer maps through.
+    tables: Vec<Arc<Table>>,
 }
 
 /// One output cell of the day in progress: its number in the day and the
@@ -104,7 +118,10 @@ pub struct Day<'a> {
 pub type GroupMap = Vec<u32>;
 
 impl Fold {
-    pub fn new(view: &ViewDef, q: Query, max_cells: usize) -> Fold {
+    /// A fold of `q` on `view`; `tables` holds one table per `[[lookup]]`
+    /// (the version in use, or an empty one mapping to its `missing`).
+    pub fn new(view: &ViewDef, q: Query, max_cells: usize, tables: Vec<Arc<Table>>) -> Fold {
+        let window = Window::of(&q, view.granularity.as_ms());
         let mut slot = vec![None; view.measures.len()];
         for (pos, &mi) in q.measures.iter().enumerate() {
             slot[mi] = Some(pos);
@@ -124,6 +141,18 @@ impl Fold {
             max_cells,
             work: 0,
             union: Union::default(),
+            window,
+            cells: Vec::new(),
+            tables,
+        }
+    }
+
+    /// The value of column `c` in source group `g` (a lookup applied).
+    fn value(&self, g: &Group, c: Col) -> Option<Arc<str>> {
+        let v = g.get(c.dim)?.as_ref()?;
+        match c.lookup {
+            None => Some(v.clone()),
+            Some(l) => self.tables.get(l)?.get(v),
         }
     }
 
@@ -133,19 +162,18 @@ impl Fold {
 
     /// The output group of source group `g`, or [`DROPPED`].
     fn output_group(&mut self, g: &Group) -> u32 {
-        let passes = self.q.filters.iter().all(|(&d, allowed)| match g.get(d) {
-            Some(Some(v)) => allowed.iter().any(|a| **a == **v),
-            _ => false,
-        });
+        let passes = self
+            .q
+            .filters
+            .iter()
+            .all(|(&c, allowed)| match self.value(g, c) {
+                Some(v) => allowed.iter().any(|a| **a == *v),
+                None => false,
+            });
         if !passes {
             return DROPPED;
         }
-        let key: Group = self
-            .q
-            .group_by
-            .iter()
-            .map(|&d| g.get(d).cloned().flatten())
-            .collect();
+        let key: Group = self.q.group_by.iter().map(|&c| self.value(g, c)).collect();
         if let Some(&id) = self.out_ids.get(&key) {
             return id;
         }
@@ -153,6 +181,7 @@ impl Fold {
         self.out_keys.push(key.clone());
         self.out_ids.insert(key, id);
         self.points.push(Vec::new());
+        self.cells.push(Vec::new());
         self.totals.push(self.empty());
         id
     }
@@ -292,6 +321,13 @@ impl Fold {
         cells.sort_unstable_by_key(|(k, _)| *k);
         for ((ob, og), cell) in cells {
             let mut finals: Box<[Final]> = cell.aggs.iter().map(final_of).collect();
+            // With a window the cell is kept whole, its sketches unioned.
+            let mut kept = self.window.is_some().then(|| cell.aggs.clone());
+            let mut keep = |pos: usize, f: &mut dyn FnMut(&mut tally_core::hll::Hll)| {
+                if let Some(Agg::Distinct(h)) = kept.as_mut().and_then(|k| k.get_mut(pos)) {
+                    f(h);
+                }
+            };
             let totals = &mut self.totals[og as usize];
             let id = cell.id as usize;
             // The sketches of each distinct measure, unioned once. The grand
@@ -308,11 +344,13 @@ impl Fold {
                     [(_, _, Sketch::Registers(regs))] => {
                         finals[pos] = Final::Distinct(count_registers(regs));
                         total.merge_registers(regs);
+                        keep(pos, &mut |h| h.merge_registers(regs));
                         continue;
                     }
                     [(_, _, Sketch::Dense(h, count))] => {
                         finals[pos] = Final::Distinct(count.unwrap_or_else(|| h.count()));
                         total.merge(h);
+                        keep(pos, &mut |k| k.merge(h));
                         continue;
                     }
                     _ => {}
@@ -326,6 +364,8 @@ impl Fold {
                 }
                 finals[pos] = Final::Distinct(self.union.count());
                 self.union.merge_into(total);
+                let union = &mut self.union;
+                keep(pos, &mut |h| union.merge_into(h));
             }
             // A bucket where every requested measure is still its identity
             // (e.g. a `max` over events without the field) has nothing to
@@ -341,7 +381,10 @@ impl Fold {
                     self.grand[i].merge(a);
                 }
             }
-            self.points[og as usize].push((ob, finals));
+            match kept {
+                Some(aggs) => self.cells[og as usize].push((ob, aggs)),
+                None => self.points[og as usize].push((ob, finals)),
+            }
             self.done += 1;
         }
     }
@@ -356,6 +399,11 @@ impl Fold {
                         g.merge(h);
                     }
                 }
+            }
+        }
+        if let Some(w) = &self.window {
+            for (points, cells) in self.points.iter_mut().zip(&self.cells) {
+                *points = w.points(cells, &self.kinds, &mut self.union);
             }
         }
         Folded {
@@ -406,7 +454,7 @@ fn open_cell<'d>(
 }
 
 /// Whether a final value is the identity of its measure.
-fn is_nothing(v: &Final) -> bool {
+pub(super) fn is_nothing(v: &Final) -> bool {
     match *v {
         Final::Count(c) | Final::Distinct(c) => c == 0,
         Final::Sum(int, float) => int == 0 && float == 0.0,

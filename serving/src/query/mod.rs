@@ -7,7 +7,9 @@
 //! day's slices ([`fold`]) on the blocking pool, one day per task, at most
 //! one task per core at a time (a day of at most `INLINE_WORK` input rows
 //! and cells is folded in place: the hand-off would cost more). The last
-//! day's task also ranks the groups ([`answer`]) and writes the JSON.
+//! day's task also ranks the groups ([`answer`]) and writes the JSON. A
+//! rolling window ([`window`]) widens the read back by the window and makes
+//! the points from the closed cells at the end.
 //!
 //! Guarantees:
 //! - One answer reads one manifest and the slices chosen by its cut: never
@@ -21,12 +23,17 @@
 //! - A day file that cannot be read leaves its rows out and the answer says
 //!   `"degraded": ["store"]`; a failed speed sync, `"degraded": ["redis"]`;
 //!   speed slices of another view definition (not merged),
-//!   `"degraded": ["speed_definition"]`.
+//!   `"degraded": ["speed_definition"]`; a lookup table never loaded,
+//!   `"degraded": ["lookup"]`.
+//! - A lookup (`dimension@lookup`) maps each source group once, through the
+//!   one version of the table this answer took ([`crate::lookup`]); the
+//!   answer names that version.
 
 pub mod answer;
 pub mod fold;
 pub mod parse;
 pub mod plan;
+pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,12 +47,13 @@ use tally_core::view::ViewDef;
 
 use crate::dto::{Freshness, QueryResponse};
 use crate::error::ApiError;
+use crate::lookup::Table;
 use crate::snapshot::day::DayData;
 use crate::snapshot::ViewSnapshot;
 use crate::speed::slice::Slice;
 use crate::state::AppState;
 use fold::{Day, Fold, FoldError, GroupMap};
-pub use parse::{parse_time, Limits, Query};
+pub use parse::{parse_time, Col, Limits, Query};
 
 /// Days whose files are fetched ahead of the fold.
 const PREFETCH_DAYS: usize = 2;
@@ -75,7 +83,8 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
     }
     let base = view.granularity.as_ms();
     let g_ms = q.granularity.as_ms();
-    let (from, to) = plan::base_range(base, q.from_ms, q.to_ms);
+    // With a window, the read starts a window before the first point.
+    let (from, to) = q.read_range(base);
     let (first_day, last_day) = (day_of(from), day_of(to - 1));
     inner.speed.ensure_fresh(inner.opts.speed_max_age).await;
     let speed = inner.speed.view(&view.name, cut, first_day, last_day);
@@ -93,17 +102,25 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
     days.extend(speed.slices.iter().map(|s| s.day));
     let speed_levels: Vec<i64> = view.levels().iter().map(|g| g.as_ms()).collect();
 
+    let (tables, lookups) = lookup_tables(state, &q);
+    if lookups.values().any(Option::is_none) {
+        degraded.insert("lookup");
+    }
+
     let manifest = snap.manifest.as_ref();
     let mut response = QueryResponse {
         view: view.name.clone(),
         from_ms: q.from_ms,
         to_ms: q.to_ms,
         granularity: q.granularity.to_string(),
+        window: q.window_ms.map(tally_core::time::format_ms),
+        read_from_ms: q.window_ms.map(|_| from),
         group_by: q
             .group_by
             .iter()
-            .map(|&d| view.dimensions[d].as_string())
+            .map(|c| c.name(view, &inner.cfg.lookups))
             .collect(),
+        lookups,
         measures: q
             .measures
             .iter()
@@ -127,7 +144,7 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
     let max_groups = serve.max_groups;
 
     let cancel = CancelOnDrop::default();
-    let mut fold = Fold::new(view, q.clone(), serve.max_cells);
+    let mut fold = Fold::new(view, q.clone(), serve.max_cells, tables);
     let n_days = days.len();
     let loads = futures::stream::iter(days.iter().copied())
         .map(|day| day_inputs(state, view, &snap, day, g_ms, from, to))
@@ -176,6 +193,38 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
     // No day with data.
     response.degraded = degraded.iter().map(|d| (*d).to_owned()).collect();
     encode(fold, response, max_groups)
+}
+
+/// One table per `[[lookup]]` for the fold (the loaded version, or an
+/// empty one mapping every value to its `missing`), and the version of
+/// each table `q` uses (null: never loaded).
+fn lookup_tables(
+    state: &AppState,
+    q: &Query,
+) -> (Vec<Arc<Table>>, BTreeMap<String, Option<String>>) {
+    let configs = &state.inner.cfg.lookups;
+    let set = state.inner.lookups.load();
+    let tables: Vec<Arc<Table>> = configs
+        .iter()
+        .map(|c| match set.tables.get(&c.name) {
+            Some(l) => l.table.clone(),
+            None => Arc::new(Table {
+                map: Default::default(),
+                missing: c.missing.as_deref().map(Arc::from),
+                version: String::new(),
+            }),
+        })
+        .collect();
+    let used = q.group_by.iter().chain(q.filters.keys());
+    let versions = used
+        .filter_map(|c| c.lookup)
+        .filter_map(|l| configs.get(l))
+        .map(|c| {
+            let version = set.tables.get(&c.name).map(|l| l.table.version.clone());
+            (c.name.clone(), version)
+        })
+        .collect();
+    (tables, versions)
 }
 
 /// Input rows and cells below which a day is folded on the async worker.

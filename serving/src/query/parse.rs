@@ -2,11 +2,14 @@
 //!
 //! Guarantees: parsing rejects what it cannot honour with a 4xx naming the
 //! parameter and the fix: unknown view parts, granularities that do not roll
-//! up, ranges over `max_buckets` buckets, more than `max_filters` filter
-//! values, a parameter given twice.
+//! up, ranges over `max_buckets` buckets (the window's lead-in counted),
+//! more than `max_filters` filter values, a parameter given twice, a
+//! `window` that is not a multiple of the granularity or is over
+//! [`MAX_WINDOW_BUCKETS`] of them.
 
 use std::collections::BTreeMap;
 
+use tally_core::config::LookupConfig;
 use tally_core::time::{Granularity, MS_PER_DAY};
 use tally_core::view::{FieldPath, ViewDef};
 
@@ -21,20 +24,48 @@ pub struct Limits {
 
 const MAX_ABS_MS: i64 = 100_000_000_000_000;
 
+/// The longest rolling window, in buckets of the query's granularity: a
+/// point merges at most this many cells per group.
+pub const MAX_WINDOW_BUCKETS: i64 = 1440;
+
 /// A checked query on one view.
 #[derive(Debug, Clone)]
 pub struct Query {
     pub from_ms: i64,
     pub to_ms: i64,
     pub granularity: Granularity,
-    /// Indices into the view's dimensions.
-    pub group_by: Vec<usize>,
-    /// Per dimension index, the allowed values (OR within, AND across).
-    pub filters: BTreeMap<usize, Vec<String>>,
+    /// The columns grouped by.
+    pub group_by: Vec<Col>,
+    /// Per column, the allowed values (OR within, AND across).
+    pub filters: BTreeMap<Col, Vec<String>>,
     /// Indices into the view's measures.
     pub measures: Vec<usize>,
     /// SSE refresh interval, when given (`interval`).
     pub interval_ms: Option<i64>,
+    /// Rolling window (`window`), a multiple of the granularity: each point
+    /// aggregates the trailing window ending at the end of its bucket.
+    pub window_ms: Option<i64>,
+}
+
+/// A column a query groups or filters by: a dimension of the view
+/// (`properties.page`), or a lookup of one (`properties.page@section`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Col {
+    /// Index into the view's dimensions.
+    pub dim: usize,
+    /// Index into `[[lookup]]`, when the dimension is looked up.
+    pub lookup: Option<usize>,
+}
+
+impl Col {
+    /// The column as a query names it.
+    pub fn name(&self, view: &ViewDef, lookups: &[LookupConfig]) -> String {
+        let dim = view.dimensions[self.dim].as_string();
+        match self.lookup.and_then(|l| lookups.get(l)) {
+            Some(l) => format!("{dim}@{}", l.name),
+            None => dim,
+        }
+    }
 }
 
 /// Parameters that name no query input but are accepted.
@@ -50,6 +81,7 @@ const KNOWN: &[&str] = &[
     "filter",
     "measures",
     "interval",
+    "window",
     "access_token",
 ];
 
@@ -93,13 +125,47 @@ fn dim_index(view: &ViewDef, name: &str, param: &str) -> Result<usize, ApiError>
         })
 }
 
+/// The column `name` names: a dimension, or `dimension@lookup`.
+fn col_of(
+    view: &ViewDef,
+    lookups: &[LookupConfig],
+    name: &str,
+    param: &str,
+) -> Result<Col, ApiError> {
+    if let Ok(dim) = dim_index(view, name, param) {
+        return Ok(Col { dim, lookup: None });
+    }
+    let Some((dim, lookup)) = name.rsplit_once('@') else {
+        return dim_index(view, name, param).map(|dim| Col { dim, lookup: None });
+    };
+    let dim = dim_index(view, dim.trim(), param)?;
+    let lookup = lookups
+        .iter()
+        .position(|l| l.name == lookup.trim())
+        .ok_or_else(|| {
+            let names: Vec<&str> = lookups.iter().map(|l| l.name.as_str()).collect();
+            ApiError::bad(
+                "unknown_lookup",
+                format!(
+                    "`{param}`: there is no lookup `{lookup}`; the lookups are {names:?} (declare tables with [[lookup]])"
+                ),
+            )
+        })?;
+    Ok(Col {
+        dim,
+        lookup: Some(lookup),
+    })
+}
+
 impl Query {
-    /// Parse `raw` (the URL query string) for `view`.
+    /// Parse `raw` (the URL query string) for `view`, with `lookups` the
+    /// tables a column may be looked up in.
     pub fn parse(
         view: &ViewDef,
         raw: Option<&str>,
         now_ms: i64,
         limits: Limits,
+        lookups: &[LookupConfig],
     ) -> Result<Query, ApiError> {
         let max_buckets = limits.max_buckets;
         let pairs: Vec<(String, String)> = match raw {
@@ -110,10 +176,11 @@ impl Query {
         let mut to = None;
         let mut granularity = view.granularity;
         let mut group_by = Vec::new();
-        let mut filters: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        let mut filters: BTreeMap<Col, Vec<String>> = BTreeMap::new();
         let mut measures: Option<Vec<usize>> = None;
         let mut interval_ms = None;
         let mut last_ms = None;
+        let mut window_ms = None;
         let mut filter_values = 0usize;
         let mut seen: Vec<&str> = Vec::new();
         for (k, v) in &pairs {
@@ -160,7 +227,7 @@ impl Query {
                 "group_by" => {
                     once(&mut seen, "group_by")?;
                     for name in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                        let i = dim_index(view, name, "group_by")?;
+                        let i = col_of(view, lookups, name, "group_by")?;
                         if group_by.contains(&i) {
                             return Err(ApiError::bad(
                                 "bad_parameter",
@@ -174,10 +241,10 @@ impl Query {
                     let (dim, value) = v.split_once(':').ok_or_else(|| {
                         ApiError::bad(
                             "bad_filter",
-                            format!("`filter`=`{v}` is not `dimension:value`, e.g. filter=properties.page:/home"),
+                            format!("`filter`=`{v}` is not `dimension:value` or `dimension@lookup:value`, e.g. filter=properties.page:/home"),
                         )
                     })?;
-                    let i = dim_index(view, dim.trim(), "filter")?;
+                    let i = col_of(view, lookups, dim.trim(), "filter")?;
                     filter_values += 1;
                     if filter_values > limits.max_filters {
                         return Err(ApiError::bad(
@@ -244,11 +311,23 @@ impl Query {
                         })?;
                     interval_ms = Some(ms);
                 }
+                "window" => {
+                    once(&mut seen, "window")?;
+                    let ms = tally_core::time::parse_duration_ms(v)
+                        .filter(|ms| *ms > 0)
+                        .ok_or_else(|| {
+                            ApiError::bad(
+                                "bad_window",
+                                format!("`window`=`{v}` must be a duration like 15m, 1h or 7d"),
+                            )
+                        })?;
+                    window_ms = Some(ms);
+                }
                 k if PASSIVE.contains(&k) => {}
                 other => {
                     return Err(ApiError::bad(
                         "unknown_parameter",
-                        format!("unknown parameter `{other}`: use from, to, last, granularity, group_by, filter, measures"),
+                        format!("unknown parameter `{other}`: use from, to, last, granularity, group_by, filter, measures, window"),
                     ))
                 }
             }
@@ -275,14 +354,29 @@ impl Query {
                 format!("`from` ({from_ms}) must be before `to` ({to_ms})"),
             ));
         }
+        if let Some(w) = window_ms {
+            if w % g != 0 || w / g > MAX_WINDOW_BUCKETS {
+                return Err(ApiError::bad(
+                    "bad_window",
+                    format!(
+                        "`window`={} must be a multiple of the granularity {granularity} and at most {MAX_WINDOW_BUCKETS} of its buckets: use e.g. window={}",
+                        tally_core::time::format_ms(w),
+                        tally_core::time::format_ms(g * (w / g).clamp(1, MAX_WINDOW_BUCKETS)),
+                    ),
+                ));
+            }
+        }
+        // A window's first point reads the buckets of the window before it.
+        let lead_in = window_ms.map_or(0, |w| w / g - 1);
         let buckets = granularity.bucket(to_ms - 1).div_euclid(g)
             - granularity.bucket(from_ms).div_euclid(g)
-            + 1;
+            + 1
+            + lead_in;
         if buckets > max_buckets as i64 {
             return Err(ApiError::bad(
                 "too_many_buckets",
                 format!(
-                    "the range holds {buckets} buckets of {granularity}, over the limit of {max_buckets} (serve.max_buckets): narrow the range or use a coarser granularity"
+                    "the range holds {buckets} buckets of {granularity} (with the window's lead-in), over the limit of {max_buckets} (serve.max_buckets): narrow the range or the window, or use a coarser granularity"
                 ),
             ));
         }
@@ -294,7 +388,22 @@ impl Query {
             filters,
             measures: measures.unwrap_or_else(|| (0..view.measures.len()).collect()),
             interval_ms,
+            window_ms,
         })
+    }
+
+    /// The base-aligned range the fold reads: `[from, to)` of the base
+    /// buckets asked for, widened back so that the first point's window is
+    /// whole (`base_ms` is the view's granularity).
+    pub fn read_range(&self, base_ms: i64) -> (i64, i64) {
+        let (from, to) = super::plan::base_range(base_ms, self.from_ms, self.to_ms);
+        match self.window_ms {
+            Some(w) if from < to => {
+                let g = self.granularity.as_ms();
+                (self.granularity.bucket(from) + g - w, to)
+            }
+            _ => (from, to),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
+use tally_core::agg::Agg;
 use utoipa::ToSchema;
 
 /// The final value of one measure in an answer.
@@ -19,6 +20,27 @@ pub enum Final {
     Extreme(Option<f64>),
     /// A distinct estimate.
     Distinct(u64),
+}
+
+impl Final {
+    /// The final value of an aggregate.
+    pub fn of(agg: &Agg) -> Final {
+        match agg {
+            Agg::Count(c) => Final::Count(*c),
+            Agg::Sum { int, float } => Final::Sum(*int, *float),
+            Agg::Min(v) | Agg::Max(v) => Final::Extreme(*v),
+            Agg::Distinct(h) => Final::Distinct(h.count()),
+        }
+    }
+
+    /// Whether the value is the identity of its measure (nothing to show).
+    pub fn is_nothing(&self) -> bool {
+        match *self {
+            Final::Count(c) | Final::Distinct(c) => c == 0,
+            Final::Sum(int, float) => int == 0 && float == 0.0,
+            Final::Extreme(v) => v.is_none(),
+        }
+    }
 }
 
 impl Serialize for Final {

@@ -87,6 +87,17 @@ pub async fn serve_with(
     serve_on(listener, cfg, store, opts, shutdown).await
 }
 
+/// Every background loop of a serving role: the manifest poll and the
+/// speed sync ([`AppState::spawn_pollers`]) and the alert rules
+/// ([`alert::run`]), until the server stops.
+pub fn spawn_loops(state: &AppState) -> tokio::task::JoinHandle<()> {
+    let pollers = state.spawn_pollers();
+    let alerts = alert::run::spawn(state);
+    tokio::spawn(async move {
+        let _ = tokio::join!(pollers, alerts);
+    })
+}
+
 /// Serve on an already bound listener (tests bind `127.0.0.1:0`).
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
@@ -100,7 +111,7 @@ pub async fn serve_on(
     // not keep the API down (queries then say what is degraded).
     let _ = tokio::time::timeout(FIRST_LOAD, state.refresh()).await;
     let _ = tokio::time::timeout(FIRST_LOAD, state.inner.speed.sync()).await;
-    let pollers = state.spawn_pollers();
+    let pollers = spawn_loops(&state);
     if let Ok(a) = listener.local_addr() {
         tracing::info!(addr = %a, "serving");
     }

@@ -6,8 +6,9 @@
 //! permits, the lookup tables, the alert rules and the metrics handle.
 //! [`AppState::refresh`] polls every view's manifest (and the lookup tables)
 //! and adopts a new one; [`AppState::spawn_pollers`] runs it every
-//! `poll_interval`, the speed sync every `speed_poll` and the alert rules
-//! every `alerting.interval`, until shutdown.
+//! `poll_interval` and the speed sync every `speed_poll`, until shutdown
+//! (the alert loop, which queries through this state, is
+//! [`crate::alert::run`]'s).
 //!
 //! Guarantees: a failed poll keeps the snapshot in use and records why in
 //! [`StoreHealth`], which queries report as `"degraded": ["store"]`; a
@@ -369,46 +370,8 @@ impl AppState {
                 }
             }
         });
-        let alerts = self.spawn_alerts();
         tokio::spawn(async move {
-            let _ = tokio::join!(manifests, speed, alerts);
-        })
-    }
-
-    /// Evaluate every alert rule at `now_ms` (what the alert loop does
-    /// every `alerting.interval`; tests call it at chosen instants).
-    pub async fn evaluate_alerts(&self, now_ms: i64) {
-        crate::alert::evaluate(self, now_ms).await;
-    }
-
-    /// The alert loop (first evaluation one interval after start) and the
-    /// webhook delivery task, until [`AppState::stop`]; nothing without rules.
-    fn spawn_alerts(&self) -> tokio::task::JoinHandle<()> {
-        let state = self.clone();
-        tokio::spawn(async move {
-            let alerts = &state.inner.alerts;
-            let Some(inbox) = alerts.take_inbox().filter(|_| !alerts.rules().is_empty()) else {
-                return;
-            };
-            let cfg = state.inner.cfg.alerting.clone();
-            let period = cfg.interval.as_duration();
-            let delivery = tokio::spawn(crate::alert::deliver::run(
-                inbox,
-                cfg,
-                alerts.stats(),
-                state.until_stopped(),
-            ));
-            let stop = state.until_stopped();
-            tokio::pin!(stop);
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => state.evaluate_alerts(now_ms()).await,
-                    _ = &mut stop => break,
-                }
-            }
-            let _ = delivery.await;
+            let _ = tokio::join!(manifests, speed);
         })
     }
 }

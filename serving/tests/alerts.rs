@@ -145,10 +145,10 @@ async fn rules_fire_and_resolve_as_the_fold_says_and_every_notification_arrives(
     );
     let state = AppState::new(cfg, store, ServeOptions::default()).expect("state");
     assert_eq!(state.refresh().await, 1);
-    let _pollers = state.spawn_pollers();
+    let _loops = tally_serving::spawn_loops(&state);
     let app = router(state.clone());
     for &t in &ts {
-        state.evaluate_alerts(t).await;
+        tally_serving::alert::run::evaluate(&state, t).await;
     }
 
     let want = plain.len() + delayed.len();

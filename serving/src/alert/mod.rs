@@ -1,6 +1,7 @@
 //! Threshold alerts (`[[alert]]`): evaluated by the serving role every
 //! `alerting.interval`, through the query API's own path, with firing and
-//! resolving webhooks ([`deliver`]).
+//! resolving webhooks ([`deliver`]); [`run`] evaluates the rules and runs
+//! the loop.
 //!
 //! A rule's value at instant `now` is the total of its measure over the base
 //! buckets starting in `[now - window, now)`, filtered as the rule says: the
@@ -19,6 +20,7 @@
 //! the error; a degraded answer is evaluated, and says so.
 
 pub mod deliver;
+pub mod run;
 
 use std::sync::{Arc, Mutex};
 
@@ -27,8 +29,6 @@ use tally_core::config::{AlertRule, Config};
 use tally_core::time::format_ms;
 use utoipa::ToSchema;
 
-use crate::query::{execute, Query};
-use crate::state::AppState;
 use deliver::{Notification, NotificationBody, Outbox, Stats};
 
 /// Where a rule stands.
@@ -236,75 +236,4 @@ impl Alerts {
             body,
         });
     }
-}
-
-/// Evaluate every rule at `now` through the query path, one after another.
-pub async fn evaluate(state: &AppState, now: i64) {
-    let alerts = &state.inner.alerts;
-    for (i, rule) in alerts.rules().iter().enumerate() {
-        let outcome = value_of(state, rule, now).await;
-        alerts.record(i, now, outcome);
-    }
-}
-
-/// `rule`'s value at `now` and what the answer said was degraded.
-async fn value_of(
-    state: &AppState,
-    rule: &AlertRule,
-    now: i64,
-) -> Result<(Option<f64>, Vec<String>), String> {
-    let view = state
-        .inner
-        .views
-        .get(&rule.view)
-        .ok_or_else(|| format!("no view `{}`", rule.view))?;
-    let raw = query_of(rule, now);
-    let q = Query::parse(
-        view,
-        Some(&raw),
-        now,
-        state.limits(),
-        &state.inner.cfg.lookups,
-    )
-    .map_err(|e| e.message)?;
-    let bytes = execute(state, view, q).await.map_err(|e| e.message)?;
-    let answer: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not JSON: {e}"))?;
-    let degraded = answer["degraded"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok((answer["totals"][&rule.measure].as_f64(), degraded))
-}
-
-/// The query string that reads `rule`'s value at `now`.
-pub fn query_of(rule: &AlertRule, now: i64) -> String {
-    let mut raw = format!(
-        "from={}&to={now}&measures={}",
-        now - rule.window.0,
-        encode(&rule.measure)
-    );
-    for (column, values) in &rule.filter {
-        for v in values {
-            raw += &format!("&filter={}", encode(&format!("{column}:{v}")));
-        }
-    }
-    raw
-}
-
-/// Percent-encode a query component.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

@@ -22,7 +22,8 @@ use super::views::lookup_view;
 use crate::answer_cache::QueryKey;
 use crate::dto::QueryResponse;
 use crate::error::{ApiError, ErrorBody};
-use crate::query::{execute, Query};
+use crate::query::execute::execute;
+use crate::query::Query;
 use crate::state::{now_ms, AppState};
 
 /// Default refresh period of a stream.

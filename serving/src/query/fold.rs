@@ -58,16 +58,6 @@ const DROPPED: u32 = u32::MAX - 1;
 /// Rows between two looks at the cancel flag.
 const CHECK_EVERY: usize = 4096;
 
-/// The final value of an aggregate.
-pub(super) fn final_of(agg: &Agg) -> Final {
-    match agg {
-        Agg::Count(c) => Final::Count(*c),
-        Agg::Sum { int, float } => Final::Sum(*int, *float),
-        Agg::Min(v) | Agg::Max(v) => Final::Extreme(*v),
-        Agg::Distinct(h) => Final::Distinct(h.count()),
-    }
-}
-
 /// The fold state; see the module documentation.
 #[derive(Debug)]
 pub struct Fold {
@@ -320,7 +310,7 @@ impl Fold {
         let mut cells: Vec<_> = day.open.into_iter().collect();
         cells.sort_unstable_by_key(|(k, _)| *k);
         for ((ob, og), cell) in cells {
-            let mut finals: Box<[Final]> = cell.aggs.iter().map(final_of).collect();
+            let mut finals: Box<[Final]> = cell.aggs.iter().map(Final::of).collect();
             // With a window the cell is kept whole, its sketches unioned.
             let mut kept = self.window.is_some().then(|| cell.aggs.clone());
             let mut keep = |pos: usize, f: &mut dyn FnMut(&mut tally_core::hll::Hll)| {
@@ -372,7 +362,7 @@ impl Fold {
             // show. Dropping it keeps the answer independent of which layer
             // the events are in: the snapshot has a row per bucket with
             // events, Redis only non-empty parts.
-            if finals.iter().all(is_nothing) {
+            if finals.iter().all(Final::is_nothing) {
                 continue;
             }
             for (i, a) in cell.aggs.iter().enumerate() {
@@ -412,9 +402,9 @@ impl Fold {
             totals: self
                 .totals
                 .iter()
-                .map(|t| t.iter().map(final_of).collect())
+                .map(|t| t.iter().map(Final::of).collect())
                 .collect(),
-            grand: self.grand.iter().map(final_of).collect(),
+            grand: self.grand.iter().map(Final::of).collect(),
         }
     }
 }
@@ -450,15 +440,6 @@ fn open_cell<'d>(
                 aggs: kinds.iter().map(|&k| Agg::empty(k)).collect(),
             }))
         }
-    }
-}
-
-/// Whether a final value is the identity of its measure.
-pub(super) fn is_nothing(v: &Final) -> bool {
-    match *v {
-        Final::Count(c) | Final::Distinct(c) => c == 0,
-        Final::Sum(int, float) => int == 0 && float == 0.0,
-        Final::Extreme(v) => v.is_none(),
     }
 }
 

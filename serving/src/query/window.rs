@@ -18,7 +18,6 @@
 use tally_core::agg::{Agg, AggKind};
 use tally_core::hll::Union;
 
-use super::fold::{final_of, is_nothing};
 use super::parse::Query;
 use crate::dto::Final;
 
@@ -76,7 +75,7 @@ impl Window {
                 }
             }
             let finals = merge(&cells[lo..hi], kinds, union);
-            if !finals.iter().all(is_nothing) {
+            if !finals.iter().all(Final::is_nothing) {
                 out.push((t, finals));
             }
             t += self.g;
@@ -104,7 +103,7 @@ fn merge(cells: &[(i64, Box<[Agg]>)], kinds: &[AggKind], union: &mut Union) -> B
             for (_, aggs) in cells {
                 acc.merge(&aggs[pos]);
             }
-            final_of(&acc)
+            Final::of(&acc)
         })
         .collect()
 }

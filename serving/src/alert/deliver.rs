@@ -28,7 +28,8 @@ pub struct Notification {
 /// The JSON a webhook receives.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct NotificationBody {
-    /// `<alert>:<sequence>`: the same on every retry of this notification.
+    /// `<alert>:<status>:<since_ms>`: the same on every retry of this
+    /// notification, and after a restart never the id of an earlier one.
     pub id: String,
     pub alert: String,
     /// `firing` or `resolved`.

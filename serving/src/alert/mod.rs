@@ -217,7 +217,7 @@ impl Alerts {
         };
         st.notifications += 1;
         let body = NotificationBody {
-            id: format!("{}:{}", rule.name, st.notifications),
+            id: format!("{}:{status}:{since_ms}", rule.name),
             alert: rule.name.clone(),
             status,
             view: rule.view.clone(),

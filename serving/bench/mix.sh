@@ -2,7 +2,7 @@
 # The dashboard-mix benchmark (issue 13; not a test): distinct queries over
 # 90 days of history in three views with a live speed layer under load,
 # answered by `tally serve` (answer cache off) and by DuckDB over the same
-# snapshot files. See serving/examples/bench_mix.rs.
+# snapshot files. See serving/examples/bench_mix/.
 #
 #   bash serving/bench/mix.sh    # BENCH_QUERIES=300 BENCH_ROUNDS=3 BENCH_RATE=20000 BENCH_CONNS=4 BENCH_DAYS=90
 #

@@ -23,8 +23,9 @@
 //!
 //! Prints p50/p90/p99 per pass and the ratio of the medians.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../../tests/common/mod.rs"]
 mod common;
+mod history;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -32,12 +33,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{roll_up, write_level, write_manifest, CellKey};
 use object_store::local::LocalFileSystem;
-use object_store::ObjectStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tally_core::agg::{Agg, AggKind, Num};
 use tally_core::time::{Granularity, MS_PER_DAY};
 use tally_core::view::ViewDef;
 use tally_serving::query::plan;
@@ -82,10 +80,6 @@ measures = [
 ]
 "#;
 
-const TYPES: [&str; 5] = ["page_view", "click", "purchase", "signup", "search"];
-const COUNTRIES: [&str; 6] = ["us", "de", "fr", "in", "br", "jp"];
-const PAGES: usize = 100;
-
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -106,112 +100,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The groups of a view, each with a weight (how often it has events).
-fn groups(view: &ViewDef) -> Vec<(Vec<Option<String>>, f64)> {
-    match view.name.as_str() {
-        "page_views" => (1..=PAGES)
-            .map(|p| (vec![Some(format!("/p{p}"))], 1.0 / (p as f64).powf(0.8)))
-            .collect(),
-        "by_type" => TYPES
-            .iter()
-            .flat_map(|t| {
-                COUNTRIES
-                    .iter()
-                    .map(move |c| (vec![Some((*t).to_owned()), Some((*c).to_owned())], 0.6))
-            })
-            .collect(),
-        _ => COUNTRIES
-            .iter()
-            .map(|c| (vec![Some((*c).to_owned())], 1.0))
-            .collect(),
-    }
-}
-
-/// One day of a view at its own level: synthetic, deterministic cells.
-fn day_cells(view: &ViewDef, day: i64, until_ms: i64) -> BTreeMap<CellKey, Vec<Agg>> {
-    let mut rng = StdRng::seed_from_u64((day as u64) << 8 ^ view.name.len() as u64);
-    let g = view.granularity.as_ms();
-    let mut out = BTreeMap::new();
-    let groups = groups(view);
-    for b in (0..MS_PER_DAY / g).map(|i| day * MS_PER_DAY + i * g) {
-        if b >= until_ms {
-            break;
-        }
-        for (group, weight) in &groups {
-            if !rng.gen_bool(weight.min(1.0) * 0.8) {
-                continue;
-            }
-            let n = rng.gen_range(1..8u64);
-            let aggs = view
-                .measures
-                .iter()
-                .map(|m| {
-                    let mut a = Agg::empty(m.agg);
-                    for _ in 0..n {
-                        match m.agg {
-                            AggKind::Count => a.add_key(b""),
-                            AggKind::Distinct => {
-                                a.add_key(format!("user_{}", rng.gen_range(0..100_000)).as_bytes())
-                            }
-                            _ => a.add_num(Num::Int(rng.gen_range(1..50_000))),
-                        }
-                    }
-                    a
-                })
-                .collect();
-            out.insert((b, group.clone()), aggs);
-        }
-    }
-    out
-}
-
-/// Write the history once; returns the manifests.
-async fn history(
-    store: &dyn ObjectStore,
-    dir: &std::path::Path,
-    views: &[ViewDef],
-    days: i64,
-) -> Vec<Manifest> {
-    let marker = dir.join("history.complete");
-    if !marker.exists() {
-        let end = now_ms().div_euclid(3_600_000) * 3_600_000;
-        let last_day = end.div_euclid(MS_PER_DAY);
-        for view in views {
-            let started = Instant::now();
-            let mut files = Vec::new();
-            for day in last_day - days + 1..=last_day {
-                let base = day_cells(view, day, end);
-                for level in view.levels() {
-                    let cells = if level == view.granularity {
-                        base.clone()
-                    } else {
-                        roll_up(&base, level)
-                    };
-                    files.extend(write_level(store, view, &cells, "history", level).await);
-                }
-            }
-            let cut = end / 3_600_000;
-            write_manifest(store, view, "history", cut, &view.levels(), files, 0).await;
-            eprintln!(
-                "[mix] history of {}: {days} days in {:.1} s",
-                view.name,
-                started.elapsed().as_secs_f64()
-            );
-        }
-        std::fs::write(&marker, b"").expect("marker");
-    }
-    let mut out = Vec::new();
-    for v in views {
-        let text = std::fs::read(
-            dir.join("store")
-                .join(tally_store::paths::manifest(&v.name)),
-        )
-        .expect("manifest");
-        out.push(serde_json::from_slice(&text).expect("manifest json"));
-    }
-    out
 }
 
 /// One query: the URL for Tally, the plan for DuckDB.
@@ -251,7 +139,7 @@ fn random_query(
     let group_by: Vec<String> = dims.iter().filter(|_| rng.gen_bool(0.5)).cloned().collect();
     let mut filters: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if rng.gen_bool(0.3) {
-        let groups = groups(view);
+        let groups = history::groups(view);
         for _ in 0..rng.gen_range(1..3) {
             let (grp, _) = &groups[rng.gen_range(0..groups.len().min(10))];
             let d = rng.gen_range(0..dims.len());
@@ -427,7 +315,7 @@ fn main() {
     std::fs::create_dir_all(dir.join("store")).expect("dir");
     let store = LocalFileSystem::new_with_prefix(dir.join("store")).expect("store");
     let views: Vec<ViewDef> = TestConfig::new().views(VIEWS).build().views;
-    let manifests = rt.block_on(history(&store, &dir, &views, days));
+    let manifests = rt.block_on(history::history(&store, &dir, &views, days));
 
     let broker = Broker::start().expect("broker");
     let redis = Redis::start().expect("redis");

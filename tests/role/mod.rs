@@ -50,6 +50,9 @@ impl Role {
 
     /// SIGTERM, and the process must exit 0 within a minute.
     pub fn terminate(mut self) {
+        // A SIGTERM sent before the process has installed its handler
+        // (it may just have been restarted) would kill it outright.
+        self.wait_for_term_handler();
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -66,6 +69,27 @@ impl Role {
                 self.name
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait (up to 30 s) until the process catches SIGTERM: bit 15 of the
+    /// `SigCgt` mask in `/proc/<pid>/status`.
+    fn wait_for_term_handler(&mut self) {
+        let status = format!("/proc/{}/status", self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let caught = std::fs::read_to_string(&status)
+                .ok()
+                .and_then(|text| {
+                    let mask = text.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+                    u64::from_str_radix(mask.trim(), 16).ok()
+                })
+                .is_some_and(|mask| mask & (1 << (15 - 1)) != 0);
+            if caught {
+                return;
+            }
+            self.assert_running();
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

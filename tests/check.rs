@@ -53,6 +53,41 @@ fn accepts_the_example() {
 }
 
 #[test]
+fn prints_lookups_and_alerts_without_the_webhook_path() {
+    // The example's commented-out lookup and alert, switched on.
+    let mut toml = String::new();
+    let mut on = false;
+    for line in EXAMPLE.lines() {
+        if line == "# [[lookup]]" || line == "# [[alert]]" {
+            on = true;
+        } else if !line.starts_with("# ") {
+            on = false;
+        }
+        let line = match line.strip_prefix("# ") {
+            Some(rest) if on => rest,
+            _ => line,
+        };
+        toml.push_str(line);
+        toml.push('\n');
+    }
+    let toml = toml.replace(
+        "webhook = \"http://127.0.0.1:9000/hook\"",
+        "webhook = \"https://hooks.example.com/T0/secret-token\"",
+    );
+    let (ok, text) = check(&toml);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("lookup section: lookups/sections.csv (page -> section), missing -> other"),
+        "{text}"
+    );
+    assert!(
+        text.contains("alert home_quiet: page_views.views over 5m where properties.page in [\"/home\"] < 1 for 2m -> https://hooks.example.com/…"),
+        "{text}"
+    );
+    assert!(!text.contains("secret-token"), "{text}");
+}
+
+#[test]
 fn unknown_aggregate() {
     assert_rejected(
         &broken(r#"agg = "count" }"#, r#"agg = "median" }"#),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use tally_core::config::{redact_url, Config};
+use tally_core::time::format_ms;
 
 pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg =
@@ -32,5 +33,52 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             v.granularity
         );
     }
+    for l in &cfg.lookups {
+        println!(
+            "  lookup {}: {} ({} -> {}), missing -> {}",
+            l.name,
+            l.path,
+            l.key,
+            l.value,
+            l.missing.as_deref().unwrap_or("null")
+        );
+    }
+    for a in &cfg.alerts {
+        let filter: Vec<String> = a
+            .filter
+            .iter()
+            .map(|(column, values)| format!("{column} in {values:?}"))
+            .collect();
+        println!(
+            "  alert {}: {}.{} over {}{} {} {}{} -> {}",
+            a.name,
+            a.view,
+            a.measure,
+            format_ms(a.window.0),
+            if filter.is_empty() {
+                String::new()
+            } else {
+                format!(" where {}", filter.join(" and "))
+            },
+            a.comparison.as_str(),
+            a.threshold,
+            a.for_duration
+                .map(|d| format!(" for {}", format_ms(d.0)))
+                .unwrap_or_default(),
+            webhook_host(&a.webhook)
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A webhook's scheme and host only: its path often holds a token.
+fn webhook_host(url: &str) -> String {
+    let url = redact_url(url);
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((host, path)) if !path.is_empty() => format!("{scheme}://{host}/…"),
+            _ => url.clone(),
+        },
+        None => url.clone(),
+    }
 }

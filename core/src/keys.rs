@@ -1,7 +1,9 @@
 //! Every Redis key and hash field Tally uses, in one place.
 //!
 //! The speed layer writes these and the serving layer reads them; neither builds
-//! a key by hand. Layout, with `P` the configured prefix:
+//! a key by hand. Layout, with `P` the prefix of one *partition group*
+//! ([`Layout`]: `tally` for a single Redis with one group, as before groups
+//! existed; otherwise `tally:{g}`):
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -26,6 +28,22 @@
 //! (`ZRANGEBYSCORE`); a `born` it has not seen means Redis lost its data and
 //! the copy starts over. A cell's sketches are found from the cell and the
 //! view's distinct measures ([`SketchField`]).
+//!
+//! ## Partition groups
+//!
+//! Kafka partition `p` (of any topic) belongs to group `p mod G`
+//! (`redis.partition_groups`). Every key of group `g` starts with
+//! `{prefix}:{g}`: the braces are a Redis Cluster hash tag, so all of a
+//! group's keys, offsets included, hash to one slot and one apply-script call
+//! can read and write them together. Each group is a complete copy of the
+//! layout above (its own offsets, version, `born`, slices and definitions)
+//! holding the counters of its partitions only; a reader merges the groups'
+//! slices (every aggregate is a monoid). The tag is per group rather than
+//! per view or slice because the fence (a partition's offset) and every
+//! counter that partition's records touch must be written in one call; it is
+//! per group rather than per partition so that a flush costs one call per
+//! group, not one per partition. A single Redis with `G = 1` keeps untagged
+//! keys: data written before groups existed reads on.
 
 use crate::time::Epoch;
 
@@ -179,6 +197,65 @@ pub fn parse_group(text: &str) -> Option<Vec<Option<String>>> {
     serde_json::from_str(text).ok()
 }
 
+/// Where each partition group's keys live (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    prefix: String,
+    groups: u32,
+    tagged: bool,
+}
+
+impl Layout {
+    /// `groups` partition groups under `prefix` (at least one). Untagged keys
+    /// (`tagged = false`) only make sense for one group on one Redis.
+    pub fn new(prefix: &str, groups: u32, tagged: bool) -> Layout {
+        let groups = groups.max(1);
+        Layout {
+            prefix: prefix.to_owned(),
+            groups,
+            tagged: tagged || groups > 1,
+        }
+    }
+
+    /// One group, untagged: today's layout on a single Redis.
+    pub fn single(prefix: &str) -> Layout {
+        Layout::new(prefix, 1, false)
+    }
+
+    pub fn groups(&self) -> u32 {
+        self.groups
+    }
+
+    /// The configured prefix (without any group tag).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The group of a Kafka partition: `partition mod groups`.
+    pub fn group_of(&self, partition: i32) -> u32 {
+        partition.rem_euclid(self.groups as i32) as u32
+    }
+
+    /// The keys of group `group`.
+    pub fn keys(&self, group: u32) -> Keys {
+        if self.tagged {
+            Keys::new(&format!("{}:{{{group}}}", self.prefix))
+        } else {
+            Keys::new(&self.prefix)
+        }
+    }
+
+    /// The keys of a partition's group.
+    pub fn keys_of(&self, partition: i32) -> Keys {
+        self.keys(self.group_of(partition))
+    }
+
+    /// Every group's keys, by group number.
+    pub fn all(&self) -> Vec<Keys> {
+        (0..self.groups).map(|g| self.keys(g)).collect()
+    }
+}
+
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
@@ -300,6 +377,22 @@ mod tests {
             assert!(i128::from(lo).abs() < SUM_CARRY_UNIT, "{sum}");
             assert_eq!(i128::from(lo) + i128::from(hi) * SUM_CARRY_UNIT, sum);
         }
+    }
+
+    #[test]
+    fn groups_tag_every_key_and_one_untagged_group_keeps_the_old_keys() {
+        let one = Layout::single("t1");
+        assert_eq!(one.keys(0), Keys::new("t1"));
+        assert_eq!(one.keys_of(7), Keys::new("t1"));
+        let l = Layout::new("t1", 4, false);
+        assert_eq!(l.group_of(6), 2);
+        assert_eq!(l.group_of(-1), 3);
+        let k = l.keys_of(6);
+        assert_eq!(k.offsets(), "t1:{2}:off");
+        assert_eq!(k.counters("v", 5, 7), "t1:{2}:c:v:5:7");
+        assert_eq!(k.sketch_prefix("v", 5, 7), "t1:{2}:h:v:5:7:");
+        assert_eq!(l.all().len(), 4);
+        assert_eq!(Layout::new("t1", 1, true).keys(0).version(), "t1:{0}:ver");
     }
 
     #[test]

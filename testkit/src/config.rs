@@ -62,6 +62,8 @@ pub struct TestConfig {
     pub brokers: String,
     pub redis: String,
     pub key_prefix: String,
+    /// More `[redis]` lines (`mode`, `nodes`, `partition_groups`).
+    pub redis_lines: String,
     pub store: String,
     pub group: String,
     pub topic: String,
@@ -77,6 +79,7 @@ impl Default for TestConfig {
             brokers: "127.0.0.1:9092".into(),
             redis: "redis://127.0.0.1:6379".into(),
             key_prefix: "t".into(),
+            redis_lines: String::new(),
             store: "memory://".into(),
             group: "tally-test".into(),
             topic: TOPIC.into(),
@@ -99,6 +102,13 @@ impl TestConfig {
 
     pub fn redis(mut self, url: &str) -> Self {
         self.redis = url.into();
+        self
+    }
+
+    /// Add `[redis]` lines, e.g. [`crate::RedisCluster::config_lines`].
+    pub fn redis_lines(mut self, lines: &str) -> Self {
+        self.redis_lines.push('\n');
+        self.redis_lines.push_str(lines);
         self
     }
 
@@ -136,6 +146,7 @@ impl TestConfig {
             brokers,
             redis,
             key_prefix,
+            redis_lines,
             store,
             group,
             topic,
@@ -151,7 +162,7 @@ group = "{group}"
 dead_letter_topic = "{dead_letter_topic}"
 [redis]
 url = "{redis}"
-key_prefix = "{key_prefix}"
+key_prefix = "{key_prefix}"{redis_lines}
 [store]
 url = "{store}"
 [speed]

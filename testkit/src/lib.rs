@@ -1,6 +1,6 @@
 //! # tally-testkit: real services, privately, for tests
 //!
-//! Each [`Redis`] and [`Broker`] is a real server process (Debian's
+//! Each [`Redis`], [`RedisCluster`] and [`Broker`] is a real server process (Debian's
 //! `redis-server`, the Tansu broker that `infra/up` installs) started on a free
 //! loopback port with its files in a temporary folder, and killed when the value
 //! is dropped. Test binaries run in parallel and never touch a user's services.
@@ -18,12 +18,14 @@ pub mod config;
 pub mod kafka;
 mod process;
 mod redis;
+mod redis_cluster;
 pub mod tls;
 pub mod truth;
 
 pub use broker::{tansu_bin, Broker};
 pub use process::{free_port, Error};
 pub use redis::Redis;
+pub use redis_cluster::RedisCluster;
 /// The generator, for test crates that reach it through the testkit.
 pub use tally_gen as gen;
 

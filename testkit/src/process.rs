@@ -20,6 +20,8 @@ pub enum Error {
         secs: u64,
         log: String,
     },
+    #[error("redis cluster: {0}")]
+    Cluster(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -24,7 +24,8 @@ pub use lookup::{LookupConfig, LookupFormat};
 
 pub use sections::{
     redact_url, ArchiveConfig, Assignment, BatchConfig, EpochConfig, EventsConfig, KafkaConfig,
-    RedisConfig, ServeConfig, SpeedConfig, StoreConfig, EVICTION_POLICIES, MIN_TOKEN_LEN,
+    RedisConfig, RedisMode, ServeConfig, SpeedConfig, StoreConfig, CLUSTER_PARTITION_GROUPS,
+    EVICTION_POLICIES, MIN_TOKEN_LEN,
 };
 pub use units::{ByteSize, Millis};
 
@@ -159,13 +160,43 @@ impl Config {
                 "use 1-64 letters, digits, `_` or `-`".into(),
             );
         }
-        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+        let redis_url = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+        if !redis_url(&self.redis.url) {
             return invalid(
                 "redis.url",
                 format!(
                     "`{}` must start with redis:// or rediss://",
                     redact_url(&self.redis.url)
                 ),
+            );
+        }
+        match (self.redis.mode, self.redis.nodes.as_slice()) {
+            (RedisMode::Single, []) => {}
+            (RedisMode::Single, _) => {
+                return invalid(
+                    "redis.nodes",
+                    "is read only with mode = \"cluster\": set that, or remove the list (a single Redis is `redis.url`)".into(),
+                );
+            }
+            (RedisMode::Cluster, []) => {
+                return invalid(
+                    "redis.nodes",
+                    "list a few of the cluster's nodes, e.g. nodes = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"] (mode = \"cluster\")".into(),
+                );
+            }
+            (RedisMode::Cluster, nodes) => {
+                if let Some(n) = nodes.iter().find(|n| !redis_url(n)) {
+                    return invalid(
+                        "redis.nodes",
+                        format!("`{}` must start with redis:// or rediss://", redact_url(n)),
+                    );
+                }
+            }
+        }
+        if self.redis.partition_groups == Some(0) {
+            return invalid(
+                "redis.partition_groups",
+                format!("must be 1 or more (unset: 1 for a single Redis, {CLUSTER_PARTITION_GROUPS} for a cluster)"),
             );
         }
         if let Some(p) = &self.redis.accept_maxmemory_policy {
@@ -356,6 +387,53 @@ mod tests {
             let e = with(bad).unwrap_err().to_string();
             assert!(e.contains("kafka.partitions"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn cluster_mode_needs_seed_nodes_and_groups_at_least_one() {
+        let views = "[[view]]\nname = \"v\"\ngranularity = \"1m\"\nmeasures = [{ name = \"n\", agg = \"count\" }]\n";
+        let with = |redis: &str| Config::from_toml(&format!("[redis]\n{redis}\n{views}"));
+        let single = with("").unwrap();
+        assert_eq!(single.redis.mode, RedisMode::Single);
+        assert_eq!(single.redis.groups(), 1);
+        assert_eq!(single.redis.layout().keys(0).offsets(), "tally:off");
+        let cluster = with("mode = \"cluster\"\nnodes = [\"redis://h:7000\"]").unwrap();
+        assert_eq!(cluster.redis.groups(), CLUSTER_PARTITION_GROUPS);
+        assert_eq!(cluster.redis.layout().keys(3).offsets(), "tally:{3}:off");
+        let grouped = with("partition_groups = 4").unwrap();
+        assert_eq!(grouped.redis.layout().keys_of(6).offsets(), "tally:{2}:off");
+        let one = with("mode = \"cluster\"\nnodes = [\"redis://h:7000\"]\npartition_groups = 1");
+        assert_eq!(
+            one.unwrap().redis.layout().keys(0).offsets(),
+            "tally:{0}:off"
+        );
+        for (bad, field, hint) in [
+            ("mode = \"cluster\"", "redis.nodes", "nodes = ["),
+            (
+                "nodes = [\"redis://h:7000\"]",
+                "redis.nodes",
+                "mode = \"cluster\"",
+            ),
+            (
+                "mode = \"cluster\"\nnodes = [\"h:7000\"]",
+                "redis.nodes",
+                "redis://",
+            ),
+            (
+                "partition_groups = 0",
+                "redis.partition_groups",
+                "1 or more",
+            ),
+            ("mode = \"shards\"", "redis.mode", "cluster"),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(hint), "{bad}: {e}");
+        }
+        let cfg = RedisConfig {
+            nodes: vec!["redis://tally:s3cret@h:7000".into()],
+            ..RedisConfig::default()
+        };
+        assert!(!format!("{cfg:?}").contains("s3cret"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::units::{ByteSize, Millis};
 use super::ConfigError;
 use crate::event::Limits;
 use crate::kafka_security::KafkaSecurity;
+use crate::keys::Layout;
 use crate::secret::Secret;
 use crate::time::EpochGrid;
 
@@ -108,9 +109,23 @@ impl Default for KafkaConfig {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    /// `single`: one Redis at [`RedisConfig::url`]; `cluster`: a Redis
+    /// Cluster reached through [`RedisConfig::nodes`].
+    pub mode: RedisMode,
     /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. The
-    /// password never appears in logs or errors: see [`redact_url`].
+    /// password never appears in logs or errors: see [`redact_url`]. Single
+    /// mode only.
     pub url: String,
+    /// Cluster mode: seed nodes (`redis://host:port`, any few of the
+    /// cluster's nodes); the client discovers the rest.
+    pub nodes: Vec<String>,
+    /// How many key groups the Kafka partitions are spread over: partition
+    /// `p` (of any topic) belongs to group `p mod partition_groups`, and each
+    /// group's keys share one hash tag, so one Redis Cluster slot. Unset: 1 in
+    /// single mode (today's untagged keys), 16 in cluster mode. Changing it
+    /// under existing data needs the prefix's keys deleted (see
+    /// docs/OPERATIONS.md).
+    pub partition_groups: Option<u32>,
     /// Prefix of every key Tally writes.
     pub key_prefix: String,
     /// The `maxmemory-policy` other than `noeviction` the speed layer may run
@@ -135,8 +150,12 @@ pub const EVICTION_POLICIES: [&str; 7] = [
 
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self.nodes.iter().map(|n| redact_url(n)).collect();
         f.debug_struct("RedisConfig")
+            .field("mode", &self.mode)
             .field("url", &redact_url(&self.url))
+            .field("nodes", &nodes)
+            .field("partition_groups", &self.partition_groups)
             .field("key_prefix", &self.key_prefix)
             .field("accept_maxmemory_policy", &self.accept_maxmemory_policy)
             .finish()
@@ -166,10 +185,46 @@ pub fn redact_url(url: &str) -> String {
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
+            mode: RedisMode::Single,
             url: "redis://127.0.0.1:6379".into(),
+            nodes: Vec::new(),
+            partition_groups: None,
             key_prefix: "tally".into(),
             accept_maxmemory_policy: None,
         }
+    }
+}
+
+/// How Tally reaches Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    Single,
+    Cluster,
+}
+
+/// Partition groups in cluster mode when `partition_groups` is unset.
+pub const CLUSTER_PARTITION_GROUPS: u32 = 16;
+
+impl RedisConfig {
+    /// The number of partition groups in effect.
+    pub fn groups(&self) -> u32 {
+        match (self.partition_groups, self.mode) {
+            (Some(g), _) => g.max(1),
+            (None, RedisMode::Single) => 1,
+            (None, RedisMode::Cluster) => CLUSTER_PARTITION_GROUPS,
+        }
+    }
+
+    /// Where each partition group's keys live. Keys carry a hash tag unless
+    /// this is one Redis with one group (today's layout, kept as it was).
+    pub fn layout(&self) -> Layout {
+        let groups = self.groups();
+        Layout::new(
+            &self.key_prefix,
+            groups,
+            self.mode == RedisMode::Cluster || groups > 1,
+        )
     }
 }
 

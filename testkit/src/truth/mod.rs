@@ -346,7 +346,8 @@ pub fn within_hll_error(estimate: u64, exact: usize) -> bool {
 /// Redis's own estimate of an exact set: `PFADD` of every value into a
 /// scratch key, then `PFCOUNT`. Sketches merged anywhere in the platform must
 /// be the sketch of the union, so a distinct answer must equal this exactly.
-pub fn redis_pfcount(con: &mut redis::Connection, set: &HashSet<String>) -> u64 {
+/// On a cluster connection the scratch key's slot decides the node.
+pub fn redis_pfcount(con: &mut impl redis::ConnectionLike, set: &HashSet<String>) -> u64 {
     let key = "test:pfcount:scratch";
     let mut pipe = redis::pipe();
     pipe.del(key).ignore();

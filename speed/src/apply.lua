@@ -1,6 +1,10 @@
--- Apply one chunk of counter deltas, fenced on the offsets of every partition
--- it covers: all of it or none of it.
--- All keys are derived by tally_core::keys and passed in ARGV (single-node Redis).
+-- Apply one partition group's part of a chunk of counter deltas, fenced on
+-- the offsets of every partition it covers: all of it or none of it.
+-- All keys are derived by tally_core::keys and passed in ARGV. KEYS[1] is the
+-- group's offsets hash (ARGV[1] too), declared so that a Redis Cluster routes
+-- the call to the group's slot: every key in ARGV carries the group's hash
+-- tag, so all of them live in that slot (on a single Redis with one group
+-- they are untagged).
 --
 -- ARGV: offsets_hash, n_ranges,
 --       then per range: partition_field, start, end, fresh(0|1),

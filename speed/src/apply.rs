@@ -1,44 +1,73 @@
 //! Writing chunks to Redis through the fencing script.
 //!
-//! One [`Chunk`] becomes one `EVALSHA` of `apply.lua`: the deltas and the new
-//! offsets of every partition in it are applied together, and only if Redis
-//! stores each partition's start (or nothing, for a rebuild start). A replay
-//! after a crash, or a zombie member after a rebalance, therefore writes
-//! nothing; nor does a Redis that lost its memory, which is noticed instead of
-//! being silently continued from the middle. [`Outcome::Failed`] says what
-//! Redis stores for each range, which is where the consume loop resumes. A
-//! Redis that lost only part of the state (an offset but not its counters,
-//! or a slice before its time) is reported ([`SpeedError::PartialLoss`]),
-//! never rebuilt over (see the script's header).
+//! A [`Chunk`] is split by partition group (`tally_core::keys::Layout`):
+//! each group's ranges and slices become one `EVALSHA` of `apply.lua`, all
+//! of whose keys share the group's hash tag (one Redis Cluster slot), the
+//! calls of the groups running concurrently. Within a group the deltas and
+//! the new offsets of its partitions are applied together, and only if
+//! Redis stores each partition's start (or nothing, for a rebuild start). A
+//! replay after a crash, or a zombie member after a rebalance, therefore
+//! writes nothing; nor does a Redis that lost its memory, which is noticed
+//! instead of being silently continued from the middle. Groups are fenced
+//! independently: a chunk may be applied in some groups and not in others,
+//! and [`Outcome::Failed`] says, per range, what Redis stores (a range of an
+//! applied group: its end), which is where the consume loop resumes each
+//! partition. A call retried after an error ([`Applier::apply_resuming`])
+//! skips the groups that already answered. A Redis that lost only part of
+//! the state (an offset but not its counters, or a slice before its time)
+//! is reported ([`SpeedError::PartialLoss`]), never rebuilt over (see the
+//! script's header).
 
-use redis::aio::ConnectionManager;
-use redis::{RedisError, Value};
+use std::collections::BTreeMap;
+
+use redis::{Script, Value};
 
 use tally_core::agg::Agg;
 use tally_core::config::Config;
-use tally_core::keys::{split_sum, CellMember, CounterField, Keys, Part, SketchField};
+use tally_core::keys::{split_sum, CellMember, CounterField, Keys, Layout, Part, SketchField};
 use tally_core::time::EpochGrid;
 
-use crate::delta::{Chunk, Distinct, Folder, MeasureDelta};
+use crate::delta::{Chunk, Distinct, Folder, MeasureDelta, Range, SliceDelta, SliceId};
 use crate::error::SpeedError;
+use crate::redis_con::RedisCon;
 
 const SCRIPT: &str = include_str!("apply.lua");
+
+/// How long one script call may take: a flush after a long outage (or a
+/// rebuild) can carry large chunks, and the client's default 500 ms would
+/// time out calls Redis completes, turning every retry into a fenced
+/// replay. Fencing keeps a timed-out call safe either way; this keeps it
+/// rare.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What happened to one chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Applied; Redis now stores every range's end.
     Applied,
-    /// Nothing applied: per range, the offset Redis stores (`None`: nothing),
-    /// which differs from the range's start for at least one range.
+    /// Not applied in at least one partition group: per range, the offset
+    /// Redis stores (`None`: nothing), which differs from the range's start
+    /// for at least one range. The ranges of groups that were applied store
+    /// their end.
     Failed { stored: Vec<Option<i64>> },
 }
 
+/// What the groups of one chunk answered so far, kept across retries of
+/// the same chunk ([`Applier::apply_resuming`]) so that a group applied
+/// before an error elsewhere is not sent again (it would be fenced).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Group → per range of the group (in chunk order), what Redis stores
+    /// after its call, and whether the call applied.
+    done: BTreeMap<u32, (bool, Vec<Option<i64>>)>,
+}
+
 /// Whether an error from [`Applier::apply`] may pass if the call is tried
-/// again: the connection, a timeout, or a Redis that is loading, busy or out of
-/// memory. Anything else (a script error, a refused command) would fail the
-/// same way every time. Either way nothing was applied: the script checks
-/// everything before it writes.
+/// again: the connection, a timeout, or a Redis that is loading, busy, out
+/// of memory or failing over. Anything else (a script error, a refused
+/// command) would fail the same way every time. Either way nothing of the
+/// failing group was applied: the script checks everything before it
+/// writes.
 pub(crate) fn is_transient(e: &SpeedError) -> bool {
     match e {
         SpeedError::Redis(e) => {
@@ -46,10 +75,21 @@ pub(crate) fn is_transient(e: &SpeedError) -> bool {
                 || e.is_timeout()
                 || e.is_connection_dropped()
                 || e.is_connection_refusal()
+                || e.is_cluster_error()
                 || matches!(
                     e.code(),
-                    Some("OOM" | "BUSY" | "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "NOSCRIPT")
+                    Some(
+                        "OOM"
+                            | "BUSY"
+                            | "LOADING"
+                            | "TRYAGAIN"
+                            | "MASTERDOWN"
+                            | "NOSCRIPT"
+                            | "CLUSTERDOWN"
+                            | "READONLY"
+                    )
                 )
+                || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
         }
         _ => false,
     }
@@ -57,34 +97,36 @@ pub(crate) fn is_transient(e: &SpeedError) -> bool {
 
 /// The Redis side of the speed layer.
 pub struct Applier {
-    con: ConnectionManager,
-    keys: Keys,
+    con: RedisCon,
+    layout: Layout,
     grid: EpochGrid,
     retention_ms: i64,
     /// Each view's name and definition fingerprint.
     definitions: Vec<(String, String)>,
-    sha: String,
+    script: Script,
 }
 
 impl std::fmt::Debug for Applier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Applier").field("keys", &self.keys).finish()
+        f.debug_struct("Applier")
+            .field("layout", &self.layout)
+            .finish()
     }
+}
+
+/// One group's part of a chunk: indices into its ranges and slices.
+#[derive(Debug, Default)]
+struct GroupPart {
+    ranges: Vec<usize>,
+    slices: Vec<usize>,
 }
 
 impl Applier {
     pub async fn connect(cfg: &Config) -> Result<Applier, SpeedError> {
-        let client = redis::Client::open(cfg.redis.url.as_str())?;
-        // A flush after a long outage (or a rebuild) can carry large chunks:
-        // the client's default 500 ms would time out calls Redis completes,
-        // turning every retry into a fenced replay. Fencing keeps a timed-out
-        // call safe either way; this keeps it rare.
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(std::time::Duration::from_secs(10)));
-        let con = ConnectionManager::new_with_config(client, manager).await?;
+        let con = RedisCon::connect(&cfg.redis, CALL_TIMEOUT).await?;
         let mut applier = Applier {
             con,
-            keys: Keys::new(&cfg.redis.key_prefix),
+            layout: cfg.redis.layout(),
             grid: cfg.epochs.grid(),
             retention_ms: cfg.epochs.retention.0,
             definitions: cfg
@@ -92,59 +134,130 @@ impl Applier {
                 .iter()
                 .map(|v| (v.name.clone(), v.fingerprint()))
                 .collect(),
-            sha: String::new(),
+            script: Script::new(SCRIPT),
         };
-        applier.load_script().await?;
+        // On every node of a cluster (SCRIPT LOAD goes to all); a node that
+        // lost it later answers NOSCRIPT, and the call loads it again.
+        applier.script.load_async(&mut applier.con).await?;
         Ok(applier)
     }
 
-    async fn load_script(&mut self) -> Result<(), SpeedError> {
-        self.sha = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(SCRIPT)
-            .query_async(&mut self.con)
-            .await?;
-        Ok(())
-    }
-
-    /// Apply one chunk.
+    /// Apply one chunk (see the module documentation).
     pub async fn apply(
         &mut self,
         chunk: &Chunk,
         folder: &Folder,
         now_ms: i64,
     ) -> Result<Outcome, SpeedError> {
-        let args = self.args(chunk, folder, now_ms);
-        let reply: Value = match redis::cmd("EVALSHA")
-            .arg(&self.sha)
-            .arg(0)
-            .arg(&args)
-            .query_async(&mut self.con)
+        self.apply_resuming(chunk, folder, now_ms, &mut Progress::default())
             .await
-        {
-            Ok(r) => r,
-            Err(e) if is_noscript(&e) => {
-                // Redis restarted and lost its script cache: load again, once.
-                self.load_script().await?;
-                redis::cmd("EVALSHA")
-                    .arg(&self.sha)
-                    .arg(0)
-                    .arg(&args)
-                    .query_async(&mut self.con)
-                    .await?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        parse_reply(&reply, chunk.ranges.len())
     }
 
-    /// The script's ARGV for one chunk.
-    fn args(&self, c: &Chunk, folder: &Folder, now_ms: i64) -> Vec<Vec<u8>> {
+    /// Apply one chunk, skipping the groups `progress` says answered in an
+    /// earlier call for the same chunk, and recording those that answer now.
+    /// On an error, the groups that answered are recorded all the same: call
+    /// again with the same `progress` to retry the others.
+    pub async fn apply_resuming(
+        &mut self,
+        chunk: &Chunk,
+        folder: &Folder,
+        now_ms: i64,
+        progress: &mut Progress,
+    ) -> Result<Outcome, SpeedError> {
+        let parts = self.split(chunk);
+        let pending: Vec<(u32, &GroupPart)> = parts
+            .iter()
+            .filter(|(g, _)| !progress.done.contains_key(g))
+            .map(|(g, p)| (*g, p))
+            .collect();
+        let calls = pending.iter().map(|&(g, part)| {
+            let keys = self.layout.keys(g);
+            let ranges: Vec<&Range> = part.ranges.iter().map(|&i| &chunk.ranges[i]).collect();
+            let slices: Vec<&(SliceId, SliceDelta)> =
+                part.slices.iter().map(|&i| &chunk.slices[i]).collect();
+            let args = self.args(&keys, &ranges, &slices, folder, now_ms);
+            let mut con = self.con.clone();
+            let script = &self.script;
+            async move {
+                let reply: Value = script
+                    .key(keys.offsets())
+                    .arg(args)
+                    .invoke_async(&mut con)
+                    .await?;
+                parse_reply(&reply, ranges.len())
+            }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let mut error: Option<SpeedError> = None;
+        for ((g, part), answer) in pending.iter().zip(answers) {
+            match answer {
+                Ok(Outcome::Applied) => {
+                    let ends = part.ranges.iter().map(|&i| Some(chunk.ranges[i].end));
+                    progress.done.insert(*g, (true, ends.collect()));
+                }
+                Ok(Outcome::Failed { stored }) => {
+                    progress.done.insert(*g, (false, stored));
+                }
+                // A permanent error wins: the layer must stop, not retry.
+                Err(e) if error.as_ref().is_none_or(is_transient) => error = Some(e),
+                Err(_) => {}
+            }
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let mut stored = vec![None; chunk.ranges.len()];
+        let mut applied = true;
+        for (g, part) in &parts {
+            let Some((ok, got)) = progress.done.get(g) else {
+                continue;
+            };
+            applied &= *ok;
+            for (&i, s) in part.ranges.iter().zip(got) {
+                stored[i] = *s;
+            }
+        }
+        Ok(if applied {
+            Outcome::Applied
+        } else {
+            Outcome::Failed { stored }
+        })
+    }
+
+    /// The chunk's ranges and slices by partition group.
+    fn split(&self, chunk: &Chunk) -> BTreeMap<u32, GroupPart> {
+        let mut parts: BTreeMap<u32, GroupPart> = BTreeMap::new();
+        for (i, r) in chunk.ranges.iter().enumerate() {
+            parts
+                .entry(self.layout.group_of(r.partition))
+                .or_default()
+                .ranges
+                .push(i);
+        }
+        for (i, (id, _)) in chunk.slices.iter().enumerate() {
+            parts.entry(id.group).or_default().slices.push(i);
+        }
+        // A slice's records come from a range of its group, so every group
+        // with slices has ranges; one without would be written unfenced.
+        debug_assert!(parts.values().all(|p| !p.ranges.is_empty()));
+        parts.retain(|_, p| !p.ranges.is_empty());
+        parts
+    }
+
+    /// The script's ARGV for one group's ranges and slices.
+    fn args(
+        &self,
+        keys: &Keys,
+        ranges: &[&Range],
+        slices: &[&(SliceId, SliceDelta)],
+        folder: &Folder,
+        now_ms: i64,
+    ) -> Vec<Vec<u8>> {
         let mut a: Vec<Vec<u8>> = vec![
-            self.keys.offsets().into_bytes(),
-            c.ranges.len().to_string().into_bytes(),
+            keys.offsets().into_bytes(),
+            ranges.len().to_string().into_bytes(),
         ];
-        for r in &c.ranges {
+        for r in ranges {
             a.push(Keys::offset_field(&r.topic, r.partition).into_bytes());
             a.push(r.start.to_string().into_bytes());
             a.push(r.end.to_string().into_bytes());
@@ -155,16 +268,16 @@ impl Applier {
             });
         }
         a.push(now_ms.to_string().into_bytes());
-        a.push(format!("{}:tmp", self.keys.prefix()).into_bytes());
-        a.push(self.keys.version().into_bytes());
-        a.push(self.keys.seen().into_bytes());
-        a.push(self.keys.definitions().into_bytes());
+        a.push(format!("{}:tmp", keys.prefix()).into_bytes());
+        a.push(keys.version().into_bytes());
+        a.push(keys.seen().into_bytes());
+        a.push(keys.definitions().into_bytes());
         a.push(self.definitions.len().to_string().into_bytes());
         for (name, fp) in &self.definitions {
             a.push(name.clone().into_bytes());
             a.push(fp.clone().into_bytes());
         }
-        for (id, delta) in &c.slices {
+        for &(id, delta) in slices {
             let view = folder.view(id.view);
             let name = view.name.as_str();
             // A full retention from the last write, however late the record:
@@ -175,12 +288,12 @@ impl Applier {
                 .max(now_ms)
                 .saturating_add(self.retention_ms);
             a.push(b"S".to_vec());
-            a.push(self.keys.counters(name, id.epoch, id.day).into_bytes());
-            a.push(self.keys.cells(name, id.epoch, id.day).into_bytes());
-            a.push(self.keys.sketch_prefix(name, id.epoch, id.day).into_bytes());
-            a.push(self.keys.slices(name).into_bytes());
+            a.push(keys.counters(name, id.epoch, id.day).into_bytes());
+            a.push(keys.cells(name, id.epoch, id.day).into_bytes());
+            a.push(keys.sketch_prefix(name, id.epoch, id.day).into_bytes());
+            a.push(keys.slices(name).into_bytes());
             a.push(Keys::slice_member(id.epoch, id.day).into_bytes());
-            a.push(self.keys.slice_versions(name).into_bytes());
+            a.push(keys.slice_versions(name).into_bytes());
             a.push(expire_at.to_string().into_bytes());
             let count_at = a.len();
             a.push(Vec::new());
@@ -269,8 +382,13 @@ impl Applier {
     }
 
     /// Another handle on the applier's Redis connection.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisCon {
         self.con.clone()
+    }
+
+    /// Where each partition group's keys live.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// The stored offset of a partition, if any.
@@ -280,16 +398,12 @@ impl Applier {
         partition: i32,
     ) -> Result<Option<i64>, SpeedError> {
         let v: Option<i64> = redis::cmd("HGET")
-            .arg(self.keys.offsets())
+            .arg(self.layout.keys_of(partition).offsets())
             .arg(Keys::offset_field(topic, partition))
             .query_async(&mut self.con)
             .await?;
         Ok(v)
     }
-}
-
-fn is_noscript(e: &RedisError) -> bool {
-    e.code() == Some("NOSCRIPT")
 }
 
 fn parse_reply(v: &Value, ranges: usize) -> Result<Outcome, SpeedError> {

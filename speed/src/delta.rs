@@ -5,10 +5,12 @@
 //! `[start, end)` it covers (every record in it was folded in here or
 //! rejected). At each flush the delta is cut into a [`Chunk`]: the aggregates
 //! plus one [`Range`] per partition that moved. One chunk is one apply-script
-//! call, fenced on every range at once, so a key that several partitions touch
-//! is written once per flush, not once per partition.
+//! call per partition group (one, on a single Redis), fenced on every range
+//! of the group at once, so a key that several partitions touch is written
+//! once per flush and group, not once per partition.
 //!
-//! Aggregates are keyed by *slice* (view, ingest epoch, event-time day), then
+//! Aggregates are keyed by *slice* (partition group, view, ingest epoch,
+//! event-time day: the group's records only, so a chunk splits by group), then
 //! bucket, then group, exactly as the Redis layout in `tally_core::keys`
 //! stores them. Distinct values are kept as they are while a group has few of
 //! them ([`Distinct::Values`]), so that Redis can `PFADD` them: that costs
@@ -43,9 +45,11 @@ impl PreparedView {
     }
 }
 
-/// Identifies a slice: view index, ingest epoch, event-time day.
+/// Identifies a slice: view index, ingest epoch, event-time day, and the
+/// partition group whose records it holds (`tally_core::keys::Layout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SliceId {
+    pub group: u32,
     pub view: usize,
     pub epoch: Epoch,
     pub day: i64,
@@ -203,10 +207,13 @@ impl Folder {
         &self.views[index].def
     }
 
-    /// Fold one valid event from `topic`, stamped `kafka_ts_ms`, into `delta`.
+    /// Fold one valid event from `topic`, stamped `kafka_ts_ms`, into
+    /// `delta`, among the slices of partition group `group` (that of the
+    /// record's partition).
     pub fn fold(
         &mut self,
         delta: &mut Unflushed,
+        group: u32,
         topic: &str,
         kafka_ts_ms: i64,
         event: &Event<'_>,
@@ -226,6 +233,7 @@ impl Folder {
             let buckets = delta
                 .slices
                 .entry(SliceId {
+                    group,
                     view: vi,
                     epoch,
                     day,

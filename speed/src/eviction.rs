@@ -7,39 +7,49 @@
 //! trace. So the speed layer starts only on `maxmemory-policy noeviction`
 //! (Redis then answers writes past `maxmemory` with an error, which the
 //! flusher retries), or on the one policy `redis.accept_maxmemory_policy`
-//! names, or on anything if it says `"any"`.
+//! names, or on anything if it says `"any"`. On a Redis Cluster every node
+//! is checked, replicas included.
 
 use std::collections::HashMap;
 
 use tally_core::config::RedisConfig;
 
 use crate::error::SpeedError;
+use crate::redis_con::RedisCon;
 
-/// Check the server's `maxmemory-policy` against the config.
-pub(crate) async fn check(cfg: &RedisConfig) -> Result<(), SpeedError> {
+/// Check every node's `maxmemory-policy` against the config (on a cluster
+/// replicas too: one may be promoted).
+pub(crate) async fn check(cfg: &RedisConfig, con: &mut RedisCon) -> Result<(), SpeedError> {
     let accepted = cfg.accept_maxmemory_policy.as_deref();
     if accepted == Some("any") {
         return Ok(());
     }
-    let client = redis::Client::open(cfg.url.as_str())?;
-    let mut con = client.get_multiplexed_async_connection().await?;
-    let reply: Result<HashMap<String, String>, _> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(&mut con)
-        .await;
-    let policy = match reply {
-        Ok(mut found) => match found.remove("maxmemory-policy") {
-            Some(p) => p,
-            None => return Err(SpeedError::PolicyUnknown("no such setting".into())),
-        },
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("GET").arg("maxmemory-policy");
+    let replies = match con.every_node(cmd).await {
+        Ok(r) => r,
         Err(e) => return Err(SpeedError::PolicyUnknown(e.to_string())),
     };
-    if policy == "noeviction" || accepted == Some(policy.as_str()) {
-        if policy != "noeviction" {
-            tracing::warn!(%policy, "Redis may evict keys (accepted by redis.accept_maxmemory_policy): counts may double or vanish if it does");
+    for (node, reply) in replies {
+        let found: Result<HashMap<String, String>, _> = redis::from_redis_value(reply);
+        let policy = match found {
+            Ok(mut found) => match found.remove("maxmemory-policy") {
+                Some(p) => p,
+                None => {
+                    return Err(SpeedError::PolicyUnknown(format!(
+                        "{node}: no such setting"
+                    )))
+                }
+            },
+            Err(e) => return Err(SpeedError::PolicyUnknown(format!("{node}: {e}"))),
+        };
+        if policy == "noeviction" || accepted == Some(policy.as_str()) {
+            if policy != "noeviction" {
+                tracing::warn!(%policy, %node, "Redis may evict keys (accepted by redis.accept_maxmemory_policy): counts may double or vanish if it does");
+            }
+            continue;
         }
-        return Ok(());
+        return Err(SpeedError::Evicting { policy });
     }
-    Err(SpeedError::Evicting { policy })
+    Ok(())
 }

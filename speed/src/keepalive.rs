@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use tally_core::config::Config;
@@ -25,6 +24,7 @@ use tally_core::time::{now_ms, Epoch};
 use tally_core::view::ViewDef;
 
 use crate::error::SpeedError;
+use crate::redis_con::RedisCon;
 use crate::resume::snapshot_cut;
 
 /// How often [`run`] renews, for a retention of `retention_ms`.
@@ -36,10 +36,10 @@ pub(crate) fn period(retention_ms: i64) -> Duration {
 pub(crate) async fn run(
     cfg: Arc<Config>,
     store: Arc<dyn ObjectStore>,
-    mut con: ConnectionManager,
+    mut con: RedisCon,
     shutdown: CancellationToken,
 ) {
-    let keys = Keys::new(&cfg.redis.key_prefix);
+    let groups = cfg.redis.layout().all();
     let retention = cfg.epochs.retention.0;
     let mut tick = tokio::time::interval(period(retention));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -56,7 +56,14 @@ pub(crate) async fn run(
                 None
             }
         };
-        match renew(&mut con, &keys, &cfg.views, cut, now_ms(), retention).await {
+        let mut renewed = Ok(0);
+        for keys in &groups {
+            match renew(&mut con, keys, &cfg.views, cut, now_ms(), retention).await {
+                Ok(n) => renewed = renewed.map(|m| m + n),
+                Err(e) => renewed = Err(e),
+            }
+        }
+        match renewed {
             Ok(n) if n > 0 => {
                 metrics::counter!("tally_speed_slices_renewed_total").increment(n as u64);
                 tracing::debug!(
@@ -71,8 +78,10 @@ pub(crate) async fn run(
     }
 }
 
-/// Renew every slice of `views` at or above `cut` (all when `None`) whose
-/// expiry comes before `now_ms + retention_ms / 2`. Returns how many.
+/// Renew every slice of `views` in one partition group (`keys`) at or above
+/// `cut` (all when `None`) whose expiry comes before
+/// `now_ms + retention_ms / 2`. Returns how many. Each pipeline stays within
+/// the group's slot.
 ///
 /// Only slices with at least a tenth of the retention left are renewed: one
 /// closer to its expiry may already be gone (clocks differ), and renewing its
@@ -80,7 +89,7 @@ pub(crate) async fn run(
 /// slice whose keys vanished before their time). Expiries only move later
 /// (`GT`), never under a flush that just wrote a later one.
 pub(crate) async fn renew(
-    con: &mut ConnectionManager,
+    con: &mut RedisCon,
     keys: &Keys,
     views: &[ViewDef],
     cut: Option<Epoch>,

@@ -13,7 +13,9 @@
 //!   [`delta::Unflushed`] aggregates, cut into [`delta::Chunk`]s (aggregates
 //!   plus one offset range per partition).
 //! - [`apply`]: the fencing Lua script and the Redis side: apply chunks,
-//!   report applied / fenced / reset.
+//!   one script call per partition group, report applied / fenced / reset.
+//! - [`RedisCon`]: one Redis or a Redis Cluster behind one connection
+//!   type (`redis.mode`).
 //! - `resume`: where a partition is rebuilt from when Redis has no offset
 //!   for it: the first record of the snapshot cut.
 //! - `eviction`: the start-up check that Redis does not evict keys.
@@ -44,7 +46,9 @@ pub mod delta;
 mod error;
 mod eviction;
 mod keepalive;
+mod redis_con;
 mod resume;
 
 pub use consumer::{run, SpeedSummary};
 pub use error::SpeedError;
+pub use redis_con::RedisCon;

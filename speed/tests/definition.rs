@@ -73,7 +73,7 @@ fn a_changed_view_definition_rebuilds_from_the_cut() {
     let e = &first[0];
     let mut delta = Unflushed::default();
     let event = decode(&e.g.payload, e.g.kafka_ts_ms, &Limits::default()).unwrap();
-    folder.fold(&mut delta, TOPIC, e.g.kafka_ts_ms, &event);
+    folder.fold(&mut delta, 0, TOPIC, e.g.kafka_ts_ms, &event);
     let (slices, events) = delta.take();
     let stored = rt
         .block_on(applier.stored_offset(TOPIC, e.partition))

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tally_testkit::{kafka, runtime, Broker, Redis};
+use tally_core::config::Assignment;
+use tally_testkit::{kafka, runtime, Broker, Redis, RedisCluster};
 
 #[test]
 fn a_million_events_over_two_views_are_exact() {
@@ -162,5 +163,60 @@ fn malformed_events_go_to_the_dead_letter_topic_with_their_reason() {
         let o: i64 = h("tally.source.offset").unwrap().parse().unwrap();
         assert!(p < 2 && o >= 0);
         assert!(!h("tally.error").unwrap().is_empty());
+    }
+}
+
+/// On a Redis Cluster (3 masters, 8 partitions in 4 partition groups, so
+/// one script call per group and flush): two speed layers read every
+/// partition (each chunk of one is a replay for the other, fenced group by
+/// group), the first is killed mid-stream (its unflushed deltas lost, a
+/// call perhaps half-way through its groups), more records arrive, and the
+/// counters in the cluster equal the fold.
+#[test]
+fn on_a_redis_cluster_a_replaying_pair_and_a_crash_stay_exact() {
+    let broker = Broker::start().unwrap();
+    let cluster = RedisCluster::start(3, 0).unwrap();
+    kafka::create_topic(&broker.bootstrap(), TOPIC, 8).unwrap();
+    let evs = events(21, 160_000, 8, base_ms(), 67.5);
+    let producer = kafka::producer(&broker.bootstrap(), 1000).unwrap();
+    let (first, second) = evs.split_at(80_000);
+    let mut recs = records(first, 0);
+    kafka::produce(&producer, TOPIC, &recs).unwrap();
+
+    let rt = runtime();
+    let mut cfg = cluster_config(&broker.bootstrap(), &cluster, 4, "gc1");
+    cfg.kafka.assignment = Assignment::All;
+    let layout = cfg.redis.layout();
+    let mut con = cluster_con(&cluster.seeds());
+    let a = start(&rt, &cfg);
+    let b = start(&rt, &cfg);
+    // Kill `a` once some of its work is in: no flush, no goodbye.
+    let t = std::time::Instant::now();
+    while stored_offsets(&mut con, &layout).values().sum::<i64>() < 20_000 {
+        assert!(t.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.task.abort();
+    let more = records(second, 0);
+    kafka::produce(&producer, TOPIC, &more).unwrap();
+    recs.extend(more);
+    wait_caught_up_in(&mut con, &layout, &ends(&recs, 8), Duration::from_secs(300));
+    let summary = b.stop(&rt);
+    eprintln!("survivor: {summary:?}");
+    assert_exact_in(&mut con, &layout, &cfg, &evs);
+    // Every group holds its own partitions' offsets, and only those.
+    for p in 0..8 {
+        let off: Option<i64> = redis::cmd("HGET")
+            .arg(layout.keys_of(p).offsets())
+            .arg(format!("{TOPIC}/{p}"))
+            .query(&mut con)
+            .unwrap();
+        assert!(off.is_some(), "partition {p}");
+        let other: Option<i64> = redis::cmd("HGET")
+            .arg(layout.keys_of(p + 1).offsets())
+            .arg(format!("{TOPIC}/{p}"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(other, None, "partition {p} only in its group");
     }
 }

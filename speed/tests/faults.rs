@@ -158,7 +158,7 @@ fn a_sum_field_about_to_overflow_carries_instead() {
         let e = amount_event(&format!("c{i}"), "x", amount, t0 + i as i64);
         let mut delta = Unflushed::default();
         let event = decode(&e.g.payload, e.g.kafka_ts_ms, &Limits::default()).unwrap();
-        folder.fold(&mut delta, TOPIC, e.g.kafka_ts_ms, &event);
+        folder.fold(&mut delta, 0, TOPIC, e.g.kafka_ts_ms, &event);
         let (slices, events) = delta.take();
         let chunk = Chunk {
             generation: 1,

@@ -26,7 +26,6 @@ use tokio::sync::mpsc as tmpsc;
 use tracing::{debug, error, info, warn};
 
 use tally_core::config::{self, Config};
-use tally_core::keys::Keys;
 use tally_core::time::Epoch;
 use tally_kafka::{
     assign, chosen_partitions, consumer_config, partition_counts, plan_seek, Reader, Tp,
@@ -38,6 +37,7 @@ use super::Feedback;
 use crate::dead_letter::DeadLetters;
 use crate::delta::{Chunk, Folder, Range};
 use crate::error::SpeedError;
+use crate::redis_con::SyncRedis;
 use crate::resume::{rebuild_offset, snapshot_cut};
 
 /// How often the snapshot cut is read again.
@@ -89,8 +89,8 @@ impl ConsumeLoop {
     ) -> Result<Self, SpeedError> {
         let k = &cfg.kafka;
         let starts = Starts {
-            redis: redis::Client::open(cfg.redis.url.as_str())?,
-            keys: Keys::new(&cfg.redis.key_prefix),
+            redis: SyncRedis::open(&cfg.redis)?,
+            layout: cfg.redis.layout(),
             grid: cfg.epochs.grid(),
             seek_back: k.seek_back,
             snapshot_cut: Mutex::new(cut),
@@ -116,6 +116,7 @@ impl ConsumeLoop {
             reader,
             st: State::new(
                 Folder::new(cfg.views.clone(), cfg.epochs.grid()),
+                cfg.redis.layout(),
                 cfg.events.limits(),
                 DeadLetters::new(k)?,
             ),
@@ -271,7 +272,7 @@ impl ConsumeLoop {
             let read = plan_seek(self.consumer(), &tp.0, tp.1, target, self.seek_back);
             if let Some(p) = self.st.parts.get_mut(&tp) {
                 let (committed_to, applied_to) = (p.committed_to, p.applied_to);
-                *p = PartitionState::new(read, fresh);
+                *p = PartitionState::new(read, fresh, p.group);
                 p.committed_to = committed_to;
                 p.applied_to = applied_to;
             }
@@ -309,8 +310,9 @@ impl ConsumeLoop {
     /// Pause the partitions whose log ends below their stored offset: their
     /// records are not taken, and the operator decides (see the error).
     fn stop_past_end(&mut self) {
-        let (offsets, seen) = (self.starts().keys.offsets(), self.starts().keys.seen());
         for ((topic, partition), e) in std::mem::take(&mut self.st.past_end) {
+            let keys = self.starts().layout.keys_of(partition);
+            let (offsets, seen) = (keys.offsets(), keys.seen());
             error!(%topic, partition, "{e}. Once the log is what it should be, delete field `{topic}/{partition}` of Redis hashes `{offsets}` and `{seen}` (the partition is then rebuilt from the snapshot cut) and restart the speed layer");
             metrics::gauge!("tally_speed_partition_stopped",
                 "topic" => topic.clone(), "partition" => partition.to_string())

@@ -1,9 +1,9 @@
 //! The flusher: chunks from the consume thread applied to Redis, one script
-//! call each, and what happened sent back.
+//! call per partition group each, and what happened sent back.
 //!
-//! A chunk is applied all or nothing (the script checks before it writes),
-//! so a failed call can always be retried: transient errors are, with
-//! backoff. An error that would fail the same way forever (a value in Redis
+//! Each group's part of a chunk is applied all or nothing (the script checks
+//! before it writes), so a failed call can always be retried: transient
+//! errors are, with backoff, for the groups that did not answer yet. An error that would fail the same way forever (a value in Redis
 //! that Tally did not write) stops the layer; nothing of that chunk was
 //! applied, so a restart resumes exactly.
 
@@ -17,7 +17,7 @@ use tracing::{debug, error, warn};
 use tally_core::time::now_ms;
 
 use super::{Feedback, SpeedSummary};
-use crate::apply::{is_transient, Applier, Outcome};
+use crate::apply::{is_transient, Applier, Outcome, Progress};
 use crate::delta::{Chunk, Folder};
 use crate::error::SpeedError;
 
@@ -37,8 +37,13 @@ pub(super) async fn run(
     let mut backoff = Duration::from_millis(50);
     while let Some(chunk) = chunks.recv().await {
         let started = Instant::now();
+        // Groups applied before an error are not sent again on the retry.
+        let mut progress = Progress::default();
         loop {
-            match applier.apply(&chunk, folder, now_ms()).await {
+            match applier
+                .apply_resuming(&chunk, folder, now_ms(), &mut progress)
+                .await
+            {
                 Ok(outcome) => {
                     metrics::histogram!("tally_speed_flush_seconds")
                         .record(started.elapsed().as_secs_f64());

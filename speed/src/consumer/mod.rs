@@ -85,14 +85,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<SpeedSummary, SpeedError> {
     info!(topics = ?cfg.kafka.topics, group = %cfg.kafka.group, "speed layer starting");
-    crate::eviction::check(&cfg.redis).await?;
+    let mut con = crate::RedisCon::connect(&cfg.redis, std::time::Duration::from_secs(10)).await?;
+    crate::eviction::check(&cfg.redis, &mut con).await?;
     let applier = Applier::connect(&cfg).await?;
-    crate::definitions::reconcile(
-        &mut applier.connection(),
-        &tally_core::keys::Keys::new(&cfg.redis.key_prefix),
-        &cfg.views,
-    )
-    .await?;
+    crate::definitions::reconcile(&mut applier.connection(), applier.layout(), &cfg.views).await?;
     let cut = snapshot_cut(&store, &cfg.views).await?;
     let (keepalive_store, applier_con) = (store.clone(), applier.connection());
     let (chunk_tx, chunk_rx) = tmpsc::channel::<Chunk>(cfg.speed.queue_capacity);

@@ -17,9 +17,10 @@ use rdkafka::Offset;
 use tally_kafka::{plan_seek, Context, Layer, ReadPosition};
 use tracing::warn;
 
-use tally_core::keys::Keys;
+use tally_core::keys::{Keys, Layout};
 use tally_core::time::{Epoch, EpochGrid};
 
+use crate::redis_con::SyncRedis;
 use crate::resume::rebuild_offset;
 
 /// The speed layer's consumer.
@@ -28,8 +29,8 @@ pub(super) type SpeedConsumer = BaseConsumer<Context<Starts>>;
 /// Decides where assigned partitions start (see the module doc).
 #[derive(Debug)]
 pub(super) struct Starts {
-    pub(super) redis: redis::Client,
-    pub(super) keys: Keys,
+    pub(super) redis: SyncRedis,
+    pub(super) layout: Layout,
     pub(super) grid: EpochGrid,
     pub(super) seek_back: i64,
     /// The cut the published snapshots cover, refreshed by the consume
@@ -63,13 +64,11 @@ impl Starts {
     }
 
     fn target(&self, consumer: &impl Consumer<Context<Self>>, topic: &str, p: i32) -> Target {
-        let stored: Result<Option<i64>, redis::RedisError> =
-            self.redis.get_connection().and_then(|mut c| {
-                redis::cmd("HGET")
-                    .arg(self.keys.offsets())
-                    .arg(Keys::offset_field(topic, p))
-                    .query(&mut c)
-            });
+        let stored: Result<Option<i64>, redis::RedisError> = self.redis.query(
+            redis::cmd("HGET")
+                .arg(self.layout.keys_of(p).offsets())
+                .arg(Keys::offset_field(topic, p)),
+        );
         let cut = self.snapshot_cut();
         match stored {
             Ok(Some(o)) => Target {

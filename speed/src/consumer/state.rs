@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use tokio::sync::mpsc as tmpsc;
 
 use tally_core::event::{decode, Limits};
+use tally_core::keys::Layout;
 use tally_core::time::kafka_time;
 use tally_kafka::{Admit, Change, PastEnd, ReadPosition, Recorder, Tp};
 
@@ -34,11 +35,13 @@ pub(super) struct PartitionState {
     /// Offsets applied (Redis) and committed (Kafka, advisory) so far.
     pub(super) applied_to: i64,
     pub(super) committed_to: i64,
+    /// The partition group its records are folded into.
+    pub(super) group: u32,
 }
 
 impl PartitionState {
     /// A partition to be read from `read`'s next offset on.
-    pub(super) fn new(read: ReadPosition, fresh: bool) -> Self {
+    pub(super) fn new(read: ReadPosition, fresh: bool, group: u32) -> Self {
         let target = read.next();
         PartitionState {
             start: target,
@@ -46,6 +49,7 @@ impl PartitionState {
             fresh,
             committed_to: target,
             applied_to: target,
+            group,
         }
     }
 
@@ -64,6 +68,8 @@ impl PartitionState {
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) folder: Folder,
+    /// Which partition group each partition belongs to.
+    pub(super) layout: Layout,
     pub(super) limits: Limits,
     pub(super) dead: DeadLetters,
     pub(super) parts: HashMap<Tp, PartitionState>,
@@ -87,9 +93,10 @@ pub(super) struct Rec<'a> {
 }
 
 impl State {
-    pub(super) fn new(folder: Folder, limits: Limits, dead: DeadLetters) -> Self {
+    pub(super) fn new(folder: Folder, layout: Layout, limits: Limits, dead: DeadLetters) -> Self {
         State {
             folder,
+            layout,
             limits,
             dead,
             parts: HashMap::new(),
@@ -124,12 +131,13 @@ impl State {
                 .increment((gap.to - gap.from) as u64);
             }
         }
+        let group = part.group;
         let kafka_ts = kafka_time(msg.timestamp_ms);
         let payload = msg.payload;
         match decode(payload, kafka_ts, &self.limits) {
             Ok(event) => self
                 .folder
-                .fold(&mut self.unflushed, topic, kafka_ts, &event),
+                .fold(&mut self.unflushed, group, topic, kafka_ts, &event),
             Err(reject) => self.dead.send(
                 msg.key,
                 payload,
@@ -173,8 +181,9 @@ impl State {
                     metrics::gauge!("tally_speed_partition_stopped",
                         "topic" => tp.0.clone(), "partition" => tp.1.to_string())
                     .set(0.0);
+                    let group = self.layout.group_of(tp.1);
                     self.parts
-                        .insert(tp, PartitionState::new(start.read, start.fresh));
+                        .insert(tp, PartitionState::new(start.read, start.fresh, group));
                 }
                 Change::Revoked(tp) => {
                     if self.parts.get(&tp).is_some_and(PartitionState::moved) && !self.flush(tx) {

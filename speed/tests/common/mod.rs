@@ -14,7 +14,7 @@ use redis::Commands;
 use tally_core::config::{Config, Millis};
 use tally_core::event::decode;
 use tally_core::hll::Hll;
-use tally_core::keys::{parse_group, CellMember, CounterField, Keys, Part, SketchField};
+use tally_core::keys::{parse_group, CellMember, CounterField, Keys, Layout, Part, SketchField};
 use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
 use tally_testkit::config::TestConfig;
 use tally_testkit::gen::{Generated, Generator, Shape};
@@ -46,6 +46,18 @@ pub fn config_toml(brokers: &str, redis: &str, group: &str) -> String {
 
 fn test_config(brokers: &str, redis: &str, group: &str) -> TestConfig {
     TestConfig::new().brokers(brokers).redis(redis).group(group)
+}
+
+/// [`config`] on a Redis Cluster with `groups` partition groups.
+pub fn cluster_config(
+    brokers: &str,
+    cluster: &tally_testkit::RedisCluster,
+    groups: u32,
+    group: &str,
+) -> Config {
+    test_config(brokers, "redis://127.0.0.1:1/", group)
+        .redis_lines(&cluster.config_lines(groups))
+        .build()
 }
 
 /// One generated event and the partition the test sends it to.
@@ -142,9 +154,37 @@ pub fn read_view(redis_url: &str, prefix: &str, view: &str) -> HashMap<Key, Stor
         .unwrap()
         .get_connection()
         .unwrap();
-    let keys = Keys::new(prefix);
-    let members: Vec<String> = con.zrange(keys.slices(view), 0, -1).unwrap();
+    read_view_in(&mut con, &Layout::single(prefix), view)
+}
+
+/// A connection to a Redis Cluster through its seed nodes.
+pub fn cluster_con(nodes: &[String]) -> redis::cluster::ClusterConnection {
+    redis::cluster::ClusterClient::new(nodes.to_vec())
+        .and_then(|c| c.get_connection())
+        .expect("redis cluster")
+}
+
+/// [`read_view`] over every partition group of `layout`, merged.
+pub fn read_view_in(
+    con: &mut impl redis::ConnectionLike,
+    layout: &Layout,
+    view: &str,
+) -> HashMap<Key, Stored> {
     let mut out: HashMap<Key, Stored> = HashMap::new();
+    for keys in layout.all() {
+        read_group(con, &keys, view, &mut out);
+    }
+    out
+}
+
+/// Add one partition group's slices of `view` to `out`.
+fn read_group(
+    con: &mut impl redis::ConnectionLike,
+    keys: &Keys,
+    view: &str,
+    out: &mut HashMap<Key, Stored>,
+) {
+    let members: Vec<String> = con.zrange(keys.slices(view), 0, -1).unwrap();
     for m in members {
         let (epoch, day) = Keys::parse_slice_member(&m).unwrap();
         let fields: HashMap<String, String> = con.hgetall(keys.counters(view, epoch, day)).unwrap();
@@ -190,7 +230,6 @@ pub fn read_view(redis_url: &str, prefix: &str, view: &str) -> HashMap<Key, Stor
             }
         }
     }
-    out
 }
 
 pub use tally_testkit::truth::redis_pfcount as pfcount;
@@ -204,13 +243,24 @@ pub fn assert_exact(redis_url: &str, evs: &[Ev]) {
 /// [`assert_exact`] for `cfg`'s views (with the standard views' distinct
 /// measures).
 pub fn assert_exact_with(redis_url: &str, cfg: &Config, evs: &[Ev]) {
-    let truth = fold_with(cfg, evs);
     let mut con = redis::Client::open(redis_url)
         .and_then(|c| c.get_connection())
         .expect("redis");
+    assert_exact_in(&mut con, &Layout::single("t"), cfg, evs)
+}
+
+/// [`assert_exact_with`] over every partition group of `layout` (on a
+/// cluster: a cluster connection).
+pub fn assert_exact_in(
+    con: &mut impl redis::ConnectionLike,
+    layout: &Layout,
+    cfg: &Config,
+    evs: &[Ev],
+) {
+    let truth = fold_with(cfg, evs);
     for view in &truth.views {
         let name = &view.name;
-        let got = read_view(redis_url, "t", name);
+        let got = read_view_in(con, layout, name);
         assert_eq!(
             got.len(),
             view.cells.len(),
@@ -249,11 +299,7 @@ pub fn assert_exact_with(redis_url: &str, cfg: &Config, evs: &[Ev]) {
                             t.distinct.len()
                         );
                         // The sketch must be the one PFADD of the exact set gives.
-                        assert_eq!(
-                            est,
-                            pfcount(&mut con, &t.distinct),
-                            "{what}: vs Redis PFCOUNT"
-                        );
+                        assert_eq!(est, pfcount(con, &t.distinct), "{what}: vs Redis PFCOUNT");
                     }
                     other => panic!("unknown agg {other}"),
                 }
@@ -305,9 +351,33 @@ pub fn wait_caught_up(redis_url: &str, ends: &[i64], timeout: Duration) {
         .unwrap()
         .get_connection()
         .unwrap();
+    wait_caught_up_in(&mut con, &Layout::single("t"), ends, timeout)
+}
+
+/// Every partition's stored offset, over the groups of `layout` (errors
+/// read as nothing stored: a cluster failing over).
+pub fn stored_offsets(
+    con: &mut impl redis::ConnectionLike,
+    layout: &Layout,
+) -> HashMap<String, i64> {
+    let mut stored = HashMap::new();
+    for keys in layout.all() {
+        let group: HashMap<String, i64> = con.hgetall(keys.offsets()).unwrap_or_default();
+        stored.extend(group);
+    }
+    stored
+}
+
+/// [`wait_caught_up`] over every partition group of `layout`.
+pub fn wait_caught_up_in(
+    con: &mut impl redis::ConnectionLike,
+    layout: &Layout,
+    ends: &[i64],
+    timeout: Duration,
+) {
     let start = Instant::now();
     loop {
-        let stored: HashMap<String, i64> = con.hgetall("t:off").unwrap_or_default();
+        let stored = stored_offsets(con, layout);
         let done = ends
             .iter()
             .enumerate()
@@ -382,7 +452,7 @@ pub fn chunk(folder: &mut Folder, evs: &[Ev], starts: [i64; 2], fresh: bool) -> 
     for e in evs {
         counts[e.partition as usize] += 1;
         if let Ok(event) = decode(&e.g.payload, e.g.kafka_ts_ms, &limits) {
-            folder.fold(&mut delta, TOPIC, e.g.kafka_ts_ms, &event);
+            folder.fold(&mut delta, 0, TOPIC, e.g.kafka_ts_ms, &event);
         }
     }
     let (slices, events) = delta.take();

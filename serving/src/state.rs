@@ -26,7 +26,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::http::StatusCode;
 use object_store::ObjectStore;
-use tally_core::config::Config;
+use tally_core::config::{redact_url, Config, RedisMode};
 use tally_core::view::ViewDef;
 use tokio::sync::Semaphore;
 
@@ -161,11 +161,19 @@ impl AppState {
         store: Arc<dyn ObjectStore>,
         opts: ServeOptions,
     ) -> Result<AppState, ServeError> {
-        let redis = RedisReader::new(&cfg.redis.url, &cfg.redis.key_prefix, opts.redis_timeout)
-            .map_err(|source| ServeError::RedisUrl {
-                url: cfg.redis.url.clone(),
+        let redis = RedisReader::new(&cfg.redis, opts.redis_timeout).map_err(|source| {
+            ServeError::RedisUrl {
+                url: match cfg.redis.mode {
+                    RedisMode::Single => redact_url(&cfg.redis.url),
+                    RedisMode::Cluster => {
+                        let nodes: Vec<String> =
+                            cfg.redis.nodes.iter().map(|n| redact_url(n)).collect();
+                        nodes.join(", ")
+                    }
+                },
                 source,
-            })?;
+            }
+        })?;
         let metrics = opts.metrics.clone().unwrap_or_else(crate::metrics::handle);
         let views: HashMap<String, Arc<ViewDef>> = cfg
             .views

@@ -187,3 +187,89 @@ async fn groups_over_the_limit_are_cut_to_the_largest_and_totals_keep_all() {
         .collect();
     assert_eq!(got, counts[..2].to_vec());
 }
+
+/// Over a Redis Cluster (3 masters, 4 partition groups, the events spread
+/// over the groups as the speed layer spreads partitions): the mirror reads
+/// every group and merges them, and the answers equal the fold. With a
+/// master gone (no replica), a sync fails and answers say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_redis_cluster_answers_equal_the_fold() {
+    let mut cluster = tokio::task::spawn_blocking(|| tally_testkit::RedisCluster::start(3, 0))
+        .await
+        .expect("join")
+        .expect("redis cluster");
+    let view = view();
+    let evs = events(17, 4000);
+    let store = Arc::new(InMemory::new());
+    let cut = (T0 / EPOCH_MS) + 30;
+    publish_snapshot(&store, &view, &evs, cut, "run1").await;
+    let mut cfg = config("redis://127.0.0.1:1/", "t");
+    cfg.redis.mode = tally_core::config::RedisMode::Cluster;
+    cfg.redis.nodes = cluster.seeds();
+    cfg.redis.partition_groups = Some(4);
+    let layout = cfg.redis.layout();
+    let mut con = redis::cluster::ClusterClient::new(cluster.seeds())
+        .expect("client")
+        .get_async_connection()
+        .await
+        .expect("connect");
+    for g in 0..4 {
+        let part: Vec<Ev> = evs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 4 == g)
+            .map(|(_, e)| e.clone())
+            .collect();
+        write_speed_in(&mut con, &layout.keys(g as u32), &view, &part).await;
+    }
+    let opts = ServeOptions {
+        speed_max_age: std::time::Duration::ZERO,
+        ..ServeOptions::default()
+    };
+    let state = AppState::new(cfg, store.clone(), opts).expect("state");
+    assert_eq!(state.refresh().await, 1);
+    let app = router(state.clone());
+    let mut rng = StdRng::seed_from_u64(5);
+    for _ in 0..30 {
+        let q = random_query(&mut rng);
+        let (status, body) = get(&app, &q.url()).await;
+        assert_eq!(status, 200, "{} -> {body}", q.url());
+        assert_eq!(body["degraded"], serde_json::json!([]), "{body}");
+        compare(&body, &q, &evs);
+    }
+    let q = Q {
+        from: T0,
+        to: T0 + SPAN_MS,
+        gran: Granularity::HOUR,
+        group_by: vec![0, 1],
+        filters: vec![],
+        measures: MEASURES.to_vec(),
+    };
+    let (_, body) = get(&app, &q.url()).await;
+    compare(&body, &q, &evs);
+
+    // One master down, no replica to take over: its groups cannot be read.
+    let _cluster = tokio::task::spawn_blocking(move || {
+        let port = cluster.master_ports().expect("masters")[0];
+        cluster.kill(port);
+        cluster
+    })
+    .await
+    .expect("join");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Another query than before: not an answer cached before the kill.
+    let q = Q {
+        group_by: vec![0],
+        ..q
+    };
+    let (status, body) = get(&app, &q.url()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["degraded"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x == "redis")),
+        "{body}"
+    );
+    // Still the fold: the copy as last synced holds every group.
+    compare(&body, &q, &evs);
+}

@@ -51,38 +51,39 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
     if !store_ok && !degraded.iter().any(|d| d == "store") {
         degraded.push("store".to_owned());
     }
-    // Speed offsets and slice counts in one pipeline.
-    let keys = state.inner.speed.redis().keys().clone();
+    // Speed offsets and slice counts: one pipeline per partition group.
     let mut names: Vec<&String> = state.inner.views.keys().collect();
     names.sort();
-    let mut p = redis::pipe();
-    p.cmd("HGETALL").arg(keys.offsets());
-    for n in &names {
-        p.cmd("ZCARD").arg(keys.slices(n));
+    let redis = state.inner.speed.redis();
+    let reads = redis.layout().all().into_iter().map(|keys| {
+        let mut p = redis::pipe();
+        p.cmd("HGETALL").arg(keys.offsets());
+        for n in &names {
+            p.cmd("ZCARD").arg(keys.slices(n));
+        }
+        async move { redis.query::<Vec<redis::Value>>(&p).await }
+    });
+    let mut offsets: BTreeMap<String, i64> = BTreeMap::new();
+    let mut slices: Vec<Option<u64>> = vec![Some(0); names.len()];
+    for read in futures::future::join_all(reads).await {
+        let Ok(vals) = read else {
+            if !degraded.iter().any(|d| d == "redis") {
+                degraded.push("redis".to_owned());
+            }
+            slices = vec![None; names.len()];
+            continue;
+        };
+        let mut it = vals.into_iter();
+        let group: BTreeMap<String, i64> = it
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or_default();
+        offsets.extend(group);
+        for (total, v) in slices.iter_mut().zip(it) {
+            let n: Option<u64> = redis::from_redis_value(v).ok();
+            *total = total.zip(n).map(|(a, b)| a + b);
+        }
     }
-    let (offsets, slices): (BTreeMap<String, i64>, Vec<Option<u64>>) = match state
-        .inner
-        .speed
-        .redis()
-        .query::<Vec<redis::Value>>(&p)
-        .await
-    {
-        Ok(vals) => {
-            let mut it = vals.into_iter();
-            let offsets = it
-                .next()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .unwrap_or_default();
-            (
-                offsets,
-                it.map(|v| redis::from_redis_value(v).ok()).collect(),
-            )
-        }
-        Err(_) => {
-            degraded.push("redis".to_owned());
-            (BTreeMap::new(), vec![None; names.len()])
-        }
-    };
     let views = names
         .iter()
         .enumerate()

@@ -17,15 +17,19 @@
 //!   `retire_after` (longer than any query runs), and a cut that moves down
 //!   is loaded before the snapshot that has it is published
 //!   ([`SpeedMirror::set_floor`]).
-//! - Redis losing its data (a new `born`) empties the copy and rebuilds it.
+//! - Partition groups ([`tally_core::keys::Layout`]) are mirrored side by
+//!   side, each with its own flush version and `born`: a query merges the
+//!   slices of every group (more slices to merge; aggregates are monoids).
+//! - Redis losing a group's data (a new `born`) empties that group's copy
+//!   and rebuilds it; the other groups stay.
 //! - A view whose slices Redis records under another definition fingerprint
 //!   (`P:defs`: the speed layer runs another config) is not mirrored and not
 //!   merged: its answers are the snapshot's alone and say
 //!   `"degraded": ["speed_definition"]`, until the speed layer runs the same
 //!   definition (it then rebuilds the view from the cut).
-//! - Redis down: queries answer from the copy as last synced and say
-//!   `"degraded": ["redis"]`; after a failed sync they do not wait for
-//!   another for `RETRY_AFTER`.
+//! - Redis down (any group unreadable): queries answer from the copy as
+//!   last synced and say `"degraded": ["redis"]`; after a failed sync they
+//!   do not wait for another for `RETRY_AFTER`.
 
 pub(crate) mod conn;
 pub(crate) mod read;
@@ -35,6 +39,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tally_core::keys::Keys;
 use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
 
@@ -57,18 +62,26 @@ struct ViewSlices {
     /// Redis holds this view's slices under another definition: none are
     /// mirrored.
     other_definition: bool,
-    slices: BTreeMap<(Epoch, i64), Arc<Slice>>,
+    /// By (partition group, epoch, day).
+    slices: BTreeMap<(u32, Epoch, i64), Arc<Slice>>,
 }
 
 fn at_or_above(floor: Option<Epoch>, epoch: Epoch) -> bool {
     floor.is_none_or(|f| epoch >= f)
 }
 
+/// What the copy has read of one partition group.
+#[derive(Debug, Default, Clone, Copy)]
+struct GroupHead {
+    born: Option<i64>,
+    /// The group's flush version its last complete sync read.
+    version: Option<u64>,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    born: Option<i64>,
-    /// The flush version the last complete sync read.
-    version: Option<u64>,
+    /// By partition group.
+    groups: Vec<GroupHead>,
     views: HashMap<String, ViewSlices>,
     /// When the last successful sync started (monotonic, wall ms).
     last_ok: Option<(Instant, i64)>,
@@ -111,6 +124,7 @@ impl SpeedMirror {
         retire_after: Duration,
     ) -> Self {
         let state = State {
+            groups: vec![GroupHead::default(); redis.layout().groups() as usize],
             views: views
                 .iter()
                 .map(|v| (v.name.clone(), ViewSlices::default()))
@@ -243,19 +257,22 @@ impl SpeedMirror {
         }
     }
 
-    /// Read what changed since the last sync into the copy.
+    /// Read what changed since the last sync into the copy, group by group.
+    /// A group that cannot be read leaves its copy as it was (the others
+    /// are read all the same); the sync then fails with its error.
     async fn pull(&self) -> Result<(), RedisReadError> {
-        let read::Head {
-            version,
-            born,
-            definitions,
-        } = read::head(&self.redis).await?;
+        let groups = self.redis.layout().all();
+        let heads =
+            futures::future::join_all(groups.iter().map(|k| read::head(&self.redis, k))).await;
+        let mut error = None;
         let stale = {
             let mut st = self.lock();
             for view in &self.views {
-                let other = definitions
-                    .get(&view.name)
-                    .is_some_and(|fp| *fp != view.fingerprint());
+                let fp = view.fingerprint();
+                let other = heads
+                    .iter()
+                    .flatten()
+                    .any(|h| h.definitions.get(&view.name).is_some_and(|f| *f != fp));
                 if let Some(v) = st.views.get_mut(&view.name) {
                     if other != v.other_definition {
                         // Read again from scratch either way.
@@ -265,12 +282,19 @@ impl SpeedMirror {
                     v.other_definition = other;
                 }
             }
-            if st.born != born || version < st.version {
-                // A new counter: Redis lost its data, or this is the first sync.
-                st.born = born;
-                st.version = None;
-                for v in st.views.values_mut() {
-                    v.slices.clear();
+            for (g, head) in heads.iter().enumerate() {
+                let Ok(head) = head else { continue };
+                let had = st.groups[g];
+                if had.born != head.born || head.version < had.version {
+                    // A new counter: Redis lost the group's data, or this
+                    // is the first sync.
+                    st.groups[g] = GroupHead {
+                        born: head.born,
+                        version: None,
+                    };
+                    for v in st.views.values_mut() {
+                        v.slices.retain(|&(sg, _, _), _| sg as usize != g);
+                    }
                 }
             }
             let now = Instant::now();
@@ -279,28 +303,59 @@ impl SpeedMirror {
                     if due <= now {
                         v.floor = floor;
                         v.raise = None;
-                        v.slices.retain(|&(e, _), _| at_or_above(floor, e));
+                        v.slices.retain(|&(_, e, _), _| at_or_above(floor, e));
                     }
                 }
             }
             st.views.values().any(|v| v.stale)
         };
-        if version.is_none() || (!stale && self.lock().version == version) {
-            self.lock().version = version;
-            return Ok(());
-        }
         let names: Vec<&str> = self.views.iter().map(|v| v.name.as_str()).collect();
-        let versions = read::slice_versions(&self.redis, &names).await?;
-        for (view, live) in self.views.iter().zip(versions) {
-            self.pull_view(view, live).await?;
+        for ((g, keys), head) in groups.iter().enumerate().zip(heads) {
+            let version = match head {
+                Ok(h) => h.version,
+                Err(e) => {
+                    error = error.or(Some(e));
+                    continue;
+                }
+            };
+            if version.is_none() || (!stale && self.lock().groups[g].version == version) {
+                self.lock().groups[g].version = version;
+                continue;
+            }
+            if let Err(e) = self.pull_group(g as u32, keys, &names).await {
+                error = error.or(Some(e));
+                continue;
+            }
+            self.lock().groups[g].version = version;
         }
-        self.lock().version = version;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        for v in self.lock().views.values_mut() {
+            v.stale = false;
+        }
         Ok(())
     }
 
-    /// Bring one view's slices up to the versions in `live`.
+    /// Bring every view's slices of one group up to date.
+    async fn pull_group(
+        &self,
+        group: u32,
+        keys: &Keys,
+        names: &[&str],
+    ) -> Result<(), RedisReadError> {
+        let versions = read::slice_versions(&self.redis, keys, names).await?;
+        for (view, live) in self.views.iter().zip(versions) {
+            self.pull_view(group, keys, view, live).await?;
+        }
+        Ok(())
+    }
+
+    /// Bring one view's slices of one group up to the versions in `live`.
     async fn pull_view(
         &self,
+        group: u32,
+        keys: &Keys,
         view: &Arc<ViewDef>,
         live: HashMap<(Epoch, i64), u64>,
     ) -> Result<(), RedisReadError> {
@@ -311,16 +366,16 @@ impl SpeedMirror {
                 return Ok(());
             };
             if v.other_definition {
-                v.stale = false;
                 return Ok(());
             }
             // Expired in Redis: gone here too.
-            v.slices.retain(|k, _| live.contains_key(k));
+            v.slices
+                .retain(|&(g, e, d), _| g != group || live.contains_key(&(e, d)));
             let floor = v.floor;
             let mut todo: Vec<_> = live
                 .iter()
                 .filter(|((e, _), _)| at_or_above(floor, *e))
-                .filter_map(|(&(e, d), &ver)| match v.slices.get(&(e, d)) {
+                .filter_map(|(&(e, d), &ver)| match v.slices.get(&(group, e, d)) {
                     Some(s) => {
                         let since = s.read().version;
                         (ver > since).then(|| (e, d, since, ver, s.clone(), false))
@@ -329,16 +384,16 @@ impl SpeedMirror {
                 })
                 .collect();
             todo.sort_by_key(|t| (t.0, t.1));
-            v.stale = false;
             todo
         };
         if todo.is_empty() {
             return Ok(());
         }
         let ranges: Vec<(Epoch, i64, u64)> = todo.iter().map(|t| (t.0, t.1, t.2)).collect();
-        let changed = read::changed_cells(&self.redis, &view.name, &ranges).await?;
+        let changed = read::changed_cells(&self.redis, keys, &view.name, &ranges).await?;
         for ((epoch, day, _, ver, slice, new), cells) in todo.into_iter().zip(changed) {
-            let (values, skipped) = read::read_cells(&self.redis, view, epoch, day, &cells).await?;
+            let (values, skipped) =
+                read::read_cells(&self.redis, keys, view, epoch, day, &cells).await?;
             {
                 let mut data = slice.write();
                 for (bucket, group, aggs) in values {
@@ -351,7 +406,7 @@ impl SpeedMirror {
             if new {
                 if let Some(v) = st.views.get_mut(&view.name) {
                     if at_or_above(v.floor, epoch) {
-                        v.slices.insert((epoch, day), slice);
+                        v.slices.insert((group, epoch, day), slice);
                     }
                 }
             }

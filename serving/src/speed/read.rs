@@ -1,6 +1,7 @@
 //! The Redis reads behind the speed mirror, per the versioned layout of
 //! [`tally_core::keys`]: the flush version, each slice's version, the cells a
-//! slice changed since a version, and the values of those cells.
+//! slice changed since a version, and the values of those cells. Each read
+//! is one partition group's (`keys`): one pipeline, one cluster slot.
 //!
 //! Guarantee: values that do not parse (written by hand, or by another
 //! version) read as the identity of their measure and are counted as
@@ -31,14 +32,14 @@ pub(crate) struct Head {
     pub definitions: HashMap<String, String>,
 }
 
-/// Read the [`Head`].
-pub(crate) async fn head(redis: &RedisReader) -> Result<Head, RedisReadError> {
+/// Read one partition group's [`Head`].
+pub(crate) async fn head(redis: &RedisReader, keys: &Keys) -> Result<Head, RedisReadError> {
     let mut p = redis::pipe();
     p.cmd("HMGET")
-        .arg(redis.keys().version())
+        .arg(keys.version())
         .arg(VERSION_FIELD)
         .arg(BORN_FIELD);
-    p.cmd("HGETALL").arg(redis.keys().definitions());
+    p.cmd("HGETALL").arg(keys.definitions());
     let ((version, born), definitions): ((Option<u64>, Option<i64>), HashMap<String, String>) =
         redis.query(&p).await?;
     Ok(Head {
@@ -48,14 +49,15 @@ pub(crate) async fn head(redis: &RedisReader) -> Result<Head, RedisReadError> {
     })
 }
 
-/// Each view's slices and their versions.
+/// Each view's slices in one partition group and their versions.
 pub(crate) async fn slice_versions(
     redis: &RedisReader,
+    keys: &Keys,
     views: &[&str],
 ) -> Result<Vec<HashMap<(Epoch, i64), u64>>, RedisReadError> {
     let mut p = redis::pipe();
     for v in views {
-        p.cmd("HGETALL").arg(redis.keys().slice_versions(v));
+        p.cmd("HGETALL").arg(keys.slice_versions(v));
     }
     let all: Vec<HashMap<String, u64>> = redis.query(&p).await?;
     Ok(all
@@ -71,13 +73,14 @@ pub(crate) async fn slice_versions(
 /// For each slice `(epoch, day, since)`: its cells written after version `since`.
 pub(crate) async fn changed_cells(
     redis: &RedisReader,
+    keys: &Keys,
     view: &str,
     slices: &[(Epoch, i64, u64)],
 ) -> Result<Vec<Vec<String>>, RedisReadError> {
     let mut p = redis::pipe();
     for &(e, d, since) in slices {
         p.cmd("ZRANGEBYSCORE")
-            .arg(redis.keys().cells(view, e, d))
+            .arg(keys.cells(view, e, d))
             .arg(format!("({since}"))
             .arg("+inf");
     }
@@ -102,12 +105,12 @@ fn parts(kind: AggKind) -> &'static [Part] {
 /// Returns the cells and how many values did not parse.
 pub(crate) async fn read_cells(
     redis: &RedisReader,
+    keys: &Keys,
     view: &ViewDef,
     epoch: Epoch,
     day: i64,
     cells: &[String],
 ) -> Result<(Vec<CellValue>, usize), RedisReadError> {
-    let keys = redis.keys();
     let counters = keys.counters(&view.name, epoch, day);
     let sketch_prefix = keys.sketch_prefix(&view.name, epoch, day);
     let parsed: Vec<CellMember<'_>> = cells.iter().filter_map(|c| CellMember::parse(c)).collect();

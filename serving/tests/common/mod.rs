@@ -334,12 +334,22 @@ pub async fn write_level(
 /// Write every event's slice into Redis as the speed layer would (all epochs:
 /// slices below the cut must be ignored by serving).
 pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[Ev]) {
-    let keys = Keys::new(prefix);
     let client = redis::Client::open(redis_url).expect("client");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
+    write_speed_in(&mut conn, &Keys::new(prefix), view, evs).await
+}
+
+/// [`write_speed`] into one partition group's keys (on a cluster: a
+/// cluster connection; each pipeline stays within the group's slot).
+pub async fn write_speed_in(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    view: &ViewDef,
+    evs: &[Ev],
+) {
     let mut by_slice: BTreeMap<(i64, i64), Vec<&Ev>> = BTreeMap::new();
     for e in evs {
         by_slice.entry((e.epoch, day_of(e.t))).or_default().push(e);
@@ -350,7 +360,7 @@ pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[E
     let last: Option<u64> = redis::cmd("HGET")
         .arg(keys.version())
         .arg(VERSION_FIELD)
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .expect("version");
     let version = last.unwrap_or(0) + 1;
@@ -427,7 +437,7 @@ pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[E
             .arg(keys.slice_versions(&view.name))
             .arg(Keys::slice_member(epoch, day))
             .arg(version);
-        let _: () = p.query_async(&mut conn).await.expect("write slice");
+        let _: () = p.query_async(conn).await.expect("write slice");
     }
     let _: () = redis::pipe()
         .cmd("HSET")
@@ -438,7 +448,7 @@ pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[E
         .arg(keys.version())
         .arg(BORN_FIELD)
         .arg(rand::random::<u32>())
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .expect("publish the version");
 }

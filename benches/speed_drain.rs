@@ -9,6 +9,13 @@
 //! Prints events/s, CPU-seconds per million events of the process and of
 //! Redis (the apply script runs there), and peak RSS (VmHWM from /proc), as
 //! medians, and the ratios.
+//!
+//! `BENCH_CLUSTER=1` adds a row per round: two `tally speed` processes
+//! (`kafka.assignment = "partitions"`, partitions 0-1 and 2-3) draining the
+//! same topic into a private 3-master Redis Cluster (16 partition groups),
+//! timed from spawn until every partition's end offset is stored; CPU, RSS
+//! and Redis figures are the sums over the processes and the masters. The
+//! issue-16 target is its ratio to the single-instance row.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -17,7 +24,7 @@ use std::time::{Duration, Instant};
 use tally_core::config::Millis;
 use tally_gen::{Generator, Shape, Weighted};
 use tally_testkit::config::{TestConfig, TOPIC};
-use tally_testkit::{kafka, Broker, Redis};
+use tally_testkit::{kafka, Broker, Redis, RedisCluster};
 const PARTITIONS: i32 = 4;
 
 /// The two views this benchmark has always measured.
@@ -131,6 +138,11 @@ fn main() {
     if baseline.is_some() {
         rows.push((BASELINE, Vec::new()));
     }
+    let cluster = std::env::var("BENCH_CLUSTER").is_ok_and(|v| v == "1");
+    let cluster_row = rows.len();
+    if cluster {
+        rows.push((CLUSTER, Vec::new()));
+    }
     for round in 0..rounds {
         // Bare consumer. Like `tally speed`, timed from spawn to the last record.
         let start = Instant::now();
@@ -176,6 +188,12 @@ fn main() {
             eprintln!("round {round}: {}: {run:?}", rows[row].0);
             rows[row].1.push(run);
         }
+        if cluster {
+            let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tally"));
+            let run = run_speed_cluster(bin, &broker, &ends, n, &format!("bench-{round}-c"));
+            eprintln!("round {round}: {CLUSTER}: {run:?}");
+            rows[cluster_row].1.push(run);
+        }
     }
     println!(
         "| process | events/s (median of {rounds}) | CPU-s per 1M events | Redis CPU-s per 1M events | peak RSS MiB | Redis used memory MiB |"
@@ -193,8 +211,14 @@ fn main() {
         println!("| {name} | {eps:.0} | {cpu:.2} | {rcpu:.2} | {rss:.0} | {rmem:.0} |");
     }
     println!("\nratio speed / bare = {:.2}", med[1] / med[0]);
-    if med.len() > 2 {
+    if baseline.is_some() {
         println!("ratio speed / baseline build = {:.2}", med[1] / med[2]);
+    }
+    if cluster {
+        println!(
+            "ratio cluster (2 processes, 3 masters) / single instance = {:.2}",
+            med[cluster_row] / med[1]
+        );
     }
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!("load average at the end: {}", load.trim());
@@ -204,6 +228,7 @@ fn main() {
 const BARE: &str = "bare librdkafka consume+discard";
 const SPEED: &str = "tally speed (decode, 2 views, Redis)";
 const BASELINE: &str = "tally speed, baseline build (BENCH_BASELINE_BIN)";
+const CLUSTER: &str = "2 x tally speed, Redis Cluster (3 masters, 16 groups)";
 
 /// One measured drain.
 #[derive(Debug, Clone, Copy)]
@@ -309,6 +334,102 @@ fn run_speed(bin: &std::path::Path, broker: &Broker, ends: &[i64], n: usize, gro
         eps: n as f64 / secs,
         cpu: last.0,
         rss: last.1,
+        redis_cpu,
+        redis_mib,
+    }
+}
+
+/// Two `tally speed` processes (partitions 0-1 and 2-3) draining the topic
+/// into a fresh 3-master Redis Cluster, timed from spawn until every
+/// partition's end offset is stored. CPU, RSS and Redis figures are sums.
+fn run_speed_cluster(
+    bin: &std::path::Path,
+    broker: &Broker,
+    ends: &[i64],
+    n: usize,
+    group: &str,
+) -> Run {
+    let cluster = RedisCluster::start(3, 0).expect("redis cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("tally.toml");
+    let test_cfg = TestConfig::new()
+        .brokers(&broker.bootstrap())
+        .redis_lines(&cluster.config_lines(16))
+        .group(group)
+        .key_prefix("b")
+        .views(VIEWS);
+    std::fs::write(&cfg_path, test_cfg.toml()).unwrap();
+    let layout = test_cfg.build().redis.layout();
+    let mut nodes: Vec<redis::Connection> = cluster
+        .seeds()
+        .iter()
+        .map(|u| {
+            redis::Client::open(u.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap()
+        })
+        .collect();
+    let mut con = redis::cluster::ClusterClient::new(cluster.seeds())
+        .and_then(|c| c.get_connection())
+        .expect("cluster connection");
+    let redis_cpu_before: f64 = nodes.iter_mut().map(redis_cpu).sum();
+    let start = Instant::now();
+    let mut children: Vec<std::process::Child> = ["[0, 1]", "[2, 3]"]
+        .iter()
+        .map(|parts| {
+            Command::new(bin)
+                .args(["speed", "--config"])
+                .arg(&cfg_path)
+                .env("TALLY_KAFKA__ASSIGNMENT", "partitions")
+                .env("TALLY_KAFKA__PARTITIONS", parts)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .spawn()
+                .expect("tally speed")
+        })
+        .collect();
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let mut last = vec![(0.0, 0.0); pids.len()];
+    loop {
+        let mut stored: HashMap<String, i64> = HashMap::new();
+        for keys in layout.all() {
+            let group: HashMap<String, i64> = redis::cmd("HGETALL")
+                .arg(keys.offsets())
+                .query(&mut con)
+                .unwrap_or_default();
+            stored.extend(group);
+        }
+        let done =
+            (0..PARTITIONS).all(|p| stored.get(&format!("{TOPIC}/{p}")) == Some(&ends[p as usize]));
+        for (l, pid) in last.iter_mut().zip(&pids) {
+            *l = usage(*pid);
+        }
+        if done || start.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let redis_cpu: f64 = nodes.iter_mut().map(redis_cpu).sum::<f64>() - redis_cpu_before;
+    let redis_mib: f64 = nodes
+        .iter_mut()
+        .map(|c| info_field(c, "memory", "used_memory"))
+        .sum::<f64>()
+        / (1024.0 * 1024.0);
+    for (child, pid) in children.iter_mut().zip(&pids) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let _ = child.wait();
+    }
+    Run {
+        eps: n as f64 / secs,
+        cpu: last.iter().map(|l| l.0).sum(),
+        rss: last.iter().map(|l| l.1).sum(),
         redis_cpu,
         redis_mib,
     }

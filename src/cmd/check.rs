@@ -4,18 +4,30 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tally_core::config::{redact_url, Config};
+use tally_core::config::{redact_url, Config, RedisMode};
 use tally_core::time::format_ms;
 
 pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg =
         Config::load(path).with_context(|| format!("{} is not a valid config", path.display()))?;
     println!("{}: ok", path.display());
+    let redis = match cfg.redis.mode {
+        RedisMode::Single => redact_url(&cfg.redis.url),
+        RedisMode::Cluster => {
+            let nodes: Vec<String> = cfg.redis.nodes.iter().map(|n| redact_url(n)).collect();
+            format!("cluster [{}]", nodes.join(", "))
+        }
+    };
+    let groups = cfg.redis.groups();
+    let groups = if groups > 1 || cfg.redis.mode == RedisMode::Cluster {
+        format!(" ({groups} partition groups)")
+    } else {
+        String::new()
+    };
     println!(
-        "  kafka {} topics {:?}, redis {}, store {}",
+        "  kafka {} topics {:?}, redis {redis}{groups}, store {}",
         cfg.kafka.brokers,
         cfg.kafka.topics,
-        redact_url(&cfg.redis.url),
         redact_url(&cfg.store.url)
     );
     for v in &cfg.views {

@@ -1,6 +1,6 @@
 //! The services a whole-platform test runs `tally` against, set up once:
 //! a private broker (optionally behind the cut-off proxy) with the event
-//! and dead-letter topics, a private Redis, and a folder holding the store,
+//! and dead-letter topics, a private Redis (or a Redis Cluster), and a folder holding the store,
 //! the roles' logs and a `tally.toml`: the standard test config plus what
 //! every platform test shares (ten-second epochs, two-second rolls, events
 //! up to two days late). Used by `platform.rs`, `partitions.rs` and
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use tally_core::config::Config;
 use tally_testkit::config::{TestConfig, TOPIC};
-use tally_testkit::{kafka, Broker, Redis};
+use tally_testkit::{kafka, Broker, Redis, RedisCluster};
 use tempfile::TempDir;
 
 /// What differs between the platform tests.
@@ -28,13 +28,20 @@ pub struct Setup {
     pub archive: String,
     /// More sections (`[batch]`, ...).
     pub extra: String,
+    /// Run on a Redis Cluster: (masters, replicas per master, partition
+    /// groups).
+    pub redis_cluster: Option<(usize, usize, u32)>,
 }
 
 /// The running services and the config that points at them.
 #[derive(Debug)]
 pub struct Stack {
     pub broker: Broker,
+    /// The Redis the config points at; with a cluster, a scratch Redis
+    /// (for `PFCOUNT` truths) that Tally does not use.
     pub redis: Redis,
+    /// The Redis Cluster the config points at, if [`Setup::redis_cluster`].
+    pub cluster: Option<RedisCluster>,
     /// Store, logs and config; removed on drop.
     pub dir: TempDir,
     pub config: PathBuf,
@@ -62,13 +69,20 @@ impl Stack {
         }
         .expect("broker");
         let redis = Redis::start().expect("redis");
+        let cluster = setup
+            .redis_cluster
+            .map(|(m, r, _)| RedisCluster::start(m, r).expect("redis cluster"));
         kafka::create_topic(&broker.bootstrap(), TOPIC, partitions).expect("topic");
         kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
         let port = tally_testkit::free_port().expect("port");
         let store = setup
             .store
             .unwrap_or_else(|| format!("file://{}", dir.path().join("store").display()));
-        let test_cfg = TestConfig::new()
+        let mut test_cfg = TestConfig::new();
+        if let (Some(c), Some((_, _, groups))) = (&cluster, setup.redis_cluster) {
+            test_cfg = test_cfg.redis_lines(&c.config_lines(groups));
+        }
+        let test_cfg = test_cfg
             .brokers(&broker.bootstrap())
             .redis(&redis.url())
             .store(&store)
@@ -97,6 +111,7 @@ listen = "127.0.0.1:{port}"
         Stack {
             broker,
             redis,
+            cluster,
             config,
             cfg: test_cfg.build(),
             api: format!("http://127.0.0.1:{port}"),

@@ -349,14 +349,17 @@ pub fn within_hll_error(estimate: u64, exact: usize) -> bool {
 /// On a cluster connection the scratch key's slot decides the node.
 pub fn redis_pfcount(con: &mut impl redis::ConnectionLike, set: &HashSet<String>) -> u64 {
     let key = "test:pfcount:scratch";
-    let mut pipe = redis::pipe();
-    pipe.del(key).ignore();
+    // One command at a time: a cluster connection takes no pipelines.
+    redis::cmd("DEL").arg(key).exec(con).expect("DEL scratch");
     let values: Vec<&String> = set.iter().collect();
     for chunk in values.chunks(5_000) {
-        pipe.cmd("PFADD").arg(key).arg(chunk).ignore();
+        redis::cmd("PFADD")
+            .arg(key)
+            .arg(chunk)
+            .exec(con)
+            .expect("PFADD");
     }
-    pipe.cmd("PFCOUNT").arg(key);
-    let (n,): (u64,) = pipe.query(con).expect("PFADD/PFCOUNT");
+    let n: u64 = redis::cmd("PFCOUNT").arg(key).query(con).expect("PFCOUNT");
     n
 }
 

@@ -3,7 +3,8 @@
 //! persistence on free ports, joined by `redis-cli --cluster create`.
 //!
 //! Guarantee: [`RedisCluster::start`] returns once every node reports
-//! `cluster_state:ok`, and [`RedisCluster::kill_master`] +
+//! `cluster_state:ok` and every replica has finished its first sync (a
+//! replica that never synced holds nothing and may not take over), and [`RedisCluster::kill_master`] +
 //! [`RedisCluster::wait_promoted`] once a replica serves the dead master's
 //! slots (nodes time out after `NODE_TIMEOUT_MS`, so that takes a few
 //! seconds). Dropping the value stops every node.
@@ -71,6 +72,7 @@ impl RedisCluster {
         }
         let cluster = RedisCluster { nodes, dir };
         cluster.wait_ok(Duration::from_secs(30))?;
+        cluster.wait_replicas_synced(Duration::from_secs(30))?;
         Ok(cluster)
     }
 
@@ -185,6 +187,28 @@ impl RedisCluster {
         }
     }
 
+    /// Wait until every live replica's link to its master is up (its first
+    /// full sync done).
+    fn wait_replicas_synced(&self, timeout: Duration) -> Result<(), Error> {
+        let start = Instant::now();
+        loop {
+            let synced = self.live_ports().all(|p| {
+                query::<String>(p, redis::cmd("INFO").arg("replication"))
+                    .is_ok_and(|i| !i.contains("role:slave") || i.contains("master_link_status:up"))
+            });
+            if synced {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(Error::Cluster(format!(
+                    "replicas not synced within {timeout:?} (in {})",
+                    self.dir.path().display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn any_port(&self) -> Result<u16, Error> {
         self.live_ports()
             .next()
@@ -252,6 +276,11 @@ fn spawn(dir: &TempDir, port: u16) -> Result<Server, Error> {
         .arg(dir.path().join(format!("nodes-{port}.conf")))
         .args(["--cluster-port", &bus.to_string()])
         .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+        // A replica syncs at once (the default waits 5 s to batch replicas),
+        // and takes over however long its link was down: a test kills
+        // masters on purpose, and a replica must never refuse.
+        .args(["--repl-diskless-sync-delay", "0"])
+        .args(["--cluster-replica-validity-factor", "0"])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])

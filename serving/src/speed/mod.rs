@@ -56,9 +56,14 @@ struct ViewSlices {
     floor: Option<Epoch>,
     /// A raise of the floor, due at that instant.
     raise: Option<(Instant, Option<Epoch>)>,
-    /// Set when the floor moved down: slices below the old floor are read
-    /// at the next sync whatever the flush version says.
-    stale: bool,
+    /// Bumped when the floor moved down (or the definition flipped): slices
+    /// below the old floor are read at the next sync whatever the flush
+    /// versions say. The view is stale while this differs from `synced`.
+    changes: u64,
+    /// `changes` as it was when the last complete sync began: a change
+    /// made during a sync (which may have read some groups with the old
+    /// floor) keeps the view stale for the next one.
+    synced: u64,
     /// Redis holds this view's slices under another definition: none are
     /// mirrored.
     other_definition: bool,
@@ -225,7 +230,7 @@ impl SpeedMirror {
         if lower {
             v.floor = cut;
             v.raise = None;
-            v.stale = true;
+            v.changes += 1;
         } else if v.slices.is_empty() {
             // Nothing mirrored yet (startup): no query can hold a slice.
             v.floor = cut;
@@ -265,7 +270,7 @@ impl SpeedMirror {
         let heads =
             futures::future::join_all(groups.iter().map(|k| read::head(&self.redis, k))).await;
         let mut error = None;
-        let stale = {
+        let (seen, stale) = {
             let mut st = self.lock();
             for view in &self.views {
                 let fp = view.fingerprint();
@@ -277,7 +282,7 @@ impl SpeedMirror {
                     if other != v.other_definition {
                         // Read again from scratch either way.
                         v.slices.clear();
-                        v.stale = true;
+                        v.changes += 1;
                     }
                     v.other_definition = other;
                 }
@@ -307,7 +312,13 @@ impl SpeedMirror {
                     }
                 }
             }
-            st.views.values().any(|v| v.stale)
+            let stale = st.views.values().any(|v| v.changes != v.synced);
+            let seen: HashMap<String, u64> = st
+                .views
+                .iter()
+                .map(|(name, v)| (name.clone(), v.changes))
+                .collect();
+            (seen, stale)
         };
         let names: Vec<&str> = self.views.iter().map(|v| v.name.as_str()).collect();
         for ((g, keys), head) in groups.iter().enumerate().zip(heads) {
@@ -331,8 +342,10 @@ impl SpeedMirror {
         if let Some(e) = error {
             return Err(e);
         }
-        for v in self.lock().views.values_mut() {
-            v.stale = false;
+        for (name, v) in self.lock().views.iter_mut() {
+            if let Some(&c) = seen.get(name) {
+                v.synced = c;
+            }
         }
         Ok(())
     }

@@ -14,6 +14,10 @@
 # `lookup` (grouped by properties.page@section, a CSV table), or `all`
 # (the three in turn, for side-by-side figures).
 #
+# BENCH_REDIS picks the speed side's Redis (issue 16): `single` (the
+# default), `cluster` (a private 3-master Redis Cluster, 16 partition
+# groups), or `both` (in turn, for the ratio).
+#
 # wrk and the server share this machine's cores: the figures include that.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -51,10 +55,10 @@ to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms
 run_mode() {
   local label=$1 ttl=$2 URL=$3 log server p50s="" p99s="" rpss=""
   log=$(mktemp)
-  TALLY_BENCH_RESULT_TTL_MS=$ttl "$BIN" "127.0.0.1:$PORT" >"$log" 2>&1 &
+  TALLY_BENCH_REDIS=$REDIS_MODE TALLY_BENCH_RESULT_TTL_MS=$ttl "$BIN" "127.0.0.1:$PORT" >"$log" 2>&1 &
   server=$!
   trap 'kill $server 2>/dev/null || true' EXIT
-  for _ in $(seq 1 300); do grep -q '^ready' "$log" && break; sleep 0.1; done
+  for _ in $(seq 1 900); do grep -q '^ready' "$log" && break; sleep 0.1; done
   grep -q '^ready' "$log" || { cat "$log"; echo "bench_server did not start" >&2; exit 1; }
   for _ in $(seq 1 100); do curl -fs -o /dev/null "$URL" && break; sleep 0.1; done
   curl -fs "$URL" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("[bench] answer: %d groups, %d points, views total %s, degraded %s, %d speed slices" % (len(r["series"]), sum(len(s["points"]) for s in r["series"]), r["totals"]["views"], r["degraded"], r["freshness"]["speed_slices"]))'
@@ -78,9 +82,13 @@ run_mode() {
 echo "[bench] $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); wrk -t$THREADS -c$CONNS -d${SECONDS_PER_ROUND}s, $ROUNDS rounds"
 VARIANTS="${BENCH_QUERY:-plain}"
 [ "$VARIANTS" = all ] && VARIANTS="plain window lookup"
-for v in $VARIANTS; do
-  URL=$(url_of "$v")
-  echo "[bench] query ($v): $URL"
-  run_mode "$v, cache off (merge per request)" 0 "$URL"
-  if [ "${BENCH_CACHE:-0}" = 1 ]; then run_mode "$v, cache on (ttl 250 ms)" 250 "$URL"; fi
+MODES="${BENCH_REDIS:-single}"
+[ "$MODES" = both ] && MODES="single cluster"
+for REDIS_MODE in $MODES; do
+  for v in $VARIANTS; do
+    URL=$(url_of "$v")
+    echo "[bench] query ($v, redis $REDIS_MODE): $URL"
+    run_mode "$v, redis $REDIS_MODE, cache off (merge per request)" 0 "$URL"
+    if [ "${BENCH_CACHE:-0}" = 1 ]; then run_mode "$v, redis $REDIS_MODE, cache on (ttl 250 ms)" 250 "$URL"; fi
+  done
 done

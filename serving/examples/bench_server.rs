@@ -10,6 +10,9 @@
 //! serving. `TALLY_BENCH_RESULT_TTL_MS` sets the answer cache's TTL (default 0:
 //! off, every request merges afresh). A lookup table `section` (page →
 //! section, CSV in the store) serves the lookup variant of the query.
+//! `TALLY_BENCH_REDIS=cluster` puts the speed side in a private 3-master
+//! Redis Cluster with 16 partition groups (the cells spread over the groups
+//! as partitions spread them), for issue 16's serving target.
 //!
 //! `cargo build --release --workspace --example bench_server`, then
 //! `$CARGO_TARGET_DIR/release/examples/bench_server 127.0.0.1:8098`
@@ -55,16 +58,22 @@ async fn main() {
             }
         }
     }
-    let redis = match tally_testkit::Redis::start() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start redis-server: {e}");
-            std::process::exit(1);
-        }
-    };
+    let cluster = std::env::var("TALLY_BENCH_REDIS").is_ok_and(|m| m == "cluster");
     let store = Arc::new(InMemory::new());
     publish_snapshot(&store, &view(), &evs, cut, "bench").await;
-    write_speed(&redis.url(), "t", &view(), &evs).await;
+    let (mut cfg, _redis) = if cluster {
+        speed_in_cluster(&evs).await
+    } else {
+        let redis = match tally_testkit::Redis::start() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("cannot start redis-server: {e}");
+                std::process::exit(1);
+            }
+        };
+        write_speed(&redis.url(), "t", &view(), &evs).await;
+        (config(&redis.url(), "t"), Box::new(redis) as Backend)
+    };
     let sections: String = PAGES
         .iter()
         .enumerate()
@@ -76,7 +85,6 @@ async fn main() {
         eprintln!("cannot write the lookup table: {e}");
         std::process::exit(1);
     }
-    let mut cfg = config(&redis.url(), "t");
     cfg.lookups = vec![tally_core::config::LookupConfig {
         name: "section".into(),
         path: table.to_string(),
@@ -96,9 +104,59 @@ async fn main() {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;
-    drop(redis);
     if let Err(e) = r {
         eprintln!("{e}");
         std::process::exit(1);
     }
+}
+
+/// The Redis the server reads, kept alive until the end (dropping it stops
+/// its servers).
+type Backend = Box<dyn std::any::Any>;
+
+const GROUPS: u32 = 16;
+
+/// A 3-master cluster holding the speed cells, event `i` in partition
+/// group `i mod 16`, and the config that reads it.
+async fn speed_in_cluster(evs: &[Ev]) -> (tally_core::config::Config, Backend) {
+    let cluster =
+        match tokio::task::spawn_blocking(|| tally_testkit::RedisCluster::start(3, 0)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                eprintln!("cannot start a redis cluster: {e}");
+                std::process::exit(1);
+            }
+            Err(e) => {
+                eprintln!("cannot start a redis cluster: {e}");
+                std::process::exit(1);
+            }
+        };
+    let mut cfg = config("redis://127.0.0.1:1/", "t");
+    cfg.redis.mode = tally_core::config::RedisMode::Cluster;
+    cfg.redis.nodes = cluster.seeds();
+    cfg.redis.partition_groups = Some(GROUPS);
+    let layout = cfg.redis.layout();
+    let mut con = match redis::cluster::ClusterClient::new(cluster.seeds()) {
+        Ok(c) => match c.get_async_connection().await {
+            Ok(con) => con,
+            Err(e) => {
+                eprintln!("cannot connect to the redis cluster: {e}");
+                std::process::exit(1);
+            }
+        },
+        Err(e) => {
+            eprintln!("bad cluster seeds: {e}");
+            std::process::exit(1);
+        }
+    };
+    for g in 0..GROUPS {
+        let part: Vec<Ev> = evs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u32 % GROUPS == g)
+            .map(|(_, e)| e.clone())
+            .collect();
+        write_speed_in(&mut con, &layout.keys(g), &view(), &part).await;
+    }
+    (cfg, Box::new(cluster))
 }

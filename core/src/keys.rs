@@ -254,6 +254,23 @@ impl Layout {
     pub fn all(&self) -> Vec<Keys> {
         (0..self.groups).map(|g| self.keys(g)).collect()
     }
+
+    /// The definition fingerprint the speed layer records for `view` in
+    /// Redis (`P:defs`), and that serving expects there: the view's own
+    /// fingerprint, plus the number of groups when keys are tagged. A
+    /// changed `partition_groups` moves partitions between groups, so
+    /// counters written under the old layout would be read beside counters
+    /// rebuilt under the new one (counted twice); with the layout in the
+    /// fingerprint it is a changed definition: rebuilt from the cut, and a
+    /// writer or reader still on the old layout is refused or degraded.
+    /// One untagged group keeps the plain fingerprint (existing data).
+    pub fn fingerprint(&self, view: &crate::view::ViewDef) -> String {
+        if self.tagged {
+            format!("{}/groups={}", view.fingerprint(), self.groups)
+        } else {
+            view.fingerprint()
+        }
+    }
 }
 
 impl Keys {
@@ -393,6 +410,25 @@ mod tests {
         assert_eq!(k.sketch_prefix("v", 5, 7), "t1:{2}:h:v:5:7:");
         assert_eq!(l.all().len(), 4);
         assert_eq!(Layout::new("t1", 1, true).keys(0).version(), "t1:{0}:ver");
+    }
+
+    #[test]
+    fn the_layout_is_part_of_a_tagged_fingerprint() {
+        let view: crate::view::ViewDef = toml::from_str(
+            r#"
+            name = "pv"
+            granularity = "1m"
+            measures = [{ name = "views", agg = "count" }]
+            "#,
+        )
+        .expect("valid view");
+        let fp = view.fingerprint();
+        assert_eq!(Layout::single("t").fingerprint(&view), fp);
+        let four = Layout::new("t", 4, true).fingerprint(&view);
+        let two = Layout::new("t", 2, true).fingerprint(&view);
+        assert_ne!(four, fp);
+        assert_ne!(four, two);
+        assert_ne!(Layout::new("t", 1, true).fingerprint(&view), fp);
     }
 
     #[test]

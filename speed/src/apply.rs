@@ -132,7 +132,7 @@ impl Applier {
             definitions: cfg
                 .views
                 .iter()
-                .map(|v| (v.name.clone(), v.fingerprint()))
+                .map(|v| (v.name.clone(), cfg.redis.layout().fingerprint(v)))
                 .collect(),
             script: Script::new(SCRIPT),
         };

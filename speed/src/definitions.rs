@@ -12,7 +12,9 @@
 //! views, so one view cannot be rebuilt alone without counting the others
 //! twice). A Redis written before fingerprints were recorded is adopted as
 //! it is. Each partition group records the definitions of its own writes;
-//! a view that differs in any group counts as changed.
+//! a view that differs in any group counts as changed. With tagged keys the
+//! fingerprint includes the number of groups ([`Layout::fingerprint`]), so
+//! a changed `redis.partition_groups` rebuilds from the cut too.
 
 use std::collections::HashMap;
 
@@ -50,7 +52,7 @@ pub(crate) async fn reconcile(
     let changed: Vec<String> = views
         .iter()
         .filter(|v| {
-            let fp = v.fingerprint();
+            let fp = layout.fingerprint(v);
             recorded
                 .iter()
                 .any(|stored| stored.get(&v.name) != Some(&fp))

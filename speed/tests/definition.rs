@@ -97,3 +97,49 @@ fn a_changed_view_definition_rebuilds_from_the_cut() {
     assert!(matches!(err, SpeedError::OtherDefinition(_)), "{err}");
     assert_exact_with(&redis.url(), &new, &all);
 }
+
+/// `redis.partition_groups` changed while Redis holds counters: partitions
+/// move to other groups, and the old groups' counters would be read beside
+/// the ones rebuilt in the new groups (partition 2 moves from group 0 of 2
+/// to group 2 of 4: counted twice). The layout is part of the recorded
+/// fingerprint, so the speed layer rebuilds everything from the cut instead.
+#[test]
+fn a_changed_number_of_partition_groups_rebuilds_from_the_cut() {
+    let broker = Broker::start().unwrap();
+    let redis = Redis::start().unwrap();
+    kafka::create_topic(&broker.bootstrap(), TOPIC, 4).unwrap();
+    let t0 = base_ms();
+    let first = events(81, 2_000, 4, t0, 10.0);
+    let producer = kafka::producer(&broker.bootstrap(), 100).unwrap();
+    kafka::produce(&producer, TOPIC, &records(&first, 0)).unwrap();
+    let mut con = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let rt = runtime();
+    let mut two = config(&broker.bootstrap(), &redis.url(), "groups2");
+    two.redis.partition_groups = Some(2);
+    let speed = start(&rt, &two);
+    wait_caught_up_in(
+        &mut con,
+        &two.redis.layout(),
+        &ends(&records(&first, 0), 4),
+        Duration::from_secs(60),
+    );
+    speed.stop(&rt);
+    assert_exact_in(&mut con, &two.redis.layout(), &two, &first);
+
+    let second = events(82, 1_000, 4, t0 + 30_000, 10.0);
+    kafka::produce(&producer, TOPIC, &records(&second, 0)).unwrap();
+    let all: Vec<Ev> = first.iter().chain(&second).cloned().collect();
+    let mut four = two.clone();
+    four.redis.partition_groups = Some(4);
+    let speed = start(&rt, &four);
+    wait_caught_up_in(
+        &mut con,
+        &four.redis.layout(),
+        &ends(&records(&all, 0), 4),
+        Duration::from_secs(60),
+    );
+    speed.stop(&rt);
+    assert_exact_in(&mut con, &four.redis.layout(), &four, &all);
+}

@@ -273,7 +273,7 @@ impl SpeedMirror {
         let (seen, stale) = {
             let mut st = self.lock();
             for view in &self.views {
-                let fp = view.fingerprint();
+                let fp = self.redis.layout().fingerprint(view);
                 let other = heads
                     .iter()
                     .flatten()

@@ -149,37 +149,41 @@ fn push(bs: &mut CodesBuilder, ns: &mut CountsBuilder, pairs: &[(i32, u64)]) {
     ns.append_slice(&counts);
 }
 
-/// The values of a list column of `i32` in one slice (nulls as
-/// [`NO_CODE`]) and the row offsets into it.
+/// The values of a list column of `i32` (nulls as [`NO_CODE`]), and the row
+/// offsets into them: row `r` is `values[offsets[r]..offsets[r + 1]]`.
 fn flat_i32(lists: &ListChunked) -> PolarsResult<(Vec<i32>, Vec<usize>)> {
     let lists = lists.rechunk();
     let inner = lists.get_inner();
     let inner = inner.i32()?.fill_null_with_values(NO_CODE)?;
     let inner = inner.rechunk();
-    let values: Vec<i32> = inner.cont_slice()?.to_vec();
-    Ok((values, offsets(&lists)))
+    Ok(rows_of(&lists, inner.cont_slice()?))
 }
 
-/// The values of a list column of `u64` in one slice (nulls as 0) and the
-/// row offsets into it.
+/// The values of a list column of `u64` (nulls as 0), and the row offsets
+/// into them, as [`flat_i32`].
 fn flat_u64(lists: &ListChunked) -> PolarsResult<(Vec<u64>, Vec<usize>)> {
     let lists = lists.rechunk();
     let inner = lists.get_inner();
     let inner = inner.u64()?.fill_null_with_values(0)?;
     let inner = inner.rechunk();
-    let values: Vec<u64> = inner.cont_slice()?.to_vec();
-    Ok((values, offsets(&lists)))
+    Ok(rows_of(&lists, inner.cont_slice()?))
 }
 
-/// Row boundaries of a rechunked list column: row `r` is
-/// `offsets[r]..offsets[r + 1]`.
-fn offsets(lists: &ListChunked) -> Vec<usize> {
-    let mut out = vec![0usize];
-    for arr in lists.downcast_iter() {
-        let o = arr.offsets().as_slice();
-        out.extend(o.iter().skip(1).map(|&x| x as usize));
-    }
-    out
+/// The part of `inner` (a rechunked list column's whole values buffer,
+/// [`ListChunked::get_inner`]) its rows cover, and their offsets from 0.
+/// A list column sliced out of a larger one (a day's rows of the plan's
+/// frame) keeps the whole buffer and offsets that start past 0.
+fn rows_of<T: Copy>(lists: &ListChunked, inner: &[T]) -> (Vec<T>, Vec<usize>) {
+    debug_assert!(lists.chunks().len() <= 1, "rechunked");
+    let Some(arr) = lists.downcast_iter().next() else {
+        return (Vec::new(), vec![0]);
+    };
+    let o = arr.offsets().as_slice();
+    let (first, last) = (o[0] as usize, o[o.len() - 1] as usize);
+    (
+        inner[first..last].to_vec(),
+        o.iter().map(|&x| x as usize - first).collect(),
+    )
 }
 
 /// A roll-up: each row's gathered codes and counts (several sketches of a
@@ -326,5 +330,34 @@ mod tests {
         assert_eq!(got, direct);
         // Integers take the path of their f64.
         assert_eq!(code_of(Num::Int(600)), code_of(Num::Float(600.0)));
+    }
+
+    /// A day's rows are a slice of the plan's frame: its lists keep the
+    /// whole values buffer, and each row must read its own codes only.
+    #[test]
+    fn a_sliced_list_column_reduces_its_own_rows() {
+        let (mut b, mut n) = builders("m".into(), 3, 6);
+        for (codes, counts) in [
+            (&[5, 7][..], &[1u64, 2][..]),
+            (&[9], &[3]),
+            (&[1, 2, 3], &[1, 1, 4]),
+        ] {
+            b.append_slice(codes);
+            n.append_slice(counts);
+        }
+        let (b, n) = (b.finish().slice(1, 2), n.finish().slice(1, 2));
+        assert_eq!(flat_i32(&b).unwrap(), (vec![9, 1, 2, 3], vec![0, 1, 4]));
+        assert_eq!(flat_u64(&n).unwrap(), (vec![3, 1, 1, 4], vec![0, 1, 4]));
+        let (bs, ns) = merge_lists(&b, &n).unwrap();
+        assert_eq!(flat_i32(&bs).unwrap(), (vec![9, 1, 2, 3], vec![0, 1, 4]));
+        assert_eq!(flat_u64(&ns).unwrap(), (vec![3, 1, 1, 4], vec![0, 1, 4]));
+        let mut codes =
+            ListPrimitiveChunkedBuilder::<Int32Type>::new("m".into(), 3, 6, DataType::Int32);
+        for c in [&[4, 4][..], &[8, 6, 8], &[2]] {
+            codes.append_slice(c);
+        }
+        let (bs, ns) = reduce_lists(&codes.finish().slice(1, 2)).unwrap();
+        assert_eq!(flat_i32(&bs).unwrap(), (vec![6, 8, 2], vec![0, 2, 3]));
+        assert_eq!(flat_u64(&ns).unwrap(), (vec![1, 2, 1], vec![0, 2, 3]));
     }
 }

@@ -415,6 +415,7 @@ mod tests {
         assert_eq!(k.offsets(), "t1:{2}:off");
         assert_eq!(k.counters("v", 5, 7), "t1:{2}:c:v:5:7");
         assert_eq!(k.sketch_prefix("v", 5, 7), "t1:{2}:h:v:5:7:");
+        assert_eq!(k.quantile_prefix("v", 5, 7), "t1:{2}:q:v:5:7:");
         assert_eq!(l.all().len(), 4);
         assert_eq!(Layout::new("t1", 1, true).keys(0).version(), "t1:{0}:ver");
     }

@@ -303,26 +303,25 @@ async fn asked_quantiles_are_within_one_percent_from_either_layer_and_merged() {
         for ((_, g), e) in &truth {
             totals.entry(g.clone()).or_default().merge(e);
         }
-        let check =
-            |got: &serde_json::Value, want: &Expect, ctx: &str| {
-                assert_eq!(
-                    got.as_object().map(|o| o.len()),
-                    Some(asked.len()),
-                    "{ctx}: {got}"
-                );
-                for (p, label) in asked {
-                    let v = &got[label];
-                    match want.quantile(p) {
-                        None => assert!(v.is_null(), "{ctx} {label}: {v}"),
-                        Some(exact) => assert!(
+        let check = |got: &serde_json::Value, want: &Expect, ctx: &str| {
+            assert_eq!(
+                got.as_object().map(|o| o.len()),
+                Some(asked.len()),
+                "{ctx}: {got}"
+            );
+            for (p, label) in asked {
+                let v = &got[label];
+                match want.quantile(p) {
+                    None => assert!(v.is_null(), "{ctx} {label}: {v}"),
+                    Some(exact) => assert!(
                             v.as_f64().is_some_and(
                                 |v| (v - exact).abs() <= 0.01 * exact.abs() * (1.0 + 1e-9)
                             ),
                             "{ctx} {label}: {v} vs exact {exact}"
                         ),
-                    }
                 }
-            };
+            }
+        };
         let mut points = 0;
         for s in body["series"].as_array().expect("series") {
             let g = group_of(s, &q);

@@ -49,7 +49,7 @@ fn assert_rejected(toml: &str, needles: &[&str]) {
 fn accepts_the_example() {
     let (ok, text) = check(EXAMPLE);
     assert!(ok, "{text}");
-    assert!(text.contains("view page_views: views=count, duration=sum, longest=max, users=distinct by [properties.page] every 1m"), "{text}");
+    assert!(text.contains("view page_views: views=count, duration=sum, longest=max, users=distinct, latency=quantiles by [properties.page] every 1m"), "{text}");
 }
 
 #[test]
@@ -114,6 +114,17 @@ fn sum_of_a_non_numeric_field() {
             r#"{ name = "duration", agg = "sum", field = "user_id" }"#,
         ),
         &["page_views", "numeric field"],
+    );
+}
+
+#[test]
+fn quantiles_of_a_non_numeric_field() {
+    assert_rejected(
+        &broken(
+            r#"{ name = "latency",  agg = "quantiles", field = "properties.latency_ms" }"#,
+            r#"{ name = "latency",  agg = "quantiles", field = "event_id" }"#,
+        ),
+        &["page_views", "measures.latency", "numeric field"],
     );
 }
 

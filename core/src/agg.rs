@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hll::Hll;
+use crate::quantile::QuantileSketch;
 
 /// The aggregate functions a measure can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,15 +27,19 @@ pub enum AggKind {
     Min,
     Max,
     Distinct,
+    /// A quantile sketch of a numeric field ([`crate::quantile`]): queries
+    /// ask for percentiles of it.
+    Quantiles,
 }
 
 impl AggKind {
-    pub const ALL: [AggKind; 5] = [
+    pub const ALL: [AggKind; 6] = [
         AggKind::Count,
         AggKind::Sum,
         AggKind::Min,
         AggKind::Max,
         AggKind::Distinct,
+        AggKind::Quantiles,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +49,7 @@ impl AggKind {
             AggKind::Min => "min",
             AggKind::Max => "max",
             AggKind::Distinct => "distinct",
+            AggKind::Quantiles => "quantiles",
         }
     }
 
@@ -54,7 +60,10 @@ impl AggKind {
 
     /// Whether the field must hold numbers.
     pub fn numeric(self) -> bool {
-        matches!(self, AggKind::Sum | AggKind::Min | AggKind::Max)
+        matches!(
+            self,
+            AggKind::Sum | AggKind::Min | AggKind::Max | AggKind::Quantiles
+        )
     }
 }
 
@@ -82,6 +91,7 @@ pub enum Agg {
     Min(Option<f64>),
     Max(Option<f64>),
     Distinct(Hll),
+    Quantiles(QuantileSketch),
 }
 
 impl Agg {
@@ -93,6 +103,7 @@ impl Agg {
             AggKind::Min => Agg::Min(None),
             AggKind::Max => Agg::Max(None),
             AggKind::Distinct => Agg::Distinct(Hll::new()),
+            AggKind::Quantiles => Agg::Quantiles(QuantileSketch::new()),
         }
     }
 
@@ -103,10 +114,12 @@ impl Agg {
             Agg::Min(_) => AggKind::Min,
             Agg::Max(_) => AggKind::Max,
             Agg::Distinct(_) => AggKind::Distinct,
+            Agg::Quantiles(_) => AggKind::Quantiles,
         }
     }
 
-    /// Fold one numeric input in (`sum`, `min`, `max`; `count` counts it).
+    /// Fold one numeric input in (`sum`, `min`, `max`, `quantiles`; `count`
+    /// counts it).
     pub fn add_num(&mut self, n: Num) {
         match self {
             Agg::Count(c) => *c += 1,
@@ -117,6 +130,7 @@ impl Agg {
             Agg::Min(m) => *m = Some(m.map_or(n.as_f64(), |m| m.min(n.as_f64()))),
             Agg::Max(m) => *m = Some(m.map_or(n.as_f64(), |m| m.max(n.as_f64()))),
             Agg::Distinct(h) => h.add(num_text(n).as_bytes()),
+            Agg::Quantiles(q) => q.add(n.as_f64()),
         }
     }
 
@@ -141,18 +155,22 @@ impl Agg {
             (Agg::Min(a), Agg::Min(b)) => *a = opt(*a, *b, f64::min),
             (Agg::Max(a), Agg::Max(b)) => *a = opt(*a, *b, f64::max),
             (Agg::Distinct(a), Agg::Distinct(b)) => a.merge(b),
+            (Agg::Quantiles(a), Agg::Quantiles(b)) => a.merge(b),
             (a, b) => debug_assert!(false, "merge of {:?} with {:?}", a.kind(), b.kind()),
         }
     }
 
     /// The value a user sees: a count, a sum, a min or max (`None` when the
-    /// bucket had no numeric input), or a distinct estimate.
+    /// bucket had no numeric input), a distinct estimate, or a quantile
+    /// sketch's median (`None` when empty; queries ask for the percentiles
+    /// they want instead).
     pub fn value(&self) -> Option<f64> {
         match self {
             Agg::Count(c) => Some(*c as f64),
             Agg::Sum { int, float } => Some(*int as f64 + float),
             Agg::Min(m) | Agg::Max(m) => *m,
             Agg::Distinct(h) => Some(h.count() as f64),
+            Agg::Quantiles(q) => q.quantile(0.5),
         }
     }
 }

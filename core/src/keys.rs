@@ -11,6 +11,7 @@
 //! | `P:seen` | hash | `topic/partition` → `1` once an offset of it was stored: an offset missing from `P:off` while this says it was stored means Redis lost it, not a fresh start |
 //! | `P:c:{view}:{epoch}:{day}` | hash | counter fields, see [`CounterField`] |
 //! | `P:h:{view}:{epoch}:{day}:{bucket}\|{measure}\|{group}` | HLL | a distinct sketch |
+//! | `P:q:{view}:{epoch}:{day}:{bucket}\|{measure}\|{group}` | hash | a quantile sketch: [`crate::quantile::Bucket::encode`] (`+i`, `-i`, `0`) → count (HINCRBY) |
 //! | `P:v:{view}:{epoch}:{day}` | sorted set | the slice's cells `{bucket}\|{group}` ([`CellMember`]), scored by the version of the last flush that touched them |
 //! | `P:s:{view}` | sorted set | `{epoch}:{day}` slices present, scored by expiry (ms) |
 //! | `P:sv:{view}` | hash | `{epoch}:{day}` → the version of the last flush that touched the slice |
@@ -27,7 +28,7 @@
 //! version `v` of a slice re-reads only the cells scored above `v`
 //! (`ZRANGEBYSCORE`); a `born` it has not seen means Redis lost its data and
 //! the copy starts over. A cell's sketches are found from the cell and the
-//! view's distinct measures ([`SketchField`]).
+//! view's distinct and quantile measures ([`SketchField`]).
 //!
 //! ## Partition groups
 //!
@@ -316,6 +317,12 @@ impl Keys {
         format!("{}:h:{view}:{epoch}:{day}:", self.prefix)
     }
 
+    /// The prefix of every quantile sketch key of a slice; append a
+    /// [`SketchField`]. Each key is a hash of bucket → count.
+    pub fn quantile_prefix(&self, view: &str, epoch: Epoch, day: i64) -> String {
+        format!("{}:q:{view}:{epoch}:{day}:", self.prefix)
+    }
+
     /// The slice's cells, scored by version (see the module documentation).
     pub fn cells(&self, view: &str, epoch: Epoch, day: i64) -> String {
         format!("{}:v:{view}:{epoch}:{day}", self.prefix)
@@ -408,6 +415,7 @@ mod tests {
         assert_eq!(k.offsets(), "t1:{2}:off");
         assert_eq!(k.counters("v", 5, 7), "t1:{2}:c:v:5:7");
         assert_eq!(k.sketch_prefix("v", 5, 7), "t1:{2}:h:v:5:7:");
+        assert_eq!(k.quantile_prefix("v", 5, 7), "t1:{2}:q:v:5:7:");
         assert_eq!(l.all().len(), 4);
         assert_eq!(Layout::new("t1", 1, true).keys(0).version(), "t1:{0}:ver");
     }
@@ -437,6 +445,7 @@ mod tests {
         assert_eq!(k.offsets(), "t1:off");
         assert_eq!(k.counters("v", 5, 7), "t1:c:v:5:7");
         assert_eq!(k.sketch_prefix("v", 5, 7), "t1:h:v:5:7:");
+        assert_eq!(k.quantile_prefix("v", 5, 7), "t1:q:v:5:7:");
         assert_eq!(k.slices("v"), "t1:s:v");
         assert_eq!(k.cells("v", 5, 7), "t1:v:v:5:7");
         assert_eq!(k.slice_versions("v"), "t1:sv:v");

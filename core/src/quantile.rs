@@ -20,8 +20,6 @@
 //! per occupied bucket (about 350 for values spanning three orders of
 //! magnitude), never more than [`MAX_INDEX`] a side.
 
-use std::collections::BTreeMap;
-
 /// The relative accuracy of every quantile: 1 %.
 pub const ALPHA: f64 = 0.01;
 
@@ -69,6 +67,32 @@ impl Bucket {
         }
     }
 
+    /// The bucket as one `i32` that sorts as the values do: `0` for zero,
+    /// `i + MAX_INDEX + 1` for `Positive(i)`, its negation for `Negative(i)`.
+    /// What the batch plan computes per row and a snapshot column stores
+    /// (`b` in `List<Struct{b, n}>`).
+    pub fn code(self) -> i32 {
+        match self {
+            Bucket::Zero => 0,
+            Bucket::Positive(i) => i + MAX_INDEX + 1,
+            Bucket::Negative(i) => -(i + MAX_INDEX + 1),
+        }
+    }
+
+    /// The bucket of a [`Bucket::code`]; `None` outside the range.
+    pub fn from_code(c: i32) -> Option<Bucket> {
+        let i = c.checked_abs()? - MAX_INDEX - 1;
+        if c == 0 {
+            Some(Bucket::Zero)
+        } else if !(-MAX_INDEX..=MAX_INDEX).contains(&i) {
+            None
+        } else if c > 0 {
+            Some(Bucket::Positive(i))
+        } else {
+            Some(Bucket::Negative(i))
+        }
+    }
+
     /// The value the bucket answers with.
     pub fn value(self) -> f64 {
         match self {
@@ -102,11 +126,44 @@ fn representative(i: i32) -> f64 {
     2.0 * GAMMA.powi(i) / (GAMMA + 1.0)
 }
 
-/// Counts per bucket.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A sparse sketch turns dense past this many occupied buckets...
+const DENSE_AFTER: usize = 48;
+/// ...when its buckets span at most this many codes (32 KiB of counts).
+const DENSE_SPAN: usize = 4096;
+
+/// Counts per bucket, by [`Bucket::code`] (value order). Small sketches
+/// (what the speed layer flushes, a cell of a few events) keep a sorted list
+/// of their occupied buckets; larger ones a dense run of counts from their
+/// lowest code, so that merging a row into a query's accumulator is one
+/// array add per bucket. Equality is by content, whatever the store.
+#[derive(Debug, Clone, Default)]
 pub struct QuantileSketch {
-    counts: BTreeMap<Bucket, u64>,
+    store: Store,
+    /// Values counted (the sum of the counts).
+    total: u64,
 }
+
+#[derive(Debug, Clone)]
+enum Store {
+    /// (code, count > 0), codes ascending.
+    Sparse(Vec<(i32, u64)>),
+    /// `counts[k]` is the count of code `offset + k` (zeros allowed).
+    Dense { offset: i32, counts: Vec<u64> },
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::Sparse(Vec::new())
+    }
+}
+
+impl PartialEq for QuantileSketch {
+    fn eq(&self, other: &Self) -> bool {
+        self.total == other.total && self.by_code().eq(other.by_code())
+    }
+}
+
+impl Eq for QuantileSketch {}
 
 impl QuantileSketch {
     pub fn new() -> Self {
@@ -122,42 +179,186 @@ impl QuantileSketch {
 
     /// Add `n` values of bucket `b` (what a Redis counter or a column holds).
     pub fn add_count(&mut self, b: Bucket, n: u64) {
-        if n > 0 {
-            *self.counts.entry(b).or_default() += n;
+        self.add_code(b.code(), n);
+    }
+
+    /// Add `n` values of the bucket of code `c` (a [`Bucket::code`]; a code
+    /// of no bucket is ignored).
+    pub fn add_code(&mut self, c: i32, n: u64) {
+        if n == 0 || c.unsigned_abs() > (2 * MAX_INDEX + 1) as u32 {
+            return;
         }
+        self.total += n;
+        match &mut self.store {
+            Store::Dense { offset, counts } => {
+                let k = i64::from(c) - i64::from(*offset);
+                if k >= 0 && (k as usize) < counts.len() {
+                    counts[k as usize] += n;
+                    return;
+                }
+                let lo = i64::from(*offset).min(i64::from(c));
+                let hi = (i64::from(*offset) + counts.len() as i64 - 1).max(i64::from(c));
+                if (hi - lo + 1) as usize <= DENSE_SPAN {
+                    // Grow the run to cover `c` (with room to spare on that side).
+                    let spare = 16i64;
+                    let (lo, hi) = if k < 0 {
+                        (lo - spare, hi)
+                    } else {
+                        (lo, hi + spare)
+                    };
+                    let mut grown = vec![0u64; (hi - lo + 1) as usize];
+                    let shift = (i64::from(*offset) - lo) as usize;
+                    grown[shift..shift + counts.len()].copy_from_slice(counts);
+                    grown[(i64::from(c) - lo) as usize] += n;
+                    *offset = lo as i32;
+                    *counts = grown;
+                } else {
+                    // Too wide to keep dense: back to a sorted list.
+                    let mut sparse = self.entries();
+                    let at = sparse.partition_point(|e| e.0 < c);
+                    sparse.insert(at, (c, n));
+                    self.store = Store::Sparse(sparse);
+                }
+            }
+            Store::Sparse(v) => {
+                match v.binary_search_by_key(&c, |e| e.0) {
+                    Ok(i) => v[i].1 += n,
+                    Err(i) => v.insert(i, (c, n)),
+                }
+                if v.len() > DENSE_AFTER {
+                    self.densify();
+                }
+            }
+        }
+    }
+
+    /// Make a sparse store dense when its span allows.
+    fn densify(&mut self) {
+        let Store::Sparse(v) = &self.store else {
+            return;
+        };
+        let (Some(&(lo, _)), Some(&(hi, _))) = (v.first(), v.last()) else {
+            return;
+        };
+        let span = (i64::from(hi) - i64::from(lo) + 1) as usize;
+        if span > DENSE_SPAN {
+            return;
+        }
+        let mut counts = vec![0u64; span];
+        for &(c, n) in v {
+            counts[(c - lo) as usize] += n;
+        }
+        self.store = Store::Dense { offset: lo, counts };
+    }
+
+    /// The occupied buckets as (code, count), codes ascending.
+    fn entries(&self) -> Vec<(i32, u64)> {
+        self.by_code().collect()
     }
 
     /// The monoid operation.
     pub fn merge(&mut self, other: &QuantileSketch) {
-        for (&b, &n) in &other.counts {
-            self.add_count(b, n);
+        if self.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        match &other.store {
+            Store::Sparse(v) => v.iter().for_each(|&(c, n)| self.add_code(c, n)),
+            Store::Dense { offset, counts } => {
+                // The widest code first, so that a dense self grows once.
+                if let Some(last) = counts.iter().rposition(|&n| n > 0) {
+                    self.add_code(*offset + last as i32, counts[last]);
+                    for (k, &n) in counts[..last].iter().enumerate() {
+                        self.add_code(*offset + k as i32, n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take `other`'s counts away again (saturating at zero; a bucket left
+    /// empty is removed): what a roll-up does when a cell it holds changes.
+    pub fn subtract(&mut self, other: &QuantileSketch) {
+        let mut left: Vec<(i32, u64)> = self.entries();
+        for (c, n) in other.by_code() {
+            if let Ok(i) = left.binary_search_by_key(&c, |e| e.0) {
+                left[i].1 = left[i].1.saturating_sub(n);
+            }
+        }
+        left.retain(|e| e.1 > 0);
+        self.total = left.iter().map(|e| e.1).sum();
+        self.store = Store::Sparse(left);
+        if let Store::Sparse(v) = &self.store {
+            if v.len() > DENSE_AFTER {
+                self.densify();
+            }
         }
     }
 
     /// Values counted.
     pub fn count(&self) -> u64 {
-        self.counts.values().sum()
+        self.total
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+        self.total == 0
+    }
+
+    /// Occupied buckets, in [`Bucket::code`] order (which is value order),
+    /// with their counts.
+    pub fn by_code(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        let empty: &[u64] = &[];
+        let (sparse, offset, dense): (&[(i32, u64)], i32, &[u64]) = match &self.store {
+            Store::Sparse(v) => (v.as_slice(), 0, empty),
+            Store::Dense { offset, counts } => (&[], *offset, counts.as_slice()),
+        };
+        sparse.iter().copied().chain(
+            dense
+                .iter()
+                .enumerate()
+                .filter(|e| *e.1 > 0)
+                .map(move |(k, n)| (offset + k as i32, *n)),
+        )
     }
 
     /// Occupied buckets, in value order, with their counts.
     pub fn buckets(&self) -> impl Iterator<Item = (Bucket, u64)> + '_ {
-        // `Bucket`'s derived order puts negatives first by index: larger
-        // magnitudes (more negative values) have larger indexes, so walk the
-        // negative side in reverse to go up in value.
-        let neg = self
-            .counts
+        self.by_code()
+            .filter_map(|(c, n)| Bucket::from_code(c).map(|b| (b, n)))
+    }
+
+    /// [`QuantileSketch::quantile`] of each of `qs` (ascending) in one pass
+    /// over the buckets.
+    pub fn quantiles(&self, qs: &[f64]) -> Vec<Option<f64>> {
+        let n = self.count();
+        let mut out = vec![None; qs.len()];
+        if n == 0 {
+            return out;
+        }
+        // (rank, position in `qs`), in rank order.
+        let mut ranks: Vec<(u64, usize)> = qs
             .iter()
-            .filter(|(b, _)| matches!(b, Bucket::Negative(_)))
-            .rev();
-        let rest = self
-            .counts
-            .iter()
-            .filter(|(b, _)| !matches!(b, Bucket::Negative(_)));
-        neg.chain(rest).map(|(&b, &n)| (b, n))
+            .enumerate()
+            .filter(|(_, q)| (0.0..=1.0).contains(*q))
+            .map(|(i, q)| ((q * (n - 1) as f64).floor() as u64, i))
+            .collect();
+        ranks.sort_unstable();
+        let mut next = ranks.iter().peekable();
+        let mut seen = 0u64;
+        for (c, k) in self.by_code() {
+            seen += k;
+            while let Some(&&(rank, i)) = next.peek() {
+                if seen <= rank {
+                    break;
+                }
+                out[i] = Bucket::from_code(c).map(Bucket::value);
+                next.next();
+            }
+            if next.peek().is_none() {
+                break;
+            }
+        }
+        out
     }
 
     /// The `q`-quantile (0 ≤ q ≤ 1): the value of rank `floor(q · (n − 1))`
@@ -230,6 +431,63 @@ mod tests {
             prop_assert!(within_alpha(got, want), "q {}: {} vs {}", q, got, want);
         }
 
+        /// Integer inputs (counts, milliseconds) too, at several quantiles
+        /// of one sketch.
+        #[test]
+        fn integer_quantiles_are_within_the_relative_error(
+            xs in proptest::collection::vec(-1_000_000i64..10_000_000, 1..3_000),
+        ) {
+            let ys: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
+            let mut sorted = ys.clone();
+            sorted.sort_by(f64::total_cmp);
+            let s = sketch(&ys);
+            prop_assert_eq!(s.count(), ys.len() as u64);
+            for q in [0.0, 0.01, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0] {
+                let (got, want) = (s.quantile(q).unwrap(), exact(&sorted, q));
+                prop_assert!(within_alpha(got, want), "q {}: {} vs {}", q, got, want);
+            }
+        }
+
+        /// Latency-like values (one sign, five decades: the dense store),
+        /// split three ways and merged in either order, or with a part taken
+        /// away again: the sketch of the whole (of the rest).
+        #[test]
+        fn dense_sketches_merge_and_subtract_exactly(
+            xs in proptest::collection::vec((-1.0f64..4.0).prop_map(|e| 10f64.powf(e)), 0..2_000),
+            a in 0usize..2_000,
+            b in 0usize..2_000,
+        ) {
+            let (a, b) = (a.min(xs.len()), b.min(xs.len()));
+            let (a, b) = (a.min(b), a.max(b));
+            let (p1, p2, p3) = (sketch(&xs[..a]), sketch(&xs[a..b]), sketch(&xs[b..]));
+            let mut fwd = p1.clone();
+            fwd.merge(&p2);
+            fwd.merge(&p3);
+            let mut back = p3.clone();
+            back.merge(&p2);
+            back.merge(&p1);
+            let whole = sketch(&xs);
+            prop_assert_eq!(&fwd, &whole);
+            prop_assert_eq!(&back, &whole);
+            back.subtract(&p2);
+            let mut rest = xs[..a].to_vec();
+            rest.extend_from_slice(&xs[b..]);
+            prop_assert_eq!(back, sketch(&rest));
+        }
+
+        /// Several quantiles in one pass answer as one at a time.
+        #[test]
+        fn quantiles_in_one_pass_equal_each_alone(
+            xs in proptest::collection::vec(-1e4f64..1e6, 0..1_000),
+            qs in proptest::collection::vec(0.0f64..=1.0, 0..8),
+        ) {
+            let mut qs = qs;
+            qs.sort_by(f64::total_cmp);
+            let s = sketch(&xs);
+            let each: Vec<Option<f64>> = qs.iter().map(|&q| s.quantile(q)).collect();
+            prop_assert_eq!(s.quantiles(&qs), each);
+        }
+
         /// Merging the sketches of any split gives the sketch of the whole.
         #[test]
         fn any_split_merges_to_the_whole(
@@ -241,6 +499,53 @@ mod tests {
             parts.merge(&sketch(&xs[..cut]));
             prop_assert_eq!(parts, sketch(&xs));
         }
+    }
+
+    /// Values on and next to every bucket boundary (γ^i, where the float
+    /// math of `ln x / ln γ` is closest to an integer) land in a bucket that
+    /// answers within α of them.
+    #[test]
+    fn bucket_edges_answer_within_alpha() {
+        for i in -2_000..=2_000 {
+            let edge = GAMMA.powi(i);
+            for x in [edge, edge.next_up(), edge.next_down(), -edge] {
+                let b = index_of(x).unwrap();
+                assert!(within_alpha(b.value(), x), "{x} in {b:?}: {}", b.value());
+            }
+        }
+        for x in [1e-9, 1e300, f64::MAX, -f64::MAX, 5e-324] {
+            let b = index_of(x).unwrap();
+            if x.abs() >= MIN_MAGNITUDE && x.abs() <= 1e300 {
+                assert!(within_alpha(b.value(), x), "{x}");
+            }
+        }
+    }
+
+    #[test]
+    fn codes_round_trip_and_sort_as_values() {
+        let xs = [-1e300, -37.2, -1.0, -1e-6, 0.0, 1e-6, 0.5, 1.0, 37.2, 1e300];
+        let codes: Vec<i32> = xs.iter().map(|&x| index_of(x).unwrap().code()).collect();
+        assert!(codes.windows(2).all(|w| w[0] < w[1]), "{codes:?}");
+        for (&x, &c) in xs.iter().zip(&codes) {
+            assert_eq!(Bucket::from_code(c), index_of(x));
+        }
+        for i in [-MAX_INDEX, -1, 0, 1, MAX_INDEX] {
+            for b in [Bucket::Positive(i), Bucket::Negative(i)] {
+                assert_eq!(Bucket::from_code(b.code()), Some(b));
+            }
+        }
+        assert_eq!(Bucket::from_code(2 * MAX_INDEX + 2), None);
+        assert_eq!(Bucket::from_code(i32::MIN), None);
+    }
+
+    #[test]
+    fn subtracting_a_part_leaves_the_rest() {
+        let mut whole = sketch(&[1.0, 2.0, 2.0, 300.0, -4.0]);
+        let part = sketch(&[2.0, 300.0]);
+        whole.subtract(&part);
+        assert_eq!(whole, sketch(&[1.0, 2.0, -4.0]));
+        whole.subtract(&sketch(&[1.0, 1.0, 2.0, -4.0]));
+        assert!(whole.is_empty());
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub struct MeasureDef {
 pub enum Input<'a> {
     /// `count`: the event itself.
     One,
-    /// `sum`, `min`, `max`: a number.
+    /// `sum`, `min`, `max`, `quantiles`: a number.
     Num(Num),
     /// `distinct`: a value, by its text.
     Key(ScalarRef<'a>),
@@ -239,6 +239,16 @@ impl ViewDef {
         self.measures
             .iter()
             .filter(|m| m.agg == crate::agg::AggKind::Distinct)
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+
+    /// The names of the view's `quantiles` measures, in order: each has a
+    /// quantile sketch per cell (`keys::Keys::quantile_prefix`).
+    pub fn quantile_measures(&self) -> Vec<&str> {
+        self.measures
+            .iter()
+            .filter(|m| m.agg == crate::agg::AggKind::Quantiles)
             .map(|m| m.name.as_str())
             .collect()
     }

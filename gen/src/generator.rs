@@ -196,11 +196,16 @@ impl Generator {
             "page_view" => {
                 let duration = self.rng.between(d.min, d.max);
                 let scroll = self.rng.below(401) as f64 / 4.0;
-                let _ = write!(out, ",\"duration\":{duration},\"scroll\":{scroll:.2}");
+                let latency = latency_ms(&mut self.rng);
+                let _ = write!(
+                    out,
+                    ",\"duration\":{duration},\"scroll\":{scroll:.2},\"latency_ms\":{latency:.3}"
+                );
             }
             "click" => {
                 let duration = self.rng.between(d.min, d.max);
-                let _ = write!(out, ",\"duration\":{duration}");
+                let latency = latency_ms(&mut self.rng);
+                let _ = write!(out, ",\"duration\":{duration},\"latency_ms\":{latency:.3}");
             }
             "purchase" => {
                 let amount = self.rng.between(a.min, a.max);
@@ -211,6 +216,13 @@ impl Generator {
         out.extend_from_slice(b"}}");
         key
     }
+}
+
+/// A latency in milliseconds, log-uniform from 0.1 ms to 10 s (five orders
+/// of magnitude, as request latencies spread), always written with a
+/// fractional part so the property is a float everywhere.
+fn latency_ms(rng: &mut Rng) -> f64 {
+    10f64.powf(rng.below(50_001) as f64 / 10_000.0 - 1.0)
 }
 
 #[cfg(test)]

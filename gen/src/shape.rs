@@ -41,8 +41,9 @@ pub struct IntRange {
 ///
 /// Properties by event type: every event has `page` (and `country` and
 /// `mobile` most of the time); `page_view` and `click` have an integer
-/// `duration` (seconds); `page_view` has a float `scroll` (a multiple of 0.25,
-/// so float sums are exact in any order); `purchase` has an integer `amount`
+/// `duration` (seconds) and a float `latency_ms` (log-uniform, 0.1 ms to
+/// 10 s: what quantile measures read); `page_view` has a float `scroll` (a
+/// multiple of 0.25, so float sums are exact in any order); `purchase` has an integer `amount`
 /// (cents). Numbers that views sum are integers, so sums compare exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

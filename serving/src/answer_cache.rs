@@ -48,6 +48,8 @@ pub(crate) struct QueryKey {
     pub filters: BTreeMap<Col, Vec<String>>,
     pub measures: Vec<usize>,
     pub window_ms: Option<i64>,
+    /// The percentiles asked, as their bits (ascending, no repeats).
+    pub quantiles: Vec<u64>,
 }
 
 impl QueryKey {
@@ -61,6 +63,7 @@ impl QueryKey {
             filters: q.filters.clone(),
             measures: q.measures.clone(),
             window_ms: q.window_ms,
+            quantiles: q.percentiles.qs.iter().map(|q| q.to_bits()).collect(),
         }
     }
 }

@@ -10,8 +10,48 @@ use serde::{Deserialize, Serialize, Serializer};
 use tally_core::agg::Agg;
 use utoipa::ToSchema;
 
+/// The percentiles a query asks of its quantiles measures (`quantiles=`):
+/// each `q` in [0, 1], ascending, with the label it is answered under
+/// (the shortest decimal text of `q`: `0.5`, `0.99`, `1`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Percentiles {
+    pub qs: Box<[f64]>,
+    pub labels: Arc<[String]>,
+}
+
+impl Percentiles {
+    /// The default: p50, p90 and p99.
+    pub const DEFAULT: [f64; 3] = [0.5, 0.9, 0.99];
+
+    /// `qs` (each in [0, 1]) ascending, without repeats, labelled.
+    pub fn new(qs: &[f64]) -> Percentiles {
+        let mut qs = qs.to_vec();
+        qs.sort_by(f64::total_cmp);
+        qs.dedup();
+        let labels = qs.iter().map(|q| q.to_string()).collect();
+        Percentiles {
+            qs: qs.into(),
+            labels,
+        }
+    }
+}
+
+impl Default for Percentiles {
+    fn default() -> Self {
+        Percentiles::new(&Percentiles::DEFAULT)
+    }
+}
+
+/// The answered percentiles of one quantiles measure: per [`Percentiles`]
+/// label, the value (`None`: no input).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantileValues {
+    pub labels: Arc<[String]>,
+    pub values: Box<[Option<f64>]>,
+}
+
 /// The final value of one measure in an answer.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Final {
     Count(u64),
     /// An exact integer part and a float part.
@@ -20,25 +60,33 @@ pub enum Final {
     Extreme(Option<f64>),
     /// A distinct estimate.
     Distinct(u64),
+    /// The percentiles asked of a quantile sketch.
+    Quantiles(Arc<QuantileValues>),
 }
 
 impl Final {
-    /// The final value of an aggregate.
-    pub fn of(agg: &Agg) -> Final {
+    /// The final value of an aggregate; a quantile sketch answers the
+    /// percentiles `p`.
+    pub fn of(agg: &Agg, p: &Percentiles) -> Final {
         match agg {
             Agg::Count(c) => Final::Count(*c),
             Agg::Sum { int, float } => Final::Sum(*int, *float),
             Agg::Min(v) | Agg::Max(v) => Final::Extreme(*v),
             Agg::Distinct(h) => Final::Distinct(h.count()),
+            Agg::Quantiles(s) => Final::Quantiles(Arc::new(QuantileValues {
+                labels: p.labels.clone(),
+                values: s.quantiles(&p.qs).into(),
+            })),
         }
     }
 
     /// Whether the value is the identity of its measure (nothing to show).
     pub fn is_nothing(&self) -> bool {
-        match *self {
-            Final::Count(c) | Final::Distinct(c) => c == 0,
-            Final::Sum(int, float) => int == 0 && float == 0.0,
+        match self {
+            Final::Count(c) | Final::Distinct(c) => *c == 0,
+            Final::Sum(int, float) => *int == 0 && *float == 0.0,
             Final::Extreme(v) => v.is_none(),
+            Final::Quantiles(q) => q.values.iter().all(Option::is_none),
         }
     }
 }
@@ -56,6 +104,13 @@ impl Serialize for Final {
             }
         };
         match *self {
+            Final::Quantiles(ref q) => {
+                let mut map = s.serialize_map(Some(q.labels.len()))?;
+                for (label, v) in q.labels.iter().zip(q.values.iter()) {
+                    map.serialize_entry(label, &v.filter(|v| v.is_finite()))?;
+                }
+                map.end()
+            }
             Final::Count(c) | Final::Distinct(c) => s.serialize_u64(c),
             Final::Sum(int, 0.0) => match (i64::try_from(int), u64::try_from(int)) {
                 (Ok(i), _) => s.serialize_i64(i),
@@ -93,7 +148,7 @@ impl Serialize for Values {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MeasureInfo {
     pub name: String,
-    /// count, sum, min, max or distinct.
+    /// count, sum, min, max, distinct or quantiles.
     pub agg: String,
     pub field: Option<String>,
 }
@@ -165,8 +220,9 @@ pub struct QueryResponse {
     /// True when groups were cut to max_groups (largest first by the first measure).
     pub overflow: bool,
     pub series: Vec<Series>,
-    /// Every group over the whole range (distinct: HyperLogLog union).
-    #[schema(value_type = BTreeMap<String, Option<f64>>)]
+    /// Every group over the whole range (distinct: HyperLogLog union,
+    /// quantiles: the percentiles of the merged sketch).
+    #[schema(schema_with = values_schema)]
     pub totals: Values,
 }
 
@@ -260,8 +316,10 @@ pub struct RecomputeResponse {
 pub struct Point {
     /// Bucket start, epoch ms.
     pub t: i64,
-    /// Measure name → value (null: no input, for min/max).
-    #[schema(value_type = BTreeMap<String, Option<f64>>)]
+    /// Measure name → value (null: no input, for min/max); a quantiles
+    /// measure's value is an object, percentile → value, e.g.
+    /// `{"0.5": 12.1, "0.99": 80.3}`.
+    #[schema(schema_with = values_schema)]
     pub values: Values,
 }
 
@@ -273,7 +331,7 @@ pub struct Series {
     pub group: BTreeMap<String, Option<String>>,
     pub points: Vec<Point>,
     /// This group over the whole range.
-    #[schema(value_type = BTreeMap<String, Option<f64>>)]
+    #[schema(schema_with = values_schema)]
     pub totals: Values,
 }
 
@@ -289,6 +347,41 @@ pub struct RecomputeRequest {
     /// End of the event-time range: RFC 3339 text or epoch ms (integer).
     #[schema(schema_with = time_bound_schema)]
     pub to: Option<serde_json::Value>,
+}
+
+/// Measure name → value: a number or null, or for a quantiles measure an
+/// object of percentile → number or null.
+fn values_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{
+        AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
+    };
+    use utoipa::openapi::RefOr;
+    let number = || {
+        RefOr::T(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::Number, Type::Null]))
+                .build(),
+        ))
+    };
+    let percentiles = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "a quantiles measure: percentile (e.g. \"0.99\") → value",
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(number())))
+        .build();
+    let value = OneOfBuilder::new()
+        .item(number())
+        .item(RefOr::T(Schema::Object(percentiles)))
+        .build();
+    Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(Schema::OneOf(
+                value,
+            )))))
+            .build(),
+    )
 }
 
 /// `from`/`to` of a recompute: RFC 3339 text, epoch milliseconds, or null/absent.

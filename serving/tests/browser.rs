@@ -241,6 +241,17 @@ fn same(a: &Value, b: &Value) -> bool {
     a.is_null() == b.is_null() && a.as_f64() == b.as_f64()
 }
 
+/// What the page shows of an API value: a quantiles measure (`lat`) as its
+/// highest percentile (p99 by default), the others as they are. (The API's
+/// quantiles are checked against the truth by the merge tests.)
+fn top<'a>(m: &str, v: &'a Value) -> &'a Value {
+    if m == "lat" {
+        &v["0.99"]
+    } else {
+        v
+    }
+}
+
 /// The page's label for a group of one dimension (as the page writes it).
 fn label(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "∅".into())
@@ -260,11 +271,13 @@ fn check(page: &Value, api: &Value, evs: &[Ev], q: &Q) {
     for m in MEASURES {
         let shown = num(&page["totals"][m]);
         assert!(
-            same(&shown, &api["totals"][m]),
+            same(&shown, top(m, &api["totals"][m])),
             "total {m}: page {page} vs api {}",
             api["totals"]
         );
-        check_value(m, &shown, &grand, &format!("page total {m}"));
+        if m != "lat" {
+            check_value(m, &shown, &grand, &format!("page total {m}"));
+        }
     }
     // Every group row: page = API = truth.
     let series = api["series"].as_array().expect("series");
@@ -278,11 +291,13 @@ fn check(page: &Value, api: &Value, evs: &[Ev], q: &Q) {
         for m in MEASURES {
             let shown = num(&page["groups"][&l][m]);
             assert!(
-                same(&shown, &s["totals"][m]),
+                same(&shown, top(m, &s["totals"][m])),
                 "group {l} {m}: {shown} vs {}",
                 s["totals"][m]
             );
-            check_value(m, &shown, &per_page[&l], &format!("page group {l} {m}"));
+            if m != "lat" {
+                check_value(m, &shown, &per_page[&l], &format!("page group {l} {m}"));
+            }
         }
     }
 }

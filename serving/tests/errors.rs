@@ -76,6 +76,21 @@ async fn bad_queries_are_4xx_json_with_a_code() {
         (format!("{q}?from=%zz"), 400, "bad_parameter"),
         (format!("{q}?from=%ff"), 400, "bad_parameter"),
         (format!("{q}?interval=1ms"), 400, "bad_parameter"),
+        (format!("{q}?quantiles=1.5"), 400, "bad_quantiles"),
+        (format!("{q}?quantiles=-0.1"), 400, "bad_quantiles"),
+        (format!("{q}?quantiles=0.5,p99"), 400, "bad_quantiles"),
+        (format!("{q}?quantiles=NaN"), 400, "bad_quantiles"),
+        (format!("{q}?quantiles=0.5,,0.9"), 400, "bad_quantiles"),
+        (
+            format!("{q}?quantiles={}", vec!["0.5"; 33].join(",")),
+            400,
+            "bad_quantiles",
+        ),
+        (
+            format!("{q}?quantiles=0.5&quantiles=0.9"),
+            400,
+            "bad_parameter",
+        ),
         ("/api/v1/nothing".into(), 404, "not_found"),
         (
             "/api/v1/views/pv/stream?granularity=7m".into(),
@@ -87,6 +102,16 @@ async fn bad_queries_are_4xx_json_with_a_code() {
         let (s, body) = get(&app, &uri).await;
         assert_eq!(s.as_u16(), status, "{uri}: {body}");
         assert_eq!(body["code"], code, "{uri}: {body}");
+        if code == "bad_quantiles" {
+            // The message names the parameter.
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("`quantiles`"),
+                "{uri}: {body}"
+            );
+        }
         assert!(
             body["message"].as_str().is_some_and(|m| !m.is_empty()),
             "{uri}"

@@ -271,3 +271,82 @@ async fn over_a_redis_cluster_answers_equal_the_fold() {
         "{body}"
     );
 }
+
+/// Percentiles asked explicitly (`quantiles=`), answered from the snapshot
+/// alone, from the speed layer alone and from both merged: every point and
+/// every group total within 1 % of the exact quantile of the durations.
+#[tokio::test]
+async fn asked_quantiles_are_within_one_percent_from_either_layer_and_merged() {
+    let asked: [(f64, &str); 5] = [
+        (0.0, "0"),
+        (0.25, "0.25"),
+        (0.5, "0.5"),
+        (0.999, "0.999"),
+        (1.0, "1"),
+    ];
+    let q = Q {
+        from: T0,
+        to: T0 + SPAN_MS,
+        gran: Granularity::HOUR,
+        group_by: vec![1],
+        filters: vec![],
+        measures: vec!["lat"],
+    };
+    let url = format!("{}&quantiles=1.0,0.999,0.50,0.25,0,0.25", q.url());
+    // Cut after every epoch (snapshot only), in the middle, before all (speed only).
+    for cut_hours in [1_000, 24, -1_000] {
+        let f = fixture(13, cut_hours).await;
+        let (status, body) = get(&f.app, &url).await;
+        assert_eq!(status, 200, "{url} -> {body}");
+        let truth = q.truth(&f.evs);
+        let mut totals: BTreeMap<Vec<Option<String>>, Expect> = BTreeMap::new();
+        for ((_, g), e) in &truth {
+            totals.entry(g.clone()).or_default().merge(e);
+        }
+        let check = |got: &serde_json::Value, want: &Expect, ctx: &str| {
+            assert_eq!(
+                got.as_object().map(|o| o.len()),
+                Some(asked.len()),
+                "{ctx}: {got}"
+            );
+            for (p, label) in asked {
+                let v = &got[label];
+                match want.quantile(p) {
+                    None => assert!(v.is_null(), "{ctx} {label}: {v}"),
+                    Some(exact) => assert!(
+                            v.as_f64().is_some_and(
+                                |v| (v - exact).abs() <= 0.01 * exact.abs() * (1.0 + 1e-9)
+                            ),
+                            "{ctx} {label}: {v} vs exact {exact}"
+                        ),
+                }
+            }
+        };
+        let mut points = 0;
+        for s in body["series"].as_array().expect("series") {
+            let g = group_of(s, &q);
+            for p in s["points"].as_array().expect("points") {
+                let t = p["t"].as_i64().expect("t");
+                let ctx = format!("cut {cut_hours}h t={t} g={g:?}");
+                check(&p["values"]["lat"], &truth[&(t, g.clone())], &ctx);
+                points += 1;
+            }
+            check(
+                &s["totals"]["lat"],
+                &totals[&g],
+                &format!("cut {cut_hours}h totals {g:?}"),
+            );
+        }
+        assert_eq!(
+            points,
+            truth.values().filter(|e| !e.values.is_empty()).count()
+        );
+        let mut grand = Expect::default();
+        totals.values().for_each(|e| grand.merge(e));
+        check(
+            &body["totals"]["lat"],
+            &grand,
+            &format!("cut {cut_hours}h grand total"),
+        );
+    }
+}

@@ -22,6 +22,8 @@
 --                         'X' field number        keep the maximum
 --                         'H' suffix bytes        merge a HyperLogLog (Redis encoding)
 --                         'P' suffix n v1..vn     PFADD the n values
+--                         'Q' key n b1 c1..bn cn  add counts to a quantile sketch,
+--                                                 a hash of bucket -> count (HINCRBY)
 --                       then n_cells, then the n_cells cells ({bucket}|{group})
 --                       the ops write.
 -- A range passes if Redis stores its start, or stores nothing and the range is
@@ -117,6 +119,7 @@ local function op_len(i)
   local op = ARGV[i]
   if op == 'S' then return 5 end
   if op == 'P' then return 3 + tonumber(ARGV[i + 2]) end
+  if op == 'Q' then return 3 + 2 * tonumber(ARGV[i + 2]) end
   return 3
 end
 
@@ -164,6 +167,29 @@ while i <= #ARGV do
       fields[#fields + 1] = ARGV[i + 2]
     elseif op == 'I' or op == 'F' or op == 'N' or op == 'X' then
       fields[#fields + 1] = ARGV[i + 1]
+    elseif op == 'Q' then
+      -- A quantile sketch: a hash whose fields this call adds to must hold
+      -- counts that stay below 2^63.
+      local key = ARGV[i + 1]
+      local t = type_of(key)
+      if t ~= 'none' and t ~= 'hash' then
+        return invalid('key ' .. key .. ' is a ' .. t .. ', not a hash')
+      end
+      if t == 'hash' then
+        local m = tonumber(ARGV[i + 2])
+        local bs = {}
+        for k = 1, m do bs[k] = ARGV[i + 1 + 2 * k] end
+        for a = 1, m, 1000 do
+          local b = math.min(a + 999, m)
+          local got = redis.call('HMGET', key, unpack(bs, a, b))
+          for k = a, b do
+            local v = got[k - a + 1]
+            if v and not (is_int(v) and math.abs(tonumber(v)) + tonumber(ARGV[i + 2 + 2 * k]) < 9.2e18) then
+              return invalid('field ' .. bs[k] .. ' of ' .. key .. ' is not a count')
+            end
+          end
+        end
+      end
     else
       local key = prefix .. ARGV[i + 1]
       local head = redis.pcall('GETRANGE', key, 0, 3)
@@ -274,6 +300,11 @@ while i <= #ARGV do
         redis.call('HSET', ckey, f, v)
       end
       wrote_counter = true
+    elseif op == 'Q' then
+      for k = 1, tonumber(v) do
+        redis.call('HINCRBY', f, ARGV[i + 1 + 2 * k], ARGV[i + 2 + 2 * k])
+      end
+      redis.call('PEXPIREAT', f, exp)
     else
       local key = prefix .. f
       if op == 'P' then

@@ -25,6 +25,7 @@ use redis::{Script, Value};
 use tally_core::agg::Agg;
 use tally_core::config::Config;
 use tally_core::keys::{split_sum, CellMember, CounterField, Keys, Layout, Part, SketchField};
+use tally_core::quantile::Bucket;
 use tally_core::time::EpochGrid;
 
 use crate::delta::{Chunk, Distinct, Folder, MeasureDelta, Range, SliceDelta, SliceId};
@@ -291,6 +292,7 @@ impl Applier {
             a.push(keys.counters(name, id.epoch, id.day).into_bytes());
             a.push(keys.cells(name, id.epoch, id.day).into_bytes());
             a.push(keys.sketch_prefix(name, id.epoch, id.day).into_bytes());
+            let quantile_prefix = keys.quantile_prefix(name, id.epoch, id.day);
             a.push(keys.slices(name).into_bytes());
             a.push(Keys::slice_member(id.epoch, id.day).into_bytes());
             a.push(keys.slice_versions(name).into_bytes());
@@ -326,6 +328,21 @@ impl Applier {
                                 continue;
                             }
                         };
+                        if let Agg::Quantiles(q) = agg {
+                            if !q.is_empty() {
+                                let key = format!(
+                                    "{quantile_prefix}{}",
+                                    SketchField::encode(bucket, &m.name, group)
+                                );
+                                let pairs: Vec<(Bucket, u64)> = q.buckets().collect();
+                                op(&mut a, b"Q", key, pairs.len().to_string().into_bytes());
+                                for (b, n) in pairs {
+                                    a.push(b.encode().into_bytes());
+                                    a.push(n.to_string().into_bytes());
+                                }
+                            }
+                            continue;
+                        }
                         match *agg {
                             Agg::Count(n) => {
                                 op(&mut a, b"I", field(Part::Count), n.to_string().into_bytes())
@@ -355,7 +372,10 @@ impl Applier {
                             Agg::Max(Some(v)) => {
                                 op(&mut a, b"X", field(Part::Max), v.to_string().into_bytes())
                             }
-                            Agg::Min(None) | Agg::Max(None) | Agg::Distinct(_) => {}
+                            Agg::Min(None)
+                            | Agg::Max(None)
+                            | Agg::Distinct(_)
+                            | Agg::Quantiles(_) => {}
                         }
                     }
                 }

@@ -109,6 +109,7 @@ pub(crate) async fn renew(
             .query_async(con)
             .await?;
         let distinct = view.distinct_measures();
+        let quantiles = view.quantile_measures();
         for member in members {
             let Some((epoch, day)) = Keys::parse_slice_member(&member) else {
                 continue;
@@ -128,16 +129,22 @@ pub(crate) async fn renew(
                 .arg(until)
                 .arg("GT")
                 .ignore();
-            if !distinct.is_empty() {
+            if !distinct.is_empty() || !quantiles.is_empty() {
                 let cells: Vec<String> = redis::cmd("ZRANGE")
                     .arg(&cells_key)
                     .arg(0)
                     .arg(-1)
                     .query_async(con)
                     .await?;
-                let prefix = keys.sketch_prefix(name, epoch, day);
+                let sketches = keys.sketch_prefix(name, epoch, day);
+                let quantile_sketches = keys.quantile_prefix(name, epoch, day);
+                let per_cell = distinct
+                    .iter()
+                    .map(|m| (&sketches, m))
+                    .chain(quantiles.iter().map(|m| (&quantile_sketches, m)));
+                let per_cell: Vec<_> = per_cell.collect();
                 for c in cells.iter().filter_map(|c| CellMember::parse(c)) {
-                    for m in &distinct {
+                    for (prefix, m) in &per_cell {
                         let suffix = SketchField::encode(c.bucket_ms, m, c.group);
                         p.cmd("PEXPIREAT")
                             .arg(format!("{prefix}{suffix}"))

@@ -178,3 +178,64 @@ fn a_sum_field_about_to_overflow_carries_instead() {
         assert_exact(&redis.url(), &all);
     }
 }
+
+/// A quantile sketch key (a hash of bucket -> count) that holds something
+/// else, or a bucket field that is not a count: checked before anything is
+/// written, like every counter, so the chunk applies nothing and the layer
+/// stops naming the key.
+#[test]
+fn a_foreign_quantile_sketch_stops_the_layer_with_nothing_applied() {
+    let (broker, redis) = services(1);
+    let t0 = base_ms();
+    let evs: Vec<Ev> = (0..20)
+        .map(|i| {
+            let mut e = amount_event(&format!("q{i}"), "x", "7", t0 + i);
+            let payload = format!(
+                r#"{{"event_id":"q{i}","event_type":"click","timestamp":{},"properties":{{"page":"/p1","duration":{}}}}}"#,
+                t0 + i,
+                i + 1
+            );
+            e.g.payload = payload.into_bytes();
+            e
+        })
+        .collect();
+    let recs = records(&evs, 0);
+    let producer = kafka::producer(&broker.bootstrap(), 100).unwrap();
+    kafka::produce(&producer, TOPIC, &recs).unwrap();
+
+    // The `daily` view's `durations` sketch of the day these events are in.
+    let cfg = config(&broker.bootstrap(), &redis.url(), "faults-q");
+    let grid = cfg.epochs.grid();
+    let keys = Keys::new("t");
+    let day = tally_core::time::day_of(t0);
+    let key = format!(
+        "{}{}",
+        keys.quantile_prefix("daily", grid.epoch_of(t0), day),
+        tally_core::keys::SketchField::encode(day * 86_400_000, "durations", "[]")
+    );
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let rt = runtime();
+    for (foreign, what) in [("string", "not a hash"), ("field", "not a count")] {
+        let _: () = con.del(&key).unwrap();
+        if foreign == "string" {
+            let _: () = con.set(&key, "not a hash").unwrap();
+        } else {
+            // Duration 1 falls in the bucket of index 0 (γ^0 = 1).
+            let _: () = con.hset(&key, "+0", "many").unwrap();
+        }
+        let err = start(&rt, &cfg)
+            .wait(&rt)
+            .expect_err("a foreign value is an error")
+            .to_string();
+        assert!(err.contains(&key) && err.contains(what), "{foreign}: {err}");
+        let offsets: std::collections::HashMap<String, String> =
+            con.hgetall(keys.offsets()).unwrap();
+        assert!(offsets.is_empty(), "{foreign}: {offsets:?}");
+    }
+    // Once the key is gone, a restart counts everything exactly once.
+    let _: () = con.del(&key).unwrap();
+    run_until_counted(&rt, &cfg, &recs, 1, &evs, Duration::from_secs(60));
+}

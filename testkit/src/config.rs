@@ -5,13 +5,15 @@
 //! - `page_views` (1m): `page_view` events by `properties.page`; `views`
 //!   count, `duration` sum, `shortest` min, `longest` max (integer
 //!   `properties.duration`), `scroll` sum (float `properties.scroll`),
-//!   `users` distinct `user_id`.
+//!   `users` distinct `user_id`, `latency` quantiles of the float
+//!   `properties.latency_ms` (0.1 ms to 10 s).
 //! - `by_type` (1h): all events by `event_type` and `properties.country`;
 //!   `events` count, `amount` sum (integer `properties.amount`), `users`
 //!   distinct.
 //! - `daily` (1d): no dimensions; `events` count, `timed` count of
 //!   `properties.duration`, `top` max of `properties.amount`, `deepest` max
-//!   of `properties.scroll`.
+//!   of `properties.scroll`, `durations` quantiles of the integer
+//!   `properties.duration`.
 
 use tally_core::config::Config;
 
@@ -32,6 +34,7 @@ measures = [
   { name = "longest", agg = "max", field = "properties.duration" },
   { name = "scroll", agg = "sum", field = "properties.scroll" },
   { name = "users", agg = "distinct", field = "user_id" },
+  { name = "latency", agg = "quantiles", field = "properties.latency_ms" },
 ]
 [[view]]
 name = "by_type"
@@ -50,6 +53,7 @@ measures = [
   { name = "timed", agg = "count", field = "properties.duration" },
   { name = "top", agg = "max", field = "properties.amount" },
   { name = "deepest", agg = "max", field = "properties.scroll" },
+  { name = "durations", agg = "quantiles", field = "properties.duration" },
 ]
 "#;
 

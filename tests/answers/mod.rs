@@ -4,7 +4,8 @@
 //! A [`Query`] knows its URL and how [`Truth`] answers it; [`Query::compare`]
 //! checks every point and every group's totals of a response against that
 //! answer: counts, sums, minima and maxima equal, distincts equal to what
-//! Redis's own `PFCOUNT` says for the exact set.
+//! Redis's own `PFCOUNT` says for the exact set, quantiles within the
+//! promised relative error of the exact quantile of the values.
 
 // Shared by several test binaries: `pub` is the module's surface to them.
 #![allow(dead_code, unreachable_pub)]
@@ -15,7 +16,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::Rng;
 use tally_core::time::now_ms;
-use tally_testkit::truth::{redis_pfcount, within_hll_error, Cell, Cells, Truth, ViewTruth};
+use tally_testkit::truth::{
+    redis_pfcount, within_hll_error, within_quantile_error, Cell, Cells, Truth, ViewTruth,
+};
 
 /// A query and how the truth answers it.
 #[derive(Debug)]
@@ -27,7 +30,12 @@ pub struct Query<'a> {
     group_by: Vec<String>,
     filters: Vec<(String, String)>,
     measures: Vec<usize>,
+    /// `quantiles=` (none: the default p50, p90, p99).
+    quantiles: Option<Vec<f64>>,
 }
+
+/// The percentiles a quantiles measure answers when the query names none.
+const DEFAULT_QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 
 impl Query<'_> {
     pub fn url(&self) -> String {
@@ -47,6 +55,10 @@ impl Query<'_> {
             .map(|&m| self.view.measures[m].name.as_str())
             .collect();
         u += &format!("&measures={}", names.join(","));
+        if let Some(qs) = &self.quantiles {
+            let qs: Vec<String> = qs.iter().map(|q| q.to_string()).collect();
+            u += &format!("&quantiles={}", qs.join(","));
+        }
         u
     }
 
@@ -81,6 +93,7 @@ impl Query<'_> {
                 "sum" => cells[m].sum_int != 0 || cells[m].sum_float != 0.0,
                 "min" => cells[m].min.is_some(),
                 "max" => cells[m].max.is_some(),
+                "quantiles" => !cells[m].values.is_empty(),
                 _ => !cells[m].distinct.is_empty(),
             })
     }
@@ -112,6 +125,24 @@ impl Query<'_> {
             }
             "min" => assert_eq!(got.as_f64(), want.min, "{ctx} {name}"),
             "max" => assert_eq!(got.as_f64(), want.max, "{ctx} {name}"),
+            "quantiles" => {
+                // An object, percentile (as Rust prints the number) -> value.
+                let qs = self.quantiles.as_deref().unwrap_or(&DEFAULT_QUANTILES);
+                let obj = got
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{ctx} {name}: {got} is not an object"));
+                assert_eq!(obj.len(), qs.len(), "{ctx} {name}: {got}");
+                for &q in qs {
+                    let v = &obj[&q.to_string()];
+                    match want.quantile(q) {
+                        None => assert!(v.is_null(), "{ctx} {name} q{q}: {v} for no values"),
+                        Some(exact) => assert!(
+                            v.as_f64().is_some_and(|v| within_quantile_error(v, exact)),
+                            "{ctx} {name} q{q}: {v} vs exact {exact}"
+                        ),
+                    }
+                }
+            }
             _ => {
                 let est = got.as_u64().unwrap_or(u64::MAX);
                 assert!(
@@ -282,6 +313,16 @@ pub fn random_query<'a>(
     if measures.is_empty() {
         measures.push(0);
     }
+    let quantiles = rng.gen_bool(0.5).then(|| {
+        let mut qs: Vec<f64> = [0.0, 0.25, 0.5, 0.75, 0.95, 0.999, 1.0]
+            .into_iter()
+            .filter(|_| rng.gen_bool(0.5))
+            .collect();
+        if qs.is_empty() {
+            qs.push(0.99);
+        }
+        qs
+    });
     Query {
         view,
         from,
@@ -290,6 +331,7 @@ pub fn random_query<'a>(
         group_by,
         filters,
         measures,
+        quantiles,
     }
 }
 

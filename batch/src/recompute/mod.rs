@@ -36,6 +36,7 @@ mod gc;
 mod inputs;
 mod plan;
 mod publish;
+mod quantile;
 mod snapshot;
 
 use std::sync::Arc;

@@ -14,13 +14,16 @@
 //! columns aggregates every measure: count as a length or a count of
 //! non-null values, sum as an `Int128` sum of the integers (exact) beside a
 //! float sum, min and max per type, distinct as entries imploded per group
-//! and reduced to the sketch's registers ([`super::distinct`]). No
-//! per-group closure: every step streams.
+//! and reduced to the sketch's registers ([`super::distinct`]), quantiles
+//! as bucket codes imploded per group and reduced to the sketch's buckets
+//! and counts ([`super::quantile`]). No per-group closure: every step
+//! streams.
 //!
 //! The result is the snapshot's frame, sorted by bucket and dimensions:
 //! `bucket`, `d<i>` (each dimension's text), and per measure `m<k>` (count
-//! `UInt64`, min/max `Float64`, distinct registers `List<UInt32>`) or
-//! `m<k>:int` (`Int128`) and `m<k>:float` (sum). [`rollup`] makes the
+//! `UInt64`, min/max `Float64`, distinct registers `List<UInt32>`,
+//! quantiles bucket codes `List<Int32>` beside `m<k>:n`, their counts
+//! `List<UInt64>`) or `m<k>:int` (`Int128`) and `m<k>:float` (sum). [`rollup`] makes the
 //! coarser levels from it with one more `group_by`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +35,7 @@ use tally_core::view::{FieldPath, ViewDef};
 
 use super::distinct;
 use super::fetch::Source;
+use super::quantile;
 use crate::promote::PropType;
 
 const DAY_MS: i64 = 86_400_000;
@@ -262,6 +266,13 @@ pub(super) fn plan(
                 aggs.push(col(name.as_str()).implode(false));
                 measures.push(distinct::registers(col(name.as_str())).alias(name.as_str()));
             }
+            AggKind::Quantiles => {
+                with.push(quantile::entries(&cols.unwrap_or_default(), &name));
+                aggs.push(col(name.as_str()).implode(false));
+                let n = format!("m{k}:n");
+                measures.push(quantile::counts(col(name.as_str())).alias(n.as_str()));
+                measures.push(quantile::codes(col(name.as_str())).alias(name.as_str()));
+            }
         }
     }
     if aggs.is_empty() {
@@ -302,6 +313,20 @@ pub(super) fn rollup(base: LazyFrame, view: &ViewDef, level_ms: i64) -> LazyFram
                     keep_nulls: false,
                 }));
                 measures.push(distinct::registers(col(name.as_str())).alias(name.as_str()));
+            }
+            AggKind::Quantiles => {
+                // Codes and counts gathered in the same row order, so they
+                // stay aligned; then merged into one sketch per group.
+                let n = format!("m{k}:n");
+                for c in [&name, &n] {
+                    aggs.push(col(c.as_str()).explode(ExplodeOptions {
+                        empty_as_null: false,
+                        keep_nulls: false,
+                    }));
+                }
+                let (b, c) = (col(name.as_str()), col(n.as_str()));
+                measures.push(quantile::merged_counts(b.clone(), c.clone()).alias(n.as_str()));
+                measures.push(quantile::merged_codes(b, c).alias(name.as_str()));
             }
         }
     }

@@ -12,7 +12,7 @@ use tally_core::agg::AggKind;
 use tally_core::view::ViewDef;
 use tally_store::snapshot::{self, DayBatch, MeasureArray, SUM_INT_TYPE};
 
-use super::{distinct, BatchError};
+use super::{distinct, quantile, BatchError};
 
 /// Write `frame`, one day's groups at one level as [`super::plan`] lays
 /// them out, to `path`; returns the file's size.
@@ -56,6 +56,10 @@ fn day_batch(view: &ViewDef, frame: &DataFrame) -> Result<DayBatch, BatchError> 
             AggKind::Distinct => {
                 MeasureArray::Distinct(distinct::sketches(column(&name)?.list()?)?)
             }
+            AggKind::Quantiles => MeasureArray::Quantiles(quantile::sketches(
+                column(&name)?.list()?,
+                column(&format!("{name}:n"))?.list()?,
+            )?),
         });
     }
     Ok(DayBatch {

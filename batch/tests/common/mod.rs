@@ -440,6 +440,20 @@ pub fn distinct_ok(agg: &Agg, users: &HashSet<String>) -> bool {
         && tally_testkit::truth::within_hll_error(h.count(), users.len())
 }
 
+/// A quantile sketch is right when it counts every value of the truth and
+/// each of p0, p10, p50, p90, p99 and p100 is within the promised relative
+/// error of the exact quantile of the values.
+pub fn quantiles_ok(agg: &Agg, cell: &tally_testkit::truth::Cell) -> bool {
+    let Agg::Quantiles(s) = agg else { return false };
+    s.count() == cell.values.len() as u64
+        && [0.0, 0.1, 0.5, 0.9, 0.99, 1.0].iter().all(|&q| {
+            match (s.quantile(q), cell.quantile(q)) {
+                (Some(got), Some(exact)) => tally_testkit::truth::within_quantile_error(got, exact),
+                (got, exact) => got == exact,
+            }
+        })
+}
+
 /// Compare a view's snapshot with the truth, measure by measure.
 pub async fn check(
     store: &Arc<dyn ObjectStore>,
@@ -495,6 +509,11 @@ pub fn compare(what: &str, measures: &[Measure], cells: &Cells, snap: &Snapshot)
                     distinct_ok(a, &t.distinct),
                     "{what}: {a:?} vs {}",
                     t.distinct.len()
+                ),
+                "quantiles" => assert!(
+                    quantiles_ok(a, t),
+                    "{what}: {a:?} vs {} values",
+                    t.values.len()
                 ),
                 other => panic!("unknown agg {other}"),
             }

@@ -157,15 +157,27 @@ pub(super) fn validate_all(
                 format!("there is no view `{}`; the views are {names:?}", r.view),
             );
         };
-        if view.measure(&r.measure).is_none() {
-            let names: Vec<&str> = view.measures.iter().map(|m| m.name.as_str()).collect();
-            return invalid(
-                field("measure"),
-                format!(
-                    "view `{}` has no measure `{}`; its measures are {names:?}",
-                    view.name, r.measure
-                ),
-            );
+        match view.measure(&r.measure) {
+            None => {
+                let names: Vec<&str> = view.measures.iter().map(|m| m.name.as_str()).collect();
+                return invalid(
+                    field("measure"),
+                    format!(
+                        "view `{}` has no measure `{}`; its measures are {names:?}",
+                        view.name, r.measure
+                    ),
+                );
+            }
+            Some((_, m)) if m.agg == crate::agg::AggKind::Quantiles => {
+                return invalid(
+                    field("measure"),
+                    format!(
+                        "`{}` is a quantiles measure, and alerts on quantiles are not supported: alert on a count, sum, min, max or distinct measure",
+                        r.measure
+                    ),
+                );
+            }
+            Some(_) => {}
         }
         let is_dim =
             |name: &str| FieldPath::parse(name).is_some_and(|p| view.dimensions.contains(&p));
@@ -219,7 +231,7 @@ mod tests {
 
     fn with(rule: &str) -> Result<Config, String> {
         Config::from_toml(&format!(
-            "[[lookup]]\nname = \"section\"\npath = \"l.csv\"\nkey = \"k\"\nvalue = \"v\"\n[[alert]]\n{rule}\n[[view]]\nname = \"v\"\ndimensions = [\"properties.page\"]\ngranularity = \"1m\"\nmeasures = [{{ name = \"n\", agg = \"count\" }}]\n"
+            "[[lookup]]\nname = \"section\"\npath = \"l.csv\"\nkey = \"k\"\nvalue = \"v\"\n[[alert]]\n{rule}\n[[view]]\nname = \"v\"\ndimensions = [\"properties.page\"]\ngranularity = \"1m\"\nmeasures = [{{ name = \"n\", agg = \"count\" }}, {{ name = \"lat\", agg = \"quantiles\", field = \"properties.latency_ms\" }}]\n"
         ))
         .map_err(|e| e.to_string())
     }
@@ -236,6 +248,7 @@ mod tests {
         for (swap, field) in [
             (("view = \"v\"", "view = \"w\""), "alert.a.view"),
             (("measure = \"n\"", "measure = \"m\""), "alert.a.measure"),
+            (("measure = \"n\"", "measure = \"lat\""), "not supported"),
             (("window = \"5m\"", "window = \"90s\""), "alert.a.window"),
             (("comparison = \">\"", "comparison = \"=>\""), "comparison"),
             (("webhook = \"http:", "webhook = \"ftp:"), "alert.a.webhook"),

@@ -93,6 +93,7 @@ async fn answer_in_time(
         ("filter" = Option<Vec<String>>, Query, description = "dimension:value or dimension@lookup:value, repeatable (OR per column, AND across)"),
         ("measures" = Option<String>, Query, description = "comma list of measures (default: all)"),
         ("window" = Option<String>, Query, description = "rolling window, a multiple of the granularity and at most 1440 of its buckets, e.g. 15m: each point aggregates the trailing window ending at the end of its bucket (read before `from` where needed); totals then cover every base bucket read, once"),
+        ("quantiles" = Option<String>, Query, description = "comma list of percentiles in [0, 1] that quantiles measures answer (default 0.5,0.9,0.99; at most 32): each such measure's value is an object, percentile -> value, e.g. {\"0.5\": 12.1, \"0.99\": 80.3}"),
     ),
     responses((status = 200, body = QueryResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 408, body = ErrorBody)))]

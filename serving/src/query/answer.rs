@@ -21,10 +21,17 @@ pub struct Merged {
 
 /// The value a group is ranked by.
 fn rank_value(v: &Final) -> f64 {
-    match *v {
-        Final::Count(c) | Final::Distinct(c) => c as f64,
-        Final::Sum(int, float) => int as f64 + float,
+    match v {
+        Final::Count(c) | Final::Distinct(c) => *c as f64,
+        Final::Sum(int, float) => *int as f64 + float,
         Final::Extreme(v) => v.unwrap_or(f64::NEG_INFINITY),
+        // The highest percentile asked (p99 by default).
+        Final::Quantiles(q) => q
+            .values
+            .last()
+            .copied()
+            .flatten()
+            .unwrap_or(f64::NEG_INFINITY),
     }
 }
 

@@ -20,6 +20,9 @@
 //!
 //! Guarantees: counts, integer sums, min and max are exact; distinct counts
 //! are HyperLogLog unions (never sums), per cell, per group and overall;
+//! quantile sketches merge exactly (counts per bucket add), and each cell,
+//! group total and grand total answers its percentiles from its merged
+//! sketch;
 //! more than `max_cells` output cells stop the fold with
 //! [`FoldError::TooManyCells`]; a set cancel flag stops it within a few
 //! thousand rows ([`FoldError::Cancelled`]).
@@ -35,7 +38,7 @@ use tally_core::view::ViewDef;
 
 use super::parse::{Col, Query};
 use super::window::Window;
-use crate::dto::Final;
+use crate::dto::{Final, Percentiles};
 use crate::group::Group;
 use crate::lookup::Table;
 use crate::snapshot::day::{Column, DayData, Sketch};
@@ -310,7 +313,8 @@ impl Fold {
         let mut cells: Vec<_> = day.open.into_iter().collect();
         cells.sort_unstable_by_key(|(k, _)| *k);
         for ((ob, og), cell) in cells {
-            let mut finals: Box<[Final]> = cell.aggs.iter().map(Final::of).collect();
+            let p = &self.q.percentiles;
+            let mut finals: Box<[Final]> = cell.aggs.iter().map(|a| Final::of(a, p)).collect();
             // With a window the cell is kept whole, its sketches unioned.
             let mut kept = self.window.is_some().then(|| cell.aggs.clone());
             let mut keep = |pos: usize, f: &mut dyn FnMut(&mut tally_core::hll::Hll)| {
@@ -391,20 +395,21 @@ impl Fold {
                 }
             }
         }
+        let p: &Percentiles = &self.q.percentiles;
         if let Some(w) = &self.window {
             for (points, cells) in self.points.iter_mut().zip(&self.cells) {
-                *points = w.points(cells, &self.kinds, &mut self.union);
+                *points = w.points(cells, &self.kinds, &mut self.union, p);
             }
         }
         Folded {
-            keys: self.out_keys,
-            points: self.points,
             totals: self
                 .totals
                 .iter()
-                .map(|t| t.iter().map(Final::of).collect())
+                .map(|t| t.iter().map(|a| Final::of(a, p)).collect())
                 .collect(),
-            grand: self.grand.iter().map(Final::of).collect(),
+            grand: self.grand.iter().map(|a| Final::of(a, p)).collect(),
+            keys: self.out_keys,
+            points: self.points,
         }
     }
 }
@@ -459,6 +464,7 @@ fn merge_row(acc: &mut Agg, col: &Column, r: usize) {
         (Agg::Max(m), Column::Extreme(v)) if !v[r].is_nan() => {
             *m = Some(m.map_or(v[r], |m| m.max(v[r])));
         }
+        (Agg::Quantiles(q), Column::Quantiles(v)) => v.merge_into(r, q),
         _ => {}
     }
 }

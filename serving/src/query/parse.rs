@@ -5,7 +5,8 @@
 //! up, ranges over `max_buckets` buckets (the window's lead-in counted),
 //! more than `max_filters` filter values, a parameter given twice, a
 //! `window` that is not a multiple of the granularity or is over
-//! [`MAX_WINDOW_BUCKETS`] of them.
+//! [`MAX_WINDOW_BUCKETS`] of them, `quantiles` that are not numbers in
+//! [0, 1] (at most [`MAX_QUANTILES`]).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,7 @@ use tally_core::config::LookupConfig;
 use tally_core::time::{Granularity, MS_PER_DAY};
 use tally_core::view::{FieldPath, ViewDef};
 
+use crate::dto::Percentiles;
 use crate::error::ApiError;
 
 /// What bounds a query beyond its own parameters (`[serve]`).
@@ -27,6 +29,9 @@ const MAX_ABS_MS: i64 = 100_000_000_000_000;
 /// The longest rolling window, in buckets of the query's granularity: a
 /// point merges at most this many cells per group.
 pub const MAX_WINDOW_BUCKETS: i64 = 1440;
+
+/// The most percentiles one query may ask for.
+pub const MAX_QUANTILES: usize = 32;
 
 /// A checked query on one view.
 #[derive(Debug, Clone)]
@@ -45,6 +50,9 @@ pub struct Query {
     /// Rolling window (`window`), a multiple of the granularity: each point
     /// aggregates the trailing window ending at the end of its bucket.
     pub window_ms: Option<i64>,
+    /// The percentiles quantiles measures answer (`quantiles`, default
+    /// p50, p90, p99).
+    pub percentiles: Percentiles,
 }
 
 /// A column a query groups or filters by: a dimension of the view
@@ -82,6 +90,7 @@ const KNOWN: &[&str] = &[
     "measures",
     "interval",
     "window",
+    "quantiles",
     "access_token",
 ];
 
@@ -181,6 +190,7 @@ impl Query {
         let mut interval_ms = None;
         let mut last_ms = None;
         let mut window_ms = None;
+        let mut percentiles = None;
         let mut filter_values = 0usize;
         let mut seen: Vec<&str> = Vec::new();
         for (k, v) in &pairs {
@@ -323,11 +333,15 @@ impl Query {
                         })?;
                     window_ms = Some(ms);
                 }
+                "quantiles" => {
+                    once(&mut seen, "quantiles")?;
+                    percentiles = Some(parse_quantiles(v)?);
+                }
                 k if PASSIVE.contains(&k) => {}
                 other => {
                     return Err(ApiError::bad(
                         "unknown_parameter",
-                        format!("unknown parameter `{other}`: use from, to, last, granularity, group_by, filter, measures, window"),
+                        format!("unknown parameter `{other}`: use from, to, last, granularity, group_by, filter, measures, window, quantiles"),
                     ))
                 }
             }
@@ -389,6 +403,7 @@ impl Query {
             measures: measures.unwrap_or_else(|| (0..view.measures.len()).collect()),
             interval_ms,
             window_ms,
+            percentiles: percentiles.unwrap_or_default(),
         })
     }
 
@@ -405,6 +420,31 @@ impl Query {
             _ => (from, to),
         }
     }
+}
+
+/// `quantiles`: a comma list of numbers in [0, 1], e.g. `0.5,0.9,0.99`.
+fn parse_quantiles(v: &str) -> Result<Percentiles, ApiError> {
+    let bad = |detail: String| {
+        ApiError::bad(
+            "bad_quantiles",
+            format!("`quantiles`=`{v}`: {detail}: give a comma list of numbers from 0 to 1, e.g. quantiles=0.5,0.9,0.99"),
+        )
+    };
+    let mut qs = Vec::new();
+    for part in v.split(',').map(str::trim) {
+        let q: f64 = part
+            .parse()
+            .map_err(|_| bad(format!("`{part}` is not a number")))?;
+        if !(0.0..=1.0).contains(&q) {
+            return Err(bad(format!("{part} is not between 0 and 1")));
+        }
+        // `-0` is 0.
+        qs.push(q + 0.0);
+    }
+    if qs.len() > MAX_QUANTILES {
+        return Err(bad(format!("at most {MAX_QUANTILES} quantiles")));
+    }
+    Ok(Percentiles::new(&qs))
 }
 
 fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {

@@ -6,8 +6,9 @@
 //! `(t - window, t]`, i.e. the base buckets starting in
 //! `[t + g - window, t + g)` (never past `to`: the fold read nothing
 //! there): counts and sums added, min of minima, max of maxima, distinct
-//! sketches unioned. Points are made for the buckets the plain query has
-//! (from the bucket holding `from` to the one holding `to`), where the
+//! and quantile sketches unioned (the percentiles answered from the
+//! union). Points are made for the buckets the plain query has (from the
+//! bucket holding `from` to the one holding `to`), where the
 //! window holds something; a window with every measure at its identity is
 //! not shown, as an empty bucket is not.
 //!
@@ -19,7 +20,7 @@ use tally_core::agg::{Agg, AggKind};
 use tally_core::hll::Union;
 
 use super::parse::Query;
-use crate::dto::Final;
+use crate::dto::{Final, Percentiles};
 
 /// Which points a windowed query shows, and its window.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +52,7 @@ impl Window {
         cells: &[(i64, Box<[Agg]>)],
         kinds: &[AggKind],
         union: &mut Union,
+        p: &Percentiles,
     ) -> Vec<(i64, Box<[Final]>)> {
         let mut out = Vec::new();
         // Cells in the window of `t` are cells[lo..hi].
@@ -74,7 +76,7 @@ impl Window {
                     None => break,
                 }
             }
-            let finals = merge(&cells[lo..hi], kinds, union);
+            let finals = merge(&cells[lo..hi], kinds, union, p);
             if !finals.iter().all(Final::is_nothing) {
                 out.push((t, finals));
             }
@@ -85,7 +87,12 @@ impl Window {
 }
 
 /// The final values of the cells of one window merged.
-fn merge(cells: &[(i64, Box<[Agg]>)], kinds: &[AggKind], union: &mut Union) -> Box<[Final]> {
+fn merge(
+    cells: &[(i64, Box<[Agg]>)],
+    kinds: &[AggKind],
+    union: &mut Union,
+    p: &Percentiles,
+) -> Box<[Final]> {
     kinds
         .iter()
         .enumerate()
@@ -103,7 +110,7 @@ fn merge(cells: &[(i64, Box<[Agg]>)], kinds: &[AggKind], union: &mut Union) -> B
             for (_, aggs) in cells {
                 acc.merge(&aggs[pos]);
             }
-            Final::of(&acc)
+            Final::of(&acc, p)
         })
         .collect()
 }
@@ -129,7 +136,12 @@ mod tests {
         // Cells before the first point count in its window.
         let cells = vec![(8 * M, count(1)), (10 * M, count(2)), (20 * M, count(5))];
         let got: Vec<(i64, u64)> = w
-            .points(&cells, &[AggKind::Count], &mut Union::default())
+            .points(
+                &cells,
+                &[AggKind::Count],
+                &mut Union::default(),
+                &Percentiles::default(),
+            )
             .into_iter()
             .map(|(t, f)| match f[0] {
                 Final::Count(c) => (t / M, c),

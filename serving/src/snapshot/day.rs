@@ -18,7 +18,7 @@ use tally_core::agg::AggKind;
 use tally_core::view::ViewDef;
 use tally_store::snapshot::{self, columns, DayBatch, MeasureArray};
 
-pub use super::measure::{Column, Ints, Sketch, Sketches};
+pub use super::measure::{Column, Ints, QuantileRows, Sketch, Sketches};
 use super::SnapshotError;
 use crate::group::{Group, GroupDict};
 
@@ -95,6 +95,7 @@ enum Staged {
     Sum(Vec<i128>, Vec<f64>),
     Extreme(Vec<f64>),
     Distinct(Sketches),
+    Quantiles(QuantileRows),
 }
 
 /// The columns being filled, in file order.
@@ -119,6 +120,7 @@ impl Builder {
                     AggKind::Sum => Staged::Sum(Vec::new(), Vec::new()),
                     AggKind::Min | AggKind::Max => Staged::Extreme(Vec::new()),
                     AggKind::Distinct => Staged::Distinct(Sketches::default()),
+                    AggKind::Quantiles => Staged::Quantiles(QuantileRows::default()),
                 })
                 .collect(),
         }
@@ -160,6 +162,18 @@ impl Builder {
                         })?);
                     }
                 }
+                (Staged::Quantiles(v), MeasureArray::Quantiles(c)) => {
+                    for r in 0..c.len() {
+                        let entries = snapshot::quantile_entries(c, r).map_err(|e| {
+                            SnapshotError::Column {
+                                path: path.to_owned(),
+                                column: columns::measure(m)[0].clone(),
+                                problem: format!("row {r}: {e}"),
+                            }
+                        })?;
+                        v.push(&entries);
+                    }
+                }
                 _ => {
                     return Err(SnapshotError::Column {
                         path: path.to_owned(),
@@ -188,6 +202,7 @@ impl Builder {
                     }
                     Staged::Extreme(v) => *v = permute(v, &order),
                     Staged::Distinct(v) => *v = v.permuted(&order),
+                    Staged::Quantiles(v) => *v = v.permuted(&order),
                 }
             }
         }
@@ -225,6 +240,10 @@ impl Builder {
                     v.shrink_to_fit();
                     Column::Distinct(v)
                 }
+                Staged::Quantiles(mut v) => {
+                    v.shrink_to_fit();
+                    Column::Quantiles(v)
+                }
             })
             .collect();
         let mut bytes = self.dict.heap_bytes() + runs.len() * 16 + rows * 4;
@@ -236,6 +255,7 @@ impl Builder {
                 }
                 Column::Extreme(v) => v.len() * 8,
                 Column::Distinct(v) => v.bytes(),
+                Column::Quantiles(v) => v.bytes(),
             };
         }
         DayData {

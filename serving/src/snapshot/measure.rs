@@ -1,12 +1,14 @@
 //! One measure's values in a decoded day file, laid out for folding: counts
 //! and extremes as plain vectors, integer sums 64 bits wide while they fit,
-//! and sketches with the sparse ones' registers in one buffer.
+//! sketches with the sparse ones' registers in one buffer, and quantile
+//! sketches' (bucket, count) entries in one buffer.
 //!
 //! Guarantees: [`Sketches::get`] gives back each row's sketch as it was
 //! pushed (a dense one with its estimate, counted once); the `bytes` of each
 //! column is what it holds on the heap, for the day cache's budget.
 
 use tally_core::hll::Hll;
+use tally_core::quantile::{Bucket, QuantileSketch};
 
 /// One measure's values, one per row.
 #[derive(Debug)]
@@ -20,6 +22,58 @@ pub enum Column {
     /// `min` or `max`; NaN where the row had no input (values are finite).
     Extreme(Vec<f64>),
     Distinct(Sketches),
+    Quantiles(QuantileRows),
+}
+
+/// Quantile sketches, one per row: every row's entries in one buffer.
+#[derive(Debug, Default)]
+pub struct QuantileRows {
+    /// (bucket code, count), row after row, codes ascending within a row
+    /// (codes of buckets: pushed as [`Bucket`]s).
+    entries: Vec<(i32, u64)>,
+    /// Row `r`'s entries are `entries[ends[r - 1]..ends[r]]`.
+    ends: Vec<u32>,
+}
+
+impl QuantileRows {
+    /// Append the next row's entries.
+    pub(super) fn push(&mut self, entries: &[(Bucket, u64)]) {
+        self.entries
+            .extend(entries.iter().map(|&(b, n)| (b.code(), n)));
+        self.ends.push(self.entries.len() as u32);
+    }
+
+    /// Row `r`'s entries.
+    pub fn get(&self, r: usize) -> &[(i32, u64)] {
+        let start = r.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
+        &self.entries[start..self.ends[r] as usize]
+    }
+
+    /// Add row `r` to `acc`.
+    pub fn merge_into(&self, r: usize, acc: &mut QuantileSketch) {
+        for &(c, n) in self.get(r) {
+            acc.add_code(c, n);
+        }
+    }
+
+    /// The rows in the order `order` gives.
+    pub(super) fn permuted(&self, order: &[u32]) -> QuantileRows {
+        let mut out = QuantileRows::default();
+        for &r in order {
+            out.entries.extend_from_slice(self.get(r as usize));
+            out.ends.push(out.entries.len() as u32);
+        }
+        out
+    }
+
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+        self.ends.shrink_to_fit();
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.entries.len() * 16 + self.ends.len() * 4
+    }
 }
 
 /// Integer sums: 64 bits each while every one fits.

@@ -3,6 +3,9 @@
 //! slice changed since a version, and the values of those cells. Each read
 //! is one partition group's (`keys`): one pipeline, one cluster slot.
 //!
+//! A quantile sketch is a hash of bucket → count per cell and measure
+//! (`HGETALL`); a field that does not parse is skipped and counted.
+//!
 //! Guarantee: values that do not parse (written by hand, or by another
 //! version) read as the identity of their measure and are counted as
 //! skipped, never fatal.
@@ -14,6 +17,7 @@ use tally_core::hll::Hll;
 use tally_core::keys::{
     CellMember, CounterField, Keys, Part, SketchField, BORN_FIELD, SUM_CARRY_UNIT, VERSION_FIELD,
 };
+use tally_core::quantile::{Bucket, QuantileSketch};
 use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
 
@@ -97,7 +101,7 @@ fn parts(kind: AggKind) -> &'static [Part] {
         AggKind::Sum => &[Part::SumInt, Part::SumCarry, Part::SumFloat],
         AggKind::Min => &[Part::Min],
         AggKind::Max => &[Part::Max],
-        AggKind::Distinct => &[],
+        AggKind::Distinct | AggKind::Quantiles => &[],
     }
 }
 
@@ -113,10 +117,12 @@ pub(crate) async fn read_cells(
 ) -> Result<(Vec<CellValue>, usize), RedisReadError> {
     let counters = keys.counters(&view.name, epoch, day);
     let sketch_prefix = keys.sketch_prefix(&view.name, epoch, day);
+    let quantile_prefix = keys.quantile_prefix(&view.name, epoch, day);
     let parsed: Vec<CellMember<'_>> = cells.iter().filter_map(|c| CellMember::parse(c)).collect();
     let mut skipped = cells.len() - parsed.len();
     let n_fields: usize = view.measures.iter().map(|m| parts(m.agg).len()).sum();
     let distinct = view.distinct_measures();
+    let quantiles = view.quantile_measures();
     let mut p = redis::pipe();
     for chunk in parsed.chunks(CELLS_PER_COMMAND) {
         if n_fields > 0 {
@@ -138,6 +144,14 @@ pub(crate) async fn read_cells(
                         SketchField::encode(c.bucket_ms, m, c.group)
                     ));
                 }
+            }
+        }
+        for c in chunk {
+            for m in &quantiles {
+                p.cmd("HGETALL").arg(format!(
+                    "{quantile_prefix}{}",
+                    SketchField::encode(c.bucket_ms, m, c.group)
+                ));
             }
         }
     }
@@ -167,10 +181,30 @@ pub(crate) async fn read_cells(
         let mut f = fields.into_iter();
         let mut s = sketches.into_iter();
         for c in chunk {
+            // This cell's quantile sketches, in measure order.
+            let mut q: Vec<HashMap<String, String>> = (0..quantiles.len())
+                .map(|_| {
+                    replies
+                        .next()
+                        .and_then(|v| redis::from_redis_value(v).ok())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>();
+            q.reverse();
             let aggs = view
                 .measures
                 .iter()
                 .map(|m| {
+                    if m.agg == AggKind::Quantiles {
+                        let mut sketch = QuantileSketch::new();
+                        for (b, n) in q.pop().unwrap_or_default() {
+                            match (Bucket::parse(&b), n.trim().parse::<u64>()) {
+                                (Some(b), Ok(n)) => sketch.add_count(b, n),
+                                _ => skipped += 1,
+                            }
+                        }
+                        return Agg::Quantiles(sketch);
+                    }
                     if m.agg == AggKind::Distinct {
                         return match s.next().flatten() {
                             None => Agg::empty(m.agg),
@@ -217,7 +251,7 @@ fn decode(kind: AggKind, values: &[Option<String>]) -> Option<Agg> {
         },
         AggKind::Min => Agg::Min(float(0)?),
         AggKind::Max => Agg::Max(float(0)?),
-        AggKind::Distinct => return None,
+        AggKind::Distinct | AggKind::Quantiles => return None,
     })
 }
 

@@ -3,15 +3,15 @@
 //!
 //! The mirror sets a cell (bucket, group) of the view's own level to the
 //! absolute value Redis holds ([`SliceData::set_cell`]); the coarser levels
-//! of [`ViewDef::levels`] (1h, 1d) follow at once: counts and sums by the
-//! difference from the cell's previous value, min, max and distinct by a
-//! merge (Redis only ever lowers a min, raises a max and adds registers to a
+//! of [`ViewDef::levels`] (1h, 1d) follow at once: counts, sums and
+//! quantile sketches by the difference from the cell's previous value, min,
+//! max and distinct by a merge (Redis only ever lowers a min, raises a max and adds registers to a
 //! sketch). So a query reads a slice at the coarsest level that answers it,
 //! as it reads the snapshot.
 //!
 //! Guarantee: every level holds the roll-up of the cells set so far, exactly
-//! for counts, integer sums, min, max and sketches (float sums up to
-//! rounding).
+//! for counts, integer sums, min, max, distinct and quantile sketches (float
+//! sums up to rounding).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -148,6 +148,13 @@ fn roll(acc: &mut Agg, old: Option<&Agg>, new: &Agg) {
             *int += ni - oi;
             *float += nf - of;
         }
+        // A quantile sketch's counts only grow in Redis: by the difference.
+        (Agg::Quantiles(a), old, Agg::Quantiles(n)) => {
+            if let Some(Agg::Quantiles(o)) = old {
+                a.subtract(o);
+            }
+            a.merge(n);
+        }
         // Redis only lowers a min, raises a max, adds registers to a sketch.
         (acc, _, new) => acc.merge(new),
     }
@@ -165,7 +172,8 @@ mod tests {
                 {"name": "n", "agg": "count"},
                 {"name": "s", "agg": "sum", "field": "properties.x"},
                 {"name": "lo", "agg": "min", "field": "properties.x"},
-                {"name": "u", "agg": "distinct", "field": "user_id"}
+                {"name": "u", "agg": "distinct", "field": "user_id"},
+                {"name": "q", "agg": "quantiles", "field": "properties.x"}
             ]
         }))
         .unwrap()
@@ -178,7 +186,11 @@ mod tests {
         for x in users {
             u.add_key(x.as_bytes());
         }
-        vec![Agg::Count(n), sum, Agg::Min(Some(lo)), u].into_boxed_slice()
+        let mut q = Agg::empty(tally_core::agg::AggKind::Quantiles);
+        for _ in 0..n {
+            q.add_num(Num::Float(lo));
+        }
+        vec![Agg::Count(n), sum, Agg::Min(Some(lo)), u, q].into_boxed_slice()
     }
 
     #[test]
@@ -201,6 +213,11 @@ mod tests {
             assert_eq!(cell[1], Agg::Sum { int: 9, float: 0.0 });
             assert_eq!(cell[2], Agg::Min(Some(4.0)));
             assert_eq!(cell[3].value(), Some(3.0));
+            // The first cell's sketch replaced (5 × 4.0), the second's added.
+            let mut want = tally_core::quantile::QuantileSketch::new();
+            (0..5).for_each(|_| want.add(4.0));
+            want.add(7.0);
+            assert_eq!(cell[4], Agg::Quantiles(want));
         }
         assert_eq!(d.levels[0].cells.len(), 2);
     }

@@ -64,6 +64,7 @@ pub fn view() -> ViewDef {
             {"name": "longest", "agg": "max", "field": "properties.duration"},
             {"name": "shortest", "agg": "min", "field": "properties.duration"},
             {"name": "users", "agg": "distinct", "field": "user_id"},
+            {"name": "lat", "agg": "quantiles", "field": "properties.duration"},
         ]
     }))
     .expect("view")
@@ -306,6 +307,21 @@ pub async fn write_level(
                     }
                     fields.push((names[0].clone(), Arc::new(h.finish())));
                 }
+                AggKind::Quantiles => {
+                    let entries: Vec<(Vec<i32>, Vec<u64>)> = rows
+                        .iter()
+                        .map(|(_, a)| {
+                            let Agg::Quantiles(q) = &a[mi] else {
+                                unreachable!()
+                            };
+                            q.by_code().unzip()
+                        })
+                        .collect();
+                    let col = tally_store::snapshot::quantile_array(
+                        entries.iter().map(|(b, n)| (b.as_slice(), n.as_slice())),
+                    );
+                    fields.push((names[0].clone(), Arc::new(col)));
+                }
             }
         }
         let batch = RecordBatch::try_from_iter(fields).expect("batch");
@@ -407,6 +423,17 @@ pub async fn write_speed_in(
                     }
                     Agg::Min(None) | Agg::Max(None) => {}
                     Agg::Distinct(_) => {}
+                    Agg::Quantiles(q) => {
+                        // A hash of bucket -> count, as the apply script's HINCRBYs leave it.
+                        let key = format!(
+                            "{}{}",
+                            keys.quantile_prefix(&view.name, epoch, day),
+                            SketchField::encode(bucket, &m.name, &gj)
+                        );
+                        for (b, n) in q.buckets() {
+                            p.cmd("HINCRBY").arg(&key).arg(b.encode()).arg(n);
+                        }
+                    }
                 }
             }
         }
@@ -462,9 +489,19 @@ pub struct Expect {
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub users: HashSet<String>,
+    /// Every duration, for exact quantiles.
+    pub values: Vec<f64>,
 }
 
 impl Expect {
+    /// The exact `q`-quantile of the durations: rank `floor(q * (n - 1))`.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let mut v = self.values.clone();
+        v.sort_by(f64::total_cmp);
+        let rank = (q * (v.len() as f64 - 1.0)).floor();
+        (!v.is_empty()).then(|| v[rank as usize])
+    }
+
     pub fn add(&mut self, e: &Ev) {
         self.count += 1;
         self.users.insert(e.user.clone());
@@ -474,6 +511,7 @@ impl Expect {
                 Num::Float(f) => self.sum_float += f,
             }
             let v = n.as_f64();
+            self.values.push(v);
             self.min = Some(self.min.map_or(v, |m| m.min(v)));
             self.max = Some(self.max.map_or(v, |m| m.max(v)));
         }
@@ -492,6 +530,7 @@ impl Expect {
             (a, b) => a.or(b),
         };
         self.users.extend(o.users.iter().cloned());
+        self.values.extend_from_slice(&o.values);
     }
 }
 
@@ -506,7 +545,10 @@ pub struct Q {
 }
 
 pub const DIMS: [&str; 2] = ["properties.page", "properties.country"];
-pub const MEASURES: [&str; 5] = ["views", "dur", "longest", "shortest", "users"];
+pub const MEASURES: [&str; 6] = ["views", "dur", "longest", "shortest", "users", "lat"];
+
+/// The percentiles a quantiles measure answers by default.
+pub const DEFAULT_QUANTILES: [(f64, &str); 3] = [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99")];
 
 impl Q {
     pub fn url(&self) -> String {
@@ -590,6 +632,22 @@ pub fn check_value(measure: &str, got: &serde_json::Value, want: &Expect, ctx: &
                 (est - exact).abs() <= exact * 0.02 + 1.0,
                 "{ctx} users: {est} vs {exact}"
             );
+        }
+        "lat" => {
+            for (q, label) in DEFAULT_QUANTILES {
+                let v = &got[label];
+                match want.quantile(q) {
+                    None => assert!(v.is_null(), "{ctx} lat {label}: {got}"),
+                    Some(exact) => {
+                        assert!(
+                            v.as_f64().is_some_and(
+                                |v| (v - exact).abs() <= 0.01 * exact.abs() * (1.0 + 1e-9)
+                            ),
+                            "{ctx} lat {label}: {v} vs exact {exact}"
+                        )
+                    }
+                }
+            }
         }
         other => panic!("unknown measure {other}"),
     }
@@ -741,6 +799,7 @@ pub fn shown(q: &Q, e: &Expect) -> bool {
         "dur" => e.sum_int != 0 || e.sum_float != 0.0,
         "longest" => e.max.is_some(),
         "shortest" => e.min.is_some(),
+        "lat" => !e.values.is_empty(),
         _ => !e.users.is_empty(),
     })
 }

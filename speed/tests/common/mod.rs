@@ -15,11 +15,12 @@ use tally_core::config::{Config, Millis};
 use tally_core::event::decode;
 use tally_core::hll::Hll;
 use tally_core::keys::{parse_group, CellMember, CounterField, Keys, Layout, Part, SketchField};
+use tally_core::quantile::{Bucket, QuantileSketch};
 use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
 use tally_testkit::config::TestConfig;
 use tally_testkit::gen::{Generated, Generator, Shape};
 use tally_testkit::kafka::Record;
-use tally_testkit::truth::{within_hll_error, Truth};
+use tally_testkit::truth::{within_hll_error, within_quantile_error, Truth};
 use tally_testkit::{kafka, Broker, Redis};
 
 pub use tally_testkit::config::TOPIC;
@@ -131,7 +132,11 @@ pub struct Stored {
     pub ints: BTreeMap<(String, char), i64>,
     pub floats: BTreeMap<(String, char), f64>,
     pub sketches: HashMap<String, Hll>,
+    pub quantiles: HashMap<String, QuantileSketch>,
 }
+
+/// The quantiles every test checks a quantile sketch at.
+pub const QS: [f64; 6] = [0.0, 0.1, 0.5, 0.9, 0.99, 1.0];
 
 /// The distinct measures of a standard view.
 fn distinct_measures(view: &str) -> Vec<String> {
@@ -143,6 +148,20 @@ fn distinct_measures(view: &str) -> Vec<String> {
                 .iter()
                 .filter(|m| m.agg == tally_core::agg::AggKind::Distinct)
                 .map(|m| m.name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The quantiles measures of a standard view.
+fn quantile_measures(view: &str) -> Vec<String> {
+    TestConfig::new()
+        .build()
+        .view(view)
+        .map(|v| {
+            v.quantile_measures()
+                .into_iter()
+                .map(String::from)
                 .collect()
         })
         .unwrap_or_default()
@@ -228,6 +247,22 @@ fn read_group(
                     .or_default()
                     .merge(&Hll::from_redis_bytes(&bytes).unwrap());
             }
+            // Quantile sketches: a hash of bucket -> count per cell and measure.
+            for measure in quantile_measures(view) {
+                let suffix = SketchField::encode(c.bucket_ms, &measure, c.group);
+                let key = format!("{}{suffix}", keys.quantile_prefix(view, epoch, day));
+                let counts: HashMap<String, u64> = con.hgetall(key).unwrap();
+                if counts.is_empty() {
+                    continue;
+                }
+                let s = out
+                    .entry((c.bucket_ms, parse_group(c.group).unwrap()))
+                    .or_default();
+                let q = s.quantiles.entry(measure).or_default();
+                for (b, n) in counts {
+                    q.add_count(Bucket::parse(&b).expect("a bucket field"), n);
+                }
+            }
         }
     }
 }
@@ -300,6 +335,20 @@ pub fn assert_exact_in(
                         );
                         // The sketch must be the one PFADD of the exact set gives.
                         assert_eq!(est, pfcount(con, &t.distinct), "{what}: vs Redis PFCOUNT");
+                    }
+                    "quantiles" => {
+                        let q = s.quantiles.get(&m.name).cloned().unwrap_or_default();
+                        assert_eq!(q.count(), t.count, "{what}: values counted");
+                        for p in QS {
+                            let (got, want) = (q.quantile(p), t.quantile(p));
+                            assert!(
+                                match (got, want) {
+                                    (Some(g), Some(w)) => within_quantile_error(g, w),
+                                    (g, w) => g == w,
+                                },
+                                "{what}: q{p} {got:?} vs exact {want:?}"
+                            );
+                        }
                     }
                     other => panic!("unknown agg {other}"),
                 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arrow_array::{
     Array, ArrayRef, BinaryArray, BooleanArray, Decimal128Array, Float64Array, Int64Array,
-    RecordBatch, StringArray, UInt64Array,
+    ListArray, RecordBatch, StringArray, UInt64Array,
 };
 use arrow_cast::CastOptions;
 use arrow_schema::DataType;
@@ -28,7 +28,10 @@ use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream
 use tally_core::agg::{Agg, AggKind};
 use tally_core::view::ViewDef;
 
-use super::{columns, sketch, DayBatch, MeasureArray, SnapshotError, SUM_INT_TYPE};
+use super::{
+    columns, quantile_sketch, quantile_type, sketch, DayBatch, MeasureArray, SnapshotError,
+    SUM_INT_TYPE,
+};
 use crate::manifest::DayFile;
 
 /// Rows per decoded batch.
@@ -156,6 +159,15 @@ pub async fn read_rows(
                             problem: format!("row {r}: {e}"),
                         })?)
                     }
+                    MeasureArray::Quantiles(v) => {
+                        Agg::Quantiles(quantile_sketch(v, r).map_err(|e| {
+                            SnapshotError::Column {
+                                path: path.to_owned(),
+                                column: columns::measure(m)[0].clone(),
+                                problem: format!("row {r}: {e}"),
+                            }
+                        })?)
+                    }
                 });
             }
             out.push((b.bucket.value(r), group, aggs));
@@ -245,6 +257,12 @@ fn day_batch(view: &ViewDef, batch: &RecordBatch, path: &str) -> Result<DayBatch
             AggKind::Distinct => MeasureArray::Distinct(
                 read!(&names[0], &DataType::Binary)?.unwrap_or_else(|| BinaryArray::new_null(rows)),
             ),
+            AggKind::Quantiles => {
+                let t = quantile_type();
+                MeasureArray::Quantiles(
+                    read!(&names[0], &t)?.unwrap_or_else(|| ListArray::new_null(item(&t), rows)),
+                )
+            }
         });
     }
     Ok(DayBatch {
@@ -252,6 +270,14 @@ fn day_batch(view: &ViewDef, batch: &RecordBatch, path: &str) -> Result<DayBatch
         dimensions,
         measures,
     })
+}
+
+/// The item field of a list type.
+fn item(t: &DataType) -> Arc<arrow_schema::Field> {
+    match t {
+        DataType::List(f) => f.clone(),
+        _ => Arc::new(arrow_schema::Field::new("item", t.clone(), true)),
+    }
 }
 
 /// The column `name` cast to `to` (from a compatible encoding), `None` when

@@ -10,6 +10,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use tally_core::agg::Agg;
 use tally_core::hll::Hll;
+use tally_core::quantile::QuantileSketch;
 use tally_core::view::ViewDef;
 
 use super::*;
@@ -22,10 +23,17 @@ fn view() -> ViewDef {
             {"name": "s", "agg": "sum", "field": "properties.d"},
             {"name": "lo", "agg": "min", "field": "properties.d"},
             {"name": "hi", "agg": "max", "field": "properties.d"},
-            {"name": "u", "agg": "distinct", "field": "user_id"}
+            {"name": "u", "agg": "distinct", "field": "user_id"},
+            {"name": "lat", "agg": "quantiles", "field": "properties.d"}
         ]
     }))
     .unwrap()
+}
+
+fn quantiles_of(xs: &[f64]) -> Agg {
+    let mut q = QuantileSketch::new();
+    xs.iter().for_each(|&x| q.add(x));
+    Agg::Quantiles(q)
 }
 
 fn sketch_of(users: std::ops::Range<u32>) -> Hll {
@@ -52,6 +60,7 @@ fn rows() -> Vec<Row> {
                 Agg::Min(Some(-2.0)),
                 Agg::Max(Some(7.0)),
                 Agg::Distinct(sketch_of(0..3)),
+                quantiles_of(&[-2.0, 0.0, 7.0, 7.0, 1e300]),
             ],
         ),
         (
@@ -66,6 +75,7 @@ fn rows() -> Vec<Row> {
                 Agg::Min(None),
                 Agg::Max(None),
                 Agg::Distinct(sketch_of(0..5_000)),
+                quantiles_of(&[]),
             ],
         ),
     ]
@@ -82,13 +92,15 @@ fn day_batch(rows: &[Row]) -> DayBatch {
         BinaryBuilder::new(),
     );
     let mut counts = Vec::new();
+    let mut lat: Vec<(Vec<i32>, Vec<u64>)> = Vec::new();
     for (_, group, aggs) in rows {
         page.append_option(group[0].as_deref());
-        let [Agg::Count(n), Agg::Sum { int: i, float: f }, Agg::Min(a), Agg::Max(b), Agg::Distinct(h)] =
+        let [Agg::Count(n), Agg::Sum { int: i, float: f }, Agg::Min(a), Agg::Max(b), Agg::Distinct(h), Agg::Quantiles(q)] =
             &aggs[..]
         else {
             panic!("row shape")
         };
+        lat.push(q.by_code().unzip());
         counts.push(*n);
         int.append_value(*i);
         float.append_value(*f);
@@ -108,6 +120,9 @@ fn day_batch(rows: &[Row]) -> DayBatch {
             MeasureArray::Extreme(lo.finish()),
             MeasureArray::Extreme(hi.finish()),
             MeasureArray::Distinct(u.finish()),
+            MeasureArray::Quantiles(quantile_array(
+                lat.iter().map(|(b, n)| (b.as_slice(), n.as_slice())),
+            )),
         ],
     }
 }
@@ -215,6 +230,7 @@ async fn an_old_file_with_int64_sums_and_missing_columns_still_reads() {
                 Agg::Min(None),
                 Agg::Max(None),
                 Agg::Distinct(sketch_of(0..2)),
+                quantiles_of(&[]),
             ],
         ),
         (
@@ -226,6 +242,7 @@ async fn an_old_file_with_int64_sums_and_missing_columns_still_reads() {
                 Agg::Min(None),
                 Agg::Max(None),
                 Agg::Distinct(sketch_of(0..1)),
+                quantiles_of(&[]),
             ],
         ),
     ];
@@ -270,6 +287,30 @@ async fn a_mistyped_column_or_a_bad_sketch_is_an_error_naming_it() {
         .unwrap_err();
     assert!(
         matches!(&err, SnapshotError::Column { column, .. } if column == "m:u"),
+        "{err}"
+    );
+    // A bucket code out of the sketch's range.
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("bucket_ms", Arc::new(Int64Array::from(vec![0]))),
+        (
+            "m:lat",
+            Arc::new(quantile_array([(
+                [1_000_000].as_slice(),
+                [1u64].as_slice(),
+            )])),
+        ),
+    ];
+    put(
+        &store,
+        "bad3.parquet",
+        &RecordBatch::try_from_iter(cols).unwrap(),
+    )
+    .await;
+    let err = read_rows(&store, "bad3.parquet", &view())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SnapshotError::Column { column, .. } if column == "m:lat"),
         "{err}"
     );
     let cols: Vec<(&str, ArrayRef)> = vec![("d:properties.page", page)];

@@ -89,6 +89,7 @@ fn record_batch(view: &ViewDef, batch: DayBatch, path: &str) -> Result<RecordBat
             }
             (AggKind::Min | AggKind::Max, MeasureArray::Extreme(v)) => cols.push(Arc::new(v)),
             (AggKind::Distinct, MeasureArray::Distinct(v)) => cols.push(Arc::new(v)),
+            (AggKind::Quantiles, MeasureArray::Quantiles(v)) => cols.push(Arc::new(v)),
             (kind, _) => {
                 return Err(problem(format!(
                     "measure `{}` ({kind:?}) got another kind of column",

@@ -5,8 +5,9 @@
 //! own which records the platform must accept (parsing each with
 //! `serde_json`, never with core's decoder), then keeps, per view, bucket and
 //! group, per measure: the count, the exact integer sum (and the float sum
-//! beside it, as core splits them), min, max and the exact set of distinct
-//! values. It shares no code with the layers under test, so a bug there
+//! beside it, as core splits them), min, max, the exact set of distinct
+//! values and, for `quantiles`, every value (exact quantiles by sorting,
+//! [`Cell::quantile`]). It shares no code with the layers under test, so a bug there
 //! cannot hide in both. [`Cells`] answer the questions a query asks: a range
 //! of buckets, a coarser granularity, a subset of the dimensions.
 
@@ -37,6 +38,8 @@ pub struct Cell {
     pub max: Option<f64>,
     /// The exact distinct values, by their text.
     pub distinct: HashSet<String>,
+    /// `quantiles`: every numeric value, in no order.
+    pub values: Vec<f64>,
 }
 
 impl Cell {
@@ -48,6 +51,20 @@ impl Cell {
         self.min = min_opt(self.min, other.min);
         self.max = max_opt(self.max, other.max);
         self.distinct.extend(other.distinct.iter().cloned());
+        self.values.extend_from_slice(&other.values);
+    }
+
+    /// The exact `q`-quantile of [`Cell::values`]: the value of 0-based rank
+    /// `floor(q * (n - 1))` in sorted order (the rank the platform
+    /// documents); `None` without values.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.values.is_empty() {
+            return None;
+        }
+        let mut sorted = self.values.clone();
+        sorted.sort_by(f64::total_cmp);
+        let rank = (q * (sorted.len() - 1) as f64).floor() as usize;
+        sorted.get(rank).copied()
     }
 
     fn add_num(&mut self, n: Num) {
@@ -85,7 +102,7 @@ fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Measure {
     pub name: String,
-    /// `count`, `sum`, `min`, `max` or `distinct`.
+    /// `count`, `sum`, `min`, `max`, `distinct` or `quantiles`.
     pub agg: String,
     /// `event_type`, `user_id`, `event_id` or `properties.<name>`.
     pub field: Option<String>,
@@ -259,6 +276,15 @@ impl ViewTruth {
                         cell.add_num(n);
                     }
                 }
+                ("quantiles", Some(Some(v))) => {
+                    if let Some(n) = num(v) {
+                        cell.count += 1;
+                        cell.values.push(match n {
+                            Num::Int(i) => i as f64,
+                            Num::Float(f) => f,
+                        });
+                    }
+                }
                 ("distinct", Some(Some(v))) => {
                     if let Some(t) = text(v) {
                         cell.count += 1;
@@ -341,6 +367,19 @@ impl Truth {
 pub fn within_hll_error(estimate: u64, exact: usize) -> bool {
     let (est, exact) = (estimate as f64, exact as f64);
     (est - exact).abs() <= (exact * 0.04).max(3.0)
+}
+
+/// The relative error the platform promises for quantiles: 1 %.
+pub const QUANTILE_ALPHA: f64 = 0.01;
+
+/// Whether a quantile answered by the platform is within its promised
+/// relative error of the exact one (zero and values under 1e-9 in
+/// magnitude answer as zero).
+pub fn within_quantile_error(got: f64, exact: f64) -> bool {
+    if exact.abs() < 1e-9 {
+        return got.abs() < 1e-9;
+    }
+    (got - exact).abs() <= QUANTILE_ALPHA * exact.abs() * (1.0 + 1e-9)
 }
 
 /// Redis's own estimate of an exact set: `PFADD` of every value into a
@@ -445,6 +484,20 @@ mod tests {
         assert_eq!(all.get(base, &[]).unwrap()[bt.measure("events")].count, 3);
         let by = bt.cells.group_by(&["event_type"]);
         assert_eq!(by.len(), 2);
+    }
+
+    #[test]
+    fn quantiles_are_exact_ranks() {
+        let c = Cell {
+            values: vec![5.0, 1.0, 4.0, 2.0, 3.0],
+            ..Cell::default()
+        };
+        assert_eq!(c.quantile(0.0), Some(1.0));
+        assert_eq!(c.quantile(0.5), Some(3.0));
+        assert_eq!(c.quantile(0.99), Some(4.0));
+        assert_eq!(c.quantile(1.0), Some(5.0));
+        assert_eq!(Cell::default().quantile(0.5), None);
+        assert!(within_quantile_error(101.0, 100.0) && !within_quantile_error(101.1, 100.0));
     }
 
     #[test]

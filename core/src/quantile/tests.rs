@@ -1,0 +1,188 @@
+//! The quantile sketch against exact quantiles and its own monoid laws.
+
+use super::*;
+use proptest::prelude::*;
+
+fn exact(sorted: &[f64], q: f64) -> f64 {
+    sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
+}
+
+fn sketch(xs: &[f64]) -> QuantileSketch {
+    let mut s = QuantileSketch::new();
+    for &x in xs {
+        s.add(x);
+    }
+    s
+}
+
+fn within_alpha(got: f64, want: f64) -> bool {
+    if want.abs() < MIN_MAGNITUDE {
+        return got == 0.0;
+    }
+    (got - want).abs() <= ALPHA * want.abs() * (1.0 + 1e-12)
+}
+
+proptest! {
+    /// Every quantile is within α of the exact one, latencies spanning
+    /// six orders of magnitude, with either sign and zeros.
+    #[test]
+    fn quantiles_are_within_the_relative_error(
+        xs in proptest::collection::vec(
+            prop_oneof![
+                8 => (-3.0f64..6.0).prop_map(|e| 10f64.powf(e)),
+                1 => (-3.0f64..6.0).prop_map(|e| -10f64.powf(e)),
+                1 => Just(0.0),
+            ],
+            1..2_000,
+        ),
+        q in 0.0f64..=1.0,
+    ) {
+        let mut sorted = xs.clone();
+        sorted.sort_by(f64::total_cmp);
+        let s = sketch(&xs);
+        let got = s.quantile(q).unwrap();
+        let want = exact(&sorted, q);
+        prop_assert!(within_alpha(got, want), "q {}: {} vs {}", q, got, want);
+    }
+
+    /// Integer inputs (counts, milliseconds) too, at several quantiles
+    /// of one sketch.
+    #[test]
+    fn integer_quantiles_are_within_the_relative_error(
+        xs in proptest::collection::vec(-1_000_000i64..10_000_000, 1..3_000),
+    ) {
+        let ys: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
+        let mut sorted = ys.clone();
+        sorted.sort_by(f64::total_cmp);
+        let s = sketch(&ys);
+        prop_assert_eq!(s.count(), ys.len() as u64);
+        for q in [0.0, 0.01, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0] {
+            let (got, want) = (s.quantile(q).unwrap(), exact(&sorted, q));
+            prop_assert!(within_alpha(got, want), "q {}: {} vs {}", q, got, want);
+        }
+    }
+
+    /// Latency-like values (one sign, five decades: the dense store),
+    /// split three ways and merged in either order, or with a part taken
+    /// away again: the sketch of the whole (of the rest).
+    #[test]
+    fn dense_sketches_merge_and_subtract_exactly(
+        xs in proptest::collection::vec((-1.0f64..4.0).prop_map(|e| 10f64.powf(e)), 0..2_000),
+        a in 0usize..2_000,
+        b in 0usize..2_000,
+    ) {
+        let (a, b) = (a.min(xs.len()), b.min(xs.len()));
+        let (a, b) = (a.min(b), a.max(b));
+        let (p1, p2, p3) = (sketch(&xs[..a]), sketch(&xs[a..b]), sketch(&xs[b..]));
+        let mut fwd = p1.clone();
+        fwd.merge(&p2);
+        fwd.merge(&p3);
+        let mut back = p3.clone();
+        back.merge(&p2);
+        back.merge(&p1);
+        let whole = sketch(&xs);
+        prop_assert_eq!(&fwd, &whole);
+        prop_assert_eq!(&back, &whole);
+        back.subtract(&p2);
+        let mut rest = xs[..a].to_vec();
+        rest.extend_from_slice(&xs[b..]);
+        prop_assert_eq!(back, sketch(&rest));
+    }
+
+    /// Several quantiles in one pass answer as one at a time.
+    #[test]
+    fn quantiles_in_one_pass_equal_each_alone(
+        xs in proptest::collection::vec(-1e4f64..1e6, 0..1_000),
+        qs in proptest::collection::vec(0.0f64..=1.0, 0..8),
+    ) {
+        let mut qs = qs;
+        qs.sort_by(f64::total_cmp);
+        let s = sketch(&xs);
+        let each: Vec<Option<f64>> = qs.iter().map(|&q| s.quantile(q)).collect();
+        prop_assert_eq!(s.quantiles(&qs), each);
+    }
+
+    /// Merging the sketches of any split gives the sketch of the whole.
+    #[test]
+    fn any_split_merges_to_the_whole(
+        xs in proptest::collection::vec(-1e6f64..1e6, 0..500),
+        cut in 0usize..500,
+    ) {
+        let cut = cut.min(xs.len());
+        let mut parts = sketch(&xs[cut..]);
+        parts.merge(&sketch(&xs[..cut]));
+        prop_assert_eq!(parts, sketch(&xs));
+    }
+}
+
+/// Values on and next to every bucket boundary (γ^i, where the float
+/// math of `ln x / ln γ` is closest to an integer) land in a bucket that
+/// answers within α of them.
+#[test]
+fn bucket_edges_answer_within_alpha() {
+    for i in -2_000..=2_000 {
+        let edge = GAMMA.powi(i);
+        for x in [edge, edge.next_up(), edge.next_down(), -edge] {
+            let b = index_of(x).unwrap();
+            assert!(within_alpha(b.value(), x), "{x} in {b:?}: {}", b.value());
+        }
+    }
+    for x in [1e-9, 1e300, f64::MAX, -f64::MAX, 5e-324] {
+        let b = index_of(x).unwrap();
+        if x.abs() >= MIN_MAGNITUDE && x.abs() <= 1e300 {
+            assert!(within_alpha(b.value(), x), "{x}");
+        }
+    }
+}
+
+#[test]
+fn codes_round_trip_and_sort_as_values() {
+    let xs = [-1e300, -37.2, -1.0, -1e-6, 0.0, 1e-6, 0.5, 1.0, 37.2, 1e300];
+    let codes: Vec<i32> = xs.iter().map(|&x| index_of(x).unwrap().code()).collect();
+    assert!(codes.windows(2).all(|w| w[0] < w[1]), "{codes:?}");
+    for (&x, &c) in xs.iter().zip(&codes) {
+        assert_eq!(Bucket::from_code(c), index_of(x));
+    }
+    for i in [-MAX_INDEX, -1, 0, 1, MAX_INDEX] {
+        for b in [Bucket::Positive(i), Bucket::Negative(i)] {
+            assert_eq!(Bucket::from_code(b.code()), Some(b));
+        }
+    }
+    assert_eq!(Bucket::from_code(2 * MAX_INDEX + 2), None);
+    assert_eq!(Bucket::from_code(i32::MIN), None);
+}
+
+#[test]
+fn subtracting_a_part_leaves_the_rest() {
+    let mut whole = sketch(&[1.0, 2.0, 2.0, 300.0, -4.0]);
+    let part = sketch(&[2.0, 300.0]);
+    whole.subtract(&part);
+    assert_eq!(whole, sketch(&[1.0, 2.0, -4.0]));
+    whole.subtract(&sketch(&[1.0, 1.0, 2.0, -4.0]));
+    assert!(whole.is_empty());
+}
+
+#[test]
+fn buckets_round_trip_through_their_text() {
+    for x in [1e-12, 0.5, 1.0, 37.2, 1e300, -1e300, -0.001] {
+        let b = index_of(x).unwrap();
+        assert_eq!(Bucket::parse(&b.encode()), Some(b));
+        assert!(
+            within_alpha(b.value(), if b == Bucket::Zero { 0.0 } else { x }),
+            "{x}"
+        );
+    }
+    assert_eq!(Bucket::parse("+99999999"), None);
+    assert_eq!(Bucket::parse("x1"), None);
+    assert_eq!(index_of(f64::NAN), None);
+}
+
+#[test]
+fn an_empty_sketch_has_no_quantile_and_q_is_checked() {
+    assert_eq!(QuantileSketch::new().quantile(0.5), None);
+    let s = sketch(&[1.0, 2.0, 3.0]);
+    assert_eq!(s.quantile(1.5), None);
+    assert!(within_alpha(s.quantile(0.0).unwrap(), 1.0));
+    assert!(within_alpha(s.quantile(1.0).unwrap(), 3.0));
+    assert!(within_alpha(s.quantile(0.5).unwrap(), 2.0));
+}

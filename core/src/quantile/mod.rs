@@ -126,6 +126,32 @@ fn representative(i: i32) -> f64 {
     2.0 * GAMMA.powi(i) / (GAMMA + 1.0)
 }
 
+/// Two sorted (code, count) lists as one, counts of a code added.
+fn merge_sorted(a: &[(i32, u64)], b: &[(i32, u64)]) -> Vec<(i32, u64)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push((a[i].0, a[i].1 + b[j].1));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
 /// A sparse sketch turns dense past this many occupied buckets...
 const DENSE_AFTER: usize = 48;
 /// ...when its buckets span at most this many codes (32 KiB of counts).
@@ -139,6 +165,10 @@ const DENSE_SPAN: usize = 4096;
 #[derive(Debug, Clone, Default)]
 pub struct QuantileSketch {
     store: Store,
+    /// Values in the zero bucket (code 0), kept beside the store as
+    /// DDSketch does: code 0 sits far from every other code, so a store
+    /// holding it could never be a short dense run.
+    zeros: u64,
     /// Values counted (the sum of the counts).
     total: u64,
 }
@@ -189,6 +219,10 @@ impl QuantileSketch {
             return;
         }
         self.total += n;
+        if c == 0 {
+            self.zeros += n;
+            return;
+        }
         match &mut self.store {
             Store::Dense { offset, counts } => {
                 let k = i64::from(c) - i64::from(*offset);
@@ -251,35 +285,102 @@ impl QuantileSketch {
         self.store = Store::Dense { offset: lo, counts };
     }
 
-    /// The occupied buckets as (code, count), codes ascending.
+    /// The store's occupied buckets as (code, count), codes ascending (the
+    /// zero bucket is not in the store).
     fn entries(&self) -> Vec<(i32, u64)> {
-        self.by_code().collect()
+        self.stored().collect()
     }
 
-    /// The monoid operation.
+    /// The monoid operation. A dense `other` is added as one array add
+    /// over its occupied run when `self` can hold that run densely (the
+    /// common case: a query's accumulator taking a row or a cell), and
+    /// sorted lists merge in one pass; otherwise one bucket at a time.
     pub fn merge(&mut self, other: &QuantileSketch) {
+        if other.is_empty() {
+            return;
+        }
         if self.is_empty() {
             *self = other.clone();
             return;
         }
-        match &other.store {
-            Store::Sparse(v) => v.iter().for_each(|&(c, n)| self.add_code(c, n)),
-            Store::Dense { offset, counts } => {
-                // The widest code first, so that a dense self grows once.
-                if let Some(last) = counts.iter().rposition(|&n| n > 0) {
-                    self.add_code(*offset + last as i32, counts[last]);
-                    for (k, &n) in counts[..last].iter().enumerate() {
-                        self.add_code(*offset + k as i32, n);
+        self.zeros += other.zeros;
+        self.total += other.zeros;
+        let stored = other.total - other.zeros;
+        match (&mut self.store, &other.store) {
+            (Store::Sparse(mine), Store::Sparse(theirs)) => {
+                *mine = merge_sorted(mine, theirs);
+                self.total += stored;
+                if mine.len() > DENSE_AFTER {
+                    self.densify();
+                }
+            }
+            (Store::Dense { .. }, Store::Sparse(theirs)) => {
+                theirs.iter().for_each(|&(c, n)| self.add_code(c, n));
+            }
+            (_, Store::Dense { offset, counts }) => {
+                let first = counts.iter().position(|&n| n > 0);
+                let last = counts.iter().rposition(|&n| n > 0);
+                let (Some(f), Some(l)) = (first, last) else {
+                    return;
+                };
+                let run = &counts[f..=l];
+                let lo = *offset + f as i32;
+                if self.cover(lo, lo + (l - f) as i32) {
+                    if let Store::Dense {
+                        offset: at,
+                        counts: mine,
+                    } = &mut self.store
+                    {
+                        let start = (lo - *at) as usize;
+                        for (a, &b) in mine[start..start + run.len()].iter_mut().zip(run) {
+                            *a += b;
+                        }
+                        self.total += stored;
+                        return;
                     }
+                }
+                for (k, &n) in run.iter().enumerate() {
+                    self.add_code(lo + k as i32, n);
                 }
             }
         }
     }
 
+    /// Make the store a dense run covering `lo..=hi` and every bucket it
+    /// holds, if that spans at most `DENSE_SPAN` codes; whether it did.
+    fn cover(&mut self, lo: i32, hi: i32) -> bool {
+        let (held_lo, held_hi) = match &self.store {
+            Store::Dense { offset, counts } => (*offset, *offset + counts.len() as i32 - 1),
+            Store::Sparse(v) => match (v.first(), v.last()) {
+                (Some(a), Some(b)) => (a.0, b.0),
+                _ => (lo, hi),
+            },
+        };
+        let (new_lo, new_hi) = (held_lo.min(lo), held_hi.max(hi));
+        let span = (i64::from(new_hi) - i64::from(new_lo) + 1) as usize;
+        if span > DENSE_SPAN {
+            return false;
+        }
+        if matches!(&self.store, Store::Dense { offset, counts }
+            if *offset == new_lo && counts.len() == span)
+        {
+            return true;
+        }
+        let mut counts = vec![0u64; span];
+        for (c, n) in self.stored() {
+            counts[(c - new_lo) as usize] += n;
+        }
+        self.store = Store::Dense {
+            offset: new_lo,
+            counts,
+        };
+        true
+    }
+
     /// Take `other`'s counts away again (saturating at zero; a bucket left
     /// empty is removed): what a roll-up does when a cell it holds changes.
     pub fn subtract(&mut self, other: &QuantileSketch) {
-        let mut left: Vec<(i32, u64)> = self.entries();
+        let mut left: Vec<(i32, u64)> = self.by_code().collect();
         for (c, n) in other.by_code() {
             if let Ok(i) = left.binary_search_by_key(&c, |e| e.0) {
                 left[i].1 = left[i].1.saturating_sub(n);
@@ -287,6 +388,8 @@ impl QuantileSketch {
         }
         left.retain(|e| e.1 > 0);
         self.total = left.iter().map(|e| e.1).sum();
+        self.zeros = left.iter().find(|e| e.0 == 0).map_or(0, |e| e.1);
+        left.retain(|e| e.0 != 0);
         self.store = Store::Sparse(left);
         if let Store::Sparse(v) = &self.store {
             if v.len() > DENSE_AFTER {
@@ -305,8 +408,18 @@ impl QuantileSketch {
     }
 
     /// Occupied buckets, in [`Bucket::code`] order (which is value order),
-    /// with their counts.
+    /// with their counts: the store's negative codes, the zero bucket, the
+    /// store's positive codes.
     pub fn by_code(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        let zero = (self.zeros > 0).then_some((0, self.zeros));
+        self.stored()
+            .take_while(|e| e.0 < 0)
+            .chain(zero)
+            .chain(self.stored().skip_while(|e| e.0 < 0))
+    }
+
+    /// The store's occupied buckets (every one but zero), codes ascending.
+    fn stored(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
         let empty: &[u64] = &[];
         let (sparse, offset, dense): (&[(i32, u64)], i32, &[u64]) = match &self.store {
             Store::Sparse(v) => (v.as_slice(), 0, empty),

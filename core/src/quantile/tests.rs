@@ -186,3 +186,42 @@ fn an_empty_sketch_has_no_quantile_and_q_is_checked() {
     assert!(within_alpha(s.quantile(1.0).unwrap(), 3.0));
     assert!(within_alpha(s.quantile(0.5).unwrap(), 2.0));
 }
+
+proptest! {
+    /// Integer latencies with many zeros (the zero bucket is kept beside
+    /// the store), merged from parts in any order and with a part taken
+    /// away: the sketch of the whole (of the rest), and its quantiles
+    /// within the relative error of the exact ones.
+    #[test]
+    fn zeros_merge_and_subtract_exactly(
+        xs in proptest::collection::vec(prop_oneof![Just(0i64), 0i64..5_000], 0..1_500),
+        a in 0usize..1_500,
+        b in 0usize..1_500,
+    ) {
+        let xs: Vec<f64> = xs.into_iter().map(|x| x as f64).collect();
+        let (a, b) = (a.min(xs.len()), b.min(xs.len()));
+        let (a, b) = (a.min(b), a.max(b));
+        let (p1, p2, p3) = (sketch(&xs[..a]), sketch(&xs[a..b]), sketch(&xs[b..]));
+        let mut fwd = p1.clone();
+        fwd.merge(&p2);
+        fwd.merge(&p3);
+        let mut back = p3.clone();
+        back.merge(&p2);
+        back.merge(&p1);
+        let whole = sketch(&xs);
+        prop_assert_eq!(&fwd, &whole);
+        prop_assert_eq!(&back, &whole);
+        let mut sorted = xs.clone();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+            if let Some(got) = fwd.quantile(q) {
+                let want = exact(&sorted, q);
+                prop_assert!(within_alpha(got, want), "q {}: {} vs {}", q, got, want);
+            }
+        }
+        back.subtract(&p2);
+        let mut rest = xs[..a].to_vec();
+        rest.extend_from_slice(&xs[b..]);
+        prop_assert_eq!(back, sketch(&rest));
+    }
+}

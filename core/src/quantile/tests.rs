@@ -15,6 +15,33 @@ fn sketch(xs: &[f64]) -> QuantileSketch {
     s
 }
 
+/// `xs` split at `a` and `b` (clamped) into three sketches, merged in
+/// either order: the sketch of the whole; with the middle part taken away
+/// again: the sketch of the rest. Returns the merged whole.
+fn merges_and_subtracts_exactly(
+    xs: &[f64],
+    a: usize,
+    b: usize,
+) -> Result<QuantileSketch, TestCaseError> {
+    let (a, b) = (a.min(xs.len()), b.min(xs.len()));
+    let (a, b) = (a.min(b), a.max(b));
+    let (p1, p2, p3) = (sketch(&xs[..a]), sketch(&xs[a..b]), sketch(&xs[b..]));
+    let mut fwd = p1.clone();
+    fwd.merge(&p2);
+    fwd.merge(&p3);
+    let mut back = p3.clone();
+    back.merge(&p2);
+    back.merge(&p1);
+    let whole = sketch(xs);
+    prop_assert_eq!(&fwd, &whole);
+    prop_assert_eq!(&back, &whole);
+    back.subtract(&p2);
+    let mut rest = xs[..a].to_vec();
+    rest.extend_from_slice(&xs[b..]);
+    prop_assert_eq!(back, sketch(&rest));
+    Ok(fwd)
+}
+
 fn within_alpha(got: f64, want: f64) -> bool {
     if want.abs() < MIN_MAGNITUDE {
         return got == 0.0;
@@ -71,22 +98,7 @@ proptest! {
         a in 0usize..2_000,
         b in 0usize..2_000,
     ) {
-        let (a, b) = (a.min(xs.len()), b.min(xs.len()));
-        let (a, b) = (a.min(b), a.max(b));
-        let (p1, p2, p3) = (sketch(&xs[..a]), sketch(&xs[a..b]), sketch(&xs[b..]));
-        let mut fwd = p1.clone();
-        fwd.merge(&p2);
-        fwd.merge(&p3);
-        let mut back = p3.clone();
-        back.merge(&p2);
-        back.merge(&p1);
-        let whole = sketch(&xs);
-        prop_assert_eq!(&fwd, &whole);
-        prop_assert_eq!(&back, &whole);
-        back.subtract(&p2);
-        let mut rest = xs[..a].to_vec();
-        rest.extend_from_slice(&xs[b..]);
-        prop_assert_eq!(back, sketch(&rest));
+        merges_and_subtracts_exactly(&xs, a, b)?;
     }
 
     /// Several quantiles in one pass answer as one at a time.
@@ -199,29 +211,14 @@ proptest! {
         b in 0usize..1_500,
     ) {
         let xs: Vec<f64> = xs.into_iter().map(|x| x as f64).collect();
-        let (a, b) = (a.min(xs.len()), b.min(xs.len()));
-        let (a, b) = (a.min(b), a.max(b));
-        let (p1, p2, p3) = (sketch(&xs[..a]), sketch(&xs[a..b]), sketch(&xs[b..]));
-        let mut fwd = p1.clone();
-        fwd.merge(&p2);
-        fwd.merge(&p3);
-        let mut back = p3.clone();
-        back.merge(&p2);
-        back.merge(&p1);
-        let whole = sketch(&xs);
-        prop_assert_eq!(&fwd, &whole);
-        prop_assert_eq!(&back, &whole);
+        let whole = merges_and_subtracts_exactly(&xs, a, b)?;
         let mut sorted = xs.clone();
         sorted.sort_by(f64::total_cmp);
         for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
-            if let Some(got) = fwd.quantile(q) {
+            if let Some(got) = whole.quantile(q) {
                 let want = exact(&sorted, q);
                 prop_assert!(within_alpha(got, want), "q {}: {} vs {}", q, got, want);
             }
         }
-        back.subtract(&p2);
-        let mut rest = xs[..a].to_vec();
-        rest.extend_from_slice(&xs[b..]);
-        prop_assert_eq!(back, sketch(&rest));
     }
 }

@@ -142,3 +142,111 @@ async fn slices_of_another_view_definition_are_not_merged() {
     let (_, body) = get(&app, &whole().url()).await;
     compare(&body, &whole(), &evs);
 }
+
+/// Over a Redis Cluster with several partition groups, queries read one
+/// roll-up per slice across the groups. It follows flushes into any group;
+/// when one group's slice expires it is built again from the other groups'
+/// parts; when one group loses its data that group is copied afresh and
+/// the others stay. Each step is checked against the fold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_cluster_the_roll_up_across_groups_follows_every_group() {
+    const GROUPS: u32 = 4;
+    let cluster = tokio::task::spawn_blocking(|| tally_testkit::RedisCluster::start(3, 0))
+        .await
+        .expect("join")
+        .expect("redis cluster");
+    let mut cfg = config("redis://127.0.0.1:1/", "t");
+    cfg.redis.mode = tally_core::config::RedisMode::Cluster;
+    cfg.redis.nodes = cluster.seeds();
+    cfg.redis.partition_groups = Some(GROUPS);
+    let layout = cfg.redis.layout();
+    let mut con = redis::cluster::ClusterClient::new(cluster.seeds())
+        .expect("client")
+        .get_async_connection()
+        .await
+        .expect("connect");
+    let opts = ServeOptions {
+        speed_max_age: Duration::from_millis(1),
+        ..Default::default()
+    };
+    // No snapshot: every slice counts.
+    let state = AppState::new(cfg, Arc::new(InMemory::new()), opts).expect("state");
+    let app = router(state);
+
+    // Flushes into every group in turn, events spread over the groups.
+    let mut seen: Vec<(u32, Ev)> = Vec::new();
+    for (i, batch) in events(61, 3000).chunks(500).enumerate() {
+        for g in 0..GROUPS {
+            let part: Vec<Ev> = batch
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| (i + j) as u32 % GROUPS == g)
+                .map(|(_, e)| e.clone())
+                .collect();
+            write_speed_in(&mut con, &layout.keys(g), &view(), &part).await;
+            seen.extend(part.into_iter().map(|e| (g, e)));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (_, body) = get(&app, &whole().url()).await;
+        compare(&body, &whole(), &evs_of(&seen));
+    }
+
+    // Group 0's part of one slice expires; a later flush of group 0 makes
+    // the copy look again.
+    let slice_of = |e: &Ev| (e.epoch, tally_core::time::day_of(e.t));
+    let gone = slice_of(&seen[0].1);
+    let k0 = layout.keys(0);
+    let _: i64 = redis::cmd("HDEL")
+        .arg(k0.slice_versions("pv"))
+        .arg(Keys::slice_member(gone.0, gone.1))
+        .query_async(&mut con)
+        .await
+        .expect("hdel");
+    let extra: Vec<Ev> = events(62, 50)
+        .into_iter()
+        .filter(|e| slice_of(e) != gone)
+        .take(1)
+        .collect();
+    write_speed_in(&mut con, &k0, &view(), &extra).await;
+    seen.retain(|(g, e)| *g != 0 || slice_of(e) != gone);
+    seen.extend(extra.into_iter().map(|e| (0, e)));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (_, body) = get(&app, &whole().url()).await;
+    compare(&body, &whole(), &evs_of(&seen));
+
+    // Group 1 loses every key and its speed layer starts over.
+    let pattern = format!(
+        "{}*",
+        layout
+            .keys(1)
+            .version()
+            .split(':')
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    let lost: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut con)
+        .await
+        .expect("keys");
+    assert!(!lost.is_empty(), "no keys match {pattern}");
+    for k in lost {
+        let _: i64 = redis::cmd("DEL")
+            .arg(k)
+            .query_async(&mut con)
+            .await
+            .expect("del");
+    }
+    let fresh = events(63, 400);
+    write_speed_in(&mut con, &layout.keys(1), &view(), &fresh).await;
+    seen.retain(|(g, _)| *g != 1);
+    seen.extend(fresh.into_iter().map(|e| (1, e)));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (_, body) = get(&app, &whole().url()).await;
+    compare(&body, &whole(), &evs_of(&seen));
+}
+
+fn evs_of(seen: &[(u32, Ev)]) -> Vec<Ev> {
+    seen.iter().map(|(_, e)| e.clone()).collect()
+}

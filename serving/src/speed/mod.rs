@@ -18,8 +18,10 @@
 //!   is loaded before the snapshot that has it is published
 //!   ([`SpeedMirror::set_floor`]).
 //! - Partition groups ([`tally_core::keys::Layout`]) are mirrored side by
-//!   side, each with its own flush version and `born`: a query merges the
-//!   slices of every group (more slices to merge; aggregates are monoids).
+//!   side, each with its own flush version and `born`, and summed as they
+//!   are read into one roll-up per (epoch, day) ([`slice`]): a query merges
+//!   as many cells as with one group (aggregates are monoids). A roll-up is
+//!   built again from the groups' parts when one of them leaves it.
 //! - Redis losing a group's data (a new `born`) empties that group's copy
 //!   and rebuilds it; the other groups stay.
 //! - A view whose slices Redis records under another definition fingerprint
@@ -35,7 +37,7 @@ pub(crate) mod conn;
 pub(crate) mod read;
 pub(crate) mod slice;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,8 +69,59 @@ struct ViewSlices {
     /// Redis holds this view's slices under another definition: none are
     /// mirrored.
     other_definition: bool,
-    /// By (partition group, epoch, day).
+    /// By (partition group, epoch, day). With several groups, these are
+    /// parts ([`Slice::part`]) and queries read `rollups`.
     slices: BTreeMap<(u32, Epoch, i64), Arc<Slice>>,
+    /// With several groups: the roll-up across groups, by (epoch, day).
+    rollups: BTreeMap<(Epoch, i64), Arc<Slice>>,
+}
+
+impl ViewSlices {
+    /// Drop the slices `gone` names, by (group, epoch, day), and build
+    /// again from the remaining parts each roll-up that held one of them.
+    fn drop_slices(&mut self, view: &ViewDef, gone: impl Fn(u32, Epoch, i64) -> bool) {
+        let mut touched = BTreeSet::new();
+        self.slices.retain(|&(g, e, d), _| {
+            let drop = gone(g, e, d);
+            if drop {
+                touched.insert((e, d));
+            }
+            !drop
+        });
+        for key in touched {
+            if !self.rollups.contains_key(&key) {
+                continue;
+            }
+            let parts: Vec<&Arc<Slice>> = self
+                .slices
+                .iter()
+                .filter(|(&(_, e, d), _)| (e, d) == key)
+                .map(|(_, s)| s)
+                .collect();
+            if parts.is_empty() {
+                self.rollups.remove(&key);
+                continue;
+            }
+            let rollup = Slice::new(view, key.0, key.1);
+            {
+                let mut w = rollup.write();
+                for p in parts {
+                    w.add_part(view, &p.read());
+                }
+            }
+            self.rollups.insert(key, Arc::new(rollup));
+        }
+    }
+
+    /// What queries read: with several groups (`split`) the roll-ups
+    /// across groups, else the slices.
+    fn readable(&self, split: bool) -> Box<dyn Iterator<Item = &Arc<Slice>> + '_> {
+        if split {
+            Box::new(self.rollups.values())
+        } else {
+            Box::new(self.slices.values())
+        }
+    }
 }
 
 fn at_or_above(floor: Option<Epoch>, epoch: Epoch) -> bool {
@@ -120,6 +173,8 @@ pub(crate) struct SpeedMirror {
     /// One sync at a time.
     syncing: tokio::sync::Mutex<()>,
     retire_after: Duration,
+    /// Several partition groups: their slices are parts of roll-ups.
+    split: bool,
 }
 
 impl SpeedMirror {
@@ -137,6 +192,7 @@ impl SpeedMirror {
             ..Default::default()
         };
         SpeedMirror {
+            split: redis.layout().groups() > 1,
             redis,
             views,
             state: Mutex::new(state),
@@ -197,8 +253,7 @@ impl SpeedMirror {
             .get(view)
             .filter(|v| !v.other_definition)
             .map(|v| {
-                v.slices
-                    .values()
+                v.readable(self.split)
                     .filter(|s| at_or_above(cut, s.epoch) && (first..=last).contains(&s.day))
                     .cloned()
                     .collect()
@@ -282,6 +337,7 @@ impl SpeedMirror {
                     if other != v.other_definition {
                         // Read again from scratch either way.
                         v.slices.clear();
+                        v.rollups.clear();
                         v.changes += 1;
                     }
                     v.other_definition = other;
@@ -297,8 +353,10 @@ impl SpeedMirror {
                         born: head.born,
                         version: None,
                     };
-                    for v in st.views.values_mut() {
-                        v.slices.retain(|&(sg, _, _), _| sg as usize != g);
+                    for view in &self.views {
+                        if let Some(v) = st.views.get_mut(&view.name) {
+                            v.drop_slices(view, |sg, _, _| sg as usize == g);
+                        }
                     }
                 }
             }
@@ -309,6 +367,7 @@ impl SpeedMirror {
                         v.floor = floor;
                         v.raise = None;
                         v.slices.retain(|&(_, e, _), _| at_or_above(floor, e));
+                        v.rollups.retain(|&(e, _), _| at_or_above(floor, e));
                     }
                 }
             }
@@ -372,8 +431,7 @@ impl SpeedMirror {
         view: &Arc<ViewDef>,
         live: HashMap<(Epoch, i64), u64>,
     ) -> Result<(), RedisReadError> {
-        // What to read: (epoch, day, read since, up to, the slice).
-        let todo: Vec<(Epoch, i64, u64, u64, Arc<Slice>, bool)> = {
+        let todo: Vec<Todo> = {
             let mut st = self.lock();
             let Some(v) = st.views.get_mut(&view.name) else {
                 return Ok(());
@@ -382,48 +440,81 @@ impl SpeedMirror {
                 return Ok(());
             }
             // Expired in Redis: gone here too.
-            v.slices
-                .retain(|&(g, e, d), _| g != group || live.contains_key(&(e, d)));
+            v.drop_slices(view, |g, e, d| g == group && !live.contains_key(&(e, d)));
             let floor = v.floor;
-            let mut todo: Vec<_> = live
-                .iter()
-                .filter(|((e, _), _)| at_or_above(floor, *e))
-                .filter_map(|(&(e, d), &ver)| match v.slices.get(&(group, e, d)) {
-                    Some(s) => {
-                        let since = s.read().version;
-                        (ver > since).then(|| (e, d, since, ver, s.clone(), false))
-                    }
-                    None => Some((e, d, 0, ver, Arc::new(Slice::new(view, e, d)), true)),
-                })
-                .collect();
-            todo.sort_by_key(|t| (t.0, t.1));
+            let mut todo: Vec<Todo> = Vec::new();
+            for (&(epoch, day), &version) in &live {
+                if !at_or_above(floor, epoch) {
+                    continue;
+                }
+                let (since, slice, new) = match v.slices.get(&(group, epoch, day)) {
+                    Some(s) => (s.read().version, s.clone(), false),
+                    None if self.split => (0, Arc::new(Slice::part(view, epoch, day)), true),
+                    None => (0, Arc::new(Slice::new(view, epoch, day)), true),
+                };
+                if version <= since {
+                    continue;
+                }
+                let rollup = self.split.then(|| {
+                    v.rollups
+                        .entry((epoch, day))
+                        .or_insert_with(|| Arc::new(Slice::new(view, epoch, day)))
+                        .clone()
+                });
+                todo.push(Todo {
+                    epoch,
+                    day,
+                    since,
+                    version,
+                    slice,
+                    rollup,
+                    new,
+                });
+            }
+            todo.sort_by_key(|t| (t.epoch, t.day));
             todo
         };
         if todo.is_empty() {
             return Ok(());
         }
-        let ranges: Vec<(Epoch, i64, u64)> = todo.iter().map(|t| (t.0, t.1, t.2)).collect();
+        let ranges: Vec<(Epoch, i64, u64)> =
+            todo.iter().map(|t| (t.epoch, t.day, t.since)).collect();
         let changed = read::changed_cells(&self.redis, keys, &view.name, &ranges).await?;
-        for ((epoch, day, _, ver, slice, new), cells) in todo.into_iter().zip(changed) {
+        for (t, cells) in todo.into_iter().zip(changed) {
             let (values, skipped) =
-                read::read_cells(&self.redis, keys, view, epoch, day, &cells).await?;
+                read::read_cells(&self.redis, keys, view, t.epoch, t.day, &cells).await?;
             {
-                let mut data = slice.write();
+                let mut data = t.slice.write();
+                let mut rollup = t.rollup.as_ref().map(|r| r.write());
                 for (bucket, group, aggs) in values {
-                    data.set_cell(view, bucket, &group, aggs);
+                    data.set_cell(view, bucket, &group, aggs, rollup.as_deref_mut());
                 }
-                data.version = ver;
+                data.version = t.version;
             }
             let mut st = self.lock();
             st.skipped += skipped;
-            if new {
+            if t.new {
                 if let Some(v) = st.views.get_mut(&view.name) {
-                    if at_or_above(v.floor, epoch) {
-                        v.slices.insert((group, epoch, day), slice);
+                    if at_or_above(v.floor, t.epoch) {
+                        v.slices.insert((group, t.epoch, t.day), t.slice);
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// One slice of one group to bring up to date.
+struct Todo {
+    epoch: Epoch,
+    day: i64,
+    /// The version read so far, and the one to read up to.
+    since: u64,
+    version: u64,
+    slice: Arc<Slice>,
+    /// The roll-up across groups `slice` is a part of.
+    rollup: Option<Arc<Slice>>,
+    /// `slice` is not in the mirror yet.
+    new: bool,
 }

@@ -5,13 +5,21 @@
 //! absolute value Redis holds ([`SliceData::set_cell`]); the coarser levels
 //! of [`ViewDef::levels`] (1h, 1d) follow at once: counts, sums and
 //! quantile sketches by the difference from the cell's previous value, min,
-//! max and distinct by a merge (Redis only ever lowers a min, raises a max and adds registers to a
-//! sketch). So a query reads a slice at the coarsest level that answers it,
-//! as it reads the snapshot.
+//! max and distinct by a merge (Redis only ever lowers a min, raises a max
+//! and adds registers to a sketch). So a query reads a slice at the
+//! coarsest level that answers it, as it reads the snapshot.
 //!
-//! Guarantee: every level holds the roll-up of the cells set so far, exactly
-//! for counts, integer sums, min, max, distinct and quantile sketches (float
-//! sums up to rounding).
+//! With several partition groups, each group's slice is a *part*
+//! ([`Slice::part`]: its own level only, kept to know each cell's previous
+//! value) and one *roll-up across groups* per (epoch, day) holds every
+//! level of the sum of the parts: the same change goes into it at every
+//! level, including the view's own. Queries read the roll-up, so they merge
+//! as many cells as with one group.
+//!
+//! Guarantee: every level holds the roll-up of the cells set so far (of
+//! every part, for a roll-up across groups), exactly for counts, integer
+//! sums, min, max, distinct and quantile sketches (float sums up to
+//! rounding).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -53,7 +61,19 @@ pub(crate) struct Slice {
 }
 
 impl Slice {
+    /// A slice with every level of `view`: one group's, or the roll-up
+    /// across groups.
     pub(crate) fn new(view: &ViewDef, epoch: Epoch, day: i64) -> Slice {
+        Slice::with_levels(view, epoch, day, usize::MAX)
+    }
+
+    /// One partition group's part of a slice that a roll-up across groups
+    /// answers for: the view's own level only.
+    pub(crate) fn part(view: &ViewDef, epoch: Epoch, day: i64) -> Slice {
+        Slice::with_levels(view, epoch, day, 1)
+    }
+
+    fn with_levels(view: &ViewDef, epoch: Epoch, day: i64, n: usize) -> Slice {
         Slice {
             epoch,
             day,
@@ -62,6 +82,7 @@ impl Slice {
                 levels: view
                     .levels()
                     .into_iter()
+                    .take(n)
                     .map(|g| Level {
                         ms: g.as_ms(),
                         cells: Cells::new(),
@@ -102,9 +123,18 @@ impl SliceData {
     }
 
     /// Set the cell (`bucket`, group `text`) of the view's own level to
-    /// `aggs` (one per measure of the view) and roll the change up. Returns
-    /// false when the group is not one of `view`'s.
-    pub fn set_cell(&mut self, view: &ViewDef, bucket: i64, text: &str, aggs: Box<[Agg]>) -> bool {
+    /// `aggs` (one per measure of the view) and roll the change up, into
+    /// this slice's coarser levels and into every level of `rollup` (the
+    /// roll-up across groups this slice is a part of). Returns false when
+    /// the group is not one of `view`'s.
+    pub fn set_cell(
+        &mut self,
+        view: &ViewDef,
+        bucket: i64,
+        text: &str,
+        aggs: Box<[Agg]>,
+        rollup: Option<&mut SliceData>,
+    ) -> bool {
         let Some(g) = self.group_id(view, text) else {
             return false;
         };
@@ -112,21 +142,55 @@ impl SliceData {
             return false;
         };
         let cells = base.cells.entry(bucket).or_default();
-        let old = cells.get(&g);
-        for level in coarser.iter_mut() {
-            let b = bucket.div_euclid(level.ms) * level.ms;
-            let cell = level
-                .cells
-                .entry(b)
-                .or_default()
-                .entry(g)
-                .or_insert_with(|| view.measures.iter().map(|m| Agg::empty(m.agg)).collect());
-            for (i, (acc, new)) in cell.iter_mut().zip(aggs.iter()).enumerate() {
-                roll(acc, old.map(|o| &o[i]), new);
+        let old = cells.get(&g).map(|o| &o[..]);
+        roll_levels(coarser, view, bucket, g, old, &aggs);
+        if let Some(r) = rollup {
+            if let Some(rg) = r.group_id(view, text) {
+                roll_levels(&mut r.levels, view, bucket, rg, old, &aggs);
             }
         }
         cells.insert(g, aggs);
         true
+    }
+
+    /// Add every cell of `part`'s own level to every level of this
+    /// roll-up: how a roll-up across groups is built again when a part
+    /// leaves it.
+    pub fn add_part(&mut self, view: &ViewDef, part: &SliceData) {
+        let Some(base) = part.levels.first() else {
+            return;
+        };
+        for (&bucket, cells) in &base.cells {
+            for (&pg, aggs) in cells {
+                let values = part.dict.groups()[pg as usize].iter().map(|v| v.as_deref());
+                let g = self.dict.intern(values);
+                roll_levels(&mut self.levels, view, bucket, g, None, aggs);
+            }
+        }
+    }
+}
+
+/// Move the cells of group `g` covering `bucket` in `levels` from
+/// including `old` to including `new`.
+fn roll_levels(
+    levels: &mut [Level],
+    view: &ViewDef,
+    bucket: i64,
+    g: u32,
+    old: Option<&[Agg]>,
+    new: &[Agg],
+) {
+    for level in levels {
+        let b = bucket.div_euclid(level.ms) * level.ms;
+        let cell = level
+            .cells
+            .entry(b)
+            .or_default()
+            .entry(g)
+            .or_insert_with(|| view.measures.iter().map(|m| Agg::empty(m.agg)).collect());
+        for (i, (acc, new)) in cell.iter_mut().zip(new.iter()).enumerate() {
+            roll(acc, old.map(|o| &o[i]), new);
+        }
     }
 }
 
@@ -199,11 +263,11 @@ mod tests {
         let s = Slice::new(&v, 1, 0);
         let mut d = s.write();
         let g = r#"["/a"]"#;
-        assert!(d.set_cell(&v, 60_000, g, aggs(2, 10, 5.0, &["x"])));
-        assert!(d.set_cell(&v, 120_000, g, aggs(1, -3, 7.0, &["y"])));
+        assert!(d.set_cell(&v, 60_000, g, aggs(2, 10, 5.0, &["x"]), None));
+        assert!(d.set_cell(&v, 120_000, g, aggs(1, -3, 7.0, &["y"]), None));
         // The first cell grows, as Redis values do.
-        assert!(d.set_cell(&v, 60_000, g, aggs(5, 12, 4.0, &["x", "z"])));
-        assert!(!d.set_cell(&v, 60_000, r#"["/a","extra"]"#, aggs(1, 1, 1.0, &[])));
+        assert!(d.set_cell(&v, 60_000, g, aggs(5, 12, 4.0, &["x", "z"]), None));
+        assert!(!d.set_cell(&v, 60_000, r#"["/a","extra"]"#, aggs(1, 1, 1.0, &[]), None));
         let hour = &d.levels[1].cells[&0];
         let day = &d.levels[2].cells[&0];
         let gid = 0;
@@ -220,5 +284,60 @@ mod tests {
             assert_eq!(cell[4], Agg::Quantiles(want));
         }
         assert_eq!(d.levels[0].cells.len(), 2);
+    }
+
+    #[test]
+    fn a_rollup_across_groups_holds_its_parts_at_every_level() {
+        let v = view();
+        let (a, b, r) = (
+            Slice::part(&v, 1, 0),
+            Slice::part(&v, 1, 0),
+            Slice::new(&v, 1, 0),
+        );
+        let g = r#"["/a"]"#;
+        {
+            let mut r = r.write();
+            let (mut a, mut b) = (a.write(), b.write());
+            assert!(a.set_cell(&v, 60_000, g, aggs(2, 10, 5.0, &["x"]), Some(&mut r)));
+            assert!(b.set_cell(&v, 60_000, g, aggs(1, -3, 7.0, &["y"]), Some(&mut r)));
+            // A part's cell grows, as Redis values do.
+            assert!(a.set_cell(&v, 60_000, g, aggs(5, 12, 4.0, &["x", "z"]), Some(&mut r)));
+            assert!(b.set_cell(&v, 3_600_000, g, aggs(1, 1, 9.0, &["x"]), Some(&mut r)));
+        }
+        // A part keeps its own level only.
+        assert_eq!(a.read().levels.len(), 1);
+        let r = r.read();
+        let minute = &r.levels[0].cells[&60_000][&0];
+        assert_eq!(minute[0], Agg::Count(6));
+        assert_eq!(minute[1], Agg::Sum { int: 9, float: 0.0 });
+        assert_eq!(minute[2], Agg::Min(Some(4.0)));
+        assert_eq!(minute[3].value(), Some(3.0));
+        let day = &r.levels[2].cells[&0][&0];
+        assert_eq!(day[0], Agg::Count(7));
+        assert_eq!(
+            day[1],
+            Agg::Sum {
+                int: 10,
+                float: 0.0
+            }
+        );
+        assert_eq!(day[2], Agg::Min(Some(4.0)));
+        assert_eq!(day[3].value(), Some(3.0));
+        let mut want = tally_core::quantile::QuantileSketch::new();
+        (0..5).for_each(|_| want.add(4.0));
+        want.add(7.0);
+        want.add(9.0);
+        assert_eq!(day[4], Agg::Quantiles(want));
+        // Built again from its parts, it is the same at every level.
+        let again = Slice::new(&v, 1, 0);
+        {
+            let mut w = again.write();
+            w.add_part(&v, &a.read());
+            w.add_part(&v, &b.read());
+        }
+        let again = again.read();
+        for (x, y) in r.levels.iter().zip(&again.levels) {
+            assert_eq!(x.cells, y.cells, "level {}", x.ms);
+        }
     }
 }

@@ -349,6 +349,12 @@ pub async fn write_level(
 
 /// Write every event's slice into Redis as the speed layer would (all epochs:
 /// slices below the cut must be ignored by serving).
+/// `HSET` a field unless it holds a lower (higher) number.
+const KEEP_LOWER: &str = "local c = redis.call('HGET', KEYS[1], ARGV[1]) \
+    if not c or tonumber(ARGV[2]) < tonumber(c) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end";
+const KEEP_HIGHER: &str = "local c = redis.call('HGET', KEYS[1], ARGV[1]) \
+    if not c or tonumber(ARGV[2]) > tonumber(c) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end";
+
 pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[Ev]) {
     let client = redis::Client::open(redis_url).expect("client");
     let mut conn = client
@@ -409,14 +415,20 @@ pub async fn write_speed_in(
                                 .arg(*float);
                         }
                     }
+                    // Redis only ever lowers a min and raises a max, as
+                    // the apply script does.
                     Agg::Min(Some(v)) => {
-                        p.cmd("HSET")
+                        p.cmd("EVAL")
+                            .arg(KEEP_LOWER)
+                            .arg(1)
                             .arg(&ck)
                             .arg(CounterField::encode(bucket, &m.name, Part::Min, &gj))
                             .arg(v.to_string());
                     }
                     Agg::Max(Some(v)) => {
-                        p.cmd("HSET")
+                        p.cmd("EVAL")
+                            .arg(KEEP_HIGHER)
+                            .arg(1)
                             .arg(&ck)
                             .arg(CounterField::encode(bucket, &m.name, Part::Max, &gj))
                             .arg(v.to_string());

@@ -136,7 +136,11 @@ async fn speed_in_cluster(evs: &[Ev]) -> (tally_core::config::Config, Backend) {
     cfg.redis.nodes = cluster.seeds();
     cfg.redis.partition_groups = Some(GROUPS);
     let layout = cfg.redis.layout();
-    let mut con = match redis::cluster::ClusterClient::new(cluster.seeds()) {
+    // A slice is one pipeline: a big one takes seconds on a loaded machine.
+    let client = redis::cluster::ClusterClientBuilder::new(cluster.seeds())
+        .response_timeout(std::time::Duration::from_secs(120))
+        .build();
+    let mut con = match client {
         Ok(c) => match c.get_async_connection().await {
             Ok(con) => con,
             Err(e) => {

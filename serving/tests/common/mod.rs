@@ -357,8 +357,11 @@ const KEEP_HIGHER: &str = "local c = redis.call('HGET', KEYS[1], ARGV[1]) \
 
 pub async fn write_speed(redis_url: &str, prefix: &str, view: &ViewDef, evs: &[Ev]) {
     let client = redis::Client::open(redis_url).expect("client");
+    // A slice is one pipeline: a big one takes seconds on a loaded machine.
+    let patient = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(120)));
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&patient)
         .await
         .expect("connect");
     write_speed_in(&mut conn, &Keys::new(prefix), view, evs).await

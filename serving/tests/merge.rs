@@ -203,16 +203,8 @@ async fn over_a_redis_cluster_answers_equal_the_fold() {
     let store = Arc::new(InMemory::new());
     let cut = (T0 / EPOCH_MS) + 30;
     publish_snapshot(&store, &view, &evs, cut, "run1").await;
-    let mut cfg = config("redis://127.0.0.1:1/", "t");
-    cfg.redis.mode = tally_core::config::RedisMode::Cluster;
-    cfg.redis.nodes = cluster.seeds();
-    cfg.redis.partition_groups = Some(4);
+    let (cfg, mut con) = cluster_config(cluster.seeds(), "t", 4).await;
     let layout = cfg.redis.layout();
-    let mut con = redis::cluster::ClusterClient::new(cluster.seeds())
-        .expect("client")
-        .get_async_connection()
-        .await
-        .expect("connect");
     for g in 0..4 {
         let part: Vec<Ev> = evs
             .iter()

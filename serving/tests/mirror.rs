@@ -155,16 +155,8 @@ async fn over_a_cluster_the_roll_up_across_groups_follows_every_group() {
         .await
         .expect("join")
         .expect("redis cluster");
-    let mut cfg = config("redis://127.0.0.1:1/", "t");
-    cfg.redis.mode = tally_core::config::RedisMode::Cluster;
-    cfg.redis.nodes = cluster.seeds();
-    cfg.redis.partition_groups = Some(GROUPS);
+    let (cfg, mut con) = cluster_config(cluster.seeds(), "t", GROUPS).await;
     let layout = cfg.redis.layout();
-    let mut con = redis::cluster::ClusterClient::new(cluster.seeds())
-        .expect("client")
-        .get_async_connection()
-        .await
-        .expect("connect");
     let opts = ServeOptions {
         speed_max_age: Duration::from_millis(1),
         ..Default::default()

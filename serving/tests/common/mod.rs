@@ -676,6 +676,25 @@ pub fn config(redis_url: &str, prefix: &str) -> Config {
     cfg
 }
 
+/// [`config`] over a Redis Cluster split into `groups` partition groups,
+/// and a cluster connection to write the speed layer's keys with.
+pub async fn cluster_config(
+    seeds: Vec<String>,
+    prefix: &str,
+    groups: u32,
+) -> (Config, redis::cluster_async::ClusterConnection) {
+    let mut cfg = config("redis://127.0.0.1:1/", prefix);
+    cfg.redis.mode = tally_core::config::RedisMode::Cluster;
+    cfg.redis.nodes = seeds.clone();
+    cfg.redis.partition_groups = Some(groups);
+    let con = redis::cluster::ClusterClient::new(seeds)
+        .expect("client")
+        .get_async_connection()
+        .await
+        .expect("connect");
+    (cfg, con)
+}
+
 pub async fn get(app: &axum::Router, uri: &str) -> (StatusCode, serde_json::Value) {
     send(app, Request::get(uri).body(Body::empty()).expect("req")).await
 }

@@ -266,6 +266,38 @@ impl QuantileSketch {
         }
     }
 
+    /// Add a row of (code, count) entries (a snapshot row; codes of no
+    /// bucket are ignored): the store is made one dense run covering the
+    /// row's span once, then each entry is one array add.
+    pub fn add_codes(&mut self, entries: &[(i32, u64)]) {
+        let limit = 2 * MAX_INDEX + 1;
+        let (mut lo, mut hi) = (i32::MAX, i32::MIN);
+        for &(c, _) in entries {
+            if c != 0 {
+                lo = lo.min(c);
+                hi = hi.max(c);
+            }
+        }
+        let in_range = lo > hi || (lo >= -limit && hi <= limit);
+        if entries.len() < 8 || !in_range || (lo <= hi && !self.cover(lo, hi)) {
+            entries.iter().for_each(|&(c, n)| self.add_code(c, n));
+            return;
+        }
+        let QuantileSketch {
+            store,
+            zeros,
+            total,
+        } = self;
+        for &(c, n) in entries {
+            *total += n;
+            if c == 0 {
+                *zeros += n;
+            } else if let Store::Dense { offset, counts } = store {
+                counts[(c - *offset) as usize] += n;
+            }
+        }
+    }
+
     /// Make a sparse store dense when its span allows.
     fn densify(&mut self) {
         let Store::Sparse(v) = &self.store else {
@@ -456,22 +488,42 @@ impl QuantileSketch {
             .map(|(i, q)| ((q * (n - 1) as f64).floor() as u64, i))
             .collect();
         ranks.sort_unstable();
-        let mut next = ranks.iter().peekable();
-        let mut seen = 0u64;
-        for (c, k) in self.by_code() {
+        let (mut seen, mut next) = (0u64, 0usize);
+        self.walk(&mut |c, k| {
             seen += k;
-            while let Some(&&(rank, i)) = next.peek() {
+            while let Some(&(rank, i)) = ranks.get(next) {
                 if seen <= rank {
                     break;
                 }
                 out[i] = Bucket::from_code(c).map(Bucket::value);
-                next.next();
+                next += 1;
             }
-            if next.peek().is_none() {
-                break;
-            }
-        }
+            next < ranks.len()
+        });
         out
+    }
+
+    /// Visit the occupied buckets in code order, zero included, until `f`
+    /// returns false: [`QuantileSketch::by_code`] as one tight loop over
+    /// the store, for a query's answers.
+    fn walk(&self, f: &mut impl FnMut(i32, u64) -> bool) {
+        let mut zero = self.zeros;
+        let mut visit = |c: i32, n: u64| {
+            if c > 0 && zero > 0 && !f(0, std::mem::take(&mut zero)) {
+                return false;
+            }
+            f(c, n)
+        };
+        let done = match &self.store {
+            Store::Sparse(v) => v.iter().any(|&(c, n)| !visit(c, n)),
+            Store::Dense { offset, counts } => counts
+                .iter()
+                .enumerate()
+                .any(|(k, &n)| n > 0 && !visit(offset + k as i32, n)),
+        };
+        if !done && zero > 0 {
+            f(0, zero);
+        }
     }
 
     /// The `q`-quantile (0 ≤ q ≤ 1): the value of rank `floor(q · (n − 1))`

@@ -104,7 +104,7 @@ proptest! {
     /// Several quantiles in one pass answer as one at a time.
     #[test]
     fn quantiles_in_one_pass_equal_each_alone(
-        xs in proptest::collection::vec(-1e4f64..1e6, 0..1_000),
+        xs in proptest::collection::vec(prop_oneof![Just(0.0), -1e4f64..1e6], 0..1_000),
         qs in proptest::collection::vec(0.0f64..=1.0, 0..8),
     ) {
         let mut qs = qs;
@@ -220,5 +220,26 @@ proptest! {
                 prop_assert!(within_alpha(got, want), "q {}: {} vs {}", q, got, want);
             }
         }
+    }
+}
+
+proptest! {
+    /// A row added at once (a snapshot row: codes ascending, some out of
+    /// range) counts as its entries added one by one, whatever the sketch
+    /// already held (empty, a few buckets, a dense run, far codes).
+    #[test]
+    fn a_row_added_at_once_counts_as_its_entries_one_by_one(
+        held in proptest::collection::vec(prop_oneof![Just(0.0), -1e3f64..1e5, 1e200f64..1e300], 0..300),
+        row in proptest::collection::vec((-80_000i32..80_000, 0u64..5), 0..400),
+        near in proptest::collection::vec((prop_oneof![Just(0i32), 34_000i32..35_500], 1u64..5), 0..200),
+    ) {
+        let mut row: Vec<(i32, u64)> = row.into_iter().chain(near).collect();
+        row.sort_unstable();
+        let mut at_once = sketch(&held);
+        at_once.add_codes(&row);
+        let mut one_by_one = sketch(&held);
+        row.iter().for_each(|&(c, n)| one_by_one.add_code(c, n));
+        prop_assert_eq!(at_once.count(), one_by_one.count());
+        prop_assert_eq!(at_once, one_by_one);
     }
 }

@@ -51,9 +51,7 @@ impl QuantileRows {
 
     /// Add row `r` to `acc`.
     pub fn merge_into(&self, r: usize, acc: &mut QuantileSketch) {
-        for &(c, n) in self.get(r) {
-            acc.add_code(c, n);
-        }
+        acc.add_codes(self.get(r));
     }
 
     /// The rows in the order `order` gives.

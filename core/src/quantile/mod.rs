@@ -152,6 +152,9 @@ fn merge_sorted(a: &[(i32, u64)], b: &[(i32, u64)]) -> Vec<(i32, u64)> {
     out
 }
 
+/// Codes of room a dense run gets on a side it grows.
+const COVER_SPARE: usize = 32;
+
 /// A sparse sketch turns dense past this many occupied buckets...
 const DENSE_AFTER: usize = 48;
 /// ...when its buckets span at most this many codes (32 KiB of counts).
@@ -350,6 +353,23 @@ impl QuantileSketch {
                 theirs.iter().for_each(|&(c, n)| self.add_code(c, n));
             }
             (_, Store::Dense { offset, counts }) => {
+                // The whole run at once (its spare zeros add nothing) when
+                // `self` holds it densely: no scan for the occupied part.
+                let end = *offset + counts.len() as i32 - 1;
+                if self.cover(*offset, end) {
+                    if let Store::Dense {
+                        offset: at,
+                        counts: mine,
+                    } = &mut self.store
+                    {
+                        let start = (*offset - *at) as usize;
+                        for (a, &b) in mine[start..start + counts.len()].iter_mut().zip(counts) {
+                            *a += b;
+                        }
+                        self.total += stored;
+                        return;
+                    }
+                }
                 let first = counts.iter().position(|&n| n > 0);
                 let last = counts.iter().rposition(|&n| n > 0);
                 let (Some(f), Some(l)) = (first, last) else {
@@ -398,6 +418,21 @@ impl QuantileSketch {
         {
             return true;
         }
+        // Growing: room to spare on each side that grew, so that the next
+        // rows (of nearby spans) fit without another copy.
+        let room = (DENSE_SPAN - span) / 2;
+        let spare = COVER_SPARE.min(room) as i32;
+        let new_lo = if new_lo < held_lo || self.is_sparse() {
+            new_lo - spare
+        } else {
+            new_lo
+        };
+        let new_hi = if new_hi > held_hi || self.is_sparse() {
+            new_hi + spare
+        } else {
+            new_hi
+        };
+        let span = (i64::from(new_hi) - i64::from(new_lo) + 1) as usize;
         let mut counts = vec![0u64; span];
         for (c, n) in self.stored() {
             counts[(c - new_lo) as usize] += n;
@@ -428,6 +463,10 @@ impl QuantileSketch {
                 self.densify();
             }
         }
+    }
+
+    fn is_sparse(&self) -> bool {
+        matches!(self.store, Store::Sparse(_))
     }
 
     /// Values counted.

@@ -372,7 +372,6 @@ impl Fold {
             for (i, a) in cell.aggs.iter().enumerate() {
                 if a.kind() != AggKind::Distinct {
                     totals[i].merge(a);
-                    self.grand[i].merge(a);
                 }
             }
             match kept {
@@ -386,13 +385,12 @@ impl Fold {
     /// The folded answer: per output group (projected values), its points
     /// in time order and its totals; and the grand total.
     pub fn into_parts(mut self) -> Folded {
+        // The grand total is the merge of the groups' totals: one merge
+        // per group, not per cell.
         for (pos, grand) in self.grand.iter_mut().enumerate() {
-            if let Agg::Distinct(g) = grand {
-                for t in &self.totals {
-                    if let Agg::Distinct(h) = &t[pos] {
-                        g.merge(h);
-                    }
-                }
+            let kind = grand.kind();
+            for t in self.totals.iter().filter(|t| t[pos].kind() == kind) {
+                grand.merge(&t[pos]);
             }
         }
         let p: &Percentiles = &self.q.percentiles;

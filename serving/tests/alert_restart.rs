@@ -5,8 +5,9 @@
 //! the restart resolves once; a changed rule starts `ok`; a rule no longer
 //! configured is forgotten; without Redis the rules are evaluated in memory
 //! and their state is written once Redis is back; a second serving process
-//! stands by while the first holds the lease. What each rule should do is
-//! read from the fold of the events (`truth_at`), never from the server.
+//! stands by while the first holds the lease; on a Redis Cluster the keys
+//! share one slot. What each rule should do is read from the fold of the
+//! events (`truth_at`), never from the server.
 
 mod common;
 
@@ -344,4 +345,51 @@ async fn a_second_serving_process_stands_by_and_takes_over_at_shutdown() {
     settle().await;
     assert_eq!(recv.got().len(), 1, "the episode goes on: no second firing");
     standby.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_the_state_is_kept_in_one_slot_across_a_restart() {
+    let cluster = tokio::task::spawn_blocking(|| tally_testkit::RedisCluster::start(3, 0))
+        .await
+        .expect("join")
+        .expect("redis cluster");
+    let (recv, url) = receiver(0).await;
+    let mut quiet = rule("quiet", &url, 1.0, None);
+    quiet.comparison = Comparison::Below;
+    let mut cfg = config_with("redis://127.0.0.1:1/", vec![quiet]);
+    cfg.redis.mode = tally_core::config::RedisMode::Cluster;
+    cfg.redis.nodes = cluster.seeds();
+    let store = Arc::new(InMemory::new());
+    let first = Server::start(&cfg, &store).await;
+    first.evaluate(T0).await;
+    let got = recv.wait_for(1).await;
+    assert_eq!(
+        statuses(&got),
+        [("firing".to_owned(), format!("quiet:firing:{T0}"))]
+    );
+    let body = first.alerts().await;
+    assert_eq!(body["persisted"], true, "{body}");
+    first.stop().await;
+
+    let second = Server::start(&cfg, &store).await;
+    second.evaluate(T0 + MIN).await;
+    settle().await;
+    assert_eq!(recv.got().len(), 1, "no second firing for the episode");
+    let body = second.alerts().await;
+    assert_eq!(body["alerts"][0]["state"], "firing", "{body}");
+    assert_eq!(body["persisted"], true, "{body}");
+    assert_eq!(body["evaluating"], true, "{body}");
+    let mut con = redis::cluster::ClusterClient::new(cluster.seeds())
+        .expect("client")
+        .get_async_connection()
+        .await
+        .expect("connect");
+    let stored: Option<String> = redis::cmd("HGET")
+        .arg("t:{alerts}:state")
+        .arg("quiet")
+        .query_async(&mut con)
+        .await
+        .expect("hget");
+    assert!(stored.is_some_and(|s| s.contains("firing")));
+    second.stop().await;
 }

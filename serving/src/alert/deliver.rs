@@ -4,7 +4,7 @@
 //!
 //! Guarantees: at least once per notification while the receiver answers
 //! 2xx within `alerting.max_attempts` attempts, across restarts of the
-//! serving role when Redis keeps the outbox ([`super::persist`]): an entry
+//! serving role when Redis keeps the outbox (`persist.rs`): an entry
 //! leaves the outbox (and its Redis copy, `XDEL`) only after a 2xx answer
 //! or its last attempt, and the sender takes an entry only once the
 //! evaluation that made it has tried to write it to Redis, so a notification

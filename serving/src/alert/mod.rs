@@ -19,7 +19,7 @@
 //! evaluation that fails (a bad answer) keeps the rule's state and shows
 //! the error; a degraded answer is evaluated, and says so.
 //!
-//! Across restarts ([`persist`]): every rule's state (phase, since when,
+//! Across restarts (`persist.rs`): every rule's state (phase, since when,
 //! the episode) and the notifications not yet delivered are kept in Redis,
 //! written by each evaluation before its notifications are sent. A serving
 //! process that starts (or takes over from another) adopts the stored
@@ -32,7 +32,7 @@
 //! (notifications it already made are still delivered).
 //!
 //! With several serving processes, one evaluates and sends: the holder of
-//! a lease in Redis ([`persist::lease_ttl`]); the others show the stored
+//! a lease in Redis (`persist.rs`); the others show the stored
 //! state (`evaluating: false`) and take over when the lease expires or is
 //! released at shutdown. When Redis cannot be reached, each process
 //! evaluates and delivers in memory as before (`persisted: false` in
@@ -146,7 +146,7 @@ pub(crate) struct StepFlags {
 #[derive(Debug)]
 pub struct Alerts {
     rules: Vec<AlertRule>,
-    /// Each rule's [`persist::fingerprint`].
+    /// Each rule's fingerprint (`persist.rs`).
     fps: Vec<String>,
     states: Mutex<Vec<AlertStatus>>,
     pub(crate) outbox: Outbox,

@@ -5,7 +5,7 @@
 //! Each evaluation is one step: take or renew the lease (adopting the
 //! stored state when just taken, standing by when another process holds
 //! it), evaluate every rule, write the states and the new notifications to
-//! Redis ([`super::persist`]), and only then let the sender take them.
+//! Redis (`persist.rs`), and only then let the sender take them.
 //! Without Redis the step evaluates in memory and releases the
 //! notifications at once.
 

@@ -18,6 +18,19 @@
 //! | `P:defs` | hash | view name → the fingerprint of the definition its slices were computed with ([`crate::view::ViewDef::fingerprint`]) |
 //! | `P:ver` | hash | `v` → the version of the last applied flush (one per apply-script call), `born` → when `v` was created (ms) |
 //!
+//! The serving role's threshold alerts keep their own keys ([`AlertKeys`],
+//! from [`Layout::alerts`]), under `A` = `{prefix}:alerts`, or
+//! `{prefix}:{alerts}` (one hash tag, so one slot) when keys are tagged:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `A:lease` | string, expiring | the token of the serving process that evaluates the rules and sends their notifications |
+//! | `A:state` | hash | rule name → its state as JSON (fingerprint of the rule, phase, since when, episode, last value) |
+//! | `A:out` | stream | the notifications not yet delivered, oldest first (field `n`: the notification as JSON) |
+//!
+//! The speed layer never writes them, and its rebuild after a changed view
+//! definition leaves them in place ([`AlertKeys::owns`]).
+//!
 //! A *slice* is one view's counters for one ingest epoch and one event-time day:
 //! the unit the merge rule selects (`epoch >= cut`) and the unit that expires.
 //! Groups are JSON arrays (`["/home",null]`), unambiguous whatever the values hold.
@@ -256,6 +269,17 @@ impl Layout {
         (0..self.groups).map(|g| self.keys(g)).collect()
     }
 
+    /// The keys of the serving role's threshold alerts (see the module
+    /// documentation): tagged like the groups' keys, with the tag `alerts`.
+    pub fn alerts(&self) -> AlertKeys {
+        let prefix = if self.tagged {
+            format!("{}:{{alerts}}", self.prefix)
+        } else {
+            format!("{}:alerts", self.prefix)
+        };
+        AlertKeys { prefix }
+    }
+
     /// The definition fingerprint the speed layer records for `view` in
     /// Redis (`P:defs`), and that serving expects there: the view's own
     /// fingerprint, plus the number of groups when keys are tagged. A
@@ -271,6 +295,35 @@ impl Layout {
         } else {
             view.fingerprint()
         }
+    }
+}
+
+/// The threshold alerts' keys (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertKeys {
+    prefix: String,
+}
+
+impl AlertKeys {
+    /// Who evaluates and sends: a process's token, set with an expiry.
+    pub fn lease(&self) -> String {
+        format!("{}:lease", self.prefix)
+    }
+
+    /// Every rule's state, a hash by rule name.
+    pub fn state(&self) -> String {
+        format!("{}:state", self.prefix)
+    }
+
+    /// The notifications waiting for delivery, a stream.
+    pub fn outbox(&self) -> String {
+        format!("{}:out", self.prefix)
+    }
+
+    /// Whether `key` is one of these keys.
+    pub fn owns(&self, key: &str) -> bool {
+        key.strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(':'))
     }
 }
 
@@ -418,6 +471,21 @@ mod tests {
         assert_eq!(k.quantile_prefix("v", 5, 7), "t1:{2}:q:v:5:7:");
         assert_eq!(l.all().len(), 4);
         assert_eq!(Layout::new("t1", 1, true).keys(0).version(), "t1:{0}:ver");
+    }
+
+    #[test]
+    fn alert_keys_share_one_tag_when_keys_are_tagged() {
+        let one = Layout::single("t1").alerts();
+        assert_eq!(one.lease(), "t1:alerts:lease");
+        assert_eq!(one.state(), "t1:alerts:state");
+        assert_eq!(one.outbox(), "t1:alerts:out");
+        let tagged = Layout::new("t1", 4, true).alerts();
+        assert_eq!(tagged.state(), "t1:{alerts}:state");
+        assert_eq!(tagged.outbox(), "t1:{alerts}:out");
+        assert!(tagged.owns("t1:{alerts}:lease"));
+        assert!(!tagged.owns("t1:{2}:off"));
+        assert!(!one.owns("t1:alertsx:state"));
+        assert!(!one.owns("t1:c:alerts:1:2"));
     }
 
     #[test]

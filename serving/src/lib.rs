@@ -18,7 +18,9 @@
 //! - [`api`]: routes and layers; handlers one file per endpoint family;
 //!   auth; OpenAPI. [`dto`]: the wire types.
 //! - [`alert`]: threshold rules (`[[alert]]`) evaluated through the query
-//!   path, and their webhooks (bounded queue, retries with backoff).
+//!   path, and their webhooks (bounded outbox, retries with backoff); the
+//!   states and undelivered notifications kept in Redis across restarts,
+//!   one evaluating process at a time (a lease).
 //! - `answer_cache`: optional reuse of whole answers for a short TTL.
 //! - [`lookup`]: lookup tables (`[[lookup]]`) read from the object store
 //!   and applied at query time (`group_by=properties.page@section`).

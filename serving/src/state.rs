@@ -186,6 +186,7 @@ impl AppState {
         let retire_after = cfg.serve.request_timeout.as_duration() * 2 + Duration::from_secs(5);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let (stop, stopping) = tokio::sync::watch::channel(false);
+        let alerts = Alerts::new(&cfg, redis.clone());
         Ok(AppState {
             inner: Arc::new(Inner {
                 views,
@@ -202,7 +203,7 @@ impl AppState {
                 started_ms: now_ms(),
                 answers: ResultCache::new(cfg.serve.answer_ttl.as_duration()),
                 lookups: Lookups::default(),
-                alerts: Alerts::new(&cfg),
+                alerts,
                 generation: AtomicU64::new(0),
                 opts,
                 cfg,
@@ -252,8 +253,9 @@ impl AppState {
         .map_err(|e| internal(format!("a merge task failed: {e}")))
     }
 
-    /// The server is stopping: streams end, background loops stop.
-    pub(crate) fn stop(&self) {
+    /// The server is stopping: streams end, background loops stop (the
+    /// alert loop gives its lease up: another serving process takes over).
+    pub fn stop(&self) {
         let _ = self.inner.stop.send(true);
     }
 

@@ -7,72 +7,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use common::alerting::*;
 use common::*;
 use object_store::memory::InMemory;
-use tally_core::config::{AlertRule, Comparison, Config, Millis};
+use tally_core::config::{Comparison, Millis};
 use tally_serving::{router, AppState, ServeOptions};
-
-const MIN: i64 = 60_000;
-
-/// A webhook receiver that answers 500 to its first `fail_first` POSTs.
-#[derive(Clone, Default)]
-struct Receiver {
-    attempts: Arc<AtomicUsize>,
-    got: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-async fn receiver(fail_first: usize) -> (Receiver, String) {
-    let r = Receiver::default();
-    let state = r.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-            let r = state.clone();
-            async move {
-                if r.attempts.fetch_add(1, Ordering::SeqCst) < fail_first {
-                    return StatusCode::INTERNAL_SERVER_ERROR;
-                }
-                r.got.lock().expect("lock").push(body);
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (r, format!("http://{addr}/hook"))
-}
-
-fn rule(name: &str, webhook: &str, threshold: f64, for_ms: Option<i64>) -> AlertRule {
-    AlertRule {
-        name: name.into(),
-        view: "pv".into(),
-        measure: "views".into(),
-        filter: BTreeMap::from([("properties.page".to_owned(), vec!["/home".to_owned()])]),
-        window: Millis(15 * MIN),
-        comparison: Comparison::Above,
-        threshold,
-        for_duration: for_ms.map(Millis),
-        webhook: webhook.into(),
-    }
-}
-
-/// The count the rule reads at `t`, folded from the events.
-fn truth_at(evs: &[Ev], t: i64) -> u64 {
-    let base = |e: &Ev| e.t.div_euclid(MIN) * MIN;
-    evs.iter()
-        .filter(|e| e.page.as_deref() == Some("/home"))
-        .filter(|e| base(e) >= t - 15 * MIN && base(e) < t)
-        .count() as u64
-}
 
 /// The notifications (status, at) a rule makes over `values` at instants
 /// `ts`, per the rule's contract.
@@ -96,16 +40,6 @@ fn expected(ts: &[i64], values: &[u64], threshold: f64, for_ms: i64) -> Vec<(Str
         }
     }
     out
-}
-
-fn config_with(redis: &str, rules: Vec<AlertRule>) -> Config {
-    let mut cfg = config(redis, "t");
-    cfg.alerts = rules;
-    cfg.alerting.backoff = Millis(20);
-    cfg.alerting.max_backoff = Millis(200);
-    cfg.alerting.interval = Millis(86_400_000);
-    cfg.validate().expect("valid config");
-    cfg
 }
 
 #[tokio::test]
@@ -186,6 +120,9 @@ async fn rules_fire_and_resolve_as_the_fold_says_and_every_notification_arrives(
     assert_eq!(body["delivered"].as_u64(), Some(want as u64));
     assert_eq!(body["retried"].as_u64(), Some(fail_first as u64));
     assert_eq!(body["failed"], 0);
+    assert_eq!(body["queued"], 0);
+    assert_eq!(body["persisted"], true, "{body}");
+    assert_eq!(body["evaluating"], true, "{body}");
     let last = *values.last().unwrap_or(&0);
     for a in body["alerts"].as_array().expect("alerts") {
         assert_eq!(a["value"].as_f64(), Some(last as f64), "{a}");

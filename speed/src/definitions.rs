@@ -14,7 +14,9 @@
 //! it is. Each partition group records the definitions of its own writes;
 //! a view that differs in any group counts as changed. With tagged keys the
 //! fingerprint includes the number of groups ([`Layout::fingerprint`]), so
-//! a changed `redis.partition_groups` rebuilds from the cut too.
+//! a changed `redis.partition_groups` rebuilds from the cut too. The
+//! serving role's alert keys under the same prefix
+//! ([`Layout::alerts`]) are not the speed layer's and are kept.
 
 use std::collections::HashMap;
 
@@ -65,6 +67,7 @@ pub(crate) async fn reconcile(
     tracing::warn!(views = ?changed, "view definitions changed: deleting the speed layer's state and rebuilding it from the snapshot cut");
     metrics::counter!("tally_speed_definition_rebuilds_total").increment(1);
     let pattern = format!("{}:*", layout.prefix());
+    let alerts = layout.alerts();
     for node in con.masters().await? {
         let mut cursor: u64 = 0;
         loop {
@@ -74,9 +77,10 @@ pub(crate) async fn reconcile(
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(DELETE_BATCH);
-            let (next, found): (u64, Vec<String>) =
+            let (next, mut found): (u64, Vec<String>) =
                 redis::from_redis_value(con.on_node(&node, scan).await?)
                     .map_err(redis::RedisError::from)?;
+            found.retain(|k| !alerts.owns(k));
             // On a cluster the client splits the command by slot.
             if !found.is_empty() {
                 let _: () = redis::cmd("UNLINK").arg(&found).query_async(con).await?;

@@ -1,8 +1,9 @@
 //! A view whose definition changes while Redis holds its slices: the speed
 //! layer rebuilds from the snapshot cut instead of adding new-definition
 //! deltas to old-definition counters, and a writer still running the old
-//! definition is refused. Real Tansu and Redis, against the plain fold under
-//! each definition.
+//! definition is refused; the serving role's alert keys under the same
+//! prefix stay. Real Tansu and Redis, against the plain fold under each
+//! definition.
 
 mod common;
 
@@ -34,6 +35,17 @@ fn a_changed_view_definition_rebuilds_from_the_cut() {
     );
     speed.stop(&rt);
     assert_exact_with(&redis.url(), &old, &first);
+    // The serving role's alert state lives under the same prefix.
+    let mut con = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let alert_state = old.redis.layout().alerts().state();
+    let _: () = redis::cmd("HSET")
+        .arg(&alert_state)
+        .arg("rule")
+        .arg("{}")
+        .query(&mut con)
+        .unwrap();
 
     // `page_views` now counts clicks too; more events arrive.
     let mut new = old.clone();
@@ -65,6 +77,16 @@ fn a_changed_view_definition_rebuilds_from_the_cut() {
     );
     speed.stop(&rt);
     assert_exact_with(&redis.url(), &new, &all);
+    let kept: Option<String> = redis::cmd("HGET")
+        .arg(&alert_state)
+        .arg("rule")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        kept.as_deref(),
+        Some("{}"),
+        "the rebuild keeps the alert keys"
+    );
 
     // A writer still on the old definition (a second speed layer that was
     // not restarted) is refused, nothing applied.

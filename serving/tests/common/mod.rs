@@ -32,6 +32,8 @@ use tally_store::manifest::{DayFile, Manifest, ManifestV2};
 use tally_store::snapshot::columns;
 use tower::ServiceExt;
 
+pub mod alerting;
+
 pub const EPOCH_MS: i64 = 3_600_000;
 /// 2024-01-01T00:00:00Z
 pub const T0: i64 = 1_704_067_200_000;

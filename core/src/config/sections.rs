@@ -322,6 +322,11 @@ pub struct SpeedConfig {
     pub queue_capacity: usize,
     /// Prometheus metrics listener of the standalone `tally speed`; none when empty.
     pub metrics_listen: Option<String>,
+    /// Per view with `dedup = "event_id"`, how many (event_id, day) entries
+    /// a speed process remembers (oldest out first): a retry whose first
+    /// copy is further back is counted until the batch covers it. About 48
+    /// bytes each; nothing is kept when no view dedups.
+    pub dedup_window: usize,
 }
 
 impl Default for SpeedConfig {
@@ -330,6 +335,7 @@ impl Default for SpeedConfig {
             flush_interval: Millis(100),
             queue_capacity: 64,
             metrics_listen: None,
+            dedup_window: 1_000_000,
         }
     }
 }

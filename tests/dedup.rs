@@ -70,7 +70,11 @@ fn once_total(stack: &Stack, start_ms: i64) -> (u64, bool, serde_json::Value) {
 
 fn truth_total(truth: &Truth, view: &str, measure: &str) -> u64 {
     let v = truth.view(view);
-    v.cells.map.values().map(|c| c[v.measure(measure)].count).sum()
+    v.cells
+        .map
+        .values()
+        .map(|c| c[v.measure(measure)].count)
+        .sum()
 }
 
 /// Random queries of the dedup view, each equal to the fold.
@@ -119,19 +123,28 @@ fn retries_are_counted_once_by_speed_within_its_window_and_by_the_batch() {
     );
     let (got, flag, body) = once_total(&stack, start_ms);
     assert_eq!(got, want, "speed-only, retries in the window: {body}");
-    assert!(flag, "a speed answer of a dedup view says it may hold duplicates");
+    assert!(
+        flag,
+        "a speed answer of a dedup view says it may hold duplicates"
+    );
     queries_match(&stack, &truth, start_ms, 1);
 
     // Phase 2: a window of 5 ids, far fewer than the retries reach back.
     speed.terminate();
-    let small = [("TALLY_KAFKA__ASSIGNMENT", "all"), ("TALLY_SPEED__DEDUP_WINDOW", "5")];
+    let small = [
+        ("TALLY_KAFKA__ASSIGNMENT", "all"),
+        ("TALLY_SPEED__DEDUP_WINDOW", "5"),
+    ];
     let speed = Role::start(&["speed"], &stack.config, &stack.log("speed"), &small);
     produce_phase(&stack, &mut generator, &mut truth);
     let settled = answers::settle(&stack.api, &truth, Duration::from_secs(120));
     settled.unwrap_or_else(|e| panic!("not settled: {e}; logs in {:?}", stack.dir.path()));
     let want = truth_total(&truth, "once", "events");
     let (got, flag, body) = once_total(&stack, start_ms);
-    assert!(got > want, "the small window lets retries through: {got} vs {want}");
+    assert!(
+        got > want,
+        "the small window lets retries through: {got} vs {want}"
+    );
     assert!(flag, "{body}");
 
     // The batch covers every epoch: exact, and the flag is off.
@@ -143,7 +156,10 @@ fn retries_are_counted_once_by_speed_within_its_window_and_by_the_batch() {
         if status["archive_cut"].as_i64().unwrap_or(i64::MIN) > last_epoch {
             break;
         }
-        assert!(Instant::now() < deadline, "the archive cut did not pass {last_epoch}: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "the archive cut did not pass {last_epoch}: {status}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     stack.batch_run();

@@ -93,7 +93,10 @@ async fn check_views(store: &Arc<dyn ObjectStore>, cfg: &Config, events: &[Gen],
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_count_once_per_day_in_full_and_incremental_runs() {
     let dir = tempfile::tempdir().unwrap();
-    for url in ["memory://".to_owned(), format!("file://{}", dir.path().display())] {
+    for url in [
+        "memory://".to_owned(),
+        format!("file://{}", dir.path().display()),
+    ] {
         let cfg = dedup_config(&url);
         let store = tally_store::open(&cfg.store).unwrap();
         let epoch0 = T0 / HOUR;
@@ -163,7 +166,9 @@ async fn the_first_copy_by_kafka_time_is_the_one_counted() {
     let store = tally_store::open(&cfg.store).unwrap();
     let epoch0 = T0 / HOUR;
     let ev = |page: &str, time: i64| {
-        format!(r#"{{"event_id":"r1","event_type":"click","timestamp":{time},"user_id":"u1","properties":{{"page":"{page}","duration":5}}}}"#)
+        format!(
+            r#"{{"event_id":"r1","event_type":"click","timestamp":{time},"user_id":"u1","properties":{{"page":"{page}","duration":5}}}}"#
+        )
     };
     let day2 = T0 + 86_400_000;
     let events = vec![

@@ -25,7 +25,7 @@ use tally_core::hll::Hll;
 use tally_core::time::{day_of, Epoch, EpochGrid};
 use tally_core::view::{FieldPath, Input, ScalarRef, ViewDef};
 
-use crate::dedup::{Coord, Keyer, Window};
+use crate::dedup::{Keyer, Place, Window};
 
 /// The maps of the hot path (see Cargo.toml for why foldhash).
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -201,9 +201,11 @@ pub struct Folder {
     grid: EpochGrid,
     group: String,
     text: String,
-    /// Per view, its window of counted event_ids when it has
-    /// `dedup = "event_id"` ([`crate::dedup`]).
-    windows: Vec<Option<Window>>,
+    /// Per view, `Some(bit)` when it has `dedup = "event_id"` (`None`
+    /// inside for a dedup view past the 16th: no bit, counts every copy).
+    dedup_bits: Vec<Option<Option<u16>>>,
+    /// The window of counted event_ids, when a view dedups ([`crate::dedup`]).
+    window: Option<Window>,
     keyer: Keyer,
     /// Topics seen, so a window's coordinates hold an index.
     topics: Vec<String>,
@@ -214,16 +216,24 @@ const DEDUP_WINDOW: usize = 1_000_000;
 
 impl Folder {
     pub fn new(views: Vec<ViewDef>, grid: EpochGrid) -> Self {
-        let windows = views
+        let mut n = 0u32;
+        let dedup_bits: Vec<Option<Option<u16>>> = views
             .iter()
-            .map(|v| v.dedups().then(|| Window::new(DEDUP_WINDOW)))
+            .map(|v| {
+                v.dedups().then(|| {
+                    n += 1;
+                    (n <= 16).then(|| 1u16 << (n - 1))
+                })
+            })
             .collect();
+        let window = (n > 0).then(|| Window::new(DEDUP_WINDOW));
         Folder {
             views: views.into_iter().map(PreparedView::new).collect(),
             grid,
             group: String::with_capacity(64),
             text: String::with_capacity(64),
-            windows,
+            dedup_bits,
+            window,
             keyer: Keyer::new(),
             topics: Vec::new(),
         }
@@ -231,8 +241,8 @@ impl Folder {
 
     /// Each dedup view remembers at most `n` event_ids (`speed.dedup_window`).
     pub fn with_dedup_window(mut self, n: usize) -> Self {
-        for w in self.windows.iter_mut().flatten() {
-            *w = Window::new(n);
+        if self.window.is_some() {
+            self.window = Some(Window::new(n));
         }
         self
     }
@@ -255,7 +265,7 @@ impl Folder {
         let day = day_of(event.time_ms);
         delta.events += 1;
         // The event's window key, computed once, when a dedup view takes it.
-        let mut key: Option<(u128, Coord)> = None;
+        let mut key: Option<(u128, Place)> = None;
         for (vi, view) in self.views.iter().enumerate() {
             if !view
                 .def
@@ -263,8 +273,8 @@ impl Folder {
             {
                 continue;
             }
-            if let Some(window) = self.windows[vi].as_mut() {
-                let (k, c) = *key.get_or_insert_with(|| {
+            if let (Some(bit), Some(window)) = (self.dedup_bits[vi], self.window.as_mut()) {
+                let (k, place) = *key.get_or_insert_with(|| {
                     let t = match self.topics.iter().position(|t| t == topic) {
                         Some(i) => i,
                         None => {
@@ -272,14 +282,14 @@ impl Folder {
                             self.topics.len() - 1
                         }
                     };
-                    let coord = Coord {
-                        topic: t as u32,
+                    let place = Place {
+                        topic: t as u16,
                         partition: at.partition,
                         offset: at.offset,
                     };
-                    (self.keyer.key(&event.event_id, day), coord)
+                    (self.keyer.key(&event.event_id, day), place)
                 });
-                if !window.count(k, c) {
+                if !window.count(k, place, bit) {
                     delta.duplicates += 1;
                     continue;
                 }

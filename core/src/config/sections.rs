@@ -322,10 +322,11 @@ pub struct SpeedConfig {
     pub queue_capacity: usize,
     /// Prometheus metrics listener of the standalone `tally speed`; none when empty.
     pub metrics_listen: Option<String>,
-    /// Per view with `dedup = "event_id"`, how many (event_id, day) entries
-    /// a speed process remembers (oldest out first): a retry whose first
-    /// copy is further back is counted until the batch covers it. About 48
-    /// bytes each; nothing is kept when no view dedups.
+    /// With views that have `dedup = "event_id"`: how many (event_id, day)
+    /// keys a speed process remembers (the last half to all of this many,
+    /// shared by those views): a retry whose first copy is further back is
+    /// counted until the batch covers it. 64 bytes each, allocated at start;
+    /// nothing is kept when no view dedups.
     pub dedup_window: usize,
 }
 

@@ -211,7 +211,8 @@ fn dedup_takes_only_event_id() {
         "{text}"
     );
     assert_rejected(
-        &broken(r#"dedup = "event_id""#, r#"dedup = "user_id""#),
+        // The line itself, not the comments that quote it.
+        &broken("\ndedup = \"event_id\"", "\ndedup = \"user_id\""),
         &[
             "events_by_type",
             "`dedup`",

@@ -16,6 +16,11 @@
 //! timed from spawn until every partition's end offset is stored; CPU, RSS
 //! and Redis figures are the sums over the processes and the masters. The
 //! issue-16 target is its ratio to the single-instance row.
+//!
+//! `BENCH_DEDUP=1` adds a row per round: the same two views with
+//! `dedup = "event_id"` (each keeps its window of event_ids), run right
+//! before or after the plain row (alternating by round) on the same topic.
+//! The issue-18 target is its ratio to the plain row (at least 0.8).
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -46,6 +51,14 @@ dimensions = ["event_type"]
 granularity = "1m"
 measures = [{ name = "events", agg = "count" }]
 "#;
+
+/// [`VIEWS`] with `dedup = "event_id"` on both.
+fn dedup_views() -> String {
+    VIEWS.replace(
+        "granularity = \"1m\"",
+        "granularity = \"1m\"\ndedup = \"event_id\"",
+    )
+}
 
 fn clock_ticks() -> f64 {
     100.0 // USER_HZ on Linux
@@ -143,6 +156,12 @@ fn main() {
     if cluster {
         rows.push((CLUSTER, Vec::new()));
     }
+    let dedup = std::env::var("BENCH_DEDUP").is_ok_and(|v| v == "1");
+    let dedup_row = rows.len();
+    if dedup {
+        rows.push((DEDUP, Vec::new()));
+    }
+    let dedup_views = dedup_views();
     for round in 0..rounds {
         // Bare consumer. Like `tally speed`, timed from spawn to the last record.
         let start = Instant::now();
@@ -179,12 +198,19 @@ fn main() {
         eprintln!("round {round}: {BARE}: {bare:?}");
         rows[0].1.push(bare);
 
-        let mut bins = vec![(1, std::path::PathBuf::from(env!("CARGO_BIN_EXE_tally")))];
+        let tally = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tally"));
+        let mut bins = vec![(1, tally.clone(), VIEWS)];
         if let Some(b) = &baseline {
-            bins.push((2, b.clone()));
+            bins.push((2, b.clone(), VIEWS));
         }
-        for (row, bin) in bins {
-            let run = run_speed(&bin, &broker, &ends, n, &format!("bench-{round}-{row}"));
+        if dedup {
+            // Alternate which of the pair runs first.
+            let at = if round % 2 == 0 { 0 } else { 1 };
+            bins.insert(at, (dedup_row, tally.clone(), dedup_views.as_str()));
+        }
+        for (row, bin, views) in bins {
+            let group = format!("bench-{round}-{row}");
+            let run = run_speed(&bin, &broker, &ends, n, &group, views);
             eprintln!("round {round}: {}: {run:?}", rows[row].0);
             rows[row].1.push(run);
         }
@@ -214,6 +240,12 @@ fn main() {
     if baseline.is_some() {
         println!("ratio speed / baseline build = {:.2}", med[1] / med[2]);
     }
+    if dedup {
+        println!(
+            "ratio dedup / plain (same views) = {:.2}",
+            med[dedup_row] / med[1]
+        );
+    }
     if cluster {
         println!(
             "ratio cluster (2 processes, 3 masters) / single instance = {:.2}",
@@ -228,6 +260,7 @@ fn main() {
 const BARE: &str = "bare librdkafka consume+discard";
 const SPEED: &str = "tally speed (decode, 2 views, Redis)";
 const BASELINE: &str = "tally speed, baseline build (BENCH_BASELINE_BIN)";
+const DEDUP: &str = "tally speed, the 2 views with dedup = \"event_id\"";
 const CLUSTER: &str = "2 x tally speed, Redis Cluster (3 masters, 16 groups)";
 
 /// One measured drain.
@@ -280,7 +313,14 @@ fn bare_consumer() -> std::path::PathBuf {
 
 /// `tally speed` (binary `bin`) draining the topic into a fresh Redis, timed
 /// from spawn until Redis stores every partition's end offset.
-fn run_speed(bin: &std::path::Path, broker: &Broker, ends: &[i64], n: usize, group: &str) -> Run {
+fn run_speed(
+    bin: &std::path::Path,
+    broker: &Broker,
+    ends: &[i64],
+    n: usize,
+    group: &str,
+    views: &str,
+) -> Run {
     let redis = Redis::start().expect("redis");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tally.toml");
@@ -289,7 +329,7 @@ fn run_speed(bin: &std::path::Path, broker: &Broker, ends: &[i64], n: usize, gro
         .redis(&redis.url())
         .group(group)
         .key_prefix("b")
-        .views(VIEWS)
+        .views(views)
         .toml();
     std::fs::write(&cfg, toml).unwrap();
     let mut con = redis::Client::open(redis.url())

@@ -203,6 +203,30 @@ filter"#,
 }
 
 #[test]
+fn dedup_takes_only_event_id() {
+    let (ok, text) = check(EXAMPLE);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("view events_by_type: events=count, users=distinct, fastest=min by [event_type] every 1m, once per event_id and day"),
+        "{text}"
+    );
+    assert_rejected(
+        // The line itself, not the comments that quote it.
+        &broken("\ndedup = \"event_id\"", "\ndedup = \"user_id\""),
+        &[
+            "events_by_type",
+            "`dedup`",
+            "user_id",
+            r#"dedup = "event_id""#,
+        ],
+    );
+    assert_rejected(
+        &broken("dedup_window = 1000000", "dedup_window = 0"),
+        &["speed.dedup_window", "more than 0"],
+    );
+}
+
+#[test]
 fn misspelled_key() {
     assert_rejected(
         &broken("flush_interval", "flush_intervl"),

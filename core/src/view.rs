@@ -166,9 +166,26 @@ pub struct ViewDef {
     pub dimensions: Vec<FieldPath>,
     pub granularity: Granularity,
     pub measures: Vec<MeasureDef>,
+    /// `dedup = "event_id"`: count each `event_id` once per event-time UTC
+    /// day (producers that retry write one event twice). The batch is exact;
+    /// the speed layer removes the duplicates its bounded window sees
+    /// (`speed.dedup_window`). Unset: every record counts. Part of the
+    /// definition (and so of its fingerprint) only when set, so views
+    /// without it keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<String>,
 }
 
+/// The one key `dedup` accepts.
+pub const DEDUP_EVENT_ID: &str = "event_id";
+
 impl ViewDef {
+    /// Whether the view counts each `event_id` once per event-time day
+    /// (`dedup = "event_id"`).
+    pub fn dedups(&self) -> bool {
+        self.dedup.as_deref() == Some(DEDUP_EVENT_ID)
+    }
+
     /// Parsed filter: field paths and their allowed values.
     pub fn parsed_filter(&self) -> Vec<(FieldPath, Vec<String>)> {
         self.filter
@@ -305,6 +322,12 @@ impl ViewDef {
                     format!("unknown field path `{key}`: use event_type, user_id, event_id or properties.<name>"),
                 ));
             }
+        }
+        if let Some(d) = self.dedup.as_deref().filter(|d| *d != DEDUP_EVENT_ID) {
+            return Err(err(
+                "dedup".into(),
+                format!("`{d}` is not a dedup key: use dedup = \"event_id\" (count each event_id once per event-time day), or remove the line"),
+            ));
         }
         let mut seen_dims = Vec::new();
         for d in &self.dimensions {
@@ -465,5 +488,21 @@ mod tests {
         b.granularity = Granularity::HOUR;
         assert_eq!(a.fingerprint(), view().fingerprint());
         assert_ne!(a.fingerprint(), b.fingerprint());
+        let mut c = view();
+        c.dedup = Some(DEDUP_EVENT_ID.into());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn dedup_takes_only_event_id() {
+        let mut v = view();
+        assert!(!v.dedups());
+        v.dedup = Some("event_id".into());
+        assert!(v.dedups());
+        assert_eq!(v.validate(&[]), Ok(()));
+        v.dedup = Some("user_id".into());
+        let e = v.validate(&[]).unwrap_err();
+        assert_eq!(e.field, "dedup");
+        assert!(e.problem.contains("dedup = \"event_id\""), "{e}");
     }
 }

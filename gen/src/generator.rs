@@ -7,6 +7,7 @@
 //! JSON is written straight into a reused buffer (no `serde_json::Value`), so
 //! one core generates well over 100,000 events per second.
 
+use std::collections::VecDeque;
 use std::io::Write;
 
 use crate::json;
@@ -45,6 +46,17 @@ pub struct Generator {
     users: Zipf,
     buf: Vec<u8>,
     id: String,
+    /// With retries: the last valid events (key, payload, event time).
+    recent: VecDeque<Sent>,
+    retries: u64,
+}
+
+/// A valid event sent, kept for a retry.
+#[derive(Debug, Clone)]
+struct Sent {
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    time_ms: i64,
 }
 
 /// Names with cumulative weights, for picking by one uniform draw.
@@ -86,6 +98,8 @@ impl Generator {
             n: 0,
             buf: Vec::with_capacity(512),
             id: String::with_capacity(32),
+            recent: VecDeque::new(),
+            retries: 0,
             shape,
         })
     }
@@ -94,13 +108,16 @@ impl Generator {
         &self.shape
     }
 
-    /// How many records this generator has made.
+    /// How many records this generator has made (retries included).
     pub fn count(&self) -> u64 {
-        self.n
+        self.n + self.retries
     }
 
     /// The next record, stamped with Kafka time `now_ms`.
     pub fn next(&mut self, now_ms: i64) -> Generated {
+        if let Some(retry) = self.retry(now_ms) {
+            return retry;
+        }
         self.n += 1;
         self.id.clear();
         {
@@ -125,7 +142,17 @@ impl Generator {
                 kind: Some(kind),
             };
         }
-        let key = self.write_event(now_ms);
+        let (key, time_ms) = self.write_event(now_ms);
+        if self.shape.retry_share > 0.0 {
+            if self.recent.len() as u64 >= self.shape.retry_span {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Sent {
+                key: key.clone(),
+                payload: self.buf.clone(),
+                time_ms,
+            });
+        }
         Generated {
             key,
             payload: self.buf.clone(),
@@ -133,6 +160,26 @@ impl Generator {
             valid: true,
             kind: None,
         }
+    }
+
+    /// A retry of a recent valid event, if one is due and its event time is
+    /// still valid at `now` (`[events] max_past`, `max_future`).
+    fn retry(&mut self, now: i64) -> Option<Generated> {
+        if self.recent.is_empty() || !self.rng.chance(self.shape.retry_share) {
+            return None;
+        }
+        let sent = &self.recent[self.rng.below(self.recent.len() as u64) as usize];
+        let limits = &self.shape.limits;
+        let valid = sent.time_ms >= now.saturating_sub(limits.max_past_ms)
+            && sent.time_ms <= now.saturating_add(limits.max_future_ms);
+        self.retries += u64::from(valid);
+        valid.then(|| Generated {
+            key: sent.key.clone(),
+            payload: sent.payload.clone(),
+            kafka_ts_ms: now,
+            valid: true,
+            kind: None,
+        })
     }
 
     /// Event time for Kafka time `now`: mostly just behind it, sometimes
@@ -153,8 +200,8 @@ impl Generator {
         }
     }
 
-    /// Write a valid event into `buf`; returns the key.
-    fn write_event(&mut self, now: i64) -> Vec<u8> {
+    /// Write a valid event into `buf`; returns the key and the event time.
+    fn write_event(&mut self, now: i64) -> (Vec<u8>, i64) {
         let time = self.event_time(now);
         let etype_at = self.rng.unit();
         let page = self.pages.sample(&mut self.rng);
@@ -214,7 +261,7 @@ impl Generator {
             _ => {}
         }
         out.extend_from_slice(b"}}");
-        key
+        (key, time)
     }
 }
 
@@ -241,6 +288,26 @@ mod tests {
             differ |= x != z;
         }
         assert!(differ);
+    }
+
+    #[test]
+    fn retries_repeat_recent_events() {
+        let shape = Shape {
+            retry_share: 0.1,
+            retry_span: 50,
+            malformed_share: 0.0,
+            ..Shape::default()
+        };
+        let mut g = Generator::new(shape, 3).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        let mut retries = 0;
+        for i in 0..10_000 {
+            let r = g.next(1_704_067_200_000 + i);
+            if !seen.insert(r.payload.clone()) {
+                retries += 1;
+            }
+        }
+        assert!((700..1300).contains(&retries), "{retries}");
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub struct Shape {
     /// Share of valid events whose timestamp is RFC 3339 text rather than
     /// epoch milliseconds.
     pub rfc3339_share: f64,
+    /// Share of records that are a producer's retry: a copy of one of the
+    /// last `retry_span` valid events (same event_id, key and bytes) sent
+    /// again, stamped with the current Kafka time (where it is still valid).
+    pub retry_share: f64,
+    /// How many recent valid events a retry picks from.
+    pub retry_span: u64,
     /// Share of records that are malformed on purpose.
     pub malformed_share: f64,
     /// The kinds of malformed records, chosen uniformly; empty means all.
@@ -126,6 +132,8 @@ impl Default for Shape {
             out_of_order_share: 0.2,
             max_jitter: Millis(60_000),
             rfc3339_share: 0.5,
+            retry_share: 0.0,
+            retry_span: 1000,
             malformed_share: 0.001,
             malformed_kinds: Vec::new(),
             seed: 1,
@@ -190,6 +198,7 @@ impl Shape {
             ("out_of_order_share", self.out_of_order_share),
             ("rfc3339_share", self.rfc3339_share),
             ("malformed_share", self.malformed_share),
+            ("retry_share", self.retry_share),
         ] {
             if !(0.0..=1.0).contains(&share) {
                 return invalid(field, format!("{share} is not a share: use 0.0 to 1.0"));
@@ -215,6 +224,9 @@ impl Shape {
                 "countries",
                 "list at least one country with a positive weight; weights are 0 or more".into(),
             );
+        }
+        if self.retry_share > 0.0 && self.retry_span == 0 {
+            return invalid("retry_span", "must be at least 1 with retries".into());
         }
         if self.pages == 0 || self.users == 0 {
             return invalid("pages", "pages and users must be at least 1".into());

@@ -214,6 +214,12 @@ pub struct QueryResponse {
     pub freshness: Freshness,
     /// Components that were down or failed: `redis`, `store`, `lookup`. Empty when complete.
     pub degraded: Vec<String>,
+    /// True when the view has `dedup = "event_id"` and the answer includes
+    /// speed slices (epochs ≥ cut): the speed layer removes only the
+    /// duplicates its bounded window saw, so those may still count a
+    /// producer's retry twice, until the batch run that covers their epochs
+    /// (exact). False otherwise.
+    pub speed_may_hold_duplicates: bool,
     /// Groups with data; `series` holds at most max_groups of them.
     pub groups_total: usize,
     pub groups_returned: usize,

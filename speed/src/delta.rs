@@ -25,6 +25,8 @@ use tally_core::hll::Hll;
 use tally_core::time::{day_of, Epoch, EpochGrid};
 use tally_core::view::{FieldPath, Input, ScalarRef, ViewDef};
 
+use crate::dedup::{Keyer, Place, Window};
+
 /// The maps of the hot path (see Cargo.toml for why foldhash).
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -135,6 +137,8 @@ pub struct Unflushed {
     pub events: u64,
     /// (slice, bucket, group) cells held: what the delta's memory grows with.
     pub cells: usize,
+    /// Copies left out of dedup views (one per view that left one out).
+    pub duplicates: u64,
 }
 
 /// The offsets of one partition that a chunk covers.
@@ -176,7 +180,17 @@ impl Unflushed {
         self.slices.clear();
         self.events = 0;
         self.cells = 0;
+        self.duplicates = 0;
     }
+}
+
+/// Where a record was read: its coordinates and Kafka time.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub kafka_ts_ms: i64,
 }
 
 /// Folds events into deltas. Holds scratch buffers so the hot path does not
@@ -187,16 +201,50 @@ pub struct Folder {
     grid: EpochGrid,
     group: String,
     text: String,
+    /// Per view, `Some(bit)` when it has `dedup = "event_id"` (`None`
+    /// inside for a dedup view past the 16th: no bit, counts every copy).
+    dedup_bits: Vec<Option<Option<u16>>>,
+    /// The window of counted event_ids, when a view dedups ([`crate::dedup`]).
+    window: Option<Window>,
+    keyer: Keyer,
+    /// Topics seen, so a window's coordinates hold an index.
+    topics: Vec<String>,
 }
+
+/// `speed.dedup_window`'s default, for folders built without a config.
+const DEDUP_WINDOW: usize = 1_000_000;
 
 impl Folder {
     pub fn new(views: Vec<ViewDef>, grid: EpochGrid) -> Self {
+        let mut n = 0u32;
+        let dedup_bits: Vec<Option<Option<u16>>> = views
+            .iter()
+            .map(|v| {
+                v.dedups().then(|| {
+                    n += 1;
+                    (n <= 16).then(|| 1u16 << (n - 1))
+                })
+            })
+            .collect();
+        let window = (n > 0).then(|| Window::new(DEDUP_WINDOW));
         Folder {
             views: views.into_iter().map(PreparedView::new).collect(),
             grid,
             group: String::with_capacity(64),
             text: String::with_capacity(64),
+            dedup_bits,
+            window,
+            keyer: Keyer::new(),
+            topics: Vec::new(),
         }
+    }
+
+    /// Each dedup view remembers at most `n` event_ids (`speed.dedup_window`).
+    pub fn with_dedup_window(mut self, n: usize) -> Self {
+        if self.window.is_some() {
+            self.window = Some(Window::new(n));
+        }
+        self
     }
 
     pub fn views(&self) -> impl Iterator<Item = &ViewDef> {
@@ -207,26 +255,44 @@ impl Folder {
         &self.views[index].def
     }
 
-    /// Fold one valid event from `topic`, stamped `kafka_ts_ms`, into
-    /// `delta`, among the slices of partition group `group` (that of the
-    /// record's partition).
-    pub fn fold(
-        &mut self,
-        delta: &mut Unflushed,
-        group: u32,
-        topic: &str,
-        kafka_ts_ms: i64,
-        event: &Event<'_>,
-    ) {
-        let epoch = self.grid.epoch_of(kafka_ts_ms);
+    /// Fold one valid event read at `at` into `delta`, among the slices of
+    /// partition group `group` (that of the record's partition). A view
+    /// with `dedup = "event_id"` leaves out a copy of an event it counted
+    /// (within its window).
+    pub fn fold(&mut self, delta: &mut Unflushed, group: u32, at: At<'_>, event: &Event<'_>) {
+        let topic = at.topic;
+        let epoch = self.grid.epoch_of(at.kafka_ts_ms);
         let day = day_of(event.time_ms);
         delta.events += 1;
+        // The event's window key, computed once, when a dedup view takes it.
+        let mut key: Option<(u128, Place)> = None;
         for (vi, view) in self.views.iter().enumerate() {
             if !view
                 .def
                 .accepts_with(topic, event, &view.filter, &mut self.text)
             {
                 continue;
+            }
+            if let (Some(bit), Some(window)) = (self.dedup_bits[vi], self.window.as_mut()) {
+                let (k, place) = *key.get_or_insert_with(|| {
+                    let t = match self.topics.iter().position(|t| t == topic) {
+                        Some(i) => i,
+                        None => {
+                            self.topics.push(topic.to_owned());
+                            self.topics.len() - 1
+                        }
+                    };
+                    let place = Place {
+                        topic: t as u16,
+                        partition: at.partition,
+                        offset: at.offset,
+                    };
+                    (self.keyer.key(&event.event_id, day), place)
+                });
+                if !window.count(k, place, bit) {
+                    delta.duplicates += 1;
+                    continue;
+                }
             }
             let bucket = view.def.granularity.bucket(event.time_ms);
             write_group(&mut self.group, &mut self.text, &view.def, event);

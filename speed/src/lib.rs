@@ -24,6 +24,8 @@
 //! - `keepalive`: slices at or above the snapshot cut are renewed, so none
 //!   expires before the batch covers it.
 //! - `dead_letter`: rejected records to the dead-letter topic, with reasons.
+//! - `dedup`: the bounded window of event_ids counted, for views with
+//!   `dedup = "event_id"` (a retry it sees is left out of them).
 //! - `consumer`: the run time that ties these together: the consume
 //!   thread, the flusher behind a bounded queue (backpressure), where
 //!   assigned partitions start, and shutdown. The Kafka plumbing it shares
@@ -41,6 +43,7 @@
 pub mod apply;
 mod consumer;
 mod dead_letter;
+mod dedup;
 mod definitions;
 pub mod delta;
 mod error;

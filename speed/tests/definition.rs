@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use tally_core::event::{decode, Limits};
 use tally_speed::apply::Applier;
-use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
+use tally_speed::delta::{At, Chunk, Folder, Range, Unflushed};
 use tally_speed::SpeedError;
 use tally_testkit::{kafka, runtime, Broker, Redis};
 
@@ -95,7 +95,13 @@ fn a_changed_view_definition_rebuilds_from_the_cut() {
     let e = &first[0];
     let mut delta = Unflushed::default();
     let event = decode(&e.g.payload, e.g.kafka_ts_ms, &Limits::default()).unwrap();
-    folder.fold(&mut delta, 0, TOPIC, e.g.kafka_ts_ms, &event);
+    let at = At {
+        topic: TOPIC,
+        partition: e.partition,
+        offset: 0,
+        kafka_ts_ms: e.g.kafka_ts_ms,
+    };
+    folder.fold(&mut delta, 0, at, &event);
     let (slices, events) = delta.take();
     let stored = rt
         .block_on(applier.stored_offset(TOPIC, e.partition))

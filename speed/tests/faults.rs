@@ -137,7 +137,7 @@ fn a_foreign_value_in_redis_stops_the_layer_with_nothing_applied() {
 fn a_sum_field_about_to_overflow_carries_instead() {
     use tally_core::event::{decode, Limits};
     use tally_speed::apply::{Applier, Outcome};
-    use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
+    use tally_speed::delta::{At, Chunk, Folder, Range, Unflushed};
 
     let redis = Redis::start().unwrap();
     let rt = runtime();
@@ -158,7 +158,13 @@ fn a_sum_field_about_to_overflow_carries_instead() {
         let e = amount_event(&format!("c{i}"), "x", amount, t0 + i as i64);
         let mut delta = Unflushed::default();
         let event = decode(&e.g.payload, e.g.kafka_ts_ms, &Limits::default()).unwrap();
-        folder.fold(&mut delta, 0, TOPIC, e.g.kafka_ts_ms, &event);
+        let at = At {
+            topic: TOPIC,
+            partition: e.partition,
+            offset: i as i64,
+            kafka_ts_ms: e.g.kafka_ts_ms,
+        };
+        folder.fold(&mut delta, 0, at, &event);
         let (slices, events) = delta.take();
         let chunk = Chunk {
             generation: 1,

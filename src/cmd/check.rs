@@ -37,8 +37,12 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             .map(|m| format!("{}={}", m.name, m.agg.name()))
             .collect();
         let dims: Vec<String> = v.dimensions.iter().map(|d| d.as_string()).collect();
+        let dedup = match &v.dedup {
+            Some(key) => format!(", once per {key} and day"),
+            None => String::new(),
+        };
         println!(
-            "  view {}: {} by [{}] every {}",
+            "  view {}: {} by [{}] every {}{dedup}",
             v.name,
             measures.join(", "),
             dims.join(", "),

@@ -33,6 +33,10 @@ pub(crate) struct GenArgs {
     /// Share of malformed records, of every kind the platform rejects (0.0 to 1.0).
     #[arg(long)]
     pub malformed_share: Option<f64>,
+    /// Share of records that are a producer's retry of a recent event (same
+    /// event_id), for views with `dedup = "event_id"` (0.0 to 1.0).
+    #[arg(long)]
+    pub retry_share: Option<f64>,
     /// Seed of the generator (default: the shape's seed); the same seed gives the same events.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -67,6 +71,9 @@ fn shape(cfg: &Config, args: &GenArgs) -> anyhow::Result<Shape> {
     }
     if let Some(s) = args.malformed_share {
         shape.malformed_share = s;
+    }
+    if let Some(s) = args.retry_share {
+        shape.retry_share = s;
     }
     if let Some(s) = args.seed {
         shape.seed = s;

@@ -57,6 +57,24 @@ measures = [
 ]
 "#;
 
+/// A view that counts each event_id once per event-time day (`dedup =
+/// "event_id"`), to add to the standard views: `once` (1m), every event by
+/// `properties.page`; `events` count, `duration` sum, `longest` max,
+/// `users` distinct.
+pub const DEDUP_VIEW: &str = r#"
+[[view]]
+name = "once"
+dedup = "event_id"
+dimensions = ["properties.page"]
+granularity = "1m"
+measures = [
+  { name = "events", agg = "count" },
+  { name = "duration", agg = "sum", field = "properties.duration" },
+  { name = "longest", agg = "max", field = "properties.duration" },
+  { name = "users", agg = "distinct", field = "user_id" },
+]
+"#;
+
 /// A test config under construction. Defaults: brokers `127.0.0.1:9092`,
 /// Redis `redis://127.0.0.1:6379` with key prefix `t`, store `memory://`,
 /// group `tally-test`, topic [`TOPIC`], dead letters to `dead`, a 100 ms

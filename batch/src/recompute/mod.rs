@@ -15,7 +15,8 @@
 //! A day is recomputed by a Polars lazy plan on the streaming engine
 //! ([`plan`]) over the day's files, fetched through the object store
 //! ([`fetch`]: only the columns the view reads), de-duplicated on
-//! (topic, partition, offset) where files overlap ([`inputs`]). The plan's
+//! (topic, partition, offset) where files overlap ([`inputs`]), and to one
+//! row per event_id for a view with `dedup = "event_id"` ([`dedup`]). The plan's
 //! result, a frame of the day's groups with each distinct measure's sketch
 //! registers as a list column ([`distinct`]), is written as the snapshot at
 //! the view's granularity ([`snapshot`]), and rolled up to each coarser
@@ -29,6 +30,7 @@
 //! snapshot, serving; its files are garbage-collected later ([`gc`]): old
 //! runs no manifest refers to are deleted once older than `batch.gc_grace`.
 
+mod dedup;
 mod distinct;
 mod engine;
 mod fetch;

@@ -9,7 +9,8 @@
 //! accepted by its filter (as [`tally_core::view::ViewDef::accepts`]
 //! decides: a value matches by its text). Files that may share records
 //! ([`super::inputs::overlapping`]) are concatenated and de-duplicated on
-//! (topic, partition, offset); the others are not touched. Then the event
+//! (topic, partition, offset); the others are not touched. A view with
+//! `dedup = "event_id"` keeps one row per event_id ([`super::dedup`]). Then the event
 //! time is bucketed, and one `group_by` on the bucket and the dimensions'
 //! columns aggregates every measure: count as a length or a count of
 //! non-null values, sum as an `Int128` sum of the integers (exact) beside a
@@ -33,6 +34,7 @@ use polars::prelude::*;
 use tally_core::agg::AggKind;
 use tally_core::view::{FieldPath, ViewDef};
 
+use super::dedup;
 use super::distinct;
 use super::fetch::Source;
 use super::quantile;
@@ -55,6 +57,9 @@ impl Needs {
         fields.extend(view.measures.iter().filter_map(|m| m.field.clone()));
         fields.extend(view.parsed_filter().into_iter().map(|(p, _)| p));
         let mut envelope = vec!["topic", "partition", "offset", "reject", "time_ms"];
+        if view.dedups() {
+            envelope.extend(dedup::COLUMNS);
+        }
         let mut keys = BTreeSet::new();
         for f in fields {
             let name = match f {
@@ -160,6 +165,12 @@ pub(super) fn plan(
         frames.remove(0)
     } else {
         concat(frames, union_args())?
+    };
+    // One row per event_id for a dedup view (the day is the horizon).
+    let rows = if view.dedups() {
+        dedup::first_copies(rows)
+    } else {
+        rows
     };
 
     // Bucket, dimension texts, distinct entries, group, aggregate.

@@ -240,6 +240,12 @@ impl Config {
         if self.speed.queue_capacity == 0 {
             return invalid("speed.queue_capacity", "must be more than 0".into());
         }
+        if self.speed.dedup_window == 0 && self.views.iter().any(|v| v.dedups()) {
+            return invalid(
+                "speed.dedup_window",
+                "must be more than 0 when a view has dedup = \"event_id\", e.g. 1000000".into(),
+            );
+        }
         if self.batch.schedule.split_whitespace().count() != 6 {
             return invalid(
                 "batch.schedule",

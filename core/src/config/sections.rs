@@ -322,6 +322,12 @@ pub struct SpeedConfig {
     pub queue_capacity: usize,
     /// Prometheus metrics listener of the standalone `tally speed`; none when empty.
     pub metrics_listen: Option<String>,
+    /// With views that have `dedup = "event_id"`: how many (event_id, day)
+    /// keys a speed process remembers (the last half to all of this many,
+    /// shared by those views): a retry whose first copy is further back is
+    /// counted until the batch covers it. 64 bytes each, allocated at start;
+    /// nothing is kept when no view dedups.
+    pub dedup_window: usize,
 }
 
 impl Default for SpeedConfig {
@@ -330,6 +336,7 @@ impl Default for SpeedConfig {
             flush_interval: Millis(100),
             queue_capacity: 64,
             metrics_listen: None,
+            dedup_window: 1_000_000,
         }
     }
 }

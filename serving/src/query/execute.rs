@@ -29,6 +29,9 @@
 //!   speed slices of another view definition (not merged),
 //!   `"degraded": ["speed_definition"]`; a lookup table never loaded,
 //!   `"degraded": ["lookup"]`.
+//! - A view with `dedup = "event_id"` answered with any speed slice says
+//!   `"speed_may_hold_duplicates": true`: the speed layer's window is
+//!   bounded, the batch is exact.
 //! - A lookup (`dimension@lookup`) maps each source group once, through the
 //!   one version of the table this answer took ([`crate::lookup`]); the
 //!   answer names that version.
@@ -132,6 +135,7 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
             speed_skipped: speed.skipped,
         },
         degraded: Vec::new(),
+        speed_may_hold_duplicates: view.dedups() && !speed.slices.is_empty(),
         groups_total: 0,
         groups_returned: 0,
         overflow: false,

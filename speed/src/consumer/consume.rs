@@ -115,7 +115,8 @@ impl ConsumeLoop {
         Ok(ConsumeLoop {
             reader,
             st: State::new(
-                Folder::new(cfg.views.clone(), cfg.epochs.grid()),
+                Folder::new(cfg.views.clone(), cfg.epochs.grid())
+                    .with_dedup_window(cfg.speed.dedup_window),
                 cfg.redis.layout(),
                 cfg.events.limits(),
                 DeadLetters::new(k)?,

@@ -21,7 +21,7 @@ use tally_kafka::{Admit, Change, PastEnd, ReadPosition, Recorder, Tp};
 
 use super::starts::Start;
 use crate::dead_letter::{DeadLetters, Source};
-use crate::delta::{Chunk, Folder, Range, Unflushed};
+use crate::delta::{At, Chunk, Folder, Range, Unflushed};
 
 /// One assigned partition.
 #[derive(Debug)]
@@ -135,9 +135,15 @@ impl State {
         let kafka_ts = kafka_time(msg.timestamp_ms);
         let payload = msg.payload;
         match decode(payload, kafka_ts, &self.limits) {
-            Ok(event) => self
-                .folder
-                .fold(&mut self.unflushed, group, topic, kafka_ts, &event),
+            Ok(event) => {
+                let at = At {
+                    topic,
+                    partition,
+                    offset,
+                    kafka_ts_ms: kafka_ts,
+                };
+                self.folder.fold(&mut self.unflushed, group, at, &event)
+            }
             Err(reject) => self.dead.send(
                 msg.key,
                 payload,
@@ -239,6 +245,10 @@ impl State {
             .collect();
         if ranges.is_empty() {
             return None;
+        }
+        let duplicates = std::mem::take(&mut self.unflushed.duplicates);
+        if duplicates > 0 {
+            metrics::counter!("tally_speed_duplicates_total").increment(duplicates);
         }
         let (slices, events) = self.unflushed.take();
         Some(Chunk {

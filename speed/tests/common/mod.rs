@@ -16,7 +16,7 @@ use tally_core::event::decode;
 use tally_core::hll::Hll;
 use tally_core::keys::{parse_group, CellMember, CounterField, Keys, Layout, Part, SketchField};
 use tally_core::quantile::{Bucket, QuantileSketch};
-use tally_speed::delta::{Chunk, Folder, Range, Unflushed};
+use tally_speed::delta::{At, Chunk, Folder, Range, Unflushed};
 use tally_testkit::config::TestConfig;
 use tally_testkit::gen::{Generated, Generator, Shape};
 use tally_testkit::kafka::Record;
@@ -499,9 +499,16 @@ pub fn chunk(folder: &mut Folder, evs: &[Ev], starts: [i64; 2], fresh: bool) -> 
     let limits = tally_core::event::Limits::default();
     let mut counts = [0i64; 2];
     for e in evs {
+        let offset = starts[e.partition as usize] + counts[e.partition as usize];
         counts[e.partition as usize] += 1;
         if let Ok(event) = decode(&e.g.payload, e.g.kafka_ts_ms, &limits) {
-            folder.fold(&mut delta, 0, TOPIC, e.g.kafka_ts_ms, &event);
+            let at = At {
+                topic: TOPIC,
+                partition: e.partition,
+                offset,
+                kafka_ts_ms: e.g.kafka_ts_ms,
+            };
+            folder.fold(&mut delta, 0, at, &event);
         }
     }
     let (slices, events) = delta.take();

@@ -10,6 +10,12 @@
 //! [`Cell::quantile`]). It shares no code with the layers under test, so a bug there
 //! cannot hide in both. [`Cells`] answer the questions a query asks: a range
 //! of buckets, a coarser granularity, a subset of the dimensions.
+//!
+//! A view with `dedup = "event_id"` counts, among the records it accepts,
+//! one per (event_id, event-time UTC day): the first by (Kafka timestamp,
+//! topic, partition, offset). The truth keeps each such key's first record
+//! and, when a record sorts before the one it kept, folds the view again
+//! from the kept records.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -204,7 +210,14 @@ pub struct ViewTruth {
     pub filter: Vec<(String, Vec<String>)>,
     pub measures: Vec<Measure>,
     pub cells: Cells,
+    /// `dedup = "event_id"`: per (event_id, day), the record counted.
+    pub dedup: bool,
+    firsts: BTreeMap<(String, i64), (Order, String, Parsed)>,
 }
+
+/// Where a record sits in the order that picks the copy a dedup view
+/// counts: Kafka timestamp, topic, partition, offset.
+type Order = (i64, String, i32, i64);
 
 impl ViewTruth {
     fn from_def(def: &ViewDef) -> ViewTruth {
@@ -230,6 +243,8 @@ impl ViewTruth {
                 dimensions: def.dimensions.iter().map(|d| d.as_string()).collect(),
                 map: BTreeMap::new(),
             },
+            dedup: def.dedup.as_deref() == Some("event_id"),
+            firsts: BTreeMap::new(),
         }
     }
 
@@ -241,7 +256,7 @@ impl ViewTruth {
             .unwrap_or_else(|| panic!("view {} has no measure {name}", self.name))
     }
 
-    fn add(&mut self, topic: &str, e: &Parsed) {
+    fn add(&mut self, topic: &str, e: &Parsed, order: Order) {
         if !self.topics.is_empty() && !self.topics.iter().any(|t| t == topic) {
             return;
         }
@@ -253,6 +268,32 @@ impl ViewTruth {
         if !passes {
             return;
         }
+        if !self.dedup {
+            return self.fold(e);
+        }
+        let id = e.get("event_id").and_then(text).unwrap_or_default();
+        let key = (id, e.time_ms.div_euclid(86_400_000));
+        match self.firsts.get(&key) {
+            None => {
+                self.firsts
+                    .insert(key, (order, topic.to_owned(), e.clone()));
+                self.fold(e);
+            }
+            Some((kept, _, _)) if *kept <= order => {} // a later copy
+            Some(_) => {
+                // This copy comes first: it is the one counted.
+                self.firsts
+                    .insert(key, (order, topic.to_owned(), e.clone()));
+                self.cells.map.clear();
+                let kept: Vec<Parsed> = self.firsts.values().map(|(_, _, p)| p.clone()).collect();
+                for p in &kept {
+                    self.fold(p);
+                }
+            }
+        }
+    }
+
+    fn fold(&mut self, e: &Parsed) {
         let g = self.cells.granularity_ms;
         let group: Group = self
             .cells
@@ -304,6 +345,8 @@ pub struct Truth {
     pub limits: Limits,
     pub accepted: u64,
     pub rejected: u64,
+    /// Records added without coordinates ([`Truth::add`]), numbering them.
+    seq: i64,
 }
 
 impl Truth {
@@ -314,17 +357,35 @@ impl Truth {
             limits: cfg.events.limits(),
             accepted: 0,
             rejected: 0,
+            seq: 0,
         }
     }
 
     /// Fold one record read from `topic`; returns whether the platform must
-    /// accept it.
+    /// accept it. For dedup views the record's place is its Kafka timestamp,
+    /// then the order records were added in (partition 0): use
+    /// [`Truth::add_at`] when copies of an event share a timestamp.
     pub fn add(&mut self, topic: &str, payload: &[u8], kafka_ts_ms: i64) -> bool {
+        self.seq += 1;
+        self.add_at(topic, 0, self.seq, payload, kafka_ts_ms)
+    }
+
+    /// Fold one record read from `topic` at (`partition`, `offset`);
+    /// returns whether the platform must accept it.
+    pub fn add_at(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+        kafka_ts_ms: i64,
+    ) -> bool {
         match parse(payload, kafka_ts_ms, &self.limits) {
             Some(e) => {
                 self.accepted += 1;
                 for v in &mut self.views {
-                    v.add(topic, &e);
+                    let order = (kafka_ts_ms, topic.to_owned(), partition, offset);
+                    v.add(topic, &e, order);
                 }
                 true
             }

@@ -119,6 +119,7 @@ impl<'de> Deserialize<'de> for Object {
 }
 
 /// An accepted event, as the truth sees it.
+#[derive(Debug, Clone)]
 pub(super) struct Parsed {
     event_id: Value,
     event_type: Value,

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use tally_batch::{run_batch, RunOptions};
 use tally_core::config::Config;
 use tally_testkit::config::{TestConfig, DEDUP_VIEW, STANDARD_VIEWS, TOPIC};
-use tally_testkit::gen::{Generator, Shape};
+use tally_testkit::gen::Shape;
 use tally_testkit::truth::Truth;
 
 /// The standard views and `once` (dedup), on `store_url`.
@@ -37,26 +37,12 @@ fn generate_with_retries(
     ts_from: i64,
     span: i64,
 ) -> Vec<Gen> {
-    let mut rng = StdRng::seed_from_u64(seed);
     let s = Shape {
         retry_share: 0.1,
         retry_span: 500,
         ..shape()
     };
-    let mut gen = Generator::new(s, seed).expect("shape");
-    next_offsets.resize(partitions as usize, 0);
-    (0..n)
-        .map(|_| {
-            let p = rng.gen_range(0..partitions);
-            let offset = next_offsets[p as usize];
-            next_offsets[p as usize] += 1;
-            Gen {
-                partition: p,
-                offset,
-                g: gen.next(ts_from + rng.gen_range(0..span)),
-            }
-        })
-        .collect()
+    generate_shaped(s, seed, n, partitions, next_offsets, ts_from, span)
 }
 
 /// The truth of every view over the records of epochs below `cut`, each

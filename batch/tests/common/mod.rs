@@ -84,8 +84,21 @@ pub fn generate(
     ts_from: i64,
     span: i64,
 ) -> Vec<Gen> {
+    generate_shaped(shape(), seed, n, partitions, next_offsets, ts_from, span)
+}
+
+/// [`generate`] with another traffic shape.
+pub fn generate_shaped(
+    shape: Shape,
+    seed: u64,
+    n: usize,
+    partitions: i32,
+    next_offsets: &mut Vec<i64>,
+    ts_from: i64,
+    span: i64,
+) -> Vec<Gen> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut gen = Generator::new(shape(), seed).expect("batch test shape");
+    let mut gen = Generator::new(shape, seed).expect("batch test shape");
     next_offsets.resize(partitions as usize, 0);
     (0..n)
         .map(|_| {

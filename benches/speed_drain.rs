@@ -26,8 +26,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tally_core::config::Millis;
-use tally_gen::{Generator, Shape, Weighted};
+use tally_gen::{Generator, Shape};
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::{kafka, Broker, Redis, RedisCluster};
 const PARTITIONS: i32 = 4;
@@ -105,23 +104,7 @@ fn main() {
         .as_millis() as i64;
     let base = now - 3_600_000;
     eprintln!("producing {n} events…");
-    // The shared generator, shaped like the traffic this benchmark has
-    // always measured: no late or malformed records, event times within 5 s
-    // of their Kafka time, 50 pages, 100,000 users.
-    let shape = Shape {
-        event_types: vec![
-            Weighted::new("page_view", 2.0),
-            Weighted::new("click", 1.0),
-            Weighted::new("signup", 1.0),
-        ],
-        pages: 50,
-        users: 100_000,
-        late_share: 0.0,
-        out_of_order_share: 1.0,
-        max_jitter: Millis(5_000),
-        malformed_share: 0.0,
-        ..Shape::default()
-    };
+    let shape = Shape::drain();
     let mut generator = Generator::new(shape, 1).expect("bench shape");
     let p = kafka::producer(&broker.bootstrap(), 10_000).expect("producer");
     let mut ends = vec![0i64; PARTITIONS as usize];

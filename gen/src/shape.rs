@@ -172,6 +172,27 @@ impl Shape {
         })
     }
 
+    /// The traffic the drain benchmarks (speed and archive) have always
+    /// measured: page views, clicks and signups (2:1:1) over 50 pages and
+    /// 100,000 users, event times within 5 s of their Kafka time, nothing
+    /// late or malformed. One name, so that their figures stay comparable.
+    pub fn drain() -> Shape {
+        Shape {
+            event_types: vec![
+                Weighted::new("page_view", 2.0),
+                Weighted::new("click", 1.0),
+                Weighted::new("signup", 1.0),
+            ],
+            pages: 50,
+            users: 100_000,
+            late_share: 0.0,
+            out_of_order_share: 1.0,
+            max_jitter: Millis(5_000),
+            malformed_share: 0.0,
+            ..Shape::default()
+        }
+    }
+
     /// The same shape judged against `limits` (the config's `[events]`).
     pub fn with_limits(mut self, limits: Limits) -> Shape {
         self.limits = limits;

@@ -12,12 +12,11 @@
 
 use std::time::Instant;
 
-use tally_core::config::Millis;
 use tally_core::event::{decode, Limits};
 use tally_core::time::EpochGrid;
 use tally_core::view::ViewDef;
 use tally_speed::delta::{At, Folder, Unflushed};
-use tally_testkit::gen::{Generator, Shape, Weighted};
+use tally_testkit::gen::{Generator, Shape};
 
 /// The drain benchmark's two views.
 const VIEWS: &str = r#"[
@@ -82,20 +81,7 @@ fn main() {
         .get(3)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let shape = Shape {
-        event_types: vec![
-            Weighted::new("page_view", 2.0),
-            Weighted::new("click", 1.0),
-            Weighted::new("signup", 1.0),
-        ],
-        pages: 50,
-        users: 100_000,
-        late_share: 0.0,
-        out_of_order_share: 1.0,
-        max_jitter: Millis(5_000),
-        malformed_share: 0.0,
-        ..Shape::default()
-    };
+    let shape = Shape::drain();
     let mut generator = Generator::new(shape, 1).expect("shape");
     let base = 1_767_225_600_000i64;
     let records: Vec<(Vec<u8>, i64)> = (0..n)

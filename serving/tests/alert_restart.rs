@@ -57,39 +57,6 @@ impl Server {
     }
 }
 
-/// The fixture both layers hold, and instants (every 10 minutes) at which
-/// the fold says `views > threshold` holds or does not.
-struct Fixture {
-    store: Arc<InMemory>,
-    threshold: f64,
-    holds: Vec<i64>,
-    clear: Vec<i64>,
-    evs: Vec<Ev>,
-}
-
-async fn fixture(redis: &tally_testkit::Redis) -> Fixture {
-    let view = view();
-    let evs = events(13, 6000);
-    let store = Arc::new(InMemory::new());
-    publish_snapshot(&store, &view, &evs, T0 / EPOCH_MS + 24, "run1").await;
-    write_speed(&redis.url(), "t", &view, &evs).await;
-    let ts: Vec<i64> = (0..180).map(|i| T0 + 3_600_000 + i * 10 * MIN).collect();
-    let mut values: Vec<u64> = ts.iter().map(|&t| truth_at(&evs, t)).collect();
-    values.sort_unstable();
-    let threshold = values[values.len() / 2] as f64;
-    let (holds, clear): (Vec<i64>, Vec<i64>) = ts
-        .iter()
-        .partition(|&&t| truth_at(&evs, t) as f64 > threshold);
-    assert!(holds.len() > 3 && clear.len() > 3, "the fixture crosses");
-    Fixture {
-        store,
-        threshold,
-        holds,
-        clear,
-        evs,
-    }
-}
-
 fn statuses(got: &[serde_json::Value]) -> Vec<(String, String)> {
     got.iter()
         .map(|n| {
@@ -117,13 +84,17 @@ async fn settle() {
 #[tokio::test]
 async fn a_firing_notification_undelivered_at_a_restart_is_delivered_after_it_once() {
     let redis = tally_testkit::Redis::start().expect("redis");
-    let fx = fixture(&redis).await;
+    let fx = Crossing::publish(&redis).await;
     let (recv, url) = receiver(0).await;
     recv.down.store(true, Ordering::SeqCst);
     let mut cfg = config_with(&redis.url(), vec![rule("home", &url, fx.threshold, None)]);
     cfg.alerting.max_attempts = 1_000;
-    let t1 = fx.holds[0];
-    let t2 = *fx.holds.iter().find(|&&t| t > t1).expect("a later instant");
+    let t1 = fx.holds()[0];
+    let t2 = *fx
+        .holds()
+        .iter()
+        .find(|&&t| t > t1)
+        .expect("a later instant");
 
     let first = Server::start(&cfg, &fx.store).await;
     first.evaluate(t1).await;
@@ -171,11 +142,12 @@ async fn a_firing_notification_undelivered_at_a_restart_is_delivered_after_it_on
 #[tokio::test]
 async fn a_condition_that_cleared_during_a_restart_resolves_once() {
     let redis = tally_testkit::Redis::start().expect("redis");
-    let fx = fixture(&redis).await;
+    let fx = Crossing::publish(&redis).await;
     let (recv, url) = receiver(0).await;
     let cfg = config_with(&redis.url(), vec![rule("home", &url, fx.threshold, None)]);
-    let t1 = fx.holds[0];
-    let mut later = fx.clear.iter().filter(|&&t| t > t1);
+    let t1 = fx.holds()[0];
+    let clear = fx.clear();
+    let mut later = clear.iter().filter(|&&t| t > t1);
     let (t2, t3) = (
         *later.next().expect("a clear instant"),
         *later.next().expect("another"),
@@ -209,15 +181,19 @@ async fn a_condition_that_cleared_during_a_restart_resolves_once() {
 #[tokio::test]
 async fn a_changed_rule_starts_ok_and_a_removed_one_is_forgotten() {
     let redis = tally_testkit::Redis::start().expect("redis");
-    let fx = fixture(&redis).await;
+    let fx = Crossing::publish(&redis).await;
     let (recv, url) = receiver(0).await;
     let home = rule("home", &url, fx.threshold, None);
     let cfg = config_with(
         &redis.url(),
         vec![home.clone(), rule("gone", &url, fx.threshold, None)],
     );
-    let t1 = fx.holds[0];
-    let t2 = *fx.holds.iter().find(|&&t| t > t1).expect("a later instant");
+    let t1 = fx.holds()[0];
+    let t2 = *fx
+        .holds()
+        .iter()
+        .find(|&&t| t > t1)
+        .expect("a later instant");
 
     let first = Server::start(&cfg, &fx.store).await;
     first.evaluate(t1).await;

@@ -45,18 +45,13 @@ fn expected(ts: &[i64], values: &[u64], threshold: f64, for_ms: i64) -> Vec<(Str
 #[tokio::test]
 async fn rules_fire_and_resolve_as_the_fold_says_and_every_notification_arrives() {
     let redis = tally_testkit::Redis::start().expect("redis");
-    let view = view();
-    let evs = events(13, 6000);
-    let store = Arc::new(InMemory::new());
-    publish_snapshot(&store, &view, &evs, T0 / EPOCH_MS + 24, "run1").await;
-    write_speed(&redis.url(), "t", &view, &evs).await;
-
-    // Instants every 10 minutes for 30 hours, across the cut.
-    let ts: Vec<i64> = (0..180).map(|i| T0 + 3_600_000 + i * 10 * MIN).collect();
-    let values: Vec<u64> = ts.iter().map(|&t| truth_at(&evs, t)).collect();
-    let mut sorted = values.clone();
-    sorted.sort_unstable();
-    let threshold = sorted[sorted.len() / 2] as f64;
+    let Crossing {
+        store,
+        evs,
+        ts,
+        values,
+        threshold,
+    } = Crossing::publish(&redis).await;
     let plain = expected(&ts, &values, threshold, 0);
     let delayed = expected(&ts, &values, threshold, 20 * MIN);
     assert!(

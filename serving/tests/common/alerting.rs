@@ -1,5 +1,6 @@
 //! What the alert tests share: a local webhook receiver, a rule on the
-//! fixture's view, the value the fold says such a rule reads, and a config.
+//! fixture's view, the value the fold says such a rule reads, the published
+//! data the rule crosses, and a config.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,7 +10,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use tally_core::config::{AlertRule, Comparison, Config, Millis};
 
-use super::{config, Ev};
+use object_store::memory::InMemory;
+
+use super::{config, events, publish_snapshot, view, write_speed, Ev, EPOCH_MS, T0};
 
 pub const MIN: i64 = 60_000;
 
@@ -94,6 +97,62 @@ pub fn truth_at(evs: &[Ev], t: i64) -> u64 {
         .filter(|e| e.page.as_deref() == Some("/home"))
         .filter(|e| base(e) >= t - 15 * MIN && base(e) < t)
         .count() as u64
+}
+
+/// The fixture's events published to both layers (a snapshot cut 24 epochs
+/// after `T0`, every event in the speed layer), and instants every 10 minutes
+/// for 30 hours, across the cut, with the value the fold says [`rule`] reads
+/// at each. The threshold is their median, so the rule crosses it often.
+pub struct Crossing {
+    pub store: Arc<InMemory>,
+    pub evs: Vec<Ev>,
+    pub ts: Vec<i64>,
+    pub values: Vec<u64>,
+    pub threshold: f64,
+}
+
+impl Crossing {
+    pub async fn publish(redis: &tally_testkit::Redis) -> Crossing {
+        let view = view();
+        let evs = events(13, 6000);
+        let store = Arc::new(InMemory::new());
+        publish_snapshot(&store, &view, &evs, T0 / EPOCH_MS + 24, "run1").await;
+        write_speed(&redis.url(), "t", &view, &evs).await;
+        let ts: Vec<i64> = (0..180).map(|i| T0 + 3_600_000 + i * 10 * MIN).collect();
+        let values: Vec<u64> = ts.iter().map(|&t| truth_at(&evs, t)).collect();
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        let threshold = sorted[sorted.len() / 2] as f64;
+        Crossing {
+            store,
+            evs,
+            ts,
+            values,
+            threshold,
+        }
+    }
+
+    /// The instants at which the rule's condition holds.
+    pub fn holds(&self) -> Vec<i64> {
+        self.instants(true)
+    }
+
+    /// The instants at which it does not.
+    pub fn clear(&self) -> Vec<i64> {
+        self.instants(false)
+    }
+
+    fn instants(&self, above: bool) -> Vec<i64> {
+        let out: Vec<i64> = self
+            .ts
+            .iter()
+            .zip(&self.values)
+            .filter(|(_, &v)| (v as f64 > self.threshold) == above)
+            .map(|(&t, _)| t)
+            .collect();
+        assert!(out.len() > 3, "the fixture crosses the threshold");
+        out
+    }
 }
 
 /// The fixture's config with `rules`, quick retries, and an interval long

@@ -8,7 +8,9 @@
 //! measure card, the `data-value` of every table cell, the cut) and checks it
 //! equals both the query API's answer and the truth folded from the events.
 //! Then it writes a new speed-layer delta and checks the page shows the new
-//! totals within a few seconds (live over server-sent events).
+//! totals within a few seconds (live over server-sent events). The view
+//! counts each event_id once (`dedup`), so the page must also say what the
+//! API says: that the live part may still hold retried events.
 //!
 //! The WebDriver client is a few HTTP/1.0 calls over a TCP socket (new
 //! session, navigate, run a script, delete session): no extra crate. A missing
@@ -224,6 +226,8 @@ for (const tr of document.querySelectorAll("#groups tr")) {
   groups[tr.dataset.group] = row;
 }
 return { updates: Number(bar.dataset.updates || 0), cut: bar.dataset.cut, degraded: bar.dataset.degraded,
+         duplicates: bar.dataset.duplicates || "",
+         duplicates_badge: document.querySelectorAll("#health [data-duplicates]").length,
          conn: document.getElementById("conn").dataset.state || "", error: document.getElementById("error").textContent,
          totals, groups };
 "##;
@@ -261,6 +265,9 @@ fn label(v: &Option<String>) -> String {
 fn check(page: &Value, api: &Value, evs: &[Ev], q: &Q) {
     assert_eq!(page["degraded"], "", "{page}");
     assert_eq!(page["cut"], api["cut"].to_string(), "{page}");
+    let flagged = api["speed_may_hold_duplicates"] == true;
+    assert_eq!(page["duplicates"] == "1", flagged, "{page} vs {api}");
+    assert_eq!(page["duplicates_badge"] == 1, flagged, "{page}");
     // Totals: page = API = truth.
     let mut grand = Expect::default();
     let mut per_page: BTreeMap<String, Expect> = BTreeMap::new();
@@ -318,10 +325,14 @@ async fn the_dashboard_shows_the_api_numbers_and_follows_live_updates() {
     let mut evs = events(101, 2500);
     let cut = T0 / EPOCH_MS + 24;
     let store = Arc::new(InMemory::new());
-    publish_snapshot(&store, &view(), &evs, cut, "browser-run").await;
-    write_speed(&redis.url(), "t", &view(), &evs).await;
+    let mut view = view();
+    view.dedup = Some("event_id".into());
+    publish_snapshot(&store, &view, &evs, cut, "browser-run").await;
+    write_speed(&redis.url(), "t", &view, &evs).await;
+    let mut cfg = config(&redis.url(), "t");
+    cfg.views = vec![view.clone()];
     let (addr, stop, server) = start_server(
-        config(&redis.url(), "t"),
+        cfg,
         store,
         ServeOptions {
             poll_interval: Duration::from_millis(500),
@@ -376,6 +387,7 @@ async fn the_dashboard_shows_the_api_numbers_and_follows_live_updates() {
         .expect("api");
     assert_eq!(status, 200, "{api}");
     assert_eq!(api["cut"].as_i64(), Some(cut));
+    assert_eq!(api["speed_may_hold_duplicates"], true, "{api}");
     check(&page, &api, &evs, &q);
 
     // A live update: new events in the speed layer (epoch at the cut, so they
@@ -391,7 +403,7 @@ async fn the_dashboard_shows_the_api_numbers_and_follows_live_updates() {
         })
         .collect();
     let before = page["totals"]["views"].clone();
-    write_speed(&redis.url(), "t", &view(), &new).await;
+    write_speed(&redis.url(), "t", &view, &new).await;
     evs.extend(new);
     let written = Instant::now();
     let want_views = (evs.len() as u64).to_string();

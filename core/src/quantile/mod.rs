@@ -527,6 +527,24 @@ impl QuantileSketch {
             .map(|(i, q)| ((q * (n - 1) as f64).floor() as u64, i))
             .collect();
         ranks.sort_unstable();
+        if ranks.first().is_some_and(|&(rank, _)| rank >= n / 2) {
+            // High percentiles (p90, p99): from the top, a few buckets.
+            ranks.reverse();
+            let (mut above, mut next) = (0u64, 0usize);
+            self.walk_down(&mut |c, k| {
+                // This bucket holds ranks n - above .. n - above + k.
+                above += k;
+                while let Some(&(rank, i)) = ranks.get(next) {
+                    if rank < n - above {
+                        break;
+                    }
+                    out[i] = Bucket::from_code(c).map(Bucket::value);
+                    next += 1;
+                }
+                next < ranks.len()
+            });
+            return out;
+        }
         let (mut seen, mut next) = (0u64, 0usize);
         self.walk(&mut |c, k| {
             seen += k;
@@ -558,6 +576,28 @@ impl QuantileSketch {
             Store::Dense { offset, counts } => counts
                 .iter()
                 .enumerate()
+                .any(|(k, &n)| n > 0 && !visit(offset + k as i32, n)),
+        };
+        if !done && zero > 0 {
+            f(0, zero);
+        }
+    }
+
+    /// [`QuantileSketch::walk`] from the highest code down.
+    fn walk_down(&self, f: &mut impl FnMut(i32, u64) -> bool) {
+        let mut zero = self.zeros;
+        let mut visit = |c: i32, n: u64| {
+            if c < 0 && zero > 0 && !f(0, std::mem::take(&mut zero)) {
+                return false;
+            }
+            f(c, n)
+        };
+        let done = match &self.store {
+            Store::Sparse(v) => v.iter().rev().any(|&(c, n)| !visit(c, n)),
+            Store::Dense { offset, counts } => counts
+                .iter()
+                .enumerate()
+                .rev()
                 .any(|(k, &n)| n > 0 && !visit(offset + k as i32, n)),
         };
         if !done && zero > 0 {

@@ -114,6 +114,25 @@ proptest! {
         prop_assert_eq!(s.quantiles(&qs), each);
     }
 
+    /// High percentiles (answered walking down from the top) answer as
+    /// one at a time too, across negatives, zeros and positives.
+    #[test]
+    fn high_quantiles_from_the_top_equal_each_alone(
+        xs in prop_oneof![
+            // Sparse: codes far apart.
+            proptest::collection::vec(prop_oneof![Just(0.0), -1e4f64..1e6], 1..1_000),
+            // Dense: a run of a few hundred codes, and zeros beside it.
+            proptest::collection::vec(prop_oneof![Just(0.0), 1.0f64..1e3], 1..1_000),
+        ],
+        qs in proptest::collection::vec(prop_oneof![Just(0.5), Just(0.99), Just(1.0), 0.5f64..=1.0], 1..4),
+    ) {
+        let mut qs = qs;
+        qs.sort_by(f64::total_cmp);
+        let s = sketch(&xs);
+        let each: Vec<Option<f64>> = qs.iter().map(|&q| s.quantile(q)).collect();
+        prop_assert_eq!(s.quantiles(&qs), each);
+    }
+
     /// Merging the sketches of any split gives the sketch of the whole.
     #[test]
     fn any_split_merges_to_the_whole(

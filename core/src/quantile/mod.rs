@@ -157,7 +157,11 @@ const COVER_SPARE: usize = 32;
 
 /// A sparse sketch turns dense past this many occupied buckets...
 const DENSE_AFTER: usize = 48;
-/// ...when its buckets span at most this many codes (32 KiB of counts).
+/// ...when its buckets span at most this many codes (32 KiB of counts),
+/// and at least half the codes of that span are occupied: a dense count
+/// takes 8 bytes, a sparse entry 16, so the dense run is never the larger,
+/// and a query that merges many such sketches reads fewer bytes. (A
+/// query's accumulators are made dense regardless: [`QuantileSketch::cover`].)
 const DENSE_SPAN: usize = 4096;
 
 /// Counts per bucket, by [`Bucket::code`] (value order). Small sketches
@@ -291,14 +295,23 @@ impl QuantileSketch {
             zeros,
             total,
         } = self;
+        // Covered: the store is dense (or the row is all zeros). The
+        // store's fields are read once, not per entry.
+        let (at, counts): (i32, &mut [u64]) = match store {
+            Store::Dense { offset, counts } => (*offset, counts),
+            Store::Sparse(_) => (0, &mut []),
+        };
+        let (mut added, mut zero) = (0u64, 0u64);
         for &(c, n) in entries {
-            *total += n;
+            added += n;
             if c == 0 {
-                *zeros += n;
-            } else if let Store::Dense { offset, counts } = store {
-                counts[(c - *offset) as usize] += n;
+                zero += n;
+            } else {
+                counts[(c - at) as usize] += n;
             }
         }
+        *total += added;
+        *zeros += zero;
     }
 
     /// Make a sparse store dense when its span allows.
@@ -310,7 +323,7 @@ impl QuantileSketch {
             return;
         };
         let span = (i64::from(hi) - i64::from(lo) + 1) as usize;
-        if span > DENSE_SPAN {
+        if span > DENSE_SPAN || span > 2 * v.len() {
             return;
         }
         let mut counts = vec![0u64; span];
@@ -350,26 +363,26 @@ impl QuantileSketch {
                 }
             }
             (Store::Dense { .. }, Store::Sparse(theirs)) => {
-                theirs.iter().for_each(|&(c, n)| self.add_code(c, n));
-            }
-            (_, Store::Dense { offset, counts }) => {
-                // The whole run at once (its spare zeros add nothing) when
-                // `self` holds it densely: no scan for the occupied part.
-                let end = *offset + counts.len() as i32 - 1;
-                if self.cover(*offset, end) {
-                    if let Store::Dense {
-                        offset: at,
-                        counts: mine,
-                    } = &mut self.store
-                    {
-                        let start = (*offset - *at) as usize;
-                        for (a, &b) in mine[start..start + counts.len()].iter_mut().zip(counts) {
-                            *a += b;
+                // Cover their span once, then one array add per entry.
+                let (Some(&(lo, _)), Some(&(hi, _))) = (theirs.first(), theirs.last()) else {
+                    return;
+                };
+                if self.cover(lo, hi) {
+                    if let Store::Dense { offset, counts } = &mut self.store {
+                        let at = *offset;
+                        for &(c, n) in theirs {
+                            counts[(c - at) as usize] += n;
                         }
                         self.total += stored;
                         return;
                     }
                 }
+                theirs.iter().for_each(|&(c, n)| self.add_code(c, n));
+            }
+            (_, Store::Dense { offset, counts }) => {
+                // Its occupied part: the scans stop at the first count from
+                // each end, past the few spare zeros a grown run keeps, so
+                // that `self` grows for data, never for spare room.
                 let first = counts.iter().position(|&n| n > 0);
                 let last = counts.iter().rposition(|&n| n > 0);
                 let (Some(f), Some(l)) = (first, last) else {
@@ -434,8 +447,19 @@ impl QuantileSketch {
         };
         let span = (i64::from(new_hi) - i64::from(new_lo) + 1) as usize;
         let mut counts = vec![0u64; span];
-        for (c, n) in self.stored() {
-            counts[(c - new_lo) as usize] += n;
+        match &self.store {
+            Store::Dense {
+                offset,
+                counts: held,
+            } => {
+                let at = (*offset - new_lo) as usize;
+                counts[at..at + held.len()].copy_from_slice(held);
+            }
+            Store::Sparse(v) => {
+                for &(c, n) in v {
+                    counts[(c - new_lo) as usize] += n;
+                }
+            }
         }
         self.store = Store::Dense {
             offset: new_lo,

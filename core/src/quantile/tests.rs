@@ -262,3 +262,35 @@ proptest! {
         prop_assert_eq!(at_once, one_by_one);
     }
 }
+
+proptest! {
+    /// A query's accumulator (made dense by a row) takes sketches of every
+    /// store (sparse or dense, near or far codes, zeros) as their values
+    /// added one by one.
+    #[test]
+    fn a_dense_accumulator_merges_any_sketch_as_its_values(
+        row in proptest::collection::vec((34_000i32..34_400, 1u64..5), 8..100),
+        parts in proptest::collection::vec(
+            prop_oneof![
+                proptest::collection::vec(1.0f64..1e3, 0..400),
+                proptest::collection::vec(prop_oneof![Just(0.0), 1.0f64..1e3], 0..60),
+                proptest::collection::vec(prop_oneof![-1e4f64..1e6, 1e200f64..1e300], 0..60),
+            ],
+            1..6,
+        ),
+    ) {
+        let mut row = row;
+        row.sort_unstable();
+        row.dedup_by_key(|e| e.0);
+        let mut acc = QuantileSketch::new();
+        acc.add_codes(&row);
+        let mut want = QuantileSketch::new();
+        row.iter().for_each(|&(c, n)| want.add_code(c, n));
+        for xs in &parts {
+            acc.merge(&sketch(xs));
+            xs.iter().for_each(|&x| want.add(x));
+        }
+        prop_assert_eq!(acc.count(), want.count());
+        prop_assert_eq!(acc, want);
+    }
+}

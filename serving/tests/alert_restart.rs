@@ -89,12 +89,7 @@ async fn a_firing_notification_undelivered_at_a_restart_is_delivered_after_it_on
     recv.down.store(true, Ordering::SeqCst);
     let mut cfg = config_with(&redis.url(), vec![rule("home", &url, fx.threshold, None)]);
     cfg.alerting.max_attempts = 1_000;
-    let t1 = fx.holds()[0];
-    let t2 = *fx
-        .holds()
-        .iter()
-        .find(|&&t| t > t1)
-        .expect("a later instant");
+    let (t1, t2) = fx.first_two_holding();
 
     let first = Server::start(&cfg, &fx.store).await;
     first.evaluate(t1).await;
@@ -188,12 +183,7 @@ async fn a_changed_rule_starts_ok_and_a_removed_one_is_forgotten() {
         &redis.url(),
         vec![home.clone(), rule("gone", &url, fx.threshold, None)],
     );
-    let t1 = fx.holds()[0];
-    let t2 = *fx
-        .holds()
-        .iter()
-        .find(|&&t| t > t1)
-        .expect("a later instant");
+    let (t1, t2) = fx.first_two_holding();
 
     let first = Server::start(&cfg, &fx.store).await;
     first.evaluate(t1).await;

@@ -137,6 +137,12 @@ impl Crossing {
         self.instants(true)
     }
 
+    /// The first two instants at which the condition holds.
+    pub fn first_two_holding(&self) -> (i64, i64) {
+        let holds = self.holds();
+        (holds[0], holds[1])
+    }
+
     /// The instants at which it does not.
     pub fn clear(&self) -> Vec<i64> {
         self.instants(false)

@@ -36,8 +36,21 @@ pub(super) fn dense_count(regs: &[u8]) -> u64 {
 pub(super) fn estimate(histo: &[u32; 64]) -> u64 {
     let m = REGISTERS as f64;
     let q = Q as usize;
+    if histo[0] as usize == REGISTERS {
+        // No register set: sigma(1) is infinite, the estimate 0.
+        return 0;
+    }
     let mut z = m * tau((m - histo[q + 1] as f64) / m);
-    for j in (1..=q).rev() {
+    // While z is 0, the steps for empty ranks above the highest one set
+    // leave it 0 (0 + 0, halved): start at that rank. The same float
+    // operations run from there, so the estimate is unchanged. A serving
+    // answer counts a sketch per cell, most of them with ranks below 20.
+    let top = if z == 0.0 {
+        (1..=q).rev().find(|&j| histo[j] != 0).unwrap_or(0)
+    } else {
+        q
+    };
+    for j in (1..=top).rev() {
         z += histo[j] as f64;
         z *= 0.5;
     }
@@ -60,7 +73,7 @@ fn sigma_of(zeros: u32) -> f64 {
     table[(zeros as usize).min(REGISTERS)]
 }
 
-fn sigma(mut x: f64) -> f64 {
+pub(super) fn sigma(mut x: f64) -> f64 {
     if x == 1.0 {
         return f64::INFINITY;
     }
@@ -77,7 +90,7 @@ fn sigma(mut x: f64) -> f64 {
     }
 }
 
-fn tau(mut x: f64) -> f64 {
+pub(super) fn tau(mut x: f64) -> f64 {
     if x == 0.0 || x == 1.0 {
         return 0.0;
     }

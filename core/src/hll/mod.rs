@@ -26,7 +26,7 @@ pub use hash::{murmurhash64a, pattern};
 pub use union::Union;
 
 use encoding::{dense_get, dense_set, header, sparse_of};
-use estimate::{dense_count, estimate};
+use estimate::dense_count;
 
 /// Index bits.
 pub const P: u32 = 14;
@@ -118,17 +118,10 @@ impl Hll {
 
     /// The cardinality estimate `PFCOUNT` gives for these registers.
     pub fn count(&self) -> u64 {
-        let mut histo = [0u32; 64];
         match &self.repr {
-            Repr::Sparse(entries) => {
-                histo[0] = (REGISTERS - entries.len()) as u32;
-                for &e in entries {
-                    histo[(e & 0xff) as usize] += 1;
-                }
-            }
-            Repr::Dense(regs) => return dense_count(regs),
+            Repr::Sparse(entries) => count_registers(entries),
+            Repr::Dense(regs) => dense_count(regs),
         }
-        estimate(&histo)
     }
 
     /// Whether no value was added.

@@ -1,7 +1,8 @@
-//! The consume thread's work per event (decode and fold) with views that
-//! have `dedup = "event_id"` against the same views without, alternating in
-//! the same process: the part of the speed drain that dedup changes, without
-//! the broker and Redis (whose cost dedup does not change).
+//! The consume thread's work per event (decode, then fold a few records
+//! later, as the consume loop does) with views that have `dedup =
+//! "event_id"` against the same views without, alternating in the same
+//! process: the part of the speed drain that dedup changes, without the
+//! broker and Redis (whose cost dedup does not change).
 //!
 //! Events as the drain benchmark produces them (`benches/speed_drain.rs`:
 //! 50 pages, 100,000 users, event times within 5 s of their Kafka time over
@@ -41,12 +42,17 @@ fn views(dedup: bool) -> Vec<ViewDef> {
     v
 }
 
+/// Records decoded ahead of their fold, as the consume loop does
+/// (`speed/src/consumer/state.rs`).
+const LOOK_AHEAD: usize = 16;
+
 /// ns per event of decoding and folding `records` once.
 fn run(records: &[(Vec<u8>, i64)], dedup: bool, window: usize) -> f64 {
     let mut folder = Folder::new(views(dedup), EpochGrid::new(3_600_000)).with_dedup_window(window);
     let mut delta = Unflushed::default();
     let limits = Limits::default();
     let start = Instant::now();
+    let mut ahead = Vec::with_capacity(LOOK_AHEAD);
     for (i, (payload, kts)) in records.iter().enumerate() {
         if let Ok(event) = decode(payload, *kts, &limits) {
             let at = At {
@@ -55,11 +61,20 @@ fn run(records: &[(Vec<u8>, i64)], dedup: bool, window: usize) -> f64 {
                 offset: i as i64,
                 kafka_ts_ms: *kts,
             };
-            folder.fold(&mut delta, 0, at, &event);
+            let key = folder.look_ahead(&at, &event);
+            ahead.push((at, event, key));
+        }
+        if ahead.len() == LOOK_AHEAD || i % 100_000 == 99_999 {
+            for (at, event, key) in ahead.drain(..) {
+                folder.fold_ahead(&mut delta, 0, at, &event, key);
+            }
         }
         if i % 100_000 == 99_999 {
             std::hint::black_box(delta.take());
         }
+    }
+    for (at, event, key) in ahead.drain(..) {
+        folder.fold_ahead(&mut delta, 0, at, &event, key);
     }
     std::hint::black_box(delta.take());
     start.elapsed().as_nanos() as f64 / records.len() as f64

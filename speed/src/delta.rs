@@ -193,6 +193,11 @@ pub struct At<'a> {
     pub kafka_ts_ms: i64,
 }
 
+/// An event's dedup window key and place, from [`Folder::look_ahead`]
+/// (empty when no view dedups).
+#[derive(Debug, Clone, Copy)]
+pub struct Ahead(Option<(u128, Place)>);
+
 /// Folds events into deltas. Holds scratch buffers so the hot path does not
 /// allocate for groups and buckets it has already seen.
 #[derive(Debug)]
@@ -255,41 +260,65 @@ impl Folder {
         &self.views[index].def
     }
 
+    /// The dedup window key of `event` read at `at`, with the window's
+    /// slots for it already requested from memory. The window is larger than
+    /// the caches, so a probe is a memory round trip: looking a few events
+    /// ahead of [`Folder::fold_ahead`] lets those round trips overlap instead
+    /// of stalling the fold one event at a time.
+    pub fn look_ahead(&mut self, at: &At<'_>, event: &Event<'_>) -> Ahead {
+        let Some(window) = self.window.as_ref() else {
+            return Ahead(None);
+        };
+        let topic = match self.topics.iter().position(|t| t == at.topic) {
+            Some(i) => i,
+            None => {
+                self.topics.push(at.topic.to_owned());
+                self.topics.len() - 1
+            }
+        };
+        let place = Place {
+            topic: topic as u16,
+            partition: at.partition,
+            offset: at.offset,
+        };
+        let key = self.keyer.key(&event.event_id, day_of(event.time_ms));
+        window.prefetch(key);
+        Ahead(Some((key, place)))
+    }
+
     /// Fold one valid event read at `at` into `delta`, among the slices of
     /// partition group `group` (that of the record's partition). A view
     /// with `dedup = "event_id"` leaves out a copy of an event it counted
     /// (within its window).
     pub fn fold(&mut self, delta: &mut Unflushed, group: u32, at: At<'_>, event: &Event<'_>) {
-        let topic = at.topic;
+        let ahead = self.look_ahead(&at, event);
+        self.fold_ahead(delta, group, at, event, ahead);
+    }
+
+    /// [`Folder::fold`], with the window key `look_ahead` gave for this
+    /// very record.
+    pub fn fold_ahead(
+        &mut self,
+        delta: &mut Unflushed,
+        group: u32,
+        at: At<'_>,
+        event: &Event<'_>,
+        ahead: Ahead,
+    ) {
         let epoch = self.grid.epoch_of(at.kafka_ts_ms);
         let day = day_of(event.time_ms);
         delta.events += 1;
-        // The event's window key, computed once, when a dedup view takes it.
-        let mut key: Option<(u128, Place)> = None;
         for (vi, view) in self.views.iter().enumerate() {
             if !view
                 .def
-                .accepts_with(topic, event, &view.filter, &mut self.text)
+                .accepts_with(at.topic, event, &view.filter, &mut self.text)
             {
                 continue;
             }
-            if let (Some(bit), Some(window)) = (self.dedup_bits[vi], self.window.as_mut()) {
-                let (k, place) = *key.get_or_insert_with(|| {
-                    let t = match self.topics.iter().position(|t| t == topic) {
-                        Some(i) => i,
-                        None => {
-                            self.topics.push(topic.to_owned());
-                            self.topics.len() - 1
-                        }
-                    };
-                    let place = Place {
-                        topic: t as u16,
-                        partition: at.partition,
-                        offset: at.offset,
-                    };
-                    (self.keyer.key(&event.event_id, day), place)
-                });
-                if !window.count(k, place, bit) {
+            if let (Some(bit), Some(window), Some((key, place))) =
+                (self.dedup_bits[vi], self.window.as_mut(), ahead.0)
+            {
+                if !window.count(key, place, bit) {
                     delta.duplicates += 1;
                     continue;
                 }
@@ -427,5 +456,60 @@ mod tests {
         truth.add(b"one more");
         assert!(matches!(&d, Distinct::Sketch(_)));
         assert_eq!(d.to_hll(), truth);
+    }
+
+    #[test]
+    fn a_batch_looked_up_ahead_folds_as_one_at_a_time() {
+        let view: ViewDef = serde_json::from_value(serde_json::json!({
+            "name": "v", "granularity": "1m", "dedup": "event_id",
+            "dimensions": ["properties.page"],
+            "measures": [{"name": "c", "agg": "count"}]
+        }))
+        .unwrap();
+        // e1, e2, a retry of e1, e3, a retry of e2, e1's record read again.
+        let records: Vec<(Vec<u8>, i64)> = [("e1", 0), ("e2", 1), ("e1", 2), ("e3", 3), ("e2", 4), ("e1", 0)]
+            .iter()
+            .map(|(id, offset)| {
+                let json = format!(
+                    r#"{{"event_id":"{id}","event_type":"t","timestamp":1704067200000,"properties":{{"page":"/{id}"}}}}"#
+                );
+                (json.into_bytes(), *offset)
+            })
+            .collect();
+        let at = |offset| At {
+            topic: "events",
+            partition: 0,
+            offset,
+            kafka_ts_ms: 1_704_067_200_000,
+        };
+        let limits = Limits::default();
+        let events: Vec<_> = records
+            .iter()
+            .map(|(json, _)| decode(json, 1_704_067_200_000, &limits).unwrap())
+            .collect();
+
+        let mut one = Folder::new(vec![view.clone()], EpochGrid::new(3_600_000));
+        let mut by_one = Unflushed::default();
+        for (e, (_, offset)) in events.iter().zip(&records) {
+            one.fold(&mut by_one, 0, at(*offset), e);
+        }
+        // Every key looked up before the first fold, as a batch is.
+        let mut ahead = Folder::new(vec![view], EpochGrid::new(3_600_000));
+        let keys: Vec<Ahead> = events
+            .iter()
+            .zip(&records)
+            .map(|(e, (_, offset))| ahead.look_ahead(&at(*offset), e))
+            .collect();
+        let mut by_batch = Unflushed::default();
+        for ((e, (_, offset)), key) in events.iter().zip(&records).zip(keys) {
+            ahead.fold_ahead(&mut by_batch, 0, at(*offset), e, key);
+        }
+
+        assert_eq!(by_one.duplicates, 2, "the two retries are left out");
+        assert_eq!(by_batch.duplicates, 2, "also when looked up together");
+        let (mut a, mut b) = (by_one.take().0, by_batch.take().0);
+        a.sort_by_key(|(id, _)| *id);
+        b.sort_by_key(|(id, _)| *id);
+        assert_eq!(a, b);
     }
 }

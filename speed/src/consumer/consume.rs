@@ -32,7 +32,7 @@ use tally_kafka::{
 };
 
 use super::starts::{SpeedConsumer, Starts};
-use super::state::{PartitionState, Rec, State};
+use super::state::{Next, PartitionState, Rec, State};
 use super::Feedback;
 use crate::dead_letter::DeadLetters;
 use crate::delta::{Chunk, Folder, Range};
@@ -387,23 +387,22 @@ fn on_polled(
 /// Fold a batch from the reader's queue. Returns how many records it held.
 fn on_batch(st: &mut State, reader: &mut Reader<Starts>, timeout: Duration) -> usize {
     let records = reader.poll(timeout);
-    for r in &records {
+    st.on_records(records.iter().filter_map(|r| {
         if r.is_end() {
-            st.on_end(r.topic(), r.partition(), r.offset());
-            continue;
+            return Some(Next::End(r.topic(), r.partition(), r.offset()));
         }
         if let Some(e) = r.error() {
             warn!(error = %e, topic = r.topic(), partition = r.partition(), "kafka fetch error");
-            continue;
+            return None;
         }
-        st.on_record(&Rec {
+        Some(Next::Rec(Rec {
             topic: r.topic(),
             partition: r.partition(),
             offset: r.offset(),
             timestamp_ms: r.timestamp_ms(),
             key: r.key(),
             payload: r.payload(),
-        });
-    }
+        }))
+    }));
     records.len()
 }

@@ -14,14 +14,14 @@ use std::collections::HashMap;
 
 use tokio::sync::mpsc as tmpsc;
 
-use tally_core::event::{decode, Limits};
+use tally_core::event::{decode, Event, Limits};
 use tally_core::keys::Layout;
 use tally_core::time::kafka_time;
 use tally_kafka::{Admit, Change, PastEnd, ReadPosition, Recorder, Tp};
 
 use super::starts::Start;
 use crate::dead_letter::{DeadLetters, Source};
-use crate::delta::{At, Chunk, Folder, Range, Unflushed};
+use crate::delta::{Ahead, At, Chunk, Folder, Range, Unflushed};
 
 /// One assigned partition.
 #[derive(Debug)]
@@ -62,6 +62,26 @@ impl PartitionState {
     fn moved(&self) -> bool {
         self.end() > self.start
     }
+}
+
+/// Records decoded ahead of their fold in a batch (see
+/// [`State::on_records`]): enough for the window's memory reads to overlap,
+/// few enough that their slots are still in cache when folded.
+const LOOK_AHEAD: usize = 16;
+
+/// A record admitted and decoded, waiting for its fold.
+struct Admitted<'a> {
+    group: u32,
+    at: At<'a>,
+    event: Event<'a>,
+    ahead: Ahead,
+}
+
+/// What a batch holds, in order.
+pub(super) enum Next<'a> {
+    Rec(Rec<'a>),
+    /// A partition's fetch reached the end of its log, at this offset.
+    End(&'a str, i32, i64),
 }
 
 /// What the hot path mutates, apart from the consumer it reads.
@@ -107,23 +127,53 @@ impl State {
         }
     }
 
+    /// Admit and fold one record.
     pub(super) fn on_record(&mut self, msg: &Rec<'_>) {
+        if let Some(r) = self.admit(msg) {
+            self.fold(r);
+        }
+    }
+
+    /// Admit and fold a batch of records, each folded [`LOOK_AHEAD`]
+    /// records after it was decoded: the dedup window's memory reads for
+    /// the records between are then under way together.
+    pub(super) fn on_records<'a>(&mut self, batch: impl Iterator<Item = Next<'a>>) {
+        let mut ahead = Vec::with_capacity(LOOK_AHEAD);
+        for next in batch {
+            match next {
+                Next::Rec(msg) => {
+                    if let Some(r) = self.admit(&msg) {
+                        ahead.push(r);
+                    }
+                    if ahead.len() == LOOK_AHEAD {
+                        ahead.drain(..).for_each(|r| self.fold(r));
+                    }
+                }
+                // A partition's end is checked against what it admitted:
+                // folding does not move that.
+                Next::End(topic, partition, end) => self.on_end(topic, partition, end),
+            }
+        }
+        ahead.drain(..).for_each(|r| self.fold(r));
+    }
+
+    /// A record to fold, decoded and looked up in the dedup window; or
+    /// `None` when it is not ours, not due, or rejected (to the dead
+    /// letters).
+    fn admit<'a>(&mut self, msg: &Rec<'a>) -> Option<Admitted<'a>> {
         let (topic, partition, offset) = (msg.topic, msg.partition, msg.offset);
         // Avoid allocating the key for the lookup on the hot path.
-        let Some(part) = self
+        let part = self
             .parts
             .iter_mut()
             .find(|((t, p), _)| *p == partition && t == topic)
-            .map(|(_, part)| part)
-        else {
-            return; // not (or no longer) ours
-        };
+            .map(|(_, part)| part)?; // not (or no longer) ours
         match part.read.admit(topic, partition, offset) {
             Admit::Take => {}
-            Admit::Drop => return, // below the target of a seek, or already folded
+            Admit::Drop => return None, // below the target of a seek, or already folded
             Admit::SeekBack => {
                 self.seeks_pending = true;
-                return;
+                return None;
             }
             Admit::Gap(gap) => {
                 metrics::counter!("tally_speed_missing_offsets_total",
@@ -134,27 +184,41 @@ impl State {
         let group = part.group;
         let kafka_ts = kafka_time(msg.timestamp_ms);
         let payload = msg.payload;
+        let at = At {
+            topic,
+            partition,
+            offset,
+            kafka_ts_ms: kafka_ts,
+        };
         match decode(payload, kafka_ts, &self.limits) {
             Ok(event) => {
-                let at = At {
-                    topic,
-                    partition,
-                    offset,
-                    kafka_ts_ms: kafka_ts,
-                };
-                self.folder.fold(&mut self.unflushed, group, at, &event)
+                let ahead = self.folder.look_ahead(&at, &event);
+                Some(Admitted {
+                    group,
+                    at,
+                    event,
+                    ahead,
+                })
             }
-            Err(reject) => self.dead.send(
-                msg.key,
-                payload,
-                &reject,
-                Source {
-                    topic,
-                    partition,
-                    offset,
-                },
-            ),
+            Err(reject) => {
+                self.dead.send(
+                    msg.key,
+                    payload,
+                    &reject,
+                    Source {
+                        topic,
+                        partition,
+                        offset,
+                    },
+                );
+                None
+            }
         }
+    }
+
+    fn fold(&mut self, r: Admitted<'_>) {
+        self.folder
+            .fold_ahead(&mut self.unflushed, r.group, r.at, &r.event, r.ahead);
     }
 
     /// The fetch of `topic`/`partition` reached the end of its log, at

@@ -168,6 +168,15 @@ fn main() {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        // Progress, so that a run whose speed layer lags shows it long
+        // before its last probe.
+        if (i + 1) % 20 == 0 {
+            eprintln!(
+                "{} probes: the last {:.0} ms, {timeouts} not within 30 s",
+                i + 1,
+                latencies[latencies.len() - 1]
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = producer.flush(Duration::from_secs(5));

@@ -6,13 +6,17 @@
 //! `tally speed` and `tally serve` (the release binary), produces the load
 //! with `tally-gen`, and meanwhile sends probe events one at a time, each with
 //! a page of its own, timing from the send until `GET …/query` on a `probes`
-//! view counts it. Prints p50/p90/p99/max and the share seen within 1 s.
+//! view counts it. Prints p50/p90/p99/max and the share seen within 1 s, and,
+//! for the time the probes ran, what the speed layer applied, how far behind
+//! the broker it ended, and Redis's CPU time per event applied (where a run
+//! that misses the target shows why).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tally_core::keys::Keys;
 use tally_core::time::now_ms;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
 use tally_testkit::config::{TestConfig, STANDARD_VIEWS, TOPIC};
@@ -69,6 +73,35 @@ fn probe_count(api: &str, page: &str, from: i64, to: i64) -> u64 {
     };
     let body: serde_json::Value = resp.into_json().unwrap_or_default();
     body["series"][0]["totals"]["n"].as_u64().unwrap_or(0)
+}
+
+/// Redis's CPU seconds so far (user and system) and the events the speed
+/// layer applied so far (the sum of its stored offsets).
+struct Sample {
+    redis_cpu_s: f64,
+    applied: i64,
+    at: Instant,
+}
+
+fn sample(con: &mut redis::Connection, offsets: &str) -> Sample {
+    let info: String = redis::cmd("INFO").arg("cpu").query(con).expect("INFO cpu");
+    let redis_cpu_s = info
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum();
+    let stored: Vec<i64> = redis::cmd("HVALS")
+        .arg(offsets)
+        .query(con)
+        .expect("stored offsets");
+    Sample {
+        redis_cpu_s,
+        applied: stored.iter().sum(),
+        at: Instant::now(),
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -133,6 +166,11 @@ fn main() {
         .create()
         .expect("probe producer");
     let (from, to) = (now_ms() - 86_400_000, now_ms() + 86_400_000);
+    let offsets = Keys::new(&test_cfg.key_prefix).offsets();
+    let mut con = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let before = sample(&mut con, &offsets);
     let mut latencies = Vec::with_capacity(probes);
     let mut timeouts = 0;
     for i in 0..probes {
@@ -179,6 +217,11 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let after = sample(&mut con, &offsets);
+    let ends: i64 = kafka::high_watermarks(&broker.bootstrap(), TOPIC, 4)
+        .expect("end offsets")
+        .iter()
+        .sum();
     let _ = producer.flush(Duration::from_secs(5));
     stop.cancel();
     let report = load.join().expect("load thread");
@@ -191,5 +234,12 @@ fn main() {
         percentile(&latencies, 0.9),
         percentile(&latencies, 0.99),
         latencies[latencies.len() - 1],
+    );
+    let applied = after.applied - before.applied;
+    println!(
+        "while probing: the speed layer applied {:.0} events/s and ended about {} events behind the broker (Tansu reports end offsets per batch); Redis {:.2} CPU-µs per event applied",
+        applied as f64 / after.at.duration_since(before.at).as_secs_f64(),
+        ends - after.applied,
+        (after.redis_cpu_s - before.redis_cpu_s) * 1e6 / applied.max(1) as f64,
     );
 }

@@ -2,7 +2,8 @@
 //! speed layer carries a steady load.
 //!
 //! `cargo bench --bench freshness` (env BENCH_RATE, default 100,000 events/s
-//! of generated load; BENCH_PROBES, default 300). Starts Tansu and Redis,
+//! of generated load; BENCH_PROBES, default 300; BENCH_NO_QUANTILES=1 runs the
+//! standard views without their quantile measures, to see what those cost). Starts Tansu and Redis,
 //! `tally speed` and `tally serve` (the release binary), produces the load
 //! with `tally-gen`, and meanwhile sends probe events one at a time, each with
 //! a page of its own, timing from the send until `GET …/query` on a `probes`
@@ -75,6 +76,20 @@ fn probe_count(api: &str, page: &str, from: i64, to: i64) -> u64 {
     body["series"][0]["totals"]["n"].as_u64().unwrap_or(0)
 }
 
+/// The standard views, without their quantile measures when
+/// BENCH_NO_QUANTILES=1.
+fn views() -> String {
+    if env_or("BENCH_NO_QUANTILES", 0) == 1 {
+        STANDARD_VIEWS
+            .lines()
+            .filter(|l| !l.contains(r#"agg = "quantiles""#))
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        STANDARD_VIEWS.to_string()
+    }
+}
+
 /// Redis's CPU seconds so far (user and system) and the events the speed
 /// layer applied so far (the sum of its stored offsets).
 struct Sample {
@@ -127,7 +142,7 @@ fn main() {
         .store(&format!("file://{}", dir.path().join("store").display()))
         .group("freshness")
         .extra(&format!("[serve]\nlisten = \"127.0.0.1:{port}\"\n"))
-        .views(&format!("{STANDARD_VIEWS}\n{PROBE_VIEW}"));
+        .views(&format!("{}\n{PROBE_VIEW}", views()));
     let config = dir.path().join("tally.toml");
     std::fs::write(&config, test_cfg.toml()).expect("config");
     let cfg = test_cfg.build();

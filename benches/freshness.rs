@@ -2,12 +2,12 @@
 //! speed layer carries a steady load.
 //!
 //! `cargo bench --bench freshness` (env BENCH_RATE, default 100,000 events/s
-//! of generated load; BENCH_PROBES, default 300; BENCH_NO_QUANTILES=1 runs the
-//! standard views without their quantile measures, to see what those cost). Starts Tansu and Redis,
-//! `tally speed` and `tally serve` (the release binary), produces the load
-//! with `tally-gen`, and meanwhile sends probe events one at a time, each with
-//! a page of its own, timing from the send until `GET …/query` on a `probes`
-//! view counts it. Prints p50/p90/p99/max and the share seen within 1 s, and,
+//! of generated load; BENCH_PROBES, default 300; BENCH_NO_QUANTILES=1 runs
+//! the standard views without their quantile measures, to see what those
+//! cost). Starts Tansu and Redis, `tally speed` and `tally serve` (the
+//! release binary), produces the load with `tally-gen`, and meanwhile sends
+//! probe events one at a time, each with a page of its own, timing from the
+//! send until `GET …/query` on a `probes` view counts it. Prints p50/p90/p99/max and the share seen within 1 s, and,
 //! for the time the probes ran, what the speed layer applied, how far behind
 //! the broker it ended, and Redis's CPU time per event applied (where a run
 //! that misses the target shows why).
@@ -32,6 +32,9 @@ dimensions = ["properties.page"]
 granularity = "1m"
 measures = [{ name = "n", agg = "count" }]
 "#;
+
+/// Partitions of the load's topic.
+const PARTITIONS: i32 = 4;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -128,7 +131,7 @@ fn main() {
     let probes: usize = env_or("BENCH_PROBES", 300);
     let broker = Broker::start().expect("broker");
     let redis = Redis::start().expect("redis");
-    kafka::create_topic(&broker.bootstrap(), TOPIC, 4).expect("topic");
+    kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
     kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
     let dir = tempfile::Builder::new()
         .prefix("freshness-")
@@ -233,7 +236,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let after = sample(&mut con, &offsets);
-    let ends: i64 = kafka::high_watermarks(&broker.bootstrap(), TOPIC, 4)
+    let ends: i64 = kafka::high_watermarks(&broker.bootstrap(), TOPIC, PARTITIONS)
         .expect("end offsets")
         .iter()
         .sum();

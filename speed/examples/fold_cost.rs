@@ -16,7 +16,7 @@ use std::time::Instant;
 use tally_core::event::{decode, Limits};
 use tally_core::time::EpochGrid;
 use tally_core::view::ViewDef;
-use tally_speed::delta::{At, Folder, Unflushed};
+use tally_speed::delta::{At, Folder, Unflushed, LOOK_AHEAD};
 use tally_testkit::gen::{Generator, Shape};
 
 /// The drain benchmark's two views.
@@ -41,10 +41,6 @@ fn views(dedup: bool) -> Vec<ViewDef> {
     }
     v
 }
-
-/// Records decoded ahead of their fold, as the consume loop does
-/// (`speed/src/consumer/state.rs`).
-const LOOK_AHEAD: usize = 16;
 
 /// ns per event of decoding and folding `records` once.
 fn run(records: &[(Vec<u8>, i64)], dedup: bool, window: usize) -> f64 {

@@ -193,6 +193,12 @@ pub struct At<'a> {
     pub kafka_ts_ms: i64,
 }
 
+/// How many records the consume loop decodes ahead of folding them
+/// ([`Folder::look_ahead`], then [`Folder::fold_ahead`]): enough for the
+/// dedup window's memory reads to overlap, few enough that their slots are
+/// still in cache when folded.
+pub const LOOK_AHEAD: usize = 16;
+
 /// An event's dedup window key and place, from [`Folder::look_ahead`]
 /// (empty when no view dedups).
 #[derive(Debug, Clone, Copy)]

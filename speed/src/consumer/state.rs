@@ -21,7 +21,7 @@ use tally_kafka::{Admit, Change, PastEnd, ReadPosition, Recorder, Tp};
 
 use super::starts::Start;
 use crate::dead_letter::{DeadLetters, Source};
-use crate::delta::{Ahead, At, Chunk, Folder, Range, Unflushed};
+use crate::delta::{Ahead, At, Chunk, Folder, Range, Unflushed, LOOK_AHEAD};
 
 /// One assigned partition.
 #[derive(Debug)]
@@ -63,11 +63,6 @@ impl PartitionState {
         self.end() > self.start
     }
 }
-
-/// Records decoded ahead of their fold in a batch (see
-/// [`State::on_records`]): enough for the window's memory reads to overlap,
-/// few enough that their slots are still in cache when folded.
-const LOOK_AHEAD: usize = 16;
 
 /// A record admitted and decoded, waiting for its fold.
 struct Admitted<'a> {

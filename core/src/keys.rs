@@ -12,6 +12,7 @@
 //! | `P:c:{view}:{epoch}:{day}` | hash | counter fields, see [`CounterField`] |
 //! | `P:h:{view}:{epoch}:{day}:{bucket}\|{measure}\|{group}` | HLL | a distinct sketch |
 //! | `P:q:{view}:{epoch}:{day}:{bucket}\|{measure}\|{group}` | hash | a quantile sketch: [`crate::quantile::Bucket::encode`] (`+i`, `-i`, `0`) → count (HINCRBY) |
+//! | `P:ql:{view}:{epoch}:{day}` | sorted set | what each flush added to the slice's quantile sketches, scored by its version, the last few kept ([`crate::quantile::delta_log`]) |
 //! | `P:v:{view}:{epoch}:{day}` | sorted set | the slice's cells `{bucket}\|{group}` ([`CellMember`]), scored by the version of the last flush that touched them |
 //! | `P:s:{view}` | sorted set | `{epoch}:{day}` slices present, scored by expiry (ms) |
 //! | `P:sv:{view}` | hash | `{epoch}:{day}` → the version of the last flush that touched the slice |
@@ -374,6 +375,11 @@ impl Keys {
     /// [`SketchField`]. Each key is a hash of bucket → count.
     pub fn quantile_prefix(&self, view: &str, epoch: Epoch, day: i64) -> String {
         format!("{}:q:{view}:{epoch}:{day}:", self.prefix)
+    }
+
+    /// The slice's quantile delta log ([`crate::quantile::delta_log`]).
+    pub fn quantile_log(&self, view: &str, epoch: Epoch, day: i64) -> String {
+        format!("{}:ql:{view}:{epoch}:{day}", self.prefix)
     }
 
     /// The slice's cells, scored by version (see the module documentation).

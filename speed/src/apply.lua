@@ -12,7 +12,8 @@
 --       then defs_hash, n_defs, then per view: name, definition fingerprint,
 --       then per slice: 'S', counters_key, cells_key, sketch_prefix,
 --                       slices_zset, slice_member, versions_hash, expire_at_ms,
---                       n_ops, then n_ops ops:
+--                       quantile_log ('' for a view without quantiles),
+--                       quantile_log_body, n_ops, then n_ops ops:
 --                         'I' field n             add to a count (HINCRBY)
 --                         'S' field carry lo hi   add lo + hi * 2^62 to an exact
 --                                                 integer sum stored as
@@ -50,7 +51,10 @@
 -- Every applied call takes the next version (field 'v' of version_key) and
 -- marks each slice it writes (versions_hash) and each of its cells (cells_key,
 -- scored by version) with it, so that a reader re-reads only what changed
--- (tally_core::keys).
+-- (tally_core::keys). A slice of a view with quantile measures also gets an
+-- entry in its quantile log: the slice's previous version and the body the
+-- writer built from the 'Q' ops (tally_core::quantile::delta_log), so that a
+-- reader adds what changed instead of reading each sketch whole.
 --
 -- Redis keeps the writes of a script that fails half-way, so the script
 -- checks everything that could make a write fail before it writes anything:
@@ -144,8 +148,11 @@ local slice = 0
 while i <= #ARGV do
   slice = slice + 1
   local ckey, cells, prefix, zset, member, versions = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
-  local n = tonumber(ARGV[i+8])
-  for key, want in pairs({[ckey] = 'hash', [cells] = 'zset', [zset] = 'zset', [versions] = 'hash'}) do
+  local qlog = ARGV[i+8]
+  local n = tonumber(ARGV[i+10])
+  local want_types = {[ckey] = 'hash', [cells] = 'zset', [zset] = 'zset', [versions] = 'hash'}
+  if qlog ~= '' then want_types[qlog] = 'zset' end
+  for key, want in pairs(want_types) do
     local t = type_of(key)
     if t ~= 'none' and t ~= want then
       return invalid('key ' .. key .. ' is a ' .. t .. ', not a ' .. want)
@@ -157,7 +164,7 @@ while i <= #ARGV do
       return lost('slice ' .. member .. ' of ' .. zset .. ' lost its keys before they were due to expire')
     end
   end
-  i = i + 9
+  i = i + 11
   local fields = {}
   local ops_at = i
   for _ = 1, n do
@@ -239,6 +246,8 @@ end
 -- dense one) is merged together with an empty dense sketch. Redis makes sparse
 -- keys dense at 3,000 bytes anyway (hll-sparse-max-bytes); this trades some
 -- memory on keys between the two sizes for CPU.
+-- tally_core::quantile::delta_log::LOG_LEN, substituted by the writer.
+local QUANTILE_LOG_LEN = tonumber('@QUANTILE_LOG_LEN@')
 local DENSE_LEN = 12304 -- 16-byte header + 16,384 six-bit registers
 local DENSIFY_AT = 300
 local dense_empty = nil
@@ -280,9 +289,10 @@ while i <= #ARGV do
   slice = slice + 1
   local ckey, cells, prefix, zset, member = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local versions, exp = ARGV[i+6], ARGV[i+7]
-  local n = tonumber(ARGV[i+8])
+  local qlog, qbody = ARGV[i+8], ARGV[i+9]
+  local n = tonumber(ARGV[i+10])
   local values = current[slice]
-  i = i + 9
+  i = i + 11
   local wrote_counter = false
   for _ = 1, n do
     local op, f, v = ARGV[i], ARGV[i+1], ARGV[i+2]
@@ -343,6 +353,12 @@ while i <= #ARGV do
   if #batch > 0 then redis.call('ZADD', cells, unpack(batch)) end
   if n_cells > 0 then redis.call('PEXPIREAT', cells, exp) end
   i = i + 1 + n_cells
+  if qlog ~= '' then
+    local prev = redis.call('HGET', versions, member) or '0'
+    redis.call('ZADD', qlog, version, prev .. '\n' .. qbody)
+    redis.call('ZREMRANGEBYRANK', qlog, 0, -(QUANTILE_LOG_LEN + 1))
+    redis.call('PEXPIREAT', qlog, exp)
+  end
   redis.call('HSET', versions, member, version)
   redis.call('ZADD', zset, exp, member)
   -- Expired slices leave the slice set and the versions hash together.

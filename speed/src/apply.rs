@@ -22,10 +22,10 @@ use std::collections::BTreeMap;
 
 use redis::{Script, Value};
 
-use tally_core::agg::Agg;
+use tally_core::agg::{Agg, AggKind};
 use tally_core::config::Config;
 use tally_core::keys::{split_sum, CellMember, CounterField, Keys, Layout, Part, SketchField};
-use tally_core::quantile::Bucket;
+use tally_core::quantile::{delta_log, Bucket};
 use tally_core::time::EpochGrid;
 
 use crate::delta::{Chunk, Distinct, Folder, MeasureDelta, Range, SliceDelta, SliceId};
@@ -135,7 +135,9 @@ impl Applier {
                 .iter()
                 .map(|v| (v.name.clone(), cfg.redis.layout().fingerprint(v)))
                 .collect(),
-            script: Script::new(SCRIPT),
+            script: Script::new(
+                &SCRIPT.replace("@QUANTILE_LOG_LEN@", &delta_log::LOG_LEN.to_string()),
+            ),
         };
         // On every node of a cluster (SCRIPT LOAD goes to all); a node that
         // lost it later answers NOSCRIPT, and the call loads it again.
@@ -297,6 +299,15 @@ impl Applier {
             a.push(Keys::slice_member(id.epoch, id.day).into_bytes());
             a.push(keys.slice_versions(name).into_bytes());
             a.push(expire_at.to_string().into_bytes());
+            let has_quantiles = view.measures.iter().any(|m| m.agg == AggKind::Quantiles);
+            a.push(if has_quantiles {
+                keys.quantile_log(name, id.epoch, id.day).into_bytes()
+            } else {
+                Vec::new()
+            });
+            let log_body_at = a.len();
+            a.push(Vec::new());
+            let mut log_body = String::new();
             let count_at = a.len();
             a.push(Vec::new());
             let mut ops = 0usize;
@@ -330,10 +341,9 @@ impl Applier {
                         };
                         if let Agg::Quantiles(q) = agg {
                             if !q.is_empty() {
-                                let key = format!(
-                                    "{quantile_prefix}{}",
-                                    SketchField::encode(bucket, &m.name, group)
-                                );
+                                let suffix = SketchField::encode(bucket, &m.name, group);
+                                delta_log::write_line(&mut log_body, &suffix, q);
+                                let key = format!("{quantile_prefix}{suffix}");
                                 let pairs: Vec<(Bucket, u64)> = q.buckets().collect();
                                 op(&mut a, b"Q", key, pairs.len().to_string().into_bytes());
                                 for (b, n) in pairs {
@@ -381,6 +391,7 @@ impl Applier {
                 }
             }
             a[count_at] = ops.to_string().into_bytes();
+            a[log_body_at] = log_body.into_bytes();
             // The cells written, for readers that follow changes by version.
             a.push(
                 delta

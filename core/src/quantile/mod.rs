@@ -21,6 +21,7 @@
 //! magnitude), never more than [`MAX_INDEX`] a side.
 
 mod bucket;
+pub mod delta_log;
 
 pub use bucket::{index_of, Bucket, ALPHA, GAMMA, MAX_INDEX, MIN_MAGNITUDE};
 

@@ -5,8 +5,9 @@
 //! its roll-up levels ([`slice::Slice`]). A sync ([`SpeedMirror::sync`])
 //! reads the flush version; when it moved, each view's slice versions, then
 //! only the cells scored above the version this copy has read
-//! ([`read`]), so its cost follows what the speed layer wrote since the last
-//! sync, not what it holds. A background loop syncs every `speed_poll`, and a
+//! ([`read`]), and what the flushes since added to quantile sketches from
+//! the slice's quantile log, so its cost follows what the speed layer wrote
+//! since the last sync, not what it holds. A background loop syncs every `speed_poll`, and a
 //! query that finds the copy older than `speed_max_age` syncs first
 //! ([`SpeedMirror::ensure_fresh`]), so an answer includes every flush applied
 //! that long before it.
@@ -477,17 +478,44 @@ impl SpeedMirror {
         if todo.is_empty() {
             return Ok(());
         }
-        let ranges: Vec<(Epoch, i64, u64)> =
-            todo.iter().map(|t| (t.epoch, t.day, t.since)).collect();
-        let changed = read::changed_cells(&self.redis, keys, &view.name, &ranges).await?;
-        for (t, cells) in todo.into_iter().zip(changed) {
-            let (values, skipped) =
-                read::read_cells(&self.redis, keys, view, t.epoch, t.day, &cells).await?;
+        let ranges: Vec<read::SliceRange> = todo
+            .iter()
+            .map(|t| read::SliceRange {
+                epoch: t.epoch,
+                day: t.day,
+                since: t.since,
+                until: t.version,
+            })
+            .collect();
+        let with_log = !view.quantile_measures().is_empty();
+        let changes = read::changes(&self.redis, keys, &view.name, &ranges, with_log).await?;
+        for (t, changed) in todo.into_iter().zip(changes) {
+            let added = changed.quantiles_added.as_ref();
+            if with_log {
+                let how = if added.is_some() { "log" } else { "whole" };
+                metrics::counter!("tally_serving_speed_quantile_reads_total", "from" => how)
+                    .increment(1);
+            }
+            let (values, skipped) = read::read_cells(
+                &self.redis,
+                keys,
+                view,
+                t.epoch,
+                t.day,
+                &changed.cells,
+                added,
+            )
+            .await?;
             {
                 let mut data = t.slice.write();
                 let mut rollup = t.rollup.as_ref().map(|r| r.write());
+                let quantiles = if added.is_some() {
+                    slice::Quantiles::Added
+                } else {
+                    slice::Quantiles::Whole
+                };
                 for (bucket, group, aggs) in values {
-                    data.set_cell(view, bucket, &group, aggs, rollup.as_deref_mut());
+                    data.set_cell(view, bucket, &group, aggs, quantiles, rollup.as_deref_mut());
                 }
                 data.version = t.version;
             }

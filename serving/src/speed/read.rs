@@ -4,7 +4,11 @@
 //! is one partition group's (`keys`): one pipeline, one cluster slot.
 //!
 //! A quantile sketch is a hash of bucket → count per cell and measure
-//! (`HGETALL`); a field that does not parse is skipped and counted.
+//! (`HGETALL`); a field that does not parse is skipped and counted. A copy
+//! that has a slice already reads what the flushes since added to its
+//! sketches from the slice's quantile log instead
+//! ([`tally_core::quantile::delta_log`]), and the sketches whole only when
+//! the log does not reach back to its version.
 //!
 //! Guarantee: values that do not parse (written by hand, or by another
 //! version) read as the identity of their measure and are counted as
@@ -17,7 +21,7 @@ use tally_core::hll::Hll;
 use tally_core::keys::{
     CellMember, CounterField, Keys, Part, SketchField, BORN_FIELD, SUM_CARRY_UNIT, VERSION_FIELD,
 };
-use tally_core::quantile::{Bucket, QuantileSketch};
+use tally_core::quantile::{delta_log, Bucket, QuantileSketch};
 use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
 
@@ -74,21 +78,77 @@ pub(crate) async fn slice_versions(
         .collect())
 }
 
-/// For each slice `(epoch, day, since)`: its cells written after version `since`.
-pub(crate) async fn changed_cells(
+/// What changed in one slice since a version.
+#[derive(Debug)]
+pub(crate) struct Changes {
+    /// The cells written after the version.
+    pub cells: Vec<String>,
+    /// What the flushes up to the slice's version added to its quantile
+    /// sketches, by [`SketchField`] text; `None`: not asked, or the log
+    /// does not reach back (read the sketches whole).
+    pub quantiles_added: Option<HashMap<String, QuantileSketch>>,
+}
+
+/// One slice to read changes of: `since` the version the copy holds,
+/// `until` the slice's version in Redis.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SliceRange {
+    pub epoch: Epoch,
+    pub day: i64,
+    pub since: u64,
+    pub until: u64,
+}
+
+/// For each slice: its cells written after `since`, and, when `with_log`
+/// and the copy holds the slice (`since > 0`), its quantile log's entries
+/// from `since` to `until`.
+pub(crate) async fn changes(
     redis: &RedisReader,
     keys: &Keys,
     view: &str,
-    slices: &[(Epoch, i64, u64)],
-) -> Result<Vec<Vec<String>>, RedisReadError> {
+    slices: &[SliceRange],
+    with_log: bool,
+) -> Result<Vec<Changes>, RedisReadError> {
     let mut p = redis::pipe();
-    for &(e, d, since) in slices {
+    let logged = |s: &SliceRange| with_log && s.since > 0;
+    for s in slices {
         p.cmd("ZRANGEBYSCORE")
-            .arg(keys.cells(view, e, d))
-            .arg(format!("({since}"))
+            .arg(keys.cells(view, s.epoch, s.day))
+            .arg(format!("({}", s.since))
             .arg("+inf");
+        if logged(s) {
+            p.cmd("ZRANGEBYSCORE")
+                .arg(keys.quantile_log(view, s.epoch, s.day))
+                .arg(format!("({}", s.since))
+                .arg(s.until)
+                .arg("WITHSCORES");
+        }
     }
-    redis.query(&p).await
+    let replies: Vec<redis::Value> = redis.query(&p).await?;
+    let mut replies = replies.into_iter();
+    let mut out = Vec::with_capacity(slices.len());
+    for s in slices {
+        let cells: Vec<String> = match replies.next() {
+            Some(v) => redis::from_redis_value(v).map_err(redis::RedisError::from)?,
+            None => Vec::new(),
+        };
+        let quantiles_added = if logged(s) {
+            let entries: Vec<(Vec<u8>, f64)> = replies
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            let entries: Vec<(Vec<u8>, u64)> =
+                entries.into_iter().map(|(m, v)| (m, v as u64)).collect();
+            delta_log::deltas_between(&entries, s.since, s.until)
+        } else {
+            None
+        };
+        out.push(Changes {
+            cells,
+            quantiles_added,
+        });
+    }
+    Ok(out)
 }
 
 /// One cell as read: (bucket, group JSON text, one aggregate per measure).
@@ -105,7 +165,9 @@ fn parts(kind: AggKind) -> &'static [Part] {
     }
 }
 
-/// The values of `cells` (members of the slice's cell set) of one slice.
+/// The values of `cells` (members of the slice's cell set) of one slice;
+/// with `quantiles_added`, its quantile measures are those deltas (empty
+/// where none) rather than the sketches read whole.
 /// Returns the cells and how many values did not parse.
 pub(crate) async fn read_cells(
     redis: &RedisReader,
@@ -114,6 +176,7 @@ pub(crate) async fn read_cells(
     epoch: Epoch,
     day: i64,
     cells: &[String],
+    quantiles_added: Option<&HashMap<String, QuantileSketch>>,
 ) -> Result<(Vec<CellValue>, usize), RedisReadError> {
     let counters = keys.counters(&view.name, epoch, day);
     let sketch_prefix = keys.sketch_prefix(&view.name, epoch, day);
@@ -123,6 +186,12 @@ pub(crate) async fn read_cells(
     let n_fields: usize = view.measures.iter().map(|m| parts(m.agg).len()).sum();
     let distinct = view.distinct_measures();
     let quantiles = view.quantile_measures();
+    // Whole sketches are read only without the deltas.
+    let whole_quantiles: &[&str] = if quantiles_added.is_some() {
+        &[]
+    } else {
+        &quantiles
+    };
     let mut p = redis::pipe();
     for chunk in parsed.chunks(CELLS_PER_COMMAND) {
         if n_fields > 0 {
@@ -147,7 +216,7 @@ pub(crate) async fn read_cells(
             }
         }
         for c in chunk {
-            for m in &quantiles {
+            for m in whole_quantiles {
                 p.cmd("HGETALL").arg(format!(
                     "{quantile_prefix}{}",
                     SketchField::encode(c.bucket_ms, m, c.group)
@@ -182,7 +251,7 @@ pub(crate) async fn read_cells(
         let mut s = sketches.into_iter();
         for c in chunk {
             // This cell's quantile sketches, in measure order.
-            let mut q: Vec<HashMap<String, String>> = (0..quantiles.len())
+            let mut q: Vec<HashMap<String, String>> = (0..whole_quantiles.len())
                 .map(|_| {
                     replies
                         .next()
@@ -196,6 +265,10 @@ pub(crate) async fn read_cells(
                 .iter()
                 .map(|m| {
                     if m.agg == AggKind::Quantiles {
+                        if let Some(added) = quantiles_added {
+                            let field = SketchField::encode(c.bucket_ms, &m.name, c.group);
+                            return Agg::Quantiles(added.get(&field).cloned().unwrap_or_default());
+                        }
                         let mut sketch = QuantileSketch::new();
                         for (b, n) in q.pop().unwrap_or_default() {
                             match (Bucket::parse(&b), n.trim().parse::<u64>()) {

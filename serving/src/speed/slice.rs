@@ -2,7 +2,9 @@
 //! memory, with its roll-up levels.
 //!
 //! The mirror sets a cell (bucket, group) of the view's own level to the
-//! absolute value Redis holds ([`SliceData::set_cell`]); the coarser levels
+//! absolute value Redis holds ([`SliceData::set_cell`]), except quantile
+//! sketches read as what the flushes since added ([`Quantiles::Added`]),
+//! which are added to the cell and to every level as they are; the coarser levels
 //! of [`ViewDef::levels`] (1h, 1d) follow at once: counts, sums and
 //! quantile sketches by the difference from the cell's previous value, min,
 //! max and distinct by a merge (Redis only ever lowers a min, raises a max
@@ -50,6 +52,15 @@ pub struct SliceData {
     dict: GroupDict,
     /// Group JSON text → group index; `None`: not a group of this view.
     by_text: HashMap<Box<str>, Option<u32>>,
+}
+
+/// How a cell's quantile measures are given to [`SliceData::set_cell`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantiles {
+    /// The whole sketch, as Redis holds it.
+    Whole,
+    /// What was added to the sketch since the copy last set the cell.
+    Added,
 }
 
 /// A mirrored slice.
@@ -123,16 +134,18 @@ impl SliceData {
     }
 
     /// Set the cell (`bucket`, group `text`) of the view's own level to
-    /// `aggs` (one per measure of the view) and roll the change up, into
-    /// this slice's coarser levels and into every level of `rollup` (the
-    /// roll-up across groups this slice is a part of). Returns false when
-    /// the group is not one of `view`'s.
+    /// `aggs` (one per measure of the view; its quantile sketches whole or
+    /// added, as `quantiles` says) and roll the change up, into this
+    /// slice's coarser levels and into every level of `rollup` (the roll-up
+    /// across groups this slice is a part of). Returns false when the group
+    /// is not one of `view`'s.
     pub fn set_cell(
         &mut self,
         view: &ViewDef,
         bucket: i64,
         text: &str,
         aggs: Box<[Agg]>,
+        quantiles: Quantiles,
         rollup: Option<&mut SliceData>,
     ) -> bool {
         let Some(g) = self.group_id(view, text) else {
@@ -143,13 +156,32 @@ impl SliceData {
         };
         let cells = base.cells.entry(bucket).or_default();
         let old = cells.get(&g).map(|o| &o[..]);
-        roll_levels(coarser, view, bucket, g, old, &aggs);
+        let change = Change {
+            old,
+            new: &aggs,
+            quantiles,
+        };
+        roll_levels(coarser, view, bucket, g, &change);
         if let Some(r) = rollup {
             if let Some(rg) = r.group_id(view, text) {
-                roll_levels(&mut r.levels, view, bucket, rg, old, &aggs);
+                roll_levels(&mut r.levels, view, bucket, rg, &change);
             }
         }
-        cells.insert(g, aggs);
+        let value = match (quantiles, old) {
+            (Quantiles::Added, Some(old)) => {
+                let mut value: Box<[Agg]> = aggs;
+                for (v, o) in value.iter_mut().zip(old.iter()) {
+                    if let (Agg::Quantiles(added), Agg::Quantiles(was)) = (&mut *v, o) {
+                        let mut sum = was.clone();
+                        sum.merge(added);
+                        *added = sum;
+                    }
+                }
+                value
+            }
+            _ => aggs,
+        };
+        cells.insert(g, value);
         true
     }
 
@@ -164,22 +196,27 @@ impl SliceData {
             for (&pg, aggs) in cells {
                 let values = part.dict.groups()[pg as usize].iter().map(|v| v.as_deref());
                 let g = self.dict.intern(values);
-                roll_levels(&mut self.levels, view, bucket, g, None, aggs);
+                let change = Change {
+                    old: None,
+                    new: aggs,
+                    quantiles: Quantiles::Whole,
+                };
+                roll_levels(&mut self.levels, view, bucket, g, &change);
             }
         }
     }
 }
 
-/// Move the cells of group `g` covering `bucket` in `levels` from
-/// including `old` to including `new`.
-fn roll_levels(
-    levels: &mut [Level],
-    view: &ViewDef,
-    bucket: i64,
-    g: u32,
-    old: Option<&[Agg]>,
-    new: &[Agg],
-) {
+/// One cell's change: from `old` to `new`, whose quantile sketches are
+/// whole or what was added to `old`'s.
+struct Change<'a> {
+    old: Option<&'a [Agg]>,
+    new: &'a [Agg],
+    quantiles: Quantiles,
+}
+
+/// Move the cells of group `g` covering `bucket` in `levels` by `change`.
+fn roll_levels(levels: &mut [Level], view: &ViewDef, bucket: i64, g: u32, change: &Change<'_>) {
     for level in levels {
         let b = bucket.div_euclid(level.ms) * level.ms;
         let cell = level
@@ -188,8 +225,15 @@ fn roll_levels(
             .or_default()
             .entry(g)
             .or_insert_with(|| view.measures.iter().map(|m| Agg::empty(m.agg)).collect());
-        for (i, (acc, new)) in cell.iter_mut().zip(new.iter()).enumerate() {
-            roll(acc, old.map(|o| &o[i]), new);
+        for (i, (acc, new)) in cell.iter_mut().zip(change.new.iter()).enumerate() {
+            match (acc, change.quantiles) {
+                (Agg::Quantiles(a), Quantiles::Added) => {
+                    if let Agg::Quantiles(added) = new {
+                        a.merge(added);
+                    }
+                }
+                (acc, _) => roll(acc, change.old.map(|o| &o[i]), new),
+            }
         }
     }
 }
@@ -263,11 +307,39 @@ mod tests {
         let s = Slice::new(&v, 1, 0);
         let mut d = s.write();
         let g = r#"["/a"]"#;
-        assert!(d.set_cell(&v, 60_000, g, aggs(2, 10, 5.0, &["x"]), None));
-        assert!(d.set_cell(&v, 120_000, g, aggs(1, -3, 7.0, &["y"]), None));
+        assert!(d.set_cell(
+            &v,
+            60_000,
+            g,
+            aggs(2, 10, 5.0, &["x"]),
+            Quantiles::Whole,
+            None
+        ));
+        assert!(d.set_cell(
+            &v,
+            120_000,
+            g,
+            aggs(1, -3, 7.0, &["y"]),
+            Quantiles::Whole,
+            None
+        ));
         // The first cell grows, as Redis values do.
-        assert!(d.set_cell(&v, 60_000, g, aggs(5, 12, 4.0, &["x", "z"]), None));
-        assert!(!d.set_cell(&v, 60_000, r#"["/a","extra"]"#, aggs(1, 1, 1.0, &[]), None));
+        assert!(d.set_cell(
+            &v,
+            60_000,
+            g,
+            aggs(5, 12, 4.0, &["x", "z"]),
+            Quantiles::Whole,
+            None
+        ));
+        assert!(!d.set_cell(
+            &v,
+            60_000,
+            r#"["/a","extra"]"#,
+            aggs(1, 1, 1.0, &[]),
+            Quantiles::Whole,
+            None
+        ));
         let hour = &d.levels[1].cells[&0];
         let day = &d.levels[2].cells[&0];
         let gid = 0;
@@ -287,6 +359,48 @@ mod tests {
     }
 
     #[test]
+    fn quantiles_added_from_the_log_equal_the_sketches_read_whole() {
+        let v = view();
+        let (whole, added) = (Slice::new(&v, 1, 0), Slice::new(&v, 1, 0));
+        let g = r#"["/a"]"#;
+        // The values each of three flushes adds to a cell (bucket).
+        let flushes: [&[(i64, &[f64])]; 3] = [
+            &[(60_000, &[5.0, 5.0])],
+            &[(60_000, &[4.0, 4.0, 4.0]), (120_000, &[9.0])],
+            &[(120_000, &[2.0, 2.0, 2.0])],
+        ];
+        let cell = |values: &[f64]| {
+            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let mut a = aggs(values.len() as u64, values.len() as i64, lo, &["x"]);
+            let mut q = tally_core::quantile::QuantileSketch::new();
+            values.iter().for_each(|&x| q.add(x));
+            a[4] = Agg::Quantiles(q);
+            a
+        };
+        let mut held: HashMap<i64, Vec<f64>> = HashMap::new();
+        for flush in flushes {
+            let (mut w, mut a) = (whole.write(), added.write());
+            for &(bucket, new) in flush {
+                let values = held.entry(bucket).or_default();
+                values.extend_from_slice(new);
+                // Redis's sketch whole, and what this flush added to it.
+                assert!(w.set_cell(&v, bucket, g, cell(values), Quantiles::Whole, None));
+                let mut delta = cell(values);
+                delta[4] = cell(new)[4].clone();
+                assert!(a.set_cell(&v, bucket, g, delta, Quantiles::Added, None));
+            }
+        }
+        let (w, a) = (whole.read(), added.read());
+        for (x, y) in w.levels.iter().zip(&a.levels) {
+            assert_eq!(x.cells, y.cells, "level {}", x.ms);
+        }
+        // And the sketches are the values': 2 × 5.0 and 3 × 4.0 in the first minute.
+        let mut want = tally_core::quantile::QuantileSketch::new();
+        [5.0, 5.0, 4.0, 4.0, 4.0].iter().for_each(|&x| want.add(x));
+        assert_eq!(a.levels[0].cells[&60_000][&0][4], Agg::Quantiles(want));
+    }
+
+    #[test]
     fn a_rollup_across_groups_holds_its_parts_at_every_level() {
         let v = view();
         let (a, b, r) = (
@@ -298,11 +412,39 @@ mod tests {
         {
             let mut r = r.write();
             let (mut a, mut b) = (a.write(), b.write());
-            assert!(a.set_cell(&v, 60_000, g, aggs(2, 10, 5.0, &["x"]), Some(&mut r)));
-            assert!(b.set_cell(&v, 60_000, g, aggs(1, -3, 7.0, &["y"]), Some(&mut r)));
+            assert!(a.set_cell(
+                &v,
+                60_000,
+                g,
+                aggs(2, 10, 5.0, &["x"]),
+                Quantiles::Whole,
+                Some(&mut r)
+            ));
+            assert!(b.set_cell(
+                &v,
+                60_000,
+                g,
+                aggs(1, -3, 7.0, &["y"]),
+                Quantiles::Whole,
+                Some(&mut r)
+            ));
             // A part's cell grows, as Redis values do.
-            assert!(a.set_cell(&v, 60_000, g, aggs(5, 12, 4.0, &["x", "z"]), Some(&mut r)));
-            assert!(b.set_cell(&v, 3_600_000, g, aggs(1, 1, 9.0, &["x"]), Some(&mut r)));
+            assert!(a.set_cell(
+                &v,
+                60_000,
+                g,
+                aggs(5, 12, 4.0, &["x", "z"]),
+                Quantiles::Whole,
+                Some(&mut r)
+            ));
+            assert!(b.set_cell(
+                &v,
+                3_600_000,
+                g,
+                aggs(1, 1, 9.0, &["x"]),
+                Quantiles::Whole,
+                Some(&mut r)
+            ));
         }
         // A part keeps its own level only.
         assert_eq!(a.read().levels.len(), 1);

@@ -448,10 +448,14 @@ impl SpeedMirror {
                 if !at_or_above(floor, epoch) {
                     continue;
                 }
-                let (since, slice, new) = match v.slices.get(&(group, epoch, day)) {
-                    Some(s) => (s.read().version, s.clone(), false),
-                    None if self.split => (0, Arc::new(Slice::part(view, epoch, day)), true),
-                    None => (0, Arc::new(Slice::new(view, epoch, day)), true),
+                let (since, exact, slice, new) = match v.slices.get(&(group, epoch, day)) {
+                    Some(s) => {
+                        let d = s.read();
+                        let exact = d.quantiles_at == Some(d.version);
+                        (d.version, exact, s.clone(), false)
+                    }
+                    None if self.split => (0, true, Arc::new(Slice::part(view, epoch, day)), true),
+                    None => (0, true, Arc::new(Slice::new(view, epoch, day)), true),
                 };
                 if version <= since {
                     continue;
@@ -466,6 +470,7 @@ impl SpeedMirror {
                     epoch,
                     day,
                     since,
+                    exact,
                     version,
                     slice,
                     rollup,
@@ -478,6 +483,7 @@ impl SpeedMirror {
         if todo.is_empty() {
             return Ok(());
         }
+        let with_log = !view.quantile_measures().is_empty();
         let ranges: Vec<read::SliceRange> = todo
             .iter()
             .map(|t| read::SliceRange {
@@ -485,27 +491,19 @@ impl SpeedMirror {
                 day: t.day,
                 since: t.since,
                 until: t.version,
+                log: with_log && t.since > 0 && t.exact,
             })
             .collect();
-        let with_log = !view.quantile_measures().is_empty();
-        let changes = read::changes(&self.redis, keys, &view.name, &ranges, with_log).await?;
-        for (t, changed) in todo.into_iter().zip(changes) {
+        let changes = read::changes(&self.redis, keys, &view.name, &ranges).await?;
+        for ((t, changed), range) in todo.into_iter().zip(changes).zip(&ranges) {
             let added = changed.quantiles_added.as_ref();
             if with_log {
                 let how = if added.is_some() { "log" } else { "whole" };
                 metrics::counter!("tally_serving_speed_quantile_reads_total", "from" => how)
                     .increment(1);
             }
-            let (values, skipped) = read::read_cells(
-                &self.redis,
-                keys,
-                view,
-                t.epoch,
-                t.day,
-                &changed.cells,
-                added,
-            )
-            .await?;
+            let (values, skipped, exact) =
+                read::read_cells(&self.redis, keys, view, range, &changed.cells, added).await?;
             {
                 let mut data = t.slice.write();
                 let mut rollup = t.rollup.as_ref().map(|r| r.write());
@@ -518,6 +516,7 @@ impl SpeedMirror {
                     data.set_cell(view, bucket, &group, aggs, quantiles, rollup.as_deref_mut());
                 }
                 data.version = t.version;
+                data.quantiles_at = exact.then_some(t.version);
             }
             let mut st = self.lock();
             st.skipped += skipped;
@@ -539,6 +538,8 @@ struct Todo {
     day: i64,
     /// The version read so far, and the one to read up to.
     since: u64,
+    /// The copy's quantile sketches are exactly at `since`.
+    exact: bool,
     version: u64,
     slice: Arc<Slice>,
     /// The roll-up across groups `slice` is a part of.

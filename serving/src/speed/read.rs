@@ -97,20 +97,21 @@ pub(crate) struct SliceRange {
     pub day: i64,
     pub since: u64,
     pub until: u64,
+    /// The copy's quantile sketches are exactly at `since`: the log may
+    /// be added to them.
+    pub log: bool,
 }
 
-/// For each slice: its cells written after `since`, and, when `with_log`
-/// and the copy holds the slice (`since > 0`), its quantile log's entries
-/// from `since` to `until`.
+/// For each slice: its cells written after `since`, and, when `log`, its
+/// quantile log's entries from `since` to `until`.
 pub(crate) async fn changes(
     redis: &RedisReader,
     keys: &Keys,
     view: &str,
     slices: &[SliceRange],
-    with_log: bool,
 ) -> Result<Vec<Changes>, RedisReadError> {
     let mut p = redis::pipe();
-    let logged = |s: &SliceRange| with_log && s.since > 0;
+    let logged = |s: &SliceRange| s.log;
     for s in slices {
         p.cmd("ZRANGEBYSCORE")
             .arg(keys.cells(view, s.epoch, s.day))
@@ -168,16 +169,21 @@ fn parts(kind: AggKind) -> &'static [Part] {
 /// The values of `cells` (members of the slice's cell set) of one slice;
 /// with `quantiles_added`, its quantile measures are those deltas (empty
 /// where none) rather than the sketches read whole.
-/// Returns the cells and how many values did not parse.
+/// Returns the cells, how many values did not parse, and whether the
+/// quantile sketches read whole are exactly those of the slice's version `until`
+/// (no flush wrote the slice while they were read: its version was `until`
+/// before and after them). Added deltas are exact by construction.
 pub(crate) async fn read_cells(
     redis: &RedisReader,
     keys: &Keys,
     view: &ViewDef,
-    epoch: Epoch,
-    day: i64,
+    slice: &SliceRange,
     cells: &[String],
     quantiles_added: Option<&HashMap<String, QuantileSketch>>,
-) -> Result<(Vec<CellValue>, usize), RedisReadError> {
+) -> Result<(Vec<CellValue>, usize, bool), RedisReadError> {
+    let SliceRange {
+        epoch, day, until, ..
+    } = *slice;
     let counters = keys.counters(&view.name, epoch, day);
     let sketch_prefix = keys.sketch_prefix(&view.name, epoch, day);
     let quantile_prefix = keys.quantile_prefix(&view.name, epoch, day);
@@ -193,6 +199,17 @@ pub(crate) async fn read_cells(
         &quantiles
     };
     let mut p = redis::pipe();
+    // The slice's version around the whole sketches: a flush that wrote
+    // the slice in between would change it (the script is atomic).
+    let bracket = !whole_quantiles.is_empty();
+    let version_cmd = |p: &mut redis::Pipeline| {
+        p.cmd("HGET")
+            .arg(keys.slice_versions(&view.name))
+            .arg(Keys::slice_member(epoch, day));
+    };
+    if bracket {
+        version_cmd(&mut p);
+    }
     for chunk in parsed.chunks(CELLS_PER_COMMAND) {
         if n_fields > 0 {
             let cmd = p.cmd("HMGET").arg(&counters);
@@ -225,10 +242,21 @@ pub(crate) async fn read_cells(
         }
     }
     if parsed.is_empty() {
-        return Ok((Vec::new(), skipped));
+        return Ok((Vec::new(), skipped, true));
+    }
+    if bracket {
+        version_cmd(&mut p);
     }
     let replies: Vec<redis::Value> = redis.query(&p).await?;
+    let mut exact = true;
     let mut replies = replies.into_iter();
+    let version_is_until = |v: Option<redis::Value>| {
+        let v: Option<u64> = v.and_then(|v| redis::from_redis_value(v).ok());
+        v == Some(until)
+    };
+    if bracket {
+        exact &= version_is_until(replies.next());
+    }
     let mut out = Vec::with_capacity(parsed.len());
     for chunk in parsed.chunks(CELLS_PER_COMMAND) {
         let fields: Vec<Option<String>> = if n_fields > 0 {
@@ -300,7 +328,10 @@ pub(crate) async fn read_cells(
             out.push((c.bucket_ms, c.group.to_owned(), aggs));
         }
     }
-    Ok((out, skipped))
+    if bracket {
+        exact &= version_is_until(replies.next());
+    }
+    Ok((out, skipped, exact))
 }
 
 /// The aggregate of one measure from its fields (absent: identity part).

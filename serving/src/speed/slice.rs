@@ -47,6 +47,11 @@ pub struct Level {
 pub struct SliceData {
     /// The slice's version in Redis that this copy has read up to.
     pub version: u64,
+    /// The version the copy's quantile sketches are exactly at. `None`:
+    /// they were read whole while a flush wrote the slice, so they may
+    /// hold flushes past `version`, and adding the quantile log from
+    /// `version` would count those twice: the next sync reads whole.
+    pub quantiles_at: Option<u64>,
     /// The view's levels, finest first.
     pub levels: Vec<Level>,
     dict: GroupDict,
@@ -90,6 +95,7 @@ impl Slice {
             day,
             data: RwLock::new(SliceData {
                 version: 0,
+                quantiles_at: Some(0),
                 levels: view
                     .levels()
                     .into_iter()

@@ -496,22 +496,26 @@ impl SpeedMirror {
             .collect();
         let changes = read::changes(&self.redis, keys, &view.name, &ranges).await?;
         for ((t, changed), range) in todo.into_iter().zip(changes).zip(&ranges) {
-            let added = changed.quantiles_added.as_ref();
+            let (quantiles, how) = match changed.quantiles_added {
+                Some(_) => (slice::Quantiles::Added, "log"),
+                None => (slice::Quantiles::Whole, "whole"),
+            };
             if with_log {
-                let how = if added.is_some() { "log" } else { "whole" };
                 metrics::counter!("tally_serving_speed_quantile_reads_total", "from" => how)
                     .increment(1);
             }
-            let (values, skipped, exact) =
-                read::read_cells(&self.redis, keys, view, range, &changed.cells, added).await?;
+            let (values, skipped, exact) = read::read_cells(
+                &self.redis,
+                keys,
+                view,
+                range,
+                &changed.cells,
+                changed.quantiles_added,
+            )
+            .await?;
             {
                 let mut data = t.slice.write();
                 let mut rollup = t.rollup.as_ref().map(|r| r.write());
-                let quantiles = if added.is_some() {
-                    slice::Quantiles::Added
-                } else {
-                    slice::Quantiles::Whole
-                };
                 for (bucket, group, aggs) in values {
                     data.set_cell(view, bucket, &group, aggs, quantiles, rollup.as_deref_mut());
                 }

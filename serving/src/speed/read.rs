@@ -8,7 +8,10 @@
 //! that has a slice already reads what the flushes since added to its
 //! sketches from the slice's quantile log instead
 //! ([`tally_core::quantile::delta_log`]), and the sketches whole only when
-//! the log does not reach back to its version.
+//! the log does not reach back to its version. A whole read is one
+//! transaction (`MULTI`/`EXEC`, one slot) with the slice's version and the
+//! log past the version the copy records, so that what later flushes added
+//! is taken out again and the copy can follow the log from then on.
 //!
 //! Guarantee: values that do not parse (written by hand, or by another
 //! version) read as the identity of their measure and are counted as
@@ -111,13 +114,12 @@ pub(crate) async fn changes(
     slices: &[SliceRange],
 ) -> Result<Vec<Changes>, RedisReadError> {
     let mut p = redis::pipe();
-    let logged = |s: &SliceRange| s.log;
     for s in slices {
         p.cmd("ZRANGEBYSCORE")
             .arg(keys.cells(view, s.epoch, s.day))
             .arg(format!("({}", s.since))
             .arg("+inf");
-        if logged(s) {
+        if s.log {
             p.cmd("ZRANGEBYSCORE")
                 .arg(keys.quantile_log(view, s.epoch, s.day))
                 .arg(format!("({}", s.since))
@@ -133,14 +135,8 @@ pub(crate) async fn changes(
             Some(v) => redis::from_redis_value(v).map_err(redis::RedisError::from)?,
             None => Vec::new(),
         };
-        let quantiles_added = if logged(s) {
-            let entries: Vec<(Vec<u8>, f64)> = replies
-                .next()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .unwrap_or_default();
-            let entries: Vec<(Vec<u8>, u64)> =
-                entries.into_iter().map(|(m, v)| (m, v as u64)).collect();
-            delta_log::deltas_between(&entries, s.since, s.until)
+        let quantiles_added = if s.log {
+            delta_log::deltas_between(&log_entries(replies.next()), s.since, s.until)
         } else {
             None
         };
@@ -150,6 +146,15 @@ pub(crate) async fn changes(
         });
     }
     Ok(out)
+}
+
+/// A quantile log's entries with their versions, from a `ZRANGEBYSCORE …
+/// WITHSCORES` reply (none when it does not parse: the chain check fails).
+fn log_entries(reply: Option<redis::Value>) -> Vec<(Vec<u8>, u64)> {
+    let entries: Vec<(Vec<u8>, f64)> = reply
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or_default();
+    entries.into_iter().map(|(m, v)| (m, v as u64)).collect()
 }
 
 /// One cell as read: (bucket, group JSON text, one aggregate per measure).
@@ -169,26 +174,38 @@ fn parts(kind: AggKind) -> &'static [Part] {
 /// The values of `cells` (members of the slice's cell set) of one slice;
 /// with `quantiles_added`, its quantile measures are those deltas (empty
 /// where none) rather than the sketches read whole.
+///
+/// Sketches read whole are read in one transaction with the slice's version
+/// and its quantile log past `until`, and what flushes after `until` added
+/// is taken back out of them: they are then exactly the slice's at `until`,
+/// the version the copy records and adds the log to next, however busy the
+/// slice. Counters and distinct sketches are read as they are (newer than
+/// `until` is fine: they replace the copy's, and the cells written after
+/// `until` are read again next time).
+///
 /// Returns the cells, how many values did not parse, and whether the
-/// quantile sketches read whole are exactly those of the slice's version `until`
-/// (no flush wrote the slice while they were read: its version was `until`
-/// before and after them). Added deltas are exact by construction.
+/// quantile sketches are exactly those of version `until` (not when the log
+/// does not reach from `until` to the version read, which is rare: the next
+/// sync then reads them whole again).
 pub(crate) async fn read_cells(
     redis: &RedisReader,
     keys: &Keys,
     view: &ViewDef,
     slice: &SliceRange,
     cells: &[String],
-    quantiles_added: Option<&HashMap<String, QuantileSketch>>,
+    mut quantiles_added: Option<HashMap<String, QuantileSketch>>,
 ) -> Result<(Vec<CellValue>, usize, bool), RedisReadError> {
     let SliceRange {
         epoch, day, until, ..
     } = *slice;
+    let parsed: Vec<CellMember<'_>> = cells.iter().filter_map(|c| CellMember::parse(c)).collect();
+    let mut skipped = cells.len() - parsed.len();
+    if parsed.is_empty() {
+        return Ok((Vec::new(), skipped, true));
+    }
     let counters = keys.counters(&view.name, epoch, day);
     let sketch_prefix = keys.sketch_prefix(&view.name, epoch, day);
     let quantile_prefix = keys.quantile_prefix(&view.name, epoch, day);
-    let parsed: Vec<CellMember<'_>> = cells.iter().filter_map(|c| CellMember::parse(c)).collect();
-    let mut skipped = cells.len() - parsed.len();
     let n_fields: usize = view.measures.iter().map(|m| parts(m.agg).len()).sum();
     let distinct = view.distinct_measures();
     let quantiles = view.quantile_measures();
@@ -199,16 +216,16 @@ pub(crate) async fn read_cells(
         &quantiles
     };
     let mut p = redis::pipe();
-    // The slice's version around the whole sketches: a flush that wrote
-    // the slice in between would change it (the script is atomic).
-    let bracket = !whole_quantiles.is_empty();
-    let version_cmd = |p: &mut redis::Pipeline| {
+    if !whole_quantiles.is_empty() {
+        p.atomic();
         p.cmd("HGET")
             .arg(keys.slice_versions(&view.name))
             .arg(Keys::slice_member(epoch, day));
-    };
-    if bracket {
-        version_cmd(&mut p);
+        p.cmd("ZRANGEBYSCORE")
+            .arg(keys.quantile_log(&view.name, epoch, day))
+            .arg(format!("({until}"))
+            .arg("+inf")
+            .arg("WITHSCORES");
     }
     for chunk in parsed.chunks(CELLS_PER_COMMAND) {
         if n_fields > 0 {
@@ -241,22 +258,21 @@ pub(crate) async fn read_cells(
             }
         }
     }
-    if parsed.is_empty() {
-        return Ok((Vec::new(), skipped, true));
-    }
-    if bracket {
-        version_cmd(&mut p);
-    }
     let replies: Vec<redis::Value> = redis.query(&p).await?;
-    let mut exact = true;
     let mut replies = replies.into_iter();
-    let version_is_until = |v: Option<redis::Value>| {
-        let v: Option<u64> = v.and_then(|v| redis::from_redis_value(v).ok());
-        v == Some(until)
-    };
-    if bracket {
-        exact &= version_is_until(replies.next());
+    // What flushes after `until` added to the sketches read whole, to take
+    // out of them; `None`: unknown (the log does not reach).
+    let mut after: Option<HashMap<String, QuantileSketch>> = Some(HashMap::new());
+    if !whole_quantiles.is_empty() {
+        let read_at: Option<u64> = replies.next().and_then(|v| redis::from_redis_value(v).ok());
+        let entries = log_entries(replies.next());
+        after = match read_at {
+            Some(v) if v == until => Some(HashMap::new()),
+            Some(v) if v > until => delta_log::deltas_between(&entries, until, v),
+            _ => None,
+        };
     }
+    let exact = after.is_some();
     let mut out = Vec::with_capacity(parsed.len());
     for chunk in parsed.chunks(CELLS_PER_COMMAND) {
         let fields: Vec<Option<String>> = if n_fields > 0 {
@@ -278,31 +294,32 @@ pub(crate) async fn read_cells(
         let mut f = fields.into_iter();
         let mut s = sketches.into_iter();
         for c in chunk {
-            // This cell's quantile sketches, in measure order.
-            let mut q: Vec<HashMap<String, String>> = (0..whole_quantiles.len())
-                .map(|_| {
-                    replies
-                        .next()
-                        .and_then(|v| redis::from_redis_value(v).ok())
-                        .unwrap_or_default()
-                })
-                .collect::<Vec<_>>();
-            q.reverse();
             let aggs = view
                 .measures
                 .iter()
                 .map(|m| {
                     if m.agg == AggKind::Quantiles {
-                        if let Some(added) = quantiles_added {
-                            let field = SketchField::encode(c.bucket_ms, &m.name, c.group);
-                            return Agg::Quantiles(added.get(&field).cloned().unwrap_or_default());
+                        let field = || SketchField::encode(c.bucket_ms, &m.name, c.group);
+                        if let Some(added) = quantiles_added.as_mut() {
+                            return Agg::Quantiles(added.remove(&field()).unwrap_or_default());
                         }
+                        let hash: HashMap<String, String> = replies
+                            .next()
+                            .and_then(|v| redis::from_redis_value(v).ok())
+                            .unwrap_or_default();
                         let mut sketch = QuantileSketch::new();
-                        for (b, n) in q.pop().unwrap_or_default() {
+                        for (b, n) in hash {
                             match (Bucket::parse(&b), n.trim().parse::<u64>()) {
                                 (Some(b), Ok(n)) => sketch.add_count(b, n),
                                 _ => skipped += 1,
                             }
+                        }
+                        if let Some(later) = after
+                            .as_mut()
+                            .filter(|a| !a.is_empty())
+                            .and_then(|a| a.remove(&field()))
+                        {
+                            sketch.subtract(&later);
                         }
                         return Agg::Quantiles(sketch);
                     }
@@ -327,9 +344,6 @@ pub(crate) async fn read_cells(
                 .collect();
             out.push((c.bucket_ms, c.group.to_owned(), aggs));
         }
-    }
-    if bracket {
-        exact &= version_is_until(replies.next());
     }
     Ok((out, skipped, exact))
 }

@@ -48,9 +48,10 @@ pub struct SliceData {
     /// The slice's version in Redis that this copy has read up to.
     pub version: u64,
     /// The version the copy's quantile sketches are exactly at. `None`:
-    /// they were read whole while a flush wrote the slice, so they may
-    /// hold flushes past `version`, and adding the quantile log from
-    /// `version` would count those twice: the next sync reads whole.
+    /// they were read whole at a later version and the quantile log could
+    /// not take the flushes past `version` back out (it did not reach), so
+    /// adding the log from `version` could count those twice: the next
+    /// sync reads whole.
     pub quantiles_at: Option<u64>,
     /// The view's levels, finest first.
     pub levels: Vec<Level>,

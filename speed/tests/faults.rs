@@ -186,9 +186,9 @@ fn a_sum_field_about_to_overflow_carries_instead() {
 }
 
 /// A quantile sketch key (a hash of bucket -> count) that holds something
-/// else, or a bucket field that is not a count: checked before anything is
-/// written, like every counter, so the chunk applies nothing and the layer
-/// stops naming the key.
+/// else, or a bucket field that is not a count: the chunk applies nothing
+/// (a bad bucket is found while adding: the buckets added before it are
+/// taken back) and the layer stops naming the key.
 #[test]
 fn a_foreign_quantile_sketch_stops_the_layer_with_nothing_applied() {
     let (broker, redis) = services(1);
@@ -229,8 +229,10 @@ fn a_foreign_quantile_sketch_stops_the_layer_with_nothing_applied() {
         if foreign == "string" {
             let _: () = con.set(&key, "not a hash").unwrap();
         } else {
-            // Duration 1 falls in the bucket of index 0 (γ^0 = 1).
-            let _: () = con.hset(&key, "+0", "many").unwrap();
+            // The largest duration's bucket: the last one added to this
+            // sketch, after the others (and maybe other sketches).
+            let last = tally_core::quantile::index_of(20.0).unwrap().encode();
+            let _: () = con.hset(&key, &last, "many").unwrap();
         }
         let err = start(&rt, &cfg)
             .wait(&rt)
@@ -240,6 +242,14 @@ fn a_foreign_quantile_sketch_stops_the_layer_with_nothing_applied() {
         let offsets: std::collections::HashMap<String, String> =
             con.hgetall(keys.offsets()).unwrap();
         assert!(offsets.is_empty(), "{foreign}: {offsets:?}");
+        // Nothing else was written, or was taken back: only the foreign key
+        // is left, as it was.
+        let left: Vec<String> = con.keys("*").unwrap();
+        assert_eq!(left, vec![key.clone()], "{foreign}");
+        if foreign == "field" {
+            let fields: std::collections::HashMap<String, String> = con.hgetall(&key).unwrap();
+            assert_eq!(fields.len(), 1, "{fields:?}");
+        }
     }
     // Once the key is gone, a restart counts everything exactly once.
     let _: () = con.del(&key).unwrap();

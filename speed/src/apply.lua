@@ -283,13 +283,13 @@ local function each_quantile_bucket(f)
 end
 
 -- Write. Quantile buckets first, each checked by its own HINCRBY: reading
--- every bucket beforehand cost one HMGET per sketch, a fifth of the
--- script's time. A bucket that is not a count (or would pass 2^63) fails
--- its HINCRBY; the buckets added before it are taken back (subtracting what
--- was just added cannot fail; a field that was absent is removed again, and
--- a hash left empty with it) and the call applies nothing.
--- Any other error (out of memory) is returned as it is, also with nothing
--- applied.
+-- every bucket beforehand cost one HMGET per sketch (a tenth of the
+-- script's time at 60,000 events/s: BENCHMARKS.md). A bucket that is not a count (or would pass
+-- 2^63) fails its HINCRBY; the buckets added before it are taken back
+-- (subtracting what was just added cannot fail; a field that was absent is
+-- removed again, and a hash left empty with it) and the call applies
+-- nothing. Any other error (out of memory) is returned as it is, also with
+-- nothing applied.
 local added, failed, bad = 0, nil, nil
 each_quantile_bucket(function(key, b, c)
   local r = redis.pcall('HINCRBY', key, b, c)

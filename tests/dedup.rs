@@ -21,10 +21,9 @@ use rand::SeedableRng;
 use role::Role;
 use stack::{Setup, Stack};
 use tally_core::time::now_ms;
-use tally_gen::{produce, Generator, ProduceOptions, Shape};
+use tally_gen::{Generator, ProduceOptions, Shape};
 use tally_testkit::config::{DEDUP_VIEW, TOPIC};
 use tally_testkit::truth::Truth;
-use tokio_util::sync::CancellationToken;
 
 const EVENTS: u64 = 20_000;
 const RATE: f64 = 10_000.0;
@@ -38,19 +37,7 @@ fn produce_phase(stack: &Stack, generator: &mut Generator, truth: &mut Truth) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut options = ProduceOptions::new(TOPIC, RATE);
     options.count = Some(EVENTS);
-    let mut fold = |g: &tally_gen::Generated| {
-        truth.add_generated(TOPIC, g);
-    };
-    let report = rt
-        .block_on(produce(
-            &stack.cfg.kafka,
-            generator,
-            &options,
-            Some(&mut fold),
-            &CancellationToken::new(),
-        ))
-        .expect("produce");
-    assert_eq!(report.failed, 0, "{report:?}");
+    answers::produce_folded(&rt, &stack.cfg.kafka, generator, &options, truth);
 }
 
 /// The whole-range answer of the dedup view: (total events, the flag).

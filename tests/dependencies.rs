@@ -42,11 +42,10 @@ use rand::SeedableRng;
 use role::Role;
 use stack::{Setup, Stack};
 use tally_core::time::now_ms;
-use tally_gen::{produce, Generator, ProduceOptions, Shape};
+use tally_gen::{Generator, ProduceOptions, Shape};
 use tally_testkit::config::TOPIC;
 use tally_testkit::truth::Truth;
 use tally_testkit::Broker;
-use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
 const PHASE_EVENTS: u64 = 8_000;
@@ -204,21 +203,13 @@ impl Run {
     fn produce(&mut self) {
         let mut options = ProduceOptions::new(TOPIC, RATE);
         options.count = Some(PHASE_EVENTS);
-        let truth = &mut self.truth;
-        let mut fold = |g: &tally_gen::Generated| {
-            truth.add_generated(TOPIC, g);
-        };
-        let report = self
-            .rt
-            .block_on(produce(
-                &self.stack.cfg.kafka,
-                &mut self.generator,
-                &options,
-                Some(&mut fold),
-                &CancellationToken::new(),
-            ))
-            .expect("produce");
-        assert_eq!(report.failed, 0, "{report:?}");
+        answers::produce_folded(
+            &self.rt,
+            &self.stack.cfg.kafka,
+            &mut self.generator,
+            &options,
+            &mut self.truth,
+        );
     }
 
     /// Random queries, each equal to the fold (and nothing degraded).

@@ -22,10 +22,9 @@ use rand::SeedableRng;
 use role::Role;
 use stack::{Setup, Stack};
 use tally_core::time::now_ms;
-use tally_gen::{produce, Generator, ProduceOptions, Shape};
+use tally_gen::{Generator, ProduceOptions, Shape};
 use tally_testkit::config::TOPIC;
 use tally_testkit::truth::Truth;
-use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 8;
 const EVENTS: u64 = 40_000;
@@ -194,19 +193,7 @@ fn produce_half(
 ) {
     let mut options = ProduceOptions::new(TOPIC, RATE);
     options.count = Some(EVENTS / 2);
-    let mut fold = |g: &tally_gen::Generated| {
-        truth.add_generated(TOPIC, g);
-    };
-    let report = rt
-        .block_on(produce(
-            &cfg.kafka,
-            generator,
-            &options,
-            Some(&mut fold),
-            &CancellationToken::new(),
-        ))
-        .expect("produce");
-    assert_eq!(report.failed, 0, "{report:?}");
+    answers::produce_folded(rt, &cfg.kafka, generator, &options, truth);
 }
 
 /// The API counts every event the fold accepted, from the speed layer.

@@ -22,10 +22,9 @@ use rand::{Rng, SeedableRng};
 use role::Role;
 use stack::{Setup, Stack};
 use tally_core::time::now_ms;
-use tally_gen::{produce, Generator, ProduceOptions, Shape};
+use tally_gen::{Generator, ProduceOptions, Shape};
 use tally_testkit::config::TOPIC;
 use tally_testkit::truth::Truth;
-use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
 const PHASES: usize = 3;
@@ -141,19 +140,7 @@ fn the_platform_answers_as_the_fold_through_crashes_late_events_and_batch_runs()
         let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
             let producer = s.spawn(|| {
-                let mut fold = |g: &tally_gen::Generated| {
-                    truth.add_generated(TOPIC, g);
-                };
-                let report = rt
-                    .block_on(produce(
-                        &kafka_cfg,
-                        &mut generator,
-                        &options,
-                        Some(&mut fold),
-                        &CancellationToken::new(),
-                    ))
-                    .expect("produce");
-                assert_eq!(report.failed, 0, "{report:?}");
+                answers::produce_folded(&rt, &kafka_cfg, &mut generator, &options, &mut truth);
                 done.store(true, std::sync::atomic::Ordering::SeqCst);
             });
             // Chaos while producing: kill a role or run the batch.

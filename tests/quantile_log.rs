@@ -22,10 +22,9 @@ use rand::SeedableRng;
 use role::Role;
 use stack::{Setup, Stack};
 use tally_core::time::now_ms;
-use tally_gen::{produce, Generator, ProduceOptions, Shape};
+use tally_gen::{Generator, ProduceOptions, Shape};
 use tally_testkit::config::TOPIC;
 use tally_testkit::truth::Truth;
-use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 2;
 const ROUNDS: usize = 3;
@@ -62,19 +61,7 @@ fn quantiles_followed_through_the_log_equal_sketches_read_whole_and_the_fold() {
     for round in 0..ROUNDS {
         let mut options = ProduceOptions::new(TOPIC, RATE);
         options.count = Some(ROUND_EVENTS);
-        let mut fold = |g: &tally_gen::Generated| {
-            truth.add_generated(TOPIC, g);
-        };
-        let report = rt
-            .block_on(produce(
-                &cfg.kafka,
-                &mut generator,
-                &options,
-                Some(&mut fold),
-                &CancellationToken::new(),
-            ))
-            .expect("produce");
-        assert_eq!(report.failed, 0, "{report:?}");
+        answers::produce_folded(&rt, &cfg.kafka, &mut generator, &options, &mut truth);
         if let Err(last) = settle(&stack.api, &truth, Duration::from_secs(120)) {
             panic!("round {round}: the API does not count every event: {last}");
         }

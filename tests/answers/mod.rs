@@ -1,5 +1,6 @@
 //! Random dashboard queries and their answers from the fold, for the tests
-//! that run the whole platform (`platform.rs`, `dependencies.rs`).
+//! that run the whole platform (`platform.rs`, `dependencies.rs`, …), and
+//! load produced with the fold kept beside it ([`produce_folded`]).
 //!
 //! A [`Query`] knows its URL and how [`Truth`] answers it; [`Query::compare`]
 //! checks every point and every group's totals of a response against that
@@ -15,10 +16,37 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::Rng;
+use tally_core::config::KafkaConfig;
 use tally_core::time::now_ms;
+use tally_gen::{produce, Generated, Generator, ProduceOptions};
+use tally_testkit::config::TOPIC;
 use tally_testkit::truth::{
     redis_pfcount, within_hll_error, within_quantile_error, Cell, Cells, Truth, ViewTruth,
 };
+
+/// Produce `options`' events from `generator` to the test topic, folding
+/// each into `truth` as it is sent; the broker must take every one.
+pub fn produce_folded(
+    rt: &tokio::runtime::Runtime,
+    kafka: &KafkaConfig,
+    generator: &mut Generator,
+    options: &ProduceOptions,
+    truth: &mut Truth,
+) {
+    let mut fold = |g: &Generated| {
+        truth.add_generated(TOPIC, g);
+    };
+    let report = rt
+        .block_on(produce(
+            kafka,
+            generator,
+            options,
+            Some(&mut fold),
+            &tokio_util::sync::CancellationToken::new(),
+        ))
+        .expect("produce");
+    assert_eq!(report.failed, 0, "{report:?}");
+}
 
 /// A query and how the truth answers it.
 #[derive(Debug)]

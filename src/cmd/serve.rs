@@ -112,9 +112,9 @@ fn instant(v: &Option<serde_json::Value>) -> Option<i64> {
 /// times the cache budget (1.36 GB against 0.26 GB of cache in the memory
 /// benchmark; 0.38 GB with this).
 fn purge_freed_memory_at_once() {
-    // `mi_option_set` and `mi_option_purge_delay` (15 in mimalloc v2's
-    // `mi_option_t`, the version libmimalloc-sys 0.1 builds by default):
-    // the Rust binding exports them only with its `extended` feature.
+    // `mi_option_set` and `mi_option_purge_delay` (15 in `mi_option_t` of
+    // both mimalloc v2 and v3; libmimalloc-sys 0.1.49 builds v3): the Rust
+    // binding exports them only with its `extended` feature.
     extern "C" {
         fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
     }

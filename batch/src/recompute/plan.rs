@@ -20,7 +20,7 @@
 //! and counts ([`super::quantile`]). No per-group closure: every step
 //! streams.
 //!
-//! The result is the snapshot's frame, sorted by bucket and dimensions:
+//! The result is the snapshot's frame, sorted by bucket ([`sorted`]):
 //! `bucket`, `d<i>` (each dimension's text), and per measure `m<k>` (count
 //! `UInt64`, min/max `Float64`, distinct registers `List<UInt32>`,
 //! quantiles bucket codes `List<Int32>` beside `m<k>:n`, their counts
@@ -293,7 +293,7 @@ pub(super) fn plan(
     out.extend(dims);
     out.extend(measures);
     let lf = rows.with_columns(with).group_by(keys).agg(aggs).select(out);
-    Ok(sorted(lf, view))
+    Ok(sorted(lf))
 }
 
 /// `base` (a day's groups, as [`plan`] lays them out) rolled up to buckets
@@ -346,14 +346,14 @@ pub(super) fn rollup(base: LazyFrame, view: &ViewDef, level_ms: i64) -> LazyFram
         .group_by(keys)
         .agg(aggs)
         .with_columns(measures);
-    sorted(lf, view)
+    sorted(lf)
 }
 
-/// Snapshot rows are sorted by bucket, then dimensions.
-fn sorted(lf: LazyFrame, view: &ViewDef) -> LazyFrame {
-    let mut by = vec![col("bucket")];
-    by.extend((0..view.dimensions.len()).map(|i| col(format!("d{i}").as_str())));
-    lf.sort_by_exprs(by, SortMultipleOptions::default())
+/// Snapshot rows are sorted by bucket, as readers need; a bucket's groups
+/// stay in the order the group-by gave them (ordering them by their texts
+/// is a string sort of every group, which no reader uses).
+fn sorted(lf: LazyFrame) -> LazyFrame {
+    lf.sort(["bucket"], SortMultipleOptions::default())
 }
 
 /// The text of a value of type `t` (as [`tally_core::view::ScalarRef::write_text`]

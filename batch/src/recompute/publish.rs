@@ -130,15 +130,20 @@ pub(super) async fn run_view(
     };
 
     let mut engine = Engine::new(store.clone(), view, to_read, days.clone(), progress);
+    let def = Arc::new(view.clone());
     let mut new_days: Vec<DayFile> = Vec::new();
     for &day in &days {
         let Some(mut frame) = engine.day(day).await? else {
             continue;
         };
-        // Each level from the one before it: fewer groups to merge.
+        // Each level from the one before it (fewer groups to merge), rolled
+        // up while the finer level is encoded and written: the two steps
+        // keep two cores busy where one did both in turn. Writes still
+        // running when the run fails are stopped with the set.
+        let mut writes = tokio::task::JoinSet::new();
         for (n, level) in levels.iter().enumerate() {
             if n > 0 {
-                let (finer, def, level_ms) = (frame, view.clone(), level.as_ms());
+                let (finer, def, level_ms) = (frame, def.clone(), level.as_ms());
                 frame = tokio::task::spawn_blocking(move || {
                     plan::rollup(finer.lazy(), &def, level_ms).collect()
                 })
@@ -146,19 +151,28 @@ pub(super) async fn run_view(
                 .map_err(|e| BatchError::Task(e.to_string()))??;
             }
             let path = paths::snapshot_file(&view.name, run_id, *level, day);
-            let bytes = snapshot::write(store.clone(), &path, view, &frame).await?;
+            let file = DayFile {
+                day,
+                level_ms: Some(level.as_ms()),
+                path: path.clone(),
+                rows: frame.height() as u64,
+                bytes: None,
+            };
+            let write = snapshot::write(store.clone(), path, def.clone(), frame.clone());
+            writes.spawn(async move { (n, file, write.await) });
+        }
+        let mut files: Vec<(usize, DayFile)> = Vec::with_capacity(levels.len());
+        while let Some(joined) = writes.join_next().await {
+            let (n, mut file, written) = joined.map_err(|e| BatchError::Task(e.to_string()))?;
+            file.bytes = Some(written?);
             *written_files += 1;
             if opts.crash_after_files.is_some_and(|n| *written_files >= n) {
                 return Err(BatchError::Crashed);
             }
-            new_days.push(DayFile {
-                day,
-                level_ms: Some(level.as_ms()),
-                path,
-                rows: frame.height() as u64,
-                bytes: Some(bytes),
-            });
+            files.push((n, file));
         }
+        files.sort_by_key(|(n, _)| *n);
+        new_days.extend(files.into_iter().map(|(_, f)| f));
         let base_rows = new_days[new_days.len() - levels.len()].rows;
         vs.rows_written += base_rows;
         progress(Progress::DayWritten {

@@ -15,14 +15,22 @@ use tally_store::snapshot::{self, DayBatch, MeasureArray, SUM_INT_TYPE};
 use super::{distinct, quantile, BatchError};
 
 /// Write `frame`, one day's groups at one level as [`super::plan`] lays
-/// them out, to `path`; returns the file's size.
+/// them out, to `path`; returns the file's size. The conversion and the
+/// Parquet encoding run on the blocking pool, so that a level is encoded
+/// while the next one is rolled up.
 pub(super) async fn write(
     store: Arc<dyn ObjectStore>,
-    path: &str,
-    view: &ViewDef,
-    frame: &DataFrame,
+    path: String,
+    view: Arc<ViewDef>,
+    frame: DataFrame,
 ) -> Result<u64, BatchError> {
-    Ok(snapshot::write(store, path, view, day_batch(view, frame)?).await?)
+    let named = path.clone();
+    let bytes = tokio::task::spawn_blocking(move || {
+        Ok::<_, BatchError>(snapshot::encode(&view, day_batch(&view, &frame)?, &named)?)
+    })
+    .await
+    .map_err(|e| BatchError::Task(e.to_string()))??;
+    Ok(snapshot::put(store, &path, &bytes).await?)
 }
 
 fn day_batch(view: &ViewDef, frame: &DataFrame) -> Result<DayBatch, BatchError> {

@@ -1,4 +1,4 @@
-//! Snapshot files: the schema, with its one writer ([`write()`]) and its one
+//! Snapshot files: the schema, with its one writer ([`encode`], then [`put`]) and its one
 //! reader ([`decode`], [`read_rows`]).
 //!
 //! A snapshot file (`views/<view>/run=<id>/g=<level>/day=<d>.parquet`,
@@ -40,7 +40,7 @@ use tally_core::quantile::{Bucket, QuantileSketch};
 use tally_core::view::ViewDef;
 
 pub use read::{check_footer, decode, fetch, read_rows, DayReader, Row};
-pub use write::write;
+pub use write::{encode, put};
 
 /// The type of a sum's integer part: exact `i128` ([`tally_core::agg`]).
 pub const SUM_INT_TYPE: DataType = DataType::Decimal128(38, 0);

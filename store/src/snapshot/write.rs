@@ -1,5 +1,6 @@
 //! The one snapshot file writer: a [`DayBatch`] checked against the view's
-//! schema, encoded as Parquet and put whole.
+//! schema and encoded as Parquet ([`encode`], CPU work the caller places),
+//! then put whole ([`put`]).
 //!
 //! Guarantees: a file written here has exactly [`super::schema`]'s columns
 //! and types (columns that do not match are [`SnapshotError::Schema`] and
@@ -20,14 +21,10 @@ use tokio::io::AsyncWriteExt;
 
 use super::{columns, schema, DayBatch, MeasureArray, SnapshotError, SUM_INT_TYPE};
 
-/// Write `batch`, one day's groups of `view` at one level sorted by bucket,
-/// to `path`; returns the file's size in bytes.
-pub async fn write(
-    store: Arc<dyn ObjectStore>,
-    path: &str,
-    view: &ViewDef,
-    batch: DayBatch,
-) -> Result<u64, SnapshotError> {
+/// `batch`, one day's groups of `view` at one level sorted by bucket, as
+/// the bytes of the snapshot file for `path` (named in errors). CPU work
+/// only: a caller runs it off the async workers.
+pub fn encode(view: &ViewDef, batch: DayBatch, path: &str) -> Result<Vec<u8>, SnapshotError> {
     let batch = record_batch(view, batch, path)?;
     let mut props =
         WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY);
@@ -48,15 +45,24 @@ pub async fn write(
         .map_err(parquet_err)?;
     w.write(&batch).map_err(parquet_err)?;
     w.close().map_err(parquet_err)?;
-    let size = bytes.len() as u64;
+    Ok(bytes)
+}
+
+/// Put `bytes` (from [`encode`]) at `path` in one buffered put; returns
+/// their size.
+pub async fn put(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+    bytes: &[u8],
+) -> Result<u64, SnapshotError> {
     let write_err = |source| SnapshotError::Write {
         path: path.to_owned(),
         source,
     };
     let mut out = object_store::buffered::BufWriter::new(store, Path::from(path));
-    out.write_all(&bytes).await.map_err(write_err)?;
+    out.write_all(bytes).await.map_err(write_err)?;
     out.shutdown().await.map_err(write_err)?;
-    Ok(size)
+    Ok(bytes.len() as u64)
 }
 
 /// `batch` as a record batch of `view`'s schema.

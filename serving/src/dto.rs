@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use tally_core::agg::Agg;
+use tally_core::quantile::QuantileSketch;
 use utoipa::ToSchema;
 
 /// The percentiles a query asks of its quantiles measures (`quantiles=`):
@@ -73,11 +74,16 @@ impl Final {
             Agg::Sum { int, float } => Final::Sum(*int, *float),
             Agg::Min(v) | Agg::Max(v) => Final::Extreme(*v),
             Agg::Distinct(h) => Final::Distinct(h.count()),
-            Agg::Quantiles(s) => Final::Quantiles(Arc::new(QuantileValues {
-                labels: p.labels.clone(),
-                values: s.quantiles(&p.qs).into(),
-            })),
+            Agg::Quantiles(s) => Final::of_quantiles(s, p),
         }
+    }
+
+    /// The percentiles `p` of a quantile sketch.
+    pub fn of_quantiles(s: &QuantileSketch, p: &Percentiles) -> Final {
+        Final::Quantiles(Arc::new(QuantileValues {
+            labels: p.labels.clone(),
+            values: s.quantiles(&p.qs).into(),
+        }))
     }
 
     /// Whether the value is the identity of its measure (nothing to show).

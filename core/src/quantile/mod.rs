@@ -172,20 +172,22 @@ impl QuantileSketch {
         }
     }
 
-    /// Add a row of (code, count) entries (a snapshot row; codes of no
-    /// bucket are ignored): the store is made one dense run covering the
-    /// row's span once, then each entry is one array add.
+    /// Add a row of (code, count) entries, codes ascending (a snapshot
+    /// row; codes of no bucket are ignored): the store is made one dense
+    /// run covering the row's span once, then each entry is one array add.
+    /// The span is read off the row's ends, not found by a pass over it.
     pub fn add_codes(&mut self, entries: &[(i32, u64)]) {
         let limit = 2 * MAX_INDEX + 1;
-        let (mut lo, mut hi) = (i32::MAX, i32::MIN);
-        for &(c, _) in entries {
-            if c != 0 {
-                lo = lo.min(c);
-                hi = hi.max(c);
-            }
-        }
-        let in_range = lo > hi || (lo >= -limit && hi <= limit);
-        if entries.len() < 8 || !in_range || (lo <= hi && !self.cover(lo, hi)) {
+        debug_assert!(entries.is_sorted_by_key(|e| e.0), "codes ascending");
+        // Code 0 (the zero bucket) is kept beside the store: not its span.
+        let lo = entries.iter().find(|e| e.0 != 0).map(|e| e.0);
+        let hi = entries.iter().rev().find(|e| e.0 != 0).map(|e| e.0);
+        let covered = entries.len() >= 8
+            && match (lo, hi) {
+                (Some(lo), Some(hi)) => lo >= -limit && hi <= limit && self.cover(lo, hi),
+                _ => true,
+            };
+        if !covered {
             entries.iter().for_each(|&(c, n)| self.add_code(c, n));
             return;
         }
@@ -197,7 +199,7 @@ impl QuantileSketch {
         // Covered: the store is dense (or the row is all zeros). The
         // store's fields are read once, not per entry.
         let (at, counts): (i32, &mut [u64]) = match store {
-            Store::Dense { offset, counts } => (*offset, counts),
+            Store::Dense { offset, counts } => (*offset, counts.as_mut_slice()),
             Store::Sparse(_) => (0, &mut []),
         };
         let (mut added, mut zero) = (0u64, 0u64);
@@ -246,7 +248,7 @@ impl QuantileSketch {
         if other.is_empty() {
             return;
         }
-        if self.is_empty() {
+        if self.is_empty() && self.is_sparse() {
             *self = other.clone();
             return;
         }
@@ -268,7 +270,7 @@ impl QuantileSketch {
                 };
                 if self.cover(lo, hi) {
                     if let Store::Dense { offset, counts } = &mut self.store {
-                        let at = *offset;
+                        let (at, counts) = (*offset, counts.as_mut_slice());
                         for &(c, n) in theirs {
                             counts[(c - at) as usize] += n;
                         }
@@ -386,6 +388,19 @@ impl QuantileSketch {
                 self.densify();
             }
         }
+    }
+
+    /// Empty the sketch but keep a dense store's room: a query reuses one
+    /// sketch to add up each of its cells in turn, so the counts it adds
+    /// into are already allocated and in the cache, where a fresh
+    /// accumulator per cell is allocated and zeroed cold.
+    pub fn clear(&mut self) {
+        match &mut self.store {
+            Store::Sparse(v) => v.clear(),
+            Store::Dense { counts, .. } => counts.fill(0),
+        }
+        self.zeros = 0;
+        self.total = 0;
     }
 
     fn is_sparse(&self) -> bool {

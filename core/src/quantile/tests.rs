@@ -101,6 +101,34 @@ proptest! {
         merges_and_subtracts_exactly(&xs, a, b)?;
     }
 
+    /// A sketch cleared and used again (a query's accumulator, cell after
+    /// cell) adds up as a fresh one: whatever it held is gone, whether it
+    /// was dense or sparse.
+    #[test]
+    fn a_cleared_sketch_adds_up_as_a_fresh_one(
+        before in proptest::collection::vec(prop_oneof![Just(0.0), 1.0f64..1e3, -1e4f64..1e6], 0..1_000),
+        parts in proptest::collection::vec(
+            proptest::collection::vec(prop_oneof![Just(0.0), 1.0f64..1e3, -1e4f64..1e6], 0..300),
+            0..6,
+        ),
+    ) {
+        let mut acc = sketch(&before);
+        acc.clear();
+        prop_assert!(acc.is_empty());
+        let mut all = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            // Half the parts as a sketch, half as a snapshot row's entries.
+            if i % 2 == 0 {
+                acc.merge(&sketch(part));
+            } else {
+                acc.add_codes(&sketch(part).by_code().collect::<Vec<_>>());
+            }
+            all.extend_from_slice(part);
+        }
+        prop_assert_eq!(&acc, &sketch(&all));
+        prop_assert_eq!(acc.quantiles(&[0.5, 0.99]), sketch(&all).quantiles(&[0.5, 0.99]));
+    }
+
     /// Several quantiles in one pass answer as one at a time.
     #[test]
     fn quantiles_in_one_pass_equal_each_alone(

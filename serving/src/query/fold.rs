@@ -7,7 +7,10 @@
 //! `group_by`), and its measures are merged into the output cell (output
 //! bucket, group) with the monoid; a distinct measure's sketches are only
 //! noted, and unioned once per cell when the day is done, with one
-//! [`Union`] (its cost follows the registers set, not the cells merged). An
+//! [`Union`] (its cost follows the registers set, not the cells merged);
+//! a quantile measure's inputs are noted too, and added up per cell into
+//! one sketch the fold reuses (its counts stay allocated and in the cache,
+//! where a sketch per cell was allocated and zeroed each time). An
 //! output bucket never spans two days (a granularity divides a day), so when
 //! a day is done ([`Fold::finish_day`]) its cells are final: they are added
 //! to the group totals and the grand total, and kept as plain values.
@@ -34,6 +37,7 @@ use std::sync::Arc;
 
 use tally_core::agg::{Agg, AggKind};
 use tally_core::hll::{count_registers, Union};
+use tally_core::quantile::QuantileSketch;
 use tally_core::view::ViewDef;
 
 use super::parse::{Col, Query};
@@ -80,6 +84,8 @@ pub struct Fold {
     /// Rows and cells folded, for the cancel check.
     work: usize,
     union: Union,
+    /// The quantile accumulator each cell's inputs are added up in.
+    counts: QuantileSketch,
     /// With a rolling window: which points to make, and per output group
     /// its closed cells' aggregates in time order.
     window: Option<Window>,
@@ -89,8 +95,8 @@ pub struct Fold {
 }
 
 /// One output cell of the day in progress: its number in the day and the
-/// measures merged so far (a distinct measure stays empty: its sketches are
-/// noted in [`Day::sketches`]).
+/// measures merged so far (a distinct or quantile measure stays empty: its
+/// inputs are noted in [`Day::sketches`] and [`Day::quantiles`]).
 #[derive(Debug)]
 struct Open {
     id: u32,
@@ -104,6 +110,17 @@ pub struct Day<'a> {
     /// (cell number, position in the answer, sketch) of every distinct
     /// input: unioned per cell and measure when the day is done.
     sketches: Vec<(u32, usize, Sketch<'a>)>,
+    /// The same for every quantile input, added up per cell.
+    quantiles: Vec<(u32, usize, Counts<'a>)>,
+}
+
+/// One quantile input of a cell.
+#[derive(Debug, Clone, Copy)]
+enum Counts<'a> {
+    /// A snapshot row's (bucket code, count) entries.
+    Row(&'a [(i32, u64)]),
+    /// A speed cell's sketch.
+    Sketch(&'a QuantileSketch),
 }
 
 /// The source-group → output-group map of one source (a day file or a
@@ -134,6 +151,7 @@ impl Fold {
             max_cells,
             work: 0,
             union: Union::default(),
+            counts: QuantileSketch::new(),
             window,
             cells: Vec::new(),
             tables,
@@ -240,6 +258,9 @@ impl Fold {
                     };
                     match col {
                         Column::Distinct(v) => day.sketches.push((cell.id, *pos, v.get(r))),
+                        Column::Quantiles(v) if self.kinds[*pos] == AggKind::Quantiles => {
+                            day.quantiles.push((cell.id, *pos, Counts::Row(v.get(r))))
+                        }
                         col => merge_row(&mut cell.aggs[*pos], col, r),
                     }
                 }
@@ -290,6 +311,9 @@ impl Fold {
                             day.sketches.push((cell.id, *pos, Sketch::Dense(h, None)))
                         }
                         Agg::Distinct(_) => {}
+                        Agg::Quantiles(q) if self.kinds[*pos] == AggKind::Quantiles => {
+                            day.quantiles.push((cell.id, *pos, Counts::Sketch(q)))
+                        }
                         agg if cell.aggs[*pos].kind() == agg.kind() => cell.aggs[*pos].merge(agg),
                         _ => {}
                     }
@@ -302,7 +326,10 @@ impl Fold {
     /// Close every cell of `day`: the inputs of its day are all folded in.
     pub fn finish_day(&mut self, day: Day<'_>) {
         let width = self.kinds.len();
-        let (starts, sketches) = by_cell(&day.sketches, day.open.len(), width);
+        let (starts, sketches) =
+            by_cell(&day.sketches, day.open.len(), width, Sketch::Registers(&[]));
+        let (q_starts, quantiles) =
+            by_cell(&day.quantiles, day.open.len(), width, Counts::Row(&[]));
         // Group by group, in time order within each: a group's running
         // totals (a dense sketch of 16 KiB per distinct measure) stay in the
         // cache while its cells are merged into them.
@@ -313,13 +340,33 @@ impl Fold {
             let mut finals: Box<[Final]> = cell.aggs.iter().map(|a| Final::of(a, p)).collect();
             // With a window the cell is kept whole, its sketches unioned.
             let mut kept = self.window.is_some().then(|| cell.aggs.clone());
+            let id = cell.id as usize;
+            // Each quantile measure's inputs, added up in the reused
+            // accumulator, answered from it and added to the group's total.
+            for pos in 0..width {
+                let Agg::Quantiles(total) = &mut self.totals[og as usize][pos] else {
+                    continue;
+                };
+                let acc = &mut self.counts;
+                acc.clear();
+                for c in &quantiles[q_starts[id * width + pos]..q_starts[id * width + pos + 1]] {
+                    match *c {
+                        Counts::Row(entries) => acc.add_codes(entries),
+                        Counts::Sketch(q) => acc.merge(q),
+                    }
+                }
+                finals[pos] = Final::of_quantiles(acc, p);
+                total.merge(acc);
+                if let Some(Agg::Quantiles(k)) = kept.as_mut().and_then(|k| k.get_mut(pos)) {
+                    k.clone_from(acc);
+                }
+            }
             let mut keep = |pos: usize, f: &mut dyn FnMut(&mut tally_core::hll::Hll)| {
                 if let Some(Agg::Distinct(h)) = kept.as_mut().and_then(|k| k.get_mut(pos)) {
                     f(h);
                 }
             };
             let totals = &mut self.totals[og as usize];
-            let id = cell.id as usize;
             // The sketches of each distinct measure, unioned once. The grand
             // total's sketch is the union of the groups' (at the end): one
             // merge per group, not per cell.
@@ -367,7 +414,7 @@ impl Fold {
                 continue;
             }
             for (i, a) in cell.aggs.iter().enumerate() {
-                if a.kind() != AggKind::Distinct {
+                if !matches!(a.kind(), AggKind::Distinct | AggKind::Quantiles) {
                     totals[i].merge(a);
                 }
             }
@@ -443,16 +490,17 @@ fn open_cell<'d>(
     }
 }
 
-/// The sketches of a day's cells, in place by (cell, position in the
-/// answer): `sketches[starts[k]..starts[k + 1]]` are those of cell `id`,
+/// The inputs noted for a day's cells, in place by (cell, position in the
+/// answer): `out[starts[k]..starts[k + 1]]` are those of cell `id`,
 /// measure `pos`, with `k = id * width + pos`, in the order they were
-/// noted. A counting sort: linear in the sketches, where a comparison sort
+/// noted. A counting sort: linear in the inputs, where a comparison sort
 /// of hundreds of sketches per cell was a tenth of a distinct answer.
-fn by_cell<'a>(
-    noted: &[(u32, usize, Sketch<'a>)],
+fn by_cell<T: Copy>(
+    noted: &[(u32, usize, T)],
     cells: usize,
     width: usize,
-) -> (Vec<usize>, Vec<Sketch<'a>>) {
+    fill: T,
+) -> (Vec<usize>, Vec<T>) {
     let mut starts = vec![0usize; cells * width + 1];
     for &(id, pos, _) in noted {
         starts[id as usize * width + pos + 1] += 1;
@@ -461,7 +509,7 @@ fn by_cell<'a>(
         starts[i] += starts[i - 1];
     }
     let mut next = starts.clone();
-    let mut out = vec![Sketch::Registers(&[]); noted.len()];
+    let mut out = vec![fill; noted.len()];
     for &(id, pos, s) in noted {
         let k = id as usize * width + pos;
         out[next[k]] = s;
@@ -486,7 +534,6 @@ fn merge_row(acc: &mut Agg, col: &Column, r: usize) {
         (Agg::Max(m), Column::Extreme(v)) if !v[r].is_nan() => {
             *m = Some(m.map_or(v[r], |m| m.max(v[r])));
         }
-        (Agg::Quantiles(q), Column::Quantiles(v)) => v.merge_into(r, q),
         _ => {}
     }
 }

@@ -8,7 +8,7 @@
 //! column is what it holds on the heap, for the day cache's budget.
 
 use tally_core::hll::Hll;
-use tally_core::quantile::{Bucket, QuantileSketch};
+use tally_core::quantile::Bucket;
 
 /// One measure's values, one per row.
 #[derive(Debug)]
@@ -36,10 +36,17 @@ pub struct QuantileRows {
 }
 
 impl QuantileRows {
-    /// Append the next row's entries.
+    /// Append the next row's entries, codes ascending whatever order the
+    /// file held them in (the writer stores them ascending; a query adds a
+    /// row up reading its span off its ends: `QuantileSketch::add_codes`).
     pub(super) fn push(&mut self, entries: &[(Bucket, u64)]) {
+        let start = self.entries.len();
         self.entries
             .extend(entries.iter().map(|&(b, n)| (b.code(), n)));
+        let row = &mut self.entries[start..];
+        if !row.is_sorted_by_key(|e| e.0) {
+            row.sort_unstable_by_key(|e| e.0);
+        }
         self.ends.push(self.entries.len() as u32);
     }
 
@@ -47,11 +54,6 @@ impl QuantileRows {
     pub fn get(&self, r: usize) -> &[(i32, u64)] {
         let start = r.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
         &self.entries[start..self.ends[r] as usize]
-    }
-
-    /// Add row `r` to `acc`.
-    pub fn merge_into(&self, r: usize, acc: &mut QuantileSketch) {
-        acc.add_codes(self.get(r));
     }
 
     /// The rows in the order `order` gives.
@@ -192,5 +194,31 @@ impl Sketches {
                 .iter()
                 .map(|(_, h, _)| 16 + std::mem::size_of::<Hll>() + h.heap_bytes())
                 .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_core::quantile::QuantileSketch;
+
+    use super::*;
+
+    /// A row stored out of order (a file the writer did not write) is kept
+    /// ascending, and a query adds it up as its values one by one.
+    #[test]
+    fn a_row_out_of_order_is_kept_ascending_and_adds_up_exactly() {
+        let values: Vec<f64> = (0..40).map(|i| f64::from((i * 37) % 500)).collect();
+        let mut want = QuantileSketch::new();
+        values.iter().for_each(|&x| want.add(x));
+        let mut entries: Vec<(Bucket, u64)> = want.buckets().collect();
+        entries.reverse();
+        let mut rows = QuantileRows::default();
+        rows.push(&[]);
+        rows.push(&entries);
+        let row = rows.get(1);
+        assert!(row.is_sorted_by_key(|e| e.0), "{row:?}");
+        let mut got = QuantileSketch::new();
+        got.add_codes(row);
+        assert_eq!(got, want);
     }
 }

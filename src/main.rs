@@ -1,6 +1,7 @@
 //! `tally`: the one binary. Each subcommand is a role or an operator tool; see
 //! `tally --help`. Errors end here as `anyhow` with the cause chain printed.
 
+mod alloc;
 mod cmd;
 mod shutdown;
 mod supervise;

@@ -13,6 +13,7 @@ use crate::cmd::progress::Bar;
 
 /// One locked batch run now, up to the cut, with a progress bar and a summary.
 pub(crate) async fn run_once(cfg: Config, full: bool) -> anyhow::Result<()> {
+    crate::alloc::no_transparent_huge_pages();
     let store = crate::cmd::open_store(&cfg)?;
     let opts = RunOptions {
         full,
@@ -41,6 +42,7 @@ pub(crate) async fn schedule_role(
 
 /// The scheduler alone, restarted with backoff when it fails.
 pub(crate) async fn schedule(cfg: Config) -> anyhow::Result<()> {
+    crate::alloc::no_transparent_huge_pages();
     let shutdown = crate::shutdown::on_signal();
     crate::telemetry::install(cfg.batch.metrics_listen.as_deref())?;
     let store = crate::cmd::open_store(&cfg)?;

@@ -25,6 +25,7 @@ pub(crate) async fn run(
     if from_ms >= to_ms {
         bail!("--from ({from}) must be before --to ({to})");
     }
+    crate::alloc::no_transparent_huge_pages();
     let store = crate::cmd::open_store(&cfg)?;
     let opts = RunOptions {
         full,

@@ -25,7 +25,7 @@ pub(crate) async fn role(
     roles: Option<RolesProbe>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    purge_freed_memory_at_once();
+    crate::alloc::purge_freed_memory_at_once();
     let opts = ServeOptions {
         recompute: Some(recompute_hook(cfg.clone(), store.clone())),
         metrics: Some(metrics),
@@ -102,24 +102,4 @@ fn instant(v: &Option<serde_json::Value>) -> Option<i64> {
         serde_json::Value::Number(n) => n.as_i64(),
         _ => None,
     }
-}
-
-/// Have mimalloc (the allocator, src/main.rs) return freed pages to the OS
-/// at once instead of after its purge delay. The day cache's decoded files
-/// are allocated on the blocking pool and freed from other threads when
-/// evicted; with the delay, the pages were purged only when their thread
-/// allocated again, and the resident set of `tally serve` grew to several
-/// times the cache budget (1.36 GB against 0.26 GB of cache in the memory
-/// benchmark; 0.38 GB with this).
-fn purge_freed_memory_at_once() {
-    // `mi_option_set` and `mi_option_purge_delay` (15 in `mi_option_t` of
-    // both mimalloc v2 and v3; libmimalloc-sys 0.1.49 builds v3): the Rust
-    // binding exports them only with its `extended` feature.
-    extern "C" {
-        fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
-    }
-    const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
-    // SAFETY: sets an integer option of the linked allocator; mimalloc reads
-    // options on its own, so a concurrent reader sees the old or new value.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
 }

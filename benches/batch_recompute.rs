@@ -17,7 +17,9 @@
 //!    `tally_batch::run_batch` with `full` for the view (this binary with
 //!    `--tally-child`), DuckDB with the same de-duplication on
 //!    (topic, partition, offset) (row by row only where files' offset ranges
-//!    overlap), and DuckDB de-duplicating every row.
+//!    overlap), and DuckDB de-duplicating every row, in an order that
+//!    rotates from round to round (use a multiple of the row count for
+//!    BENCH_ROUNDS, so each process follows each other one equally often).
 //!    Both write their result as Parquet. Wall time is measured by this
 //!    process; peak RSS is the child's VmHWM, polled from /proc.
 //! 3. Prints the medians, the ratio, and the group counts (a check that both
@@ -108,32 +110,57 @@ fn main() {
     // Optionally another build of this benchmark (say, before an
     // optimisation), whose `tally` side is measured in the same rounds.
     let baseline = std::env::var_os("BENCH_BASELINE_BIN").map(PathBuf::from);
-    let mut rows: Vec<(&str, Vec<Run>)> = vec![
-        ("tally batch, full recompute", Vec::new()),
-        ("DuckDB, same de-duplication", Vec::new()),
-        ("DuckDB, row-level de-duplication", Vec::new()),
+    let mut rows: Vec<(&str, Process, Vec<Run>)> = vec![
+        (
+            "tally batch, full recompute",
+            Process::Tally(me),
+            Vec::new(),
+        ),
+        (
+            "DuckDB, same de-duplication",
+            Process::DuckDb("dedup"),
+            Vec::new(),
+        ),
+        (
+            "DuckDB, row-level de-duplication",
+            Process::DuckDb("rowdedup"),
+            Vec::new(),
+        ),
     ];
-    if baseline.is_some() {
+    if let Some(b) = baseline {
         rows.push((
             "tally batch, baseline build (BENCH_BASELINE_BIN)",
+            Process::Tally(b),
             Vec::new(),
         ));
     }
+    // The processes in a rotating order: on this VM a process that starts
+    // right after another one freed gigabytes spends seconds more in the
+    // kernel faulting its memory in (BENCHMARKS.md), so no process may
+    // always follow the same one.
+    let n_rows = rows.len();
     for round in 0..rounds {
-        let mut runs = vec![
-            measure(Command::new(&me).arg("--tally-child").arg(&dir)),
-            measure(Command::new("python3").arg(&script).arg(&dir).arg("dedup")),
-            measure(
-                Command::new("python3")
-                    .arg(&script)
-                    .arg(&dir)
-                    .arg("rowdedup"),
-            ),
-        ];
-        if let Some(b) = &baseline {
-            runs.push(measure(Command::new(b).arg("--tally-child").arg(&dir)));
-        }
-        for ((name, list), run) in rows.iter_mut().zip(runs) {
+        for k in 0..n_rows {
+            let (name, process, list) = &mut rows[(round + k) % n_rows];
+            let mut cmd = match process {
+                Process::Tally(bin) => {
+                    // Each full recompute writes a new run of the view's
+                    // snapshot and no collector runs here: without this,
+                    // every round leaves about 85 MB behind (12 GB after a
+                    // day of benchmarking, crowding the page cache the
+                    // inputs are read from).
+                    let _ = std::fs::remove_dir_all(dir.join(paths::view_dir(VIEW)));
+                    let mut c = Command::new(bin);
+                    c.arg("--tally-child").arg(&dir);
+                    c
+                }
+                Process::DuckDb(mode) => {
+                    let mut c = Command::new("python3");
+                    c.arg(&script).arg(&dir).arg(*mode);
+                    c
+                }
+            };
+            let run = measure(&mut cmd);
             eprintln!(
                 "round {round}: {name}: {:.2} s, peak RSS {:.0} MiB, cpu {:.1} s, groups {}",
                 run.secs, run.rss_mib, run.cpu_secs, run.groups
@@ -148,7 +175,7 @@ fn main() {
     println!("| process | wall s (median) | CPU s (median) | peak RSS MiB (median) | groups |");
     println!("|---|---|---|---|---|");
     let mut medians = Vec::new();
-    for (name, list) in &rows {
+    for (name, _, list) in &rows {
         let secs = median(list.iter().map(|r| r.secs).collect());
         let cpu = median(list.iter().map(|r| r.cpu_secs).collect());
         let rss = median(list.iter().map(|r| r.rss_mib).collect());
@@ -171,6 +198,14 @@ fn main() {
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!("load average at the end: {}", load.trim());
     }
+}
+
+/// A process the benchmark runs in each round.
+enum Process {
+    /// A build of this benchmark, as `--tally-child`.
+    Tally(PathBuf),
+    /// The DuckDB script in one of its modes (`dedup`, `rowdedup`).
+    DuckDb(&'static str),
 }
 
 /// One measured child run.
@@ -266,8 +301,14 @@ fn count_files(dir: &Path) -> usize {
     walk(&dir.join(paths::EVENTS_ROOT))
 }
 
-/// The child: one full recompute of the view, as `tally batch run --full` does.
+/// The child: one full recompute of the view, as `tally batch run --full` does
+/// (with its paging: no transparent huge pages, as `src/alloc.rs` sets).
 fn tally_child(dir: &Path) {
+    // SAFETY: integer arguments only; changes this process's paging policy.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let cfg = config(dir);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let summary = rt.block_on(async {

@@ -35,6 +35,7 @@ mod distinct;
 mod engine;
 mod fetch;
 mod gc;
+mod group_key;
 mod inputs;
 mod plan;
 mod publish;

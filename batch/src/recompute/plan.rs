@@ -12,7 +12,8 @@
 //! (topic, partition, offset); the others are not touched. A view with
 //! `dedup = "event_id"` keeps one row per event_id ([`super::dedup`]). Then the event
 //! time is bucketed, and one `group_by` on the bucket and the dimensions'
-//! columns aggregates every measure: count as a length or a count of
+//! columns (or, when every dimension is a string, on one integer packing
+//! both, [`super::group_key`]) aggregates every measure: count as a length or a count of
 //! non-null values, sum as an `Int128` sum of the integers (exact) beside a
 //! float sum, min and max per type, distinct as entries imploded per group
 //! and reduced to the sketch's registers ([`super::distinct`]), quantiles
@@ -37,6 +38,7 @@ use tally_core::view::{FieldPath, ViewDef};
 use super::dedup;
 use super::distinct;
 use super::fetch::Source;
+use super::group_key;
 use super::quantile;
 use crate::promote::PropType;
 
@@ -175,33 +177,48 @@ pub(super) fn plan(
 
     // Bucket, dimension texts, distinct entries, group, aggregate.
     let g = view.granularity.as_ms();
-    // The bucket's start, also for times before 1970: the remainder made
-    // non-negative whichever way `%` rounds.
-    let t = col("time_ms");
-    let rem = ((t.clone() % lit(g)) + lit(g)) % lit(g);
-    let mut with = vec![(t - rem).alias("bucket")];
-    // A dimension is known by its text. One with values of one type is
-    // grouped by its typed column and turned into text per group (one text
-    // per value); one with several types is turned into text per row, so
-    // that `30` and `"30"` are one group.
-    let mut keys = vec![col("bucket")];
+    let dimension_columns: Vec<Columns> = view.dimensions.iter().map(&columns_of).collect();
+    let mut with: Vec<Expr> = Vec::new();
+    let mut keys: Vec<Expr> = Vec::new();
+    let mut bucket = col("bucket");
     let mut dims: Vec<Expr> = Vec::new();
-    for (i, f) in view.dimensions.iter().enumerate() {
-        let name = format!("d{i}");
-        match columns_of(f).as_slice() {
-            [] => dims.push(lit(NULL).cast(DataType::String).alias(name.as_str())),
-            [(t, c)] => {
-                keys.push(col(c.as_str()));
-                dims.push(text(col(c.as_str()), *t).alias(name.as_str()));
-            }
-            cols => {
-                let texts: Vec<Expr> = cols
-                    .iter()
-                    .map(|(t, c)| text(col(c.as_str()), *t))
-                    .collect();
-                with.push(coalesce(&texts).alias(name.as_str()));
-                keys.push(col(name.as_str()));
-                dims.push(col(name.as_str()));
+    if let Some(texts) = string_columns(&dimension_columns) {
+        // Every dimension a string: one packed integer key.
+        let packing = group_key::Packing::new(day * DAY_MS, g, texts.len());
+        with.push(packing.key(col("time_ms"), &texts).alias(KEY));
+        keys.push(col(KEY));
+        bucket = packing.bucket(col(KEY)).alias("bucket");
+        for i in 0..texts.len() {
+            dims.push(packing.text(col(KEY), i).alias(format!("d{i}").as_str()));
+        }
+    } else {
+        // The bucket's start, also for times before 1970: the remainder
+        // made non-negative whichever way `%` rounds.
+        let t = col("time_ms");
+        let rem = ((t.clone() % lit(g)) + lit(g)) % lit(g);
+        with.push((t - rem).alias("bucket"));
+        keys.push(col("bucket"));
+        // A dimension is known by its text. One with values of one type is
+        // grouped by its typed column and turned into text per group (one
+        // text per value); one with several types is turned into text per
+        // row, so that `30` and `"30"` are one group.
+        for (i, columns) in dimension_columns.iter().enumerate() {
+            let name = format!("d{i}");
+            match columns.as_slice() {
+                [] => dims.push(lit(NULL).cast(DataType::String).alias(name.as_str())),
+                [(t, c)] => {
+                    keys.push(col(c.as_str()));
+                    dims.push(text(col(c.as_str()), *t).alias(name.as_str()));
+                }
+                cols => {
+                    let texts: Vec<Expr> = cols
+                        .iter()
+                        .map(|(t, c)| text(col(c.as_str()), *t))
+                        .collect();
+                    with.push(coalesce(&texts).alias(name.as_str()));
+                    keys.push(col(name.as_str()));
+                    dims.push(col(name.as_str()));
+                }
             }
         }
     }
@@ -289,11 +306,29 @@ pub(super) fn plan(
     if aggs.is_empty() {
         aggs.push(len().alias("_rows"));
     }
-    let mut out = vec![col("bucket")];
+    let mut out = vec![bucket];
     out.extend(dims);
     out.extend(measures);
     let lf = rows.with_columns(with).group_by(keys).agg(aggs).select(out);
     Ok(sorted(lf))
+}
+
+/// The packed group key's column ([`group_key`]).
+const KEY: &str = "_key";
+
+/// The string column of each dimension, when every dimension has exactly
+/// one and there are at most [`group_key::MAX_DIMENSIONS`] of them.
+fn string_columns(dimensions: &[Columns]) -> Option<Vec<Expr>> {
+    if dimensions.is_empty() || dimensions.len() > group_key::MAX_DIMENSIONS {
+        return None;
+    }
+    dimensions
+        .iter()
+        .map(|cs| match cs.as_slice() {
+            [(PropType::Str, c)] => Some(col(c.as_str())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `base` (a day's groups, as [`plan`] lays them out) rolled up to buckets

@@ -46,6 +46,15 @@ impl std::fmt::Debug for Packing {
     }
 }
 
+/// Slots of the per-column cache of views to codes.
+const SEEN: usize = 1024;
+
+/// A view's slot in the cache: a multiplicative hash's top 10 bits.
+fn seen_slot(view: u128) -> usize {
+    let folded = (view as u64) ^ ((view >> 64) as u64);
+    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SEEN.trailing_zeros())) as usize
+}
+
 impl Packing {
     /// The packing of `dimensions` string dimensions (1 to
     /// [`MAX_DIMENSIONS`]) for buckets of `g` ms of the day starting at
@@ -106,11 +115,25 @@ impl Packing {
         for (i, (c, table)) in cs[1..].iter().zip(&self.tables).enumerate() {
             let at = 32 * (self.tables.len() - 1 - i) as u32;
             let texts = c.as_materialized_series().str()?.rechunk();
-            for (k, v) in keys.iter_mut().zip(texts.downcast_as_array().iter()) {
-                if let Some(v) = v {
-                    let code = table.insert_cat(v)? + 1;
-                    *k |= i128::from(code) << at;
-                }
+            let texts = texts.downcast_as_array();
+            // A view (length and inline bytes, or length, prefix, buffer and
+            // offset) names one text within its array, and a dictionary-
+            // encoded page repeats views: a small cache on the view saves
+            // hashing and comparing the text for most rows.
+            let mut seen = [(0u128, 0u32); SEEN];
+            let rows = texts.iter().zip(texts.views().iter());
+            for (k, (text, view)) in keys.iter_mut().zip(rows) {
+                let Some(text) = text else { continue };
+                let view = view.as_u128();
+                let slot = &mut seen[seen_slot(view)];
+                let code = if slot.1 != 0 && slot.0 == view {
+                    slot.1
+                } else {
+                    let code = table.insert_cat(text)? + 1;
+                    *slot = (view, code);
+                    code
+                };
+                *k |= i128::from(code) << at;
             }
         }
         let name = cs[0].name().clone();
@@ -227,6 +250,38 @@ mod tests {
             // Rows 0 and 2 differ only in `b` (set, then missing).
             assert_eq!(k0 == k2, dims == 1);
         }
+    }
+
+    #[test]
+    fn repeated_long_and_short_texts_unpack_to_themselves() {
+        // Texts longer than a view's 12 inline bytes, sharing prefixes,
+        // repeated across rows, with missing values between them.
+        let texts: Vec<Option<String>> = (0..5_000)
+            .map(|i| match i % 7 {
+                0 => None,
+                1 => Some(format!("a-shared-long-prefix/{}", i % 13)),
+                2 => Some(format!("short{}", i % 3)),
+                _ => Some(format!("a-shared-long-prefix/{}", i % 5)),
+            })
+            .collect();
+        let times: Vec<i64> = (0..5_000).map(|i| i * 1_000).collect();
+        let f = df!("time_ms" => times, "a" => texts.clone()).expect("a frame");
+        let p = Packing::new(0, 60_000, 1);
+        let out = f
+            .lazy()
+            .with_column(p.key(col("time_ms"), &[col("a")]).alias("key"))
+            .select([p.text(col("key"), 0).alias("t")])
+            .collect()
+            .expect("the plan runs");
+        let got: Vec<Option<String>> = out
+            .column("t")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect();
+        assert_eq!(got, texts);
     }
 
     #[test]

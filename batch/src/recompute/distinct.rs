@@ -12,7 +12,8 @@
 //! byte for byte as Redis stores the sketch of the same values.
 
 use polars::prelude::*;
-use tally_core::hll::{pattern, redis_bytes_of};
+use polars_arrow::array::{Array, PrimitiveArray};
+use tally_core::hll::{pattern, redis_bytes_of, REGISTERS};
 
 use crate::promote::PropType;
 
@@ -129,12 +130,9 @@ fn reduce_lists(c: &Column) -> PolarsResult<Series> {
         lists.get_inner().len() / 2,
         DataType::UInt32,
     );
-    let mut scratch: Vec<u32> = Vec::new();
+    let mut scratch = Reducer::default();
     for_each_list(lists, |entries| {
-        scratch.clear();
-        scratch.extend(entries.iter().filter(|&&e| e != NO_ENTRY));
-        reduce(&mut scratch);
-        out.append_slice(&scratch);
+        out.append_slice(scratch.reduce(entries));
     })?;
     Ok(out.finish().into_series())
 }
@@ -142,24 +140,104 @@ fn reduce_lists(c: &Column) -> PolarsResult<Series> {
 /// Stands for a null entry (a row without a value): no entry is this high.
 const NO_ENTRY: u32 = u32::MAX;
 
-/// Calls `f` with each list of `lists` (of `u32`) in order, nulls in them
-/// as [`NO_ENTRY`], one pass over the offsets.
+/// Calls `f` with each list of `lists` (of `u32`) in order, a null list as
+/// an empty one and nulls in a list as [`NO_ENTRY`]. Each chunk's values
+/// are read in place; only a chunk whose values hold nulls is copied (with
+/// the nulls filled), where rechunking and filling copied every entry.
 fn for_each_list(lists: &ListChunked, mut f: impl FnMut(&[u32])) -> PolarsResult<()> {
-    let lists = lists.rechunk();
-    let inner = lists.get_inner();
-    let inner = inner.u32()?.fill_null_with_values(NO_ENTRY)?;
-    let inner = inner.rechunk();
-    let values: &[u32] = inner.cont_slice()?;
+    let mut filled: Vec<u32> = Vec::new();
     for arr in lists.downcast_iter() {
-        for w in arr.offsets().as_slice().windows(2) {
-            f(&values[w[0] as usize..w[1] as usize]);
+        let inner = arr
+            .values()
+            .as_any()
+            .downcast_ref::<PrimitiveArray<u32>>()
+            .ok_or_else(|| polars_err!(ComputeError: "distinct entries are not u32"))?;
+        let values: &[u32] = match inner.validity().filter(|v| v.unset_bits() > 0) {
+            None => inner.values().as_slice(),
+            Some(valid) => {
+                filled.clear();
+                filled.extend(
+                    inner
+                        .values()
+                        .iter()
+                        .zip(valid.iter())
+                        .map(|(&v, ok)| if ok { v } else { NO_ENTRY }),
+                );
+                &filled
+            }
+        };
+        let offsets = arr.offsets().as_slice();
+        for (i, w) in offsets.windows(2).enumerate() {
+            if arr.is_null(i) {
+                f(&[]);
+            } else {
+                f(&values[w[0] as usize..w[1] as usize]);
+            }
         }
     }
     Ok(())
 }
 
+/// Lists longer than this are reduced through a register array (a roll-up
+/// gathers a coarse group's finer sketches: thousands of entries), shorter
+/// ones by sorting (a base group holds a few events).
+const SORT_UP_TO: usize = 256;
+
+/// Reduces lists of entries to registers: sorted entries, one per register
+/// index, with the highest rank. Keeps its buffers between lists.
+#[derive(Default)]
+pub(super) struct Reducer {
+    out: Vec<u32>,
+    /// Highest rank per register index, all zero between lists.
+    ranks: Vec<u8>,
+}
+
+impl Reducer {
+    /// The registers of `entries` ([`NO_ENTRY`]s skipped), ascending.
+    pub(super) fn reduce(&mut self, entries: &[u32]) -> &[u32] {
+        self.out.clear();
+        let kept = entries.iter().copied().filter(|&e| e != NO_ENTRY);
+        if entries.len() <= SORT_UP_TO {
+            self.out.extend(kept);
+            sort_reduce(&mut self.out);
+            return &self.out;
+        }
+        // One pass into the register array and one over it: linear, where
+        // sorting thousands of entries was the batch's largest sort.
+        if self.ranks.len() != REGISTERS {
+            self.ranks = vec![0; REGISTERS];
+        }
+        let mut in_range = true;
+        for e in kept.clone() {
+            match self.ranks.get_mut((e >> 8) as usize) {
+                Some(r) => *r = (*r).max((e & 0xff) as u8),
+                None => in_range = false,
+            }
+        }
+        for (k, chunk) in self.ranks.chunks_exact_mut(8).enumerate() {
+            if chunk.iter().all(|&r| r == 0) {
+                continue;
+            }
+            for (j, r) in chunk.iter_mut().enumerate() {
+                if *r > 0 {
+                    self.out.push((((k * 8 + j) as u32) << 8) | u32::from(*r));
+                    *r = 0;
+                }
+            }
+        }
+        if !in_range {
+            // No entry `entry` makes has a register index this high; such a
+            // list is reduced by sorting, as it was.
+            self.out.clear();
+            self.out.extend(kept);
+            sort_reduce(&mut self.out);
+        }
+        &self.out
+    }
+}
+
 /// Sort `entries` and keep, per register index, the highest rank.
-pub(super) fn reduce(entries: &mut Vec<u32>) {
+pub(super) fn sort_reduce(entries: &mut Vec<u32>) {
     entries.sort_unstable();
     // Sorted ascending: a later entry of the same index has a higher rank.
     let mut n = 0;
@@ -214,13 +292,32 @@ mod tests {
             }
             // Reduced in two parts, then together (as a roll-up does): the
             // same registers as all at once.
-            let mut b = entries.split_off(n / 3);
-            reduce(&mut entries);
-            reduce(&mut b);
-            entries.extend(b);
-            reduce(&mut entries);
+            let mut reducer = Reducer::default();
+            let b = entries.split_off(n / 3);
+            let mut parts = reducer.reduce(&entries).to_vec();
+            parts.extend_from_slice(reducer.reduce(&b));
+            let entries = reducer.reduce(&parts).to_vec();
             let regs: Vec<(u32, u32)> = entries.iter().map(|&e| (e >> 8, e & 0xff)).collect();
             assert_eq!(redis_bytes_of(&regs), direct.to_redis_bytes(), "{n}");
+        }
+    }
+
+    #[test]
+    fn long_and_short_lists_reduce_alike() {
+        // Either side of the switch from sorting to the register array,
+        // nulls and repeated registers in the lists: the same registers.
+        let mut reducer = Reducer::default();
+        for n in [0usize, 1, SORT_UP_TO - 1, SORT_UP_TO, SORT_UP_TO + 1, 5000] {
+            let list: Vec<u32> = (0..n)
+                .map(|i| match i % 11 {
+                    3 => NO_ENTRY,
+                    _ => entry(format!("v{n}-{}", i % 97).as_bytes()),
+                })
+                .collect();
+            let mut sorted: Vec<u32> = list.iter().copied().filter(|&e| e != NO_ENTRY).collect();
+            sort_reduce(&mut sorted);
+            assert_eq!(reducer.reduce(&list), sorted.as_slice(), "{n}");
+            assert!(sorted.windows(2).all(|w| w[0] >> 8 < w[1] >> 8), "{n}");
         }
     }
 }

@@ -25,8 +25,27 @@ pub mod delta_log;
 
 pub use bucket::{index_of, Bucket, ALPHA, GAMMA, MAX_INDEX, MIN_MAGNITUDE};
 
-/// Two sorted (code, count) lists as one, counts of a code added.
-fn merge_sorted(a: &[(i32, u64)], b: &[(i32, u64)]) -> Vec<(i32, u64)> {
+/// A sparse store's entry: (code, count). Counts are 32 bits wide, so an
+/// entry is 8 bytes and a query that adds up hundreds of sketches reads half
+/// the bytes; a sketch whose count of one bucket passes `u32::MAX` keeps a
+/// dense run of 64-bit counts instead ([`Store::of_entries`]), so counts stay
+/// exact at any size.
+pub type Entry = (i32, u32);
+
+/// Push (code, `n`) onto `out` as entries of at most `u32::MAX` each (several
+/// of the same code when `n` is larger): how a list of 32-bit entries, such
+/// as a snapshot row held for [`QuantileSketch::add_codes`], carries any count.
+pub fn push_entry(out: &mut Vec<Entry>, code: i32, mut n: u64) {
+    while n > 0 {
+        let part = n.min(u64::from(u32::MAX));
+        out.push((code, part as u32));
+        n -= part;
+    }
+}
+
+/// Two sorted (code, count) lists as one, counts of a code added; `None`
+/// when an added count passes `u32::MAX`.
+fn merge_sorted(a: &[Entry], b: &[Entry]) -> Option<Vec<Entry>> {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
@@ -40,7 +59,7 @@ fn merge_sorted(a: &[(i32, u64)], b: &[(i32, u64)]) -> Vec<(i32, u64)> {
                 j += 1;
             }
             std::cmp::Ordering::Equal => {
-                out.push((a[i].0, a[i].1 + b[j].1));
+                out.push((a[i].0, a[i].1.checked_add(b[j].1)?));
                 i += 1;
                 j += 1;
             }
@@ -48,7 +67,7 @@ fn merge_sorted(a: &[(i32, u64)], b: &[(i32, u64)]) -> Vec<(i32, u64)> {
     }
     out.extend_from_slice(&a[i..]);
     out.extend_from_slice(&b[j..]);
-    out
+    Some(out)
 }
 
 /// Codes of room a dense run gets on a side it grows.
@@ -58,8 +77,8 @@ const COVER_SPARE: usize = 32;
 const DENSE_AFTER: usize = 48;
 /// ...when its buckets span at most this many codes (32 KiB of counts),
 /// and at least half the codes of that span are occupied: a dense count
-/// takes 8 bytes, a sparse entry 16, so the dense run is never the larger,
-/// and a query that merges many such sketches reads fewer bytes. (A
+/// and a sparse entry both take 8 bytes, so the dense run is at most twice
+/// the list, and it merges as one array add instead of scattered ones. (A
 /// query's accumulators are made dense regardless: [`QuantileSketch::cover`].)
 const DENSE_SPAN: usize = 4096;
 
@@ -82,7 +101,7 @@ pub struct QuantileSketch {
 #[derive(Debug, Clone)]
 enum Store {
     /// (code, count > 0), codes ascending.
-    Sparse(Vec<(i32, u64)>),
+    Sparse(Vec<Entry>),
     /// `counts[k]` is the count of code `offset + k` (zeros allowed).
     Dense { offset: i32, counts: Vec<u64> },
 }
@@ -90,6 +109,31 @@ enum Store {
 impl Default for Store {
     fn default() -> Self {
         Store::Sparse(Vec::new())
+    }
+}
+
+impl Store {
+    /// A store of `entries` ((code, count > 0), codes ascending): a sorted
+    /// list when every count fits an [`Entry`], else a dense run over their
+    /// span (at most the whole code range, about 1 MiB: only a sketch with
+    /// more than `u32::MAX` values in one bucket ever needs it).
+    fn of_entries(entries: Vec<(i32, u64)>) -> Store {
+        if let Ok(narrow) = entries
+            .iter()
+            .map(|&(c, n)| u32::try_from(n).map(|n| (c, n)))
+            .collect::<Result<Vec<Entry>, _>>()
+        {
+            return Store::Sparse(narrow);
+        }
+        let (lo, hi) = match (entries.first(), entries.last()) {
+            (Some(a), Some(b)) => (a.0, b.0),
+            _ => return Store::default(),
+        };
+        let mut counts = vec![0u64; (i64::from(hi) - i64::from(lo) + 1) as usize];
+        for &(c, n) in &entries {
+            counts[(c - lo) as usize] += n;
+        }
+        Store::Dense { offset: lo, counts }
     }
 }
 
@@ -157,13 +201,35 @@ impl QuantileSketch {
                     let mut sparse = self.entries();
                     let at = sparse.partition_point(|e| e.0 < c);
                     sparse.insert(at, (c, n));
-                    self.store = Store::Sparse(sparse);
+                    self.store = Store::of_entries(sparse);
                 }
             }
             Store::Sparse(v) => {
-                match v.binary_search_by_key(&c, |e| e.0) {
-                    Ok(i) => v[i].1 += n,
-                    Err(i) => v.insert(i, (c, n)),
+                let fits = match v.binary_search_by_key(&c, |e| e.0) {
+                    Ok(i) => match u32::try_from(u64::from(v[i].1) + n) {
+                        Ok(sum) => {
+                            v[i].1 = sum;
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    Err(i) => match u32::try_from(n) {
+                        Ok(n) => {
+                            v.insert(i, (c, n));
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                };
+                if !fits {
+                    // A count past 32 bits: held in 64-bit counts.
+                    let mut wide = self.entries();
+                    match wide.binary_search_by_key(&c, |e| e.0) {
+                        Ok(i) => wide[i].1 += n,
+                        Err(i) => wide.insert(i, (c, n)),
+                    }
+                    self.store = Store::of_entries(wide);
+                    return;
                 }
                 if v.len() > DENSE_AFTER {
                     self.densify();
@@ -173,10 +239,11 @@ impl QuantileSketch {
     }
 
     /// Add a row of (code, count) entries, codes ascending (a snapshot
-    /// row; codes of no bucket are ignored): the store is made one dense
-    /// run covering the row's span once, then each entry is one array add.
-    /// The span is read off the row's ends, not found by a pass over it.
-    pub fn add_codes(&mut self, entries: &[(i32, u64)]) {
+    /// row, as [`push_entry`] lays it out: a code may repeat; codes of no
+    /// bucket are ignored): the store is made one dense run covering the
+    /// row's span once, then each entry is one array add. The span is read
+    /// off the row's ends, not found by a pass over it.
+    pub fn add_codes(&mut self, entries: &[Entry]) {
         let limit = 2 * MAX_INDEX + 1;
         debug_assert!(entries.is_sorted_by_key(|e| e.0), "codes ascending");
         // Code 0 (the zero bucket) is kept beside the store: not its span.
@@ -188,7 +255,9 @@ impl QuantileSketch {
                 _ => true,
             };
         if !covered {
-            entries.iter().for_each(|&(c, n)| self.add_code(c, n));
+            entries
+                .iter()
+                .for_each(|&(c, n)| self.add_code(c, u64::from(n)));
             return;
         }
         let QuantileSketch {
@@ -204,6 +273,7 @@ impl QuantileSketch {
         };
         let (mut added, mut zero) = (0u64, 0u64);
         for &(c, n) in entries {
+            let n = u64::from(n);
             added += n;
             if c == 0 {
                 zero += n;
@@ -229,7 +299,7 @@ impl QuantileSketch {
         }
         let mut counts = vec![0u64; span];
         for &(c, n) in v {
-            counts[(c - lo) as usize] += n;
+            counts[(c - lo) as usize] += u64::from(n);
         }
         self.store = Store::Dense { offset: lo, counts };
     }
@@ -257,10 +327,18 @@ impl QuantileSketch {
         let stored = other.total - other.zeros;
         match (&mut self.store, &other.store) {
             (Store::Sparse(mine), Store::Sparse(theirs)) => {
-                *mine = merge_sorted(mine, theirs);
-                self.total += stored;
-                if mine.len() > DENSE_AFTER {
-                    self.densify();
+                match merge_sorted(mine, theirs) {
+                    Some(merged) => {
+                        *mine = merged;
+                        self.total += stored;
+                        if mine.len() > DENSE_AFTER {
+                            self.densify();
+                        }
+                    }
+                    // A count past 32 bits: one bucket at a time.
+                    None => theirs
+                        .iter()
+                        .for_each(|&(c, n)| self.add_code(c, u64::from(n))),
                 }
             }
             (Store::Dense { .. }, Store::Sparse(theirs)) => {
@@ -272,13 +350,15 @@ impl QuantileSketch {
                     if let Store::Dense { offset, counts } = &mut self.store {
                         let (at, counts) = (*offset, counts.as_mut_slice());
                         for &(c, n) in theirs {
-                            counts[(c - at) as usize] += n;
+                            counts[(c - at) as usize] += u64::from(n);
                         }
                         self.total += stored;
                         return;
                     }
                 }
-                theirs.iter().for_each(|&(c, n)| self.add_code(c, n));
+                theirs
+                    .iter()
+                    .for_each(|&(c, n)| self.add_code(c, u64::from(n)));
             }
             (_, Store::Dense { offset, counts }) => {
                 // Its occupied part: the scans stop at the first count from
@@ -358,7 +438,7 @@ impl QuantileSketch {
             }
             Store::Sparse(v) => {
                 for &(c, n) in v {
-                    counts[(c - new_lo) as usize] += n;
+                    counts[(c - new_lo) as usize] += u64::from(n);
                 }
             }
         }
@@ -382,7 +462,7 @@ impl QuantileSketch {
         self.total = left.iter().map(|e| e.1).sum();
         self.zeros = left.iter().find(|e| e.0 == 0).map_or(0, |e| e.1);
         left.retain(|e| e.0 != 0);
-        self.store = Store::Sparse(left);
+        self.store = Store::of_entries(left);
         if let Store::Sparse(v) = &self.store {
             if v.len() > DENSE_AFTER {
                 self.densify();
@@ -401,6 +481,52 @@ impl QuantileSketch {
         }
         self.zeros = 0;
         self.total = 0;
+    }
+
+    /// Add this sketch to `into` and leave it empty, keeping a dense run's
+    /// room as [`QuantileSketch::clear`] does: one pass over the occupied
+    /// run that adds and zeroes, where a merge and then a clear went over
+    /// it twice and zeroed its spare room as well.
+    pub fn drain_into(&mut self, into: &mut QuantileSketch) {
+        let run = match &self.store {
+            Store::Dense { offset, counts } => {
+                let first = counts.iter().position(|&n| n > 0);
+                let last = counts.iter().rposition(|&n| n > 0);
+                first.zip(last).map(|(f, l)| (f, l, *offset + f as i32))
+            }
+            Store::Sparse(_) => None,
+        };
+        let Some((f, l, lo)) = run else {
+            into.merge(self);
+            self.clear();
+            return;
+        };
+        if into.cover(lo, lo + (l - f) as i32) {
+            if let (
+                Store::Dense {
+                    offset: at,
+                    counts: theirs,
+                },
+                Store::Dense { counts: mine, .. },
+            ) = (&mut into.store, &mut self.store)
+            {
+                let start = (lo - *at) as usize;
+                for (t, m) in theirs[start..start + (l - f) + 1]
+                    .iter_mut()
+                    .zip(&mut mine[f..=l])
+                {
+                    *t += *m;
+                    *m = 0;
+                }
+                into.zeros += self.zeros;
+                into.total += self.total;
+                self.zeros = 0;
+                self.total = 0;
+                return;
+            }
+        }
+        into.merge(self);
+        self.clear();
     }
 
     fn is_sparse(&self) -> bool {
@@ -430,11 +556,11 @@ impl QuantileSketch {
     /// The store's occupied buckets (every one but zero), codes ascending.
     fn stored(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
         let empty: &[u64] = &[];
-        let (sparse, offset, dense): (&[(i32, u64)], i32, &[u64]) = match &self.store {
+        let (sparse, offset, dense): (&[Entry], i32, &[u64]) = match &self.store {
             Store::Sparse(v) => (v.as_slice(), 0, empty),
             Store::Dense { offset, counts } => (&[], *offset, counts.as_slice()),
         };
-        sparse.iter().copied().chain(
+        sparse.iter().map(|&(c, n)| (c, u64::from(n))).chain(
             dense
                 .iter()
                 .enumerate()
@@ -510,7 +636,7 @@ impl QuantileSketch {
             f(c, n)
         };
         let done = match &self.store {
-            Store::Sparse(v) => v.iter().any(|&(c, n)| !visit(c, n)),
+            Store::Sparse(v) => v.iter().any(|&(c, n)| !visit(c, u64::from(n))),
             Store::Dense { offset, counts } => counts
                 .iter()
                 .enumerate()
@@ -531,7 +657,7 @@ impl QuantileSketch {
             f(c, n)
         };
         let done = match &self.store {
-            Store::Sparse(v) => v.iter().rev().any(|&(c, n)| !visit(c, n)),
+            Store::Sparse(v) => v.iter().rev().any(|&(c, n)| !visit(c, u64::from(n))),
             Store::Dense { offset, counts } => counts
                 .iter()
                 .enumerate()

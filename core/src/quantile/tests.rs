@@ -121,7 +121,7 @@ proptest! {
             if i % 2 == 0 {
                 acc.merge(&sketch(part));
             } else {
-                acc.add_codes(&sketch(part).by_code().collect::<Vec<_>>());
+                acc.add_codes(&row_of(&sketch(part)));
             }
             all.extend_from_slice(part);
         }
@@ -277,15 +277,15 @@ proptest! {
     #[test]
     fn a_row_added_at_once_counts_as_its_entries_one_by_one(
         held in proptest::collection::vec(prop_oneof![Just(0.0), -1e3f64..1e5, 1e200f64..1e300], 0..300),
-        row in proptest::collection::vec((-80_000i32..80_000, 0u64..5), 0..400),
-        near in proptest::collection::vec((prop_oneof![Just(0i32), 34_000i32..35_500], 1u64..5), 0..200),
+        row in proptest::collection::vec((-80_000i32..80_000, 0u32..5), 0..400),
+        near in proptest::collection::vec((prop_oneof![Just(0i32), 34_000i32..35_500], 1u32..5), 0..200),
     ) {
-        let mut row: Vec<(i32, u64)> = row.into_iter().chain(near).collect();
+        let mut row: Vec<Entry> = row.into_iter().chain(near).collect();
         row.sort_unstable();
         let mut at_once = sketch(&held);
         at_once.add_codes(&row);
         let mut one_by_one = sketch(&held);
-        row.iter().for_each(|&(c, n)| one_by_one.add_code(c, n));
+        row.iter().for_each(|&(c, n)| one_by_one.add_code(c, u64::from(n)));
         prop_assert_eq!(at_once.count(), one_by_one.count());
         prop_assert_eq!(at_once, one_by_one);
     }
@@ -297,7 +297,7 @@ proptest! {
     /// added one by one.
     #[test]
     fn a_dense_accumulator_merges_any_sketch_as_its_values(
-        row in proptest::collection::vec((34_000i32..34_400, 1u64..5), 8..100),
+        row in proptest::collection::vec((34_000i32..34_400, 1u32..5), 8..100),
         parts in proptest::collection::vec(
             prop_oneof![
                 proptest::collection::vec(1.0f64..1e3, 0..400),
@@ -313,12 +313,98 @@ proptest! {
         let mut acc = QuantileSketch::new();
         acc.add_codes(&row);
         let mut want = QuantileSketch::new();
-        row.iter().for_each(|&(c, n)| want.add_code(c, n));
+        row.iter().for_each(|&(c, n)| want.add_code(c, u64::from(n)));
         for xs in &parts {
             acc.merge(&sketch(xs));
             xs.iter().for_each(|&x| want.add(x));
         }
         prop_assert_eq!(acc.count(), want.count());
         prop_assert_eq!(acc, want);
+    }
+}
+
+/// `s`'s buckets as a snapshot row holds them.
+fn row_of(s: &QuantileSketch) -> Vec<Entry> {
+    let mut row = Vec::new();
+    s.by_code().for_each(|(c, n)| push_entry(&mut row, c, n));
+    row
+}
+
+/// Sparse entries hold 32-bit counts; a bucket counting more stays exact
+/// whichever way it got there (one add, adds to an entry, a merge of two
+/// sorted lists, a row of split entries, a subtraction), and the sketch
+/// answers as the same counts held any other way.
+#[test]
+fn counts_past_32_bits_stay_exact() {
+    let code = |x: f64| index_of(x).map(|b| b.code()).unwrap_or_default();
+    let max = u64::from(u32::MAX);
+    let (five, neg, far) = (code(5.0), code(-2.0), code(1e6));
+    let want = vec![(neg, 1), (five, max + 7), (far, 3)];
+
+    let mut merged = QuantileSketch::new();
+    merged.add_code(five, max);
+    merged.add_code(far, 3);
+    let mut other = QuantileSketch::new();
+    other.add_code(five, 7);
+    other.add_code(neg, 1);
+    merged.merge(&other);
+    assert_eq!(merged.by_code().collect::<Vec<_>>(), want);
+    assert_eq!(merged.count(), max + 11);
+
+    let mut added = QuantileSketch::new();
+    added.add_code(neg, 1);
+    added.add_code(five, max - 1);
+    added.add_code(five, 8);
+    added.add_code(far, 3);
+    assert_eq!(added, merged);
+
+    let mut at_once = QuantileSketch::new();
+    at_once.add_code(five, max + 7);
+    at_once.add_code(far, 3);
+    at_once.add_code(neg, 1);
+    assert_eq!(at_once, merged);
+
+    let row = row_of(&merged);
+    assert_eq!(row.len(), 4, "{row:?}");
+    let mut from_row = QuantileSketch::new();
+    from_row.add_codes(&row);
+    assert_eq!(from_row, merged);
+    let mut into_dense = sketch(&(1..200).map(f64::from).collect::<Vec<_>>());
+    into_dense.merge(&merged);
+    let mut want_dense = sketch(&(1..200).map(f64::from).collect::<Vec<_>>());
+    want.iter().for_each(|&(c, n)| want_dense.add_code(c, n));
+    assert_eq!(into_dense, want_dense);
+
+    assert_eq!(merged.quantile(0.5), index_of(5.0).map(Bucket::value));
+    merged.subtract(&other);
+    assert_eq!(merged.by_code().collect::<Vec<_>>(), vec![(five, max), (far, 3)]);
+}
+
+proptest! {
+    /// A query's accumulator drained into a group's total, cell after cell:
+    /// the total gains each cell's values, and the accumulator is left
+    /// empty, adding up the next cell as a fresh sketch would.
+    #[test]
+    fn a_drained_sketch_adds_to_the_total_and_starts_empty(
+        held in proptest::collection::vec(prop_oneof![Just(0.0), -1e3f64..1e5, 1e200f64..1e300], 0..200),
+        cells in proptest::collection::vec(
+            proptest::collection::vec(prop_oneof![Just(0.0), 1.0f64..1e3, -1e4f64..1e6], 0..300),
+            1..5,
+        ),
+    ) {
+        let mut total = sketch(&held);
+        let mut want = sketch(&held);
+        let mut acc = QuantileSketch::new();
+        for xs in &cells {
+            acc.add_codes(&row_of(&sketch(xs)));
+            acc.merge(&sketch(xs));
+            acc.drain_into(&mut total);
+            prop_assert!(acc.is_empty());
+            want.merge(&sketch(xs));
+            want.merge(&sketch(xs));
+        }
+        prop_assert_eq!(&total, &want);
+        acc.merge(&sketch(&cells[0]));
+        prop_assert_eq!(acc, sketch(&cells[0]));
     }
 }

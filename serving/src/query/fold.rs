@@ -118,7 +118,7 @@ pub struct Day<'a> {
 #[derive(Debug, Clone, Copy)]
 enum Counts<'a> {
     /// A snapshot row's (bucket code, count) entries.
-    Row(&'a [(i32, u64)]),
+    Row(&'a [tally_core::quantile::Entry]),
     /// A speed cell's sketch.
     Sketch(&'a QuantileSketch),
 }
@@ -347,8 +347,8 @@ impl Fold {
                 let Agg::Quantiles(total) = &mut self.totals[og as usize][pos] else {
                     continue;
                 };
+                // Empty here: each cell drains it into its group's total.
                 let acc = &mut self.counts;
-                acc.clear();
                 for c in &quantiles[q_starts[id * width + pos]..q_starts[id * width + pos + 1]] {
                     match *c {
                         Counts::Row(entries) => acc.add_codes(entries),
@@ -356,10 +356,10 @@ impl Fold {
                     }
                 }
                 finals[pos] = Final::of_quantiles(acc, p);
-                total.merge(acc);
                 if let Some(Agg::Quantiles(k)) = kept.as_mut().and_then(|k| k.get_mut(pos)) {
                     k.clone_from(acc);
                 }
+                acc.drain_into(total);
             }
             let mut keep = |pos: usize, f: &mut dyn FnMut(&mut tally_core::hll::Hll)| {
                 if let Some(Agg::Distinct(h)) = kept.as_mut().and_then(|k| k.get_mut(pos)) {

@@ -8,7 +8,7 @@
 //! column is what it holds on the heap, for the day cache's budget.
 
 use tally_core::hll::Hll;
-use tally_core::quantile::Bucket;
+use tally_core::quantile::{push_entry, Bucket, Entry};
 
 /// One measure's values, one per row.
 #[derive(Debug)]
@@ -29,8 +29,9 @@ pub enum Column {
 #[derive(Debug, Default)]
 pub struct QuantileRows {
     /// (bucket code, count), row after row, codes ascending within a row
-    /// (codes of buckets: pushed as [`Bucket`]s).
-    entries: Vec<(i32, u64)>,
+    /// (codes of buckets: pushed as [`Bucket`]s); 8 bytes an entry, a count
+    /// past 32 bits split over entries of the same code ([`push_entry`]).
+    entries: Vec<Entry>,
     /// Row `r`'s entries are `entries[ends[r - 1]..ends[r]]`.
     ends: Vec<u32>,
 }
@@ -41,8 +42,9 @@ impl QuantileRows {
     /// row up reading its span off its ends: `QuantileSketch::add_codes`).
     pub(super) fn push(&mut self, entries: &[(Bucket, u64)]) {
         let start = self.entries.len();
-        self.entries
-            .extend(entries.iter().map(|&(b, n)| (b.code(), n)));
+        for &(b, n) in entries {
+            push_entry(&mut self.entries, b.code(), n);
+        }
         let row = &mut self.entries[start..];
         if !row.is_sorted_by_key(|e| e.0) {
             row.sort_unstable_by_key(|e| e.0);
@@ -51,7 +53,7 @@ impl QuantileRows {
     }
 
     /// Row `r`'s entries.
-    pub fn get(&self, r: usize) -> &[(i32, u64)] {
+    pub fn get(&self, r: usize) -> &[Entry] {
         let start = r.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
         &self.entries[start..self.ends[r] as usize]
     }
@@ -72,7 +74,7 @@ impl QuantileRows {
     }
 
     pub(super) fn bytes(&self) -> usize {
-        self.entries.len() * 16 + self.ends.len() * 4
+        self.entries.len() * std::mem::size_of::<Entry>() + self.ends.len() * 4
     }
 }
 

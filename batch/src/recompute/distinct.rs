@@ -156,13 +156,13 @@ fn for_each_list(lists: &ListChunked, mut f: impl FnMut(&[u32])) -> PolarsResult
             None => inner.values().as_slice(),
             Some(valid) => {
                 filled.clear();
-                filled.extend(
-                    inner
-                        .values()
-                        .iter()
-                        .zip(valid.iter())
-                        .map(|(&v, ok)| if ok { v } else { NO_ENTRY }),
-                );
+                filled.extend(inner.values().iter().zip(valid.iter()).map(|(&v, ok)| {
+                    if ok {
+                        v
+                    } else {
+                        NO_ENTRY
+                    }
+                }));
                 &filled
             }
         };

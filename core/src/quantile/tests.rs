@@ -377,7 +377,10 @@ fn counts_past_32_bits_stay_exact() {
 
     assert_eq!(merged.quantile(0.5), index_of(5.0).map(Bucket::value));
     merged.subtract(&other);
-    assert_eq!(merged.by_code().collect::<Vec<_>>(), vec![(five, max), (far, 3)]);
+    assert_eq!(
+        merged.by_code().collect::<Vec<_>>(),
+        vec![(five, max), (far, 3)]
+    );
 }
 
 proptest! {

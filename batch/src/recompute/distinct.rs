@@ -186,7 +186,7 @@ const SORT_UP_TO: usize = 256;
 /// Reduces lists of entries to registers: sorted entries, one per register
 /// index, with the highest rank. Keeps its buffers between lists.
 #[derive(Default)]
-pub(super) struct Reducer {
+struct Reducer {
     out: Vec<u32>,
     /// Highest rank per register index, all zero between lists.
     ranks: Vec<u8>,
@@ -194,7 +194,7 @@ pub(super) struct Reducer {
 
 impl Reducer {
     /// The registers of `entries` ([`NO_ENTRY`]s skipped), ascending.
-    pub(super) fn reduce(&mut self, entries: &[u32]) -> &[u32] {
+    fn reduce(&mut self, entries: &[u32]) -> &[u32] {
         self.out.clear();
         let kept = entries.iter().copied().filter(|&e| e != NO_ENTRY);
         if entries.len() <= SORT_UP_TO {
@@ -237,7 +237,7 @@ impl Reducer {
 }
 
 /// Sort `entries` and keep, per register index, the highest rank.
-pub(super) fn sort_reduce(entries: &mut Vec<u32>) {
+fn sort_reduce(entries: &mut Vec<u32>) {
     entries.sort_unstable();
     // Sorted ascending: a later entry of the same index has a higher rank.
     let mut n = 0;

@@ -18,11 +18,13 @@ use std::fmt;
 mod encoding;
 mod estimate;
 mod hash;
+mod sliding;
 mod union;
 
 pub use encoding::redis_bytes_of;
 pub use estimate::count_registers;
 pub use hash::{murmurhash64a, pattern};
+pub use sliding::Sliding;
 pub use union::Union;
 
 use encoding::{dense_get, dense_set, header, sparse_of};
@@ -165,6 +167,16 @@ impl Hll {
                     }
                 }
             }
+        }
+    }
+
+    /// The value of register `index` (0 when not set).
+    fn register(&self, index: usize) -> u8 {
+        match &self.repr {
+            Repr::Sparse(entries) => entries
+                .binary_search_by_key(&(index as u32), |e| e >> 8)
+                .map_or(0, |at| entries[at] as u8),
+            Repr::Dense(regs) => regs.get(index).copied().unwrap_or(0),
         }
     }
 

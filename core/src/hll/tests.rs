@@ -260,3 +260,63 @@ fn the_estimate_equals_redis_full_loop_over_every_rank() {
         0
     );
 }
+
+/// A sketch of the given (register, value) pairs, sparse or dense: few
+/// registers, so that a window's sketches collide and tie.
+fn of_pairs(pairs: &[(u16, u8)], dense: bool) -> Hll {
+    let mut h = Hll::new();
+    for &(i, v) in pairs {
+        h.set_max(i as usize, v);
+    }
+    if dense {
+        h.make_dense();
+    }
+    h
+}
+
+proptest::proptest! {
+    /// Sketches enter and leave in window order, in any rhythm (a window
+    /// that grows, slides, empties, jumps a gap): after every move the
+    /// sliding union holds the registers, and gives the estimate, of
+    /// merging the sketches inside.
+    #[test]
+    fn a_sliding_union_is_the_union_of_the_sketches_inside(
+        sketches in proptest::collection::vec(
+            (
+                proptest::collection::vec(
+                    (
+                        proptest::prop_oneof![0u16..40, 0u16..REGISTERS as u16],
+                        proptest::prop_oneof![1u8..6, 1u8..52],
+                    ),
+                    0..40,
+                ),
+                proptest::bool::weighted(0.2),
+            ),
+            1..20,
+        ),
+        moves in proptest::collection::vec(proptest::bool::weighted(0.6), 0..50),
+    ) {
+        let sketches: Vec<Hll> = sketches.iter().map(|(p, d)| of_pairs(p, *d)).collect();
+        let mut s = Sliding::default();
+        let (mut lo, mut hi) = (0, 0);
+        // Then everything leaves.
+        let drain = std::iter::repeat_n(false, sketches.len());
+        for enter in moves.into_iter().chain(drain) {
+            if enter && hi < sketches.len() {
+                s.enter(&sketches[hi]);
+                hi += 1;
+            } else if !enter && lo < hi {
+                s.leave(&sketches[lo], sketches[lo + 1..hi].iter());
+                lo += 1;
+            }
+            let mut merged = Hll::new();
+            for h in &sketches[lo..hi] {
+                merged.merge(h);
+            }
+            proptest::prop_assert_eq!(s.registers(), merged.registers());
+            proptest::prop_assert_eq!(s.count(), merged.count());
+            proptest::prop_assert_eq!(s.is_empty(), merged.is_empty());
+        }
+        proptest::prop_assert!(s.is_empty());
+    }
+}

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tally_core::agg::{Agg, AggKind};
-use tally_core::hll::{count_registers, Union};
+use tally_core::hll::{count_registers, Sliding, Union};
 use tally_core::quantile::QuantileSketch;
 use tally_core::view::ViewDef;
 
@@ -439,8 +439,12 @@ impl Fold {
         }
         let p: &Percentiles = &self.q.percentiles;
         if let Some(w) = &self.window {
+            let mut sliding: Vec<Sliding> = (self.kinds.iter())
+                .filter(|&&k| k == AggKind::Distinct)
+                .map(|_| Sliding::default())
+                .collect();
             for (points, cells) in self.points.iter_mut().zip(&self.cells) {
-                *points = w.points(cells, &self.kinds, &mut self.union, p);
+                *points = w.points(cells, &self.kinds, &mut sliding, p);
             }
         }
         Folded {

@@ -12,15 +12,26 @@
 //! window holds something; a window with every measure at its identity is
 //! not shown, as an empty bucket is not.
 //!
+//! A distinct measure's window slides instead ([`Sliding`]): each cell's
+//! sketch enters the union once and leaves it once, and a point's estimate
+//! is read off a histogram kept as the union changes. A point costs the
+//! registers of the cells that move, where re-unioning its window cost the
+//! registers of every cell in it and a count over their union.
+//!
 //! Guarantee: a point equals the fold of the events whose base bucket is in
 //! its window, whichever layer or level they were read from (the monoid),
-//! and costs at most `window / g` cell merges per measure.
+//! and costs at most `window / g` cell merges per measure that is not
+//! distinct.
 
 use tally_core::agg::{Agg, AggKind};
-use tally_core::hll::Union;
+use tally_core::hll::{Hll, Sliding};
 
-use super::parse::Query;
+use super::parse::{Query, MAX_WINDOW_BUCKETS};
 use crate::dto::{Final, Percentiles};
+
+// A window's cells are distinct buckets of the query's granularity: no more
+// of them than a sliding union can count.
+const _: () = assert!(MAX_WINDOW_BUCKETS as usize <= Sliding::MAX_SKETCHES);
 
 /// Which points a windowed query shows, and its window.
 #[derive(Debug, Clone, Copy)]
@@ -47,22 +58,47 @@ impl Window {
     }
 
     /// The points of one group from its closed cells (in time order).
+    /// `sliding` holds an empty [`Sliding`] per distinct measure (in the
+    /// order of `kinds`), and is left empty.
     pub fn points(
         &self,
         cells: &[(i64, Box<[Agg]>)],
         kinds: &[AggKind],
-        union: &mut Union,
+        sliding: &mut [Sliding],
         p: &Percentiles,
     ) -> Vec<(i64, Box<[Final]>)> {
+        let distinct: Vec<usize> = (0..kinds.len())
+            .filter(|&pos| kinds[pos] == AggKind::Distinct)
+            .collect();
+        // The oldest cell inside, cells[lo], leaves the sliding unions.
+        let leave = |sliding: &mut [Sliding], lo: usize, hi: usize| {
+            for (s, &pos) in sliding.iter_mut().zip(&distinct) {
+                if let Some(h) = sketch(&cells[lo], pos) {
+                    s.leave(h, cells[lo + 1..hi].iter().filter_map(|c| sketch(c, pos)));
+                }
+            }
+        };
         let mut out = Vec::new();
         // Cells in the window of `t` are cells[lo..hi].
         let (mut lo, mut hi) = (0, 0);
         let mut t = self.first;
         while t <= self.last {
+            // Cells out of the window leave before new ones enter: the
+            // unions never hold more than a window's cells.
+            while lo < hi && cells[lo].0 <= t - self.ms {
+                leave(sliding, lo, hi);
+                lo += 1;
+            }
             while hi < cells.len() && cells[hi].0 <= t {
+                for (s, &pos) in sliding.iter_mut().zip(&distinct) {
+                    if let Some(h) = sketch(&cells[hi], pos) {
+                        s.enter(h);
+                    }
+                }
                 hi += 1;
             }
             while lo < hi && cells[lo].0 <= t - self.ms {
+                leave(sliding, lo, hi);
                 lo += 1;
             }
             if lo == hi {
@@ -76,35 +112,44 @@ impl Window {
                     None => break,
                 }
             }
-            let finals = merge(&cells[lo..hi], kinds, union, p);
+            let finals = merge(&cells[lo..hi], kinds, sliding, p);
             if !finals.iter().all(Final::is_nothing) {
                 out.push((t, finals));
             }
             t += self.g;
         }
+        // Empty for the next group.
+        while lo < hi {
+            leave(sliding, lo, hi);
+            lo += 1;
+        }
         out
     }
 }
 
-/// The final values of the cells of one window merged.
+/// A cell's sketch of the distinct measure at `pos`.
+fn sketch(cell: &(i64, Box<[Agg]>), pos: usize) -> Option<&Hll> {
+    match &cell.1[pos] {
+        Agg::Distinct(h) => Some(h),
+        _ => None,
+    }
+}
+
+/// The final values of the cells of one window merged; a distinct measure's
+/// union is its sliding union's.
 fn merge(
     cells: &[(i64, Box<[Agg]>)],
     kinds: &[AggKind],
-    union: &mut Union,
+    sliding: &[Sliding],
     p: &Percentiles,
 ) -> Box<[Final]> {
+    let mut unions = sliding.iter();
     kinds
         .iter()
         .enumerate()
         .map(|(pos, &kind)| {
             if kind == AggKind::Distinct {
-                union.clear();
-                for (_, aggs) in cells {
-                    if let Agg::Distinct(h) = &aggs[pos] {
-                        union.add(h);
-                    }
-                }
-                return Final::Distinct(union.count());
+                return Final::Distinct(unions.next().map_or(0, Sliding::count));
             }
             let mut acc = Agg::empty(kind);
             for (_, aggs) in cells {
@@ -136,12 +181,7 @@ mod tests {
         // Cells before the first point count in its window.
         let cells = vec![(8 * M, count(1)), (10 * M, count(2)), (20 * M, count(5))];
         let got: Vec<(i64, u64)> = w
-            .points(
-                &cells,
-                &[AggKind::Count],
-                &mut Union::default(),
-                &Percentiles::default(),
-            )
+            .points(&cells, &[AggKind::Count], &mut [], &Percentiles::default())
             .into_iter()
             .map(|(t, f)| match f[0] {
                 Final::Count(c) => (t / M, c),

@@ -193,4 +193,62 @@ mod tests {
             vec![(10, 3), (11, 2), (12, 2), (20, 5), (21, 5), (22, 5)]
         );
     }
+
+    /// A sketch of users `range`.
+    fn users(range: std::ops::Range<u32>) -> Hll {
+        let mut h = Hll::new();
+        for u in range {
+            h.add(format!("user_{u}").as_bytes());
+        }
+        h
+    }
+
+    #[test]
+    fn distinct_points_count_the_union_of_their_window_group_after_group() {
+        let w = Window {
+            ms: 3 * M,
+            g: M,
+            first: 10 * M,
+            last: 30 * M,
+        };
+        let kinds = [AggKind::Count, AggKind::Distinct];
+        let cell = |t: i64, r: std::ops::Range<u32>| -> (i64, Box<[Agg]>) {
+            (t * M, vec![Agg::Count(1), Agg::Distinct(users(r))].into())
+        };
+        // Overlapping users (shared registers, equal and unequal), a gap
+        // that empties the window, and a dense cell (2,000 users).
+        let groups = [
+            vec![
+                cell(8, 0..300),
+                cell(10, 200..500),
+                cell(11, 250..260),
+                cell(12, 1_000..3_000),
+                cell(20, 100..150),
+                cell(22, 140..400),
+            ],
+            vec![cell(10, 5_000..5_010), cell(13, 0..40)],
+        ];
+        // One sliding union for every group, as the fold passes it.
+        let mut sliding = [Sliding::default()];
+        for cells in &groups {
+            let got = w.points(cells, &kinds, &mut sliding, &Percentiles::default());
+            assert!(!got.is_empty());
+            for (t, finals) in got {
+                let mut want = Hll::new();
+                for (_, aggs) in cells.iter().filter(|(c, _)| *c <= t && *c > t - w.ms) {
+                    if let Agg::Distinct(h) = &aggs[1] {
+                        want.merge(h);
+                    }
+                }
+                assert!(
+                    matches!(finals[1], Final::Distinct(n) if n == want.count()),
+                    "point {}: {:?} vs {}",
+                    t / M,
+                    finals[1],
+                    want.count()
+                );
+            }
+            assert!(sliding[0].is_empty(), "the union is left empty");
+        }
+    }
 }

@@ -97,6 +97,7 @@ impl Window {
                 }
                 hi += 1;
             }
+            // None, unless a cell entered already out of the window.
             while lo < hi && cells[lo].0 <= t - self.ms {
                 leave(sliding, lo, hi);
                 lo += 1;

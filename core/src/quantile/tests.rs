@@ -411,3 +411,40 @@ proptest! {
         prop_assert_eq!(acc, sketch(&cells[0]));
     }
 }
+
+proptest! {
+    /// A rolling window's running sum: sketches (sparse and dense, zeros
+    /// among the values) are added as they enter and taken back as they
+    /// leave, in window order; after every move it is the sketch of the
+    /// values inside.
+    #[test]
+    fn a_running_sum_takes_back_what_leaves(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                // Latencies over three decades (a dense run), or values of
+                // either sign over ten (a sparse list).
+                proptest::collection::vec(prop_oneof![Just(0.0), 1.0f64..1e3], 0..400),
+                proptest::collection::vec(prop_oneof![Just(0.0), 1.0f64..1e3, -1e4f64..1e6], 0..400),
+            ],
+            1..8,
+        ),
+        width in 1usize..4,
+    ) {
+        let sketches: Vec<QuantileSketch> = parts.iter().map(|p| sketch(p)).collect();
+        let mut running = QuantileSketch::new();
+        for hi in 0..sketches.len() + width {
+            if hi < sketches.len() {
+                running.merge(&sketches[hi]);
+            }
+            if let Some(out) = (hi + 1).checked_sub(width + 1) {
+                if out < sketches.len() {
+                    running.subtract(&sketches[out]);
+                }
+            }
+            let lo = (hi + 1).saturating_sub(width);
+            let inside: Vec<f64> = parts[lo.min(parts.len())..(hi + 1).min(parts.len())].concat();
+            prop_assert_eq!(&running, &sketch(&inside), "after {}", hi);
+        }
+        prop_assert!(running.is_empty());
+    }
+}

@@ -12,19 +12,21 @@
 //! window holds something; a window with every measure at its identity is
 //! not shown, as an empty bucket is not.
 //!
-//! A distinct measure's window slides instead ([`Sliding`]): each cell's
-//! sketch enters the union once and leaves it once, and a point's estimate
-//! is read off a histogram kept as the union changes. A point costs the
-//! registers of the cells that move, where re-unioning its window cost the
-//! registers of every cell in it and a count over their union.
+//! Sketch measures slide instead: a distinct measure's window is a
+//! [`Sliding`] union (each cell's sketch enters once and leaves once, and a
+//! point's estimate is read off a histogram kept as the union changes), a
+//! quantile measure's a running sum of the cells' sketches (a cell's counts
+//! are added as it enters and taken back as it leaves: counts subtract
+//! exactly). A point costs the sketches of the cells that move, where
+//! re-merging its window cost every cell in it.
 //!
 //! Guarantee: a point equals the fold of the events whose base bucket is in
 //! its window, whichever layer or level they were read from (the monoid),
-//! and costs at most `window / g` cell merges per measure that is not
-//! distinct.
+//! and costs at most `window / g` cell merges per scalar measure.
 
 use tally_core::agg::{Agg, AggKind};
 use tally_core::hll::{Hll, Sliding};
+use tally_core::quantile::QuantileSketch;
 
 use super::parse::{Query, MAX_WINDOW_BUCKETS};
 use crate::dto::{Final, Percentiles};
@@ -67,14 +69,22 @@ impl Window {
         sliding: &mut [Sliding],
         p: &Percentiles,
     ) -> Vec<(i64, Box<[Final]>)> {
-        let distinct: Vec<usize> = (0..kinds.len())
-            .filter(|&pos| kinds[pos] == AggKind::Distinct)
-            .collect();
-        // The oldest cell inside, cells[lo], leaves the sliding unions.
-        let leave = |sliding: &mut [Sliding], lo: usize, hi: usize| {
+        let of_kind =
+            |kind| -> Vec<usize> { (0..kinds.len()).filter(|&pos| kinds[pos] == kind).collect() };
+        let (distinct, quantiles) = (of_kind(AggKind::Distinct), of_kind(AggKind::Quantiles));
+        // Per quantile measure, the sum of the cells inside.
+        let mut sums = vec![QuantileSketch::new(); quantiles.len()];
+        // The oldest cell inside, cells[lo], leaves the sliding unions and
+        // the sums.
+        let leave = |sliding: &mut [Sliding], sums: &mut [QuantileSketch], lo: usize, hi: usize| {
             for (s, &pos) in sliding.iter_mut().zip(&distinct) {
                 if let Some(h) = sketch(&cells[lo], pos) {
                     s.leave(h, cells[lo + 1..hi].iter().filter_map(|c| sketch(c, pos)));
+                }
+            }
+            for (sum, &pos) in sums.iter_mut().zip(&quantiles) {
+                if let Agg::Quantiles(q) = &cells[lo].1[pos] {
+                    sum.subtract(q);
                 }
             }
         };
@@ -86,7 +96,7 @@ impl Window {
             // Cells out of the window leave before new ones enter: the
             // unions never hold more than a window's cells.
             while lo < hi && cells[lo].0 <= t - self.ms {
-                leave(sliding, lo, hi);
+                leave(sliding, &mut sums, lo, hi);
                 lo += 1;
             }
             while hi < cells.len() && cells[hi].0 <= t {
@@ -95,11 +105,16 @@ impl Window {
                         s.enter(h);
                     }
                 }
+                for (sum, &pos) in sums.iter_mut().zip(&quantiles) {
+                    if let Agg::Quantiles(q) = &cells[hi].1[pos] {
+                        sum.merge(q);
+                    }
+                }
                 hi += 1;
             }
             // None, unless a cell entered already out of the window.
             while lo < hi && cells[lo].0 <= t - self.ms {
-                leave(sliding, lo, hi);
+                leave(sliding, &mut sums, lo, hi);
                 lo += 1;
             }
             if lo == hi {
@@ -113,7 +128,7 @@ impl Window {
                     None => break,
                 }
             }
-            let finals = merge(&cells[lo..hi], kinds, sliding, p);
+            let finals = merge(&cells[lo..hi], kinds, sliding, &sums, p);
             if !finals.iter().all(Final::is_nothing) {
                 out.push((t, finals));
             }
@@ -121,7 +136,7 @@ impl Window {
         }
         // Empty for the next group.
         while lo < hi {
-            leave(sliding, lo, hi);
+            leave(sliding, &mut sums, lo, hi);
             lo += 1;
         }
         out
@@ -136,21 +151,28 @@ fn sketch(cell: &(i64, Box<[Agg]>), pos: usize) -> Option<&Hll> {
     }
 }
 
-/// The final values of the cells of one window merged; a distinct measure's
-/// union is its sliding union's.
+/// The final values of the cells of one window merged; a distinct
+/// measure's union is its sliding union's, a quantile measure's sketch its
+/// running sum.
 fn merge(
     cells: &[(i64, Box<[Agg]>)],
     kinds: &[AggKind],
     sliding: &[Sliding],
+    sums: &[QuantileSketch],
     p: &Percentiles,
 ) -> Box<[Final]> {
-    let mut unions = sliding.iter();
+    let (mut unions, mut sums) = (sliding.iter(), sums.iter());
     kinds
         .iter()
         .enumerate()
         .map(|(pos, &kind)| {
             if kind == AggKind::Distinct {
                 return Final::Distinct(unions.next().map_or(0, Sliding::count));
+            }
+            if kind == AggKind::Quantiles {
+                if let Some(sum) = sums.next() {
+                    return Final::of_quantiles(sum, p);
+                }
             }
             let mut acc = Agg::empty(kind);
             for (_, aggs) in cells {

@@ -41,7 +41,7 @@ use tally_core::quantile::QuantileSketch;
 use tally_core::view::ViewDef;
 
 use super::parse::{Col, Query};
-use super::window::Window;
+use super::window::{Cell, Window};
 use crate::dto::{Final, Percentiles};
 use crate::group::Group;
 use crate::lookup::Table;
@@ -89,7 +89,7 @@ pub struct Fold {
     /// With a rolling window: which points to make, and per output group
     /// its closed cells' aggregates in time order.
     window: Option<Window>,
-    cells: Vec<Vec<(i64, Box<[Agg]>)>>,
+    cells: Vec<Vec<Cell>>,
     /// Per `[[lookup]]`, the table version this answer maps through.
     tables: Vec<Arc<Table>>,
 }

@@ -64,30 +64,12 @@ impl Window {
     /// order of `kinds`), and is left empty.
     pub fn points(
         &self,
-        cells: &[(i64, Box<[Agg]>)],
+        cells: &[Cell],
         kinds: &[AggKind],
         sliding: &mut [Sliding],
         p: &Percentiles,
     ) -> Vec<(i64, Box<[Final]>)> {
-        let of_kind =
-            |kind| -> Vec<usize> { (0..kinds.len()).filter(|&pos| kinds[pos] == kind).collect() };
-        let (distinct, quantiles) = (of_kind(AggKind::Distinct), of_kind(AggKind::Quantiles));
-        // Per quantile measure, the sum of the cells inside.
-        let mut sums = vec![QuantileSketch::new(); quantiles.len()];
-        // The oldest cell inside, cells[lo], leaves the sliding unions and
-        // the sums.
-        let leave = |sliding: &mut [Sliding], sums: &mut [QuantileSketch], lo: usize, hi: usize| {
-            for (s, &pos) in sliding.iter_mut().zip(&distinct) {
-                if let Some(h) = sketch(&cells[lo], pos) {
-                    s.leave(h, cells[lo + 1..hi].iter().filter_map(|c| sketch(c, pos)));
-                }
-            }
-            for (sum, &pos) in sums.iter_mut().zip(&quantiles) {
-                if let Agg::Quantiles(q) = &cells[lo].1[pos] {
-                    sum.subtract(q);
-                }
-            }
-        };
+        let mut inside = Inside::new(kinds, sliding);
         let mut out = Vec::new();
         // Cells in the window of `t` are cells[lo..hi].
         let (mut lo, mut hi) = (0, 0);
@@ -96,25 +78,16 @@ impl Window {
             // Cells out of the window leave before new ones enter: the
             // unions never hold more than a window's cells.
             while lo < hi && cells[lo].0 <= t - self.ms {
-                leave(sliding, &mut sums, lo, hi);
+                inside.leave(&cells[lo], &cells[lo + 1..hi]);
                 lo += 1;
             }
             while hi < cells.len() && cells[hi].0 <= t {
-                for (s, &pos) in sliding.iter_mut().zip(&distinct) {
-                    if let Some(h) = sketch(&cells[hi], pos) {
-                        s.enter(h);
-                    }
-                }
-                for (sum, &pos) in sums.iter_mut().zip(&quantiles) {
-                    if let Agg::Quantiles(q) = &cells[hi].1[pos] {
-                        sum.merge(q);
-                    }
-                }
+                inside.enter(&cells[hi]);
                 hi += 1;
             }
             // None, unless a cell entered already out of the window.
             while lo < hi && cells[lo].0 <= t - self.ms {
-                leave(sliding, &mut sums, lo, hi);
+                inside.leave(&cells[lo], &cells[lo + 1..hi]);
                 lo += 1;
             }
             if lo == hi {
@@ -128,7 +101,7 @@ impl Window {
                     None => break,
                 }
             }
-            let finals = merge(&cells[lo..hi], kinds, sliding, &sums, p);
+            let finals = inside.finals(&cells[lo..hi], p);
             if !finals.iter().all(Final::is_nothing) {
                 out.push((t, finals));
             }
@@ -136,51 +109,100 @@ impl Window {
         }
         // Empty for the next group.
         while lo < hi {
-            leave(sliding, &mut sums, lo, hi);
+            inside.leave(&cells[lo], &cells[lo + 1..hi]);
             lo += 1;
         }
         out
     }
 }
 
+/// A closed cell: its output bucket and its aggregates.
+pub type Cell = (i64, Box<[Agg]>);
+
+/// The sketch measures of the cells inside a window as it moves over one
+/// group: per distinct measure a sliding union, per quantile measure a
+/// running sum.
+struct Inside<'a> {
+    kinds: &'a [AggKind],
+    distinct: Vec<usize>,
+    sliding: &'a mut [Sliding],
+    quantiles: Vec<usize>,
+    sums: Vec<QuantileSketch>,
+}
+
+impl<'a> Inside<'a> {
+    fn new(kinds: &'a [AggKind], sliding: &'a mut [Sliding]) -> Self {
+        let of_kind =
+            |kind| -> Vec<usize> { (0..kinds.len()).filter(|&pos| kinds[pos] == kind).collect() };
+        let quantiles = of_kind(AggKind::Quantiles);
+        Inside {
+            kinds,
+            distinct: of_kind(AggKind::Distinct),
+            sliding,
+            sums: vec![QuantileSketch::new(); quantiles.len()],
+            quantiles,
+        }
+    }
+
+    fn enter(&mut self, cell: &Cell) {
+        for (s, &pos) in self.sliding.iter_mut().zip(&self.distinct) {
+            if let Some(h) = sketch(cell, pos) {
+                s.enter(h);
+            }
+        }
+        for (sum, &pos) in self.sums.iter_mut().zip(&self.quantiles) {
+            if let Agg::Quantiles(q) = &cell.1[pos] {
+                sum.merge(q);
+            }
+        }
+    }
+
+    /// The oldest cell inside leaves; `rest` are the cells still inside.
+    fn leave(&mut self, cell: &Cell, rest: &[Cell]) {
+        for (s, &pos) in self.sliding.iter_mut().zip(&self.distinct) {
+            if let Some(h) = sketch(cell, pos) {
+                s.leave(h, rest.iter().filter_map(|c| sketch(c, pos)));
+            }
+        }
+        for (sum, &pos) in self.sums.iter_mut().zip(&self.quantiles) {
+            if let Agg::Quantiles(q) = &cell.1[pos] {
+                sum.subtract(q);
+            }
+        }
+    }
+
+    /// The final values of the window (whose cells are `cells`): scalar
+    /// measures merged from the cells, sketch measures from the union or
+    /// sum kept as it moved.
+    fn finals(&self, cells: &[Cell], p: &Percentiles) -> Box<[Final]> {
+        let (mut unions, mut sums) = (self.sliding.iter(), self.sums.iter());
+        self.kinds
+            .iter()
+            .enumerate()
+            .map(|(pos, &kind)| match kind {
+                AggKind::Distinct => Final::Distinct(unions.next().map_or(0, Sliding::count)),
+                AggKind::Quantiles => match sums.next() {
+                    Some(sum) => Final::of_quantiles(sum, p),
+                    None => Final::of(&Agg::empty(kind), p),
+                },
+                _ => {
+                    let mut acc = Agg::empty(kind);
+                    for (_, aggs) in cells {
+                        acc.merge(&aggs[pos]);
+                    }
+                    Final::of(&acc, p)
+                }
+            })
+            .collect()
+    }
+}
+
 /// A cell's sketch of the distinct measure at `pos`.
-fn sketch(cell: &(i64, Box<[Agg]>), pos: usize) -> Option<&Hll> {
+fn sketch(cell: &Cell, pos: usize) -> Option<&Hll> {
     match &cell.1[pos] {
         Agg::Distinct(h) => Some(h),
         _ => None,
     }
-}
-
-/// The final values of the cells of one window merged; a distinct
-/// measure's union is its sliding union's, a quantile measure's sketch its
-/// running sum.
-fn merge(
-    cells: &[(i64, Box<[Agg]>)],
-    kinds: &[AggKind],
-    sliding: &[Sliding],
-    sums: &[QuantileSketch],
-    p: &Percentiles,
-) -> Box<[Final]> {
-    let (mut unions, mut sums) = (sliding.iter(), sums.iter());
-    kinds
-        .iter()
-        .enumerate()
-        .map(|(pos, &kind)| {
-            if kind == AggKind::Distinct {
-                return Final::Distinct(unions.next().map_or(0, Sliding::count));
-            }
-            if kind == AggKind::Quantiles {
-                if let Some(sum) = sums.next() {
-                    return Final::of_quantiles(sum, p);
-                }
-            }
-            let mut acc = Agg::empty(kind);
-            for (_, aggs) in cells {
-                acc.merge(&aggs[pos]);
-            }
-            Final::of(&acc, p)
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -20,12 +20,25 @@ impl QuantileSketch {
             return out;
         }
         // (rank, position in `qs`), in rank order.
-        let mut ranks: Vec<(u64, usize)> = qs
+        // The asked ranks, sorted: on the stack for the usual few (a
+        // serving answer asks for them once per cell).
+        let asked = qs
             .iter()
             .enumerate()
             .filter(|(_, q)| (0.0..=1.0).contains(*q))
-            .map(|(i, q)| ((q * (n - 1) as f64).floor() as u64, i))
-            .collect();
+            .map(|(i, q)| ((q * (n - 1) as f64).floor() as u64, i));
+        let (mut few, mut many) = ([(0u64, 0usize); 8], Vec::new());
+        let ranks: &mut [(u64, usize)] = if qs.len() <= few.len() {
+            let mut k = 0;
+            for (slot, r) in few.iter_mut().zip(asked) {
+                *slot = r;
+                k += 1;
+            }
+            &mut few[..k]
+        } else {
+            many.extend(asked);
+            &mut many
+        };
         ranks.sort_unstable();
         if ranks.first().is_some_and(|&(rank, _)| rank >= n / 2) {
             // High percentiles (p90, p99): from the top, a few buckets.

@@ -337,7 +337,13 @@ impl Fold {
         cells.sort_unstable_by_key(|&((ob, og), _)| (og, ob));
         for ((ob, og), cell) in cells {
             let p = &self.q.percentiles;
-            let mut finals: Box<[Final]> = cell.aggs.iter().map(|a| Final::of(a, p)).collect();
+            let mut finals: Box<[Final]> = (cell.aggs.iter())
+                .map(|a| match a {
+                    // Set below from the cell's inputs: not answered twice.
+                    Agg::Quantiles(_) => Final::Count(0),
+                    a => Final::of(a, p),
+                })
+                .collect();
             // With a window the cell is kept whole, its sketches unioned.
             let mut kept = self.window.is_some().then(|| cell.aggs.clone());
             let id = cell.id as usize;

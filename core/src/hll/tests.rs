@@ -53,13 +53,24 @@ fn a_union_counts_and_merges_as_merging_the_sketches_does() {
         }
         assert_eq!(u.count(), merged.count());
         assert_eq!(u.is_empty(), merged.is_empty());
-        // Into a sparse and into a dense accumulator.
+        // Into a sparse and into a dense accumulator; drained, the same
+        // registers and count, and the union left empty.
         for base in [sketch(5_000..5_010), sketch(5_000..9_000)] {
             let mut a = base.clone();
             u.merge_into(&mut a);
-            let mut b = base;
+            let mut b = base.clone();
             b.merge(&merged);
             assert_eq!(a.registers(), b.registers());
+            let mut drained = u.clone();
+            let mut c = base;
+            assert_eq!(drained.drain_into(&mut c), merged.count());
+            assert_eq!(c.registers(), b.registers());
+            assert!(drained.is_empty());
+            // A register left set would hide its index from the next use.
+            for p in &parts {
+                drained.add(&sketch(p.clone()));
+            }
+            assert_eq!(drained.count(), merged.count());
         }
     }
 }

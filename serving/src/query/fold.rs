@@ -346,6 +346,7 @@ impl Fold {
                 .collect();
             // With a window the cell is kept whole, its sketches unioned.
             let mut kept = self.window.is_some().then(|| cell.aggs.clone());
+            let windowed = kept.is_some();
             let id = cell.id as usize;
             // Each quantile measure's inputs, added up in the reused
             // accumulator, answered from it and added to the group's total.
@@ -405,6 +406,12 @@ impl Fold {
                         Sketch::Registers(regs) => self.union.add_registers(regs),
                         Sketch::Dense(h, _) => self.union.add(h),
                     }
+                }
+                if !windowed {
+                    // Nothing keeps the union: counted, merged and emptied
+                    // in one pass.
+                    finals[pos] = Final::Distinct(self.union.drain_into(total));
+                    continue;
                 }
                 finals[pos] = Final::Distinct(self.union.count());
                 self.union.merge_into(total);

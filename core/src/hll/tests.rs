@@ -35,6 +35,18 @@ fn unions_equal_adding_every_value_whatever_the_representations() {
 }
 
 #[test]
+fn a_union_nothing_was_added_to_counts_nothing_and_merges_nothing() {
+    for base in [sketch(0..10), sketch(0..9_000)] {
+        let mut a = base.clone();
+        assert!(Union::default().is_empty());
+        assert_eq!(Union::default().count(), 0);
+        Union::default().merge_into(&mut a);
+        assert_eq!(Union::default().drain_into(&mut a), 0);
+        assert_eq!(a.registers(), base.registers());
+    }
+}
+
+#[test]
 fn a_union_counts_and_merges_as_merging_the_sketches_does() {
     let mut u = Union::default();
     for parts in [

@@ -23,9 +23,11 @@ pub struct Union {
 }
 
 impl Default for Union {
+    /// An empty union; its 16 KiB of registers are allocated by the first
+    /// add, so that a query without a distinct measure never zeroes them.
     fn default() -> Self {
         Union {
-            regs: vec![0u8; REGISTERS].into_boxed_slice(),
+            regs: Box::default(),
             set: Vec::new(),
             all: false,
             scratch: Vec::new(),
@@ -43,8 +45,16 @@ impl fmt::Debug for Union {
 }
 
 impl Union {
+    /// The registers, allocated on first use.
+    fn allocate(&mut self) {
+        if self.regs.is_empty() {
+            self.regs = vec![0u8; REGISTERS].into_boxed_slice();
+        }
+    }
+
     /// Add a sketch to the union.
     pub fn add(&mut self, h: &Hll) {
+        self.allocate();
         match &h.repr {
             Repr::Sparse(entries) => self.add_registers(entries),
             Repr::Dense(regs) => {
@@ -59,6 +69,7 @@ impl Union {
 
     /// Add registers given as [`Hll::sparse_registers`] gives them.
     pub fn add_registers(&mut self, regs: &[u32]) {
+        self.allocate();
         if self.all {
             for &e in regs {
                 let r = &mut self.regs[(e >> 8) as usize];

@@ -346,7 +346,6 @@ impl Fold {
                 .collect();
             // With a window the cell is kept whole, its sketches unioned.
             let mut kept = self.window.is_some().then(|| cell.aggs.clone());
-            let windowed = kept.is_some();
             let id = cell.id as usize;
             // Each quantile measure's inputs, added up in the reused
             // accumulator, answered from it and added to the group's total.
@@ -407,7 +406,7 @@ impl Fold {
                         Sketch::Dense(h, _) => self.union.add(h),
                     }
                 }
-                if !windowed {
+                if self.window.is_none() {
                     // Nothing keeps the union: counted, merged and emptied
                     // in one pass.
                     finals[pos] = Final::Distinct(self.union.drain_into(total));

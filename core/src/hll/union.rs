@@ -77,17 +77,20 @@ impl Union {
             }
             return;
         }
-        // The one hot loop of a distinct answer: room reserved once, so a
-        // push is a store.
-        self.set.reserve(regs.len());
+        // The one hot loop of a distinct answer, without a branch on
+        // whether the register was set: that depends on the data and was
+        // mispredicted about as often as not. Each index is written past the
+        // list's end and kept only when the register was 0.
+        let mut n = self.set.len();
+        self.set.resize(n + regs.len(), 0);
         for &e in regs {
             let index = (e >> 8) as usize;
             let r = &mut self.regs[index];
-            if *r == 0 {
-                self.set.push(index as u16);
-            }
+            self.set[n] = index as u16;
+            n += usize::from(*r == 0);
             *r = (*r).max(e as u8);
         }
+        self.set.truncate(n);
     }
 
     /// Whether nothing was added since the last clear.

@@ -24,7 +24,9 @@ pub(super) fn entry(text: &[u8]) -> u32 {
 }
 
 /// An entry per row from the value in `columns` (typed columns of one
-/// field, at most one of them set per row); null where none is.
+/// field, at most one of them set per row); [`NO_ENTRY`] where none is. Not
+/// null: a column without nulls gathers into lists without them, which
+/// [`registers`] reads in place instead of copying to fill them.
 pub(super) fn entries(columns: &[(PropType, String)], name: &str) -> Expr {
     let types: Vec<PropType> = columns.iter().map(|(t, _)| *t).collect();
     let first = col(columns[0].1.as_str());
@@ -40,7 +42,7 @@ pub(super) fn entries(columns: &[(PropType, String)], name: &str) -> Expr {
 
 fn entries_of(types: &[PropType], cs: &[Column]) -> PolarsResult<Series> {
     let n = cs.first().map_or(0, Column::len);
-    let mut out: Vec<Option<u32>> = vec![None; n];
+    let mut out: Vec<u32> = vec![NO_ENTRY; n];
     let mut text = String::new();
     for (t, c) in types.iter().zip(cs) {
         let s = c.as_materialized_series();
@@ -48,7 +50,7 @@ fn entries_of(types: &[PropType], cs: &[Column]) -> PolarsResult<Series> {
             PropType::Str => {
                 for (o, v) in out.iter_mut().zip(s.str()?.iter()) {
                     if let Some(v) = v {
-                        *o = Some(entry(v.as_bytes()));
+                        *o = entry(v.as_bytes());
                     }
                 }
             }
@@ -56,7 +58,7 @@ fn entries_of(types: &[PropType], cs: &[Column]) -> PolarsResult<Series> {
                 let mut buf = itoa_buf();
                 for (o, v) in out.iter_mut().zip(s.i64()?.iter()) {
                     if let Some(v) = v {
-                        *o = Some(entry(format_int(&mut buf, v)));
+                        *o = entry(format_int(&mut buf, v));
                     }
                 }
             }
@@ -66,20 +68,20 @@ fn entries_of(types: &[PropType], cs: &[Column]) -> PolarsResult<Series> {
                         use std::fmt::Write;
                         text.clear();
                         let _ = write!(text, "{v}");
-                        *o = Some(entry(text.as_bytes()));
+                        *o = entry(text.as_bytes());
                     }
                 }
             }
             PropType::Bool => {
                 for (o, v) in out.iter_mut().zip(s.bool()?.iter()) {
                     if let Some(v) = v {
-                        *o = Some(entry(if v { b"true" } else { b"false" }));
+                        *o = entry(if v { b"true" } else { b"false" });
                     }
                 }
             }
         }
     }
-    Ok(UInt32Chunked::from_iter_options(PlSmallStr::EMPTY, out.into_iter()).into_series())
+    Ok(UInt32Chunked::from_vec(PlSmallStr::EMPTY, out).into_series())
 }
 
 fn itoa_buf() -> [u8; 20] {
@@ -300,6 +302,17 @@ mod tests {
             let regs: Vec<(u32, u32)> = entries.iter().map(|&e| (e >> 8, e & 0xff)).collect();
             assert_eq!(redis_bytes_of(&regs), direct.to_redis_bytes(), "{n}");
         }
+    }
+
+    #[test]
+    fn a_row_without_the_value_is_no_entry_not_null() {
+        let s = Series::new("u".into(), &[Some("a"), None, Some("b")]);
+        let out = entries_of(&[PropType::Str], &[Column::from(s)]).unwrap();
+        assert_eq!(out.null_count(), 0);
+        let got: Vec<u32> = out.u32().unwrap().into_no_null_iter().collect();
+        assert_eq!(got, [entry(b"a"), NO_ENTRY, entry(b"b")]);
+        // And no register comes of it.
+        assert_eq!(Reducer::default().reduce(&got).len(), 2);
     }
 
     #[test]

@@ -27,6 +27,9 @@
 //!
 //! BENCH_BASELINE_BIN names another build of this benchmark (say, from before
 //! an optimisation): its `tally` side runs in the same rounds as a fourth row.
+//! BENCH_QUANTILES=1 adds a quantiles measure of `properties.duration` to the
+//! view (DuckDB: `approx_quantile` of p50, p90 and p99 per group, a
+//! t-digest's answers rather than a mergeable sketch).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -67,12 +70,22 @@ measures = [
   {{ name = "events", agg = "count" }},
   {{ name = "duration", agg = "sum", field = "properties.duration" }},
   {{ name = "longest", agg = "max", field = "properties.duration" }},
-  {{ name = "users", agg = "distinct", field = "user_id" }},
+  {{ name = "users", agg = "distinct", field = "user_id" }},{quantiles}
 ]
 "#,
-        dir.display()
+        dir.display(),
+        quantiles = if quantiles() {
+            "\n  { name = \"latency\", agg = \"quantiles\", field = \"properties.duration\" },"
+        } else {
+            ""
+        }
     );
     Config::from_toml(&text).expect("benchmark config")
+}
+
+/// Whether the view has a quantiles measure too (BENCH_QUANTILES=1).
+fn quantiles() -> bool {
+    std::env::var("BENCH_QUANTILES").is_ok_and(|v| v == "1")
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

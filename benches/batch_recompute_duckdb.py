@@ -92,10 +92,15 @@ def main():
         alone = [f for f in files if f not in shared]
         parts = ([plain(alone)] if alone else []) + ([dedup(sorted(shared))] if shared else [])
         events = " UNION ALL ".join(parts)
+    latency = (
+        ",\n               approx_quantile(duration, [0.5, 0.9, 0.99]) AS latency"
+        if os.environ.get("BENCH_QUANTILES") == "1"
+        else ""
+    )
     query = f"""
         SELECT time_ms // 60000 * 60000 AS bucket, event_type, page,
                count(*) AS events, sum(duration) AS duration, max(duration) AS longest,
-               approx_count_distinct(user_id) AS users
+               approx_count_distinct(user_id) AS users{latency}
         FROM ({events})
         GROUP BY ALL
     """

@@ -24,8 +24,8 @@
 //! The result is the snapshot's frame, sorted by bucket ([`sorted`]):
 //! `bucket`, `d<i>` (each dimension's text), and per measure `m<k>` (count
 //! `UInt64`, min/max `Float64`, distinct registers `List<UInt32>`,
-//! quantiles bucket codes `List<Int32>` beside `m<k>:n`, their counts
-//! `List<UInt64>`) or `m<k>:int` (`Int128`) and `m<k>:float` (sum). [`rollup`] makes the
+//! quantiles one packed (bucket code, count) entry per bucket `List<Int64>`) or
+//! `m<k>:int` (`Int128`) and `m<k>:float` (sum). [`rollup`] makes the
 //! coarser levels from it with one more `group_by`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -297,9 +297,7 @@ pub(super) fn plan(
             AggKind::Quantiles => {
                 with.push(quantile::entries(&cols.unwrap_or_default(), &name));
                 aggs.push(col(name.as_str()).implode(false));
-                let n = format!("m{k}:n");
-                measures.push(quantile::counts(col(name.as_str())).alias(n.as_str()));
-                measures.push(quantile::codes(col(name.as_str())).alias(name.as_str()));
+                measures.push(quantile::sketch(col(name.as_str())).alias(name.as_str()));
             }
         }
     }
@@ -361,18 +359,13 @@ pub(super) fn rollup(base: LazyFrame, view: &ViewDef, level_ms: i64) -> LazyFram
                 measures.push(distinct::registers(col(name.as_str())).alias(name.as_str()));
             }
             AggKind::Quantiles => {
-                // Codes and counts gathered in the same row order, so they
-                // stay aligned; then merged into one sketch per group.
-                let n = format!("m{k}:n");
-                for c in [&name, &n] {
-                    aggs.push(col(c.as_str()).explode(ExplodeOptions {
-                        empty_as_null: false,
-                        keep_nulls: false,
-                    }));
-                }
-                let (b, c) = (col(name.as_str()), col(n.as_str()));
-                measures.push(quantile::merged_counts(b.clone(), c.clone()).alias(n.as_str()));
-                measures.push(quantile::merged_codes(b, c).alias(name.as_str()));
+                // Each row's pairs gathered whole (a row's list stays in one
+                // piece), then merged into one sketch per group.
+                aggs.push(col(name.as_str()).explode(ExplodeOptions {
+                    empty_as_null: false,
+                    keep_nulls: false,
+                }));
+                measures.push(quantile::merged(col(name.as_str())).alias(name.as_str()));
             }
         }
     }

@@ -6,15 +6,19 @@
 //! so the streaming engine runs it per morsel and the bucket is the one the
 //! speed layer computes for the same value, bit for bit (no second formula
 //! to drift). The group-by collects each group's codes (an unordered
-//! `implode`: four bytes per row, as `distinct` does), and [`codes`] and
-//! [`counts`] reduce each list to the sketch: its occupied buckets in code
-//! order and their counts, two aligned list columns. A roll-up gathers both
-//! lists per coarser group and merges them again ([`merged_codes`],
-//! [`merged_counts`]): counts add, the monoid of the sketch.
+//! `implode`: four bytes per row, as `distinct` does), and [`sketch`]
+//! reduces each list to the sketch, once: its occupied buckets in code
+//! order with their counts, one `Int64` per bucket (the code in the high 32
+//! bits, the count in the low 32; a count past `u32::MAX` takes several
+//! entries of its code, as [`push_entry`] lays them out, so counts stay
+//! exact). A roll-up gathers the lists of a coarser group and merges them
+//! again ([`merged`]): counts add, the monoid of the sketch. One list column
+//! of 8-byte entries per measure, where a codes and a counts column took 12
+//! bytes a bucket, each reduced from the same codes, and gathered twice.
 
 use polars::prelude::*;
 use tally_core::agg::Num;
-use tally_core::quantile::index_of;
+use tally_core::quantile::{index_of, push_entry, Entry};
 
 use crate::promote::PropType;
 
@@ -27,7 +31,9 @@ fn code_of(n: Num) -> Option<i32> {
 }
 
 /// A bucket code per row from the numeric columns of one field (an `Int`
-/// and a `Float` column, at most one set per row); null where neither is.
+/// and a `Float` column, at most one set per row); [`NO_CODE`] where
+/// neither is (not null, as `distinct`'s entries: a list without nulls is
+/// read in place).
 /// Values of other types are ignored, as `sum`, `min` and `max` ignore them.
 pub(super) fn entries(columns: &[(PropType, String)], name: &str) -> Expr {
     let numeric: Vec<(PropType, String)> = columns
@@ -52,79 +58,64 @@ pub(super) fn entries(columns: &[(PropType, String)], name: &str) -> Expr {
 
 fn codes_of(types: &[PropType], cs: &[Column]) -> PolarsResult<Series> {
     let n = cs.first().map_or(0, Column::len);
-    let mut out: Vec<Option<i32>> = vec![None; n];
+    let mut out: Vec<i32> = vec![NO_CODE; n];
     for (t, c) in types.iter().zip(cs) {
         let s = c.as_materialized_series();
         match t {
             PropType::Int => {
                 for (o, v) in out.iter_mut().zip(s.i64()?.iter()) {
                     if let Some(v) = v {
-                        *o = code_of(Num::Int(v));
+                        *o = code_of(Num::Int(v)).unwrap_or(NO_CODE);
                     }
                 }
             }
             PropType::Float => {
                 for (o, v) in out.iter_mut().zip(s.f64()?.iter()) {
                     if let Some(v) = v {
-                        *o = code_of(Num::Float(v));
+                        *o = code_of(Num::Float(v)).unwrap_or(NO_CODE);
                     }
                 }
             }
             PropType::Str | PropType::Bool => {}
         }
     }
-    Ok(Int32Chunked::from_iter_options(PlSmallStr::EMPTY, out.into_iter()).into_series())
+    Ok(Int32Chunked::from_vec(PlSmallStr::EMPTY, out).into_series())
 }
 
-/// Each list of codes (one per row of a group) reduced to the sketch's
-/// occupied buckets, in code order: the `b` side of the sketch.
-pub(super) fn codes(list: Expr) -> Expr {
+/// Each list of codes (one per row of a group) reduced to the sketch: its
+/// occupied buckets in code order with their counts, packed ([`pack`]).
+pub(super) fn sketch(list: Expr) -> Expr {
     list.map(
-        |c: Column| {
-            let (codes, _) = reduce_lists(c.list()?)?;
-            Ok(codes.into_series().into())
-        },
-        |_, f| {
-            Ok(Field::new(
-                f.name().clone(),
-                DataType::List(Box::new(DataType::Int32)),
-            ))
-        },
+        |c: Column| Ok(reduce_lists(c.list()?)?.into_series().into()),
+        |_, f| Ok(Field::new(f.name().clone(), entries_type())),
     )
 }
 
-/// The counts beside [`codes`]: the `n` side of the sketch.
-pub(super) fn counts(list: Expr) -> Expr {
-    list.map(
-        |c: Column| {
-            let (_, counts) = reduce_lists(c.list()?)?;
-            Ok(counts.into_series().into())
-        },
-        |_, f| {
-            Ok(Field::new(
-                f.name().clone(),
-                DataType::List(Box::new(DataType::UInt64)),
-            ))
-        },
-    )
+fn entries_type() -> DataType {
+    DataType::List(Box::new(DataType::Int64))
 }
 
-type Pair = (ListChunked, ListChunked);
-
-fn builders(name: PlSmallStr, rows: usize, values: usize) -> (CodesBuilder, CountsBuilder) {
-    (
-        ListPrimitiveChunkedBuilder::new(name.clone(), rows, values, DataType::Int32),
-        ListPrimitiveChunkedBuilder::new(name, rows, values, DataType::UInt64),
-    )
+fn builder(name: PlSmallStr, rows: usize, values: usize) -> EntriesBuilder {
+    ListPrimitiveChunkedBuilder::new(name, rows, values, DataType::Int64)
 }
 
-type CodesBuilder = ListPrimitiveChunkedBuilder<Int32Type>;
-type CountsBuilder = ListPrimitiveChunkedBuilder<UInt64Type>;
+type EntriesBuilder = ListPrimitiveChunkedBuilder<Int64Type>;
 
-fn reduce_lists(lists: &ListChunked) -> PolarsResult<Pair> {
-    let (mut bs, mut ns) = builders(lists.name().clone(), lists.len(), 0);
+/// A bucket's entry as one `Int64`: the code in the high half (so packed
+/// entries sort by code), the count in the low half.
+fn pack((code, n): Entry) -> i64 {
+    (i64::from(code) << 32) | i64::from(n)
+}
+
+fn unpack(v: i64) -> Entry {
+    ((v >> 32) as i32, v as u32)
+}
+
+fn reduce_lists(lists: &ListChunked) -> PolarsResult<ListChunked> {
+    let mut out = builder(lists.name().clone(), lists.len(), 0);
     let mut scratch: Vec<i32> = Vec::new();
     let mut pairs: Vec<(i32, u64)> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     let (values, offsets) = flat_i32(lists)?;
     for w in offsets.windows(2) {
         scratch.clear();
@@ -137,16 +128,19 @@ fn reduce_lists(lists: &ListChunked) -> PolarsResult<Pair> {
                 _ => pairs.push((c, 1)),
             }
         }
-        push(&mut bs, &mut ns, &pairs);
+        push(&mut out, &mut entries, &pairs);
     }
-    Ok((bs.finish(), ns.finish()))
+    Ok(out.finish())
 }
 
-fn push(bs: &mut CodesBuilder, ns: &mut CountsBuilder, pairs: &[(i32, u64)]) {
-    let codes: Vec<i32> = pairs.iter().map(|p| p.0).collect();
-    let counts: Vec<u64> = pairs.iter().map(|p| p.1).collect();
-    bs.append_slice(&codes);
-    ns.append_slice(&counts);
+/// Append `pairs` (code ascending) to `out` as one row of packed entries
+/// (`entries` is scratch).
+fn push(out: &mut EntriesBuilder, entries: &mut Vec<Entry>, pairs: &[(i32, u64)]) {
+    entries.clear();
+    for &(c, n) in pairs {
+        push_entry(entries, c, n);
+    }
+    out.append_values_iter(entries.iter().map(|&e| pack(e)));
 }
 
 /// The values of a list column of `i32` (nulls as [`NO_CODE`]), and the row
@@ -159,13 +153,12 @@ fn flat_i32(lists: &ListChunked) -> PolarsResult<(Vec<i32>, Vec<usize>)> {
     Ok(rows_of(&lists, inner.cont_slice()?))
 }
 
-/// The values of a list column of `u64` (nulls as 0), and the row offsets
-/// into them, as [`flat_i32`].
-fn flat_u64(lists: &ListChunked) -> PolarsResult<(Vec<u64>, Vec<usize>)> {
+/// The values of a list column of packed entries (never null), and the
+/// row offsets into them, as [`flat_i32`].
+fn flat_i64(lists: &ListChunked) -> PolarsResult<(Vec<i64>, Vec<usize>)> {
     let lists = lists.rechunk();
     let inner = lists.get_inner();
-    let inner = inner.u64()?.fill_null_with_values(0)?;
-    let inner = inner.rechunk();
+    let inner = inner.i64()?.rechunk();
     Ok(rows_of(&lists, inner.cont_slice()?))
 }
 
@@ -186,105 +179,105 @@ fn rows_of<T: Copy>(lists: &ListChunked, inner: &[T]) -> (Vec<T>, Vec<usize>) {
     )
 }
 
-/// A roll-up: each row's gathered codes and counts (several sketches of a
-/// coarser group, concatenated) merged into one sketch's codes.
-pub(super) fn merged_codes(codes: Expr, counts: Expr) -> Expr {
-    merged(codes, counts, false)
-}
-
-/// The counts beside [`merged_codes`].
-pub(super) fn merged_counts(codes: Expr, counts: Expr) -> Expr {
-    merged(codes, counts, true)
-}
-
-fn merged(codes: Expr, counts: Expr, want_counts: bool) -> Expr {
-    let inner = if want_counts {
-        DataType::UInt64
-    } else {
-        DataType::Int32
-    };
-    codes.map_many(
-        move |cs: &mut [Column]| {
-            let (bs, ns) = merge_lists(cs[0].list()?, cs[1].list()?)?;
-            Ok(if want_counts {
-                ns.into_series().into()
-            } else {
-                bs.into_series().into()
-            })
-        },
-        &[counts],
-        move |_, fields| {
-            Ok(Field::new(
-                fields[0].name().clone(),
-                DataType::List(Box::new(inner.clone())),
-            ))
-        },
+/// A roll-up: each row's gathered entries (several sketches of a coarser
+/// group, concatenated) merged into one sketch's.
+pub(super) fn merged(entries: Expr) -> Expr {
+    entries.map(
+        |c: Column| Ok(merge_lists(c.list()?)?.into_series().into()),
+        |_, f| Ok(Field::new(f.name().clone(), entries_type())),
     )
 }
 
-fn merge_lists(codes: &ListChunked, counts: &ListChunked) -> PolarsResult<Pair> {
-    let (bs_in, bo) = flat_i32(codes)?;
-    let (ns_in, no) = flat_u64(counts)?;
-    if bo != no {
-        return Err(PolarsError::ComputeError(
-            "quantile codes and counts are not aligned".into(),
-        ));
-    }
-    let (mut bs, mut ns) = builders(codes.name().clone(), codes.len(), 0);
+fn merge_lists(lists: &ListChunked) -> PolarsResult<ListChunked> {
+    let (values, offsets) = flat_i64(lists)?;
+    let mut out = builder(lists.name().clone(), lists.len(), 0);
+    let mut sorted: Vec<i64> = Vec::new();
     let mut pairs: Vec<(i32, u64)> = Vec::new();
-    for w in bo.windows(2) {
-        pairs.clear();
-        pairs.extend(
-            bs_in[w[0]..w[1]]
-                .iter()
-                .zip(&ns_in[w[0]..w[1]])
-                .filter(|(&c, &n)| c != NO_CODE && n > 0)
-                .map(|(&c, &n)| (c, n)),
-        );
-        merge_pairs(&mut pairs);
-        push(&mut bs, &mut ns, &pairs);
+    let mut entries: Vec<Entry> = Vec::new();
+    for w in offsets.windows(2) {
+        // Packed entries sort by code.
+        sorted.clear();
+        sorted.extend_from_slice(&values[w[0]..w[1]]);
+        sorted.sort_unstable();
+        counts_by_code(&sorted, &mut pairs);
+        push(&mut out, &mut entries, &pairs);
     }
-    Ok((bs.finish(), ns.finish()))
+    Ok(out.finish())
 }
 
-/// The plan's codes and counts lists as the snapshot's quantiles column
-/// ([`tally_store::snapshot::quantile_array`]), row by row.
-pub(super) fn sketches(
-    codes: &ListChunked,
-    counts: &ListChunked,
-) -> PolarsResult<arrow_array::ListArray> {
-    let (bs, bo) = flat_i32(codes)?;
-    let (ns, no) = flat_u64(counts)?;
-    if bo != no {
-        return Err(PolarsError::ComputeError(
-            "quantile codes and counts are not aligned".into(),
-        ));
-    }
-    Ok(tally_store::snapshot::quantile_array(
-        bo.windows(2).map(|w| (&bs[w[0]..w[1]], &ns[w[0]..w[1]])),
-    ))
-}
-
-/// Sort `pairs` by code and add the counts of equal codes.
-fn merge_pairs(pairs: &mut Vec<(i32, u64)>) {
-    pairs.sort_unstable_by_key(|p| p.0);
-    let mut n = 0;
-    for i in 0..pairs.len() {
-        let (c, k) = pairs[i];
-        if n > 0 && pairs[n - 1].0 == c {
-            pairs[n - 1].1 += k;
-        } else {
-            pairs[n] = (c, k);
-            n += 1;
+/// `sorted` packed entries as (code, count) with the counts of a code added
+/// (a code of no bucket or a count of 0 left out).
+fn counts_by_code(sorted: &[i64], pairs: &mut Vec<(i32, u64)>) {
+    pairs.clear();
+    for &v in sorted {
+        let (c, n) = unpack(v);
+        if c == NO_CODE || n == 0 {
+            continue;
+        }
+        match pairs.last_mut() {
+            Some((last, total)) if *last == c => *total += u64::from(n),
+            _ => pairs.push((c, u64::from(n))),
         }
     }
-    pairs.truncate(n);
+}
+
+/// The plan's lists of packed entries as the snapshot's quantiles column
+/// ([`tally_store::snapshot::quantile_array`]), row by row.
+pub(super) fn sketches(lists: &ListChunked) -> PolarsResult<arrow_array::ListArray> {
+    let (values, offsets) = flat_i64(lists)?;
+    let (mut codes, mut counts, mut at) = (Vec::new(), Vec::new(), vec![0]);
+    let mut pairs: Vec<(i32, u64)> = Vec::new();
+    for w in offsets.windows(2) {
+        // Sorted as written; a count split over entries is added up again.
+        counts_by_code(&values[w[0]..w[1]], &mut pairs);
+        for &(c, n) in &pairs {
+            codes.push(c);
+            counts.push(n);
+        }
+        at.push(codes.len());
+    }
+    Ok(tally_store::snapshot::quantile_array(
+        at.windows(2)
+            .map(|w| (&codes[w[0]..w[1]], &counts[w[0]..w[1]])),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tally_core::quantile::{Bucket, QuantileSketch, GAMMA};
+
+    fn codes_list(rows: &[&[i32]]) -> ListChunked {
+        let mut b = ListPrimitiveChunkedBuilder::<Int32Type>::new(
+            "m".into(),
+            rows.len(),
+            8,
+            DataType::Int32,
+        );
+        rows.iter().for_each(|r| b.append_slice(r));
+        b.finish()
+    }
+
+    fn entries_list(rows: &[&[Entry]]) -> ListChunked {
+        let mut b = builder("m".into(), rows.len(), 8);
+        rows.iter()
+            .for_each(|r| b.append_values_iter(r.iter().map(|&e| pack(e))));
+        b.finish()
+    }
+
+    /// Each row's (code, count) pairs, counts of a code added.
+    fn rows(lists: &ListChunked) -> (Vec<Vec<(i32, u64)>>, Vec<usize>) {
+        let (values, offsets) = flat_i64(lists).unwrap();
+        let rows = offsets
+            .windows(2)
+            .map(|w| {
+                let mut pairs = Vec::new();
+                counts_by_code(&values[w[0]..w[1]], &mut pairs);
+                pairs
+            })
+            .collect();
+        (rows, offsets)
+    }
 
     /// The plan's reduction of per-row codes, then a roll-up's merge of two
     /// parts, gives core's sketch of the same values.
@@ -301,31 +294,21 @@ mod tests {
         let mut direct = QuantileSketch::new();
         xs.iter().for_each(|&x| direct.add(x));
         let cut = xs.len() / 3;
-        let codes = |part: &[f64]| {
+        let sketch_of = |part: &[f64]| {
             let c: Vec<i32> = part
                 .iter()
                 .map(|&x| code_of(Num::Float(x)).unwrap())
                 .collect();
-            let (mut b, _) = builders("m".into(), 1, part.len());
-            b.append_slice(&c);
-            reduce_lists(&b.finish()).unwrap()
+            reduce_lists(&codes_list(&[&c])).unwrap()
         };
-        let (b1, n1) = codes(&xs[..cut]);
-        let (b2, n2) = codes(&xs[cut..]);
         // Concatenated as a roll-up's explode does: one row holding both.
-        let mut cb: Vec<i32> = flat_i32(&b1).unwrap().0;
-        cb.extend(flat_i32(&b2).unwrap().0);
-        let mut cn: Vec<u64> = flat_u64(&n1).unwrap().0;
-        cn.extend(flat_u64(&n2).unwrap().0);
-        let (mut lb, mut ln) = builders("m".into(), 1, cb.len());
-        lb.append_slice(&cb);
-        ln.append_slice(&cn);
-        let (bs, ns) = merge_lists(&lb.finish(), &ln.finish()).unwrap();
-        let (bs, _) = flat_i32(&bs).unwrap();
-        let (ns, _) = flat_u64(&ns).unwrap();
+        let mut both = flat_i64(&sketch_of(&xs[..cut])).unwrap().0;
+        both.extend(flat_i64(&sketch_of(&xs[cut..])).unwrap().0);
+        let both: Vec<Entry> = both.into_iter().map(unpack).collect();
+        let merged = merge_lists(&entries_list(&[&both])).unwrap();
         let mut got = QuantileSketch::new();
-        for (c, n) in bs.iter().zip(&ns) {
-            got.add_count(Bucket::from_code(*c).unwrap(), *n);
+        for &(c, n) in &rows(&merged).0[0] {
+            got.add_count(Bucket::from_code(c).unwrap(), n);
         }
         assert_eq!(got, direct);
         // Integers take the path of their f64.
@@ -333,31 +316,60 @@ mod tests {
     }
 
     /// A day's rows are a slice of the plan's frame: its lists keep the
-    /// whole values buffer, and each row must read its own codes only.
+    /// whole values buffer, and each row must read its own entries only.
     #[test]
     fn a_sliced_list_column_reduces_its_own_rows() {
-        let (mut b, mut n) = builders("m".into(), 3, 6);
-        for (codes, counts) in [
-            (&[5, 7][..], &[1u64, 2][..]),
-            (&[9], &[3]),
-            (&[1, 2, 3], &[1, 1, 4]),
-        ] {
-            b.append_slice(codes);
-            n.append_slice(counts);
-        }
-        let (b, n) = (b.finish().slice(1, 2), n.finish().slice(1, 2));
-        assert_eq!(flat_i32(&b).unwrap(), (vec![9, 1, 2, 3], vec![0, 1, 4]));
-        assert_eq!(flat_u64(&n).unwrap(), (vec![3, 1, 1, 4], vec![0, 1, 4]));
-        let (bs, ns) = merge_lists(&b, &n).unwrap();
-        assert_eq!(flat_i32(&bs).unwrap(), (vec![9, 1, 2, 3], vec![0, 1, 4]));
-        assert_eq!(flat_u64(&ns).unwrap(), (vec![3, 1, 1, 4], vec![0, 1, 4]));
-        let mut codes =
-            ListPrimitiveChunkedBuilder::<Int32Type>::new("m".into(), 3, 6, DataType::Int32);
-        for c in [&[4, 4][..], &[8, 6, 8], &[2]] {
-            codes.append_slice(c);
-        }
-        let (bs, ns) = reduce_lists(&codes.finish().slice(1, 2)).unwrap();
-        assert_eq!(flat_i32(&bs).unwrap(), (vec![6, 8, 2], vec![0, 2, 3]));
-        assert_eq!(flat_u64(&ns).unwrap(), (vec![1, 2, 1], vec![0, 2, 3]));
+        let lists =
+            entries_list(&[&[(5, 1), (7, 2)], &[(9, 3)], &[(1, 1), (2, 1), (3, 4)]]).slice(1, 2);
+        let want = (
+            vec![vec![(9, 3)], vec![(1, 1), (2, 1), (3, 4)]],
+            vec![0, 1, 4],
+        );
+        assert_eq!(rows(&lists), want);
+        assert_eq!(rows(&merge_lists(&lists).unwrap()), want);
+        let codes = codes_list(&[&[4, 4], &[8, 6, 8], &[2]]).slice(1, 2);
+        assert_eq!(
+            rows(&reduce_lists(&codes).unwrap()),
+            (vec![vec![(6, 1), (8, 2)], vec![(2, 1)]], vec![0, 2, 3])
+        );
+    }
+
+    #[test]
+    fn a_count_past_32_bits_is_split_and_added_up_exactly() {
+        let big = u64::from(u32::MAX) * 2 + 5;
+        let mut out = builder("m".into(), 1, 4);
+        let mut scratch = Vec::new();
+        push(&mut out, &mut scratch, &[(-3, 1), (7, big)]);
+        let lists = out.finish();
+        // Three entries of 7: u32::MAX, u32::MAX and 5.
+        assert_eq!(flat_i64(&lists).unwrap().1, [0, 4]);
+        assert_eq!(rows(&lists).0, [vec![(-3, 1), (7, big)]]);
+        // Merged with one more value of 7 in a roll-up.
+        let mut gathered: Vec<Entry> = flat_i64(&lists)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(unpack)
+            .collect();
+        gathered.push((7, 1));
+        let merged = merge_lists(&entries_list(&[&gathered])).unwrap();
+        assert_eq!(rows(&merged).0, [vec![(-3, 1), (7, big + 1)]]);
+    }
+
+    #[test]
+    fn a_row_without_a_number_is_no_code() {
+        let ints = Series::new("i".into(), &[Some(5i64), None]);
+        let floats = Series::new("f".into(), &[None, Some(f64::NAN)]);
+        let out = codes_of(
+            &[PropType::Int, PropType::Float],
+            &[Column::from(ints), Column::from(floats)],
+        )
+        .unwrap();
+        assert_eq!(out.null_count(), 0);
+        let got: Vec<i32> = out.i32().unwrap().into_no_null_iter().collect();
+        assert_eq!(got, [code_of(Num::Int(5)).unwrap(), NO_CODE]);
+        // No bucket comes of it.
+        let reduced = reduce_lists(&codes_list(&[&got])).unwrap();
+        assert_eq!(rows(&reduced).0, [vec![(got[0], 1)]]);
     }
 }

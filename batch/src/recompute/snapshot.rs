@@ -64,10 +64,9 @@ fn day_batch(view: &ViewDef, frame: &DataFrame) -> Result<DayBatch, BatchError> 
             AggKind::Distinct => {
                 MeasureArray::Distinct(distinct::sketches(column(&name)?.list()?)?)
             }
-            AggKind::Quantiles => MeasureArray::Quantiles(quantile::sketches(
-                column(&name)?.list()?,
-                column(&format!("{name}:n"))?.list()?,
-            )?),
+            AggKind::Quantiles => {
+                MeasureArray::Quantiles(quantile::sketches(column(&name)?.list()?)?)
+            }
         });
     }
     Ok(DayBatch {

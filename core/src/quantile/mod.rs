@@ -514,6 +514,18 @@ impl QuantileSketch {
         matches!(self.store, Store::Sparse(_))
     }
 
+    /// A sparse sketch's entries (codes ascending, the zero bucket not
+    /// among them) and its zero bucket's count; `None` for a dense one. What
+    /// [`QuantileSketch::add_codes`] and [`QuantileSketch::add_code`] take, so
+    /// that a query can note where a small sketch's entries are while its
+    /// fields are in the cache and add them later without reading it again.
+    pub fn sparse_entries(&self) -> Option<(&[Entry], u64)> {
+        match &self.store {
+            Store::Sparse(v) => Some((v, self.zeros)),
+            Store::Dense { .. } => None,
+        }
+    }
+
     /// Values counted.
     pub fn count(&self) -> u64 {
         self.total

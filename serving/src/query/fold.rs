@@ -117,9 +117,12 @@ pub struct Day<'a> {
 /// One quantile input of a cell.
 #[derive(Debug, Clone, Copy)]
 enum Counts<'a> {
-    /// A snapshot row's (bucket code, count) entries.
-    Row(&'a [tally_core::quantile::Entry]),
-    /// A speed cell's sketch.
+    /// (bucket code, count) entries, and a count of the zero bucket beside
+    /// them: a snapshot row's (its zeros are among its entries), or a
+    /// sparse speed sketch's, noted while its fields were in the cache (so
+    /// the fold does not read the sketch again, a cache miss per cell).
+    Row(&'a [tally_core::quantile::Entry], u64),
+    /// A dense speed sketch.
     Sketch(&'a QuantileSketch),
 }
 
@@ -258,9 +261,9 @@ impl Fold {
                     };
                     match col {
                         Column::Distinct(v) => day.sketches.push((cell.id, *pos, v.get(r))),
-                        Column::Quantiles(v) if self.kinds[*pos] == AggKind::Quantiles => {
-                            day.quantiles.push((cell.id, *pos, Counts::Row(v.get(r))))
-                        }
+                        Column::Quantiles(v) if self.kinds[*pos] == AggKind::Quantiles => day
+                            .quantiles
+                            .push((cell.id, *pos, Counts::Row(v.get(r), 0))),
                         col => merge_row(&mut cell.aggs[*pos], col, r),
                     }
                 }
@@ -312,7 +315,11 @@ impl Fold {
                         }
                         Agg::Distinct(_) => {}
                         Agg::Quantiles(q) if self.kinds[*pos] == AggKind::Quantiles => {
-                            day.quantiles.push((cell.id, *pos, Counts::Sketch(q)))
+                            let counts = match q.sparse_entries() {
+                                Some((entries, zeros)) => Counts::Row(entries, zeros),
+                                None => Counts::Sketch(q),
+                            };
+                            day.quantiles.push((cell.id, *pos, counts))
                         }
                         agg if cell.aggs[*pos].kind() == agg.kind() => cell.aggs[*pos].merge(agg),
                         _ => {}
@@ -329,7 +336,7 @@ impl Fold {
         let (starts, sketches) =
             by_cell(&day.sketches, day.open.len(), width, Sketch::Registers(&[]));
         let (q_starts, quantiles) =
-            by_cell(&day.quantiles, day.open.len(), width, Counts::Row(&[]));
+            by_cell(&day.quantiles, day.open.len(), width, Counts::Row(&[], 0));
         // Group by group, in time order within each: a group's running
         // totals (a dense sketch of 16 KiB per distinct measure) stay in the
         // cache while its cells are merged into them.
@@ -357,7 +364,10 @@ impl Fold {
                 let acc = &mut self.counts;
                 for c in &quantiles[q_starts[id * width + pos]..q_starts[id * width + pos + 1]] {
                     match *c {
-                        Counts::Row(entries) => acc.add_codes(entries),
+                        Counts::Row(entries, zeros) => {
+                            acc.add_codes(entries);
+                            acc.add_code(0, zeros);
+                        }
                         Counts::Sketch(q) => acc.merge(q),
                     }
                 }

@@ -15,7 +15,8 @@
 //! as partitions spread them), for issue 16's serving target.
 //!
 //! `cargo build --release --workspace --example bench_server`, then
-//! `$CARGO_TARGET_DIR/release/examples/bench_server 127.0.0.1:8098`
+//! `$CARGO_TARGET_DIR/release/examples/bench_server 127.0.0.1:8098`; Ctrl-C or
+//! SIGTERM stops it and its Redis.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -100,13 +101,28 @@ async fn main() {
         T0 + 86_400_000,
         evs.len()
     );
-    let r = tally_serving::serve_with(cfg, store, opts, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    let r = tally_serving::serve_with(cfg, store, opts, stopped()).await;
     if let Err(e) = r {
         eprintln!("{e}");
         std::process::exit(1);
+    }
+}
+
+/// Ctrl-C or SIGTERM (what `latency.sh` sends). Either ends `main`
+/// normally, so that its Redis is dropped and stopped: killed without a
+/// handler, the server left its `redis-server` running, one per round.
+async fn stopped() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

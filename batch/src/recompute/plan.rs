@@ -359,8 +359,8 @@ pub(super) fn rollup(base: LazyFrame, view: &ViewDef, level_ms: i64) -> LazyFram
                 measures.push(distinct::registers(col(name.as_str())).alias(name.as_str()));
             }
             AggKind::Quantiles => {
-                // Each row's pairs gathered whole (a row's list stays in one
-                // piece), then merged into one sketch per group.
+                // Each entry carries its code and count, so the rows'
+                // lists gathered in any order merge to one sketch per group.
                 aggs.push(col(name.as_str()).explode(ExplodeOptions {
                     empty_as_null: false,
                     keep_nulls: false,

@@ -67,12 +67,14 @@ fn a_union_counts_and_merges_as_merging_the_sketches_does() {
         assert_eq!(u.is_empty(), merged.is_empty());
         // Into a sparse and into a dense accumulator; drained, the same
         // registers and count, and the union left empty.
-        for base in [sketch(5_000..5_010), sketch(5_000..9_000)] {
+        for base in [Hll::new(), sketch(5_000..5_010), sketch(5_000..9_000)] {
             let mut a = base.clone();
             u.merge_into(&mut a);
             let mut b = base.clone();
             b.merge(&merged);
             assert_eq!(a.registers(), b.registers());
+            // A sparse result lists its registers in index order, as merging does.
+            assert_eq!(a.sparse_registers(), b.sparse_registers());
             let mut drained = u.clone();
             let mut c = base;
             assert_eq!(drained.drain_into(&mut c), merged.count());

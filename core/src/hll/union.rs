@@ -135,9 +135,11 @@ impl Union {
                 .iter()
                 .map(|&i| ((i as u32) << 8) | self.regs[i as usize] as u32)
                 .collect();
-            acc.merge(&Hll {
-                repr: Repr::Sparse(entries),
-            });
+            match &mut acc.repr {
+                // A sketch kept per cell starts empty: the list is its own.
+                Repr::Sparse(mine) if mine.is_empty() => *mine = entries,
+                _ => acc.merge_registers(&entries),
+            }
         } else {
             let regs = acc.make_dense();
             for &i in &self.set {

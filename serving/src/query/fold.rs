@@ -371,9 +371,9 @@ impl Fold {
                         Counts::Sketch(q) => acc.merge(q),
                     }
                 }
-                finals[pos] = Final::of_quantiles(acc, p);
-                if let Some(Agg::Quantiles(k)) = kept.as_mut().and_then(|k| k.get_mut(pos)) {
-                    k.clone_from(acc);
+                match kept.as_mut().and_then(|k| k.get_mut(pos)) {
+                    Some(Agg::Quantiles(k)) => k.clone_from(acc),
+                    _ => finals[pos] = Final::of_quantiles(acc, p),
                 }
                 acc.drain_into(total);
             }
@@ -396,13 +396,17 @@ impl Fold {
                 match part {
                     [] => continue,
                     [Sketch::Registers(regs)] => {
-                        finals[pos] = Final::Distinct(count_registers(regs));
+                        if self.window.is_none() {
+                            finals[pos] = Final::Distinct(count_registers(regs));
+                        }
                         total.merge_registers(regs);
                         keep(pos, &mut |h| h.merge_registers(regs));
                         continue;
                     }
                     [Sketch::Dense(h, count)] => {
-                        finals[pos] = Final::Distinct(count.unwrap_or_else(|| h.count()));
+                        if self.window.is_none() {
+                            finals[pos] = Final::Distinct(count.unwrap_or_else(|| h.count()));
+                        }
                         total.merge(h);
                         keep(pos, &mut |k| k.merge(h));
                         continue;
@@ -422,7 +426,6 @@ impl Fold {
                     finals[pos] = Final::Distinct(self.union.drain_into(total));
                     continue;
                 }
-                finals[pos] = Final::Distinct(self.union.count());
                 self.union.merge_into(total);
                 let union = &mut self.union;
                 keep(pos, &mut |h| union.merge_into(h));
@@ -431,8 +434,14 @@ impl Fold {
             // (e.g. a `max` over events without the field) has nothing to
             // show. Dropping it keeps the answer independent of which layer
             // the events are in: the snapshot has a row per bucket with
-            // events, Redis only non-empty parts.
-            if finals.iter().all(Final::is_nothing) {
+            // events, Redis only non-empty parts. A kept cell is answered by
+            // the window, not by `finals` (its sketches were not counted):
+            // its aggregates say it.
+            let nothing = match &kept {
+                Some(aggs) => aggs.iter().all(is_identity),
+                None => finals.iter().all(Final::is_nothing),
+            };
+            if nothing {
                 continue;
             }
             for (i, a) in cell.aggs.iter().enumerate() {
@@ -479,6 +488,18 @@ impl Fold {
             keys: self.out_keys,
             points: self.points,
         }
+    }
+}
+
+/// Whether `a` is its measure's identity: what [`Final::is_nothing`] says of
+/// its answer.
+fn is_identity(a: &Agg) -> bool {
+    match a {
+        Agg::Count(c) => *c == 0,
+        Agg::Sum { int, float } => *int == 0 && *float == 0.0,
+        Agg::Min(v) | Agg::Max(v) => v.is_none(),
+        Agg::Distinct(h) => h.is_empty(),
+        Agg::Quantiles(q) => q.is_empty(),
     }
 }
 

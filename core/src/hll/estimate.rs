@@ -17,19 +17,50 @@ pub fn count_registers(regs: &[u32]) -> u64 {
 
 /// The estimate for dense registers (one byte each).
 pub(super) fn dense_count(regs: &[u8]) -> u64 {
-    // Four histograms, summed: consecutive registers with the same value
-    // would otherwise wait on each other's increment.
-    let mut four = [[0u32; 64]; 4];
-    for c in regs.chunks_exact(4) {
-        for (h, &r) in four.iter_mut().zip(c) {
-            h[(r & 63) as usize] += 1;
+    estimate(&dense_histogram(regs))
+}
+
+/// How many registers hold each value. Registers are read eight at a time:
+/// while all eight are below 16 (nearly always), each two of them make one
+/// index into a table of value pairs, so a word costs four increments, not
+/// eight; the pairs are split into values once at the end. Four tables,
+/// because neighbouring registers often repeat a pair, and one table would
+/// make each increment wait on the last. Half the time of a histogram a
+/// register at a time: a query counts a dense total per group.
+fn dense_histogram(regs: &[u8]) -> [u32; 64] {
+    let mut histo = [0u32; 64];
+    let mut pairs = [[0u32; 256]; 4];
+    let (words, rest) = regs.as_chunks::<8>();
+    for &word in words {
+        let w = u64::from_le_bytes(word);
+        if w & 0xF0F0_F0F0_F0F0_F0F0 == 0 {
+            // Byte 2k becomes register 2k | register 2k+1 << 4.
+            let x = (w | (w >> 4)) & 0x00FF_00FF_00FF_00FF;
+            for (k, table) in pairs.iter_mut().enumerate() {
+                table[((x >> (16 * k)) & 0xff) as usize] += 1;
+            }
+        } else {
+            for r in word {
+                histo[(r & 63) as usize] += 1;
+            }
         }
     }
-    let mut histo = [0u32; 64];
-    for (i, total) in histo.iter_mut().enumerate() {
-        *total = four.iter().map(|h| h[i]).sum();
+    for &r in rest {
+        histo[(r & 63) as usize] += 1;
     }
-    estimate(&histo)
+    let mut sum = [0u32; 256];
+    for table in &pairs {
+        for (s, &n) in sum.iter_mut().zip(table) {
+            *s += n;
+        }
+    }
+    for (pair, &n) in sum.iter().enumerate() {
+        histo[pair & 15] += n;
+    }
+    for (high, run) in sum.chunks_exact(16).enumerate() {
+        histo[high] += run.iter().sum::<u32>();
+    }
+    histo
 }
 
 /// Redis's `hllCount` from a histogram of register values.
@@ -103,6 +134,39 @@ pub(super) fn tau(mut x: f64) -> f64 {
         z -= (1.0 - x) * (1.0 - x) * y;
         if z_prime == z {
             return z / 3.0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Registers with every value from 0 to 63, in runs and alone, so that
+    /// words of registers below 16 and words with a larger one both occur.
+    fn registers(len: usize) -> Vec<u8> {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|i| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                match i % 97 {
+                    0..=40 => 0,
+                    41..=90 => (seed % 16) as u8,
+                    _ => (seed % 64) as u8,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_dense_histogram_counts_each_register_once() {
+        for len in [0, 7, 8, 1_000, 1_003, super::REGISTERS] {
+            let regs = registers(len);
+            let mut want = [0u32; 64];
+            for &r in &regs {
+                want[r as usize] += 1;
+            }
+            assert_eq!(super::dense_histogram(&regs), want, "{len} registers");
         }
     }
 }

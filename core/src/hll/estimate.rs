@@ -30,9 +30,12 @@ pub(super) fn dense_count(regs: &[u8]) -> u64 {
 fn dense_histogram(regs: &[u8]) -> [u32; 64] {
     let mut histo = [0u32; 64];
     let mut pairs = [[0u32; 256]; 4];
-    let (words, rest) = regs.as_chunks::<8>();
-    for &word in words {
-        let w = u64::from_le_bytes(word);
+    let words = regs.chunks_exact(8);
+    let rest = words.remainder();
+    for word in words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let w = u64::from_le_bytes(bytes);
         if w & 0xF0F0_F0F0_F0F0_F0F0 == 0 {
             // Byte 2k becomes register 2k | register 2k+1 << 4.
             let x = (w | (w >> 4)) & 0x00FF_00FF_00FF_00FF;

@@ -75,6 +75,18 @@ fn a_union_counts_and_merges_as_merging_the_sketches_does() {
             assert_eq!(a.registers(), b.registers());
             // A sparse result lists its registers in index order, as merging does.
             assert_eq!(a.sparse_registers(), b.sparse_registers());
+            // Taken: the accumulator as merged, the union's own sketch the
+            // sketches' merge (sparse in index order when small), and the
+            // union left empty.
+            let mut taken = u.clone();
+            let mut e = base.clone();
+            let own = taken.take_into(&mut e);
+            assert_eq!(e.registers(), b.registers());
+            assert_eq!(own.registers(), merged.registers());
+            assert_eq!(own.sparse_registers(), merged.sparse_registers());
+            assert!(taken.is_empty());
+            taken.add(&sketch(0..1));
+            assert_eq!(taken.count(), sketch(0..1).count());
             let mut drained = u.clone();
             let mut c = base;
             assert_eq!(drained.drain_into(&mut c), merged.count());

@@ -426,9 +426,12 @@ impl Fold {
                     finals[pos] = Final::Distinct(self.union.drain_into(total));
                     continue;
                 }
-                self.union.merge_into(total);
-                let union = &mut self.union;
-                keep(pos, &mut |h| union.merge_into(h));
+                let mut taken = Some(self.union.take_into(total));
+                keep(pos, &mut |h| match taken.take() {
+                    Some(t) if h.is_empty() => *h = t,
+                    Some(t) => h.merge(&t),
+                    None => {}
+                });
             }
             // A bucket where every requested measure is still its identity
             // (e.g. a `max` over events without the field) has nothing to

@@ -170,21 +170,23 @@ impl Hll {
         }
     }
 
-    /// The value of register `index` (0 when not set).
-    fn register(&self, index: usize) -> u8 {
-        match &self.repr {
-            Repr::Sparse(entries) => entries
-                .binary_search_by_key(&(index as u32), |e| e >> 8)
-                .map_or(0, |at| entries[at] as u8),
-            Repr::Dense(regs) => regs.get(index).copied().unwrap_or(0),
-        }
-    }
-
     /// Bytes the sketch holds on the heap: what a memory budget counts.
     pub fn heap_bytes(&self) -> usize {
         match &self.repr {
             Repr::Sparse(e) => e.capacity() * std::mem::size_of::<u32>(),
             Repr::Dense(r) => r.len(),
+        }
+    }
+
+    /// The non-zero registers as `(index << 8) | value`, by index, whatever
+    /// the representation ([`Hll::sparse_registers`]' layout).
+    pub fn entries(&self) -> Vec<u32> {
+        match &self.repr {
+            Repr::Sparse(entries) => entries.clone(),
+            Repr::Dense(regs) => (regs.iter().enumerate())
+                .filter(|&(_, &v)| v != 0)
+                .map(|(i, &v)| ((i as u32) << 8) | v as u32)
+                .collect(),
         }
     }
 

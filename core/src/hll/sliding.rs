@@ -6,48 +6,70 @@
 //! A HyperLogLog union cannot take a sketch back out, so a window that
 //! re-unions its sketches for every point pays all the window's registers at
 //! every point, and a count over all of them again. Here each register keeps
-//! its maximum over the window with two counts: how many sketches in the
-//! window set it, and how many of those hold it at the maximum; a histogram
-//! of the maxima follows every change. A move costs the moving sketch's
-//! registers and a count costs the histogram's 64 steps. Only when the one
-//! sketch holding a register's maximum leaves while another sketch still
-//! sets that register is the register looked up in the sketches left.
+//! the textbook sliding-window maximum: the values that may still become its
+//! maximum, newest last, each with the sketch it came from. A value leaves
+//! the list when a newer one at least as large enters (it can never be the
+//! maximum again), or when its sketch leaves the window (it is then the
+//! oldest). A histogram of the maxima follows every change. A move costs
+//! the moving sketch's registers, in any order, and a count the histogram's
+//! 64 steps; nothing is looked up in the sketches inside, so they need not
+//! be sorted.
 //!
 //! Guarantee: after any moves in window order, [`Sliding::count`] equals the
 //! `PFCOUNT` of the union of the sketches inside, as long as the window never
-//! holds more than [`Sliding::MAX_SKETCHES`] sketches.
+//! holds more than [`Sliding::MAX_SKETCHES`] sketches and a sketch lists each
+//! register once.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use super::estimate::estimate;
-use super::{Hll, Repr, REGISTERS};
+use super::REGISTERS;
 
-/// Bits of a slot's counts.
-const COUNT_BITS: u32 = 12;
-const COUNT_MASK: u32 = (1 << COUNT_BITS) - 1;
+/// Bits of a sketch's number in a list: numbers of the sketches inside
+/// differ modulo `1 << SEQ_BITS`.
+const SEQ_BITS: u32 = 12;
+const SEQ_MASK: u32 = (1 << SEQ_BITS) - 1;
+/// A list entry: the sketch's number, then the value (6 bits).
+const ENTRY_BITS: u32 = SEQ_BITS + 6;
+const ENTRY_MASK: u64 = (1 << ENTRY_BITS) - 1;
+/// Entries a slot holds; a longer list (values falling step by step over
+/// four sketches or more) moves to `spilled`.
+const INLINE: u64 = 3;
+/// Slot bits 0..2: the list's length; bit 2: the list is in `spilled`;
+/// entries from bit 8, the oldest (the maximum) first.
+const LEN_MASK: u64 = 3;
+const SPILLED: u64 = 4;
+const FIRST: u32 = 8;
 
 /// A sliding union of sketches (see the module docs).
 #[derive(Clone)]
 pub struct Sliding {
-    /// Per register: the window's maximum (bits 0..8), how many sketches
-    /// in the window hold it at that maximum (bits 8..20) and how many set
-    /// it at all (bits 20..32). One word a register: one load and one store
-    /// a move.
-    slots: Box<[u32]>,
+    /// Per register, its list of candidate maxima (one word: one load and
+    /// one store a move).
+    slots: Box<[u64]>,
+    /// The lists longer than a slot holds, by register.
+    spilled: HashMap<u32, VecDeque<(u32, u8)>>,
     /// Registers per maximum (entry 0 unused: see `set`), in four lanes by
     /// register index, summed when counting: most registers hold 1 or 2, and
     /// one histogram would make each move wait on the last one's update.
     lanes: [[u32; 64]; 4],
     /// Registers some sketch in the window sets.
     set: u32,
+    /// The numbers of the next sketch to enter and of the oldest inside.
+    next: u32,
+    oldest: u32,
 }
 
 impl Default for Sliding {
     fn default() -> Self {
         Sliding {
-            slots: vec![0u32; REGISTERS].into_boxed_slice(),
+            slots: vec![0u64; REGISTERS].into_boxed_slice(),
+            spilled: HashMap::new(),
             lanes: [[0; 64]; 4],
             set: 0,
+            next: 0,
+            oldest: 0,
         }
     }
 }
@@ -59,47 +81,27 @@ impl fmt::Debug for Sliding {
 }
 
 impl Sliding {
-    /// The most sketches a window may hold: a slot's counts have 12 bits.
-    pub const MAX_SKETCHES: usize = COUNT_MASK as usize;
+    /// The most sketches a window may hold: their numbers must differ in
+    /// a list entry's bits.
+    pub const MAX_SKETCHES: usize = SEQ_MASK as usize;
 
-    /// A sketch enters the window.
-    pub fn enter(&mut self, h: &Hll) {
-        match &h.repr {
-            Repr::Sparse(entries) => {
-                for &e in entries {
-                    self.enter_one((e >> 8) as usize, e as u8);
-                }
-            }
-            Repr::Dense(regs) => {
-                for (i, &v) in regs.iter().enumerate() {
-                    if v != 0 {
-                        self.enter_one(i, v);
-                    }
-                }
-            }
+    /// A sketch enters the window, given as its non-zero registers
+    /// `(index << 8) | value` ([`super::Hll::sparse_registers`]'s layout), in
+    /// any order, each register once.
+    pub fn enter(&mut self, registers: &[u32]) {
+        let seq = self.next & SEQ_MASK;
+        self.next = self.next.wrapping_add(1);
+        for &e in registers {
+            self.enter_one((e >> 8) as usize, e as u8 & 63, seq);
         }
     }
 
-    /// The oldest sketch in the window, `h`, leaves; `rest` are the sketches
-    /// still inside (where a register whose maximum `h` alone held is looked
-    /// up again).
-    pub fn leave<'a, I>(&mut self, h: &Hll, rest: I)
-    where
-        I: Iterator<Item = &'a Hll> + Clone,
-    {
-        match &h.repr {
-            Repr::Sparse(entries) => {
-                for &e in entries {
-                    self.leave_one((e >> 8) as usize, e as u8, &rest);
-                }
-            }
-            Repr::Dense(regs) => {
-                for (i, &v) in regs.iter().enumerate() {
-                    if v != 0 {
-                        self.leave_one(i, v, &rest);
-                    }
-                }
-            }
+    /// The oldest sketch in the window leaves, given as it entered.
+    pub fn leave(&mut self, registers: &[u32]) {
+        let seq = self.oldest & SEQ_MASK;
+        self.oldest = self.oldest.wrapping_add(1);
+        for &e in registers {
+            self.leave_one((e >> 8) as usize, seq);
         }
     }
 
@@ -121,93 +123,146 @@ impl Sliding {
     /// The union's registers, one byte each (for tests).
     #[cfg(test)]
     pub(super) fn registers(&self) -> Vec<u8> {
-        self.slots.iter().map(|&s| unpack(s).0).collect()
+        (0..REGISTERS).map(|i| self.top(i)).collect()
     }
 
-    #[inline(always)]
-    fn enter_one(&mut self, i: usize, v: u8) {
-        let Some(slot) = self.slots.get_mut(i) else {
-            return;
-        };
-        let lane = &mut self.lanes[i & 3];
-        let (top, at, any) = unpack(*slot);
-        *slot = if v > top {
-            if top > 0 {
-                lane[top as usize & 63] -= 1;
-            } else {
-                self.set += 1;
-            }
-            lane[v as usize & 63] += 1;
-            pack(v, 1, any + 1)
-        } else if v == top {
-            pack(top, at + 1, any + 1)
+    /// Register `i`'s maximum over the window (0: unset).
+    #[cfg(test)]
+    fn top(&self, i: usize) -> u8 {
+        let slot = self.slots[i];
+        if slot & SPILLED != 0 {
+            return self.spilled[&(i as u32)].front().map_or(0, |e| e.1);
+        }
+        if slot & LEN_MASK == 0 {
+            0
         } else {
-            pack(top, at, any + 1)
-        };
+            value(slot, 0)
+        }
+    }
+
+    /// The maximum of register `i` went from `old` to `new` (0: unset).
+    #[inline(always)]
+    fn moved(&mut self, i: usize, old: u8, new: u8) {
+        let lane = &mut self.lanes[i & 3];
+        if old > 0 {
+            lane[old as usize] -= 1;
+        } else {
+            self.set += 1;
+        }
+        if new > 0 {
+            lane[new as usize] += 1;
+        } else {
+            self.set -= 1;
+        }
     }
 
     #[inline(always)]
-    fn leave_one<'a, I>(&mut self, i: usize, v: u8, rest: &I)
-    where
-        I: Iterator<Item = &'a Hll> + Clone,
-    {
+    fn enter_one(&mut self, i: usize, v: u8, seq: u32) {
         let Some(&slot) = self.slots.get(i) else {
             return;
         };
-        let (top, at, any) = unpack(slot);
-        debug_assert!(any > 0 && v <= top, "a sketch left that never entered");
-        let any = any.saturating_sub(1);
-        let next = if any == 0 {
-            self.lanes[i & 3][top as usize & 63] -= 1;
-            self.set -= 1;
-            0
-        } else if v < top {
-            pack(top, at, any)
-        } else if at > 1 {
-            pack(top, at - 1, any)
-        } else {
-            self.new_top(i, top, any, rest.clone())
-        };
-        self.slots[i] = next;
+        if v == 0 {
+            return;
+        }
+        if slot & SPILLED != 0 {
+            return self.enter_spilled(i, v, seq);
+        }
+        let len = slot & LEN_MASK;
+        // Values not above the new one can never be the maximum again.
+        let mut keep = len;
+        while keep > 0 && value(slot, keep - 1) <= v {
+            keep -= 1;
+        }
+        if keep == INLINE {
+            // A fourth candidate: the list moves out of the slot.
+            let list = (0..len).map(|k| (seq_of(slot, k), value(slot, k)));
+            let mut list: VecDeque<(u32, u8)> = list.collect();
+            list.push_back((seq, v));
+            self.spilled.insert(i as u32, list);
+            self.slots[i] = SPILLED;
+            return;
+        }
+        let kept = slot & ((1u64 << (FIRST as u64 + ENTRY_BITS as u64 * keep)) - 1) & !LEN_MASK;
+        self.slots[i] = kept | entry(keep, seq, v) | (keep + 1);
+        if keep == 0 {
+            let old = if len > 0 { value(slot, 0) } else { 0 };
+            self.moved(i, old, v);
+        }
     }
 
-    /// The one sketch at register `i`'s maximum `top` left while `any`
-    /// others still set it: the new maximum, and who holds it, are among
-    /// `rest`.
+    #[inline(always)]
+    fn leave_one(&mut self, i: usize, seq: u32) {
+        let Some(&slot) = self.slots.get(i) else {
+            return;
+        };
+        if slot & SPILLED != 0 {
+            return self.leave_spilled(i, seq);
+        }
+        let len = slot & LEN_MASK;
+        // Its value left the list already when a newer one at least as
+        // large entered; else it is the oldest entry.
+        if len == 0 || seq_of(slot, 0) != seq {
+            return;
+        }
+        let old = value(slot, 0);
+        let rest = (slot >> ENTRY_BITS) & !((1u64 << FIRST) - 1);
+        self.slots[i] = rest | (len - 1);
+        let new = if len > 1 { value(slot, 1) } else { 0 };
+        self.moved(i, old, new);
+    }
+
     #[cold]
     #[inline(never)]
-    fn new_top<'a>(
-        &mut self,
-        i: usize,
-        top: u8,
-        any: u32,
-        rest: impl Iterator<Item = &'a Hll>,
-    ) -> u32 {
-        let (mut new, mut holders) = (0u8, 0u32);
-        for r in rest.map(|k| k.register(i)) {
-            if r > new {
-                (new, holders) = (r, 1);
-            } else if r == new && r > 0 {
-                holders += 1;
-            }
+    fn enter_spilled(&mut self, i: usize, v: u8, seq: u32) {
+        let Some(list) = self.spilled.get_mut(&(i as u32)) else {
+            return;
+        };
+        let old = list.front().map_or(0, |e| e.1);
+        while list.back().is_some_and(|e| e.1 <= v) {
+            list.pop_back();
         }
-        debug_assert!(new > 0, "a register set in the window is in no sketch left");
-        let lane = &mut self.lanes[i & 3];
-        lane[top as usize & 63] -= 1;
-        lane[new as usize & 63] += 1;
-        pack(new, holders, any)
+        list.push_back((seq, v));
+        let new = list.front().map_or(0, |e| e.1);
+        if new != old {
+            self.moved(i, old, new);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn leave_spilled(&mut self, i: usize, seq: u32) {
+        let Some(list) = self.spilled.get_mut(&(i as u32)) else {
+            return;
+        };
+        let Some(&(front, old)) = list.front() else {
+            return;
+        };
+        if front != seq {
+            return;
+        }
+        list.pop_front();
+        let new = list.front().map_or(0, |e| e.1);
+        if list.is_empty() {
+            self.spilled.remove(&(i as u32));
+            self.slots[i] = 0;
+        }
+        self.moved(i, old, new);
     }
 }
 
-fn unpack(slot: u32) -> (u8, u32, u32) {
-    (
-        slot as u8,
-        (slot >> 8) & COUNT_MASK,
-        (slot >> (8 + COUNT_BITS)) & COUNT_MASK,
-    )
+/// List entry `k` of a slot holding sketch `seq`'s value `v`.
+fn entry(k: u64, seq: u32, v: u8) -> u64 {
+    (((v as u64) << SEQ_BITS) | seq as u64) << (FIRST as u64 + ENTRY_BITS as u64 * k)
 }
 
-fn pack(top: u8, at: u32, any: u32) -> u32 {
-    debug_assert!(at <= COUNT_MASK && any <= COUNT_MASK);
-    top as u32 | (at << 8) | (any << (8 + COUNT_BITS))
+fn raw(slot: u64, k: u64) -> u64 {
+    (slot >> (FIRST as u64 + ENTRY_BITS as u64 * k)) & ENTRY_MASK
+}
+
+fn seq_of(slot: u64, k: u64) -> u32 {
+    raw(slot, k) as u32 & SEQ_MASK
+}
+
+fn value(slot: u64, k: u64) -> u8 {
+    (raw(slot, k) >> SEQ_BITS) as u8
 }

@@ -174,20 +174,28 @@ impl Union {
         estimate(&histo)
     }
 
-    /// Merge the union into `acc`, hand its registers over as a sketch of
-    /// their own and empty it: what [`Union::merge_into`] (into `acc`, then
-    /// into an empty sketch) and [`Union::clear`] give in turn, in one pass
-    /// over the registers set when `acc` is dense and the union small. A
-    /// rolling window keeps each answer cell's sketch this way.
-    pub fn take_into(&mut self, acc: &mut Hll) -> Hll {
-        if self.all || self.set.len() > SPARSE_MAX_REGS || matches!(acc.repr, Repr::Sparse(_)) {
-            let mut own = Hll::new();
+    /// Merge the union into `acc`, hand its registers over
+    /// (`(index << 8) | value`, in no particular order) and empty it: what
+    /// [`Union::merge_into`] and [`Union::clear`] give in turn, with the
+    /// registers read in between, in one pass over the registers set when
+    /// `acc` is dense. A rolling window keeps each answer cell's registers
+    /// this way ([`super::Sliding`] takes them unsorted).
+    pub fn take_into(&mut self, acc: &mut Hll) -> Vec<u32> {
+        if self.all || matches!(acc.repr, Repr::Sparse(_)) {
             self.merge_into(acc);
-            self.merge_into(&mut own);
+            let entries = if self.all {
+                (self.regs.iter().enumerate())
+                    .filter(|&(_, &v)| v != 0)
+                    .map(|(i, &v)| ((i as u32) << 8) | v as u32)
+                    .collect()
+            } else {
+                (self.set.iter())
+                    .map(|&i| ((i as u32) << 8) | self.regs[i as usize] as u32)
+                    .collect()
+            };
             self.clear();
-            return own;
+            return entries;
         }
-        sort_indices(&mut self.set, &mut self.scratch);
         let regs = acc.make_dense();
         let mine = &mut self.regs;
         let entries = (self.set.iter())
@@ -199,9 +207,7 @@ impl Union {
             })
             .collect();
         self.set.clear();
-        Hll {
-            repr: Repr::Sparse(entries),
-        }
+        entries
     }
 
     /// Empty the union (in time proportional to the registers set).

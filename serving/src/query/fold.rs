@@ -352,7 +352,11 @@ impl Fold {
                 })
                 .collect();
             // With a window the cell is kept whole, its sketches unioned.
-            let mut kept = self.window.is_some().then(|| cell.aggs.clone());
+            let mut kept = self.window.is_some().then(|| Cell {
+                t: ob,
+                aggs: cell.aggs.clone(),
+                registers: vec![Vec::new(); width].into(),
+            });
             let id = cell.id as usize;
             // Each quantile measure's inputs, added up in the reused
             // accumulator, answered from it and added to the group's total.
@@ -371,15 +375,17 @@ impl Fold {
                         Counts::Sketch(q) => acc.merge(q),
                     }
                 }
-                match kept.as_mut().and_then(|k| k.get_mut(pos)) {
+                match kept.as_mut().and_then(|k| k.aggs.get_mut(pos)) {
                     Some(Agg::Quantiles(k)) => k.clone_from(acc),
                     _ => finals[pos] = Final::of_quantiles(acc, p),
                 }
                 acc.drain_into(total);
             }
-            let mut keep = |pos: usize, f: &mut dyn FnMut(&mut tally_core::hll::Hll)| {
-                if let Some(Agg::Distinct(h)) = kept.as_mut().and_then(|k| k.get_mut(pos)) {
-                    f(h);
+            // A kept cell's registers, in no particular order (what the
+            // window's sliding union takes): each position is set once.
+            let mut keep = |pos: usize, registers: Vec<u32>| {
+                if let Some(r) = kept.as_mut().and_then(|k| k.registers.get_mut(pos)) {
+                    *r = registers;
                 }
             };
             let totals = &mut self.totals[og as usize];
@@ -400,7 +406,9 @@ impl Fold {
                             finals[pos] = Final::Distinct(count_registers(regs));
                         }
                         total.merge_registers(regs);
-                        keep(pos, &mut |h| h.merge_registers(regs));
+                        if self.window.is_some() {
+                            keep(pos, regs.to_vec());
+                        }
                         continue;
                     }
                     [Sketch::Dense(h, count)] => {
@@ -408,7 +416,9 @@ impl Fold {
                             finals[pos] = Final::Distinct(count.unwrap_or_else(|| h.count()));
                         }
                         total.merge(h);
-                        keep(pos, &mut |k| k.merge(h));
+                        if self.window.is_some() {
+                            keep(pos, h.entries());
+                        }
                         continue;
                     }
                     _ => {}
@@ -426,12 +436,8 @@ impl Fold {
                     finals[pos] = Final::Distinct(self.union.drain_into(total));
                     continue;
                 }
-                let mut taken = Some(self.union.take_into(total));
-                keep(pos, &mut |h| match taken.take() {
-                    Some(t) if h.is_empty() => *h = t,
-                    Some(t) => h.merge(&t),
-                    None => {}
-                });
+                let taken = self.union.take_into(total);
+                keep(pos, taken);
             }
             // A bucket where every requested measure is still its identity
             // (e.g. a `max` over events without the field) has nothing to
@@ -441,7 +447,7 @@ impl Fold {
             // the window, not by `finals` (its sketches were not counted):
             // its aggregates say it.
             let nothing = match &kept {
-                Some(aggs) => aggs.iter().all(is_identity),
+                Some(k) => k.aggs.iter().all(is_identity) && k.registers.iter().all(Vec::is_empty),
                 None => finals.iter().all(Final::is_nothing),
             };
             if nothing {
@@ -453,7 +459,7 @@ impl Fold {
                 }
             }
             match kept {
-                Some(aggs) => self.cells[og as usize].push((ob, aggs)),
+                Some(k) => self.cells[og as usize].push(k),
                 None => self.points[og as usize].push((ob, finals)),
             }
             self.done += 1;

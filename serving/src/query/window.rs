@@ -13,8 +13,9 @@
 //! not shown, as an empty bucket is not.
 //!
 //! Sketch measures slide instead: a distinct measure's window is a
-//! [`Sliding`] union (each cell's sketch enters once and leaves once, and a
-//! point's estimate is read off a histogram kept as the union changes), a
+//! [`Sliding`] union (each cell's registers enter once and leave once, in
+//! the order the cell's union set them: never sorted; a point's estimate is
+//! read off a histogram kept as the union changes), a
 //! quantile measure's a running sum of the cells' sketches (a cell's counts
 //! are added as it enters and taken back as it leaves: counts subtract
 //! exactly). A point costs the sketches of the cells that move, where
@@ -25,7 +26,7 @@
 //! and costs at most `window / g` cell merges per scalar measure.
 
 use tally_core::agg::{Agg, AggKind};
-use tally_core::hll::{Hll, Sliding};
+use tally_core::hll::Sliding;
 use tally_core::quantile::QuantileSketch;
 
 use super::parse::{Query, MAX_WINDOW_BUCKETS};
@@ -77,25 +78,25 @@ impl Window {
         while t <= self.last {
             // Cells out of the window leave before new ones enter: the
             // unions never hold more than a window's cells.
-            while lo < hi && cells[lo].0 <= t - self.ms {
-                inside.leave(&cells[lo], &cells[lo + 1..hi]);
+            while lo < hi && cells[lo].t <= t - self.ms {
+                inside.leave(&cells[lo]);
                 lo += 1;
             }
-            while hi < cells.len() && cells[hi].0 <= t {
+            while hi < cells.len() && cells[hi].t <= t {
                 inside.enter(&cells[hi]);
                 hi += 1;
             }
             // None, unless a cell entered already out of the window.
-            while lo < hi && cells[lo].0 <= t - self.ms {
-                inside.leave(&cells[lo], &cells[lo + 1..hi]);
+            while lo < hi && cells[lo].t <= t - self.ms {
+                inside.leave(&cells[lo]);
                 lo += 1;
             }
             if lo == hi {
                 // Nothing in this window: jump to the first point the next
                 // cell reaches.
                 match cells.get(hi) {
-                    Some(&(next, _)) => {
-                        t = t.max(next);
+                    Some(next) => {
+                        t = t.max(next.t);
                         continue;
                     }
                     None => break,
@@ -109,15 +110,22 @@ impl Window {
         }
         // Empty for the next group.
         while lo < hi {
-            inside.leave(&cells[lo], &cells[lo + 1..hi]);
+            inside.leave(&cells[lo]);
             lo += 1;
         }
         out
     }
 }
 
-/// A closed cell: its output bucket and its aggregates.
-pub type Cell = (i64, Box<[Agg]>);
+/// A closed cell: its output bucket, its aggregates (a distinct measure's
+/// left empty) and, per measure, a distinct measure's registers as
+/// `(index << 8) | value`, in any order (what [`Sliding`] takes).
+#[derive(Debug)]
+pub struct Cell {
+    pub t: i64,
+    pub aggs: Box<[Agg]>,
+    pub registers: Box<[Vec<u32>]>,
+}
 
 /// The sketch measures of the cells inside a window as it moves over one
 /// group: per distinct measure a sliding union, per quantile measure a
@@ -146,26 +154,22 @@ impl<'a> Inside<'a> {
 
     fn enter(&mut self, cell: &Cell) {
         for (s, &pos) in self.sliding.iter_mut().zip(&self.distinct) {
-            if let Some(h) = sketch(cell, pos) {
-                s.enter(h);
-            }
+            s.enter(&cell.registers[pos]);
         }
         for (sum, &pos) in self.sums.iter_mut().zip(&self.quantiles) {
-            if let Agg::Quantiles(q) = &cell.1[pos] {
+            if let Agg::Quantiles(q) = &cell.aggs[pos] {
                 sum.merge(q);
             }
         }
     }
 
-    /// The oldest cell inside leaves; `rest` are the cells still inside.
-    fn leave(&mut self, cell: &Cell, rest: &[Cell]) {
+    /// The oldest cell inside leaves.
+    fn leave(&mut self, cell: &Cell) {
         for (s, &pos) in self.sliding.iter_mut().zip(&self.distinct) {
-            if let Some(h) = sketch(cell, pos) {
-                s.leave(h, rest.iter().filter_map(|c| sketch(c, pos)));
-            }
+            s.leave(&cell.registers[pos]);
         }
         for (sum, &pos) in self.sums.iter_mut().zip(&self.quantiles) {
-            if let Agg::Quantiles(q) = &cell.1[pos] {
+            if let Agg::Quantiles(q) = &cell.aggs[pos] {
                 sum.subtract(q);
             }
         }
@@ -187,8 +191,8 @@ impl<'a> Inside<'a> {
                 },
                 _ => {
                     let mut acc = Agg::empty(kind);
-                    for (_, aggs) in cells {
-                        acc.merge(&aggs[pos]);
+                    for c in cells {
+                        acc.merge(&c.aggs[pos]);
                     }
                     Final::of(&acc, p)
                 }
@@ -197,22 +201,19 @@ impl<'a> Inside<'a> {
     }
 }
 
-/// A cell's sketch of the distinct measure at `pos`.
-fn sketch(cell: &Cell, pos: usize) -> Option<&Hll> {
-    match &cell.1[pos] {
-        Agg::Distinct(h) => Some(h),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_core::hll::Hll;
 
     const M: i64 = 60_000;
 
-    fn count(n: u64) -> Box<[Agg]> {
-        vec![Agg::Count(n)].into()
+    fn count(t: i64, n: u64) -> Cell {
+        Cell {
+            t,
+            aggs: vec![Agg::Count(n)].into(),
+            registers: vec![Vec::new()].into(),
+        }
     }
 
     #[test]
@@ -224,7 +225,7 @@ mod tests {
             last: 30 * M,
         };
         // Cells before the first point count in its window.
-        let cells = vec![(8 * M, count(1)), (10 * M, count(2)), (20 * M, count(5))];
+        let cells = vec![count(8 * M, 1), count(10 * M, 2), count(20 * M, 5)];
         let got: Vec<(i64, u64)> = w
             .points(&cells, &[AggKind::Count], &mut [], &Percentiles::default())
             .into_iter()
@@ -257,8 +258,16 @@ mod tests {
             last: 30 * M,
         };
         let kinds = [AggKind::Count, AggKind::Distinct];
-        let cell = |t: i64, r: std::ops::Range<u32>| -> (i64, Box<[Agg]>) {
-            (t * M, vec![Agg::Count(1), Agg::Distinct(users(r))].into())
+        // A cell's registers in the reverse of index order: the sliding
+        // union must not rely on any order.
+        let cell = |t: i64, r: std::ops::Range<u32>| -> (Cell, Hll) {
+            let h = users(r);
+            let cell = Cell {
+                t: t * M,
+                aggs: vec![Agg::Count(1), Agg::Distinct(Hll::new())].into(),
+                registers: vec![Vec::new(), h.entries().into_iter().rev().collect()].into(),
+            };
+            (cell, h)
         };
         // Overlapping users (shared registers, equal and unequal), a gap
         // that empties the window, and a dense cell (2,000 users).
@@ -275,13 +284,14 @@ mod tests {
         ];
         // One sliding union for every group, as the fold passes it.
         let mut sliding = [Sliding::default()];
-        for cells in &groups {
-            let got = w.points(cells, &kinds, &mut sliding, &Percentiles::default());
+        for group in groups {
+            let (cells, sketches): (Vec<Cell>, Vec<Hll>) = group.into_iter().unzip();
+            let got = w.points(&cells, &kinds, &mut sliding, &Percentiles::default());
             assert!(!got.is_empty());
             for (t, finals) in got {
                 let mut want = Hll::new();
-                for (_, aggs) in cells.iter().filter(|(c, _)| *c <= t && *c > t - w.ms) {
-                    if let Agg::Distinct(h) = &aggs[1] {
+                for (c, h) in cells.iter().zip(&sketches) {
+                    if c.t <= t && c.t > t - w.ms {
                         want.merge(h);
                     }
                 }

@@ -50,12 +50,13 @@ pub struct Sliding {
     slots: Box<[u64]>,
     /// The lists longer than a slot holds, by register.
     spilled: HashMap<u32, VecDeque<(u32, u8)>>,
-    /// Registers per maximum (entry 0 unused: see `set`), in four lanes by
-    /// register index, summed when counting: most registers hold 1 or 2, and
-    /// one histogram would make each move wait on the last one's update.
+    /// Registers per maximum, in four lanes by a move's position in its
+    /// sketch, summed (wrapping) when counting: most registers hold 1 or 2,
+    /// and one histogram would make each move wait on the last one's
+    /// update. A register's maximum may enter one lane and leave another:
+    /// a lane's count wraps, the sum does not. Entry 0 takes the moves from
+    /// and to "unset", so that a move never branches on them.
     lanes: [[u32; 64]; 4],
-    /// Registers some sketch in the window sets.
-    set: u32,
     /// The numbers of the next sketch to enter and of the oldest inside.
     next: u32,
     oldest: u32,
@@ -67,7 +68,6 @@ impl Default for Sliding {
             slots: vec![0u64; REGISTERS].into_boxed_slice(),
             spilled: HashMap::new(),
             lanes: [[0; 64]; 4],
-            set: 0,
             next: 0,
             oldest: 0,
         }
@@ -76,7 +76,7 @@ impl Default for Sliding {
 
 impl fmt::Debug for Sliding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sliding").field("set", &self.set).finish()
+        f.debug_struct("Sliding").field("set", &self.set()).finish()
     }
 }
 
@@ -91,8 +91,8 @@ impl Sliding {
     pub fn enter(&mut self, registers: &[u32]) {
         let seq = self.next & SEQ_MASK;
         self.next = self.next.wrapping_add(1);
-        for &e in registers {
-            self.enter_one((e >> 8) as usize, e as u8 & 63, seq);
+        for (k, &e) in registers.iter().enumerate() {
+            self.enter_one(k, (e >> 8) as usize, e as u8 & 63, seq);
         }
     }
 
@@ -100,24 +100,35 @@ impl Sliding {
     pub fn leave(&mut self, registers: &[u32]) {
         let seq = self.oldest & SEQ_MASK;
         self.oldest = self.oldest.wrapping_add(1);
-        for &e in registers {
-            self.leave_one((e >> 8) as usize, seq);
+        for (k, &e) in registers.iter().enumerate() {
+            self.leave_one(k, (e >> 8) as usize, seq);
         }
     }
 
     /// The estimate `PFCOUNT` gives for the union of the sketches inside.
     pub fn count(&self) -> u64 {
-        let mut histo = [0u32; 64];
-        for (v, total) in histo.iter_mut().enumerate() {
-            *total = self.lanes.iter().map(|l| l[v]).sum();
-        }
-        histo[0] = REGISTERS as u32 - self.set;
+        let mut histo = self.histogram();
+        histo[0] = REGISTERS as u32 - self.set();
         estimate(&histo)
     }
 
     /// Whether no sketch inside sets a register.
     pub fn is_empty(&self) -> bool {
-        self.set == 0
+        self.set() == 0
+    }
+
+    /// Registers per maximum, from 1 (entry 0 left 0).
+    fn histogram(&self) -> [u32; 64] {
+        let mut histo = [0u32; 64];
+        for (v, total) in histo.iter_mut().enumerate().skip(1) {
+            *total = (self.lanes.iter()).fold(0u32, |sum, lane| sum.wrapping_add(lane[v]));
+        }
+        histo
+    }
+
+    /// Registers some sketch in the window sets.
+    fn set(&self) -> u32 {
+        self.histogram().iter().sum()
     }
 
     /// The union's registers, one byte each (for tests).
@@ -140,24 +151,17 @@ impl Sliding {
         }
     }
 
-    /// The maximum of register `i` went from `old` to `new` (0: unset).
+    /// A register's maximum went from `old` to `new` (0: unset), the
+    /// move at position `k` of its sketch.
     #[inline(always)]
-    fn moved(&mut self, i: usize, old: u8, new: u8) {
-        let lane = &mut self.lanes[i & 3];
-        if old > 0 {
-            lane[old as usize] -= 1;
-        } else {
-            self.set += 1;
-        }
-        if new > 0 {
-            lane[new as usize] += 1;
-        } else {
-            self.set -= 1;
-        }
+    fn moved(&mut self, k: usize, old: u8, new: u8) {
+        let lane = &mut self.lanes[k & 3];
+        lane[old as usize & 63] = lane[old as usize & 63].wrapping_sub(1);
+        lane[new as usize & 63] = lane[new as usize & 63].wrapping_add(1);
     }
 
     #[inline(always)]
-    fn enter_one(&mut self, i: usize, v: u8, seq: u32) {
+    fn enter_one(&mut self, k: usize, i: usize, v: u8, seq: u32) {
         let Some(&slot) = self.slots.get(i) else {
             return;
         };
@@ -165,7 +169,7 @@ impl Sliding {
             return;
         }
         if slot & SPILLED != 0 {
-            return self.enter_spilled(i, v, seq);
+            return self.enter_spilled(k, i, v, seq);
         }
         let len = slot & LEN_MASK;
         // Values not above the new one can never be the maximum again.
@@ -186,17 +190,17 @@ impl Sliding {
         self.slots[i] = kept | entry(keep, seq, v) | (keep + 1);
         if keep == 0 {
             let old = if len > 0 { value(slot, 0) } else { 0 };
-            self.moved(i, old, v);
+            self.moved(k, old, v);
         }
     }
 
     #[inline(always)]
-    fn leave_one(&mut self, i: usize, seq: u32) {
+    fn leave_one(&mut self, k: usize, i: usize, seq: u32) {
         let Some(&slot) = self.slots.get(i) else {
             return;
         };
         if slot & SPILLED != 0 {
-            return self.leave_spilled(i, seq);
+            return self.leave_spilled(k, i, seq);
         }
         let len = slot & LEN_MASK;
         // Its value left the list already when a newer one at least as
@@ -208,12 +212,12 @@ impl Sliding {
         let rest = (slot >> ENTRY_BITS) & !((1u64 << FIRST) - 1);
         self.slots[i] = rest | (len - 1);
         let new = if len > 1 { value(slot, 1) } else { 0 };
-        self.moved(i, old, new);
+        self.moved(k, old, new);
     }
 
     #[cold]
     #[inline(never)]
-    fn enter_spilled(&mut self, i: usize, v: u8, seq: u32) {
+    fn enter_spilled(&mut self, k: usize, i: usize, v: u8, seq: u32) {
         let Some(list) = self.spilled.get_mut(&(i as u32)) else {
             return;
         };
@@ -224,13 +228,13 @@ impl Sliding {
         list.push_back((seq, v));
         let new = list.front().map_or(0, |e| e.1);
         if new != old {
-            self.moved(i, old, new);
+            self.moved(k, old, new);
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn leave_spilled(&mut self, i: usize, seq: u32) {
+    fn leave_spilled(&mut self, k: usize, i: usize, seq: u32) {
         let Some(list) = self.spilled.get_mut(&(i as u32)) else {
             return;
         };
@@ -246,7 +250,7 @@ impl Sliding {
             self.spilled.remove(&(i as u32));
             self.slots[i] = 0;
         }
-        self.moved(i, old, new);
+        self.moved(k, old, new);
     }
 }
 

@@ -355,7 +355,11 @@ impl Fold {
             let mut kept = self.window.is_some().then(|| Cell {
                 t: ob,
                 aggs: cell.aggs.clone(),
-                registers: vec![Vec::new(); width].into(),
+                // Registers only where a distinct measure may set them.
+                registers: match self.kinds.contains(&AggKind::Distinct) {
+                    true => vec![Vec::new(); width].into(),
+                    false => Box::default(),
+                },
             });
             let id = cell.id as usize;
             // Each quantile measure's inputs, added up in the reused

@@ -154,7 +154,9 @@ impl<'a> Inside<'a> {
 
     fn enter(&mut self, cell: &Cell) {
         for (s, &pos) in self.sliding.iter_mut().zip(&self.distinct) {
-            s.enter(&cell.registers[pos]);
+            if let Some(r) = cell.registers.get(pos) {
+                s.enter(r);
+            }
         }
         for (sum, &pos) in self.sums.iter_mut().zip(&self.quantiles) {
             if let Agg::Quantiles(q) = &cell.aggs[pos] {
@@ -166,7 +168,9 @@ impl<'a> Inside<'a> {
     /// The oldest cell inside leaves.
     fn leave(&mut self, cell: &Cell) {
         for (s, &pos) in self.sliding.iter_mut().zip(&self.distinct) {
-            s.leave(&cell.registers[pos]);
+            if let Some(r) = cell.registers.get(pos) {
+                s.leave(r);
+            }
         }
         for (sum, &pos) in self.sums.iter_mut().zip(&self.quantiles) {
             if let Agg::Quantiles(q) = &cell.aggs[pos] {

@@ -108,7 +108,7 @@ impl Sliding {
     /// The estimate `PFCOUNT` gives for the union of the sketches inside.
     pub fn count(&self) -> u64 {
         let mut histo = self.histogram();
-        histo[0] = REGISTERS as u32 - self.set();
+        histo[0] = REGISTERS as u32 - histo.iter().sum::<u32>();
         estimate(&histo)
     }
 

@@ -123,10 +123,7 @@ fn reduce_lists(lists: &ListChunked) -> PolarsResult<ListChunked> {
         scratch.sort_unstable();
         pairs.clear();
         for &c in &scratch {
-            match pairs.last_mut() {
-                Some((last, n)) if *last == c => *n += 1,
-                _ => pairs.push((c, 1)),
-            }
+            add_to(&mut pairs, c, 1);
         }
         push(&mut out, &mut entries, &pairs);
     }
@@ -214,10 +211,15 @@ fn counts_by_code(sorted: &[i64], pairs: &mut Vec<(i32, u64)>) {
         if c == NO_CODE || n == 0 {
             continue;
         }
-        match pairs.last_mut() {
-            Some((last, total)) if *last == c => *total += u64::from(n),
-            _ => pairs.push((c, u64::from(n))),
-        }
+        add_to(pairs, c, u64::from(n));
+    }
+}
+
+/// Add `n` to code `c`'s count in `pairs`, codes arriving ascending.
+fn add_to(pairs: &mut Vec<(i32, u64)>, c: i32, n: u64) {
+    match pairs.last_mut() {
+        Some((last, total)) if *last == c => *total += n,
+        _ => pairs.push((c, n)),
     }
 }
 

@@ -183,10 +183,7 @@ impl Hll {
     pub fn entries(&self) -> Vec<u32> {
         match &self.repr {
             Repr::Sparse(entries) => entries.clone(),
-            Repr::Dense(regs) => (regs.iter().enumerate())
-                .filter(|&(_, &v)| v != 0)
-                .map(|(i, &v)| ((i as u32) << 8) | v as u32)
-                .collect(),
+            Repr::Dense(regs) => dense_entries(regs),
         }
     }
 
@@ -404,6 +401,14 @@ fn merge_sparse(a: &[u32], b: &[u32]) -> Vec<u32> {
     out.extend_from_slice(&a[i..]);
     out.extend_from_slice(&b[j..]);
     out
+}
+
+/// The non-zero registers of dense `regs` as `(index << 8) | value`, by index.
+fn dense_entries(regs: &[u8]) -> Vec<u32> {
+    (regs.iter().enumerate())
+        .filter(|&(_, &v)| v != 0)
+        .map(|(i, &v)| ((i as u32) << 8) | v as u32)
+        .collect()
 }
 
 #[cfg(test)]

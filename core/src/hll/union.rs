@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::estimate::{dense_count, estimate};
-use super::{Hll, Repr, REGISTERS, SPARSE_MAX_REGS};
+use super::{dense_entries, Hll, Repr, REGISTERS, SPARSE_MAX_REGS};
 
 /// A union of many sketches at once: a dense scratch of registers and the
 /// list of those set, so that adding a sparse sketch costs its registers and
@@ -184,10 +184,7 @@ impl Union {
         if self.all || matches!(acc.repr, Repr::Sparse(_)) {
             self.merge_into(acc);
             let entries = if self.all {
-                (self.regs.iter().enumerate())
-                    .filter(|&(_, &v)| v != 0)
-                    .map(|(i, &v)| ((i as u32) << 8) | v as u32)
-                    .collect()
+                dense_entries(&self.regs)
             } else {
                 (self.set.iter())
                     .map(|&i| ((i as u32) << 8) | self.regs[i as usize] as u32)

@@ -15,6 +15,7 @@ use polars::prelude::*;
 use polars_arrow::array::{Array, PrimitiveArray};
 use tally_core::hll::{pattern, redis_bytes_of, REGISTERS};
 
+use super::list_rows::for_each_group;
 use crate::promote::PropType;
 
 /// The entry of one value's text.
@@ -122,6 +123,35 @@ pub(super) fn registers(list: Expr) -> Expr {
             ))
         },
     )
+}
+
+/// A roll-up's registers: each coarse group's rows of the finer level (row
+/// numbers, as the group-by gathers them) reduced to one sketch's
+/// registers, read from `finer` (that level's registers) where they lie.
+pub(super) fn registers_of_rows(rows: Expr, finer: ListChunked) -> Expr {
+    rows.map(
+        move |c: Column| reduce_groups(c.list()?, &finer).map(Column::from),
+        |_, f| {
+            Ok(Field::new(
+                f.name().clone(),
+                DataType::List(Box::new(DataType::UInt32)),
+            ))
+        },
+    )
+}
+
+fn reduce_groups(groups: &ListChunked, finer: &ListChunked) -> PolarsResult<Series> {
+    let mut out = ListPrimitiveChunkedBuilder::<UInt32Type>::new(
+        groups.name().clone(),
+        groups.len(),
+        finer.get_inner().len(),
+        DataType::UInt32,
+    );
+    let mut scratch = Reducer::default();
+    for_each_group(groups, finer, |entries: &mut [u32]| {
+        out.append_slice(scratch.reduce(entries));
+    })?;
+    Ok(out.finish().into_series())
 }
 
 fn reduce_lists(c: &Column) -> PolarsResult<Series> {
@@ -302,6 +332,40 @@ mod tests {
             let regs: Vec<(u32, u32)> = entries.iter().map(|&e| (e >> 8, e & 0xff)).collect();
             assert_eq!(redis_bytes_of(&regs), direct.to_redis_bytes(), "{n}");
         }
+    }
+
+    #[test]
+    fn a_rollup_reads_the_registers_of_its_groups_rows() {
+        // Three finer rows' registers; coarse groups of rows {2, 0, 1} and
+        // {1}: each gives the sketch PFADD makes of its rows' values.
+        let mut reducer = Reducer::default();
+        let mut finer =
+            ListPrimitiveChunkedBuilder::<UInt32Type>::new("m".into(), 3, 8, DataType::UInt32);
+        let (mut all, mut one) = (Hll::new(), Hll::new());
+        for part in 0..3 {
+            let values: Vec<String> = (0..400)
+                .map(|i| format!("u{}", i * (part + 1) % 997))
+                .collect();
+            let entries: Vec<u32> = values.iter().map(|v| entry(v.as_bytes())).collect();
+            for v in &values {
+                all.add(v.as_bytes());
+                if part == 1 {
+                    one.add(v.as_bytes());
+                }
+            }
+            finer.append_slice(reducer.reduce(&entries));
+        }
+        let mut groups = ListPrimitiveChunkedBuilder::<IdxType>::new("g".into(), 2, 4, IDX_DTYPE);
+        groups.append_slice(&[2, 0, 1]);
+        groups.append_slice(&[1]);
+        let out = reduce_groups(&groups.finish(), &finer.finish()).unwrap();
+        let mut bytes: Vec<Vec<u8>> = Vec::new();
+        for_each_list(out.list().unwrap(), |registers| {
+            let regs: Vec<(u32, u32)> = registers.iter().map(|&e| (e >> 8, e & 0xff)).collect();
+            bytes.push(redis_bytes_of(&regs));
+        })
+        .unwrap();
+        assert_eq!(bytes, [all.to_redis_bytes(), one.to_redis_bytes()]);
     }
 
     #[test]

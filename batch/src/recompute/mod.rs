@@ -37,6 +37,7 @@ mod fetch;
 mod gc;
 mod group_key;
 mod inputs;
+mod list_rows;
 mod plan;
 mod publish;
 mod quantile;

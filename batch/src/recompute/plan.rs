@@ -329,12 +329,15 @@ fn string_columns(dimensions: &[Columns]) -> Option<Vec<Expr>> {
         .collect()
 }
 
-/// `base` (a day's groups, as [`plan`] lays them out) rolled up to buckets
-/// of `level_ms`, a multiple of the base's: one more `group_by` over the
-/// groups, never the rows again. Counts and sums add up, extremes take
-/// theirs, and a distinct measure's registers are gathered per group and
-/// reduced again (the register-wise maximum).
-pub(super) fn rollup(base: LazyFrame, view: &ViewDef, level_ms: i64) -> LazyFrame {
+/// `finer` (a day's groups, as [`plan`] lays them out, or a roll-up of
+/// them) rolled up to buckets of `level_ms`, a multiple of its own: one
+/// more `group_by` over the groups, never the rows again. Counts and sums
+/// add up, extremes take theirs. Sketches are not gathered: the group-by
+/// collects each coarse group's row numbers, and a distinct measure's
+/// registers (the register-wise maximum) and a quantile measure's counts
+/// are merged from the finer rows where they lie ([`super::list_rows`]).
+pub(super) fn rollup(finer: &DataFrame, view: &ViewDef, level_ms: i64) -> PolarsResult<LazyFrame> {
+    const ROWS: &str = "rows";
     let b = col("bucket");
     let bucket = b.clone() - (((b % lit(level_ms)) + lit(level_ms)) % lit(level_ms));
     let mut keys = vec![col("bucket")];
@@ -352,29 +355,29 @@ pub(super) fn rollup(base: LazyFrame, view: &ViewDef, level_ms: i64) -> LazyFram
             AggKind::Min => aggs.push(col(name.as_str()).min()),
             AggKind::Max => aggs.push(col(name.as_str()).max()),
             AggKind::Distinct => {
-                aggs.push(col(name.as_str()).explode(ExplodeOptions {
-                    empty_as_null: false,
-                    keep_nulls: false,
-                }));
-                measures.push(distinct::registers(col(name.as_str())).alias(name.as_str()));
+                let lists = finer.column(name.as_str())?.list()?.clone();
+                measures.push(distinct::registers_of_rows(col(ROWS), lists).alias(name.as_str()));
             }
             AggKind::Quantiles => {
-                // Each entry carries its code and count, so the rows'
-                // lists gathered in any order merge to one sketch per group.
-                aggs.push(col(name.as_str()).explode(ExplodeOptions {
-                    empty_as_null: false,
-                    keep_nulls: false,
-                }));
-                measures.push(quantile::merged(col(name.as_str())).alias(name.as_str()));
+                let lists = finer.column(name.as_str())?.list()?.clone();
+                measures.push(quantile::merged_rows(col(ROWS), lists).alias(name.as_str()));
             }
         }
     }
-    let lf = base
+    let sketches = !measures.is_empty();
+    let mut lf = finer.clone().lazy();
+    if sketches {
+        lf = lf.with_row_index(ROWS, None);
+        aggs.push(col(ROWS));
+    }
+    let mut lf = lf
         .with_column(bucket.alias("bucket"))
         .group_by(keys)
-        .agg(aggs)
-        .with_columns(measures);
-    sorted(lf)
+        .agg(aggs);
+    if sketches {
+        lf = lf.with_columns(measures).drop(cols([ROWS]));
+    }
+    Ok(sorted(lf))
 }
 
 /// Snapshot rows are sorted by bucket, as readers need; a bucket's groups

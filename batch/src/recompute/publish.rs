@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use polars::prelude::IntoLazy;
 use tally_core::time::{day_of, Epoch};
 use tally_core::view::ViewDef;
 
@@ -145,7 +144,7 @@ pub(super) async fn run_view(
             if n > 0 {
                 let (finer, def, level_ms) = (frame, def.clone(), level.as_ms());
                 frame = tokio::task::spawn_blocking(move || {
-                    plan::rollup(finer.lazy(), &def, level_ms).collect()
+                    plan::rollup(&finer, &def, level_ms)?.collect()
                 })
                 .await
                 .map_err(|e| BatchError::Task(e.to_string()))??;

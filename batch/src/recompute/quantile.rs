@@ -11,8 +11,8 @@
 //! order with their counts, one `Int64` per bucket (the code in the high 32
 //! bits, the count in the low 32; a count past `u32::MAX` takes several
 //! entries of its code, as [`push_entry`] lays them out, so counts stay
-//! exact). A roll-up gathers the lists of a coarser group and merges them
-//! again ([`merged`]): counts add, the monoid of the sketch. One list column
+//! exact). A roll-up reads the lists of a coarser group's finer rows and
+//! merges them again ([`merged_rows`]): counts add, the monoid of the sketch. One list column
 //! of 8-byte entries per measure, where a codes and a counts column took 12
 //! bytes a bucket, each reduced from the same codes, and gathered twice.
 
@@ -20,6 +20,7 @@ use polars::prelude::*;
 use tally_core::agg::Num;
 use tally_core::quantile::{index_of, push_entry, Entry};
 
+use super::list_rows::for_each_group;
 use crate::promote::PropType;
 
 /// Stands for a row without a number (no code is this low).
@@ -176,29 +177,26 @@ fn rows_of<T: Copy>(lists: &ListChunked, inner: &[T]) -> (Vec<T>, Vec<usize>) {
     )
 }
 
-/// A roll-up: each row's gathered entries (several sketches of a coarser
-/// group, concatenated) merged into one sketch's.
-pub(super) fn merged(entries: Expr) -> Expr {
-    entries.map(
-        |c: Column| Ok(merge_lists(c.list()?)?.into_series().into()),
+/// A roll-up: each coarse group's rows of the finer level (row numbers, as
+/// the group-by gathers them) merged into one sketch, their entries read
+/// from `finer` (that level's sketches) where they lie.
+pub(super) fn merged_rows(rows: Expr, finer: ListChunked) -> Expr {
+    rows.map(
+        move |c: Column| Ok(merge_groups(c.list()?, &finer)?.into_series().into()),
         |_, f| Ok(Field::new(f.name().clone(), entries_type())),
     )
 }
 
-fn merge_lists(lists: &ListChunked) -> PolarsResult<ListChunked> {
-    let (values, offsets) = flat_i64(lists)?;
-    let mut out = builder(lists.name().clone(), lists.len(), 0);
-    let mut sorted: Vec<i64> = Vec::new();
+fn merge_groups(groups: &ListChunked, finer: &ListChunked) -> PolarsResult<ListChunked> {
+    let mut out = builder(groups.name().clone(), groups.len(), 0);
     let mut pairs: Vec<(i32, u64)> = Vec::new();
     let mut entries: Vec<Entry> = Vec::new();
-    for w in offsets.windows(2) {
+    for_each_group(groups, finer, |gathered: &mut [i64]| {
         // Packed entries sort by code.
-        sorted.clear();
-        sorted.extend_from_slice(&values[w[0]..w[1]]);
-        sorted.sort_unstable();
-        counts_by_code(&sorted, &mut pairs);
+        gathered.sort_unstable();
+        counts_by_code(gathered, &mut pairs);
         push(&mut out, &mut entries, &pairs);
-    }
+    })?;
     Ok(out.finish())
 }
 
@@ -267,6 +265,14 @@ mod tests {
         b.finish()
     }
 
+    /// Groups of row numbers, as a roll-up's group-by gathers them.
+    fn groups(rows: &[&[IdxSize]]) -> ListChunked {
+        let mut b =
+            ListPrimitiveChunkedBuilder::<IdxType>::new("g".into(), rows.len(), 8, IDX_DTYPE);
+        rows.iter().for_each(|r| b.append_slice(r));
+        b.finish()
+    }
+
     /// Each row's (code, count) pairs, counts of a code added.
     fn rows(lists: &ListChunked) -> (Vec<Vec<(i32, u64)>>, Vec<usize>) {
         let (values, offsets) = flat_i64(lists).unwrap();
@@ -303,11 +309,10 @@ mod tests {
                 .collect();
             reduce_lists(&codes_list(&[&c])).unwrap()
         };
-        // Concatenated as a roll-up's explode does: one row holding both.
-        let mut both = flat_i64(&sketch_of(&xs[..cut])).unwrap().0;
-        both.extend(flat_i64(&sketch_of(&xs[cut..])).unwrap().0);
-        let both: Vec<Entry> = both.into_iter().map(unpack).collect();
-        let merged = merge_lists(&entries_list(&[&both])).unwrap();
+        // Two finer rows, one coarse group of both (as a roll-up reads them).
+        let mut finer = sketch_of(&xs[..cut]);
+        finer.append(&sketch_of(&xs[cut..])).unwrap();
+        let merged = merge_groups(&groups(&[&[1, 0]]), &finer).unwrap();
         let mut got = QuantileSketch::new();
         for &(c, n) in &rows(&merged).0[0] {
             got.add_count(Bucket::from_code(c).unwrap(), n);
@@ -328,7 +333,10 @@ mod tests {
             vec![0, 1, 4],
         );
         assert_eq!(rows(&lists), want);
-        assert_eq!(rows(&merge_lists(&lists).unwrap()), want);
+        assert_eq!(
+            rows(&merge_groups(&groups(&[&[0], &[1]]), &lists).unwrap()),
+            want
+        );
         let codes = codes_list(&[&[4, 4], &[8, 6, 8], &[2]]).slice(1, 2);
         assert_eq!(
             rows(&reduce_lists(&codes).unwrap()),
@@ -347,14 +355,9 @@ mod tests {
         assert_eq!(flat_i64(&lists).unwrap().1, [0, 4]);
         assert_eq!(rows(&lists).0, [vec![(-3, 1), (7, big)]]);
         // Merged with one more value of 7 in a roll-up.
-        let mut gathered: Vec<Entry> = flat_i64(&lists)
-            .unwrap()
-            .0
-            .into_iter()
-            .map(unpack)
-            .collect();
-        gathered.push((7, 1));
-        let merged = merge_lists(&entries_list(&[&gathered])).unwrap();
+        let mut finer = lists;
+        finer.append(&entries_list(&[&[(7, 1)]])).unwrap();
+        let merged = merge_groups(&groups(&[&[0, 1]]), &finer).unwrap();
         assert_eq!(rows(&merged).0, [vec![(-3, 1), (7, big + 1)]]);
     }
 

@@ -12,10 +12,10 @@
 //! byte for byte as Redis stores the sketch of the same values.
 
 use polars::prelude::*;
-use polars_arrow::array::{Array, PrimitiveArray};
+use polars_arrow::array::Array;
 use tally_core::hll::{pattern, redis_bytes_of, REGISTERS};
 
-use super::list_rows::for_each_group;
+use super::list_rows::{for_each_group, inner};
 use crate::promote::PropType;
 
 /// The entry of one value's text.
@@ -179,11 +179,7 @@ const NO_ENTRY: u32 = u32::MAX;
 fn for_each_list(lists: &ListChunked, mut f: impl FnMut(&[u32])) -> PolarsResult<()> {
     let mut filled: Vec<u32> = Vec::new();
     for arr in lists.downcast_iter() {
-        let inner = arr
-            .values()
-            .as_any()
-            .downcast_ref::<PrimitiveArray<u32>>()
-            .ok_or_else(|| polars_err!(ComputeError: "distinct entries are not u32"))?;
+        let inner = inner::<u32>(arr, "a list of distinct entries")?;
         let values: &[u32] = match inner.validity().filter(|v| v.unset_bits() > 0) {
             None => inner.values().as_slice(),
             Some(valid) => {

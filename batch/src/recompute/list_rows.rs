@@ -25,11 +25,7 @@ impl<'a, T: NativeType> ListRows<'a, T> {
         let mut starts = Vec::with_capacity(lists.chunks().len());
         let mut at = 0;
         for arr in lists.downcast_iter() {
-            let inner = arr
-                .values()
-                .as_any()
-                .downcast_ref::<PrimitiveArray<T>>()
-                .ok_or_else(|| polars_err!(ComputeError: "a sketch list holds another type"))?;
+            let inner = inner::<T>(arr, "a sketch list")?;
             if inner.null_count() > 0 {
                 polars_bail!(ComputeError: "a sketch list holds nulls");
             }
@@ -58,6 +54,18 @@ impl<'a, T: NativeType> ListRows<'a, T> {
     }
 }
 
+/// The values of a list chunk's lists, all of them, as `T` (`what` names
+/// the column in the error when they are another type).
+pub(super) fn inner<'a, T: NativeType>(
+    arr: &'a ListArray<i64>,
+    what: &str,
+) -> PolarsResult<&'a PrimitiveArray<T>> {
+    arr.values()
+        .as_any()
+        .downcast_ref::<PrimitiveArray<T>>()
+        .ok_or_else(|| polars_err!(ComputeError: "{what} holds another type"))
+}
+
 /// Calls `f` with the sketches each group's rows hold in `sketches`,
 /// appended into one buffer (`f` may reorder it: it is the group's own).
 /// `groups` lists each group's row numbers, as a group-by gathers them (a
@@ -70,11 +78,7 @@ pub(super) fn for_each_group<T: NativeType>(
     let sketches = ListRows::<T>::new(sketches)?;
     let mut gathered: Vec<T> = Vec::new();
     for arr in groups.downcast_iter() {
-        let rows = arr
-            .values()
-            .as_any()
-            .downcast_ref::<PrimitiveArray<IdxSize>>()
-            .ok_or_else(|| polars_err!(ComputeError: "row numbers are not {}", IDX_DTYPE))?;
+        let rows = inner::<IdxSize>(arr, "a group's row numbers")?;
         let (rows, o) = (rows.values().as_slice(), arr.offsets().as_slice());
         for i in 0..arr.len() {
             gathered.clear();

@@ -12,9 +12,10 @@
 //! bits, the count in the low 32; a count past `u32::MAX` takes several
 //! entries of its code, as [`push_entry`] lays them out, so counts stay
 //! exact). A roll-up reads the lists of a coarser group's finer rows and
-//! merges them again ([`merged_rows`]): counts add, the monoid of the sketch. One list column
-//! of 8-byte entries per measure, where a codes and a counts column took 12
-//! bytes a bucket, each reduced from the same codes, and gathered twice.
+//! merges them again ([`merged_rows`]): counts add, the monoid of the
+//! sketch. One list column of 8-byte entries per measure, where a codes and
+//! a counts column took 12 bytes a bucket, each reduced from the same
+//! codes, and gathered twice.
 
 use polars::prelude::*;
 use tally_core::agg::Num;

@@ -72,6 +72,21 @@ fn merge_sorted(a: &[Entry], b: &[Entry]) -> Option<Vec<Entry>> {
     Some(out)
 }
 
+/// The first and last index of a non-zero count in a dense run, found
+/// eight counts at a time: a run keeps spare zeros at its ends, and a
+/// query's accumulator spans far more codes than one cell occupies.
+fn occupied(counts: &[u64]) -> Option<(usize, usize)> {
+    const W: usize = 8;
+    let any = |c: &[u64]| c.iter().fold(0, |a, &n| a | n) != 0;
+    let k = counts.chunks(W).position(any)?;
+    let first = k * W + counts[k * W..].iter().position(|&n| n > 0)?;
+    let k = counts.rchunks(W).position(any)?;
+    let last = counts[..counts.len() - k * W]
+        .iter()
+        .rposition(|&n| n > 0)?;
+    Some((first, last))
+}
+
 /// Codes of room a dense run gets on a side it grows.
 const COVER_SPARE: usize = 32;
 
@@ -366,9 +381,7 @@ impl QuantileSketch {
                 // Its occupied part: the scans stop at the first count from
                 // each end, past the few spare zeros a grown run keeps, so
                 // that `self` grows for data, never for spare room.
-                let first = counts.iter().position(|&n| n > 0);
-                let last = counts.iter().rposition(|&n| n > 0);
-                let (Some(f), Some(l)) = (first, last) else {
+                let Some((f, l)) = occupied(counts) else {
                     return;
                 };
                 let run = &counts[f..=l];
@@ -471,9 +484,7 @@ impl QuantileSketch {
     pub fn drain_into(&mut self, into: &mut QuantileSketch) {
         let run = match &self.store {
             Store::Dense { offset, counts } => {
-                let first = counts.iter().position(|&n| n > 0);
-                let last = counts.iter().rposition(|&n| n > 0);
-                first.zip(last).map(|(f, l)| (f, l, *offset + f as i32))
+                occupied(counts).map(|(f, l)| (f, l, *offset + f as i32))
             }
             Store::Sparse(_) => None,
         };

@@ -5,7 +5,7 @@
 //! Guarantee: counts subtract exactly (saturating at zero); when the
 //! sketch is a dense run holding at least the part's counts, in place.
 
-use super::{QuantileSketch, Store, DENSE_AFTER};
+use super::{occupied, QuantileSketch, Store, DENSE_AFTER};
 
 impl QuantileSketch {
     /// Take `other`'s counts away again (saturating at zero; a bucket left
@@ -64,9 +64,7 @@ impl QuantileSketch {
             } => {
                 // Their occupied part against the same slots of ours: two
                 // passes over two slices, which the compiler vectorises.
-                let first = theirs.iter().position(|&n| n > 0);
-                let last = theirs.iter().rposition(|&n| n > 0);
-                if let (Some(f), Some(l)) = (first, last) {
+                if let Some((f, l)) = occupied(theirs) {
                     let run = &theirs[f..=l];
                     let (Some(start), Some(_)) = (slot(o + f as i32), slot(o + l as i32)) else {
                         return false;

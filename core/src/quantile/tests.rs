@@ -448,3 +448,20 @@ proptest! {
         prop_assert!(running.is_empty());
     }
 }
+
+#[test]
+fn a_runs_occupied_part_is_found_as_a_scan_finds_it() {
+    // Lengths either side of the eight-count step, non-zero counts at every
+    // pair of places (and none at all).
+    for len in [0usize, 1, 7, 8, 9, 16, 17, 40] {
+        for a in 0..len {
+            for b in a..len {
+                let mut counts = vec![0u64; len];
+                counts[a] = 3;
+                counts[b] = 1;
+                assert_eq!(occupied(&counts), Some((a, b)), "{len} {a} {b}");
+            }
+        }
+        assert_eq!(occupied(&vec![0u64; len]), None, "{len}");
+    }
+}

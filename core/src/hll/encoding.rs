@@ -29,12 +29,14 @@ pub fn redis_bytes_of(registers: &[(u32, u32)]) -> Vec<u8> {
 /// index, or `None` if a value is over 32 (or the indexes are not sorted).
 /// `set` (about how many registers are set) sizes the buffer: the batch layer
 /// keeps a million of these at once, so a sketch must not hold a dense-sized
-/// allocation (that took its peak RSS from 1.5 to 6 GB).
+/// allocation (that took its peak RSS from 1.5 to 6 GB), nor grow one: a
+/// register costs at most three bytes (the XZERO before its VAL) and the
+/// zeros after the last one two ([`sparse_len_bound`]).
 pub(super) fn sparse_of(
     set: usize,
     registers: impl Iterator<Item = (usize, u8)>,
 ) -> Option<Vec<u8>> {
-    let mut out = header(1, HEADER_LEN + 2 * set + 4);
+    let mut out = header(1, sparse_len_bound(set));
     let mut next = 0usize; // first register not yet encoded
     let (mut start, mut value, mut run) = (0usize, 0u8, 0usize);
     for (i, v) in registers {
@@ -59,6 +61,11 @@ pub(super) fn sparse_of(
     }
     push_zeros(&mut out, REGISTERS - next);
     Some(out)
+}
+
+/// The most bytes the sparse encoding of `set` registers takes.
+pub(super) fn sparse_len_bound(set: usize) -> usize {
+    HEADER_LEN + 3 * set + 2
 }
 
 /// Sparse opcodes for `run` zero registers: ZERO (up to 64) or XZERO (up to 16,384).

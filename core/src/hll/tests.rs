@@ -233,6 +233,25 @@ fn registers_encode_to_what_redis_decodes_back() {
 }
 
 #[test]
+fn a_sparse_encoding_fits_the_buffer_it_starts_with() {
+    // Registers far apart (an XZERO before each VAL), close together, at
+    // both ends, and none: the buffer never grows past its first size.
+    let spread: Vec<(usize, u8)> = (0..160).map(|i| (i * 100, 1 + (i % 32) as u8)).collect();
+    let close: Vec<(usize, u8)> = (0..160).map(|i| (i * 3, 5)).collect();
+    let ends = vec![(0, 1), (REGISTERS - 1, 32)];
+    for regs in [spread, close, ends, Vec::new()] {
+        let n = regs.len();
+        let out = encoding::sparse_of(n, regs.into_iter()).unwrap();
+        assert!(out.len() <= encoding::sparse_len_bound(n), "{n} registers");
+        assert_eq!(
+            out.capacity(),
+            encoding::sparse_len_bound(n),
+            "{n} registers"
+        );
+    }
+}
+
+#[test]
 fn rejects_what_is_not_a_sketch() {
     assert_eq!(Hll::from_redis_bytes(b"hello"), Err(HllError::BadMagic));
     let mut d = Hll::new().to_redis_dense();

@@ -267,15 +267,26 @@ async fn over_a_redis_cluster_answers_equal_the_fold() {
 /// Percentiles asked explicitly (`quantiles=`), answered from the snapshot
 /// alone, from the speed layer alone and from both merged: every point and
 /// every group total within 1 % of the exact quantile of the durations.
+/// Asked near an end only (p90 and up, or p10 and down: the walks from the
+/// top and from the bottom), the same holds.
 #[tokio::test]
 async fn asked_quantiles_are_within_one_percent_from_either_layer_and_merged() {
-    let asked: [(f64, &str); 5] = [
+    let mixed = [
         (0.0, "0"),
         (0.25, "0.25"),
         (0.5, "0.5"),
         (0.999, "0.999"),
         (1.0, "1"),
     ];
+    asked_quantiles_within_one_percent(&mixed, "1.0,0.999,0.50,0.25,0,0.25").await;
+    let high = [(0.9, "0.9"), (0.99, "0.99"), (1.0, "1")];
+    asked_quantiles_within_one_percent(&high, "0.99,0.9,1").await;
+    let low = [(0.0, "0"), (0.01, "0.01"), (0.1, "0.1")];
+    asked_quantiles_within_one_percent(&low, "0.1,0,0.01").await;
+}
+
+/// `asked` (as answered: ascending, labelled) of the query `quantiles=param`.
+async fn asked_quantiles_within_one_percent(asked: &[(f64, &str)], param: &str) {
     let q = Q {
         from: T0,
         to: T0 + SPAN_MS,
@@ -284,7 +295,7 @@ async fn asked_quantiles_are_within_one_percent_from_either_layer_and_merged() {
         filters: vec![],
         measures: vec!["lat"],
     };
-    let url = format!("{}&quantiles=1.0,0.999,0.50,0.25,0,0.25", q.url());
+    let url = format!("{}&quantiles={param}", q.url());
     // Cut after every epoch (snapshot only), in the middle, before all (speed only).
     for cut_hours in [1_000, 24, -1_000] {
         let f = fixture(13, cut_hours).await;
@@ -301,7 +312,7 @@ async fn asked_quantiles_are_within_one_percent_from_either_layer_and_merged() {
                 Some(asked.len()),
                 "{ctx}: {got}"
             );
-            for (p, label) in asked {
+            for &(p, label) in asked {
                 let v = &got[label];
                 match want.quantile(p) {
                     None => assert!(v.is_null(), "{ctx} {label}: {v}"),

@@ -35,6 +35,13 @@ impl Percentiles {
             labels,
         }
     }
+
+    /// Whether every asked percentile is within a tenth of an end (p90 and
+    /// up, or p10 and down): a walk from that end answers them in a few
+    /// buckets, so a cell's inputs need not be added up to answer them.
+    pub fn near_an_end(&self) -> bool {
+        self.qs.iter().all(|&q| q >= 0.9) || self.qs.iter().all(|&q| q <= 0.1)
+    }
 }
 
 impl Default for Percentiles {
@@ -61,8 +68,9 @@ pub enum Final {
     Extreme(Option<f64>),
     /// A distinct estimate.
     Distinct(u64),
-    /// The percentiles asked of a quantile sketch.
-    Quantiles(Arc<QuantileValues>),
+    /// The percentiles asked of a quantile sketch (held here, not behind
+    /// another pointer: one allocation per answered cell).
+    Quantiles(QuantileValues),
 }
 
 impl Final {
@@ -80,10 +88,15 @@ impl Final {
 
     /// The percentiles `p` of a quantile sketch.
     pub fn of_quantiles(s: &QuantileSketch, p: &Percentiles) -> Final {
-        Final::Quantiles(Arc::new(QuantileValues {
+        Final::quantiles(p, s.quantiles(&p.qs))
+    }
+
+    /// The answered percentiles `values`, one per `p.qs`.
+    pub fn quantiles(p: &Percentiles, values: Vec<Option<f64>>) -> Final {
+        Final::Quantiles(QuantileValues {
             labels: p.labels.clone(),
-            values: s.quantiles(&p.qs).into(),
-        }))
+            values: values.into(),
+        })
     }
 
     /// Whether the value is the identity of its measure (nothing to show).

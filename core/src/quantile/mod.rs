@@ -25,6 +25,7 @@ mod bucket;
 pub mod delta_log;
 mod subtract;
 
+pub use answer::Rows;
 pub use bucket::{index_of, Bucket, ALPHA, GAMMA, MAX_INDEX, MIN_MAGNITUDE};
 
 /// A sparse store's entry: (code, count). Counts are 32 bits wide, so an
@@ -43,6 +44,12 @@ pub fn push_entry(out: &mut Vec<Entry>, code: i32, mut n: u64) {
         out.push((code, part as u32));
         n -= part;
     }
+}
+
+/// Whether (code, `n`) adds values to a sketch: a count of a bucket that
+/// exists (other codes are ignored wherever entries are read).
+fn counted(c: i32, n: u64) -> bool {
+    n > 0 && c.unsigned_abs() <= (2 * MAX_INDEX + 1) as u32
 }
 
 /// Two sorted (code, count) lists as one, counts of a code added; `None`
@@ -182,7 +189,7 @@ impl QuantileSketch {
     /// Add `n` values of the bucket of code `c` (a [`Bucket::code`]; a code
     /// of no bucket is ignored).
     pub fn add_code(&mut self, c: i32, n: u64) {
-        if n == 0 || c.unsigned_abs() > (2 * MAX_INDEX + 1) as u32 {
+        if !counted(c, n) {
             return;
         }
         self.total += n;

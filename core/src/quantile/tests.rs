@@ -142,6 +142,52 @@ proptest! {
         prop_assert_eq!(s.quantiles(&qs), each);
     }
 
+    /// Rows read as the sketch they add up to answer as that sketch, at
+    /// any percentile and from either end: snapshot rows (zeros among the
+    /// entries) and sparse sketches' entries (zeros beside them), with
+    /// entries of no bucket and of no count, which hold no values.
+    #[test]
+    fn rows_answer_as_the_sketch_they_add_up_to(
+        parts in proptest::collection::vec(
+            proptest::collection::vec(prop_oneof![Just(0.0), -1e4f64..-1.0, 1.0f64..1e3, 1.0f64..1e6], 0..200),
+            0..20,
+        ),
+        qs in proptest::collection::vec(prop_oneof![Just(0.0), Just(0.01), Just(0.99), Just(1.0), 0.0f64..=1.0], 0..5),
+    ) {
+        let mut qs = qs;
+        qs.sort_by(f64::total_cmp);
+        let beyond = 2 * MAX_INDEX + 5;
+        let (mut rows, mut zeros, mut all) = (Vec::new(), 0u64, Vec::new());
+        for (i, part) in parts.iter().enumerate() {
+            all.extend_from_slice(part);
+            let mut row = row_of(&sketch(part));
+            if i % 2 == 1 {
+                // A sparse sketch's entries: its zeros beside them.
+                zeros += row.iter().filter(|e| e.0 == 0).map(|e| u64::from(e.1)).sum::<u64>();
+                row.retain(|e| e.0 != 0);
+            }
+            if i % 3 == 0 {
+                row.insert(0, (-beyond, 7));
+                row.push((beyond, 7));
+                if let Some(&(c, _)) = row.get(row.len() / 2) {
+                    row.insert(row.len() / 2, (c, 0));
+                }
+            }
+            rows.push(row);
+        }
+        // `n` as the fold has it: what adding the rows counted.
+        let mut added = QuantileSketch::new();
+        for row in &rows {
+            added.add_codes(row);
+        }
+        added.add_code(0, zeros);
+        let whole = sketch(&all);
+        prop_assert_eq!(&added, &whole);
+        let slices: Vec<&[Entry]> = rows.iter().map(Vec::as_slice).collect();
+        let read = Rows::new(&slices, zeros, added.count());
+        prop_assert_eq!(read.quantiles(&qs), whole.quantiles(&qs));
+    }
+
     /// High percentiles (answered walking down from the top) answer as
     /// one at a time too, across negatives, zeros and positives.
     #[test]

@@ -10,7 +10,10 @@
 //! [`Union`] (its cost follows the registers set, not the cells merged);
 //! a quantile measure's inputs are noted too, and added up per cell into
 //! one sketch the fold reuses (its counts stay allocated and in the cache,
-//! where a sketch per cell was allocated and zeroed each time). An
+//! where a sketch per cell was allocated and zeroed each time); when every
+//! asked percentile is near an end (p99) and the inputs are rows, they go
+//! straight into the group's total and the cell is answered off the rows'
+//! ends ([`Rows`]), with no per-cell sketch at all. An
 //! output bucket never spans two days (a granularity divides a day), so when
 //! a day is done ([`Fold::finish_day`]) its cells are final: they are added
 //! to the group totals and the grand total, and kept as plain values.
@@ -37,7 +40,7 @@ use std::sync::Arc;
 
 use tally_core::agg::{Agg, AggKind};
 use tally_core::hll::{count_registers, Sliding, Union};
-use tally_core::quantile::QuantileSketch;
+use tally_core::quantile::{QuantileSketch, Rows};
 use tally_core::view::ViewDef;
 
 use super::parse::{Col, Query};
@@ -342,6 +345,8 @@ impl Fold {
         // cache while its cells are merged into them.
         let mut cells: Vec<_> = day.open.into_iter().collect();
         cells.sort_unstable_by_key(|&((ob, og), _)| (og, ob));
+        let ends = self.q.percentiles.near_an_end();
+        let mut rows = Vec::new();
         for ((ob, og), cell) in cells {
             let p = &self.q.percentiles;
             let mut finals: Box<[Final]> = (cell.aggs.iter())
@@ -363,14 +368,33 @@ impl Fold {
             });
             let id = cell.id as usize;
             // Each quantile measure's inputs, added up in the reused
-            // accumulator, answered from it and added to the group's total.
+            // accumulator, answered from it and added to the group's total;
+            // or, for percentiles near an end (p99) of rows alone, added
+            // straight to the total and answered off the rows' ends.
             for pos in 0..width {
                 let Agg::Quantiles(total) = &mut self.totals[og as usize][pos] else {
                     continue;
                 };
+                let inputs = &quantiles[q_starts[id * width + pos]..q_starts[id * width + pos + 1]];
+                let rows_alone = inputs.iter().all(|c| matches!(c, Counts::Row(..)));
+                if ends && rows_alone && kept.is_none() {
+                    rows.clear();
+                    let (before, mut zeros) = (total.count(), 0);
+                    for c in inputs {
+                        if let Counts::Row(entries, z) = *c {
+                            total.add_codes(entries);
+                            total.add_code(0, z);
+                            rows.push(entries);
+                            zeros += z;
+                        }
+                    }
+                    let read = Rows::new(&rows, zeros, total.count() - before);
+                    finals[pos] = Final::quantiles(p, read.quantiles(&p.qs));
+                    continue;
+                }
                 // Empty here: each cell drains it into its group's total.
                 let acc = &mut self.counts;
-                for c in &quantiles[q_starts[id * width + pos]..q_starts[id * width + pos + 1]] {
+                for c in inputs {
                     match *c {
                         Counts::Row(entries, zeros) => {
                             acc.add_codes(entries);

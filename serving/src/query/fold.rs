@@ -8,12 +8,8 @@
 //! bucket, group) with the monoid; a distinct measure's sketches are only
 //! noted, and unioned once per cell when the day is done, with one
 //! [`Union`] (its cost follows the registers set, not the cells merged);
-//! a quantile measure's inputs are noted too, and added up per cell into
-//! one sketch the fold reuses (its counts stay allocated and in the cache,
-//! where a sketch per cell was allocated and zeroed each time); when every
-//! asked percentile is near an end (p99) and the inputs are rows, they go
-//! straight into the group's total and the cell is answered off the rows'
-//! ends ([`Rows`]), with no per-cell sketch at all. An
+//! a quantile measure's inputs are noted too, and added up per cell
+//! (`cell_quantiles.rs`) into the group's total. An
 //! output bucket never spans two days (a granularity divides a day), so when
 //! a day is done ([`Fold::finish_day`]) its cells are final: they are added
 //! to the group totals and the grand total, and kept as plain values.
@@ -40,9 +36,10 @@ use std::sync::Arc;
 
 use tally_core::agg::{Agg, AggKind};
 use tally_core::hll::{count_registers, Sliding, Union};
-use tally_core::quantile::{QuantileSketch, Rows};
+use tally_core::quantile::QuantileSketch;
 use tally_core::view::ViewDef;
 
+use super::cell_quantiles::{add_cell, Counts};
 use super::parse::{Col, Query};
 use super::window::{Cell, Window};
 use crate::dto::{Final, Percentiles};
@@ -115,18 +112,6 @@ pub struct Day<'a> {
     sketches: Vec<(u32, usize, Sketch<'a>)>,
     /// The same for every quantile input, added up per cell.
     quantiles: Vec<(u32, usize, Counts<'a>)>,
-}
-
-/// One quantile input of a cell.
-#[derive(Debug, Clone, Copy)]
-enum Counts<'a> {
-    /// (bucket code, count) entries, and a count of the zero bucket beside
-    /// them: a snapshot row's (its zeros are among its entries), or a
-    /// sparse speed sketch's, noted while its fields were in the cache (so
-    /// the fold does not read the sketch again, a cache miss per cell).
-    Row(&'a [tally_core::quantile::Entry], u64),
-    /// A dense speed sketch.
-    Sketch(&'a QuantileSketch),
 }
 
 /// The source-group → output-group map of one source (a day file or a
@@ -367,47 +352,21 @@ impl Fold {
                 },
             });
             let id = cell.id as usize;
-            // Each quantile measure's inputs, added up in the reused
-            // accumulator, answered from it and added to the group's total;
-            // or, for percentiles near an end (p99) of rows alone, added
-            // straight to the total and answered off the rows' ends.
+            // Each quantile measure's inputs, into the group's total; the
+            // cell answered from them (or kept whole for a window).
             for pos in 0..width {
                 let Agg::Quantiles(total) = &mut self.totals[og as usize][pos] else {
                     continue;
                 };
                 let inputs = &quantiles[q_starts[id * width + pos]..q_starts[id * width + pos + 1]];
-                let rows_alone = inputs.iter().all(|c| matches!(c, Counts::Row(..)));
-                if ends && rows_alone && kept.is_none() {
-                    rows.clear();
-                    let (before, mut zeros) = (total.count(), 0);
-                    for c in inputs {
-                        if let Counts::Row(entries, z) = *c {
-                            total.add_codes(entries);
-                            total.add_code(0, z);
-                            rows.push(entries);
-                            zeros += z;
-                        }
-                    }
-                    let read = Rows::new(&rows, zeros, total.count() - before);
-                    finals[pos] = Final::quantiles(p, read.quantiles(&p.qs));
-                    continue;
+                let keep = match kept.as_mut().and_then(|k| k.aggs.get_mut(pos)) {
+                    Some(Agg::Quantiles(k)) => Some(k),
+                    _ => None,
+                };
+                let counts = &mut self.counts;
+                if let Some(f) = add_cell(inputs, total, counts, &mut rows, keep, p, ends) {
+                    finals[pos] = f;
                 }
-                // Empty here: each cell drains it into its group's total.
-                let acc = &mut self.counts;
-                for c in inputs {
-                    match *c {
-                        Counts::Row(entries, zeros) => {
-                            acc.add_codes(entries);
-                            acc.add_code(0, zeros);
-                        }
-                        Counts::Sketch(q) => acc.merge(q),
-                    }
-                }
-                match kept.as_mut().and_then(|k| k.aggs.get_mut(pos)) {
-                    Some(Agg::Quantiles(k)) => k.clone_from(acc),
-                    _ => finals[pos] = Final::of_quantiles(acc, p),
-                }
-                acc.drain_into(total);
             }
             // A kept cell's registers, in no particular order (what the
             // window's sliding union takes): each position is set once.

@@ -42,6 +42,7 @@ fn a_union_nothing_was_added_to_counts_nothing_and_merges_nothing() {
         assert_eq!(Union::default().count(), 0);
         Union::default().merge_into(&mut a);
         assert_eq!(Union::default().drain_into(&mut a), 0);
+        assert_eq!(Union::default().drain(), 0);
         assert_eq!(a.registers(), base.registers());
     }
 }
@@ -65,6 +66,15 @@ fn a_union_counts_and_merges_as_merging_the_sketches_does() {
         }
         assert_eq!(u.count(), merged.count());
         assert_eq!(u.is_empty(), merged.is_empty());
+        // Drained without an accumulator: the count, and the union left
+        // empty (no register left set to hide its index from the next use).
+        let mut counted = u.clone();
+        assert_eq!(counted.drain(), merged.count());
+        assert!(counted.is_empty());
+        for p in &parts {
+            counted.add(&sketch(p.clone()));
+        }
+        assert_eq!(counted.count(), merged.count());
         // Into a sparse and into a dense accumulator; drained, the same
         // registers and count, and the union left empty.
         for base in [Hll::new(), sketch(5_000..5_010), sketch(5_000..9_000)] {

@@ -174,6 +174,25 @@ impl Union {
         estimate(&histo)
     }
 
+    /// Count the union and empty it: what [`Union::count`] and
+    /// [`Union::clear`] give in turn, in one pass over the registers set
+    /// (for a cell whose group total is made apart from its cells).
+    pub fn drain(&mut self) -> u64 {
+        if self.all {
+            let count = self.count();
+            self.clear();
+            return count;
+        }
+        let mut histo = [0u32; 64];
+        histo[0] = (REGISTERS - self.set.len()) as u32;
+        for &i in &self.set {
+            let v = std::mem::take(&mut self.regs[i as usize]);
+            histo[(v & 63) as usize] += 1;
+        }
+        self.set.clear();
+        estimate(&histo)
+    }
+
     /// Merge the union into `acc`, hand its registers over
     /// (`(index << 8) | value`, in no particular order) and empty it: what
     /// [`Union::merge_into`] and [`Union::clear`] give in turn, with the

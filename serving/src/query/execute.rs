@@ -13,7 +13,10 @@
 //! and cells is folded in place: the hand-off would cost more). The last
 //! day's task also ranks the groups ([`super::answer`]) and writes the JSON. A
 //! rolling window ([`super::window`]) widens the read back by the window and makes
-//! the points from the closed cells at the end.
+//! the points from the closed cells at the end. When the groups' totals of
+//! sketch measures can be read at a coarser level than the cells (the whole
+//! range is one bucket), each day's task also reads the totals' pieces
+//! apart ([`super::fold`]).
 //!
 //! Guarantees:
 //! - One answer reads one manifest and the slices chosen by its cut: never
@@ -43,6 +46,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use futures::StreamExt;
+use tally_core::agg::AggKind;
 use tally_core::time::{day_of, MS_PER_DAY};
 use tally_core::view::ViewDef;
 
@@ -101,6 +105,15 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
     };
     days.extend(speed.slices.iter().map(|s| s.day));
     let speed_levels: Vec<i64> = view.levels().iter().map(|g| g.as_ms()).collect();
+    // The totals cover the range as one bucket: when that reads a coarser
+    // level somewhere than the cells do, the sketch measures' totals are
+    // read apart (their merges are the cost; other measures' are not).
+    let sketches = (q.measures.iter())
+        .any(|&m| matches!(view.measures[m].agg, AggKind::Distinct | AggKind::Quantiles));
+    let totals_apart = sketches
+        && q.window_ms.is_none()
+        && plan::pieces(&speed_levels, MS_PER_DAY, from, to)
+            != plan::pieces(&speed_levels, g_ms, from, to);
 
     let (tables, lookups) = lookup_tables(state, &q);
     if lookups.values().any(Option::is_none) {
@@ -145,14 +158,14 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
     let max_groups = serve.max_groups;
 
     let cancel = CancelOnDrop::default();
-    let mut fold = Fold::new(view, q.clone(), serve.max_cells, tables);
+    let mut fold = Fold::new(view, q.clone(), serve.max_cells, tables, totals_apart);
     let n_days = days.len();
     let loads = futures::stream::iter(days.iter().copied())
-        .map(|day| day_inputs(state, view, &snap, day, g_ms, from, to))
+        .map(|day| day_inputs(state, view, &snap, day, (g_ms, totals_apart), from, to))
         .buffered(PREFETCH_DAYS);
     futures::pin_mut!(loads);
     let mut done = 0;
-    while let Some((day, files, missing)) = loads.next().await {
+    while let Some((day, files, total_files, missing)) = loads.next().await {
         if missing {
             degraded.insert("store");
         }
@@ -165,6 +178,10 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
             .collect();
         let (a, b) = (from.max(day * MS_PER_DAY), to.min((day + 1) * MS_PER_DAY));
         let speed_pieces = plan::pieces(&speed_levels, g_ms, a, b);
+        let total_pieces = match totals_apart {
+            true => plan::pieces(&speed_levels, MS_PER_DAY, a, b),
+            false => Vec::new(),
+        };
         // The last day's task also writes the answer: one task per day.
         let last = (done == n_days).then(|| {
             response.degraded = degraded.iter().map(|d| (*d).to_owned()).collect();
@@ -173,8 +190,10 @@ pub async fn execute(state: &AppState, view: &Arc<ViewDef>, q: Query) -> Result<
         let task = DayTask {
             fold,
             files,
+            total_files,
             slices,
             pieces: speed_pieces,
+            total_pieces,
             cancel: cancel.0.clone(),
             answer: last.map(|r| (r, max_groups)),
         };
@@ -241,9 +260,12 @@ enum Step {
 struct DayTask {
     fold: Fold,
     files: DayInputs,
+    /// The day files of the totals' pieces (totals apart; else none).
+    total_files: DayInputs,
     slices: Vec<Arc<Slice>>,
-    /// The speed slices' level plan for the day.
+    /// The speed slices' level plan for the day: the cells', the totals'.
     pieces: Vec<(i64, i64, i64)>,
+    total_pieces: Vec<(i64, i64, i64)>,
     cancel: Arc<AtomicBool>,
     answer: Option<(QueryResponse, usize)>,
 }
@@ -251,9 +273,7 @@ struct DayTask {
 impl DayTask {
     /// Input rows and cells the fold will visit.
     fn work(&self) -> usize {
-        let rows: usize = self
-            .files
-            .iter()
+        let rows: usize = (self.files.iter().chain(&self.total_files))
             .map(|(d, a, b)| d.rows_in(*a, *b).len())
             .sum();
         let cells: usize = self
@@ -261,8 +281,7 @@ impl DayTask {
             .iter()
             .map(|s| {
                 let data = s.read();
-                self.pieces
-                    .iter()
+                (self.pieces.iter().chain(&self.total_pieces))
                     .filter_map(|&(l, a, b)| {
                         let level = data.levels.iter().find(|x| x.ms == l)?;
                         Some(level.cells.range(a..b).map(|(_, c)| c.len()).sum::<usize>())
@@ -277,23 +296,33 @@ impl DayTask {
         let DayTask {
             mut fold,
             files,
+            total_files,
             slices,
             pieces,
+            total_pieces,
             cancel,
             answer,
         } = self;
         let guards: Vec<_> = slices.iter().map(|s| s.read()).collect();
+        let mut maps = vec![GroupMap::new(); guards.len()];
         let mut day = Day::default();
         for (data, a, b) in &files {
             fold.day_file(&mut day, data, *a, *b, &cancel)?;
         }
-        for data in &guards {
-            let mut map = GroupMap::new();
+        for (data, map) in guards.iter().zip(&mut maps) {
             for &(l, a, b) in &pieces {
-                fold.slice(&mut day, data, l, a, b, &mut map, &cancel)?;
+                fold.slice(&mut day, data, l, a, b, map, &cancel)?;
             }
         }
         fold.finish_day(day);
+        for (data, a, b) in &total_files {
+            fold.total_day_file(data, *a, *b, &cancel)?;
+        }
+        for (data, map) in guards.iter().zip(&mut maps) {
+            for &(l, a, b) in &total_pieces {
+                fold.total_slice(data, l, a, b, map, &cancel)?;
+            }
+        }
         Ok(match answer {
             Some((response, max_groups)) => Step::Answer(encode(fold, response, max_groups)),
             None => Step::Fold(Box::new(fold)),
@@ -337,46 +366,57 @@ fn fold_error(e: FoldError) -> ApiError {
 }
 
 /// The snapshot inputs of `day`: each piece of the level plan with its day
-/// file (read once per file), and whether a file was missing or unreadable.
+/// file (read once per file), the cells' and (`totals_apart`) the totals',
+/// and whether a file was missing or unreadable.
 async fn day_inputs(
     state: &AppState,
     view: &Arc<ViewDef>,
     snap: &ViewSnapshot,
     day: i64,
-    g_ms: i64,
+    (g_ms, totals_apart): (i64, bool),
     from: i64,
     to: i64,
-) -> (i64, DayInputs, bool) {
+) -> (i64, DayInputs, DayInputs, bool) {
     let (a, b) = (from.max(day * MS_PER_DAY), to.min((day + 1) * MS_PER_DAY));
     let mut levels = snap.levels_of(day);
     if levels.is_empty() || a >= b {
-        return (day, Vec::new(), false);
+        return (day, Vec::new(), Vec::new(), false);
     }
     // The view's own level first: it answers the ragged edges.
     let base = view.granularity.as_ms();
     if levels[0] != base {
         levels.insert(0, base);
     }
-    let mut by_level: BTreeMap<i64, Vec<(i64, i64)>> = BTreeMap::new();
+    // Per level, the spans read there: the cells', the totals'.
+    type Spans = Vec<(i64, i64)>;
+    let mut by_level: BTreeMap<i64, (Spans, Spans)> = BTreeMap::new();
     for (l, a, b) in plan::pieces(&levels, g_ms, a, b) {
-        by_level.entry(l).or_default().push((a, b));
+        by_level.entry(l).or_default().0.push((a, b));
     }
-    let mut out = Vec::new();
+    if totals_apart {
+        for (l, a, b) in plan::pieces(&levels, MS_PER_DAY, a, b) {
+            by_level.entry(l).or_default().1.push((a, b));
+        }
+    }
+    let (mut cells, mut totals) = (Vec::new(), Vec::new());
     let mut missing = false;
-    for (level, spans) in by_level {
+    for (level, (for_cells, for_totals)) in by_level {
         let Some(file) = snap.files.get(&(day, level)) else {
             missing = true;
             continue;
         };
         match load(state, view, file, level).await {
-            Ok(data) => out.extend(spans.into_iter().map(|(a, b)| (data.clone(), a, b))),
+            Ok(data) => {
+                cells.extend(for_cells.into_iter().map(|(a, b)| (data.clone(), a, b)));
+                totals.extend(for_totals.into_iter().map(|(a, b)| (data.clone(), a, b)));
+            }
             Err(e) => {
                 tracing::warn!(path = %file.path, error = %e, "snapshot file not read; answering without it");
                 missing = true;
             }
         }
     }
-    (day, out, missing)
+    (day, cells, totals, missing)
 }
 
 /// One day file through the day cache: fetched, then decoded on the

@@ -34,6 +34,10 @@ pub struct QuantileRows {
     entries: Vec<Entry>,
     /// Row `r`'s entries are `entries[ends[r - 1]..ends[r]]`.
     ends: Vec<u32>,
+    /// Per row, the values its entries hold: counted once here, so that a
+    /// query answering a row's percentiles without adding it up knows its
+    /// size without a pass over it.
+    held: Vec<u64>,
 }
 
 impl QuantileRows {
@@ -42,9 +46,12 @@ impl QuantileRows {
     /// row up reading its span off its ends: `QuantileSketch::add_codes`).
     pub(super) fn push(&mut self, entries: &[(Bucket, u64)]) {
         let start = self.entries.len();
+        let mut held = 0u64;
         for &(b, n) in entries {
             push_entry(&mut self.entries, b.code(), n);
+            held = held.saturating_add(n);
         }
+        self.held.push(held);
         let row = &mut self.entries[start..];
         if !row.is_sorted_by_key(|e| e.0) {
             row.sort_unstable_by_key(|e| e.0);
@@ -58,12 +65,18 @@ impl QuantileRows {
         &self.entries[start..self.ends[r] as usize]
     }
 
+    /// The values row `r`'s entries hold (each entry is of a bucket).
+    pub fn held(&self, r: usize) -> u64 {
+        self.held[r]
+    }
+
     /// The rows in the order `order` gives.
     pub(super) fn permuted(&self, order: &[u32]) -> QuantileRows {
         let mut out = QuantileRows::default();
         for &r in order {
             out.entries.extend_from_slice(self.get(r as usize));
             out.ends.push(out.entries.len() as u32);
+            out.held.push(self.held[r as usize]);
         }
         out
     }
@@ -71,10 +84,13 @@ impl QuantileRows {
     pub(super) fn shrink_to_fit(&mut self) {
         self.entries.shrink_to_fit();
         self.ends.shrink_to_fit();
+        self.held.shrink_to_fit();
     }
 
     pub(super) fn bytes(&self) -> usize {
-        self.entries.len() * std::mem::size_of::<Entry>() + self.ends.len() * 4
+        self.entries.len() * std::mem::size_of::<Entry>()
+            + self.ends.len() * 4
+            + self.held.len() * 8
     }
 }
 

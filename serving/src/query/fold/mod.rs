@@ -15,6 +15,15 @@
 //! to the group totals and the grand total, and kept as plain values.
 //! Memory follows one day's cells, not the range's.
 //!
+//! A group's total covers the whole range, so a coarser level may answer
+//! it than the cells' granularity allows (a 24-hour query by hour: each
+//! group's day in one row, not 24). When it does, the fold is made with
+//! its sketch measures' totals *apart* ([`totals`]): the cells' sketches
+//! are counted and not merged into the totals, and each day's rows at the
+//! totals' levels are merged into them instead, a few merges per group
+//! where the cells took one per cell (counts, sums and extremes still add
+//! up from the cells: they cost nothing to merge).
+//!
 //! With a rolling window ([`super::window`]) a closed cell also keeps its
 //! aggregates (a distinct measure as the cell's union sketch), and the
 //! points are made from them when the fold is done: each point merges the
@@ -47,6 +56,8 @@ use crate::group::Group;
 use crate::lookup::Table;
 use crate::snapshot::day::{Column, DayData, Sketch};
 use crate::speed::slice::SliceData;
+
+mod totals;
 
 /// Why a fold stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +103,9 @@ pub struct Fold {
     cells: Vec<Vec<Cell>>,
     /// Per `[[lookup]]`, the table version this answer maps through.
     tables: Vec<Arc<Table>>,
+    /// The sketch measures' totals are made apart from the cells
+    /// ([`totals`]), not from them.
+    totals_apart: bool,
 }
 
 /// One output cell of the day in progress: its number in the day and the
@@ -120,9 +134,19 @@ pub type GroupMap = Vec<u32>;
 
 impl Fold {
     /// A fold of `q` on `view`; `tables` holds one table per `[[lookup]]`
-    /// (the version in use, or an empty one mapping to its `missing`).
-    pub fn new(view: &ViewDef, q: Query, max_cells: usize, tables: Vec<Arc<Table>>) -> Fold {
+    /// (the version in use, or an empty one mapping to its `missing`);
+    /// `totals_apart`: the sketch measures' totals are folded apart
+    /// ([`totals`]; not with a rolling window, whose cells keep their
+    /// sketches).
+    pub fn new(
+        view: &ViewDef,
+        q: Query,
+        max_cells: usize,
+        tables: Vec<Arc<Table>>,
+        totals_apart: bool,
+    ) -> Fold {
         let window = Window::of(&q, view.granularity.as_ms());
+        let totals_apart = totals_apart && window.is_none();
         let mut slot = vec![None; view.measures.len()];
         for (pos, &mi) in q.measures.iter().enumerate() {
             slot[mi] = Some(pos);
@@ -146,6 +170,7 @@ impl Fold {
             window,
             cells: Vec::new(),
             tables,
+            totals_apart,
         }
     }
 
@@ -249,9 +274,15 @@ impl Fold {
                     };
                     match col {
                         Column::Distinct(v) => day.sketches.push((cell.id, *pos, v.get(r))),
-                        Column::Quantiles(v) if self.kinds[*pos] == AggKind::Quantiles => day
-                            .quantiles
-                            .push((cell.id, *pos, Counts::Row(v.get(r), 0))),
+                        Column::Quantiles(v) if self.kinds[*pos] == AggKind::Quantiles => {
+                            let (entries, held) = (v.get(r), v.held(r));
+                            let row = Counts::Row {
+                                entries,
+                                zeros: 0,
+                                held,
+                            };
+                            day.quantiles.push((cell.id, *pos, row))
+                        }
                         col => merge_row(&mut cell.aggs[*pos], col, r),
                     }
                 }
@@ -304,7 +335,11 @@ impl Fold {
                         Agg::Distinct(_) => {}
                         Agg::Quantiles(q) if self.kinds[*pos] == AggKind::Quantiles => {
                             let counts = match q.sparse_entries() {
-                                Some((entries, zeros)) => Counts::Row(entries, zeros),
+                                Some((entries, zeros)) => Counts::Row {
+                                    entries,
+                                    zeros,
+                                    held: q.count() - zeros,
+                                },
                                 None => Counts::Sketch(q),
                             };
                             day.quantiles.push((cell.id, *pos, counts))
@@ -323,14 +358,19 @@ impl Fold {
         let width = self.kinds.len();
         let (starts, sketches) =
             by_cell(&day.sketches, day.open.len(), width, Sketch::Registers(&[]));
-        let (q_starts, quantiles) =
-            by_cell(&day.quantiles, day.open.len(), width, Counts::Row(&[], 0));
+        let none = Counts::Row {
+            entries: &[],
+            zeros: 0,
+            held: 0,
+        };
+        let (q_starts, quantiles) = by_cell(&day.quantiles, day.open.len(), width, none);
         // Group by group, in time order within each: a group's running
         // totals (a dense sketch of 16 KiB per distinct measure) stay in the
         // cache while its cells are merged into them.
         let mut cells: Vec<_> = day.open.into_iter().collect();
         cells.sort_unstable_by_key(|&((ob, og), _)| (og, ob));
         let ends = self.q.percentiles.near_an_end();
+        let apart = self.totals_apart;
         let mut rows = Vec::new();
         for ((ob, og), cell) in cells {
             let p = &self.q.percentiles;
@@ -363,7 +403,7 @@ impl Fold {
                     Some(Agg::Quantiles(k)) => Some(k),
                     _ => None,
                 };
-                let counts = &mut self.counts;
+                let (counts, total) = (&mut self.counts, (!apart).then_some(total));
                 if let Some(f) = add_cell(inputs, total, counts, &mut rows, keep, p, ends) {
                     finals[pos] = f;
                 }
@@ -392,7 +432,9 @@ impl Fold {
                         if self.window.is_none() {
                             finals[pos] = Final::Distinct(count_registers(regs));
                         }
-                        total.merge_registers(regs);
+                        if !apart {
+                            total.merge_registers(regs);
+                        }
                         if self.window.is_some() {
                             keep(pos, regs.to_vec());
                         }
@@ -402,7 +444,9 @@ impl Fold {
                         if self.window.is_none() {
                             finals[pos] = Final::Distinct(count.unwrap_or_else(|| h.count()));
                         }
-                        total.merge(h);
+                        if !apart {
+                            total.merge(h);
+                        }
                         if self.window.is_some() {
                             keep(pos, h.entries());
                         }
@@ -418,9 +462,12 @@ impl Fold {
                     }
                 }
                 if self.window.is_none() {
-                    // Nothing keeps the union: counted, merged and emptied
-                    // in one pass.
-                    finals[pos] = Final::Distinct(self.union.drain_into(total));
+                    // Nothing keeps the union: counted, merged (unless the
+                    // totals are apart) and emptied in one pass.
+                    finals[pos] = Final::Distinct(match apart {
+                        true => self.union.drain(),
+                        false => self.union.drain_into(total),
+                    });
                     continue;
                 }
                 let taken = self.union.take_into(total);

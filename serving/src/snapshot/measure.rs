@@ -222,7 +222,8 @@ mod tests {
     use super::*;
 
     /// A row stored out of order (a file the writer did not write) is kept
-    /// ascending, and a query adds it up as its values one by one.
+    /// ascending, a query adds it up as its values one by one, and its size
+    /// is the number of its values.
     #[test]
     fn a_row_out_of_order_is_kept_ascending_and_adds_up_exactly() {
         let values: Vec<f64> = (0..40).map(|i| f64::from((i * 37) % 500)).collect();
@@ -238,5 +239,10 @@ mod tests {
         let mut got = QuantileSketch::new();
         got.add_codes(row);
         assert_eq!(got, want);
+        // Each row's size, as its values count, kept through a reorder.
+        assert_eq!((rows.held(0), rows.held(1)), (0, values.len() as u64));
+        let swapped = rows.permuted(&[1, 0]);
+        assert_eq!((swapped.held(0), swapped.held(1)), (values.len() as u64, 0));
+        assert_eq!(swapped.get(0), row);
     }
 }

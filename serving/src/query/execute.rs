@@ -282,10 +282,7 @@ impl DayTask {
             .map(|s| {
                 let data = s.read();
                 (self.pieces.iter().chain(&self.total_pieces))
-                    .filter_map(|&(l, a, b)| {
-                        let level = data.levels.iter().find(|x| x.ms == l)?;
-                        Some(level.cells.range(a..b).map(|(_, c)| c.len()).sum::<usize>())
-                    })
+                    .flat_map(|&(l, a, b)| data.cells_in(l, a, b).map(|(_, c)| c.len()))
                     .sum::<usize>()
             })
             .sum();

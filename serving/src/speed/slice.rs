@@ -127,6 +127,20 @@ impl SliceData {
         self.dict.groups()
     }
 
+    /// The cells of level `ms` whose bucket starts in `[from, to)`, bucket
+    /// by bucket in time order (none when the slice has no such level).
+    pub fn cells_in(
+        &self,
+        ms: i64,
+        from: i64,
+        to: i64,
+    ) -> impl Iterator<Item = (i64, &HashMap<u32, Box<[Agg]>>)> + '_ {
+        let level = self.levels.iter().find(|l| l.ms == ms);
+        level
+            .into_iter()
+            .flat_map(move |l| l.cells.range(from..to).map(|(&b, c)| (b, c)))
+    }
+
     /// The index of the group written as `text` (a JSON array), `None` when it
     /// is not a group of `view` (another arity: another definition wrote it).
     fn group_id(&mut self, view: &ViewDef, text: &str) -> Option<u32> {

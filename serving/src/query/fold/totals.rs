@@ -73,10 +73,7 @@ impl Fold {
         map: &mut GroupMap,
         cancel: &AtomicBool,
     ) -> Result<(), FoldError> {
-        let Some(level) = slice.levels.iter().find(|l| l.ms == level_ms) else {
-            return Ok(());
-        };
-        for cells in level.cells.range(from..to).map(|(_, c)| c) {
+        for (_, cells) in slice.cells_in(level_ms, from, to) {
             self.tick(cells.len(), cancel)?;
             for (&gid, aggs) in cells {
                 let og = self.mapped(map, slice.groups(), gid);

@@ -63,7 +63,6 @@ impl Fold {
     /// Merge the sketch measures of `slice`'s cells at level `level_ms`
     /// whose bucket starts in `[from, to)` into the totals of their output
     /// groups; `map` is the slice's group map.
-    #[allow(clippy::too_many_arguments)]
     pub fn total_slice(
         &mut self,
         slice: &SliceData,

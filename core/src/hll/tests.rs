@@ -71,6 +71,13 @@ fn a_union_counts_and_merges_as_merging_the_sketches_does() {
         let mut counted = u.clone();
         assert_eq!(counted.drain(), merged.count());
         assert!(counted.is_empty());
+        // Taken without an accumulator: the registers of the merge, and the
+        // union left empty.
+        let mut handed = u.clone();
+        let mut own = handed.take();
+        own.sort_unstable();
+        assert_eq!(own, merged.entries());
+        assert!(handed.is_empty());
         for p in &parts {
             counted.add(&sketch(p.clone()));
         }

@@ -215,6 +215,23 @@ impl Union {
         entries
     }
 
+    /// Hand the union's registers over (`(index << 8) | value`, in no
+    /// particular order) and empty it, in one pass over the registers set
+    /// (for a rolling window's cell whose group total is made apart).
+    pub fn take(&mut self) -> Vec<u32> {
+        if self.all {
+            let entries = dense_entries(&self.regs);
+            self.clear();
+            return entries;
+        }
+        let regs = &mut self.regs;
+        let entries = (self.set.iter())
+            .map(|&i| ((i as u32) << 8) | u32::from(std::mem::take(&mut regs[i as usize])))
+            .collect();
+        self.set.clear();
+        entries
+    }
+
     /// Empty the union (in time proportional to the registers set).
     pub fn clear(&mut self) {
         if self.all {

@@ -19,7 +19,7 @@
 //! it than the cells' granularity allows (a 24-hour query by hour: each
 //! group's day in one row, not 24). When it does, the fold is made with
 //! its sketch measures' totals *apart* ([`totals`]): the cells' sketches
-//! are counted and not merged into the totals, and each day's rows at the
+//! are counted (or, with a window, kept) and not merged into the totals, and each day's rows at the
 //! totals' levels are merged into them instead, a few merges per group
 //! where the cells took one per cell (counts, sums and extremes still add
 //! up from the cells: they cost nothing to merge).
@@ -136,8 +136,8 @@ impl Fold {
     /// A fold of `q` on `view`; `tables` holds one table per `[[lookup]]`
     /// (the version in use, or an empty one mapping to its `missing`);
     /// `totals_apart`: the sketch measures' totals are folded apart
-    /// ([`totals`]; not with a rolling window, whose cells keep their
-    /// sketches).
+    /// ([`totals`]; with a rolling window, over the range the fold reads,
+    /// its lead-in included, as the totals from the cells were).
     pub fn new(
         view: &ViewDef,
         q: Query,
@@ -146,7 +146,6 @@ impl Fold {
         totals_apart: bool,
     ) -> Fold {
         let window = Window::of(&q, view.granularity.as_ms());
-        let totals_apart = totals_apart && window.is_none();
         let mut slot = vec![None; view.measures.len()];
         for (pos, &mi) in q.measures.iter().enumerate() {
             slot[mi] = Some(pos);
@@ -357,7 +356,10 @@ impl Fold {
                     });
                     continue;
                 }
-                let taken = self.union.take_into(total);
+                let taken = match apart {
+                    true => self.union.take(),
+                    false => self.union.take_into(total),
+                };
                 keep(pos, taken);
             }
             // A bucket where every requested measure is still its identity

@@ -19,14 +19,16 @@
 //! quantile measure's a running sum of the cells' sketches (a cell's counts
 //! are added as it enters and taken back as it leaves: counts subtract
 //! exactly). A point costs the sketches of the cells that move, where
-//! re-merging its window cost every cell in it.
+//! re-merging its window cost every cell in it. A narrow window (at most
+//! [`DIRECT_BUCKETS`] buckets) unions its cells' registers afresh for each
+//! point instead: that costs less than the moves of a sliding union.
 //!
 //! Guarantee: a point equals the fold of the events whose base bucket is in
 //! its window, whichever layer or level they were read from (the monoid),
 //! and costs at most `window / g` cell merges per scalar measure.
 
 use tally_core::agg::{Agg, AggKind};
-use tally_core::hll::Sliding;
+use tally_core::hll::{Sliding, Union};
 use tally_core::quantile::QuantileSketch;
 
 use super::parse::{Query, MAX_WINDOW_BUCKETS};
@@ -70,7 +72,8 @@ impl Window {
         sliding: &mut [Sliding],
         p: &Percentiles,
     ) -> Vec<(i64, Box<[Final]>)> {
-        let mut inside = Inside::new(kinds, sliding);
+        let direct = self.ms <= DIRECT_BUCKETS * self.g;
+        let mut inside = Inside::new(kinds, sliding, direct);
         let mut out = Vec::new();
         // Cells in the window of `t` are cells[lo..hi].
         let (mut lo, mut hi) = (0, 0);
@@ -127,19 +130,28 @@ pub struct Cell {
     pub registers: Box<[Vec<u32>]>,
 }
 
+/// Windows of at most this many buckets union their cells' registers
+/// afresh for each point: a sliding union's move costs about four times a
+/// register added to a union and counted, and a point of such a window
+/// adds at most this many cells.
+const DIRECT_BUCKETS: i64 = 3;
+
 /// The sketch measures of the cells inside a window as it moves over one
-/// group: per distinct measure a sliding union, per quantile measure a
-/// running sum.
+/// group: per distinct measure a sliding union (or, for a narrow window,
+/// a union of the cells inside made for each point), per quantile measure
+/// a running sum.
 struct Inside<'a> {
     kinds: &'a [AggKind],
     distinct: Vec<usize>,
     sliding: &'a mut [Sliding],
+    /// Narrow windows: no sliding union; each point unions its cells.
+    direct: Option<Union>,
     quantiles: Vec<usize>,
     sums: Vec<QuantileSketch>,
 }
 
 impl<'a> Inside<'a> {
-    fn new(kinds: &'a [AggKind], sliding: &'a mut [Sliding]) -> Self {
+    fn new(kinds: &'a [AggKind], sliding: &'a mut [Sliding], direct: bool) -> Self {
         let of_kind =
             |kind| -> Vec<usize> { (0..kinds.len()).filter(|&pos| kinds[pos] == kind).collect() };
         let quantiles = of_kind(AggKind::Quantiles);
@@ -147,13 +159,19 @@ impl<'a> Inside<'a> {
             kinds,
             distinct: of_kind(AggKind::Distinct),
             sliding,
+            direct: direct.then(Union::default),
             sums: vec![QuantileSketch::new(); quantiles.len()],
             quantiles,
         }
     }
 
     fn enter(&mut self, cell: &Cell) {
-        for (s, &pos) in self.sliding.iter_mut().zip(&self.distinct) {
+        let sliding = if self.direct.is_some() {
+            &mut [][..]
+        } else {
+            &mut *self.sliding
+        };
+        for (s, &pos) in sliding.iter_mut().zip(&self.distinct) {
             if let Some(r) = cell.registers.get(pos) {
                 s.enter(r);
             }
@@ -167,7 +185,12 @@ impl<'a> Inside<'a> {
 
     /// The oldest cell inside leaves.
     fn leave(&mut self, cell: &Cell) {
-        for (s, &pos) in self.sliding.iter_mut().zip(&self.distinct) {
+        let sliding = if self.direct.is_some() {
+            &mut [][..]
+        } else {
+            &mut *self.sliding
+        };
+        for (s, &pos) in sliding.iter_mut().zip(&self.distinct) {
             if let Some(r) = cell.registers.get(pos) {
                 s.leave(r);
             }
@@ -182,14 +205,25 @@ impl<'a> Inside<'a> {
     /// The final values of the window (whose cells are `cells`): scalar
     /// measures merged from the cells, sketch measures from the union or
     /// sum kept as it moved.
-    fn finals(&self, cells: &[Cell], p: &Percentiles) -> Box<[Final]> {
+    fn finals(&mut self, cells: &[Cell], p: &Percentiles) -> Box<[Final]> {
         let (mut unions, mut sums) = (self.sliding.iter(), self.sums.iter());
+        let direct = &mut self.direct;
         self.kinds
             .iter()
             .enumerate()
-            .map(|(pos, &kind)| match kind {
-                AggKind::Distinct => Final::Distinct(unions.next().map_or(0, Sliding::count)),
-                AggKind::Quantiles => match sums.next() {
+            .map(|(pos, &kind)| match (kind, direct.as_mut()) {
+                (AggKind::Distinct, Some(union)) => {
+                    for c in cells {
+                        if let Some(r) = c.registers.get(pos) {
+                            union.add_registers(r);
+                        }
+                    }
+                    Final::Distinct(union.drain())
+                }
+                (AggKind::Distinct, None) => {
+                    Final::Distinct(unions.next().map_or(0, Sliding::count))
+                }
+                (AggKind::Quantiles, _) => match sums.next() {
                     Some(sum) => Final::of_quantiles(sum, p),
                     None => Final::of(&Agg::empty(kind), p),
                 },
@@ -253,10 +287,18 @@ mod tests {
         h
     }
 
+    /// Windows of 3 buckets (each point unions its cells) and of 6 (a
+    /// sliding union).
     #[test]
     fn distinct_points_count_the_union_of_their_window_group_after_group() {
+        for buckets in [DIRECT_BUCKETS, 6] {
+            distinct_points_of_windows_of(buckets);
+        }
+    }
+
+    fn distinct_points_of_windows_of(buckets: i64) {
         let w = Window {
-            ms: 3 * M,
+            ms: buckets * M,
             g: M,
             first: 10 * M,
             last: 30 * M,

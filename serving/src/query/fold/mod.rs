@@ -18,7 +18,7 @@
 //! A group's total covers the whole range, so a coarser level may answer
 //! it than the cells' granularity allows (a 24-hour query by hour: each
 //! group's day in one row, not 24). When it does, the fold is made with
-//! its sketch measures' totals *apart* ([`totals`]): the cells' sketches
+//! its sketch measures' totals *apart* (`totals.rs`): the cells' sketches
 //! are counted (or, with a window, kept) and not merged into the totals, and each day's rows at the
 //! totals' levels are merged into them instead, a few merges per group
 //! where the cells took one per cell (counts, sums and extremes still add
@@ -104,7 +104,7 @@ pub struct Fold {
     /// Per `[[lookup]]`, the table version this answer maps through.
     tables: Vec<Arc<Table>>,
     /// The sketch measures' totals are made apart from the cells
-    /// ([`totals`]), not from them.
+    /// (`totals.rs`), not from them.
     totals_apart: bool,
 }
 
@@ -136,7 +136,7 @@ impl Fold {
     /// A fold of `q` on `view`; `tables` holds one table per `[[lookup]]`
     /// (the version in use, or an empty one mapping to its `missing`);
     /// `totals_apart`: the sketch measures' totals are folded apart
-    /// ([`totals`]; with a rolling window, over the range the fold reads,
+    /// (`totals.rs`; with a rolling window, over the range the fold reads,
     /// its lead-in included, as the totals from the cells were).
     pub fn new(
         view: &ViewDef,

@@ -20,7 +20,7 @@
 //! are added as it enters and taken back as it leaves: counts subtract
 //! exactly). A point costs the sketches of the cells that move, where
 //! re-merging its window cost every cell in it. A narrow window (at most
-//! three buckets,) unions its cells' registers afresh for each
+//! three buckets) unions its cells' registers afresh for each
 //! point instead: that costs less than the moves of a sliding union.
 //!
 //! Guarantee: a point equals the fold of the events whose base bucket is in

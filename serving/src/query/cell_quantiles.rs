@@ -36,8 +36,9 @@ pub(super) enum Counts<'a> {
 }
 
 /// Add a cell's `inputs` to its group's `total` (`None`: the fold makes
-/// the totals apart) and answer the cell's percentiles `p`; for a cell a rolling window keeps, copy its sketch to
-/// `kept` instead (the window answers it) and answer nothing. `acc` is the
+/// the totals apart) and answer the cell's percentiles `p`; for a cell a
+/// rolling window keeps, copy its sketch to `kept` instead (the window
+/// answers it) and answer nothing. `acc` is the
 /// fold's reused accumulator (empty between calls); `rows` is room for the
 /// walk, reused too; `ends`: every asked percentile is near an end
 /// ([`Percentiles::near_an_end`]).

@@ -19,10 +19,11 @@
 //! it than the cells' granularity allows (a 24-hour query by hour: each
 //! group's day in one row, not 24). When it does, the fold is made with
 //! its sketch measures' totals *apart* (`totals.rs`): the cells' sketches
-//! are counted (or, with a window, kept) and not merged into the totals, and each day's rows at the
-//! totals' levels are merged into them instead, a few merges per group
-//! where the cells took one per cell (counts, sums and extremes still add
-//! up from the cells: they cost nothing to merge).
+//! are counted (or, with a window, kept) and not merged into the totals,
+//! and each day's rows at the totals' levels are merged into them instead,
+//! a few merges per group where the cells took one per cell (counts, sums
+//! and extremes still add up from the cells: they cost nothing to merge).
+//! The day's inputs are noted into its cells in `cells.rs`.
 //!
 //! With a rolling window ([`super::window`]) a closed cell also keeps its
 //! aggregates (a distinct measure as the cell's union sketch), and the

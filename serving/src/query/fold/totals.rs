@@ -35,25 +35,26 @@ impl Fold {
         cancel: &AtomicBool,
     ) -> Result<(), FoldError> {
         let mut map = GroupMap::new();
-        let rows = data.rows_in(from, to);
-        self.tick(rows.len(), cancel)?;
-        for r in rows {
-            let og = self.mapped(&mut map, &data.groups, data.group_of[r]);
-            if og == DROPPED {
-                continue;
-            }
-            for (mi, col) in data.measures.iter().enumerate() {
-                let Some(Some(pos)) = self.slot.get(mi) else {
+        for (_, rows) in data.buckets_in(data.rows_in(from, to)) {
+            self.tick(rows.len(), cancel)?;
+            for r in rows {
+                let og = self.mapped(&mut map, &data.groups, data.group_of[r]);
+                if og == DROPPED {
                     continue;
-                };
-                match (&mut self.totals[og as usize][*pos], col) {
-                    (Agg::Distinct(total), Column::Distinct(v)) => match v.get(r) {
-                        Sketch::Registers(regs) => total.merge_registers(regs),
-                        Sketch::Dense(h, _) => total.merge(h),
-                    },
-                    // A snapshot row's zeros are among its entries.
-                    (Agg::Quantiles(total), Column::Quantiles(v)) => total.add_codes(v.get(r)),
-                    _ => {}
+                }
+                for (mi, col) in data.measures.iter().enumerate() {
+                    let Some(Some(pos)) = self.slot.get(mi) else {
+                        continue;
+                    };
+                    match (&mut self.totals[og as usize][*pos], col) {
+                        (Agg::Distinct(total), Column::Distinct(v)) => match v.get(r) {
+                            Sketch::Registers(regs) => total.merge_registers(regs),
+                            Sketch::Dense(h, _) => total.merge(h),
+                        },
+                        // A snapshot row's zeros are among its entries.
+                        (Agg::Quantiles(total), Column::Quantiles(v)) => total.add_codes(v.get(r)),
+                        _ => {}
+                    }
                 }
             }
         }

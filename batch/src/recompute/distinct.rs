@@ -8,12 +8,12 @@
 //! entries (an unordered `implode`, a streaming reduction: about four bytes
 //! per row, where a second group-by on (group, register) held a table row
 //! per event). [`registers`] then keeps the highest rank per register, the
-//! sketch's registers, and [`tally_core::hll::redis_bytes_of`] encodes them
+//! sketch's registers, and [`tally_core::hll::append_redis_bytes`] encodes them
 //! byte for byte as Redis stores the sketch of the same values.
 
 use polars::prelude::*;
 use polars_arrow::array::Array;
-use tally_core::hll::{pattern, redis_bytes_of, REGISTERS};
+use tally_core::hll::{append_redis_bytes, pattern, REGISTERS};
 
 use super::list_rows::{for_each_group, inner};
 use crate::promote::PropType;
@@ -218,6 +218,10 @@ struct Reducer {
     out: Vec<u32>,
     /// Highest rank per register index, all zero between lists.
     ranks: Vec<u8>,
+    /// One bit per register index written to `ranks`, all zero between
+    /// lists: the pass out reads only the words with a bit set, in index
+    /// order, where a walk over all 16,384 ranks branched on each of them.
+    written: Vec<u64>,
 }
 
 impl Reducer {
@@ -230,27 +234,31 @@ impl Reducer {
             sort_reduce(&mut self.out);
             return &self.out;
         }
-        // One pass into the register array and one over it: linear, where
-        // sorting thousands of entries was the batch's largest sort.
+        // One pass into the register array and one over the registers
+        // written: linear, where sorting thousands of entries was the
+        // batch's largest sort.
         if self.ranks.len() != REGISTERS {
             self.ranks = vec![0; REGISTERS];
+            self.written = vec![0; REGISTERS / 64];
         }
         let mut in_range = true;
         for e in kept.clone() {
-            match self.ranks.get_mut((e >> 8) as usize) {
-                Some(r) => *r = (*r).max((e & 0xff) as u8),
+            let index = (e >> 8) as usize;
+            match self.ranks.get_mut(index) {
+                Some(r) => {
+                    *r = (*r).max((e & 0xff) as u8);
+                    self.written[index / 64] |= 1 << (index % 64);
+                }
                 None => in_range = false,
             }
         }
-        for (k, chunk) in self.ranks.chunks_exact_mut(8).enumerate() {
-            if chunk.iter().all(|&r| r == 0) {
-                continue;
-            }
-            for (j, r) in chunk.iter_mut().enumerate() {
-                if *r > 0 {
-                    self.out.push((((k * 8 + j) as u32) << 8) | u32::from(*r));
-                    *r = 0;
-                }
+        for (k, word) in self.written.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                let index = k * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let r = std::mem::take(&mut self.ranks[index]);
+                self.out.push(((index as u32) << 8) | u32::from(r));
             }
         }
         if !in_range {
@@ -283,16 +291,25 @@ fn sort_reduce(entries: &mut Vec<u32>) {
 
 /// Each list of registers (as [`registers`] makes them) as the sketch's
 /// bytes, byte for byte what Redis stores for the same values
-/// ([`redis_bytes_of`]): the snapshot's column, in one pass over the lists.
+/// ([`append_redis_bytes`]): the snapshot's column, in one pass over the
+/// lists, encoded straight into the column's buffer.
 pub(super) fn sketches(lists: &ListChunked) -> PolarsResult<arrow_array::BinaryArray> {
-    let mut out = arrow_array::builder::BinaryBuilder::with_capacity(lists.len(), 0);
-    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    let mut values: Vec<u8> = Vec::new();
+    let mut offsets: Vec<i32> = Vec::with_capacity(lists.len() + 1);
+    offsets.push(0);
+    let mut overflow = false;
     for_each_list(lists, |registers| {
-        pairs.clear();
-        pairs.extend(registers.iter().map(|&e| (e >> 8, e & 0xff)));
-        out.append_value(redis_bytes_of(&pairs));
+        append_redis_bytes(registers, &mut values);
+        match i32::try_from(values.len()) {
+            Ok(end) => offsets.push(end),
+            Err(_) => overflow = true,
+        }
     })?;
-    Ok(out.finish())
+    if overflow {
+        polars_bail!(ComputeError: "a day's sketches take more than 2 GiB in one snapshot column");
+    }
+    let offsets = arrow_buffer::OffsetBuffer::new(offsets.into());
+    Ok(arrow_array::BinaryArray::new(offsets, values.into(), None))
 }
 
 #[cfg(test)]
@@ -325,8 +342,9 @@ mod tests {
             let mut parts = reducer.reduce(&entries).to_vec();
             parts.extend_from_slice(reducer.reduce(&b));
             let entries = reducer.reduce(&parts).to_vec();
-            let regs: Vec<(u32, u32)> = entries.iter().map(|&e| (e >> 8, e & 0xff)).collect();
-            assert_eq!(redis_bytes_of(&regs), direct.to_redis_bytes(), "{n}");
+            let mut bytes = Vec::new();
+            append_redis_bytes(&entries, &mut bytes);
+            assert_eq!(bytes, direct.to_redis_bytes(), "{n}");
         }
     }
 
@@ -355,12 +373,8 @@ mod tests {
         groups.append_slice(&[2, 0, 1]);
         groups.append_slice(&[1]);
         let out = reduce_groups(&groups.finish(), &finer.finish()).unwrap();
-        let mut bytes: Vec<Vec<u8>> = Vec::new();
-        for_each_list(out.list().unwrap(), |registers| {
-            let regs: Vec<(u32, u32)> = registers.iter().map(|&e| (e >> 8, e & 0xff)).collect();
-            bytes.push(redis_bytes_of(&regs));
-        })
-        .unwrap();
+        let column = sketches(out.list().unwrap()).unwrap();
+        let bytes: Vec<&[u8]> = column.iter().map(Option::unwrap).collect();
         assert_eq!(bytes, [all.to_redis_bytes(), one.to_redis_bytes()]);
     }
 
@@ -384,7 +398,7 @@ mod tests {
             let list: Vec<u32> = (0..n)
                 .map(|i| match i % 11 {
                     3 => NO_ENTRY,
-                    _ => entry(format!("v{n}-{}", i % 97).as_bytes()),
+                    _ => entry(format!("v{n}-{}", i % (97 + n / 2)).as_bytes()),
                 })
                 .collect();
             let mut sorted: Vec<u32> = list.iter().copied().filter(|&e| e != NO_ENTRY).collect();

@@ -4,63 +4,75 @@
 
 use super::{DENSE_LEN, HEADER_LEN, REGISTERS, SPARSE_MAX_BYTES, SPARSE_VAL_MAX};
 
-/// The Redis encoding of a sketch given as its non-zero registers
-/// `(index, value)`, sorted by index, each once: byte for byte what
-/// [`Hll::to_redis_bytes`] writes for those registers, in time proportional to
-/// the number of registers set. The batch layer keeps its sketches this way.
-pub fn redis_bytes_of(registers: &[(u32, u32)]) -> Vec<u8> {
-    if registers.iter().all(|&(_, v)| v <= SPARSE_VAL_MAX as u32) {
-        let pairs = registers.iter().map(|&(i, v)| (i as usize, v as u8));
-        if let Some(sparse) = sparse_of(registers.len(), pairs) {
-            if sparse.len() <= SPARSE_MAX_BYTES {
-                return sparse;
-            }
-        }
+/// Append the Redis encoding of a sketch given as its non-zero registers
+/// `(index << 8) | value` (as [`super::Hll::sparse_registers`] gives them),
+/// sorted by index, each once, to `out`: byte for byte what
+/// [`super::Hll::to_redis_bytes`] writes for those registers, in time
+/// proportional to the number of registers set. The batch layer writes a
+/// million of these into one column buffer, with no allocation per sketch.
+pub fn append_redis_bytes(registers: &[u32], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.reserve(sparse_len_bound(registers.len()));
+    let pairs = registers.iter().map(|&e| ((e >> 8) as usize, e as u8));
+    if push_sparse(out, pairs) && out.len() - start <= SPARSE_MAX_BYTES {
+        return;
     }
-    let mut out = header(0, DENSE_LEN);
-    out.resize(DENSE_LEN, 0);
-    for &(i, v) in registers {
-        dense_set(&mut out[HEADER_LEN..], i as usize, v.min(63) as u8);
+    out.truncate(start);
+    push_header(out, 0);
+    let body = out.len();
+    out.resize(start + DENSE_LEN, 0);
+    for &e in registers {
+        dense_set(&mut out[body..], (e >> 8) as usize, (e as u8).min(63));
     }
-    out
 }
 
 /// The sparse encoding of non-zero registers `(index, value)` sorted by
 /// index, or `None` if a value is over 32 (or the indexes are not sorted).
-/// `set` (about how many registers are set) sizes the buffer: the batch layer
-/// keeps a million of these at once, so a sketch must not hold a dense-sized
-/// allocation (that took its peak RSS from 1.5 to 6 GB), nor grow one: a
+/// `set` (about how many registers are set) sizes the buffer: a sketch kept
+/// alone must not hold a dense-sized allocation (the batch layer once kept a
+/// million, and its peak RSS went from 1.5 to 6 GB), nor grow one: a
 /// register costs at most three bytes (the XZERO before its VAL) and the
 /// zeros after the last one two ([`sparse_len_bound`]).
 pub(super) fn sparse_of(
     set: usize,
     registers: impl Iterator<Item = (usize, u8)>,
 ) -> Option<Vec<u8>> {
-    let mut out = header(1, sparse_len_bound(set));
+    let mut out = Vec::with_capacity(sparse_len_bound(set));
+    push_sparse(&mut out, registers).then_some(out)
+}
+
+/// Append the sparse encoding of `registers` (as [`sparse_of`] takes them)
+/// to `out`; false, with `out` left partly written, if a value is over 32
+/// or the indexes are not sorted.
+fn push_sparse(out: &mut Vec<u8>, registers: impl Iterator<Item = (usize, u8)>) -> bool {
+    push_header(out, 1);
     let mut next = 0usize; // first register not yet encoded
     let (mut start, mut value, mut run) = (0usize, 0u8, 0usize);
     for (i, v) in registers {
         if v > SPARSE_VAL_MAX {
-            return None;
+            return false;
         }
         if run > 0 && i == start + run && v == value {
             run += 1;
             continue;
         }
         if run > 0 {
-            push_values(&mut out, value, run);
+            push_values(out, value, run);
             next = start + run;
         }
         // Out of order: not encodable here (the dense encoding takes any order).
-        push_zeros(&mut out, i.checked_sub(next)?);
+        let Some(zeros) = i.checked_sub(next) else {
+            return false;
+        };
+        push_zeros(out, zeros);
         (start, value, run) = (i, v, 1);
     }
     if run > 0 {
-        push_values(&mut out, value, run);
+        push_values(out, value, run);
         next = start + run;
     }
-    push_zeros(&mut out, REGISTERS - next);
-    Some(out)
+    push_zeros(out, REGISTERS - next);
+    true
 }
 
 /// The most bytes the sparse encoding of `set` registers takes.
@@ -94,12 +106,16 @@ fn push_values(out: &mut Vec<u8>, v: u8, mut run: usize) {
 
 pub(super) fn header(encoding: u8, capacity: usize) -> Vec<u8> {
     let mut h = Vec::with_capacity(capacity);
-    h.extend_from_slice(b"HYLL");
-    h.push(encoding);
-    h.extend_from_slice(&[0, 0, 0]);
-    // Cached cardinality: zero, with the "invalid" bit set (card[7] & 0x80).
-    h.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x80]);
+    push_header(&mut h, encoding);
     h
+}
+
+fn push_header(out: &mut Vec<u8>, encoding: u8) {
+    out.extend_from_slice(b"HYLL");
+    out.push(encoding);
+    out.extend_from_slice(&[0, 0, 0]);
+    // Cached cardinality: zero, with the "invalid" bit set (card[7] & 0x80).
+    out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x80]);
 }
 
 pub(super) fn dense_get(body: &[u8], reg: usize) -> u8 {

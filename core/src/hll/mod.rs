@@ -21,7 +21,7 @@ mod hash;
 mod sliding;
 mod union;
 
-pub use encoding::redis_bytes_of;
+pub use encoding::append_redis_bytes;
 pub use estimate::count_registers;
 pub use hash::{murmurhash64a, pattern};
 pub use sliding::Sliding;

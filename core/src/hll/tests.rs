@@ -231,7 +231,12 @@ fn registers_encode_to_what_redis_decodes_back() {
         cases.push(regs.into_iter().collect());
     }
     for pairs in cases {
-        let bytes = redis_bytes_of(&pairs);
+        // Appended after what a column buffer already holds.
+        let registers: Vec<u32> = pairs.iter().map(|&(i, v)| (i << 8) | v).collect();
+        let mut column = b"before".to_vec();
+        append_redis_bytes(&registers, &mut column);
+        let (before, bytes) = column.split_at(6);
+        assert_eq!(before, b"before");
         let mut truth = vec![0u8; REGISTERS];
         for &(i, v) in &pairs {
             truth[i as usize] = v as u8;

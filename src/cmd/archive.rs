@@ -28,6 +28,7 @@ pub(crate) async fn role(
 
 /// The archive role alone, restarted with backoff when it fails.
 pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
+    crate::alloc::no_transparent_huge_pages();
     let shutdown = crate::shutdown::on_signal();
     crate::telemetry::install(cfg.archive.metrics_listen.as_deref())?;
     let store = crate::cmd::open_store(&cfg)?;

@@ -248,7 +248,7 @@ fn registers_encode_to_what_redis_decodes_back() {
             "{} registers",
             pairs.len()
         );
-        let back = Hll::from_redis_bytes(&bytes).unwrap();
+        let back = Hll::from_redis_bytes(bytes).unwrap();
         assert_eq!(back.registers(), truth, "{} registers", pairs.len());
         assert_eq!(back.to_redis_bytes(), bytes, "{} registers", pairs.len());
     }

@@ -60,7 +60,7 @@ impl Archiver {
         if held_to.is_some_and(|last| offset <= last) {
             // Durable in a file a previous run wrote (see `covered`): with
             // nothing buffered, the durable position moves past it.
-            if part.open.is_empty() {
+            if part.idle() {
                 part.archived_to = part.read.next();
             }
             return Ok(());

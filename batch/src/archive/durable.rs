@@ -1,4 +1,5 @@
-//! Making rows durable: rolls into archive files, then the fenced progress
+//! Making rows durable: rolls into archive files (encoded and written by a
+//! task of their own while the loop reads on), then the fenced progress
 //! write, the observations that complete epochs, and the cut.
 
 use super::*;
@@ -21,8 +22,13 @@ impl Archiver {
         Ok(())
     }
 
-    /// Write every open file of the partition, then advance its progress.
+    /// Hand every open file of the partition to a roll task, which encodes
+    /// and writes them while the loop reads on; its progress advances when
+    /// the task is done ([`Archiver::on_rolled`]). One roll per partition is
+    /// in flight: a partition due again first waits for its last one, which
+    /// keeps its files and progress in order and its memory at two rolls.
     pub(super) async fn roll(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
+        self.settle_roll(tp).await?;
         let Some(part) = self.parts.get_mut(tp) else {
             return Ok(());
         };
@@ -35,36 +41,98 @@ impl Archiver {
             self.lose(tp);
             return Ok(());
         }
-        for (epoch, rows) in part.open.iter_mut() {
-            let path = paths::archive_file(*epoch, &tp.0, tp.1, rows.first_offset);
-            let outcome =
-                archive_file::write_unless_covered(self.store.clone(), &path, rows, &self.promote)
-                    .await?;
-            if let archive_file::Outcome::Covered { last } = outcome {
-                part.covered.insert(*epoch, Some(last));
+        let open = std::mem::take(&mut part.open);
+        self.next_roll += 1;
+        let id = self.next_roll;
+        let (store, promote, (topic, p)) = (self.store.clone(), self.promote.clone(), tp.clone());
+        let task = self.rolls.spawn(async move {
+            let mut written = Vec::with_capacity(open.len());
+            for (epoch, mut rows) in open {
+                let path = paths::archive_file(epoch, &topic, p, rows.first_offset);
+                let outcome =
+                    archive_file::write_unless_covered(store.clone(), &path, &mut rows, &promote);
+                match outcome.await {
+                    Ok(o) => written.push((epoch, o, rows.len())),
+                    Err(e) => {
+                        return Rolled {
+                            tp: (topic, p),
+                            id,
+                            written: Err(e),
+                        }
+                    }
+                }
             }
-            if outcome == archive_file::Outcome::Written {
-                self.summary.files += 1;
-                metrics::counter!("tally_archive_files_total").increment(1);
-                metrics::counter!("tally_archive_rows_total").increment(rows.len() as u64);
+            Rolled {
+                tp: (topic, p),
+                id,
+                written: Ok(written),
+            }
+        });
+        part.rolling = Some(Rolling {
+            id,
+            archived_to: part.read.next(),
+            task,
+        });
+        part.opened_at = None;
+        part.bytes = 0;
+        Ok(())
+    }
+
+    /// Wait until the partition has no roll in flight (others that end
+    /// meanwhile are taken too).
+    pub(super) async fn settle_roll(&mut self, tp: &Tp) -> Result<(), ArchiveError> {
+        while self.parts.get(tp).is_some_and(|p| p.rolling.is_some()) {
+            match self.rolls.join_next().await {
+                Some(joined) => self.on_rolled(joined).await?,
+                None => break, // nothing in flight after all
             }
         }
-        part.open.clear();
+        Ok(())
+    }
+
+    /// A roll task ended: its files are durable, so the partition's progress
+    /// advances to where the roll was cut. A roll of a partition since
+    /// dropped (or claimed again) advances nothing.
+    pub(super) async fn on_rolled(
+        &mut self,
+        joined: Result<Rolled, tokio::task::JoinError>,
+    ) -> Result<(), ArchiveError> {
+        let rolled = match joined {
+            Ok(r) => r,
+            Err(e) if e.is_cancelled() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(part) = self.parts.get_mut(&rolled.tp) else {
+            return Ok(());
+        };
+        let Some(rolling) = part.rolling.take_if(|r| r.id == rolled.id) else {
+            return Ok(());
+        };
+        for (epoch, outcome, rows) in rolled.written? {
+            match outcome {
+                archive_file::Outcome::Covered { last } => {
+                    part.covered.insert(epoch, Some(last));
+                }
+                archive_file::Outcome::Written => {
+                    self.summary.files += 1;
+                    metrics::counter!("tally_archive_files_total").increment(1);
+                    metrics::counter!("tally_archive_rows_total").increment(rows as u64);
+                }
+            }
+        }
         // Bounded: an epoch this far behind the newest is looked up again if
         // a record of it still comes (a late producer timestamp).
         if let Some(&newest) = part.covered.keys().next_back() {
             part.covered
                 .retain(|&e, _| e + COVERED_EPOCHS_KEPT >= newest);
         }
-        part.opened_at = None;
-        part.bytes = 0;
-        part.archived_to = part.read.next();
+        part.archived_to = rolling.archived_to;
         if let Some((hw, ms)) = part.pending {
             if part.archived_to >= hw {
                 part.reached = Some((hw, ms));
             }
         }
-        self.advance(tp).await
+        self.advance(&rolled.tp).await
     }
 
     /// Advance the partition's observation when the previous one was reached.
@@ -82,7 +150,7 @@ impl Archiver {
         }
         // Nothing buffered and nothing consumed past the durable point: the
         // pending observation is reached once everything below it is durable.
-        if part.open.is_empty() && part.archived_to >= hw {
+        if part.idle() && part.archived_to >= hw {
             part.reached = Some((hw, ms));
             let observed = now_ms();
             let high = watermarks(&self.consumer, &tp.0, tp.1).await?.high;

@@ -30,8 +30,11 @@
 //! Records are buffered per partition, in one file per ingest epoch, and rolled
 //! *together* (all epochs of a partition at once) when the partition holds
 //! `archive.roll_bytes` of raw records or its oldest record is
-//! `archive.roll_interval` old. After a roll every file is durable, and only then
-//! is the progress advanced, as a fenced write ([`crate::progress`]): a member
+//! `archive.roll_interval` old. A roll's files are encoded and written by a
+//! task of their own while the loop reads on (one roll in flight per
+//! partition: encoding was a third of the loop's time). Once every file of a
+//! roll is durable, and only then, the progress advances to where the roll
+//! was cut, as a fenced write ([`crate::progress`]): a member
 //! that lost the partition without noticing (a zombie) fails that write, drops
 //! the partition and stops archiving it. A crash between writing files and
 //! advancing the progress replays the same records in the same order; each
@@ -102,6 +105,7 @@ use crate::archive_file::{self, ArchiveRows, FileError};
 use crate::progress::{self, Claim, Fenced, ProgressError, Reached};
 use crate::promote::Promote;
 use tally_store::StoreError;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// How often a seek is tried while librdkafka is still starting the fetcher
 /// of a newly assigned partition.
@@ -183,10 +187,37 @@ struct OwnedPartition {
     covered: BTreeMap<Epoch, Option<i64>>,
     opened_at: Option<Instant>,
     bytes: usize,
+    /// The roll being encoded and written, if one is.
+    rolling: Option<Rolling>,
     /// The latest observation that `archived_to` has reached.
     reached: Reached,
     /// The observation being worked towards.
     pending: Option<(i64, i64)>,
+}
+
+impl OwnedPartition {
+    /// Nothing buffered and nothing being written: `archived_to` is where
+    /// reading is, up to records a durable file already held.
+    fn idle(&self) -> bool {
+        self.open.is_empty() && self.rolling.is_none()
+    }
+}
+
+/// A partition's roll in flight.
+#[derive(Debug)]
+struct Rolling {
+    id: u64,
+    /// The partition's durable position once the roll's files are.
+    archived_to: i64,
+    task: AbortHandle,
+}
+
+/// What a roll task did: per file, its epoch, whether it was written (or
+/// found covered) and its rows.
+struct Rolled {
+    tp: Tp,
+    id: u64,
+    written: Result<Vec<(Epoch, archive_file::Outcome, usize)>, FileError>,
 }
 
 type ArchiveConsumer = StreamConsumer<Context<Paused>>;
@@ -205,6 +236,9 @@ struct Archiver {
     roll_bytes: usize,
     roll_interval: Duration,
     parts: BTreeMap<Tp, OwnedPartition>,
+    /// The roll tasks in flight, at most one per partition.
+    rolls: JoinSet<Rolled>,
+    next_roll: u64,
     summary: ArchiveSummary,
 }
 
@@ -236,6 +270,7 @@ pub async fn run(
             _ = consumer.context().changes().recorded() => {}
             _ = tick.tick() => a.on_tick().await?,
             _ = cut_tick.tick() => a.publish_cut().await?,
+            Some(joined) = a.rolls.join_next(), if !a.rolls.is_empty() => a.on_rolled(joined).await?,
             msg = consumer.recv() => a.on_message(msg).await?,
         }
     }
@@ -267,6 +302,8 @@ impl Archiver {
             roll_bytes: cfg.archive.roll_bytes.max(1),
             roll_interval: cfg.archive.roll_interval.as_duration(),
             parts: BTreeMap::new(),
+            rolls: JoinSet::new(),
+            next_roll: 0,
             summary: ArchiveSummary::default(),
         };
         // Fail early on a missing topic, in both modes.
@@ -333,6 +370,11 @@ impl Archiver {
     /// Forget a partition and what it buffered (the next owner re-reads it).
     fn drop_part(&mut self, tp: &Tp, why: &str) {
         if let Some(part) = self.parts.remove(tp) {
+            // Its files may still be written (as a zombie's may); its
+            // progress is not advanced.
+            if let Some(rolling) = &part.rolling {
+                rolling.task.abort();
+            }
             let buffered: usize = part.open.values().map(ArchiveRows::len).sum();
             tracing::info!(topic = %tp.0, partition = tp.1, buffered, why, "partition dropped");
         }
@@ -371,6 +413,7 @@ impl Archiver {
                 covered: BTreeMap::new(),
                 opened_at: None,
                 bytes: 0,
+                rolling: None,
                 reached: claim.reached,
                 pending: Some((w.high, now_ms())),
                 claim,
@@ -399,6 +442,7 @@ impl Archiver {
         let owned: Vec<Tp> = self.parts.keys().cloned().collect();
         for tp in &owned {
             self.roll(tp).await?;
+            self.settle_roll(tp).await?;
             self.observe(tp).await?;
         }
         self.publish_cut().await?;

@@ -344,7 +344,9 @@ impl Default for SpeedConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
-    /// Roll a file once it holds this many bytes of raw records.
+    /// Roll a partition's files once they hold this many bytes of raw
+    /// records. A partition holds up to twice this in memory: one roll
+    /// being written while the next fills.
     pub roll_bytes: usize,
     /// Roll a file once it is this old.
     pub roll_interval: Millis,

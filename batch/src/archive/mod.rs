@@ -88,6 +88,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use object_store::ObjectStore;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -112,6 +113,8 @@ use tokio::task::{AbortHandle, JoinSet};
 const SEEK_ATTEMPTS: usize = 50;
 const SEEK_RETRY: Duration = Duration::from_millis(100);
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records taken per turn of the loop when they are already fetched.
+const READY_BATCH: usize = 256;
 /// Epochs of `OwnedPartition::covered` kept behind the newest one.
 const COVERED_EPOCHS_KEPT: Epoch = 64;
 
@@ -271,7 +274,21 @@ pub async fn run(
             _ = tick.tick() => a.on_tick().await?,
             _ = cut_tick.tick() => a.publish_cut().await?,
             Some(joined) = a.rolls.join_next(), if !a.rolls.is_empty() => a.on_rolled(joined).await?,
-            msg = consumer.recv() => a.on_message(msg).await?,
+            msg = consumer.recv() => {
+                a.on_message(msg).await?;
+                // Records already fetched are taken without another trip
+                // through the select (its timers and wakers), a batch at
+                // most, and never past a rebalance the callback recorded.
+                for _ in 1..READY_BATCH {
+                    if consumer.context().changes().pending() {
+                        break;
+                    }
+                    let Some(msg) = consumer.recv().now_or_never() else {
+                        break;
+                    };
+                    a.on_message(msg).await?;
+                }
+            }
         }
     }
     // The last reference must go in `finish`, off the runtime (closing waits).

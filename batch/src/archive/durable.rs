@@ -41,31 +41,44 @@ impl Archiver {
             self.lose(tp);
             return Ok(());
         }
-        let open = std::mem::take(&mut part.open);
+        // A file a durable one already holds (a replay) is known here, on
+        // the loop, so that what is read next of its epoch is skipped (see
+        // `covered`) rather than buffered into a second file while the
+        // others are written.
+        let mut files = Vec::with_capacity(part.open.len());
+        for (epoch, rows) in std::mem::take(&mut part.open) {
+            let path = paths::archive_file(epoch, &tp.0, tp.1, rows.first_offset);
+            match archive_file::covering(self.store.clone(), &path, &rows).await? {
+                Some(last) => {
+                    part.covered.insert(epoch, Some(last));
+                }
+                None => files.push((path, rows)),
+            }
+        }
+        // Bounded: an epoch this far behind the newest is looked up again if
+        // a record of it still comes (a late producer timestamp).
+        if let Some(&newest) = part.covered.keys().next_back() {
+            part.covered
+                .retain(|&e, _| e + COVERED_EPOCHS_KEPT >= newest);
+        }
         self.next_roll += 1;
         let id = self.next_roll;
-        let (store, promote, (topic, p)) = (self.store.clone(), self.promote.clone(), tp.clone());
+        let (store, promote) = (self.store.clone(), self.promote.clone());
         let task = self.rolls.spawn(async move {
-            let mut written = Vec::with_capacity(open.len());
-            for (epoch, mut rows) in open {
-                let path = paths::archive_file(epoch, &topic, p, rows.first_offset);
-                let outcome =
-                    archive_file::write_unless_covered(store.clone(), &path, &mut rows, &promote);
-                match outcome.await {
-                    Ok(o) => written.push((epoch, o, rows.len())),
-                    Err(e) => {
-                        return Rolled {
-                            tp: (topic, p),
-                            id,
-                            written: Err(e),
-                        }
-                    }
+            let mut rows_written = Vec::with_capacity(files.len());
+            for (path, mut rows) in files {
+                let wrote = archive_file::write(store.clone(), &path, &mut rows, &promote).await;
+                if let Err(e) = wrote {
+                    return Rolled {
+                        id,
+                        rows_written: Err(e),
+                    };
                 }
+                rows_written.push(rows.len());
             }
             Rolled {
-                tp: (topic, p),
                 id,
-                written: Ok(written),
+                rows_written: Ok(rows_written),
             }
         });
         part.rolling = Some(Rolling {
@@ -102,37 +115,29 @@ impl Archiver {
             Err(e) if e.is_cancelled() => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let Some(part) = self.parts.get_mut(&rolled.tp) else {
+        let Some((tp, part)) = self
+            .parts
+            .iter_mut()
+            .find(|(_, p)| p.rolling.as_ref().is_some_and(|r| r.id == rolled.id))
+        else {
             return Ok(());
         };
-        let Some(rolling) = part.rolling.take_if(|r| r.id == rolled.id) else {
+        let (tp, rolling) = (tp.clone(), part.rolling.take());
+        for rows in rolled.rows_written? {
+            self.summary.files += 1;
+            metrics::counter!("tally_archive_files_total").increment(1);
+            metrics::counter!("tally_archive_rows_total").increment(rows as u64);
+        }
+        let Some(rolling) = rolling else {
             return Ok(());
         };
-        for (epoch, outcome, rows) in rolled.written? {
-            match outcome {
-                archive_file::Outcome::Covered { last } => {
-                    part.covered.insert(epoch, Some(last));
-                }
-                archive_file::Outcome::Written => {
-                    self.summary.files += 1;
-                    metrics::counter!("tally_archive_files_total").increment(1);
-                    metrics::counter!("tally_archive_rows_total").increment(rows as u64);
-                }
-            }
-        }
-        // Bounded: an epoch this far behind the newest is looked up again if
-        // a record of it still comes (a late producer timestamp).
-        if let Some(&newest) = part.covered.keys().next_back() {
-            part.covered
-                .retain(|&e, _| e + COVERED_EPOCHS_KEPT >= newest);
-        }
         part.archived_to = rolling.archived_to;
         if let Some((hw, ms)) = part.pending {
             if part.archived_to >= hw {
                 part.reached = Some((hw, ms));
             }
         }
-        self.advance(&rolled.tp).await
+        self.advance(&tp).await
     }
 
     /// Advance the partition's observation when the previous one was reached.

@@ -51,7 +51,7 @@
 //!   so that takes a zombie stalled between that check and its writes. Its
 //!   extra file costs nothing in the views (the batch de-duplicates on
 //!   coordinates). A file is never replaced by a shorter one of the same
-//!   name ([`archive_file::write_unless_covered`]: a file whose last offset
+//!   name ([`archive_file::covering`]: a file whose last offset
 //!   is at least the new one's already holds every record of it), so a
 //!   zombie cannot drop records the new owner made durable, unless both
 //!   check the same name at the same moment and the shorter write lands last.
@@ -215,12 +215,10 @@ struct Rolling {
     task: AbortHandle,
 }
 
-/// What a roll task did: per file, its epoch, whether it was written (or
-/// found covered) and its rows.
+/// What a roll task did: the rows of each file it wrote.
 struct Rolled {
-    tp: Tp,
     id: u64,
-    written: Result<Vec<(Epoch, archive_file::Outcome, usize)>, FileError>,
+    rows_written: Result<Vec<usize>, FileError>,
 }
 
 type ArchiveConsumer = StreamConsumer<Context<Paused>>;

@@ -16,7 +16,7 @@
 //! The file's key-value metadata holds `tally.days`: the UTC days (comma
 //! separated) of the event times of its valid records, so the batch can tell
 //! which days a file touches from the footer alone; `tally.last_offset`, the
-//! last offset it holds (see [`write_unless_covered`]); `tally.format` (`2`)
+//! last offset it holds (see [`covering`]); `tally.format` (`2`)
 //! and `tally.promoted`, the promoted keys and their columns. Format v1 files
 //! are the same without promoted columns and without the last two keys.
 //!
@@ -83,6 +83,6 @@ mod object;
 mod rows;
 
 pub use error::FileError;
-pub use object::{coordinates, read_all, write, Outcome};
-pub(crate) use object::{days_of, file_holding, last_offset_in, write_unless_covered};
+pub use object::{coordinates, read_all, write};
+pub(crate) use object::{covering, days_of, file_holding, last_offset_in};
 pub use rows::ArchiveRows;

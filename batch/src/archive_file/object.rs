@@ -3,7 +3,7 @@
 //! read, and read back.
 //!
 //! Guarantees: [`write`] returns once the object is durable; a zombie's
-//! shorter roll never replaces a longer durable file ([`write_unless_covered`]);
+//! shorter roll never replaces a longer durable file ([`covering`]);
 //! the footer is the only thing read to know a file's days and last offset.
 
 use std::sync::Arc;
@@ -77,41 +77,27 @@ pub async fn write(
     Ok(())
 }
 
-/// What [`write_unless_covered`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Written,
-    /// The object there already holds every record of these rows, and the
-    /// epoch's records up to `last` (its last offset).
-    Covered {
-        last: i64,
-    },
-}
-
-/// [`write`], unless the object at `path` already holds every record of
-/// `rows`. A file holds the records of one partition and ingest epoch from
-/// its first offset (its name) to its last, and the log does not change, so
-/// a file of the same name whose last offset is at least ours is a superset.
+/// The last offset of the object at `path` when it already holds every
+/// record of `rows`, `None` when it does not or there is none: then `rows`
+/// are not written. A file holds the records of one partition and ingest
+/// epoch from its first offset (its name) to its last, and the log does not
+/// change, so a file of the same name whose last offset is at least ours is
+/// a superset.
 ///
 /// This keeps an archiver that lost its partition without noticing (a
 /// zombie) from replacing the new owner's durable file with a shorter one of
 /// the same name, which would drop records below the owner's progress. What
-/// is left is two writers checking at the same moment and the shorter one
-/// landing last. A longer file still replaces a shorter one, as a crash
+/// is left is two writers checking at about the same moment and the shorter
+/// one landing last. A longer file still replaces a shorter one, as a crash
 /// replay must.
-pub(crate) async fn write_unless_covered(
+pub(crate) async fn covering(
     store: Arc<dyn ObjectStore>,
     path: &str,
-    rows: &mut ArchiveRows,
-    promote: &Promote,
-) -> Result<Outcome, FileError> {
-    if let Some(last) = last_offset_of(store.clone(), path).await? {
-        if last >= rows.last_offset {
-            return Ok(Outcome::Covered { last });
-        }
-    }
-    write(store, path, rows, promote).await?;
-    Ok(Outcome::Written)
+    rows: &ArchiveRows,
+) -> Result<Option<i64>, FileError> {
+    Ok(last_offset_of(store, path)
+        .await?
+        .filter(|&last| last >= rows.last_offset))
 }
 
 /// The last offset of the durable file of `topic`/`partition` in `epoch`
@@ -249,29 +235,35 @@ mod tests {
     #[tokio::test]
     async fn a_file_is_never_replaced_by_a_shorter_one_of_the_same_name() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        // As a roll does: written unless covered; the covering last offset.
         let write = |r: std::ops::RangeInclusive<i64>| {
             let store = store.clone();
             async move {
-                write_unless_covered(store, PATH, &mut rows(r), &Promote::default())
-                    .await
-                    .unwrap()
+                let mut rows = rows(r);
+                let last = covering(store.clone(), PATH, &rows).await.unwrap();
+                if last.is_none() {
+                    super::write(store, PATH, &mut rows, &Promote::default())
+                        .await
+                        .unwrap();
+                }
+                last
             }
         };
-        assert_eq!(write(100..=199).await, Outcome::Written);
+        assert_eq!(write(100..=199).await, None);
         assert_eq!(
             offsets_stored(&store).await,
             (100..=199).collect::<Vec<_>>()
         );
         // A stalled archiver's shorter roll of the same records: kept out.
-        assert_eq!(write(100..=149).await, Outcome::Covered { last: 199 });
+        assert_eq!(write(100..=149).await, Some(199));
         assert_eq!(
             offsets_stored(&store).await,
             (100..=199).collect::<Vec<_>>()
         );
         // The same file again (a crash replay): nothing to do.
-        assert_eq!(write(100..=199).await, Outcome::Covered { last: 199 });
+        assert_eq!(write(100..=199).await, Some(199));
         // A longer one replaces it, as a crash replay that read further must.
-        assert_eq!(write(100..=249).await, Outcome::Written);
+        assert_eq!(write(100..=249).await, None);
         assert_eq!(
             offsets_stored(&store).await,
             (100..=249).collect::<Vec<_>>()

@@ -55,6 +55,25 @@ fn once_total(stack: &Stack, start_ms: i64) -> (u64, bool, serde_json::Value) {
     (total, flag, body)
 }
 
+/// [`once_total`] once it equals `want`, or as it is after `wait`: a
+/// sync of the speed copy reads the views one after another, so a flush can
+/// show in one view a sync before another.
+fn once_total_reaching(
+    stack: &Stack,
+    start_ms: i64,
+    want: u64,
+    wait: Duration,
+) -> (u64, bool, serde_json::Value) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let answer = once_total(stack, start_ms);
+        if answer.0 == want || Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn truth_total(truth: &Truth, view: &str, measure: &str) -> u64 {
     let v = truth.view(view);
     v.cells
@@ -109,14 +128,7 @@ fn retries_are_counted_once_by_speed_within_its_window_and_by_the_batch() {
         "retries were produced"
     );
     // `daily` settled; the dedup view's answer follows within a refresh.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (got, flag, body) = loop {
-        let answer = once_total(&stack, start_ms);
-        if answer.0 == want || Instant::now() > deadline {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let (got, flag, body) = once_total_reaching(&stack, start_ms, want, Duration::from_secs(30));
     assert_eq!(got, want, "speed-only, retries in the window: {body}");
     assert!(
         flag,
@@ -158,14 +170,7 @@ fn retries_are_counted_once_by_speed_within_its_window_and_by_the_batch() {
         std::thread::sleep(Duration::from_millis(500));
     }
     stack.batch_run();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (got, flag, body) = loop {
-        let answer = once_total(&stack, start_ms);
-        if answer.0 == want || Instant::now() > deadline {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let (got, flag, body) = once_total_reaching(&stack, start_ms, want, Duration::from_secs(60));
     assert_eq!(got, want, "after the batch run: {body}");
     assert!(!flag, "no speed slice above the cut: {body}");
     queries_match(&stack, &truth, start_ms, 2);

@@ -115,22 +115,18 @@ impl Archiver {
             Err(e) if e.is_cancelled() => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let Some((tp, part)) = self
-            .parts
-            .iter_mut()
-            .find(|(_, p)| p.rolling.as_ref().is_some_and(|r| r.id == rolled.id))
-        else {
+        let found = self.parts.iter_mut().find_map(|(tp, part)| {
+            let rolling = part.rolling.take_if(|r| r.id == rolled.id)?;
+            Some((tp.clone(), part, rolling))
+        });
+        let Some((tp, part, rolling)) = found else {
             return Ok(());
         };
-        let (tp, rolling) = (tp.clone(), part.rolling.take());
         for rows in rolled.rows_written? {
             self.summary.files += 1;
             metrics::counter!("tally_archive_files_total").increment(1);
             metrics::counter!("tally_archive_rows_total").increment(rows as u64);
         }
-        let Some(rolling) = rolling else {
-            return Ok(());
-        };
         part.archived_to = rolling.archived_to;
         if let Some((hw, ms)) = part.pending {
             if part.archived_to >= hw {

@@ -459,17 +459,20 @@ fn matches(columns: &Columns, allowed: &[String]) -> Expr {
     any_of(terms)
 }
 
-/// `members` of `sources` grouped by the columns they hold for the plan.
+/// `members` of `sources` grouped by the columns they hold for the plan,
+/// and by their whole schema (a scan takes files of one schema).
 fn by_columns(
     needs: &Needs,
     types: &[BTreeSet<PropType>],
     sources: &[Arc<Source>],
     members: &[usize],
 ) -> Vec<Vec<usize>> {
-    let mut groups: BTreeMap<Vec<Option<String>>, Vec<usize>> = BTreeMap::new();
+    type Key<'a> = (Vec<Option<String>>, &'a [String]);
+    let mut groups: BTreeMap<Key, Vec<usize>> = BTreeMap::new();
     for &i in members {
+        let s = &sources[i];
         groups
-            .entry(signature(needs, types, &sources[i]))
+            .entry((signature(needs, types, s), s.columns.as_slice()))
             .or_default()
             .push(i);
     }

@@ -1,8 +1,9 @@
 //! Gaps never taken as progress by the archiver, and replays never archived
 //! twice, against the real broker: a seek that lands past the claimed
 //! position, a progress object beyond the end of the log (the broker lost
-//! its records and the topic was created again), and a crash replay whose
-//! rolls overlap files already durable. Checked against the coordinates the
+//! its records and the topic was created again), a crash replay whose
+//! rolls overlap files already durable, and a roll whose file another
+//! writer made durable while the archiver read on. Checked against the coordinates the
 //! test produced.
 
 mod common;
@@ -404,6 +405,88 @@ async fn a_restart_from_inside_a_durable_file_archives_nothing_twice() {
         files(&store).await,
         [(e0, 0), (e0 + 1, 3_600), (e0 + 1, 4_000)]
     );
+}
+
+/// A roll whose file another writer made durable after the archiver first
+/// looked for one (a new owner racing a zombie): the roll finds that file on
+/// the loop, before its task starts, and the records read next of its epoch,
+/// up to the file's last offset, are skipped at once. Before, the check ran
+/// in the roll's task and was heard of only when the task ended, while the
+/// loop read on and buffered the epoch's next records into a second file:
+/// they were archived twice (`tests/archive_crash.rs`, about one run in
+/// eight). Here the records after the roll arrive together, as a fetched
+/// batch the loop takes before it looks at its roll tasks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_read_while_a_covered_roll_is_checked_are_not_written_twice() {
+    // The archiver must have seen the epoch's first records before the
+    // file appears; a start slower than the wait is tried again, longer.
+    for wait in [3, 10, 30] {
+        if covered_after_first_sight(Duration::from_secs(wait)).await {
+            return;
+        }
+    }
+    panic!("the archiver never read the first records before the file appeared");
+}
+
+/// The scenario above, the file written `wait` after the archiver started;
+/// whether the archiver had buffered the first records by then (and so
+/// found the file in a roll, the case under test).
+async fn covered_after_first_sight(wait: Duration) -> bool {
+    let broker = Broker::start().unwrap();
+    let producer = topic_with(&broker.bootstrap(), 10).await;
+    let group = format!("covered-{}", rand::random::<u32>());
+    let mut cfg = common::archive_config(&broker.bootstrap(), TOPIC, &group, "all", "memory://");
+    // Rolls of about 30 records, by size only until the test stops it.
+    cfg.archive.roll_bytes = 3_000;
+    cfg.archive.roll_interval = tally_core::config::Millis(600_000);
+    let store = tally_store::open(&cfg.store).unwrap();
+    let (stop, task) = start(&cfg, &store);
+    tokio::time::sleep(wait).await;
+    assert!(files(&store).await.is_empty(), "nothing rolled yet");
+
+    // Another writer makes 0..1,000 durable under the name the archiver's
+    // first roll of the epoch will have.
+    let grid = cfg.epochs.grid();
+    let mut rows = archive_file::ArchiveRows::new(0);
+    for (o, r) in records(0, 0, 1_000).iter().enumerate() {
+        let limits = cfg.events.limits();
+        rows.push(
+            TOPIC,
+            0,
+            o as i64,
+            r.timestamp_ms,
+            grid,
+            &limits,
+            &r.payload,
+        );
+    }
+    let path = paths::archive_file(grid.epoch_of(T0), TOPIC, 0, 0);
+    let promote = tally_batch::promote::Promote::of(&cfg);
+    archive_file::write(store.clone(), &path, &mut rows, &promote)
+        .await
+        .unwrap();
+
+    // The rest of the epoch arrives at once.
+    produce(producer, 10, 1_990).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress(&store, 0)
+        .await
+        .is_none_or(|p| matches!(p, ProgressFile::V1 { archived_to, .. } if archived_to < 1_900))
+    {
+        assert!(Instant::now() < deadline, "not archived past 1,900");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    let summary = task.await.unwrap().unwrap();
+    let Some(ProgressFile::V1 { archived_to, .. }) = progress(&store, 0).await else {
+        panic!("no progress");
+    };
+    // Every record up to where the archiver got, once.
+    assert_exactly(&archived(&store).await, (0..archived_to).map(|o| (0, o)));
+    // Records buffered beyond those after the file: the first ones, read
+    // before the file appeared and found covered by the roll.
+    let after_file = (archived_to - 1_000) as u64;
+    summary.records >= after_file + 10
 }
 
 /// The archiver's seek further back, refused by librdkafka: the partition is

@@ -1,6 +1,7 @@
 //! Archive format v2: promoted property columns against the `props` list
 //! they come from, keys of conflicting types, more keys than the cap, and a
-//! view over a key no file promoted (read from `props`) against the truth.
+//! view over a key no file promoted (read from `props`) against the truth,
+//! and a day of files that promote different keys against the truth.
 
 mod common;
 
@@ -296,4 +297,111 @@ measures = [{ name = "n", agg = "count" }]
         "{:?}",
         by_x.cells.map.keys().collect::<Vec<_>>()
     );
+}
+
+/// Files of one day that promote different keys, as files do: each chooses
+/// its frequent keys itself. `campaign` is in a third of partition 1's
+/// events (a column in its files), in a few of partition 2's (in `props`
+/// only) and in none of partition 0's; and a rewrite of part of partition 1
+/// in format v1 overlaps its v2 files. A Polars scan takes files of one
+/// schema only ("extra column in file outside of expected schema", which
+/// `tests/dedup.rs` once met when a key was promoted in one file alone), so
+/// each schema is scanned apart. Every standard view, and one grouped by
+/// `campaign`, equal the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_promoting_different_keys_recompute_to_the_truth() {
+    let views = format!(
+        r#"{}
+[[view]]
+name = "by_campaign"
+dimensions = ["properties.campaign"]
+granularity = "1h"
+measures = [
+  {{ name = "n", agg = "count" }},
+  {{ name = "users", agg = "distinct", field = "user_id" }},
+]
+"#,
+        tally_testkit::config::STANDARD_VIEWS
+    );
+    let cfg: Config = TestConfig::new()
+        .views(&views)
+        .extra("[batch]\ngc_grace = \"0ms\"")
+        .build();
+    let store = tally_store::open(&cfg.store).unwrap();
+    let mut offsets = Vec::new();
+    let mut events = generate(71, 9_000, 3, &mut offsets, T0, 2 * HOUR);
+    // Offsets in Kafka-time order, as in a partition's log: each file a run
+    // of consecutive offsets that overlaps no other, so that the files of
+    // different partitions are scanned together.
+    events.sort_by_key(|e| (e.partition, e.g.kafka_ts_ms));
+    let mut next = [0; 3];
+    for e in &mut events {
+        e.offset = next[e.partition as usize];
+        next[e.partition as usize] += 1;
+    }
+    for (i, e) in events.iter_mut().enumerate() {
+        let every = match e.partition {
+            1 => 3,
+            2 => 25,
+            _ => continue,
+        };
+        if i % every == 0 {
+            with_campaign(e, &format!("c{}", i % 4));
+        }
+    }
+    // Written knowing the standard views only: `campaign` is promoted where
+    // it is frequent.
+    let files = write_archive(&store, "events", &events).await;
+    let rewrite: Vec<Gen> = events
+        .iter()
+        .filter(|e| e.partition == 1 && (100..400).contains(&e.offset))
+        .cloned()
+        .collect();
+    write_archive_with(&store, "events", &rewrite, &Promote::legacy_v1()).await;
+
+    // The store really holds those schemas.
+    let columns = |batches: &[RecordBatch]| -> Vec<String> {
+        let schema = batches[0].schema();
+        let names = schema.fields().iter().map(|f| f.name().clone());
+        names.filter(|n| n.starts_with("properties.")).collect()
+    };
+    let mut promoting = [false; 3];
+    for f in &files {
+        let batches = archive_file::read_all(store.clone(), f).await.unwrap();
+        let p = batches[0]
+            .column_by_name("partition")
+            .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int32Array>())
+            .map(|c| c.value(0))
+            .unwrap();
+        promoting[p as usize] |= columns(&batches).contains(&"properties.campaign".to_owned());
+    }
+    assert_eq!(
+        promoting,
+        [false, true, false],
+        "which partitions' files promote campaign"
+    );
+
+    let cut = T0 / HOUR + 2;
+    set_cut(&store, cut).await;
+    run_batch(&cfg, store.clone(), RunOptions::default())
+        .await
+        .unwrap();
+    check_all(&store, &cfg, &events, cut).await;
+    check(&store, &cfg, "by_campaign", &events, cut).await;
+    let truth = truth(&cfg, &events, cut);
+    let campaigns = truth.view("by_campaign").cells.len();
+    assert!(campaigns >= 5, "campaigns and none, per hour: {campaigns}");
+}
+
+/// `e` with `campaign` among its properties (when it is a valid event with
+/// properties).
+fn with_campaign(e: &mut Gen, campaign: &str) {
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&e.g.payload) else {
+        return;
+    };
+    let Some(props) = json.get_mut("properties").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    props.insert("campaign".into(), campaign.into());
+    e.g.payload = serde_json::to_vec(&json).unwrap();
 }

@@ -3,8 +3,8 @@
 //! position, a progress object beyond the end of the log (the broker lost
 //! its records and the topic was created again), a crash replay whose
 //! rolls overlap files already durable, and a roll whose file another
-//! writer made durable while the archiver read on. Checked against the coordinates the
-//! test produced.
+//! writer made durable while the archiver read on. Checked against the
+//! coordinates the test produced.
 
 mod common;
 

@@ -41,10 +41,6 @@ pub(super) struct Source {
     pub bytes: Buffer<u8>,
     /// Per needed key, its columns in `bytes`, by type.
     pub keys: BTreeMap<String, Vec<(PropType, String)>>,
-    /// Every top-level column of `bytes`, in order: one scan reads only
-    /// files of one schema (Polars rejects a later file's extra column,
-    /// such as a key promoted in that file alone).
-    pub columns: Vec<String>,
 }
 
 /// Fetch `input` with the envelope columns `envelope` and the promoted
@@ -70,17 +66,10 @@ pub(super) async fn source(
             let mut columns: Vec<&str> = envelope.to_vec();
             columns.extend(keys.values().flatten().map(|(_, c)| c.as_str()));
             let bytes = sparse(store, input, &columns).await?;
-            let schema = input.footer.file_metadata().schema_descr();
             Ok(Source {
                 path: input.path.clone(),
                 bytes,
                 keys,
-                columns: schema
-                    .root_schema()
-                    .get_fields()
-                    .iter()
-                    .map(|f| f.name().to_owned())
-                    .collect(),
             })
         }
         None => promoted_copy(store, input, envelope, keys).await,
@@ -242,7 +231,6 @@ fn rewrite(
     Ok(Source {
         path: path.to_owned(),
         bytes: Buffer::from_vec(bytes),
-        columns: fields.iter().map(|f| f.name().clone()).collect(),
         keys: promoted.into_iter().map(|k| (k.key, k.columns)).collect(),
     })
 }

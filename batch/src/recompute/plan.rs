@@ -459,20 +459,17 @@ fn matches(columns: &Columns, allowed: &[String]) -> Expr {
     any_of(terms)
 }
 
-/// `members` of `sources` grouped by the columns they hold for the plan,
-/// and by their whole schema (a scan takes files of one schema).
+/// `members` of `sources` grouped by the columns they hold for the plan.
 fn by_columns(
     needs: &Needs,
     types: &[BTreeSet<PropType>],
     sources: &[Arc<Source>],
     members: &[usize],
 ) -> Vec<Vec<usize>> {
-    type Key<'a> = (Vec<Option<String>>, &'a [String]);
-    let mut groups: BTreeMap<Key, Vec<usize>> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<Option<String>>, Vec<usize>> = BTreeMap::new();
     for &i in members {
-        let s = &sources[i];
         groups
-            .entry((signature(needs, types, s), s.columns.as_slice()))
+            .entry(signature(needs, types, &sources[i]))
             .or_default()
             .push(i);
     }
@@ -503,13 +500,20 @@ fn scan(
 ) -> PolarsResult<LazyFrame> {
     let buffers: Vec<polars_buffer::Buffer<u8>> =
         group.iter().map(|&i| sources[i].bytes.clone()).collect();
-    let args = ScanArgsParquet {
+    // Files of one signature may still differ in columns the plan does not
+    // read (each file promotes its own frequent keys): those are ignored,
+    // where Polars' default rejects a file holding a column the first lacks.
+    let args = UnifiedScanArgs {
         cache: false,
         glob: false,
         hive_options: polars::io::HiveOptions::new_disabled(),
+        extra_columns_policy: ExtraColumnsPolicy::Ignore,
         ..Default::default()
     };
-    let lf = LazyFrame::scan_parquet_sources(ScanSources::Buffers(Arc::from(buffers)), args)?;
+    let files = ScanSources::Buffers(Arc::from(buffers));
+    let lf: LazyFrame = DslBuilder::scan_parquet(files, ParquetOptions::default(), args)?
+        .build()
+        .into();
     let sig = signature(needs, types, &sources[group[0]]);
     let mut select: Vec<Expr> = needs.envelope.iter().map(|c| col(*c)).collect();
     let mut n = 0;

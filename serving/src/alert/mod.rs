@@ -41,6 +41,7 @@
 //! once Redis answers again.
 
 pub mod deliver;
+pub mod notification;
 mod persist;
 pub mod run;
 
@@ -53,7 +54,8 @@ use tally_core::config::{AlertRule, Config};
 use tally_core::time::format_ms;
 use utoipa::ToSchema;
 
-use deliver::{Notification, NotificationBody, Outbox, Stats};
+use deliver::{Outbox, Stats};
+use notification::{Notification, NotificationBody};
 use persist::{AlertStore, Stored};
 
 use crate::speed::RedisReader;

@@ -29,7 +29,7 @@ use tally_core::config::AlertRule;
 use tally_core::hll::murmurhash64a;
 use tally_core::keys::AlertKeys;
 
-use super::deliver::Notification;
+use super::notification::Notification;
 use super::Phase;
 use crate::speed::{RedisReadError, RedisReader};
 

@@ -18,30 +18,10 @@ use std::time::{Duration, Instant};
 
 use tally_gen::{Generator, Shape};
 use tally_store::progress::ProgressFile;
-use tally_testkit::config::{TestConfig, TOPIC};
+use tally_testkit::config::{TestConfig, DRAIN_VIEWS as VIEWS, TOPIC};
 use tally_testkit::{kafka, Broker};
 
 const PARTITIONS: i32 = 4;
-
-/// The speed benchmark's two views: their properties are promoted.
-const VIEWS: &str = r#"
-[[view]]
-name = "page_views"
-filter = { event_type = ["page_view"] }
-dimensions = ["properties.page"]
-granularity = "1m"
-measures = [
-  { name = "views", agg = "count" },
-  { name = "duration", agg = "sum", field = "properties.duration" },
-  { name = "longest", agg = "max", field = "properties.duration" },
-  { name = "users", agg = "distinct", field = "user_id" },
-]
-[[view]]
-name = "by_type"
-dimensions = ["event_type"]
-granularity = "1m"
-measures = [{ name = "events", agg = "count" }]
-"#;
 
 fn main() {
     let env = |k: &str, d: usize| {
@@ -147,6 +127,7 @@ fn run_archive(bin: &std::path::Path, broker: &Broker, ends: &[i64], n: usize, g
         .group(group)
         .store(&format!("file://{}", store.display()))
         .extra("[archive]\nroll_interval = \"1s\"")
+        // The speed benchmark's views: the archiver promotes the properties they read.
         .views(VIEWS)
         .toml();
     std::fs::write(&cfg, toml).unwrap();

@@ -27,29 +27,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tally_gen::{Generator, Shape};
-use tally_testkit::config::{TestConfig, TOPIC};
+use tally_testkit::config::{TestConfig, DRAIN_VIEWS as VIEWS, TOPIC};
 use tally_testkit::{kafka, Broker, Redis, RedisCluster};
-const PARTITIONS: i32 = 4;
 
-/// The two views this benchmark has always measured.
-const VIEWS: &str = r#"
-[[view]]
-name = "page_views"
-filter = { event_type = ["page_view"] }
-dimensions = ["properties.page"]
-granularity = "1m"
-measures = [
-  { name = "views", agg = "count" },
-  { name = "duration", agg = "sum", field = "properties.duration" },
-  { name = "longest", agg = "max", field = "properties.duration" },
-  { name = "users", agg = "distinct", field = "user_id" },
-]
-[[view]]
-name = "by_type"
-dimensions = ["event_type"]
-granularity = "1m"
-measures = [{ name = "events", agg = "count" }]
-"#;
+const PARTITIONS: i32 = 4;
 
 /// [`VIEWS`] with `dedup = "event_id"` on both.
 fn dedup_views() -> String {

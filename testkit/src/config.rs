@@ -75,6 +75,30 @@ measures = [
 ]
 "#;
 
+/// The drain benchmarks' two views (`benches/speed_drain.rs` and
+/// `benches/archive_drain.rs` drain the same topic into them, so their
+/// figures compare): `page_views` (1m) of `page_view` events by
+/// `properties.page`, `views` count, `duration` sum, `longest` max, `users`
+/// distinct; `by_type` (1m), every event's count by `event_type`.
+pub const DRAIN_VIEWS: &str = r#"
+[[view]]
+name = "page_views"
+filter = { event_type = ["page_view"] }
+dimensions = ["properties.page"]
+granularity = "1m"
+measures = [
+  { name = "views", agg = "count" },
+  { name = "duration", agg = "sum", field = "properties.duration" },
+  { name = "longest", agg = "max", field = "properties.duration" },
+  { name = "users", agg = "distinct", field = "user_id" },
+]
+[[view]]
+name = "by_type"
+dimensions = ["event_type"]
+granularity = "1m"
+measures = [{ name = "events", agg = "count" }]
+"#;
+
 /// A test config under construction. Defaults: brokers `127.0.0.1:9092`,
 /// Redis `redis://127.0.0.1:6379` with key prefix `t`, store `memory://`,
 /// group `tally-test`, topic [`TOPIC`], dead letters to `dead`, a 100 ms

@@ -13,8 +13,8 @@ import math
 SPEED_CPU_S_PER_EVENT = 0.96e-6      # tally speed, 2 views
 SPEED_EVENTS_PER_PROCESS = 1.40e6    # one consume thread, quiet machine
 REDIS_CPU_S_PER_EVENT = 0.27e-6      # the apply script, 2 views
-ARCHIVE_CPU_S_PER_EVENT = 3.01e-6    # tally archive, format v2
-BATCH_CPU_S_PER_EVENT = 8.0 / 20e6   # Polars plan + 3 levels, one view
+ARCHIVE_CPU_S_PER_EVENT = 3.39e-6    # tally archive, format v2
+BATCH_CPU_S_PER_EVENT = 5.6 / 20e6   # Polars plan + 3 levels, one view
 ARCHIVE_BYTES_PER_EVENT = 67.6       # for events of about 200 B of JSON
 SERVE_DISTINCT_QUERIES_PER_CORE = 170
 KAFKA_MB_S_PER_BROKER = 50           # an assumption, not measured here

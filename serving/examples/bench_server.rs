@@ -33,6 +33,7 @@ use tally_core::agg::Num;
 
 #[tokio::main]
 async fn main() {
+    let stop = stopped();
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8098".into());
@@ -101,7 +102,7 @@ async fn main() {
         T0 + 86_400_000,
         evs.len()
     );
-    let r = tally_serving::serve_with(cfg, store, opts, stopped()).await;
+    let r = tally_serving::serve_with(cfg, store, opts, stop).await;
     if let Err(e) = r {
         eprintln!("{e}");
         std::process::exit(1);
@@ -110,18 +111,24 @@ async fn main() {
 
 /// Ctrl-C or SIGTERM (what `latency.sh` sends). Either ends `main`
 /// normally, so that its Redis is dropped and stopped: killed without a
-/// handler, the server left its `redis-server` running, one per round.
-async fn stopped() {
+/// handler, the server left its `redis-server` running, one per round. The
+/// SIGTERM handler is installed when this is called (the start of `main`),
+/// not when the future is first polled: a SIGTERM during the set-up would
+/// otherwise kill the process with the default action and leak its Redis.
+fn stopped() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let term = signal(SignalKind::terminate()).ok();
+    async move {
+        match term {
+            Some(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -8,9 +8,16 @@ local rate = tonumber(os.getenv("BENCH_RATE") or "2000")
 local conns = tonumber(os.getenv("BENCH_CONNECTIONS") or "64")
 local mean_ms = conns * 1000 / rate
 
+-- One seed per thread: each thread has its own Lua state, which `setup`
+-- (run in the main state, once per thread) gives its number.
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("seed", os.time() * 1000 + threads)
+end
+
 function init(args)
-  -- One seed per thread (each has its own Lua state).
-  math.randomseed(os.time() + tonumber(string.sub(tostring({}), 8), 16))
+  math.randomseed(seed)
 end
 
 function delay()

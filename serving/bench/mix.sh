@@ -5,6 +5,7 @@
 # snapshot files. See serving/examples/bench_mix/.
 #
 #   bash serving/bench/mix.sh    # BENCH_QUERIES=300 BENCH_ROUNDS=3 BENCH_RATE=20000 BENCH_CONNS=4 BENCH_DAYS=90
+#   BENCH_REDIS=cluster bash serving/bench/mix.sh    # the speed side in a 3-master Redis Cluster
 #
 # The history is written once into BENCH_DIR (default
 # $CARGO_TARGET_DIR/bench-mix) and reused. Everything shares this machine's

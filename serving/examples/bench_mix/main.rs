@@ -12,6 +12,9 @@
 //! 2. A private Tansu broker and Redis; `tally speed` and `tally serve`
 //!    (`TALLY_BIN`, a release build) on those views and that store, the
 //!    answer cache off; `tally-gen` load at `BENCH_RATE` events/s.
+//!    `BENCH_REDIS=cluster` puts the speed side in a private 3-master Redis
+//!    Cluster instead (16 partition groups, issue 16), with one `tally
+//!    speed` and one `tally serve` as before.
 //! 3. `BENCH_QUERIES` random queries (seeded): a view, a range of 1 hour to
 //!    90 days (log-uniform; most end now), a granularity giving 12 to 1,000
 //!    buckets, a grouping, sometimes filters, all or some measures.
@@ -43,7 +46,7 @@ use tally_store::manifest::Manifest;
 use tally_store::snapshot::columns;
 use tally_testkit::config::{TestConfig, TOPIC};
 use tally_testkit::gen::{produce, Generator, ProduceOptions, Shape};
-use tally_testkit::{kafka, Broker, Redis};
+use tally_testkit::{kafka, Broker, Redis, RedisCluster};
 use tokio_util::sync::CancellationToken;
 
 const VIEWS: &str = r#"
@@ -318,13 +321,23 @@ fn main() {
     let manifests = rt.block_on(history::history(&store, &dir, &views, days));
 
     let broker = Broker::start().expect("broker");
-    let redis = Redis::start().expect("redis");
+    let cluster = std::env::var("BENCH_REDIS").is_ok_and(|m| m == "cluster");
+    // Either server lives until the end of main.
+    let (redis_url, redis_lines, _redis): (String, String, Box<dyn std::any::Any>) = if cluster {
+        let c = RedisCluster::start(3, 0).expect("redis cluster");
+        // `redis.url` is not read in cluster mode; it must still be a URL.
+        (c.seeds()[0].clone(), c.config_lines(16), Box::new(c))
+    } else {
+        let r = Redis::start().expect("redis");
+        (r.url(), String::new(), Box::new(r))
+    };
     kafka::create_topic(&broker.bootstrap(), TOPIC, 4).expect("topic");
     kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
     let port = tally_testkit::free_port().expect("port");
     let cfg = TestConfig::new()
         .brokers(&broker.bootstrap())
-        .redis(&redis.url())
+        .redis(&redis_url)
+        .redis_lines(&redis_lines)
         .store(&format!("file://{}", dir.join("store").display()))
         .group("mix")
         .extra(&format!("[serve]\nlisten = \"127.0.0.1:{port}\"\n"))
@@ -387,7 +400,10 @@ fn main() {
     let spec_path = dir.join("queries.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("json")).expect("spec");
 
-    println!("[mix] {n_queries} distinct queries over {days} days of 3 views; speed load {rate:.0} events/s");
+    println!(
+        "[mix] {n_queries} distinct queries over {days} days of 3 views; speed load {rate:.0} events/s; Redis: {}",
+        if cluster { "3-master cluster, 16 partition groups" } else { "one instance" }
+    );
     let _ = pass(&addr, &urls); // warm-up
     let mut tally_p50 = Vec::new();
     for r in 0..rounds {

@@ -3,11 +3,15 @@
 //! [`SpeedMirror`] holds, per view, the slices (ingest epoch, event-time day)
 //! at or above the view's floor (the cut of the snapshot in use), each with
 //! its roll-up levels ([`slice::Slice`]). A sync ([`SpeedMirror::sync`])
-//! reads the flush version; when it moved, each view's slice versions, then
-//! only the cells scored above the version this copy has read
-//! ([`read`]), and what the flushes since added to quantile sketches from
-//! the slice's quantile log, so its cost follows what the speed layer wrote
-//! since the last sync, not what it holds. A background loop syncs every `speed_poll`, and a
+//! reads, in one round trip, the flush version, each view's slice versions,
+//! and for each slice the copy holds the cells scored above the version it
+//! has read and what the flushes since added to its quantile sketches (the
+//! slice's quantile log); when the version moved, one more round trip reads
+//! those cells' values, for every view and slice side by side ([`read`]).
+//! So its cost follows what the speed layer wrote since the last sync, not
+//! what it holds, and it waits for Redis twice: under load Redis is running
+//! a flush's script most of the time, and a wait can last a whole script.
+//! A background loop syncs every `speed_poll`, and a
 //! query that finds the copy older than `speed_max_age` syncs first
 //! ([`SpeedMirror::ensure_fresh`]), so an answer includes every flush applied
 //! that long before it.
@@ -323,8 +327,15 @@ impl SpeedMirror {
     /// are read all the same); the sync then fails with its error.
     async fn pull(&self) -> Result<(), RedisReadError> {
         let groups = self.redis.layout().all();
-        let heads =
-            futures::future::join_all(groups.iter().map(|k| read::head(&self.redis, k))).await;
+        let names: Vec<&str> = self.views.iter().map(|v| v.name.as_str()).collect();
+        let known = self.known_slices(groups.len());
+        let heads = futures::future::join_all(
+            groups
+                .iter()
+                .zip(&known)
+                .map(|(k, known)| read::head(&self.redis, k, &names, known)),
+        )
+        .await;
         let mut error = None;
         let (seen, stale) = {
             let mut st = self.lock();
@@ -380,10 +391,9 @@ impl SpeedMirror {
                 .collect();
             (seen, stale)
         };
-        let names: Vec<&str> = self.views.iter().map(|v| v.name.as_str()).collect();
         for ((g, keys), head) in groups.iter().enumerate().zip(heads) {
-            let version = match head {
-                Ok(h) => h.version,
+            let (version, slices, changes) = match head {
+                Ok(h) => (h.version, h.slices, h.changes),
                 Err(e) => {
                     error = error.or(Some(e));
                     continue;
@@ -393,7 +403,13 @@ impl SpeedMirror {
                 self.lock().groups[g].version = version;
                 continue;
             }
-            if let Err(e) = self.pull_group(g as u32, keys, &names).await {
+            let known = known[g].iter().zip(changes).map(|(k, c)| {
+                k.iter()
+                    .zip(c)
+                    .map(|(k, c)| ((k.epoch, k.day), (*k, c)))
+                    .collect()
+            });
+            if let Err(e) = self.pull_group(g as u32, keys, slices, known).await {
                 error = error.or(Some(e));
                 continue;
             }
@@ -410,27 +426,65 @@ impl SpeedMirror {
         Ok(())
     }
 
-    /// Bring every view's slices of one group up to date.
+    /// Per group, per view (in the order of `self.views`): the slices the
+    /// copy holds, with the version it has read.
+    fn known_slices(&self, groups: usize) -> Vec<Vec<Vec<read::Since>>> {
+        let st = self.lock();
+        let mut known = vec![vec![Vec::new(); self.views.len()]; groups];
+        for (i, view) in self.views.iter().enumerate() {
+            let Some(v) = st.views.get(&view.name) else {
+                continue;
+            };
+            let with_log = !view.quantile_measures().is_empty();
+            for (&(g, epoch, day), slice) in &v.slices {
+                let d = slice.read();
+                let exact = d.quantiles_at == Some(d.version);
+                if let Some(k) = known.get_mut(g as usize) {
+                    k[i].push(read::Since {
+                        epoch,
+                        day,
+                        since: d.version,
+                        log: with_log && d.version > 0 && exact,
+                    });
+                }
+            }
+        }
+        known
+    }
+
+    /// Bring every view's slices of one group up to the `versions` its
+    /// head read, with the changes it read of the slices it knew (per
+    /// view, in the order of `self.views`).
     async fn pull_group(
         &self,
         group: u32,
         keys: &Keys,
-        names: &[&str],
+        versions: Vec<HashMap<(Epoch, i64), u64>>,
+        known: impl Iterator<Item = Known>,
     ) -> Result<(), RedisReadError> {
-        let versions = read::slice_versions(&self.redis, keys, names).await?;
-        for (view, live) in self.views.iter().zip(versions) {
-            self.pull_view(group, keys, view, live).await?;
-        }
-        Ok(())
+        // The views side by side: their reads pipeline on the connection,
+        // so a sync waits for Redis once per step, not once per view and
+        // step. Under load Redis is running a flush's script most of the
+        // time, and each wait can last a whole script.
+        let pulls = self
+            .views
+            .iter()
+            .zip(versions)
+            .zip(known)
+            .map(|((view, live), known)| self.pull_view(group, keys, view, live, known));
+        futures::future::join_all(pulls).await.into_iter().collect()
     }
 
-    /// Bring one view's slices of one group up to the versions in `live`.
+    /// Bring one view's slices of one group up to the versions in `live`;
+    /// the changes in `known` are used where they were read from the
+    /// version the copy holds, the others are read now.
     async fn pull_view(
         &self,
         group: u32,
         keys: &Keys,
         view: &Arc<ViewDef>,
         live: HashMap<(Epoch, i64), u64>,
+        mut known: Known,
     ) -> Result<(), RedisReadError> {
         let todo: Vec<Todo> = {
             let mut st = self.lock();
@@ -484,6 +538,36 @@ impl SpeedMirror {
             return Ok(());
         }
         let with_log = !view.quantile_measures().is_empty();
+        let wanted: Vec<read::Since> = todo
+            .iter()
+            .map(|t| read::Since {
+                epoch: t.epoch,
+                day: t.day,
+                since: t.since,
+                log: with_log && t.since > 0 && t.exact,
+            })
+            .collect();
+        let mut changes: Vec<Option<read::Changes>> = wanted
+            .iter()
+            .map(|w| match known.remove(&(w.epoch, w.day)) {
+                Some((k, c)) if k == *w => Some(c),
+                _ => None,
+            })
+            .collect();
+        let missing: Vec<read::Since> = wanted
+            .iter()
+            .zip(&changes)
+            .filter(|(_, c)| c.is_none())
+            .map(|(w, _)| *w)
+            .collect();
+        if !missing.is_empty() {
+            let mut read = read::changes(&self.redis, keys, &view.name, &missing)
+                .await?
+                .into_iter();
+            for c in changes.iter_mut().filter(|c| c.is_none()) {
+                *c = read.next();
+            }
+        }
         let ranges: Vec<read::SliceRange> = todo
             .iter()
             .map(|t| read::SliceRange {
@@ -491,12 +575,14 @@ impl SpeedMirror {
                 day: t.day,
                 since: t.since,
                 until: t.version,
-                log: with_log && t.since > 0 && t.exact,
             })
             .collect();
-        let changes = read::changes(&self.redis, keys, &view.name, &ranges).await?;
-        for ((t, changed), range) in todo.into_iter().zip(changes).zip(&ranges) {
-            let (quantiles, how) = match changed.quantiles_added {
+        let mut how_read = Vec::with_capacity(todo.len());
+        let mut reads = Vec::with_capacity(todo.len());
+        for (changed, range) in changes.into_iter().zip(&ranges) {
+            let changed = changed.unwrap_or_default();
+            let added = changed.quantiles_added(range.since, range.until);
+            let (quantiles, how) = match added {
                 Some(_) => (slice::Quantiles::Added, "log"),
                 None => (slice::Quantiles::Whole, "whole"),
             };
@@ -504,15 +590,15 @@ impl SpeedMirror {
                 metrics::counter!("tally_serving_speed_quantile_reads_total", "from" => how)
                     .increment(1);
             }
-            let (values, skipped, exact) = read::read_cells(
-                &self.redis,
-                keys,
-                view,
-                range,
-                &changed.cells,
-                changed.quantiles_added,
-            )
-            .await?;
+            how_read.push(quantiles);
+            // The slices side by side too, for the same reason.
+            reads.push(async move {
+                read::read_cells(&self.redis, keys, view, range, &changed.cells, added).await
+            });
+        }
+        let read = futures::future::join_all(reads).await;
+        for ((t, quantiles), read) in todo.into_iter().zip(how_read).zip(read) {
+            let (values, skipped, exact) = read?;
             {
                 let mut data = t.slice.write();
                 let mut rollup = t.rollup.as_ref().map(|r| r.write());
@@ -535,6 +621,10 @@ impl SpeedMirror {
         Ok(())
     }
 }
+
+/// What a sync's head read of the slices of one view the copy held: by
+/// (epoch, day), what was asked and the changes read.
+type Known = HashMap<(Epoch, i64), (read::Since, read::Changes)>;
 
 /// One slice of one group to bring up to date.
 struct Todo {

@@ -34,86 +34,126 @@ use super::conn::{RedisReadError, RedisReader};
 const CELLS_PER_COMMAND: usize = 500;
 
 /// What a sync reads first: the last applied flush's version, when the
-/// counter was born, and each view's definition fingerprint as the speed
-/// layer wrote it.
-#[derive(Debug, Clone, Default)]
+/// counter was born, each view's definition fingerprint as the speed layer
+/// wrote it, each view's slices with their versions, and what changed in
+/// the slices the copy already holds. One round trip, so that a sync after
+/// a flush usually needs just one more (the changed cells' values): under
+/// load Redis is running a flush's script most of the time, and each wait
+/// for it can last a whole script. Everything after the flush version is
+/// read after it, so at least as new.
+#[derive(Debug, Default)]
 pub(crate) struct Head {
     pub version: Option<u64>,
     pub born: Option<i64>,
     pub definitions: HashMap<String, String>,
+    /// Per view (in the order asked), its slices' versions by (epoch, day).
+    pub slices: Vec<HashMap<(Epoch, i64), u64>>,
+    /// Per view, the changes of the slices `known` named, in that order.
+    pub changes: Vec<Vec<Changes>>,
 }
 
-/// Read one partition group's [`Head`].
-pub(crate) async fn head(redis: &RedisReader, keys: &Keys) -> Result<Head, RedisReadError> {
+/// Read one partition group's [`Head`] with the slices of `views`, and the
+/// changes of the slices the copy holds (`known`, per view).
+pub(crate) async fn head(
+    redis: &RedisReader,
+    keys: &Keys,
+    views: &[&str],
+    known: &[Vec<Since>],
+) -> Result<Head, RedisReadError> {
     let mut p = redis::pipe();
     p.cmd("HMGET")
         .arg(keys.version())
         .arg(VERSION_FIELD)
         .arg(BORN_FIELD);
     p.cmd("HGETALL").arg(keys.definitions());
-    let ((version, born), definitions): ((Option<u64>, Option<i64>), HashMap<String, String>) =
-        redis.query(&p).await?;
+    for v in views {
+        p.cmd("HGETALL").arg(keys.slice_versions(v));
+    }
+    for (v, slices) in views.iter().zip(known) {
+        push_changes(&mut p, keys, v, slices);
+    }
+    let replies: Vec<redis::Value> = redis.query(&p).await?;
+    let mut replies = replies.into_iter();
+    let (version, born): (Option<u64>, Option<i64>) = parse(replies.next())?;
+    let definitions: HashMap<String, String> = parse(replies.next())?;
+    let slices = views
+        .iter()
+        .map(|_| {
+            let m: HashMap<String, u64> = parse(replies.next())?;
+            Ok(m.into_iter()
+                .filter_map(|(k, v)| Some((Keys::parse_slice_member(&k)?, v)))
+                .collect())
+        })
+        .collect::<Result<_, RedisReadError>>()?;
+    let changes = known
+        .iter()
+        .map(|slices| take_changes(&mut replies, slices))
+        .collect::<Result<_, _>>()?;
     Ok(Head {
         version,
         born,
         definitions,
+        slices,
+        changes,
     })
 }
 
-/// Each view's slices in one partition group and their versions.
-pub(crate) async fn slice_versions(
-    redis: &RedisReader,
-    keys: &Keys,
-    views: &[&str],
-) -> Result<Vec<HashMap<(Epoch, i64), u64>>, RedisReadError> {
-    let mut p = redis::pipe();
-    for v in views {
-        p.cmd("HGETALL").arg(keys.slice_versions(v));
-    }
-    let all: Vec<HashMap<String, u64>> = redis.query(&p).await?;
-    Ok(all
-        .into_iter()
-        .map(|m| {
-            m.into_iter()
-                .filter_map(|(k, v)| Some((Keys::parse_slice_member(&k)?, v)))
-                .collect()
-        })
-        .collect())
+/// A pipeline reply as `T` (a missing reply as Nil).
+fn parse<T: redis::FromRedisValue>(reply: Option<redis::Value>) -> Result<T, RedisReadError> {
+    Ok(redis::from_redis_value(reply.unwrap_or(redis::Value::Nil))
+        .map_err(redis::RedisError::from)?)
 }
 
 /// What changed in one slice since a version.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Changes {
     /// The cells written after the version.
     pub cells: Vec<String>,
-    /// What the flushes up to the slice's version added to its quantile
-    /// sketches, by [`SketchField`] text; `None`: not asked, or the log
-    /// does not reach back (read the sketches whole).
-    pub quantiles_added: Option<HashMap<String, QuantileSketch>>,
+    /// The slice's quantile log past the version (entries with their
+    /// versions, in order), when asked.
+    log: Option<Vec<(Vec<u8>, u64)>>,
 }
 
-/// One slice to read changes of: `since` the version the copy holds,
-/// `until` the slice's version in Redis.
+impl Changes {
+    /// What the flushes from `since` to `until` added to the slice's
+    /// quantile sketches, by [`SketchField`] text; `None`: the log was not
+    /// asked, or does not chain from `since` to `until` (read the sketches
+    /// whole).
+    pub(crate) fn quantiles_added(
+        &self,
+        since: u64,
+        until: u64,
+    ) -> Option<HashMap<String, QuantileSketch>> {
+        let log = self.log.as_ref()?;
+        let upto = log.partition_point(|&(_, v)| v <= until);
+        delta_log::deltas_between(&log[..upto], since, until)
+    }
+}
+
+/// A slice to read the changes of: those after version `since`, and its
+/// quantile log past `since` when `log` (the copy's quantile sketches are
+/// exactly at `since`, so the log may be added to them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Since {
+    pub epoch: Epoch,
+    pub day: i64,
+    pub since: u64,
+    pub log: bool,
+}
+
+/// One slice to read: `since` the version the copy holds, `until` the
+/// slice's version in Redis.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SliceRange {
     pub epoch: Epoch,
     pub day: i64,
     pub since: u64,
     pub until: u64,
-    /// The copy's quantile sketches are exactly at `since`: the log may
-    /// be added to them.
-    pub log: bool,
 }
 
-/// For each slice: its cells written after `since`, and, when `log`, its
-/// quantile log's entries from `since` to `until`.
-pub(crate) async fn changes(
-    redis: &RedisReader,
-    keys: &Keys,
-    view: &str,
-    slices: &[SliceRange],
-) -> Result<Vec<Changes>, RedisReadError> {
-    let mut p = redis::pipe();
+/// Ask for each slice's cells written after `since`, and, when `log`, its
+/// quantile log past `since`.
+fn push_changes(p: &mut redis::Pipeline, keys: &Keys, view: &str, slices: &[Since]) {
     for s in slices {
         p.cmd("ZRANGEBYSCORE")
             .arg(keys.cells(view, s.epoch, s.day))
@@ -123,29 +163,39 @@ pub(crate) async fn changes(
             p.cmd("ZRANGEBYSCORE")
                 .arg(keys.quantile_log(view, s.epoch, s.day))
                 .arg(format!("({}", s.since))
-                .arg(s.until)
+                .arg("+inf")
                 .arg("WITHSCORES");
         }
     }
+}
+
+/// The replies of [`push_changes`] for `slices`.
+fn take_changes(
+    replies: &mut impl Iterator<Item = redis::Value>,
+    slices: &[Since],
+) -> Result<Vec<Changes>, RedisReadError> {
+    slices
+        .iter()
+        .map(|s| {
+            let cells: Vec<String> = parse(replies.next())?;
+            let log = s.log.then(|| log_entries(replies.next()));
+            Ok(Changes { cells, log })
+        })
+        .collect()
+}
+
+/// For each slice: its cells written after `since`, and, when `log`, its
+/// quantile log past `since`.
+pub(crate) async fn changes(
+    redis: &RedisReader,
+    keys: &Keys,
+    view: &str,
+    slices: &[Since],
+) -> Result<Vec<Changes>, RedisReadError> {
+    let mut p = redis::pipe();
+    push_changes(&mut p, keys, view, slices);
     let replies: Vec<redis::Value> = redis.query(&p).await?;
-    let mut replies = replies.into_iter();
-    let mut out = Vec::with_capacity(slices.len());
-    for s in slices {
-        let cells: Vec<String> = match replies.next() {
-            Some(v) => redis::from_redis_value(v).map_err(redis::RedisError::from)?,
-            None => Vec::new(),
-        };
-        let quantiles_added = if s.log {
-            delta_log::deltas_between(&log_entries(replies.next()), s.since, s.until)
-        } else {
-            None
-        };
-        out.push(Changes {
-            cells,
-            quantiles_added,
-        });
-    }
-    Ok(out)
+    take_changes(&mut replies.into_iter(), slices)
 }
 
 /// A quantile log's entries with their versions, from a `ZRANGEBYSCORE …

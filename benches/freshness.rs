@@ -4,7 +4,8 @@
 //! `cargo bench --bench freshness` (env BENCH_RATE, default 100,000 events/s
 //! of generated load; BENCH_PROBES, default 300; BENCH_NO_QUANTILES=1 runs
 //! the standard views without their quantile measures, to see what those
-//! cost). Starts Tansu and Redis, `tally speed` and `tally serve` (the
+//! cost; BENCH_REDIS=cluster puts the speed layer in a private 3-master
+//! Redis Cluster with 16 partition groups instead of one Redis). Starts Tansu and Redis, `tally speed` and `tally serve` (the
 //! release binary), produces the load with `tally-gen`, and meanwhile sends
 //! probe events one at a time, each with a page of its own, timing from the
 //! send until `GET …/query` on a `probes` view counts it (polled from the
@@ -23,7 +24,7 @@ use tally_core::keys::Keys;
 use tally_core::time::now_ms;
 use tally_gen::{produce, Generator, ProduceOptions, Shape};
 use tally_testkit::config::{TestConfig, STANDARD_VIEWS, TOPIC};
-use tally_testkit::{kafka, Broker, Redis};
+use tally_testkit::{kafka, Broker, Redis, RedisCluster};
 use tokio_util::sync::CancellationToken;
 
 const PROBE_VIEW: &str = r#"
@@ -95,31 +96,45 @@ fn views() -> String {
     }
 }
 
-/// Redis's CPU seconds so far (user and system) and the events the speed
-/// layer applied so far (the sum of its stored offsets).
+/// Redis's CPU seconds so far (user and system, summed over the nodes) and
+/// the events the speed layer applied so far (the sum of its stored
+/// offsets, over the partition groups).
 struct Sample {
     redis_cpu_s: f64,
     applied: i64,
     at: Instant,
 }
 
-fn sample(con: &mut redis::Connection, offsets: &str) -> Sample {
-    let info: String = redis::cmd("INFO").arg("cpu").query(con).expect("INFO cpu");
-    let redis_cpu_s = info
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("used_cpu_user:")
-                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+fn sample(nodes: &mut [redis::Connection], offsets: &[String]) -> Sample {
+    let mut redis_cpu_s = 0.0;
+    for con in nodes.iter_mut() {
+        let info: String = redis::cmd("INFO").arg("cpu").query(con).expect("INFO cpu");
+        redis_cpu_s += info
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("used_cpu_user:")
+                    .or_else(|| l.strip_prefix("used_cpu_sys:"))
+            })
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    // Each group's offsets from the node that holds them (the others
+    // answer MOVED).
+    let applied = offsets
+        .iter()
+        .filter_map(|key| {
+            nodes.iter_mut().find_map(|con| {
+                redis::cmd("HVALS")
+                    .arg(key)
+                    .query::<Vec<i64>>(con)
+                    .ok()
+                    .map(|v| v.iter().sum::<i64>())
+            })
         })
-        .filter_map(|v| v.trim().parse::<f64>().ok())
         .sum();
-    let stored: Vec<i64> = redis::cmd("HVALS")
-        .arg(offsets)
-        .query(con)
-        .expect("stored offsets");
     Sample {
         redis_cpu_s,
-        applied: stored.iter().sum(),
+        applied,
         at: Instant::now(),
     }
 }
@@ -132,18 +147,36 @@ fn main() {
     let rate: f64 = env_or("BENCH_RATE", 100_000.0);
     let probes: usize = env_or("BENCH_PROBES", 300);
     let broker = Broker::start().expect("broker");
-    let redis = Redis::start().expect("redis");
+    let cluster = std::env::var("BENCH_REDIS").is_ok_and(|m| m == "cluster");
+    // Either server lives until the end of main. `redis.url` is not read
+    // in cluster mode; it must still be a URL.
+    let (nodes, redis_lines, _redis): (Vec<String>, String, Box<dyn std::any::Any>) = if cluster {
+        let c = RedisCluster::start(3, 0).expect("redis cluster");
+        (c.seeds(), c.config_lines(16), Box::new(c))
+    } else {
+        let r = Redis::start().expect("redis");
+        (vec![r.url()], String::new(), Box::new(r))
+    };
     kafka::create_topic(&broker.bootstrap(), TOPIC, PARTITIONS).expect("topic");
     kafka::create_topic(&broker.bootstrap(), "dead", 1).expect("dead-letter topic");
     let dir = tempfile::Builder::new()
         .prefix("freshness-")
         .tempdir()
         .expect("tempdir");
-    eprintln!("logs in {}", dir.path().display());
+    eprintln!(
+        "logs in {}; Redis: {}",
+        dir.path().display(),
+        if cluster {
+            "3-master cluster, 16 partition groups"
+        } else {
+            "one instance"
+        }
+    );
     let port = tally_testkit::free_port().expect("port");
     let test_cfg = TestConfig::new()
         .brokers(&broker.bootstrap())
-        .redis(&redis.url())
+        .redis(&nodes[0])
+        .redis_lines(&redis_lines)
         .store(&format!("file://{}", dir.path().join("store").display()))
         .group("freshness")
         .extra(&format!("[serve]\nlisten = \"127.0.0.1:{port}\"\n"))
@@ -186,10 +219,15 @@ fn main() {
         .create()
         .expect("probe producer");
     let (from, to) = (now_ms() - 86_400_000, now_ms() + 86_400_000);
-    let offsets = Keys::new(&test_cfg.key_prefix).offsets();
-    let mut con = redis::Client::open(redis.url())
-        .and_then(|c| c.get_connection())
-        .expect("redis");
+    let offsets: Vec<String> = cfg.redis.layout().all().iter().map(Keys::offsets).collect();
+    let mut con: Vec<redis::Connection> = nodes
+        .iter()
+        .map(|n| {
+            redis::Client::open(n.as_str())
+                .and_then(|c| c.get_connection())
+                .expect("redis")
+        })
+        .collect();
     let before = sample(&mut con, &offsets);
     let mut latencies = Vec::with_capacity(probes);
     // The broker's part of each latency: the send until its acknowledgement.

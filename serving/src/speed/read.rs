@@ -443,4 +443,35 @@ mod tests {
         assert_eq!(decode(AggKind::Max, &[s("3.5")]), Some(Agg::Max(Some(3.5))));
         assert_eq!(decode(AggKind::Count, &[s("x")]), None);
     }
+
+    /// A log entry: the previous version, then one sketch's delta.
+    fn entry(prev: u64, field: &str, values: &[f64]) -> Vec<u8> {
+        let mut delta = QuantileSketch::new();
+        values.iter().for_each(|&v| delta.add(v));
+        let mut body = format!("{prev}\n");
+        delta_log::write_line(&mut body, field, &delta);
+        body.into_bytes()
+    }
+
+    #[test]
+    fn a_log_read_past_the_slice_version_adds_only_up_to_it() {
+        // The head reads the log past the copy's version to the end, so a
+        // flush applied between the slice versions and the log is there too.
+        const F: &str = r#"60000|latency|["/a"]"#;
+        let changes = Changes {
+            cells: Vec::new(),
+            log: Some(vec![
+                (entry(2, F, &[1.0]), 3),
+                (entry(3, F, &[5.0]), 4),
+                (entry(4, F, &[900.0]), 5),
+            ]),
+        };
+        let mut want = QuantileSketch::new();
+        [1.0, 5.0].iter().for_each(|&v| want.add(v));
+        let added = changes.quantiles_added(2, 4).expect("a chain from 2 to 4");
+        assert_eq!(added[F], want);
+        // A gap still reads whole; no log asked reads whole.
+        assert!(changes.quantiles_added(1, 4).is_none());
+        assert!(Changes::default().quantiles_added(2, 4).is_none());
+    }
 }

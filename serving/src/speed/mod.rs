@@ -568,20 +568,12 @@ impl SpeedMirror {
                 *c = read.next();
             }
         }
-        let ranges: Vec<read::SliceRange> = todo
-            .iter()
-            .map(|t| read::SliceRange {
-                epoch: t.epoch,
-                day: t.day,
-                since: t.since,
-                until: t.version,
-            })
-            .collect();
         let mut how_read = Vec::with_capacity(todo.len());
         let mut reads = Vec::with_capacity(todo.len());
-        for (changed, range) in changes.into_iter().zip(&ranges) {
+        for ((changed, slice), t) in changes.into_iter().zip(&wanted).zip(&todo) {
             let changed = changed.unwrap_or_default();
-            let added = changed.quantiles_added(range.since, range.until);
+            let until = t.version;
+            let added = changed.quantiles_added(slice.since, until);
             let (quantiles, how) = match added {
                 Some(_) => (slice::Quantiles::Added, "log"),
                 None => (slice::Quantiles::Whole, "whole"),
@@ -593,7 +585,7 @@ impl SpeedMirror {
             how_read.push(quantiles);
             // The slices side by side too, for the same reason.
             reads.push(async move {
-                read::read_cells(&self.redis, keys, view, range, &changed.cells, added).await
+                read::read_cells(&self.redis, keys, view, slice, until, &changed.cells, added).await
             });
         }
         let read = futures::future::join_all(reads).await;

@@ -141,16 +141,6 @@ pub(crate) struct Since {
     pub log: bool,
 }
 
-/// One slice to read: `since` the version the copy holds, `until` the
-/// slice's version in Redis.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SliceRange {
-    pub epoch: Epoch,
-    pub day: i64,
-    pub since: u64,
-    pub until: u64,
-}
-
 /// Ask for each slice's cells written after `since`, and, when `log`, its
 /// quantile log past `since`.
 fn push_changes(p: &mut redis::Pipeline, keys: &Keys, view: &str, slices: &[Since]) {
@@ -221,9 +211,10 @@ fn parts(kind: AggKind) -> &'static [Part] {
     }
 }
 
-/// The values of `cells` (members of the slice's cell set) of one slice;
-/// with `quantiles_added`, its quantile measures are those deltas (empty
-/// where none) rather than the sketches read whole.
+/// The values of `cells` (members of the slice's cell set) of one slice,
+/// whose version in Redis is `until`; with `quantiles_added`, its quantile
+/// measures are those deltas (empty where none) rather than the sketches
+/// read whole.
 ///
 /// Sketches read whole are read in one transaction with the slice's version
 /// and its quantile log past `until`, and what flushes after `until` added
@@ -241,13 +232,12 @@ pub(crate) async fn read_cells(
     redis: &RedisReader,
     keys: &Keys,
     view: &ViewDef,
-    slice: &SliceRange,
+    slice: &Since,
+    until: u64,
     cells: &[String],
     mut quantiles_added: Option<HashMap<String, QuantileSketch>>,
 ) -> Result<(Vec<CellValue>, usize, bool), RedisReadError> {
-    let SliceRange {
-        epoch, day, until, ..
-    } = *slice;
+    let Since { epoch, day, .. } = *slice;
     let parsed: Vec<CellMember<'_>> = cells.iter().filter_map(|c| CellMember::parse(c)).collect();
     let mut skipped = cells.len() - parsed.len();
     if parsed.is_empty() {

@@ -15,7 +15,8 @@
 //! - [`agg`]: aggregates as commutative monoids (count, sum, min, max, distinct).
 //! - [`hll`]: a HyperLogLog that reads, writes and estimates exactly as Redis does.
 //! - [`quantile`]: a mergeable quantile sketch (logarithmic buckets, 1 % relative error).
-//! - [`keys`]: every Redis key.
+//! - [`keys`]: every Redis key; [`slice_log`] the change logs a reader of a
+//!   slice follows (the quantile log, the sketch log).
 //!
 //! What is stored in the object store (paths, manifests, the cut, archive
 //! progress, snapshot files) is `tally-store`'s: storage formats with their
@@ -29,5 +30,6 @@ pub mod kafka_security;
 pub mod keys;
 pub mod quantile;
 pub mod secret;
+pub mod slice_log;
 pub mod time;
 pub mod view;

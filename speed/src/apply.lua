@@ -13,7 +13,9 @@
 --       then per slice: 'S', counters_key, cells_key, sketch_prefix,
 --                       slices_zset, slice_member, versions_hash, expire_at_ms,
 --                       quantile_log ('' for a view without quantiles),
---                       quantile_log_body, n_ops, then n_ops ops:
+--                       quantile_log_body, sketch_log ('' for a view
+--                       without distinct measures), sketch_log_body,
+--                       n_ops, then n_ops ops:
 --                         'I' field n             add to a count (HINCRBY)
 --                         'S' field carry lo hi   add lo + hi * 2^62 to an exact
 --                                                 integer sum stored as
@@ -54,7 +56,10 @@
 -- (tally_core::keys). A slice of a view with quantile measures also gets an
 -- entry in its quantile log: the slice's previous version and the body the
 -- writer built from the 'Q' ops (tally_core::quantile::delta_log), so that a
--- reader adds what changed instead of reading each sketch whole.
+-- reader adds what changed instead of reading each sketch whole. A slice of
+-- a view with distinct measures gets the same in its sketch log, with the
+-- body the writer built from the 'P' and 'H' ops (the registers they set:
+-- tally_core::hll::sketch_log).
 --
 -- Redis keeps the writes of a script that fails half-way, so the script
 -- checks everything that could make a write fail before it writes anything:
@@ -149,10 +154,11 @@ local slice = 0
 while i <= #ARGV do
   slice = slice + 1
   local ckey, cells, prefix, zset, member, versions = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
-  local qlog = ARGV[i+8]
-  local n = tonumber(ARGV[i+10])
+  local qlog, slog = ARGV[i+8], ARGV[i+10]
+  local n = tonumber(ARGV[i+12])
   local want_types = {[ckey] = 'hash', [cells] = 'zset', [zset] = 'zset', [versions] = 'hash'}
   if qlog ~= '' then want_types[qlog] = 'zset' end
+  if slog ~= '' then want_types[slog] = 'zset' end
   for key, want in pairs(want_types) do
     local t = type_of(key)
     if t ~= 'none' and t ~= want then
@@ -165,7 +171,7 @@ while i <= #ARGV do
       return lost('slice ' .. member .. ' of ' .. zset .. ' lost its keys before they were due to expire')
     end
   end
-  i = i + 11
+  i = i + 13
   local fields = {}
   local ops_at = i
   for _ = 1, n do
@@ -232,8 +238,8 @@ end
 -- dense one) is merged together with an empty dense sketch. Redis makes sparse
 -- keys dense at 3,000 bytes anyway (hll-sparse-max-bytes); this trades some
 -- memory on keys between the two sizes for CPU.
--- tally_core::quantile::delta_log::LOG_LEN, substituted by the writer.
-local QUANTILE_LOG_LEN = tonumber('@QUANTILE_LOG_LEN@')
+-- tally_core::slice_log::LOG_LEN, substituted by the writer.
+local LOG_LEN = tonumber('@LOG_LEN@')
 local DENSE_LEN = 12304 -- 16-byte header + 16,384 six-bit registers
 local DENSIFY_AT = 300
 local dense_empty = nil
@@ -268,8 +274,8 @@ end
 local function each_quantile_bucket(f)
   local j = first_slice
   while j <= #ARGV do
-    local n = tonumber(ARGV[j + 10])
-    j = j + 11
+    local n = tonumber(ARGV[j + 12])
+    j = j + 13
     for _ = 1, n do
       if ARGV[j] == 'Q' then
         for k = 1, tonumber(ARGV[j + 2]) do
@@ -325,10 +331,10 @@ while i <= #ARGV do
   slice = slice + 1
   local ckey, cells, prefix, zset, member = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local versions, exp = ARGV[i+6], ARGV[i+7]
-  local qlog, qbody = ARGV[i+8], ARGV[i+9]
-  local n = tonumber(ARGV[i+10])
+  local qlog, qbody, slog, sbody = ARGV[i+8], ARGV[i+9], ARGV[i+10], ARGV[i+11]
+  local n = tonumber(ARGV[i+12])
   local values = current[slice]
-  i = i + 11
+  i = i + 13
   local wrote_counter = false
   for _ = 1, n do
     local op, f, v = ARGV[i], ARGV[i+1], ARGV[i+2]
@@ -387,11 +393,16 @@ while i <= #ARGV do
   if #batch > 0 then redis.call('ZADD', cells, unpack(batch)) end
   if n_cells > 0 then redis.call('PEXPIREAT', cells, exp) end
   i = i + 1 + n_cells
+  local prev = (qlog ~= '' or slog ~= '') and (redis.call('HGET', versions, member) or '0')
   if qlog ~= '' then
-    local prev = redis.call('HGET', versions, member) or '0'
     redis.call('ZADD', qlog, version, prev .. '\n' .. qbody)
-    redis.call('ZREMRANGEBYRANK', qlog, 0, -(QUANTILE_LOG_LEN + 1))
+    redis.call('ZREMRANGEBYRANK', qlog, 0, -(LOG_LEN + 1))
     redis.call('PEXPIREAT', qlog, exp)
+  end
+  if slog ~= '' then
+    redis.call('ZADD', slog, version, prev .. '\n' .. sbody)
+    redis.call('ZREMRANGEBYRANK', slog, 0, -(LOG_LEN + 1))
+    redis.call('PEXPIREAT', slog, exp)
   end
   redis.call('HSET', versions, member, version)
   redis.call('ZADD', zset, exp, member)

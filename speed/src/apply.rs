@@ -24,8 +24,10 @@ use redis::{Script, Value};
 
 use tally_core::agg::{Agg, AggKind};
 use tally_core::config::Config;
+use tally_core::hll::{sketch_log, Hll};
 use tally_core::keys::{split_sum, CellMember, CounterField, Keys, Layout, Part, SketchField};
 use tally_core::quantile::{delta_log, Bucket};
+use tally_core::slice_log;
 use tally_core::time::EpochGrid;
 
 use crate::delta::{Chunk, Distinct, Folder, MeasureDelta, Range, SliceDelta, SliceId};
@@ -135,9 +137,7 @@ impl Applier {
                 .iter()
                 .map(|v| (v.name.clone(), cfg.redis.layout().fingerprint(v)))
                 .collect(),
-            script: Script::new(
-                &SCRIPT.replace("@QUANTILE_LOG_LEN@", &delta_log::LOG_LEN.to_string()),
-            ),
+            script: Script::new(&SCRIPT.replace("@LOG_LEN@", &slice_log::LOG_LEN.to_string())),
         };
         // On every node of a cluster (SCRIPT LOAD goes to all); a node that
         // lost it later answers NOSCRIPT, and the call loads it again.
@@ -308,6 +308,15 @@ impl Applier {
             let log_body_at = a.len();
             a.push(Vec::new());
             let mut log_body = String::new();
+            let has_distinct = view.measures.iter().any(|m| m.agg == AggKind::Distinct);
+            a.push(if has_distinct {
+                keys.sketch_log(name, id.epoch, id.day).into_bytes()
+            } else {
+                Vec::new()
+            });
+            let sketch_body_at = a.len();
+            a.push(Vec::new());
+            let mut sketch_body = String::new();
             let count_at = a.len();
             a.push(Vec::new());
             let mut ops = 0usize;
@@ -326,6 +335,9 @@ impl Applier {
                             MeasureDelta::Distinct(Distinct::Values(vs)) => {
                                 if !vs.is_empty() {
                                     let suffix = SketchField::encode(bucket, &m.name, group);
+                                    let mut added = Hll::new();
+                                    vs.iter().for_each(|v| added.add(v));
+                                    sketch_log::write_line(&mut sketch_body, &suffix, &added);
                                     op(&mut a, b"P", suffix, vs.len().to_string().into_bytes());
                                     a.extend(vs.iter().map(|v| v.to_vec()));
                                 }
@@ -334,6 +346,7 @@ impl Applier {
                             MeasureDelta::Distinct(Distinct::Sketch(h)) => {
                                 if !h.is_empty() {
                                     let suffix = SketchField::encode(bucket, &m.name, group);
+                                    sketch_log::write_line(&mut sketch_body, &suffix, h);
                                     op(&mut a, b"H", suffix, h.to_redis_bytes());
                                 }
                                 continue;
@@ -392,6 +405,7 @@ impl Applier {
             }
             a[count_at] = ops.to_string().into_bytes();
             a[log_body_at] = log_body.into_bytes();
+            a[sketch_body_at] = sketch_body.into_bytes();
             // The cells written, for readers that follow changes by version.
             a.push(
                 delta

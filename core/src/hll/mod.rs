@@ -18,6 +18,7 @@ use std::fmt;
 mod encoding;
 mod estimate;
 mod hash;
+pub mod sketch_log;
 mod sliding;
 mod union;
 

@@ -2,20 +2,16 @@
 //! sketches, so that a reader keeping a copy of the slice adds the changes
 //! instead of reading every changed sketch whole.
 //!
-//! One sorted set per slice ([`crate::keys::Keys::quantile_log`]), one
-//! member per apply-script call that wrote the slice, scored by the call's
-//! version, the last [`LOG_LEN`] kept. A member is `{prev}\n{body}`: `prev`
-//! is the slice's version before the call (`0`: none), which lets a reader
-//! tell a complete run of entries from one with a gap (trimmed, expired,
-//! lost); the body holds one line per quantile sketch the call added to,
+//! A [`crate::slice_log`] per slice ([`crate::keys::Keys::quantile_log`]).
+//! An entry's body holds one line per quantile sketch the call added to,
 //! `{bucket_ms}|{measure}|{group_json}\t{code}:{count},…` ([`SketchField`],
-//! [`crate::quantile::Bucket::code`]), each line ending in `\n`. The speed
-//! layer writes the body while it encodes the deltas ([`write_line`]); the
-//! script prepends `prev`, which only it knows.
+//! [`crate::quantile::Bucket::code`]), each line ending in `\n`; the speed
+//! layer writes it while it encodes the deltas ([`write_line`]).
 //!
 //! Guarantee: [`deltas_between`] returns the summed deltas only when the
 //! entries chain from the reader's version to the slice's, every line
 //! parsing; otherwise `None`, and the reader reads the sketches whole.
+//!
 //! Why a log and not a re-read: a busy cell's sketch holds hundreds of
 //! buckets, a flush adds a few, and the serving layer re-read each changed
 //! sketch with `HGETALL` (its largest cost, and Redis's, at 60,000 events/s).
@@ -25,11 +21,6 @@ use std::fmt::Write as _;
 
 use super::QuantileSketch;
 use crate::keys::SketchField;
-
-/// Entries kept per slice. A reader syncs every 100 ms or so and a flush
-/// writes a slice at most once, so this is seconds of flushes; a reader
-/// further behind reads whole.
-pub const LOG_LEN: usize = 64;
 
 /// Append the line of one sketch's delta (`field` a [`SketchField`]) to a
 /// log entry's body.
@@ -55,14 +46,7 @@ pub fn deltas_between(
     until: u64,
 ) -> Option<HashMap<String, QuantileSketch>> {
     let mut out: HashMap<String, QuantileSketch> = HashMap::new();
-    let mut at = since;
-    for (member, version) in entries {
-        let text = std::str::from_utf8(member).ok()?;
-        let (prev, body) = text.split_once('\n').unwrap_or((text, ""));
-        if prev.parse::<u64>().ok()? != at || *version <= at {
-            return None;
-        }
-        at = *version;
+    for body in crate::slice_log::bodies_between(entries, since, until)? {
         for line in body.lines() {
             let (field, codes) = line.rsplit_once('\t')?;
             SketchField::parse(field)?;
@@ -73,7 +57,7 @@ pub fn deltas_between(
             }
         }
     }
-    (at == until).then_some(out)
+    Some(out)
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@
 //! transaction (`MULTI`/`EXEC`, one slot) with the slice's version and the
 //! log past the version the copy records, so that what later flushes added
 //! is taken out again and the copy can follow the log from then on.
+//! Distinct sketches likewise: a copy that has a slice merges the
+//! registers the flushes since set, from the slice's sketch log
+//! ([`tally_core::hll::sketch_log`]), and reads them whole only when the
+//! log does not reach back to its version.
 //!
 //! Guarantee: values that do not parse (written by hand, or by another
 //! version) read as the identity of their measure and are counted as
@@ -20,7 +24,7 @@
 use std::collections::HashMap;
 
 use tally_core::agg::{Agg, AggKind};
-use tally_core::hll::Hll;
+use tally_core::hll::{sketch_log, Hll};
 use tally_core::keys::{
     CellMember, CounterField, Keys, Part, SketchField, BORN_FIELD, SUM_CARRY_UNIT, VERSION_FIELD,
 };
@@ -112,6 +116,8 @@ pub(crate) struct Changes {
     /// The slice's quantile log past the version (entries with their
     /// versions, in order), when asked.
     log: Option<Vec<(Vec<u8>, u64)>>,
+    /// The slice's sketch log past the version, likewise.
+    sketch_log: Option<Vec<(Vec<u8>, u64)>>,
 }
 
 impl Changes {
@@ -128,21 +134,41 @@ impl Changes {
         let upto = log.partition_point(|&(_, v)| v <= until);
         delta_log::deltas_between(&log[..upto], since, until)
     }
+
+    /// What the flushes from `since` to `until` added to the slice's
+    /// distinct sketches, by [`SketchField`] text; `None`: the log was not
+    /// asked, or does not chain (read the sketches whole).
+    pub(crate) fn sketches_added(&self, since: u64, until: u64) -> Option<HashMap<String, Hll>> {
+        let log = self.sketch_log.as_ref()?;
+        let upto = log.partition_point(|&(_, v)| v <= until);
+        sketch_log::added_between(&log[..upto], since, until)
+    }
 }
 
-/// A slice to read the changes of: those after version `since`, and its
+/// What a slice's logs say the flushes since the copy's version added, by
+/// [`SketchField`] text; `None` where a log does not chain (read those
+/// sketches whole).
+#[derive(Debug, Default)]
+pub(crate) struct Added {
+    pub quantiles: Option<HashMap<String, QuantileSketch>>,
+    pub distinct: Option<HashMap<String, Hll>>,
+}
+
+/// A slice to read the changes of: those after version `since`, its
 /// quantile log past `since` when `log` (the copy's quantile sketches are
-/// exactly at `since`, so the log may be added to them).
+/// exactly at `since`, so the log may be added to them), and its sketch
+/// log past `since` when `sketch_log` (the copy holds the slice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Since {
     pub epoch: Epoch,
     pub day: i64,
     pub since: u64,
     pub log: bool,
+    pub sketch_log: bool,
 }
 
-/// Ask for each slice's cells written after `since`, and, when `log`, its
-/// quantile log past `since`.
+/// Ask for each slice's cells written after `since`, and, when asked, its
+/// quantile and sketch logs past `since`.
 fn push_changes(p: &mut redis::Pipeline, keys: &Keys, view: &str, slices: &[Since]) {
     for s in slices {
         p.cmd("ZRANGEBYSCORE")
@@ -152,6 +178,13 @@ fn push_changes(p: &mut redis::Pipeline, keys: &Keys, view: &str, slices: &[Sinc
         if s.log {
             p.cmd("ZRANGEBYSCORE")
                 .arg(keys.quantile_log(view, s.epoch, s.day))
+                .arg(format!("({}", s.since))
+                .arg("+inf")
+                .arg("WITHSCORES");
+        }
+        if s.sketch_log {
+            p.cmd("ZRANGEBYSCORE")
+                .arg(keys.sketch_log(view, s.epoch, s.day))
                 .arg(format!("({}", s.since))
                 .arg("+inf")
                 .arg("WITHSCORES");
@@ -169,13 +202,18 @@ fn take_changes(
         .map(|s| {
             let cells: Vec<String> = parse(replies.next())?;
             let log = s.log.then(|| log_entries(replies.next()));
-            Ok(Changes { cells, log })
+            let sketch_log = s.sketch_log.then(|| log_entries(replies.next()));
+            Ok(Changes {
+                cells,
+                log,
+                sketch_log,
+            })
         })
         .collect()
 }
 
-/// For each slice: its cells written after `since`, and, when `log`, its
-/// quantile log past `since`.
+/// For each slice: its cells written after `since`, and, when asked, its
+/// quantile and sketch logs past `since`.
 pub(crate) async fn changes(
     redis: &RedisReader,
     keys: &Keys,
@@ -188,7 +226,7 @@ pub(crate) async fn changes(
     take_changes(&mut replies.into_iter(), slices)
 }
 
-/// A quantile log's entries with their versions, from a `ZRANGEBYSCORE …
+/// A log's entries with their versions, from a `ZRANGEBYSCORE …
 /// WITHSCORES` reply (none when it does not parse: the chain check fails).
 fn log_entries(reply: Option<redis::Value>) -> Vec<(Vec<u8>, u64)> {
     let entries: Vec<(Vec<u8>, f64)> = reply
@@ -197,8 +235,14 @@ fn log_entries(reply: Option<redis::Value>) -> Vec<(Vec<u8>, u64)> {
     entries.into_iter().map(|(m, v)| (m, v as u64)).collect()
 }
 
-/// One cell as read: (bucket, group JSON text, one aggregate per measure).
-pub(crate) type CellValue = (i64, String, Box<[Agg]>);
+/// One cell as read.
+pub(crate) struct CellValue {
+    pub bucket: i64,
+    /// The group's JSON text.
+    pub group: String,
+    /// One aggregate per measure.
+    pub aggs: Box<[Agg]>,
+}
 
 /// The counter fields of one measure kind, in the order they are read.
 fn parts(kind: AggKind) -> &'static [Part] {
@@ -212,9 +256,9 @@ fn parts(kind: AggKind) -> &'static [Part] {
 }
 
 /// The values of `cells` (members of the slice's cell set) of one slice,
-/// whose version in Redis is `until`; with `quantiles_added`, its quantile
+/// whose version in Redis is `until`; with `added.quantiles`, its quantile
 /// measures are those deltas (empty where none) rather than the sketches
-/// read whole.
+/// read whole; likewise its distinct measures with `added.distinct`.
 ///
 /// Sketches read whole are read in one transaction with the slice's version
 /// and its quantile log past `until`, and what flushes after `until` added
@@ -235,8 +279,12 @@ pub(crate) async fn read_cells(
     slice: &Since,
     until: u64,
     cells: &[String],
-    mut quantiles_added: Option<HashMap<String, QuantileSketch>>,
+    added: Added,
 ) -> Result<(Vec<CellValue>, usize, bool), RedisReadError> {
+    let Added {
+        quantiles: mut quantiles_added,
+        distinct: mut sketches_added,
+    } = added;
     let Since { epoch, day, .. } = *slice;
     let parsed: Vec<CellMember<'_>> = cells.iter().filter_map(|c| CellMember::parse(c)).collect();
     let mut skipped = cells.len() - parsed.len();
@@ -278,7 +326,7 @@ pub(crate) async fn read_cells(
                 }
             }
         }
-        if !distinct.is_empty() {
+        if !distinct.is_empty() && sketches_added.is_none() {
             let cmd = p.cmd("MGET");
             for c in chunk {
                 for m in &distinct {
@@ -323,7 +371,7 @@ pub(crate) async fn read_cells(
         } else {
             Vec::new()
         };
-        let sketches: Vec<Option<Vec<u8>>> = if distinct.is_empty() {
+        let sketches: Vec<Option<Vec<u8>>> = if distinct.is_empty() || sketches_added.is_some() {
             Vec::new()
         } else {
             replies
@@ -364,6 +412,10 @@ pub(crate) async fn read_cells(
                         return Agg::Quantiles(sketch);
                     }
                     if m.agg == AggKind::Distinct {
+                        if let Some(added) = sketches_added.as_mut() {
+                            let field = SketchField::encode(c.bucket_ms, &m.name, c.group);
+                            return Agg::Distinct(added.remove(&field).unwrap_or_default());
+                        }
                         return match s.next().flatten() {
                             None => Agg::empty(m.agg),
                             Some(bytes) => Hll::from_redis_bytes(&bytes)
@@ -382,7 +434,11 @@ pub(crate) async fn read_cells(
                     })
                 })
                 .collect();
-            out.push((c.bucket_ms, c.group.to_owned(), aggs));
+            out.push(CellValue {
+                bucket: c.bucket_ms,
+                group: c.group.to_owned(),
+                aggs,
+            });
         }
     }
     Ok((out, skipped, exact))
@@ -444,16 +500,22 @@ mod tests {
     }
 
     #[test]
-    fn a_log_read_past_the_slice_version_adds_only_up_to_it() {
+    fn a_log_read_past_the_slice_version_counts_only_up_to_it() {
         // The head reads the log past the copy's version to the end, so a
         // flush applied between the slice versions and the log is there too.
         const F: &str = r#"60000|latency|["/a"]"#;
+        const U: &str = r#"60000|users|["/a"]"#;
         let changes = Changes {
             cells: Vec::new(),
             log: Some(vec![
                 (entry(2, F, &[1.0]), 3),
                 (entry(3, F, &[5.0]), 4),
                 (entry(4, F, &[900.0]), 5),
+            ]),
+            sketch_log: Some(vec![
+                (format!("2\n{U}\t105\n").into_bytes(), 3),
+                (b"3\n".to_vec(), 4),
+                (format!("4\n{U}\t10a\n").into_bytes(), 5),
             ]),
         };
         let mut want = QuantileSketch::new();
@@ -463,5 +525,11 @@ mod tests {
         // A gap still reads whole; no log asked reads whole.
         assert!(changes.quantiles_added(1, 4).is_none());
         assert!(Changes::default().quantiles_added(2, 4).is_none());
+        // The same for the sketch log: version 5's change is left for the
+        // next sync.
+        let added = changes.sketches_added(2, 4).expect("a chain from 2 to 4");
+        assert_eq!(added[U].entries(), vec![0x105]);
+        assert!(changes.sketches_added(1, 4).is_none());
+        assert!(Changes::default().sketches_added(2, 4).is_none());
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The mirror sets a cell (bucket, group) of the view's own level to the
 //! absolute value Redis holds ([`SliceData::set_cell`]), except quantile
-//! sketches read as what the flushes since added ([`Quantiles::Added`]),
+//! sketches read as what the flushes since added ([`Given::Added`]),
 //! which are added to the cell and to every level as they are; the coarser levels
 //! of [`ViewDef::levels`] (1h, 1d) follow at once: counts, sums and
 //! quantile sketches by the difference from the cell's previous value, min,
@@ -60,9 +60,10 @@ pub struct SliceData {
     by_text: HashMap<Box<str>, Option<u32>>,
 }
 
-/// How a cell's quantile measures are given to [`SliceData::set_cell`].
+/// How a cell's sketch measures (quantiles, distinct) are given to
+/// [`SliceData::set_cell`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quantiles {
+pub enum Given {
     /// The whole sketch, as Redis holds it.
     Whole,
     /// What was added to the sketch since the copy last set the cell.
@@ -156,17 +157,21 @@ impl SliceData {
 
     /// Set the cell (`bucket`, group `text`) of the view's own level to
     /// `aggs` (one per measure of the view; its quantile sketches whole or
-    /// added, as `quantiles` says) and roll the change up, into this
-    /// slice's coarser levels and into every level of `rollup` (the roll-up
-    /// across groups this slice is a part of). Returns false when the group
-    /// is not one of `view`'s.
+    /// added, as `quantiles` says, its distinct sketches as `distinct`
+    /// says) and roll the change up, into this slice's coarser levels and
+    /// into every level of `rollup` (the roll-up across groups this slice
+    /// is a part of). Returns false when the group is not one of `view`'s.
+    // The cell, its values, how its two kinds of sketch are given, and
+    // the roll-up across groups: one call per cell read.
+    #[allow(clippy::too_many_arguments)]
     pub fn set_cell(
         &mut self,
         view: &ViewDef,
         bucket: i64,
         text: &str,
         aggs: Box<[Agg]>,
-        quantiles: Quantiles,
+        quantiles: Given,
+        distinct: Given,
         rollup: Option<&mut SliceData>,
     ) -> bool {
         let Some(g) = self.group_id(view, text) else {
@@ -188,20 +193,23 @@ impl SliceData {
                 roll_levels(&mut r.levels, view, bucket, rg, &change);
             }
         }
-        let value = match (quantiles, old) {
-            (Quantiles::Added, Some(old)) => {
-                let mut value: Box<[Agg]> = aggs;
-                for (v, o) in value.iter_mut().zip(old.iter()) {
-                    if let (Agg::Quantiles(added), Agg::Quantiles(was)) = (&mut *v, o) {
-                        let mut sum = was.clone();
-                        sum.merge(added);
-                        *added = sum;
+        let mut value = aggs;
+        if let Some(mut old) = cells.remove(&g) {
+            // What was added, merged into what the cell held.
+            for (v, o) in value.iter_mut().zip(old.iter_mut()) {
+                match (&mut *v, o) {
+                    (Agg::Quantiles(added), Agg::Quantiles(was)) if quantiles == Given::Added => {
+                        was.merge(added);
+                        std::mem::swap(added, was);
                     }
+                    (Agg::Distinct(added), Agg::Distinct(was)) if distinct == Given::Added => {
+                        was.merge(added);
+                        std::mem::swap(added, was);
+                    }
+                    _ => {}
                 }
-                value
             }
-            _ => aggs,
-        };
+        }
         cells.insert(g, value);
         true
     }
@@ -220,7 +228,7 @@ impl SliceData {
                 let change = Change {
                     old: None,
                     new: aggs,
-                    quantiles: Quantiles::Whole,
+                    quantiles: Given::Whole,
                 };
                 roll_levels(&mut self.levels, view, bucket, g, &change);
             }
@@ -233,7 +241,7 @@ impl SliceData {
 struct Change<'a> {
     old: Option<&'a [Agg]>,
     new: &'a [Agg],
-    quantiles: Quantiles,
+    quantiles: Given,
 }
 
 /// Move the cells of group `g` covering `bucket` in `levels` by `change`.
@@ -248,7 +256,7 @@ fn roll_levels(levels: &mut [Level], view: &ViewDef, bucket: i64, g: u32, change
             .or_insert_with(|| view.measures.iter().map(|m| Agg::empty(m.agg)).collect());
         for (i, (acc, new)) in cell.iter_mut().zip(change.new.iter()).enumerate() {
             match (acc, change.quantiles) {
-                (Agg::Quantiles(a), Quantiles::Added) => {
+                (Agg::Quantiles(a), Given::Added) => {
                     if let Agg::Quantiles(added) = new {
                         a.merge(added);
                     }
@@ -333,7 +341,8 @@ mod tests {
             60_000,
             g,
             aggs(2, 10, 5.0, &["x"]),
-            Quantiles::Whole,
+            Given::Whole,
+            Given::Whole,
             None
         ));
         assert!(d.set_cell(
@@ -341,7 +350,8 @@ mod tests {
             120_000,
             g,
             aggs(1, -3, 7.0, &["y"]),
-            Quantiles::Whole,
+            Given::Whole,
+            Given::Whole,
             None
         ));
         // The first cell grows, as Redis values do.
@@ -350,7 +360,8 @@ mod tests {
             60_000,
             g,
             aggs(5, 12, 4.0, &["x", "z"]),
-            Quantiles::Whole,
+            Given::Whole,
+            Given::Whole,
             None
         ));
         assert!(!d.set_cell(
@@ -358,7 +369,8 @@ mod tests {
             60_000,
             r#"["/a","extra"]"#,
             aggs(1, 1, 1.0, &[]),
-            Quantiles::Whole,
+            Given::Whole,
+            Given::Whole,
             None
         ));
         let hour = &d.levels[1].cells[&0];
@@ -377,6 +389,42 @@ mod tests {
             assert_eq!(cell[4], Agg::Quantiles(want));
         }
         assert_eq!(d.levels[0].cells.len(), 2);
+    }
+
+    #[test]
+    fn distinct_sketches_added_from_the_log_merge_into_the_cell_at_every_level() {
+        let v = view();
+        let s = Slice::new(&v, 1, 0);
+        let mut d = s.write();
+        let g = r#"["/a"]"#;
+        let (whole, added) = (Given::Whole, Given::Added);
+        assert!(d.set_cell(
+            &v,
+            60_000,
+            g,
+            aggs(2, 10, 5.0, &["x", "y"]),
+            whole,
+            whole,
+            None
+        ));
+        // Two flushes: one adds "z" (and "x" again), one no value at all.
+        assert!(d.set_cell(
+            &v,
+            60_000,
+            g,
+            aggs(4, 12, 5.0, &["x", "z"]),
+            whole,
+            added,
+            None
+        ));
+        assert!(d.set_cell(&v, 60_000, g, aggs(5, 13, 5.0, &[]), whole, added, None));
+        for level in &d.levels {
+            let cells: Vec<_> = level.cells.values().collect();
+            assert_eq!(cells.len(), 1, "level {}", level.ms);
+            let cell = &cells[0][&0];
+            assert_eq!(cell[0], Agg::Count(5), "level {}", level.ms);
+            assert_eq!(cell[3].value(), Some(3.0), "level {}", level.ms);
+        }
     }
 
     #[test]
@@ -405,10 +453,18 @@ mod tests {
                 let values = held.entry(bucket).or_default();
                 values.extend_from_slice(new);
                 // Redis's sketch whole, and what this flush added to it.
-                assert!(w.set_cell(&v, bucket, g, cell(values), Quantiles::Whole, None));
+                assert!(w.set_cell(
+                    &v,
+                    bucket,
+                    g,
+                    cell(values),
+                    Given::Whole,
+                    Given::Whole,
+                    None
+                ));
                 let mut delta = cell(values);
                 delta[4] = cell(new)[4].clone();
-                assert!(a.set_cell(&v, bucket, g, delta, Quantiles::Added, None));
+                assert!(a.set_cell(&v, bucket, g, delta, Given::Added, Given::Whole, None));
             }
         }
         let (w, a) = (whole.read(), added.read());
@@ -438,7 +494,8 @@ mod tests {
                 60_000,
                 g,
                 aggs(2, 10, 5.0, &["x"]),
-                Quantiles::Whole,
+                Given::Whole,
+                Given::Whole,
                 Some(&mut r)
             ));
             assert!(b.set_cell(
@@ -446,7 +503,8 @@ mod tests {
                 60_000,
                 g,
                 aggs(1, -3, 7.0, &["y"]),
-                Quantiles::Whole,
+                Given::Whole,
+                Given::Whole,
                 Some(&mut r)
             ));
             // A part's cell grows, as Redis values do.
@@ -455,7 +513,8 @@ mod tests {
                 60_000,
                 g,
                 aggs(5, 12, 4.0, &["x", "z"]),
-                Quantiles::Whole,
+                Given::Whole,
+                Given::Whole,
                 Some(&mut r)
             ));
             assert!(b.set_cell(
@@ -463,7 +522,8 @@ mod tests {
                 3_600_000,
                 g,
                 aggs(1, 1, 9.0, &["x"]),
-                Quantiles::Whole,
+                Given::Whole,
+                Given::Whole,
                 Some(&mut r)
             ));
         }

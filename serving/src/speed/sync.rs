@@ -17,7 +17,7 @@ use tally_core::keys::Keys;
 use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
 
-use super::slice::{self, Slice};
+use super::slice::{Given, Slice};
 use super::{at_or_above, read, GroupHead, RedisReadError, SpeedMirror};
 
 impl SpeedMirror {
@@ -135,6 +135,7 @@ impl SpeedMirror {
                 continue;
             };
             let with_log = !view.quantile_measures().is_empty();
+            let with_sketch_log = !view.distinct_measures().is_empty();
             for (&(g, epoch, day), slice) in &v.slices {
                 let d = slice.read();
                 let exact = d.quantiles_at == Some(d.version);
@@ -144,6 +145,7 @@ impl SpeedMirror {
                         day,
                         since: d.version,
                         log: with_log && d.version > 0 && exact,
+                        sketch_log: with_sketch_log && d.version > 0,
                     });
                 }
             }
@@ -237,6 +239,7 @@ impl SpeedMirror {
             return Ok(());
         }
         let with_log = !view.quantile_measures().is_empty();
+        let with_sketch_log = !view.distinct_measures().is_empty();
         let wanted: Vec<read::Since> = todo
             .iter()
             .map(|t| read::Since {
@@ -244,6 +247,7 @@ impl SpeedMirror {
                 day: t.day,
                 since: t.since,
                 log: with_log && t.since > 0 && t.exact,
+                sketch_log: with_sketch_log && t.since > 0,
             })
             .collect();
         let mut changes: Vec<Option<read::Changes>> = wanted
@@ -272,29 +276,48 @@ impl SpeedMirror {
         for ((changed, slice), t) in changes.into_iter().zip(&wanted).zip(&todo) {
             let changed = changed.unwrap_or_default();
             let until = t.version;
-            let added = changed.quantiles_added(slice.since, until);
-            let (quantiles, how) = match added {
-                Some(_) => (slice::Quantiles::Added, "log"),
-                None => (slice::Quantiles::Whole, "whole"),
+            let added = read::Added {
+                quantiles: changed.quantiles_added(slice.since, until),
+                distinct: changed.sketches_added(slice.since, until),
+            };
+            let (distinct, how) = match added.distinct {
+                Some(_) => (Given::Added, "log"),
+                None => (Given::Whole, "whole"),
+            };
+            if with_sketch_log {
+                metrics::counter!("tally_serving_speed_sketch_reads_total", "from" => how)
+                    .increment(1);
+            }
+            let (quantiles, how) = match added.quantiles {
+                Some(_) => (Given::Added, "log"),
+                None => (Given::Whole, "whole"),
             };
             if with_log {
                 metrics::counter!("tally_serving_speed_quantile_reads_total", "from" => how)
                     .increment(1);
             }
-            how_read.push(quantiles);
+            how_read.push((quantiles, distinct));
             // The slices side by side too, for the same reason.
             reads.push(async move {
                 read::read_cells(&self.redis, keys, view, slice, until, &changed.cells, added).await
             });
         }
         let read = futures::future::join_all(reads).await;
-        for ((t, quantiles), read) in todo.into_iter().zip(how_read).zip(read) {
+        for ((t, (quantiles, distinct)), read) in todo.into_iter().zip(how_read).zip(read) {
             let (values, skipped, exact) = read?;
             {
                 let mut data = t.slice.write();
                 let mut rollup = t.rollup.as_ref().map(|r| r.write());
-                for (bucket, group, aggs) in values {
-                    data.set_cell(view, bucket, &group, aggs, quantiles, rollup.as_deref_mut());
+                for cell in values {
+                    data.set_cell(
+                        view,
+                        cell.bucket,
+                        &cell.group,
+                        cell.aggs,
+                        quantiles,
+                        distinct,
+                        rollup.as_deref_mut(),
+                    );
                 }
                 data.version = t.version;
                 data.quantiles_at = exact.then_some(t.version);

@@ -1,14 +1,17 @@
-//! The serving layer's copy of quantile sketches, kept by the quantile log.
+//! The serving layer's copy of quantile and distinct sketches, kept by the
+//! slices' logs.
 //!
 //! `tally speed` and `tally serve` run on real Tansu and Redis. Events are
 //! produced in rounds, so the serving process follows many flushes by
 //! adding what each one added to the quantile sketches, read from the
-//! slices' quantile logs (`tally_core::quantile::delta_log`), instead of
-//! reading every changed sketch whole. Once it has settled, its answers must
-//! equal, value for value, those of a second `tally serve` started only
-//! then, which reads every sketch whole, and be within the promised error of
-//! the exact quantiles of the produced values (the fold). Its metrics must
-//! show that it did read from the log.
+//! slices' quantile logs (`tally_core::quantile::delta_log`), and by
+//! re-reading only the distinct sketches a flush changed, named by the
+//! slices' sketch logs (`tally_core::hll::sketch_log`), instead of reading
+//! every changed cell's sketches whole. Once it has settled, its answers
+//! must equal, value for value, those of a second `tally serve` started
+//! only then, which reads every sketch whole, and those of the fold
+//! (distinct counts exactly, quantiles within the promised error). Its
+//! metrics must show that it did follow both logs.
 
 mod answers;
 mod role;
@@ -37,10 +40,10 @@ const QUERIES: usize = 30;
 const EVERY_TENTH: &str = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.99,1";
 
 #[test]
-fn quantiles_followed_through_the_log_equal_sketches_read_whole_and_the_fold() {
+fn sketches_followed_through_the_logs_equal_sketches_read_whole_and_the_fold() {
     let stack = Stack::start(
-        "quantile-log",
-        stack::dir("quantile-log"),
+        "slice-logs",
+        stack::dir("slice-logs"),
         PARTITIONS,
         Setup::default(),
     );
@@ -95,18 +98,19 @@ fn quantiles_followed_through_the_log_equal_sketches_read_whole_and_the_fold() {
     let from = (started_ms - MAX_LATE_MS).div_euclid(day) * day;
     let to = from + 2 * day;
     let mut compared = 0;
-    for view in cfg
-        .views
-        .iter()
-        .filter(|v| !v.quantile_measures().is_empty())
-    {
+    for view in &cfg.views {
+        let mut measures = view.quantile_measures();
+        measures.extend(view.distinct_measures());
+        if measures.is_empty() {
+            continue;
+        }
         let dims: Vec<String> = view.dimensions.iter().map(|d| d.as_string()).collect();
         let url = format!(
             "/api/v1/views/{}/query?from={from}&to={to}&granularity={}ms&group_by={}&measures={}&quantiles={EVERY_TENTH}",
             view.name,
             view.granularity.as_ms(),
             dims.join(","),
-            view.quantile_measures().join(","),
+            measures.join(","),
         );
         let (code_a, a) = answers::get(&stack.api, &url);
         let (code_b, b) = answers::get(&fresh_api, &url);
@@ -146,10 +150,18 @@ fn quantiles_followed_through_the_log_equal_sketches_read_whole_and_the_fold() {
         from_log > 0.0,
         "the first server never read its quantiles from the log:\n{metrics}"
     );
+    let sketches_from_log = metric(
+        &metrics,
+        r#"tally_serving_speed_sketch_reads_total{from="log"}"#,
+    );
+    assert!(
+        sketches_from_log > 0.0,
+        "the first server never followed the sketch log:\n{metrics}"
+    );
     serve.assert_running();
     fresh.assert_running();
     eprintln!(
-        "{} accepted; {compared} series equal between the log-kept copy and whole reads; {from_log} slice reads from the log",
+        "{} accepted; {compared} series equal between the log-kept copy and whole reads; slice reads from the logs: {from_log} quantile, {sketches_from_log} distinct",
         truth.accepted
     );
 }

@@ -175,16 +175,13 @@ fn push_changes(p: &mut redis::Pipeline, keys: &Keys, view: &str, slices: &[Sinc
             .arg(keys.cells(view, s.epoch, s.day))
             .arg(format!("({}", s.since))
             .arg("+inf");
-        if s.log {
+        let logs = [
+            (s.log, keys.quantile_log(view, s.epoch, s.day)),
+            (s.sketch_log, keys.sketch_log(view, s.epoch, s.day)),
+        ];
+        for (_, log) in logs.into_iter().filter(|(asked, _)| *asked) {
             p.cmd("ZRANGEBYSCORE")
-                .arg(keys.quantile_log(view, s.epoch, s.day))
-                .arg(format!("({}", s.since))
-                .arg("+inf")
-                .arg("WITHSCORES");
-        }
-        if s.sketch_log {
-            p.cmd("ZRANGEBYSCORE")
-                .arg(keys.sketch_log(view, s.epoch, s.day))
+                .arg(log)
                 .arg(format!("({}", s.since))
                 .arg("+inf")
                 .arg("WITHSCORES");

@@ -2,9 +2,10 @@
 //! memory, with its roll-up levels.
 //!
 //! The mirror sets a cell (bucket, group) of the view's own level to the
-//! absolute value Redis holds ([`SliceData::set_cell`]), except quantile
-//! sketches read as what the flushes since added ([`Given::Added`]),
-//! which are added to the cell and to every level as they are; the coarser levels
+//! absolute value Redis holds ([`SliceData::set_cell`]), except sketches
+//! read as what the flushes since added ([`Given::Added`]: quantile counts
+//! added, distinct registers merged), which go into the cell and into
+//! every level as they are; the coarser levels
 //! of [`ViewDef::levels`] (1h, 1d) follow at once: counts, sums and
 //! quantile sketches by the difference from the cell's previous value, min,
 //! max and distinct by a merge (Redis only ever lowers a min, raises a max

@@ -280,22 +280,8 @@ impl SpeedMirror {
                 quantiles: changed.quantiles_added(slice.since, until),
                 distinct: changed.sketches_added(slice.since, until),
             };
-            let (distinct, how) = match added.distinct {
-                Some(_) => (Given::Added, "log"),
-                None => (Given::Whole, "whole"),
-            };
-            if with_sketch_log {
-                metrics::counter!("tally_serving_speed_sketch_reads_total", "from" => how)
-                    .increment(1);
-            }
-            let (quantiles, how) = match added.quantiles {
-                Some(_) => (Given::Added, "log"),
-                None => (Given::Whole, "whole"),
-            };
-            if with_log {
-                metrics::counter!("tally_serving_speed_quantile_reads_total", "from" => how)
-                    .increment(1);
-            }
+            let quantiles = given(added.quantiles.is_some(), with_log, "quantile");
+            let distinct = given(added.distinct.is_some(), with_sketch_log, "sketch");
             how_read.push((quantiles, distinct));
             // The slices side by side too, for the same reason.
             reads.push(async move {
@@ -334,6 +320,22 @@ impl SpeedMirror {
         }
         Ok(())
     }
+}
+
+/// How one kind of sketch of a slice is read: from its log when the log
+/// chains (`logged`), else whole; counted when the view has such sketches
+/// (`tally_serving_speed_{kind}_reads_total`).
+fn given(logged: bool, has_log: bool, kind: &'static str) -> Given {
+    let (given, from) = if logged {
+        (Given::Added, "log")
+    } else {
+        (Given::Whole, "whole")
+    };
+    if has_log {
+        let name = format!("tally_serving_speed_{kind}_reads_total");
+        metrics::counter!(name, "from" => from).increment(1);
+    }
+    given
 }
 
 /// What a sync's head read of the slices of one view the copy held: by

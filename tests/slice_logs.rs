@@ -1,17 +1,20 @@
-//! The serving layer's copy of quantile and distinct sketches, kept by the
-//! slices' logs.
+//! The serving layer's copy of counters, quantile and distinct sketches,
+//! kept by the slices' logs.
 //!
 //! `tally speed` and `tally serve` run on real Tansu and Redis. Events are
 //! produced in rounds, so the serving process follows many flushes by
 //! adding what each one added to the quantile sketches, read from the
 //! slices' quantile logs (`tally_core::quantile::delta_log`), and by
 //! re-reading only the distinct sketches a flush changed, named by the
-//! slices' sketch logs (`tally_core::hll::sketch_log`), instead of reading
-//! every changed cell's sketches whole. Once it has settled, its answers
+//! slices' sketch logs (`tally_core::hll::sketch_log`), and by taking the
+//! counters' new values from the slices' counter logs
+//! (`tally_core::counter_log`), instead of reading every changed cell
+//! whole. Once it has settled, its answers
 //! must equal, value for value, those of a second `tally serve` started
-//! only then, which reads every sketch whole, and those of the fold
-//! (distinct counts exactly, quantiles within the promised error). Its
-//! metrics must show that it did follow both logs.
+//! only then, which reads every cell whole, and those of the fold
+//! (counts, sums, min, max and distinct counts exactly, quantiles within
+//! the promised error). Its metrics must show that it did follow all three
+//! logs.
 
 mod answers;
 mod role;
@@ -40,7 +43,7 @@ const QUERIES: usize = 30;
 const EVERY_TENTH: &str = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.99,1";
 
 #[test]
-fn sketches_followed_through_the_logs_equal_sketches_read_whole_and_the_fold() {
+fn cells_followed_through_the_logs_equal_cells_read_whole_and_the_fold() {
     let stack = Stack::start(
         "slice-logs",
         stack::dir("slice-logs"),
@@ -70,7 +73,7 @@ fn sketches_followed_through_the_logs_equal_sketches_read_whole_and_the_fold() {
         }
     }
 
-    // A second server, started now: it reads every sketch whole.
+    // A second server, started now: it reads every cell whole.
     let port = tally_testkit::free_port().expect("port");
     let listen = format!("127.0.0.1:{port}");
     let fresh_api = format!("http://{listen}");
@@ -99,11 +102,7 @@ fn sketches_followed_through_the_logs_equal_sketches_read_whole_and_the_fold() {
     let to = from + 2 * day;
     let mut compared = 0;
     for view in &cfg.views {
-        let mut measures = view.quantile_measures();
-        measures.extend(view.distinct_measures());
-        if measures.is_empty() {
-            continue;
-        }
+        let measures: Vec<&str> = view.measures.iter().map(|m| m.name.as_str()).collect();
         let dims: Vec<String> = view.dimensions.iter().map(|d| d.as_string()).collect();
         let url = format!(
             "/api/v1/views/{}/query?from={from}&to={to}&granularity={}ms&group_by={}&measures={}&quantiles={EVERY_TENTH}",
@@ -119,7 +118,7 @@ fn sketches_followed_through_the_logs_equal_sketches_read_whole_and_the_fold() {
         assert!(series > 0, "{url}: no series in {a}");
         assert_eq!(
             a["series"], b["series"],
-            "{url}: the copy kept by the log differs from sketches read whole"
+            "{url}: the copy kept by the logs differs from cells read whole"
         );
         compared += series;
     }
@@ -158,10 +157,18 @@ fn sketches_followed_through_the_logs_equal_sketches_read_whole_and_the_fold() {
         sketches_from_log > 0.0,
         "the first server never followed the sketch log:\n{metrics}"
     );
+    let counters_from_log = metric(
+        &metrics,
+        r#"tally_serving_speed_counter_reads_total{from="log"}"#,
+    );
+    assert!(
+        counters_from_log > 0.0,
+        "the first server never followed the counter log:\n{metrics}"
+    );
     serve.assert_running();
     fresh.assert_running();
     eprintln!(
-        "{} accepted; {compared} series equal between the log-kept copy and whole reads; slice reads from the logs: {from_log} quantile, {sketches_from_log} distinct",
+        "{} accepted; {compared} series equal between the log-kept copy and whole reads; slice reads from the logs: {from_log} quantile, {sketches_from_log} distinct, {counters_from_log} counters",
         truth.accepted
     );
 }

@@ -14,6 +14,7 @@
 //! | `P:q:{view}:{epoch}:{day}:{bucket}\|{measure}\|{group}` | hash | a quantile sketch: [`crate::quantile::Bucket::encode`] (`+i`, `-i`, `0`) → count (HINCRBY) |
 //! | `P:ql:{view}:{epoch}:{day}` | sorted set | what each flush added to the slice's quantile sketches, scored by its version, the last few kept ([`crate::quantile::delta_log`]) |
 //! | `P:sl:{view}:{epoch}:{day}` | sorted set | which distinct sketches each flush changed, scored by its version, the last few kept ([`crate::hll::sketch_log`]) |
+//! | `P:cl:{view}:{epoch}:{day}` | sorted set | the new value of each counter field each flush wrote, scored by its version, the last few kept ([`crate::counter_log`]) |
 //! | `P:v:{view}:{epoch}:{day}` | sorted set | the slice's cells `{bucket}\|{group}` ([`CellMember`]), scored by the version of the last flush that touched them |
 //! | `P:s:{view}` | sorted set | `{epoch}:{day}` slices present, scored by expiry (ms) |
 //! | `P:sv:{view}` | hash | `{epoch}:{day}` → the version of the last flush that touched the slice |
@@ -386,6 +387,11 @@ impl Keys {
     /// The slice's sketch log ([`crate::hll::sketch_log`]).
     pub fn sketch_log(&self, view: &str, epoch: Epoch, day: i64) -> String {
         format!("{}:sl:{view}:{epoch}:{day}", self.prefix)
+    }
+
+    /// The slice's counter log ([`crate::counter_log`]).
+    pub fn counter_log(&self, view: &str, epoch: Epoch, day: i64) -> String {
+        format!("{}:cl:{view}:{epoch}:{day}", self.prefix)
     }
 
     /// The slice's cells, scored by version (see the module documentation).

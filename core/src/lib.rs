@@ -16,7 +16,7 @@
 //! - [`hll`]: a HyperLogLog that reads, writes and estimates exactly as Redis does.
 //! - [`quantile`]: a mergeable quantile sketch (logarithmic buckets, 1 % relative error).
 //! - [`keys`]: every Redis key; [`slice_log`] the change logs a reader of a
-//!   slice follows (the quantile log, the sketch log).
+//!   slice follows (the quantile log, the sketch log, the [`counter_log`]).
 //!
 //! What is stored in the object store (paths, manifests, the cut, archive
 //! progress, snapshot files) is `tally-store`'s: storage formats with their
@@ -24,6 +24,7 @@
 
 pub mod agg;
 pub mod config;
+pub mod counter_log;
 pub mod event;
 pub mod hll;
 pub mod kafka_security;

@@ -250,6 +250,19 @@ impl ViewDef {
         format!("{:016x}", murmurhash64a(&json, 0x7a11))
     }
 
+    /// Whether the view has a measure kept in counter fields (count, sum,
+    /// min, max): a slice of it has a counter log
+    /// ([`crate::counter_log`]).
+    pub fn has_counters(&self) -> bool {
+        use crate::agg::AggKind;
+        self.measures.iter().any(|m| {
+            matches!(
+                m.agg,
+                AggKind::Count | AggKind::Sum | AggKind::Min | AggKind::Max
+            )
+        })
+    }
+
     /// The names of the view's `distinct` measures, in order: each has a
     /// sketch per cell (`keys::SketchField`).
     pub fn distinct_measures(&self) -> Vec<&str> {

@@ -15,6 +15,7 @@
 --                       quantile_log ('' for a view without quantiles),
 --                       quantile_log_body, sketch_log ('' for a view
 --                       without distinct measures), sketch_log_body,
+--                       counter_log ('' for a view without counters),
 --                       n_ops, then n_ops ops:
 --                         'I' field n             add to a count (HINCRBY)
 --                         'S' field carry lo hi   add lo + hi * 2^62 to an exact
@@ -59,7 +60,10 @@
 -- reader adds what changed instead of reading each sketch whole. A slice of
 -- a view with distinct measures gets the same in its sketch log, with the
 -- body the writer built from the 'P' and 'H' ops (the registers they set:
--- tally_core::hll::sketch_log).
+-- tally_core::hll::sketch_log). A slice of a view with counters gets an
+-- entry in its counter log, built here: each counter field the call wrote,
+-- with its new value (tally_core::counter_log), so that a reader learns the
+-- values with the versions instead of in a second read.
 --
 -- Redis keeps the writes of a script that fails half-way, so the script
 -- checks everything that could make a write fail before it writes anything:
@@ -154,11 +158,12 @@ local slice = 0
 while i <= #ARGV do
   slice = slice + 1
   local ckey, cells, prefix, zset, member, versions = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
-  local qlog, slog = ARGV[i+8], ARGV[i+10]
-  local n = tonumber(ARGV[i+12])
+  local qlog, slog, clog = ARGV[i+8], ARGV[i+10], ARGV[i+12]
+  local n = tonumber(ARGV[i+13])
   local want_types = {[ckey] = 'hash', [cells] = 'zset', [zset] = 'zset', [versions] = 'hash'}
   if qlog ~= '' then want_types[qlog] = 'zset' end
   if slog ~= '' then want_types[slog] = 'zset' end
+  if clog ~= '' then want_types[clog] = 'zset' end
   for key, want in pairs(want_types) do
     local t = type_of(key)
     if t ~= 'none' and t ~= want then
@@ -171,7 +176,7 @@ while i <= #ARGV do
       return lost('slice ' .. member .. ' of ' .. zset .. ' lost its keys before they were due to expire')
     end
   end
-  i = i + 13
+  i = i + 14
   local fields = {}
   local ops_at = i
   for _ = 1, n do
@@ -255,18 +260,30 @@ end
 -- 2^62 as Redis reads integers (a Lua number would be sent as 4.6e+18).
 local CARRY_UNIT = {['+'] = '4611686018427387904', ['-'] = '-4611686018427387904'}
 
+-- An integer Redis returned, as exact text for the counter log: Lua holds
+-- it as a double, exact below 2^53 (tostring would round past 10^14).
+local function int_text(x)
+  if x > -9007199254740992 and x < 9007199254740992 then
+    return string.format('%.0f', x)
+  end
+  return '?'
+end
+
 -- Add lo (|lo| < 2^62) to an integer sum field. When the field would pass
 -- 2^63, 2^62 of it moves to the carry field first: the field then holds less
--- than 2^62 and the addition fits.
-local function add_to_sum(ckey, f, carry, lo, hi)
+-- than 2^62 and the addition fits. Returns the field's new value and the
+-- carry's (`was`, its text before, when the call left it alone).
+local function add_to_sum(ckey, f, carry, lo, hi, was)
+  local c = was
   local r = redis.pcall('HINCRBY', ckey, f, lo)
   if type(r) == 'table' then
     local sign = string.sub(lo, 1, 1) == '-' and '-' or '+'
     redis.call('HINCRBY', ckey, f, CARRY_UNIT[sign == '+' and '-' or '+'])
-    redis.call('HINCRBY', ckey, carry, sign == '+' and 1 or -1)
-    redis.call('HINCRBY', ckey, f, lo)
+    c = redis.call('HINCRBY', ckey, carry, sign == '+' and 1 or -1)
+    r = redis.call('HINCRBY', ckey, f, lo)
   end
-  if hi ~= '0' then redis.call('HINCRBY', ckey, carry, hi) end
+  if hi ~= '0' then c = redis.call('HINCRBY', ckey, carry, hi) end
+  return r, c
 end
 
 -- Call f(key, bucket, count) for every bucket of every 'Q' op, in order,
@@ -274,8 +291,8 @@ end
 local function each_quantile_bucket(f)
   local j = first_slice
   while j <= #ARGV do
-    local n = tonumber(ARGV[j + 12])
-    j = j + 13
+    local n = tonumber(ARGV[j + 13])
+    j = j + 14
     for _ = 1, n do
       if ARGV[j] == 'Q' then
         for k = 1, tonumber(ARGV[j + 2]) do
@@ -332,24 +349,35 @@ while i <= #ARGV do
   local ckey, cells, prefix, zset, member = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local versions, exp = ARGV[i+6], ARGV[i+7]
   local qlog, qbody, slog, sbody = ARGV[i+8], ARGV[i+9], ARGV[i+10], ARGV[i+11]
-  local n = tonumber(ARGV[i+12])
+  local clog = ARGV[i+12]
+  local n = tonumber(ARGV[i+13])
   local values = current[slice]
-  i = i + 13
+  i = i + 14
   local wrote_counter = false
+  -- The counter log's body, as pieces joined once (cheaper than `..` per line).
+  local cbody = {}
+  local function logged(f, v)
+    local k = #cbody
+    cbody[k + 1] = f; cbody[k + 2] = '\t'; cbody[k + 3] = v; cbody[k + 4] = '\n'
+  end
   for _ = 1, n do
     local op, f, v = ARGV[i], ARGV[i+1], ARGV[i+2]
     local len = op_len(i)
     if op == 'I' then
-      redis.call('HINCRBY', ckey, f, v); wrote_counter = true
+      logged(f, int_text(redis.call('HINCRBY', ckey, f, v))); wrote_counter = true
     elseif op == 'S' then
-      add_to_sum(ckey, f, v, ARGV[i+3], ARGV[i+4]); wrote_counter = true
+      local r, c = add_to_sum(ckey, f, v, ARGV[i+3], ARGV[i+4], values[v] or '0')
+      logged(f, int_text(r))
+      logged(v, type(c) == 'number' and int_text(c) or c)
+      wrote_counter = true
     elseif op == 'F' then
-      redis.call('HINCRBYFLOAT', ckey, f, v); wrote_counter = true
+      logged(f, redis.call('HINCRBYFLOAT', ckey, f, v)); wrote_counter = true
     elseif op == 'N' or op == 'X' then
       local cur = values[f]
       local x = tonumber(v)
       if cur == false or cur == nil or (op == 'N' and x < tonumber(cur)) or (op == 'X' and x > tonumber(cur)) then
         redis.call('HSET', ckey, f, v)
+        logged(f, v)
       end
       wrote_counter = true
     elseif op == 'Q' then
@@ -393,7 +421,7 @@ while i <= #ARGV do
   if #batch > 0 then redis.call('ZADD', cells, unpack(batch)) end
   if n_cells > 0 then redis.call('PEXPIREAT', cells, exp) end
   i = i + 1 + n_cells
-  local prev = (qlog ~= '' or slog ~= '') and (redis.call('HGET', versions, member) or '0')
+  local prev = (qlog ~= '' or slog ~= '' or clog ~= '') and (redis.call('HGET', versions, member) or '0')
   if qlog ~= '' then
     redis.call('ZADD', qlog, version, prev .. '\n' .. qbody)
     redis.call('ZREMRANGEBYRANK', qlog, 0, -(LOG_LEN + 1))
@@ -403,6 +431,11 @@ while i <= #ARGV do
     redis.call('ZADD', slog, version, prev .. '\n' .. sbody)
     redis.call('ZREMRANGEBYRANK', slog, 0, -(LOG_LEN + 1))
     redis.call('PEXPIREAT', slog, exp)
+  end
+  if clog ~= '' then
+    redis.call('ZADD', clog, version, prev .. '\n' .. table.concat(cbody))
+    redis.call('ZREMRANGEBYRANK', clog, 0, -(LOG_LEN + 1))
+    redis.call('PEXPIREAT', clog, exp)
   end
   redis.call('HSET', versions, member, version)
   redis.call('ZADD', zset, exp, member)

@@ -317,6 +317,11 @@ impl Applier {
             let sketch_body_at = a.len();
             a.push(Vec::new());
             let mut sketch_body = String::new();
+            a.push(if view.has_counters() {
+                keys.counter_log(name, id.epoch, id.day).into_bytes()
+            } else {
+                Vec::new()
+            });
             let count_at = a.len();
             a.push(Vec::new());
             let mut ops = 0usize;

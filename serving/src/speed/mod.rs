@@ -40,6 +40,7 @@
 //!   do not wait for another for `RETRY_AFTER`.
 
 pub(crate) mod conn;
+mod logged;
 pub(crate) mod read;
 pub(crate) mod slice;
 mod sync;

@@ -15,7 +15,10 @@
 //! Distinct sketches likewise: a copy that has a slice merges the
 //! registers the flushes since set, from the slice's sketch log
 //! ([`tally_core::hll::sketch_log`]), and reads them whole only when the
-//! log does not reach back to its version.
+//! log does not reach back to its version. Counters likewise: the slice's
+//! counter log ([`tally_core::counter_log`]) holds the values each flush
+//! wrote, read with the changes, so that a sync whose logs all chain needs
+//! no second round trip ([`Changes::counters_through`]).
 //!
 //! Guarantee: values that do not parse (written by hand, or by another
 //! version) read as the identity of their measure and are counted as
@@ -24,6 +27,7 @@
 use std::collections::HashMap;
 
 use tally_core::agg::{Agg, AggKind};
+use tally_core::counter_log;
 use tally_core::hll::{sketch_log, Hll};
 use tally_core::keys::{
     CellMember, CounterField, Keys, Part, SketchField, BORN_FIELD, SUM_CARRY_UNIT, VERSION_FIELD,
@@ -118,6 +122,8 @@ pub(crate) struct Changes {
     log: Option<Vec<(Vec<u8>, u64)>>,
     /// The slice's sketch log past the version, likewise.
     sketch_log: Option<Vec<(Vec<u8>, u64)>>,
+    /// The slice's counter log past the version, likewise.
+    counter_log: Option<Vec<(Vec<u8>, u64)>>,
 }
 
 impl Changes {
@@ -143,6 +149,14 @@ impl Changes {
         let upto = log.partition_point(|&(_, v)| v <= until);
         sketch_log::added_between(&log[..upto], since, until)
     }
+
+    /// Each counter field's value as of `until` or later, by
+    /// [`CounterField`] text, for the fields the flushes after `since`
+    /// wrote; `None`: the log was not asked, or does not chain from
+    /// `since` through `until` (read the counters whole).
+    pub(crate) fn counters_through(&self, since: u64, until: u64) -> Option<HashMap<&str, &str>> {
+        counter_log::values_through(self.counter_log.as_ref()?, since, until)
+    }
 }
 
 /// What a slice's logs say the flushes since the copy's version added, by
@@ -157,7 +171,8 @@ pub(crate) struct Added {
 /// A slice to read the changes of: those after version `since`, its
 /// quantile log past `since` when `log` (the copy's quantile sketches are
 /// exactly at `since`, so the log may be added to them), and its sketch
-/// log past `since` when `sketch_log` (the copy holds the slice).
+/// and counter logs past `since` when `sketch_log` and `counter_log` (the
+/// copy holds the slice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Since {
     pub epoch: Epoch,
@@ -165,10 +180,11 @@ pub(crate) struct Since {
     pub since: u64,
     pub log: bool,
     pub sketch_log: bool,
+    pub counter_log: bool,
 }
 
 /// Ask for each slice's cells written after `since`, and, when asked, its
-/// quantile and sketch logs past `since`.
+/// quantile, sketch and counter logs past `since`.
 fn push_changes(p: &mut redis::Pipeline, keys: &Keys, view: &str, slices: &[Since]) {
     for s in slices {
         p.cmd("ZRANGEBYSCORE")
@@ -178,6 +194,7 @@ fn push_changes(p: &mut redis::Pipeline, keys: &Keys, view: &str, slices: &[Sinc
         let logs = [
             (s.log, keys.quantile_log(view, s.epoch, s.day)),
             (s.sketch_log, keys.sketch_log(view, s.epoch, s.day)),
+            (s.counter_log, keys.counter_log(view, s.epoch, s.day)),
         ];
         for (_, log) in logs.into_iter().filter(|(asked, _)| *asked) {
             p.cmd("ZRANGEBYSCORE")
@@ -200,17 +217,19 @@ fn take_changes(
             let cells: Vec<String> = parse(replies.next())?;
             let log = s.log.then(|| log_entries(replies.next()));
             let sketch_log = s.sketch_log.then(|| log_entries(replies.next()));
+            let counter_log = s.counter_log.then(|| log_entries(replies.next()));
             Ok(Changes {
                 cells,
                 log,
                 sketch_log,
+                counter_log,
             })
         })
         .collect()
 }
 
 /// For each slice: its cells written after `since`, and, when asked, its
-/// quantile and sketch logs past `since`.
+/// quantile, sketch and counter logs past `since`.
 pub(crate) async fn changes(
     redis: &RedisReader,
     keys: &Keys,
@@ -502,6 +521,7 @@ mod tests {
         // flush applied between the slice versions and the log is there too.
         const F: &str = r#"60000|latency|["/a"]"#;
         const U: &str = r#"60000|users|["/a"]"#;
+        const C: &str = r#"60000|n|c|["/a"]"#;
         let changes = Changes {
             cells: Vec::new(),
             log: Some(vec![
@@ -513,6 +533,11 @@ mod tests {
                 (format!("2\n{U}\t105\n").into_bytes(), 3),
                 (b"3\n".to_vec(), 4),
                 (format!("4\n{U}\t10a\n").into_bytes(), 5),
+            ]),
+            counter_log: Some(vec![
+                (format!("2\n{C}\t1\n").into_bytes(), 3),
+                (b"3\n".to_vec(), 4),
+                (format!("4\n{C}\t3\n").into_bytes(), 5),
             ]),
         };
         let mut want = QuantileSketch::new();
@@ -528,5 +553,10 @@ mod tests {
         assert_eq!(added[U].entries(), vec![0x105]);
         assert!(changes.sketches_added(1, 4).is_none());
         assert!(Changes::default().sketches_added(2, 4).is_none());
+        // Counters are values: the later flush's is as good, and newer.
+        let counters = changes.counters_through(2, 4).expect("a chain through 4");
+        assert_eq!(counters[C], "3");
+        assert!(changes.counters_through(1, 4).is_none());
+        assert!(Changes::default().counters_through(2, 4).is_none());
     }
 }

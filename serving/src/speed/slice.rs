@@ -143,6 +143,14 @@ impl SliceData {
             .flat_map(move |l| l.cells.range(from..to).map(|(&b, c)| (b, c)))
     }
 
+    /// The cell (`bucket`, group `text`) of the view's own level, as the
+    /// copy holds it.
+    pub fn cell(&self, bucket: i64, text: &str) -> Option<&[Agg]> {
+        let g = (*self.by_text.get(text)?)?;
+        let cells = self.levels.first()?.cells.get(&bucket)?;
+        cells.get(&g).map(|a| &a[..])
+    }
+
     /// The index of the group written as `text` (a JSON array), `None` when it
     /// is not a group of `view` (another arity: another definition wrote it).
     fn group_id(&mut self, view: &ViewDef, text: &str) -> Option<u32> {

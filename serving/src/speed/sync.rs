@@ -2,12 +2,16 @@
 //! read into the copy group by group ([`SpeedMirror::sync`] holds the lock
 //! that keeps syncs one at a time).
 //!
-//! Two round trips when a flush was applied: the head ([`read::head`]: the
-//! flush version, the slices' versions, and the changes of the slices the
-//! copy holds), then the changed cells' values of every view and slice at
-//! once. Under load Redis is running a flush's script most of the time and
-//! a read queued behind one waits for all of it, so the number of round
-//! trips, not their size, decides how soon a flush shows.
+//! One round trip when a flush was applied to slices the copy holds: the
+//! head ([`read::head`]: the flush version, the slices' versions, and the
+//! changes of the slices the copy holds, with their counter, quantile and
+//! sketch logs), from which the changed cells are built ([`logged`]). A
+//! slice whose logs do not chain from the copy's version (a new slice, a
+//! copy too far behind, a counter past 2^53) takes a second: its changed
+//! cells' values, for every view and slice at once. Under load Redis is
+//! running a flush's script most of the time and a read queued behind one
+//! waits for all of it, so the number of round trips, not their size,
+//! decides how soon a flush shows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,8 +21,10 @@ use tally_core::keys::Keys;
 use tally_core::time::Epoch;
 use tally_core::view::ViewDef;
 
+use futures::future::Either;
+
 use super::slice::{Given, Slice};
-use super::{at_or_above, read, GroupHead, RedisReadError, SpeedMirror};
+use super::{at_or_above, logged, read, GroupHead, RedisReadError, SpeedMirror};
 
 impl SpeedMirror {
     /// Read what changed since the last sync into the copy, group by group.
@@ -136,6 +142,7 @@ impl SpeedMirror {
             };
             let with_log = !view.quantile_measures().is_empty();
             let with_sketch_log = !view.distinct_measures().is_empty();
+            let with_counter_log = view.has_counters();
             for (&(g, epoch, day), slice) in &v.slices {
                 let d = slice.read();
                 let exact = d.quantiles_at == Some(d.version);
@@ -146,6 +153,7 @@ impl SpeedMirror {
                         since: d.version,
                         log: with_log && d.version > 0 && exact,
                         sketch_log: with_sketch_log && d.version > 0,
+                        counter_log: with_counter_log && d.version > 0,
                     });
                 }
             }
@@ -240,6 +248,7 @@ impl SpeedMirror {
         }
         let with_log = !view.quantile_measures().is_empty();
         let with_sketch_log = !view.distinct_measures().is_empty();
+        let with_counter_log = view.has_counters();
         let wanted: Vec<read::Since> = todo
             .iter()
             .map(|t| read::Since {
@@ -248,6 +257,7 @@ impl SpeedMirror {
                 since: t.since,
                 log: with_log && t.since > 0 && t.exact,
                 sketch_log: with_sketch_log && t.since > 0,
+                counter_log: with_counter_log && t.since > 0,
             })
             .collect();
         let mut changes: Vec<Option<read::Changes>> = wanted
@@ -283,10 +293,26 @@ impl SpeedMirror {
             let quantiles = given(added.quantiles.is_some(), with_log, "quantile");
             let distinct = given(added.distinct.is_some(), with_sketch_log, "sketch");
             how_read.push((quantiles, distinct));
+            let counters = match with_counter_log {
+                true => changed.counters_through(slice.since, until),
+                false => Some(HashMap::new()),
+            };
+            given(counters.is_some(), with_counter_log, "counter");
+            let from_logs = !t.new
+                && (!with_log || added.quantiles.is_some())
+                && (!with_sketch_log || added.distinct.is_some());
+            if let Some(counters) = counters.filter(|_| from_logs) {
+                let old = t.slice.read();
+                let (cells, skipped) = logged::cells(view, &old, &changed.cells, &counters, added);
+                reads.push(Either::Left(futures::future::ready(Ok((
+                    cells, skipped, true,
+                )))));
+                continue;
+            }
             // The slices side by side too, for the same reason.
-            reads.push(async move {
+            reads.push(Either::Right(async move {
                 read::read_cells(&self.redis, keys, view, slice, until, &changed.cells, added).await
-            });
+            }));
         }
         let read = futures::future::join_all(reads).await;
         for ((t, (quantiles, distinct)), read) in todo.into_iter().zip(how_read).zip(read) {

@@ -5,13 +5,15 @@
 //! its roll-up levels ([`slice::Slice`]). A sync ([`SpeedMirror::sync`])
 //! reads, in one round trip, the flush version, each view's slice versions,
 //! and for each slice the copy holds the cells scored above the version it
-//! has read and what the flushes since added to its quantile sketches (the
-//! slice's quantile log); when the version moved, one more round trip reads
-//! those cells' values, for every view and slice side by side ([`sync`],
-//! [`read`]).
+//! has read and the slice's logs past it: what the flushes since added to
+//! its quantile and distinct sketches and the new values of the counters
+//! they wrote. When the logs chain, the changed cells are built from them
+//! ([`logged`]); otherwise one more round trip reads those cells' values,
+//! for every view and slice side by side ([`sync`], [`read`]).
 //! So its cost follows what the speed layer wrote since the last sync, not
-//! what it holds, and it waits for Redis twice: under load Redis is running
-//! a flush's script most of the time, and a wait can last a whole script.
+//! what it holds, and it usually waits for Redis once: under load Redis is
+//! running a flush's script most of the time, and a wait can last a whole
+//! script.
 //! A background loop syncs every `speed_poll`, and a
 //! query that finds the copy older than `speed_max_age` syncs first
 //! ([`SpeedMirror::ensure_fresh`]), so an answer includes every flush applied

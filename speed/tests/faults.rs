@@ -8,26 +8,7 @@ use std::time::Duration;
 use common::*;
 use redis::Commands;
 use tally_core::keys::{CounterField, Keys, Part};
-use tally_testkit::gen::Generated;
 use tally_testkit::{kafka, runtime, Redis};
-
-/// A valid event of type `t` with `properties.amount = amount` (the standard
-/// `by_type` view sums it, `daily` keeps its maximum).
-fn amount_event(id: &str, country: &str, amount: &str, kafka_ts_ms: i64) -> Ev {
-    let payload = format!(
-        r#"{{"event_id":"{id}","event_type":"purchase","timestamp":{kafka_ts_ms},"user_id":"u-{id}","properties":{{"country":"{country}","amount":{amount}}}}}"#
-    );
-    Ev {
-        partition: 0,
-        g: Generated {
-            key: id.as_bytes().to_vec(),
-            payload: payload.into_bytes(),
-            kafka_ts_ms,
-            valid: true,
-            kind: None,
-        },
-    }
-}
 
 /// The fault found in the wild: two values of 6e18 a second apart overflowed
 /// Redis's `HINCRBY` half-way through the apply script, which kept its earlier

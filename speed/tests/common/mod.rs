@@ -527,3 +527,21 @@ pub fn chunk(folder: &mut Folder, evs: &[Ev], starts: [i64; 2], fresh: bool) -> 
         events,
     }
 }
+
+/// A valid event of type `t` with `properties.amount = amount` (the standard
+/// `by_type` view sums it, `daily` keeps its maximum).
+pub fn amount_event(id: &str, country: &str, amount: &str, kafka_ts_ms: i64) -> Ev {
+    let payload = format!(
+        r#"{{"event_id":"{id}","event_type":"purchase","timestamp":{kafka_ts_ms},"user_id":"u-{id}","properties":{{"country":"{country}","amount":{amount}}}}}"#
+    );
+    Ev {
+        partition: 0,
+        g: Generated {
+            key: id.as_bytes().to_vec(),
+            payload: payload.into_bytes(),
+            kafka_ts_ms,
+            valid: true,
+            kind: None,
+        },
+    }
+}

@@ -16,6 +16,9 @@
 --                       quantile_log_body, sketch_log ('' for a view
 --                       without distinct measures), sketch_log_body,
 --                       counter_log ('' for a view without counters),
+--                       counter_log_fields (the counter fields the 'I',
+--                       'S' (value and carry), 'F', 'N' and 'X' ops write,
+--                       one line each, in order),
 --                       n_ops, then n_ops ops:
 --                         'I' field n             add to a count (HINCRBY)
 --                         'S' field carry lo hi   add lo + hi * 2^62 to an exact
@@ -61,9 +64,10 @@
 -- a view with distinct measures gets the same in its sketch log, with the
 -- body the writer built from the 'P' and 'H' ops (the registers they set:
 -- tally_core::hll::sketch_log). A slice of a view with counters gets an
--- entry in its counter log, built here: each counter field the call wrote,
--- with its new value (tally_core::counter_log), so that a reader learns the
--- values with the versions instead of in a second read.
+-- entry in its counter log: the fields the writer listed, preceded by their
+-- new values, which only this script learns (tally_core::counter_log), so
+-- that a reader learns the values with the versions instead of in a
+-- second read.
 --
 -- Redis keeps the writes of a script that fails half-way, so the script
 -- checks everything that could make a write fail before it writes anything:
@@ -159,7 +163,7 @@ while i <= #ARGV do
   slice = slice + 1
   local ckey, cells, prefix, zset, member, versions = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
   local qlog, slog, clog = ARGV[i+8], ARGV[i+10], ARGV[i+12]
-  local n = tonumber(ARGV[i+13])
+  local n = tonumber(ARGV[i+14])
   local want_types = {[ckey] = 'hash', [cells] = 'zset', [zset] = 'zset', [versions] = 'hash'}
   if qlog ~= '' then want_types[qlog] = 'zset' end
   if slog ~= '' then want_types[slog] = 'zset' end
@@ -176,7 +180,7 @@ while i <= #ARGV do
       return lost('slice ' .. member .. ' of ' .. zset .. ' lost its keys before they were due to expire')
     end
   end
-  i = i + 14
+  i = i + 15
   local fields = {}
   local ops_at = i
   for _ = 1, n do
@@ -187,13 +191,8 @@ while i <= #ARGV do
     elseif op == 'I' or op == 'F' or op == 'N' or op == 'X' then
       fields[#fields + 1] = ARGV[i + 1]
     elseif op == 'Q' then
-      -- A quantile sketch: a hash (its buckets are checked as they are
-      -- added, first thing in the writes).
-      local key = ARGV[i + 1]
-      local t = type_of(key)
-      if t ~= 'none' and t ~= 'hash' then
-        return invalid('key ' .. key .. ' is a ' .. t .. ', not a hash')
-      end
+      -- A quantile sketch: a hash. Its type and buckets are checked as
+      -- they are added, first thing in the writes.
     else
       local key = prefix .. ARGV[i + 1]
       local head = redis.pcall('GETRANGE', key, 0, 3)
@@ -291,8 +290,8 @@ end
 local function each_quantile_bucket(f)
   local j = first_slice
   while j <= #ARGV do
-    local n = tonumber(ARGV[j + 13])
-    j = j + 14
+    local n = tonumber(ARGV[j + 14])
+    j = j + 15
     for _ = 1, n do
       if ARGV[j] == 'Q' then
         for k = 1, tonumber(ARGV[j + 2]) do
@@ -307,18 +306,19 @@ end
 
 -- Write. Quantile buckets first, each checked by its own HINCRBY: reading
 -- every bucket beforehand cost one HMGET per sketch (a tenth of the
--- script's time at 60,000 events/s: BENCHMARKS.md). A bucket that is not a count (or would pass
--- 2^63) fails its HINCRBY; the buckets added before it are taken back
+-- script's time at 60,000 events/s: BENCHMARKS.md), and a TYPE per sketch
+-- another 2 %. A sketch that is not a hash, or a bucket that is not a
+-- count (or would pass 2^63), fails its HINCRBY; the buckets added before it are taken back
 -- (subtracting what was just added cannot fail; a field that was absent is
 -- removed again, and a hash left empty with it) and the call applies
 -- nothing. Any other error (out of memory) is returned as it is, also with
 -- nothing applied.
-local added, failed, bad = 0, nil, nil
+local added, failed, bad, bad_key = 0, nil, nil, nil
 each_quantile_bucket(function(key, b, c)
   local r = redis.pcall('HINCRBY', key, b, c)
   if type(r) == 'table' then
     failed = r
-    bad = 'field ' .. b .. ' of ' .. key .. ' is not a count'
+    bad, bad_key = 'field ' .. b .. ' of ' .. key .. ' is not a count', key
     return false
   end
   added = added + 1
@@ -332,6 +332,9 @@ if failed then
     return true
   end)
   local e = tostring(failed.err)
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return invalid('key ' .. bad_key .. ' is a ' .. type_of(bad_key) .. ', not a hash')
+  end
   if string.find(e, 'not an integer', 1, true) or string.find(e, 'overflow', 1, true) then
     return invalid(bad)
   end
@@ -349,35 +352,36 @@ while i <= #ARGV do
   local ckey, cells, prefix, zset, member = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local versions, exp = ARGV[i+6], ARGV[i+7]
   local qlog, qbody, slog, sbody = ARGV[i+8], ARGV[i+9], ARGV[i+10], ARGV[i+11]
-  local clog = ARGV[i+12]
-  local n = tonumber(ARGV[i+13])
+  local clog, cfields = ARGV[i+12], ARGV[i+13]
+  local n = tonumber(ARGV[i+14])
   local values = current[slice]
-  i = i + 14
+  i = i + 15
   local wrote_counter = false
-  -- The counter log's body, as pieces joined once (cheaper than `..` per line).
-  local cbody = {}
-  local function logged(f, v)
-    local k = #cbody
-    cbody[k + 1] = f; cbody[k + 2] = '\t'; cbody[k + 3] = v; cbody[k + 4] = '\n'
-  end
+  -- The counter log's values, one per field the writer listed, joined once.
+  local cvals, nv = {}, 0
   for _ = 1, n do
     local op, f, v = ARGV[i], ARGV[i+1], ARGV[i+2]
     local len = op_len(i)
     if op == 'I' then
-      logged(f, int_text(redis.call('HINCRBY', ckey, f, v))); wrote_counter = true
+      nv = nv + 1; cvals[nv] = int_text(redis.call('HINCRBY', ckey, f, v))
+      wrote_counter = true
     elseif op == 'S' then
       local r, c = add_to_sum(ckey, f, v, ARGV[i+3], ARGV[i+4], values[v] or '0')
-      logged(f, int_text(r))
-      logged(v, type(c) == 'number' and int_text(c) or c)
+      cvals[nv + 1] = int_text(r)
+      cvals[nv + 2] = type(c) == 'number' and int_text(c) or c
+      nv = nv + 2
       wrote_counter = true
     elseif op == 'F' then
-      logged(f, redis.call('HINCRBYFLOAT', ckey, f, v)); wrote_counter = true
+      nv = nv + 1; cvals[nv] = redis.call('HINCRBYFLOAT', ckey, f, v)
+      wrote_counter = true
     elseif op == 'N' or op == 'X' then
       local cur = values[f]
       local x = tonumber(v)
       if cur == false or cur == nil or (op == 'N' and x < tonumber(cur)) or (op == 'X' and x > tonumber(cur)) then
         redis.call('HSET', ckey, f, v)
-        logged(f, v)
+        nv = nv + 1; cvals[nv] = v
+      else
+        nv = nv + 1; cvals[nv] = '='
       end
       wrote_counter = true
     elseif op == 'Q' then
@@ -433,7 +437,7 @@ while i <= #ARGV do
     redis.call('PEXPIREAT', slog, exp)
   end
   if clog ~= '' then
-    redis.call('ZADD', clog, version, prev .. '\n' .. table.concat(cbody))
+    redis.call('ZADD', clog, version, prev .. '\n' .. table.concat(cvals, '\t') .. '\n' .. cfields)
     redis.call('ZREMRANGEBYRANK', clog, 0, -(LOG_LEN + 1))
     redis.call('PEXPIREAT', clog, exp)
   end

@@ -24,6 +24,7 @@ use redis::{Script, Value};
 
 use tally_core::agg::{Agg, AggKind};
 use tally_core::config::Config;
+use tally_core::counter_log;
 use tally_core::hll::{sketch_log, Hll};
 use tally_core::keys::{split_sum, CellMember, CounterField, Keys, Layout, Part, SketchField};
 use tally_core::quantile::{delta_log, Bucket};
@@ -322,6 +323,9 @@ impl Applier {
             } else {
                 Vec::new()
             });
+            let counter_fields_at = a.len();
+            a.push(Vec::new());
+            let mut counter_fields = String::new();
             let count_at = a.len();
             a.push(Vec::new());
             let mut ops = 0usize;
@@ -371,46 +375,41 @@ impl Applier {
                             }
                             continue;
                         }
-                        match *agg {
-                            Agg::Count(n) => {
-                                op(&mut a, b"I", field(Part::Count), n.to_string().into_bytes())
-                            }
+                        // Each counter field also goes into the counter log's
+                        // list, in the order of the ops (the script adds the
+                        // values).
+                        let (code, part, value) = match *agg {
+                            Agg::Count(n) => (b"I", Part::Count, n.to_string()),
                             Agg::Sum { int, float } => {
                                 let (lo, hi) = split_sum(int);
-                                op(
-                                    &mut a,
-                                    b"S",
-                                    field(Part::SumInt),
-                                    field(Part::SumCarry).into_bytes(),
-                                );
+                                let (f, carry) = (field(Part::SumInt), field(Part::SumCarry));
+                                counter_log::write_field(&mut counter_fields, &f);
+                                counter_log::write_field(&mut counter_fields, &carry);
+                                op(&mut a, b"S", f, carry.into_bytes());
                                 a.push(lo.to_string().into_bytes());
                                 a.push(hi.to_string().into_bytes());
-                                if float != 0.0 {
-                                    op(
-                                        &mut a,
-                                        b"F",
-                                        field(Part::SumFloat),
-                                        float.to_string().into_bytes(),
-                                    );
+                                if float == 0.0 {
+                                    continue;
                                 }
+                                (b"F", Part::SumFloat, float.to_string())
                             }
-                            Agg::Min(Some(v)) => {
-                                op(&mut a, b"N", field(Part::Min), v.to_string().into_bytes())
-                            }
-                            Agg::Max(Some(v)) => {
-                                op(&mut a, b"X", field(Part::Max), v.to_string().into_bytes())
-                            }
+                            Agg::Min(Some(v)) => (b"N", Part::Min, v.to_string()),
+                            Agg::Max(Some(v)) => (b"X", Part::Max, v.to_string()),
                             Agg::Min(None)
                             | Agg::Max(None)
                             | Agg::Distinct(_)
-                            | Agg::Quantiles(_) => {}
-                        }
+                            | Agg::Quantiles(_) => continue,
+                        };
+                        let f = field(part);
+                        counter_log::write_field(&mut counter_fields, &f);
+                        op(&mut a, code, f, value.into_bytes());
                     }
                 }
             }
             a[count_at] = ops.to_string().into_bytes();
             a[log_body_at] = log_body.into_bytes();
             a[sketch_body_at] = sketch_body.into_bytes();
+            a[counter_fields_at] = counter_fields.into_bytes();
             // The cells written, for readers that follow changes by version.
             a.push(
                 delta

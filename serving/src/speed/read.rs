@@ -535,9 +535,9 @@ mod tests {
                 (format!("4\n{U}\t10a\n").into_bytes(), 5),
             ]),
             counter_log: Some(vec![
-                (format!("2\n{C}\t1\n").into_bytes(), 3),
+                (format!("2\n1\n{C}\n").into_bytes(), 3),
                 (b"3\n".to_vec(), 4),
-                (format!("4\n{C}\t3\n").into_bytes(), 5),
+                (format!("4\n3\n{C}\n").into_bytes(), 5),
             ]),
         };
         let mut want = QuantileSketch::new();

@@ -48,6 +48,7 @@ mod definitions;
 pub mod delta;
 mod error;
 mod eviction;
+mod hash_encoding;
 mod keepalive;
 mod redis_con;
 mod resume;

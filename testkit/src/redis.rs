@@ -141,6 +141,10 @@ fn spawn(
     cmd.args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
+        // As the shipped redis.conf has it (the compiled default is 512):
+        // quantile sketches past 128 buckets become hash tables, which
+        // HINCRBY does not scan (speed/src/hash_encoding.rs).
+        .args(["--hash-max-listpack-entries", "128"])
         .args(["--protected-mode", "no"])
         .arg("--dir")
         .arg(dir.path())

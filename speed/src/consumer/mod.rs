@@ -43,6 +43,7 @@ use tokio::sync::mpsc as tmpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use tally_core::agg::AggKind;
 use tally_core::config::Config;
 
 use crate::apply::Applier;
@@ -87,6 +88,13 @@ pub async fn run(
     info!(topics = ?cfg.kafka.topics, group = %cfg.kafka.group, "speed layer starting");
     let mut con = crate::RedisCon::connect(&cfg.redis, std::time::Duration::from_secs(10)).await?;
     crate::eviction::check(&cfg.redis, &mut con).await?;
+    if cfg
+        .views
+        .iter()
+        .any(|v| v.measures.iter().any(|m| m.agg == AggKind::Quantiles))
+    {
+        crate::hash_encoding::advise(&mut con).await;
+    }
     let applier = Applier::connect(&cfg).await?;
     crate::definitions::reconcile(&mut applier.connection(), applier.layout(), &cfg.views).await?;
     let cut = snapshot_cut(&store, &cfg.views).await?;
